@@ -1,0 +1,15 @@
+"""The zoo: one self-contained PyTorch file per attention method.
+
+`METHODS` maps a method's name to its module (`zoo/<name>.py`); `LAYERS` maps it to the module's
+`nn.Module` layer. One line per method. Each module stands alone: copy it into your project.
+"""
+
+# Each method adds one import here, one line in METHODS and one in LAYERS.
+
+METHODS = {
+}
+
+LAYERS = {
+}
+
+__all__ = ["METHODS", "LAYERS"]
