@@ -1,0 +1,201 @@
+"""Gated DeltaNet — the delta rule with a per-token forget gate (Mamba2's decay on DeltaNet).
+
+Paper:  Gated Delta Networks: Improving Mamba2 with Delta Rule. Songlin Yang, Jan Kautz, Ali
+        Hatamizadeh. ICLR 2025. arXiv:2412.06464.   Layer checked against:
+        fla-org/flash-linear-attention fla/layers/gated_deltanet.py (0.6.0), parameter names and
+        shapes identical.
+Idea:   DeltaNet overwrites one association per token but never forgets wholesale; Mamba2 forgets
+        wholesale but cannot overwrite one key. The gated rule does both: the state first decays
+        by α_t = e^{g_t} ∈ (0, 1], then takes the delta-rule step. In the chunk form the decay
+        becomes a [L, L] matrix of ratios e^{Γ_i − Γ_j} of cumulative gates.
+
+Math (per head, causal; state S ∈ ℝ^{K×V}, k_t unit-norm, g_t ≤ 0 the log decay, s = scale):
+  (1) S̃ = e^{g_t} S_{t−1}    u_t = β_t (v_t − S̃ᵀ k_t)    S_t = S̃ + k_t u_tᵀ
+      ⇔ S_t = e^{g_t} (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ
+  (2) o_t = S_tᵀ (s q_t)
+  (3) parallel, start state S_0, Γ_t = Σ_{j≤t} g_j, D_ij = e^{Γ_i − Γ_j} for j ≤ i else 0:
+        (I + A) U = diag(β) (V − diag(e^Γ) K S_0),   A = tril(diag(β) K Kᵀ ⊙ D, −1)        [T, T]
+      O = diag(e^Γ) s Q S_0 + (s Q Kᵀ ⊙ D) U,   S_T = e^{Γ_T} S_0 + (diag(e^{Γ_T − Γ}) K)ᵀ U
+  (4) chunk n (L rows, Γ restarted at the chunk): (3) with the WY factors
+        W = (I + A)⁻¹ diag(β e^Γ) K,  X = (I + A)⁻¹ diag(β) V,   U = X − W S
+        o = diag(e^Γ) s Q S + (s Q Kᵀ ⊙ D) U   ·   S ← e^{Γ_L} S + (diag(e^{Γ_L − Γ}) K)ᵀ U
+Shapes: q, k [B, T, H, K]   v [B, T, H, V]   g, beta [B, T, H]   o [B, T, H, V]   S [B, H, K, V]
+Cost:   parallel O(T²(K+V) + T³) time, O(T²) memory · recurrent O(T·K·V) · chunk O(T·L·(K+V) + T·K·V)
+        time, O(T·L) memory · decode state K·V per value head plus the short-conv tails.
+Forms:  gated_delta_rule_parallel (definition (3), oracle) · gated_delta_rule_recurrent (decode) ·
+        gated_delta_rule_chunk (training, (4))
+Fast:   fast/gated_deltanet.py — chunk forward + backward (q, k, v, g, beta, initial state),
+        recurrent forward.
+Dtype:  computes in the input dtype (float64 is exact); fp16/bf16 inputs compute in float32 and
+        return the input dtype; the final state is returned in the compute dtype.
+Pitfalls:
+  * g is a log decay: g > 0 is growth and raises ValueError (checked in eager mode only: under
+    torch.compile the check would need a data-dependent branch, so it is skipped there).
+  * D is masked *before* exponentiating: above the diagonal Γ_i − Γ_j > 0 and e^{…} can overflow.
+    Every exponent used here is ≤ 0, so nothing overflows; long decays underflow to an exact 0.
+  * k must be unit-norm (the layer L2-normalises); the ops do not check it.
+  * grouped value heads (num_v_heads > num_heads): the layer repeats q, k per value head
+    (value head j reads key head j // (num_v_heads / num_heads), as fla does); the ops see HV heads.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+L2_NORM_EPS = 1e-6  # inside the sqrt, as fla's kernels do: keeps an all-zero q or k finite
+
+
+# ------------------------------------------------------------------------------------------------
+# Input checks and the prologue every form shares
+# ------------------------------------------------------------------------------------------------
+def _check_inputs(q, k, v, g, beta, initial_state, chunk_size=None):
+    for name, x in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
+    if q.dim() != 4:
+        raise ValueError(f"q must be [B, T, H, K], got shape {tuple(q.shape)}")
+    B, T, H, K = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"k must be [B, T, H, K] = {tuple(q.shape)} like q, got {tuple(k.shape)}")
+    if v.dim() != 4 or v.shape[:3] != (B, T, H):
+        raise ValueError(f"v must be [B, T, H, V] with B, T, H = {(B, T, H)}, got {tuple(v.shape)}")
+    for name, x in (("g", g), ("beta", beta)):
+        if x.shape != (B, T, H):
+            raise ValueError(f"{name} must be [B, T, H] = {(B, T, H)}, got {tuple(x.shape)}")
+    if initial_state is not None:
+        if initial_state.shape != (B, H, K, v.shape[-1]):
+            raise ValueError(f"initial_state must be [B, H, K, V] = {(B, H, K, v.shape[-1])}, "
+                             f"got {tuple(initial_state.shape)}")
+        if initial_state.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"initial_state must be float32 or float64 (it accumulates over the "
+                            f"whole sequence), got {initial_state.dtype}")
+        if initial_state.device != q.device:
+            raise ValueError(f"initial_state is on {initial_state.device} but q is on {q.device}")
+    if chunk_size is not None and (chunk_size < 1 or chunk_size & (chunk_size - 1)):
+        raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
+
+
+def _check_log_decay(g):
+    """g > 0 would grow the state. A value check needs a host sync and a data-dependent branch,
+    so it runs in eager mode only."""
+    if not torch.compiler.is_compiling() and bool((g > 0).any()):
+        raise ValueError(f"g is a log decay and must be <= 0 (got max {g.max().item():.3g}); "
+                         f"pass log(alpha), e.g. -exp(A_log) * softplus(a + dt_bias)")
+
+
+def _prologue(q, k, v, g, beta, scale, initial_state, chunk_size=None):
+    """Checks, default scale, compute dtype; returns head-first tensors [B, H, T, ·] and S_0."""
+    _check_inputs(q, k, v, g, beta, initial_state, chunk_size)
+    _check_log_decay(g)
+    B, T, H, K = q.shape
+    dtype = torch.promote_types(q.dtype, torch.float32)  # fp16/bf16 -> fp32; f64 stays f64
+    scale = K ** -0.5 if scale is None else scale
+    q, k, v = (x.to(dtype).transpose(1, 2) for x in (q, k, v))  # [B, H, T, ·]
+    g, beta = (x.to(dtype).transpose(1, 2) for x in (g, beta))  # [B, H, T]
+    if initial_state is None:
+        S = q.new_zeros(B, H, K, v.shape[-1])  # [B, H, K, V]
+    else:
+        S = initial_state.to(dtype)
+    return q * scale, k, v, g, beta, S
+
+
+def _decay_matrix(gamma):
+    """D_ij = e^{Γ_i − Γ_j} for j ≤ i, else 0. Masked before exp: above the diagonal the exponent
+    is positive and could overflow."""
+    L = gamma.shape[-1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=gamma.device).tril()
+    diff = gamma[..., :, None] - gamma[..., None, :]  # Γ_i − Γ_j  [..., L, L]
+    return diff.masked_fill(~causal, float('-inf')).exp()  # e^{−∞} = 0 above the diagonal
+
+
+# ------------------------------------------------------------------------------------------------
+# The three forms
+# ------------------------------------------------------------------------------------------------
+def gated_delta_rule_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
+                              beta: torch.Tensor, *, scale: float | None = None,
+                              initial_state: torch.Tensor | None = None, output_final_state: bool = False):
+    """The definition (3): one unit lower-triangular [T, T] solve for all writes U at once.
+
+    Args: q, k: [B, T, H, K] · v: [B, T, H, V] · g (log decay, ≤ 0), beta: [B, T, H] ·
+          initial_state: [B, H, K, V]
+    Returns: o [B, T, H, V] (input dtype), final state [B, H, K, V] or None.
+    """
+    out_dtype = q.dtype
+    q, k, v, g, beta, S0 = _prologue(q, k, v, g, beta, scale, initial_state)
+    T = q.shape[2]
+    gamma = g.cumsum(-1)  # Γ_t  [B, H, T]
+    D = _decay_matrix(gamma)  # [B, H, T, T]
+    eye = torch.eye(T, dtype=q.dtype, device=q.device)
+    A = (beta[..., None] * (k @ k.transpose(-1, -2)) * D).tril(-1)  # (3)  [B, H, T, T]
+    rhs = beta[..., None] * (v - gamma.exp()[..., None] * (k @ S0))  # (3) diag(β)(V − diag(e^Γ)KS_0)
+    u = torch.linalg.solve_triangular(eye + A, rhs, upper=False)  # (3) the writes U  [B, H, T, V]
+    o = gamma.exp()[..., None] * (q @ S0) + ((q @ k.transpose(-1, -2)) * D) @ u  # (3)  [B, H, T, V]
+    S = None
+    if output_final_state:
+        k_end = (gamma[..., -1:] - gamma).exp()[..., None] * k  # diag(e^{Γ_T − Γ}) K  [B, H, T, K]
+        S = gamma[..., -1, None, None].exp() * S0 + k_end.transpose(-1, -2) @ u  # (3) S_T  [B, H, K, V]
+    return o.transpose(1, 2).to(out_dtype), S
+
+
+def gated_delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
+                               beta: torch.Tensor, *, scale: float | None = None,
+                               initial_state: torch.Tensor | None = None, output_final_state: bool = False):
+    """Token by token, (1)–(2): what decoding runs. Under torch.compile the loop is unrolled, so
+    compile it only for small T. Args and returns as gated_delta_rule_parallel."""
+    out_dtype = q.dtype
+    q, k, v, g, beta, S = _prologue(q, k, v, g, beta, scale, initial_state)
+    o = []
+    for t in range(q.shape[2]):
+        k_t, v_t, b_t = k[:, :, t], v[:, :, t], beta[:, :, t, None]  # [B, H, K], [B, H, V], [B, H, 1]
+        S = g[:, :, t, None, None].exp() * S  # (1) decay first: S̃ = e^{g_t} S_{t−1}
+        u_t = b_t * (v_t - torch.einsum('bhk,bhkv->bhv', k_t, S))  # (1) β-weighted error on S̃
+        S = S + torch.einsum('bhk,bhv->bhkv', k_t, u_t)  # (1) S_t = S̃ + k_t u_tᵀ
+        o.append(torch.einsum('bhk,bhkv->bhv', q[:, :, t], S))  # (2) o_t = S_tᵀ(s q_t)
+    o = torch.stack(o, dim=2) if o else v.new_zeros(v.shape)  # [B, H, T, V]
+    return o.transpose(1, 2).to(out_dtype), (S if output_final_state else None)
+
+
+def gated_delta_rule_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
+                           beta: torch.Tensor, *, scale: float | None = None,
+                           initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+                           chunk_size: int = 64):
+    """Chunkwise WY/UT form (4): what training runs and fast/ implements. chunk_size is the
+    chunk length L (a power of two). Args and returns as gated_delta_rule_parallel."""
+    out_dtype = q.dtype
+    q, k, v, g, beta, S = _prologue(q, k, v, g, beta, scale, initial_state, chunk_size)
+    B, H, T, K = q.shape
+    L = chunk_size
+    N = -(-T // L)
+    # Pad T up to N·L with zeros. A padded token has k = 0, β = 0 and g = 0: its transition is the
+    # identity (no decay, no write), so the state and the real tokens' outputs are exact.
+    pad = N * L - T
+    q, k, v = (F.pad(x, (0, 0, 0, pad)).view(B, H, N, L, -1) for x in (q, k, v))  # [B, H, N, L, ·]
+    g, beta = (F.pad(x, (0, pad)).view(B, H, N, L) for x in (g, beta))  # [B, H, N, L]
+    eye = torch.eye(L, dtype=q.dtype, device=q.device)
+
+    # Stage 1, intra-chunk (4): Γ restarts in every chunk; the WY factors need no state.
+    gamma = g.cumsum(-1)  # Γ within the chunk  [B, H, N, L]
+    D = _decay_matrix(gamma)  # [B, H, N, L, L]
+    A = (beta[..., None] * (k @ k.transpose(-1, -2)) * D).tril(-1)  # (4)  [B, H, N, L, L]
+    W = torch.linalg.solve_triangular(eye + A, (beta * gamma.exp())[..., None] * k, upper=False)  # [B, H, N, L, K]
+    X = torch.linalg.solve_triangular(eye + A, beta[..., None] * v, upper=False)  # [B, H, N, L, V]
+    qk = (q @ k.transpose(-1, -2)) * D  # s Q Kᵀ ⊙ D  [B, H, N, L, L]
+    q_in = gamma.exp()[..., None] * q  # diag(e^Γ) sQ: how much of the entering state q sees
+    k_out = (gamma[..., -1:] - gamma).exp()[..., None] * k  # diag(e^{Γ_L − Γ}) K  [B, H, N, L, K]
+    decay = gamma[..., -1].exp()  # e^{Γ_L}: the whole chunk's decay  [B, H, N]
+
+    # Stage 2, state pass: U = X − W S needs the state entering the chunk, so this loop is sequential.
+    o = []
+    for n in range(N):
+        u = X[:, :, n] - W[:, :, n] @ S  # (4) the writes of chunk n  [B, H, L, V]
+        # Stage 3, inter-chunk + intra-chunk outputs: the decayed old state, plus the writes.
+        o.append(q_in[:, :, n] @ S + qk[:, :, n] @ u)  # (4)  [B, H, L, V]
+        S = decay[:, :, n, None, None] * S + k_out[:, :, n].transpose(-1, -2) @ u  # (4) S ←  [B, H, K, V]
+    o = torch.cat(o, dim=2)[:, :, :T]  # [B, H, T, V]
+    return o.transpose(1, 2).to(out_dtype), (S if output_final_state else None)
