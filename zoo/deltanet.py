@@ -167,3 +167,137 @@ def delta_rule_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: to
         S = S + k[:, :, n].transpose(-1, -2) @ u  # (4) S ← S + KᵀU  [B, H, K, V]
     o = torch.cat(o, dim=2)[:, :, :T]  # [B, H, T, V]
     return o.transpose(1, 2).to(out_dtype), (S if output_final_state else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The layer (fla's DeltaNet: same arguments, defaults, parameter names and shapes)
+# ------------------------------------------------------------------------------------------------
+def l2_norm(x: torch.Tensor) -> torch.Tensor:
+    """x / √(Σx² + ε) over the last dim, in at least float32, as fla's kernels normalise q and k."""
+    y = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (y * torch.rsqrt(y.square().sum(-1, keepdim=True) + L2_NORM_EPS)).to(x.dtype)
+
+
+def short_conv(conv: nn.Conv1d, x: torch.Tensor, tail: torch.Tensor | None, silu: bool):
+    """Depthwise causal convolution over time, x [B, T, C], continuing from `tail`, the last W − 1
+    inputs seen ([B, C, W − 1]; None = zeros = fla's left padding). Returns (y [B, T, C], new tail)."""
+    W = conv.kernel_size[0]
+    x = x.transpose(1, 2)  # [B, C, T]
+    if tail is None:
+        tail = x.new_zeros(x.shape[0], x.shape[1], W - 1)
+    x = torch.cat([tail.to(x.dtype), x], dim=-1)  # [B, C, W − 1 + T]
+    y = F.conv1d(x, conv.weight, conv.bias, groups=x.shape[1])  # [B, C, T]
+    y = F.silu(y) if silu else y
+    return y.transpose(1, 2), x[..., x.shape[-1] - (W - 1):]  # [B, T, C], [B, C, W − 1]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gate: torch.Tensor | None = None):
+    """fla's RMSNorm over the last dim in float32; with a gate, fla's FusedRMSNormGated
+    (output ⊙ gate·σ(gate)). Returns x's dtype."""
+    y = x.to(torch.promote_types(x.dtype, torch.float32))
+    y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps) * weight.to(y.dtype)
+    if gate is not None:
+        y = y * F.silu(gate.to(y.dtype))
+    return y.to(x.dtype)
+
+
+class DeltaNet(nn.Module):
+    """fla's DeltaNet layer: q, k, v projections, short causal convolutions (SiLU), L2-normalised
+    q and k, β = σ(b_proj x) (×2 with allow_neg_eigval), the delta rule, a per-head RMSNorm
+    (gated by g_proj x when use_gate) and o_proj. State dicts load both ways with fla's layer.
+    `form` picks the op forward and prefill use; step always runs the recurrent op.
+    Decode cache: {"S": [B, H, K, V]} plus, with short convs, "conv_q", "conv_k" [B, key_dim, W−1]
+    and "conv_v" [B, value_dim, W−1] (the last W − 1 projected inputs)."""
+
+    parallel_op = staticmethod(delta_rule_parallel)
+    recurrent_op = staticmethod(delta_rule_recurrent)
+    chunk_op = staticmethod(delta_rule_chunk)
+
+    def __init__(self, hidden_size: int = 1024, num_heads: int = 4, expand_k: float = 1.0,
+                 expand_v: float = 1.0, use_beta: bool = True, use_gate: bool = False,
+                 use_short_conv: bool = True, conv_size: int = 4, conv_bias: bool = False,
+                 allow_neg_eigval: bool = False, qk_activation: str = 'silu', qk_norm: str = 'l2',
+                 norm_eps: float = 1e-5, form: str = 'chunk'):
+        super().__init__()
+        if qk_activation not in ('silu', 'relu', 'elu', 'identity'):
+            raise ValueError(f"qk_activation must be 'silu', 'relu', 'elu' or 'identity', got {qk_activation!r}")
+        if qk_norm not in ('l2', 'sum'):
+            raise ValueError(f"qk_norm must be 'l2' or 'sum', got {qk_norm!r}")
+        if form not in ('chunk', 'recurrent', 'parallel'):
+            raise ValueError(f"form must be 'chunk', 'recurrent' or 'parallel', got {form!r}")
+        self.key_dim, self.value_dim = int(hidden_size * expand_k), int(hidden_size * expand_v)
+        if self.key_dim % num_heads or self.value_dim % num_heads:
+            raise ValueError(f"key_dim {self.key_dim} and value_dim {self.value_dim} must be "
+                             f"divisible by num_heads {num_heads}")
+        self.hidden_size, self.num_heads, self.form = hidden_size, num_heads, form
+        self.head_k_dim, self.head_v_dim = self.key_dim // num_heads, self.value_dim // num_heads
+        self.use_beta, self.use_gate, self.use_short_conv = use_beta, use_gate, use_short_conv
+        self.conv_size, self.allow_neg_eigval = conv_size, allow_neg_eigval
+        self.qk_activation, self.qk_norm = qk_activation, qk_norm
+        self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+        if use_beta:
+            self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
+        if use_short_conv:  # fla's ShortConvolution is an nn.Conv1d: same names and shapes
+            for name, dim in (('q_conv1d', self.key_dim), ('k_conv1d', self.key_dim), ('v_conv1d', self.value_dim)):
+                setattr(self, name, nn.Conv1d(dim, dim, conv_size, groups=dim, padding=conv_size - 1, bias=conv_bias))
+        if use_gate:
+            self.g_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+        self.o_norm = nn.RMSNorm(self.head_v_dim, eps=norm_eps)  # holds o_norm.weight; math in rms_norm
+        self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
+
+    def _mix(self, x, op, cache, output_final_state):
+        if x.dim() != 3 or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"x must be [B, T, C] with C = {self.hidden_size}, got {tuple(x.shape)}")
+        B, T, _ = x.shape
+        cache = cache or {}
+        new_cache = {}
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [B, T, key_dim], ..., [B, T, value_dim]
+        silu_qk = self.qk_activation == 'silu'
+        if self.use_short_conv:  # SiLU inside the conv for q, k only when qk_activation is silu
+            q, new_cache['conv_q'] = short_conv(self.q_conv1d, q, cache.get('conv_q'), silu_qk)
+            k, new_cache['conv_k'] = short_conv(self.k_conv1d, k, cache.get('conv_k'), silu_qk)
+            v, new_cache['conv_v'] = short_conv(self.v_conv1d, v, cache.get('conv_v'), True)
+        else:
+            q, k, v = (F.silu(q) if silu_qk else q), (F.silu(k) if silu_qk else k), F.silu(v)
+        q, k = (t.view(B, T, self.num_heads, self.head_k_dim) for t in (q, k))  # [B, T, H, K]
+        v = v.view(B, T, self.num_heads, self.head_v_dim)  # [B, T, H, V]
+        if self.qk_activation == 'relu':
+            q, k = q.relu(), k.relu()
+        elif self.qk_activation == 'elu':
+            q, k = F.elu(q) + 1, F.elu(k) + 1
+        if self.qk_norm == 'l2':  # unit-norm keys: the delta rule's transition is a contraction
+            q, k = l2_norm(q), l2_norm(k)
+        else:
+            q, k = F.normalize(q, p=1, dim=-1, eps=SUM_NORM_EPS), F.normalize(k, p=1, dim=-1, eps=SUM_NORM_EPS)
+        beta = self.b_proj(x).sigmoid() if self.use_beta else x.new_ones(B, T, self.num_heads)  # [B, T, H]
+        beta = beta * 2 if self.allow_neg_eigval else beta  # β ∈ (0, 2): eigenvalue 1 − β ∈ (−1, 1)
+        o, new_cache['S'] = op(q, k, v, beta, initial_state=cache.get('S'), output_final_state=output_final_state)
+        gate = self.g_proj(x).view(B, T, self.num_heads, self.head_v_dim) if self.use_gate else None
+        o = rms_norm(o, self.o_norm.weight, self.o_norm.eps, gate)  # [B, T, H, V]
+        return self.o_proj(o.reshape(B, T, self.value_dim)), new_cache  # [B, T, C]
+
+    def _op(self):
+        return {'chunk': self.chunk_op, 'recurrent': self.recurrent_op, 'parallel': self.parallel_op}[self.form]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mix(x, self._op(), None, False)[0]
+
+    def prefill(self, x: torch.Tensor):
+        """Forward that also returns the decode cache after the last token."""
+        return self._mix(x, self._op(), None, True)
+
+    def step(self, x_t: torch.Tensor, cache: dict | None = None):
+        """One token x_t [B, C] -> (y_t [B, C], new cache); cache=None starts from an empty state."""
+        y, cache = self._mix(x_t.unsqueeze(1), self.recurrent_op, cache, True)
+        return y.squeeze(1), cache
+
+    def state_size(self, seq_len: int) -> int:
+        """Floats per sequence in the cache, whatever seq_len: H·K·V plus the conv tails."""
+        tails = (self.conv_size - 1) * (2 * self.key_dim + self.value_dim) if self.use_short_conv else 0
+        return self.num_heads * self.head_k_dim * self.head_v_dim + tails
+
+
+__all__ = ["delta_rule_parallel", "delta_rule_recurrent", "delta_rule_chunk", "l2_norm", "short_conv",
+           "rms_norm", "DeltaNet"]

@@ -199,3 +199,136 @@ def gated_delta_rule_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
         S = decay[:, :, n, None, None] * S + k_out[:, :, n].transpose(-1, -2) @ u  # (4) S ←  [B, H, K, V]
     o = torch.cat(o, dim=2)[:, :, :T]  # [B, H, T, V]
     return o.transpose(1, 2).to(out_dtype), (S if output_final_state else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The layer (fla's GatedDeltaNet: same arguments, defaults, parameter names and shapes)
+# ------------------------------------------------------------------------------------------------
+def l2_norm(x: torch.Tensor) -> torch.Tensor:
+    """x / √(Σx² + ε) over the last dim, in at least float32, as fla's kernels normalise q and k."""
+    y = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (y * torch.rsqrt(y.square().sum(-1, keepdim=True) + L2_NORM_EPS)).to(x.dtype)
+
+
+def short_conv(conv: nn.Conv1d, x: torch.Tensor, tail: torch.Tensor | None, silu: bool):
+    """Depthwise causal convolution over time, x [B, T, C], continuing from `tail`, the last W − 1
+    inputs seen ([B, C, W − 1]; None = zeros = fla's left padding). Returns (y [B, T, C], new tail)."""
+    W = conv.kernel_size[0]
+    x = x.transpose(1, 2)  # [B, C, T]
+    if tail is None:
+        tail = x.new_zeros(x.shape[0], x.shape[1], W - 1)
+    x = torch.cat([tail.to(x.dtype), x], dim=-1)  # [B, C, W − 1 + T]
+    y = F.conv1d(x, conv.weight, conv.bias, groups=x.shape[1])  # [B, C, T]
+    y = F.silu(y) if silu else y
+    return y.transpose(1, 2), x[..., x.shape[-1] - (W - 1):]  # [B, T, C], [B, C, W − 1]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gate: torch.Tensor | None = None):
+    """fla's RMSNorm over the last dim in float32; with a gate, fla's FusedRMSNormGated
+    (output ⊙ gate·σ(gate)). Returns x's dtype."""
+    y = x.to(torch.promote_types(x.dtype, torch.float32))
+    y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps) * weight.to(y.dtype)
+    if gate is not None:
+        y = y * F.silu(gate.to(y.dtype))
+    return y.to(x.dtype)
+
+
+class GatedDeltaNet(nn.Module):
+    """fla's GatedDeltaNet layer: q, k, v projections with short causal convolutions (SiLU),
+    L2-normalised q and k, β = σ(b_proj x) (×2 with allow_neg_eigval), the Mamba2-style gate
+    g = −e^{A_log}·softplus(a_proj x + dt_bias), the gated delta rule, a per-head RMSNorm gated by
+    g_proj x (use_gate) and o_proj. num_v_heads > num_heads shares each q/k head among
+    num_v_heads / num_heads value heads. State dicts load both ways with fla's layer.
+    `form` picks the op forward and prefill use; step always runs the recurrent op.
+    Decode cache: {"S": [B, HV, K, V]} plus, with short convs, "conv_q", "conv_k" [B, key_dim, W−1]
+    and "conv_v" [B, value_dim, W−1]. (fla's own cache stores S value-first: transpose to swap.)"""
+
+    parallel_op = staticmethod(gated_delta_rule_parallel)
+    recurrent_op = staticmethod(gated_delta_rule_recurrent)
+    chunk_op = staticmethod(gated_delta_rule_chunk)
+
+    def __init__(self, hidden_size: int = 2048, expand_v: float = 2, head_dim: int = 256,
+                 num_heads: int = 6, num_v_heads: int | None = None, use_gate: bool = True,
+                 use_short_conv: bool = True, allow_neg_eigval: bool = False, conv_size: int = 4,
+                 conv_bias: bool = False, norm_eps: float = 1e-5, form: str = 'chunk'):
+        super().__init__()
+        HV = num_heads if num_v_heads is None else num_v_heads
+        if HV % num_heads:
+            raise ValueError(f"num_v_heads={HV} must be a multiple of num_heads={num_heads}")
+        if head_dim * expand_v != int(head_dim * expand_v):
+            raise ValueError(f"head_dim * expand_v = {head_dim * expand_v} must be an integer")
+        if form not in ('chunk', 'recurrent', 'parallel'):
+            raise ValueError(f"form must be 'chunk', 'recurrent' or 'parallel', got {form!r}")
+        self.hidden_size, self.num_heads, self.num_v_heads, self.form = hidden_size, num_heads, HV, form
+        self.head_k_dim, self.head_v_dim = head_dim, int(head_dim * expand_v)
+        self.key_dim, self.value_dim = num_heads * head_dim, HV * self.head_v_dim
+        self.use_gate, self.use_short_conv, self.allow_neg_eigval = use_gate, use_short_conv, allow_neg_eigval
+        self.conv_size = conv_size
+        self.q_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+        self.a_proj = nn.Linear(hidden_size, HV, bias=False)
+        self.b_proj = nn.Linear(hidden_size, HV, bias=False)
+        # fla's (Mamba2's) gate init: decay rates A ~ U(0, 16), step sizes dt log-uniform in
+        # [1e-3, 0.1] (floored at 1e-4), stored as softplus⁻¹(dt) so softplus(a + dt_bias) ≈ dt at a = 0.
+        self.A_log = nn.Parameter(torch.empty(HV).uniform_(0, 16).log())
+        dt = torch.exp(torch.rand(HV) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log._no_weight_decay = self.dt_bias._no_weight_decay = True
+        if use_short_conv:  # fla's ShortConvolution is an nn.Conv1d: same names and shapes
+            for name, dim in (('q_conv1d', self.key_dim), ('k_conv1d', self.key_dim), ('v_conv1d', self.value_dim)):
+                setattr(self, name, nn.Conv1d(dim, dim, conv_size, groups=dim, padding=conv_size - 1, bias=conv_bias))
+        if use_gate:
+            self.g_proj = nn.Linear(hidden_size, self.value_dim, bias=False)
+        self.o_norm = nn.RMSNorm(self.head_v_dim, eps=norm_eps)  # holds o_norm.weight; math in rms_norm
+        self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
+
+    def _mix(self, x, op, cache, output_final_state):
+        if x.dim() != 3 or x.shape[-1] != self.hidden_size:
+            raise ValueError(f"x must be [B, T, C] with C = {self.hidden_size}, got {tuple(x.shape)}")
+        B, T, _ = x.shape
+        H, HV = self.num_heads, self.num_v_heads
+        cache = cache or {}
+        new_cache = {}
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [B, T, key_dim], ..., [B, T, value_dim]
+        if self.use_short_conv:
+            q, new_cache['conv_q'] = short_conv(self.q_conv1d, q, cache.get('conv_q'), True)
+            k, new_cache['conv_k'] = short_conv(self.k_conv1d, k, cache.get('conv_k'), True)
+            v, new_cache['conv_v'] = short_conv(self.v_conv1d, v, cache.get('conv_v'), True)
+        else:
+            q, k, v = F.silu(q), F.silu(k), F.silu(v)
+        q, k = (l2_norm(t.view(B, T, H, self.head_k_dim)) for t in (q, k))  # unit-norm  [B, T, H, K]
+        q, k = (t.repeat_interleave(HV // H, dim=2) for t in (q, k))  # value head j reads j // (HV/H)  [B, T, HV, K]
+        v = v.view(B, T, HV, self.head_v_dim)  # [B, T, HV, V]
+        beta = self.b_proj(x).sigmoid()  # [B, T, HV]
+        beta = beta * 2 if self.allow_neg_eigval else beta  # β ∈ (0, 2): eigenvalue 1 − β ∈ (−1, 1)
+        a = self.a_proj(x).to(torch.promote_types(x.dtype, torch.float32))  # the gate in ≥ float32
+        g = -self.A_log.to(a.dtype).exp() * F.softplus(a + self.dt_bias.to(a.dtype))  # log decay ≤ 0  [B, T, HV]
+        o, new_cache['S'] = op(q, k, v, g, beta, initial_state=cache.get('S'), output_final_state=output_final_state)
+        gate = self.g_proj(x).view(B, T, HV, self.head_v_dim) if self.use_gate else None
+        o = rms_norm(o, self.o_norm.weight, self.o_norm.eps, gate)  # [B, T, HV, V]
+        return self.o_proj(o.reshape(B, T, self.value_dim)), new_cache  # [B, T, C]
+
+    def _op(self):
+        return {'chunk': self.chunk_op, 'recurrent': self.recurrent_op, 'parallel': self.parallel_op}[self.form]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mix(x, self._op(), None, False)[0]
+
+    def prefill(self, x: torch.Tensor):
+        """Forward that also returns the decode cache after the last token."""
+        return self._mix(x, self._op(), None, True)
+
+    def step(self, x_t: torch.Tensor, cache: dict | None = None):
+        """One token x_t [B, C] -> (y_t [B, C], new cache); cache=None starts from an empty state."""
+        y, cache = self._mix(x_t.unsqueeze(1), self.recurrent_op, cache, True)
+        return y.squeeze(1), cache
+
+    def state_size(self, seq_len: int) -> int:
+        """Floats per sequence in the cache, whatever seq_len: HV·K·V plus the conv tails."""
+        tails = (self.conv_size - 1) * (2 * self.key_dim + self.value_dim) if self.use_short_conv else 0
+        return self.num_v_heads * self.head_k_dim * self.head_v_dim + tails
+
+
+__all__ = ["gated_delta_rule_parallel", "gated_delta_rule_recurrent", "gated_delta_rule_chunk", "l2_norm",
+           "short_conv", "rms_norm", "GatedDeltaNet"]
