@@ -50,7 +50,7 @@ def feature_count(K: int) -> int:
     return 1 + K + K * K
 
 
-def _check(q, k, v, initial_state, chunk_size):
+def _check(q, k, v, scale, initial_state, chunk_size):
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -60,6 +60,8 @@ def _check(q, k, v, initial_state, chunk_size):
             raise TypeError(f"{name} must be floating point, got {x.dtype}")
         if x.device != q.device:
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.shape != q.shape:
         raise ValueError(f"k must be [B, T, H, K] = {tuple(q.shape)} like q (feature_dim K must match), "
                          f"got {tuple(k.shape)}")
@@ -75,15 +77,17 @@ def _check(q, k, v, initial_state, chunk_size):
             raise ValueError(f"initial_state must be (S [B, H, M, V], z [B, H, M]) = ({(B, H, M, V)}, "
                              f"{(B, H, M)}) with M = 1 + K + K² for feature_dim K = {K}, "
                              f"got ({tuple(S0.shape)}, {tuple(z0.shape)})")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise TypeError(f"scale must be None or a Python number, got {type(scale).__name__}")
     if chunk_size is not None and (chunk_size < 1 or chunk_size & (chunk_size - 1)):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
 
 
 def _prologue(q, k, v, scale, initial_state, chunk_size=None):
     """Checks, default scale, float32 for half inputs, zero state when none is given."""
-    _check(q, k, v, initial_state, chunk_size)
+    _check(q, k, v, scale, initial_state, chunk_size)
     B, T, H, K = q.shape
-    scale = K ** -0.5 if scale is None else scale
+    scale = K ** -0.5 if scale is None else float(scale)
     dt = torch.promote_types(q.dtype, torch.float32)  # fp16/bf16 -> float32; float64 stays
     q, k, v = q.to(dt), k.to(dt), v.to(dt)
     if initial_state is None:
@@ -203,8 +207,10 @@ def based_chunk(q, k, v, *, causal=True, normalize=True, scale=None, initial_sta
         o = torch.einsum("bnihm,bhmv->bnihv", phi_q_c, S_final)  # [B, N, L, H, V]
         den = torch.einsum("bnihm,bhm->bnih", phi_q_c, z_final)  # [B, N, L, H]
     else:
-        S_c = S0.unsqueeze(1) + torch.cumsum(dS, 1) - dS  # S_{n-1}: exclusive prefix [B, N, H, M, V]
-        z_c = z0.unsqueeze(1) + torch.cumsum(dz, 1) - dz  # z_{n-1} [B, N, H, M]
+        # S_{n-1}: the exclusive prefix sum, shifted by one chunk. (cumsum − dS would round
+        # differently when later chunks change: the future would leak through rounding.)
+        S_c = torch.cat([S0.unsqueeze(1), S0.unsqueeze(1) + torch.cumsum(dS, 1)[:, :-1]], 1)  # [B, N, H, M, V]
+        z_c = torch.cat([z0.unsqueeze(1), z0.unsqueeze(1) + torch.cumsum(dz, 1)[:, :-1]], 1)  # [B, N, H, M]
         # intra-chunk, (4) on the diagonal block: the kernel computed directly, no features.
         s = scale * torch.einsum("bnihk,bnjhk->bnhij", q_c, k_c)  # [B, N, H, L, L]
         mask = torch.ones(L, L, dtype=torch.bool, device=q.device).tril() & valid.view(1, N, 1, 1, L)

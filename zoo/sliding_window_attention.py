@@ -52,6 +52,8 @@ def _check(q, k, v, window, scale, chunk_size=None):
             raise TypeError(f"{name} must be floating point, got {x.dtype}")
         if x.device != q.device:
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.shape != q.shape:
         raise ValueError(f"k must be [B, T, H, K] = {tuple(q.shape)} like q, got {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:

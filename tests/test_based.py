@@ -1,0 +1,275 @@
+"""Based (Taylor linear attention): the spec, in DESIGN.md's law order.
+
+1. forms agree: recurrent and chunk equal the parallel definition in float64 (o and final state),
+   causal or not, normalised or not, from an initial state;
+2. fast equals zoo: the Triton chunk and decode kernels in fp32 under the interpreter, bf16 on a GPU;
+3. gradients agree: q, k, v and the initial state through random cotangents on o and the state;
+4. causality: perturbing tokens after t leaves outputs up to t bit-identical;
+5. state carry: two chained calls equal one call; prefill then decode equals forward;
+6. own laws: the Taylor kernel is ≥ 1/2; φ(q)·φ(k) is that kernel for the full and the symmetric
+   map alike; normalised outputs of a constant v return that constant (weights sum to one);
+   for small scores the kernel approaches exp, so Based approaches softmax attention;
+7. bad inputs raise clear errors (feature_dim not matching q/k or the state among them);
+8. torch.compile(fullgraph=True): every form and the layer (aot_eager), the chunk form with
+   inductor, the fast op on the CPU under the interpreter.
+"""
+
+import math
+import re
+
+import pytest
+import torch
+from hypothesis import assume, given, settings, strategies as st
+
+from strategies import (TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol,
+                        grads, has_cuda, interpreting, randn, seeds, shapes, tol_for)
+import zoo.based as zb
+
+F64 = torch.float64
+small = shapes(max_T=50, max_K=6, max_V=6)  # M = 1 + K + K² stays small on the CPU
+FORMS = {
+    "parallel": zb.based_parallel,
+    "recurrent": zb.based_recurrent,
+    "chunk16": lambda *a, **kw: zb.based_chunk(*a, chunk_size=16, **kw),
+}
+
+
+def qkv(seed, s: Shape, dtype=F64, device="cpu"):
+    return (randn(seed, s.B, s.T, s.H, s.K, dtype=dtype, device=device),
+            randn(seed + 1, s.B, s.T, s.H, s.K, dtype=dtype, device=device),
+            randn(seed + 2, s.B, s.T, s.H, s.V, dtype=dtype, device=device))
+
+
+def state(seed, s: Shape, dtype=F64, device="cpu"):
+    """A plausible (S, z): the state of a random prefix of 7 tokens, so z·φ(q) > 0."""
+    q, k, v = qkv(seed, Shape(s.B, 7, s.H, s.K, s.V), dtype=dtype, device=device)
+    return zb.based_parallel(q, k, v, output_final_state=True)[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Forms agree
+# ------------------------------------------------------------------------------------------------
+@given(shape=small, causal=st.booleans(), normalize=st.booleans(), with_state=st.booleans(),
+       L=chunk_sizes, seed=seeds)
+@edge_examples(chunk_size=16, causal=True, normalize=True, with_state=True, L=16)
+def test_recurrent_and_chunk_equal_parallel_in_float64(shape, causal, normalize, with_state, L, seed):
+    q, k, v = qkv(seed, shape)
+    h0 = state(seed + 5, shape) if with_state else None
+    kw = dict(causal=causal, normalize=normalize, initial_state=h0, output_final_state=True)
+    o_ref, (S_ref, z_ref) = zb.based_parallel(q, k, v, **kw)
+    for name, (o, (S, z)) in (("recurrent", zb.based_recurrent(q, k, v, **kw)),
+                              ("chunk", zb.based_chunk(q, k, v, chunk_size=L, **kw))):
+        assert_close(o, o_ref, TOL["f64"], f"{name} o")
+        assert_close(S, S_ref, TOL["f64"], f"{name} S")
+        assert_close(z, z_ref, TOL["f64"], f"{name} z")
+
+
+@settings(max_examples=5)
+@given(shape=shapes(max_T=40, max_K=5, max_V=5), L=chunk_sizes, seed=seeds)
+@edge_examples(chunk_size=16, L=16)
+def test_chunk_gradients_equal_parallel_in_float64(shape, L, seed):
+    q, k, v = qkv(seed, shape)
+    S0, z0 = state(seed + 5, shape)
+    inputs = dict(q=q.requires_grad_(), k=k.requires_grad_(), v=v.requires_grad_(),
+                  S0=S0.requires_grad_(), z0=z0.requires_grad_())
+    cot = [randn(seed + 3, *v.shape), randn(seed + 4, *S0.shape), randn(seed + 6, *z0.shape)]
+
+    def run(op, **kw):
+        return lambda q, k, v, S0, z0: (lambda o, st: (o, *st))(*op(q, k, v, initial_state=(S0, z0),
+                                                                    output_final_state=True, **kw))
+    ref = grads(run(zb.based_parallel), inputs, cot)
+    got = grads(run(zb.based_chunk, chunk_size=L), inputs, cot)
+    for n in ref:
+        assert_close(got[n], ref[n], TOL["f64"], f"d{n}")
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Causality
+# ------------------------------------------------------------------------------------------------
+@given(shape=small, t=st.integers(0, 49), seed=seeds)
+def test_future_tokens_do_not_change_the_past(shape, t, seed):
+    t = min(t, shape.T - 1)
+    q, k, v = qkv(seed, shape)
+    q2, k2, v2 = (x.clone() for x in (q, k, v))
+    for x in (q2, k2, v2):
+        x[:, t + 1:] = randn(seed + 7, *x[:, t + 1:].shape)
+    for name, op in FORMS.items():
+        o, o2 = op(q, k, v)[0], op(q2, k2, v2)[0]
+        assert torch.equal(o[:, :t + 1], o2[:, :t + 1]), name
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. State carry
+# ------------------------------------------------------------------------------------------------
+@given(shape=small, split=st.floats(0.0, 1.0),
+       seed=seeds)
+def test_two_chained_calls_equal_one_call(shape, split, seed):
+    assume(shape.T >= 2)
+    q, k, v = qkv(seed, shape)
+    n = min(shape.T - 1, max(1, int(split * shape.T)))
+    for name, op in FORMS.items():
+        o, (S, z) = op(q, k, v, output_final_state=True)
+        o1, h1 = op(q[:, :n], k[:, :n], v[:, :n], output_final_state=True)
+        o2, (S2, z2) = op(q[:, n:], k[:, n:], v[:, n:], initial_state=h1, output_final_state=True)
+        assert_close(torch.cat([o1, o2], 1), o, TOL["f64"], f"{name} o")
+        assert_close(S2, S, TOL["f64"], f"{name} S")
+        assert_close(z2, z, TOL["f64"], f"{name} z")
+
+
+@settings(max_examples=6)
+@given(T=st.integers(1, 20), t=st.integers(0, 20), form=st.sampled_from(["chunk", "recurrent", "parallel"]),
+       seed=seeds)
+def test_prefill_then_decode_equals_forward(T, t, form, seed):
+    t = min(t, T)
+    torch.manual_seed(seed % 1000)
+    layer = zb.BasedLinearAttention(12, 3, feature_dim=3, form=form).double()
+    x = randn(seed, 2, T, 12)
+    y_ref = layer(x)
+    ys, cache = [], None
+    if t:
+        y, cache = layer.prefill(x[:, :t])
+        ys.append(y)
+    for i in range(t, T):
+        y_i, cache = layer.step(x[:, i], cache)
+        ys.append(y_i[:, None])
+    assert_close(torch.cat(ys, 1), y_ref, TOL["f64"], "y")
+    assert cache["kv"].shape == (2, 3, 13, 4) and cache["k_state"].shape == (2, 3, 13)
+    assert cache["kv"].numel() + cache["k_state"].numel() == 2 * layer.state_size(T)  # B = 2
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. The method's own laws
+# ------------------------------------------------------------------------------------------------
+@given(s=st.floats(-1e6, 1e6, allow_nan=False))
+def test_taylor_kernel_is_at_least_one_half(s):
+    x = torch.tensor(s, dtype=F64)
+    value = zb.taylor_kernel(x)
+    assert value >= 0.5, f"1 + s + s²/2 = {value.item()} at s = {s}"
+    assert_close(value, ((x + 1) ** 2 + 1) / 2, TOL["f64"], "((s+1)² + 1)/2")
+
+
+def test_taylor_kernel_reaches_one_half_at_s_minus_one():
+    assert zb.taylor_kernel(torch.tensor(-1.0, dtype=F64)).item() == 0.5
+
+
+@given(K=st.integers(1, 20), scale=st.floats(0.01, 3.0), seed=seeds)
+def test_full_and_symmetric_feature_maps_give_the_taylor_kernel(K, scale, seed):
+    x, y = randn(seed, 6, K), randn(seed + 1, 6, K)
+    s = scale * (x * y).sum(-1)
+    full = (zb.taylor_features(x, scale) * zb.taylor_features(y, scale)).sum(-1)
+    sym = (zb.taylor_features_symmetric(x, scale) * zb.taylor_features_symmetric(y, scale)).sum(-1)
+    assert zb.taylor_features(x, scale).shape[-1] == zb.feature_count(K) == 1 + K + K * K
+    assert zb.taylor_features_symmetric(x, scale).shape[-1] == 1 + K + K * (K + 1) // 2
+    assert_close(full, zb.taylor_kernel(s), TOL["f64"], "full map")
+    assert_close(sym, full, TOL["f64"], "symmetric map")
+
+
+def test_full_map_is_273_wide_and_symmetric_153_for_feature_dim_16():
+    x = randn(0, 3, 16)
+    assert zb.taylor_features(x, 0.25).shape[-1] == 273
+    assert zb.taylor_features_symmetric(x, 0.25).shape[-1] == 153
+
+
+@given(shape=small, seed=seeds)
+def test_normalised_output_of_a_constant_value_is_that_constant(shape, seed):
+    # The weights A_ij / (Σ_j A_ij + ε) sum to 1 − ε/(Σ_j A_ij + ε), and Σ_j A_ij ≥ 1/2.
+    q, k, _ = qkv(seed, shape)
+    v = torch.full((shape.B, shape.T, shape.H, shape.V), 3.0, dtype=F64)
+    for name, op in FORMS.items():
+        o = op(q, k, v)[0]
+        assert ((o - 3.0).abs() <= 3.0 * 2 * zb.EPS).all(), name
+
+
+def test_small_scores_approach_softmax_attention():
+    # exp(s) − (1 + s + s²/2) = O(s³): shrink q and the error to softmax shrinks like scale³.
+    q, k, v = qkv(1, Shape(1, 30, 2, 8, 4))
+    errs = []
+    for scale in (0.1, 0.05, 0.025):
+        s = scale * torch.einsum("bihk,bjhk->bhij", q, k)
+        P = s.masked_fill(torch.ones(30, 30, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+        o_soft = torch.einsum("bhij,bjhv->bihv", P, v)
+        errs.append((zb.based_chunk(q, k, v, scale=scale, chunk_size=16)[0] - o_soft).abs().max().item())
+    assert errs[0] < 2e-2 and errs[1] < errs[0] / 6 and errs[2] < errs[1] / 6, errs
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Bad inputs
+# ------------------------------------------------------------------------------------------------
+def _bad_cases():
+    q, k, v = qkv(0, Shape(2, 8, 3, 4, 5))
+    S0, z0 = state(9, Shape(2, 8, 3, 4, 5))
+    return [
+        ("rank", dict(q=q[0]), ValueError, "q must be [B, T, H, D]"),
+        ("not a tensor", dict(k=k.tolist()), TypeError, "k must be a torch.Tensor"),
+        ("feature_dim q vs k", dict(k=k[..., :3]), ValueError, "feature_dim K must match"),
+        ("T mismatch", dict(v=v[:, :5]), ValueError, "v must be [B, T, H, V]"),
+        ("int dtype", dict(q=q.long()), TypeError, "floating point"),
+        ("mixed dtypes", dict(q=q.float()), TypeError, "share one dtype"),
+        ("mixed devices", dict(q=q.to("meta")), ValueError, "is on"),
+        ("state of another feature_dim", dict(initial_state=(S0[:, :, :13], z0[:, :, :13])), ValueError,
+         "M = 1 + K + K²"),
+        ("state not a pair", dict(initial_state=S0), TypeError, "pair"),
+        ("chunk not power of two", dict(chunk_size=48), ValueError, "power of two"),
+        ("scale tensor", dict(scale=torch.tensor(1.0)), TypeError, "scale"),
+    ], (q, k, v)
+
+
+@pytest.mark.parametrize("case", range(len(_bad_cases()[0])), ids=[c[0] for c in _bad_cases()[0]])
+def test_bad_inputs_raise_clear_errors(case):
+    (name, changes, err, msg), (q, k, v) = _bad_cases()[0][case], _bad_cases()[1]
+    args = {**dict(q=q, k=k, v=v), **changes}
+    ops = [zb.based_chunk] + ([zb.based_parallel, zb.based_recurrent] if "chunk_size" not in changes else [])
+    for op in ops:
+        with pytest.raises(err, match=re.escape(msg)):
+            op(**args)
+
+
+def test_layer_rejects_bad_sizes_and_inputs():
+    with pytest.raises(ValueError, match="divisible"):
+        zb.BasedLinearAttention(10, 3)
+    with pytest.raises(ValueError, match="form must be"):
+        zb.BasedLinearAttention(12, 3, form="quadratic")
+    with pytest.raises(ValueError, match="feature_dim"):
+        zb.BasedLinearAttention(12, 3, feature_dim=0)
+    layer = zb.BasedLinearAttention(12, 3, feature_dim=4)
+    with pytest.raises(ValueError, match=r"\[B, T, C\] with C = 12"):
+        layer(torch.randn(2, 5, 11))
+    # a cache made by a layer of another feature_dim
+    _, cache = zb.BasedLinearAttention(12, 3, feature_dim=3).prefill(torch.randn(1, 4, 12))
+    with pytest.raises(ValueError, match="M = 1 \\+ K \\+ K²"):
+        layer.step(torch.randn(1, 12), cache)
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. torch.compile(fullgraph=True)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(FORMS))
+def test_forms_compile_fullgraph_with_aot_eager(name):
+    torch._dynamo.reset()
+    op = FORMS[name]
+    q, k, v = qkv(0, Shape(2, 19, 2, 4, 3), dtype=torch.float32)
+    h0 = state(3, Shape(2, 19, 2, 4, 3), dtype=torch.float32)
+    compiled = torch.compile(op, fullgraph=True, backend="aot_eager")
+    o, (S, z) = compiled(q, k, v, initial_state=h0, output_final_state=True)
+    o_ref, (S_ref, z_ref) = op(q, k, v, initial_state=h0, output_final_state=True)
+    assert_close(o, o_ref, TOL["f32-interpret"], "o")
+    assert_close(S, S_ref, TOL["f32-interpret"], "S")
+
+
+def test_layer_compiles_fullgraph_with_aot_eager_forward_and_step():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = zb.BasedLinearAttention(16, 2, feature_dim=4)
+    x = randn(0, 2, 19, 16, dtype=torch.float32)
+    y = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
+    assert_close(y, layer(x), TOL["f32-interpret"], "forward")
+    _, cache = layer.prefill(x[:, :18])
+    y_t, _ = torch.compile(layer.step, fullgraph=True, backend="aot_eager")(x[:, 18], cache)
+    assert_close(y_t, layer(x)[:, 18], TOL["f32-interpret"], "step")
+
+
+def test_chunk_form_compiles_with_inductor():
+    torch._dynamo.reset()
+    q, k, v = qkv(0, Shape(1, 40, 2, 4, 8), dtype=torch.float32)
+    o, _ = torch.compile(zb.based_chunk, fullgraph=True)(q, k, v, chunk_size=16)
+    assert_close(o, zb.based_parallel(q, k, v)[0], TOL["f32-interpret"], "o")
