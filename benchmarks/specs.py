@@ -1,0 +1,212 @@
+"""The method table of `python -m benchmarks`: one `MethodSpec` per zoo method.
+
+Adding a method is one entry in this file (or, for a prototype, in a module named by the
+environment variable BENCH_EXTRA_SPECS, which must hold a list `SPECS`). An entry says:
+
+- `name`: the zoo file's name; the harness imports `zoo.<name>` and `fast.<name>`.
+- `chunk_op` / `reference_op`: the op that is timed (zoo eager, zoo under torch.compile, and
+  the fast mirror of the same name) and the float64 oracle `err` is measured against.
+- `make_inputs(B, T, H, D, dtype, device, causal, seed) -> {name: tensor}`: fresh random
+  inputs, never zeros, in the zoo's [B, T, H, D] layout (per-token scalars [B, T, H]).
+  `grad_inputs` names the ones that get gradients in the fwd+bwd timing.
+- `call(op, inputs, causal) -> o`: how to call any form of this method (they share one
+  signature) and pick the output to time and compare (the first element of `(o, state)`).
+- `flops(B, T, H, D, causal, direction)` and `bytes(B, T, H, D, causal, direction, elt)`:
+  the work and the minimum traffic (each input read once, each output written once) of one
+  call, for TFLOP/s and the roofline floor. Say in a comment what is counted.
+- optional: `causal_modes` (the modes the method has), `fla` (flash-linear-attention's op for
+  the same function, imported lazily), `sdpa_same_function` (SDPA computes exactly this method,
+  so its `err` means something; otherwise SDPA is only the speed bar), `approximates_softmax`
+  (also report `err_vs_softmax`), `variant` (options fixed for the benchmark, shown in every
+  record), `skip(impl, B, T, H, D, causal, device_type) -> reason or None`.
+
+The pattern for a new method, e.g. DeltaNet (q, k L2-normalised, beta in (0, 1)):
+
+    def _deltanet_inputs(B, T, H, D, dtype, device, causal, seed):
+        g = generator(device, seed)
+        q, k, v = (randn(g, (B, T, H, D), dtype, device) for _ in range(3))
+        q, k = (F.normalize(x.float(), dim=-1).to(dtype) for x in (q, k))
+        beta = torch.rand(B, T, H, generator=g, device=device).to(dtype)
+        return {"q": q, "k": k, "v": v, "beta": beta}
+
+    SPECS.append(MethodSpec(
+        name="deltanet", chunk_op="deltanet_chunk", reference_op="deltanet_parallel",
+        make_inputs=_deltanet_inputs,
+        call=lambda op, x, causal: op(x["q"], x["k"], x["v"], x["beta"])[0],
+        grad_inputs=("q", "k", "v", "beta"), causal_modes=(True,),
+        flops=lambda B, T, H, D, causal, d: ..., bytes=lambda B, T, H, D, causal, d, elt: ...,
+        fla=FlaRef("fla.ops.delta_rule", "chunk_delta_rule",
+                   lambda fn, x, causal: fn(x["q"], x["k"], x["v"], x["beta"])[0]),
+    ))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+DIRECTIONS = ("fwd", "fwdbwd")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlaRef:
+    """flash-linear-attention's op for the same function: `fla` imported lazily by the harness."""
+
+    module: str  # e.g. "fla.ops.linear_attn"
+    op: str  # e.g. "chunk_linear_attn"
+    call: Callable  # (fla_fn, inputs, causal) -> o
+    causal_only: bool = True  # fla's chunk ops are causal only
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    chunk_op: str
+    reference_op: str
+    make_inputs: Callable
+    call: Callable
+    flops: Callable
+    bytes: Callable
+    grad_inputs: tuple[str, ...] = ("q", "k", "v")
+    causal_modes: tuple[bool, ...] = (True, False)
+    fla: FlaRef | None = None
+    sdpa_same_function: bool = False
+    approximates_softmax: bool = False
+    variant: str = ""
+    skip: Callable | None = None
+    zoo_module: str | None = None  # default "zoo.<name>"
+    fast_module: str | None = None  # default "fast.<name>"
+    independent_heads: bool = True  # batch rows and heads never mix: `err` may use a slice
+
+    @property
+    def zoo_path(self) -> str:
+        return self.zoo_module or f"zoo.{self.name}"
+
+    @property
+    def fast_path(self) -> str:
+        return self.fast_module or f"fast.{self.name}"
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared helpers for entries
+# ------------------------------------------------------------------------------------------------
+def generator(device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def randn(g: torch.Generator, size, dtype, device) -> torch.Tensor:
+    """Standard normal values drawn in fp32 on `device`, then rounded to `dtype`."""
+    return torch.randn(*size, generator=g, device=device, dtype=torch.float32).to(dtype)
+
+
+def qkv_inputs(B, T, H, D, dtype, device, causal, seed):
+    """q, k, v ~ N(0, 1), [B, T, H, D] each."""
+    g = generator(device, seed)
+    return {name: randn(g, (B, T, H, D), dtype, device) for name in ("q", "k", "v")}
+
+
+def stream_bytes(B, T, H, D, elt, tensors: int) -> float:
+    """Bytes moved by reading or writing `tensors` arrays of [B, T, H, D] once."""
+    return float(tensors) * B * T * H * D * elt
+
+
+# Minimum traffic shared by q, k, v -> o methods: forward reads q, k, v and writes o (4 arrays);
+# forward + backward reads q, k, v, do and writes o, dq, dk, dv (8 arrays). Anything an
+# implementation keeps between the passes (lse, chunk states) is extra and not counted.
+def qkv_o_bytes(B, T, H, D, causal, direction, elt) -> float:
+    return stream_bytes(B, T, H, D, elt, 4 if direction == "fwd" else 8)
+
+
+# ------------------------------------------------------------------------------------------------
+# softmax_attention: exact attention, the reference every approximation is measured against
+# ------------------------------------------------------------------------------------------------
+# Forward: two matmuls of [T, D] x [D, T] size (S = q kᵀ, o = P v): 4·T²·D per head, half of it
+# when causal (the FlashAttention papers' count). Forward + backward: the backward recomputes P
+# and runs five matmuls, counted as 2.5 × the forward (FlashAttention's convention), so 3.5 ×.
+def softmax_flops(B, T, H, D, causal, direction) -> float:
+    fwd = 4.0 * B * H * T * T * D * (0.5 if causal else 1.0)
+    return fwd if direction == "fwd" else 3.5 * fwd
+
+
+SOFTMAX_ATTENTION = MethodSpec(
+    name="softmax_attention",
+    chunk_op="softmax_attention_chunk",
+    reference_op="softmax_attention_parallel",
+    make_inputs=qkv_inputs,
+    call=lambda op, x, causal: op(x["q"], x["k"], x["v"], causal=causal),
+    flops=softmax_flops,
+    bytes=qkv_o_bytes,
+    sdpa_same_function=True,
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# linear_attention: Katharopoulos et al. 2020, un-normalised (normalize=False) for the headline
+# comparison with fla's chunk_linear_attn(..., normalize=False), which computes the same function
+# on the same q, k, v and scale.
+# ------------------------------------------------------------------------------------------------
+LINEAR_CHUNK = 64  # the zoo's default chunk length L; the FLOP count below is the chunk algorithm's
+
+
+def linear_inputs(B, T, H, D, dtype, device, causal, seed):
+    """q, k already feature-mapped, as the ops take them (φ(x) = elu(x) + 1 > 0, what the layer
+    applies); v ~ N(0, 1)."""
+    g = generator(device, seed)
+    q, k, v = (randn(g, (B, T, H, D), torch.float32, device) for _ in range(3))
+    return {"q": (F.elu(q) + 1).to(dtype), "k": (F.elu(k) + 1).to(dtype), "v": v.to(dtype)}
+
+
+# Forward, per head, chunk length L: inter-chunk q S and state update kᵀ v, 2·T·D² each; causal
+# adds the intra-chunk q kᵀ and A v on full L × L tiles, 2·T·L·D each. Non-causal is q (kᵀ v):
+# 4·T·D². Backward: each matmul has two input gradients, counted as 2 × the forward.
+def linear_flops(B, T, H, D, causal, direction) -> float:
+    per_head = 4.0 * T * D * D + (4.0 * T * LINEAR_CHUNK * D if causal else 0.0)
+    fwd = B * H * per_head
+    return fwd if direction == "fwd" else 3.0 * fwd
+
+
+def _fla_linear(fn, x, causal):
+    return fn(x["q"], x["k"], x["v"], scale=x["q"].shape[-1] ** -0.5, normalize=False)[0]
+
+
+LINEAR_ATTENTION = MethodSpec(
+    name="linear_attention",
+    chunk_op="linear_attention_chunk",
+    reference_op="linear_attention_parallel",
+    make_inputs=linear_inputs,
+    call=lambda op, x, causal: op(x["q"], x["k"], x["v"], causal=causal, normalize=False)[0],
+    flops=linear_flops,
+    bytes=qkv_o_bytes,
+    fla=FlaRef("fla.ops.linear_attn", "chunk_linear_attn", _fla_linear, causal_only=True),
+    variant="normalize=False",
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# The table
+# ------------------------------------------------------------------------------------------------
+SPECS: list[MethodSpec] = [SOFTMAX_ATTENTION, LINEAR_ATTENTION]
+
+
+def all_specs() -> dict[str, MethodSpec]:
+    """Every entry above, plus those of the module(s) named in $BENCH_EXTRA_SPECS (comma-separated
+    import paths, each holding a list `SPECS`): a prototype or a test's stub method."""
+    specs = {s.name: s for s in SPECS}
+    for path in filter(None, os.environ.get("BENCH_EXTRA_SPECS", "").split(",")):
+        for s in importlib.import_module(path.strip()).SPECS:
+            specs[s.name] = s
+    return specs
+
+
+def module_available(path: str) -> str | None:
+    """None if `path` imports; else the reason, as text."""
+    try:
+        importlib.import_module(path)
+        return None
+    except Exception as e:  # a module under construction may raise anything on import
+        return f"{type(e).__name__}: {e}"
