@@ -1,0 +1,530 @@
+"""Triton mirror of zoo/linear_attention.py; the math, shapes and equation numbers (1)-(4) are there.
+
+Kernel plan
+-----------
+One kernel does the training work: a *sweep* over the chunks of one (batch, head), computing
+the zoo's chunk form (4) in the forward's names,
+
+    o_t = s_q · q_tᵀ (h0 + s_k · Σ_{u ≤ t} k_u v_uᵀ)                  (u ≥ t when REVERSE)
+
+with the running state S [K, BV] in fp32 registers for the whole sweep: it is never written to
+memory per chunk (fla's chunk op writes every S_n to HBM and reads it back; that traffic is what
+this design removes). Launch grid: one program per (V-tile, batch·head); each program walks the
+NT chunks of BT tokens in order, and per chunk computes
+    o_c = (s_q·s_k · q_c k_cᵀ ⊙ M) v_c + s_q · q_c S     then     S += s_k · k_cᵀ v_c.
+Without the mask (causal=False) every query needs the whole sequence's state: the program first
+sweeps k, v to build it, then sweeps q to read it out (two passes, still q, k, v read once).
+
+The backward is three more sweeps of the same kernel, because the gradients of linear attention
+are themselves linear attentions (with s = scale, S_0 = h0, dS_T = dht):
+    dq = s · sweep(q=do, k=v,  v=k,  h0=S_0ᵀ)                  forwards in time
+    dk =     sweep(q=v,  k=do, v=q,  h0=dS_Tᵀ, s_k=s)          backwards (REVERSE); final state = dS_0ᵀ
+    dv =     sweep(q=k,  k=q,  v=do, h0=dS_T,  s_k=s)          backwards (REVERSE)
+Nothing but q, k, v (and the initial state) is saved for backward; S is recomputed by the sweeps.
+
+normalize=True. The normaliser is the numerator with a column of ones appended to v:
+den_t = s_q·q_tᵀ(z_0 + Σ k_u) + ε = (A 1)_t + s_q·q_t·z + ε, so the forward sweep carries the key
+sum z [K] beside S and stores den [B, T, H] (fp32) for backward. Backward of o = n / den:
+dn = do / den and dd = −(do·o) / den (one small kernel), and the ones column moves into the
+contraction: dq's query becomes [dn | dd] against keys [v | 1], dk's query [v | 1] against keys
+[dn | dd]. The sweep takes that extra coordinate as two per-token scalars a (query side) and
+b (key side) and carries its state row u [BV] beside S, instead of widening K by one (which would
+double the K tile at K = 128). dz_0 is the dk sweep's final u.
+
+The recurrent op (decoding) has its own token-loop kernel, forward only; its backward is the chunk
+backward above, since both forms compute the same function.
+
+Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = V = 128, causal, normalize=False):
+    bytes, forward: q, k, v read + o written = 4 × 134 MB = 537 MB; at 3.0 TB/s: 0.18 ms (the floor).
+        (q, k are read once per V-tile, V/BV = 2 times; the second read mostly hits L2.)
+    FLOPs, forward: per token and head 2·BT·K (q kᵀ) + 2·BT·V (A v) + 2·K·V (q S) + 2·K·V (kᵀ v)
+        = 98 k; × 524 k token-heads = 52 GFLOP (A counted on the full BT × BT block):
+        ~0.1 ms at 500 TFLOP/s, so the forward is bound by memory, not by the tensor cores.
+    backward: three sweeps, each 3 tensors read + 1 written = 12 × 134 MB = 1.6 GB: floor 0.54 ms;
+        FLOPs 3 × 52 G. So forward + backward ≥ 0.72 ms from memory traffic.
+    first call: one compiled kernel for the forward; the backward adds at most two more variants.
+
+Tile rule (no autotuning, nothing keyed on T or B): the contraction dim K sits in one tile (BK =
+next power of two ≥ 16; up to 256), because S needs every row of k to update. BV takes the rest
+of a register budget of 8192 fp32 state elements per program (64 registers a thread at 4 warps),
+capped at 64 so K = V = 128 gives two V-tiles: B·H·2 programs (128 at the headline size, about
+one per H100 SM). num_stages: as many loads in flight as a 128 KB shared-memory budget holds
+(3 for bf16 at BT = 64, K = 128; Hopper has 228 KB, and the rest is the A and S layout buffers).
+T is in do_not_specialize, so a new length never recompiles.
+
+Naming legend (fla's prefixes, STYLE rule 29):
+    i_   program ids and loop indices (i_v V-tile, i_bh batch·head, i_t chunk)
+    p_   pointers          b_   blocks held on chip (b_q, b_S, b_A ... zoo names after the prefix)
+    offs_ offsets          mask_ masks (mask_t rows inside T, mask_A the causal mask)
+    BT   chunk length (the zoo's L)    BK, BV  tiles of K and V    NT  number of chunks
+    h0, ht   initial and final state S;  z0, zt  the normaliser state z;  u0, ut  the extra row u
+    s_q, s_k  scales applied to q·(...) and to each k v outer product
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+import zoo.linear_attention as zla
+from zoo.linear_attention import check_inputs
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
+STATE_ELEMENTS = 8192  # fp32 state elements per program: 64 registers per thread at 4 warps
+MAX_BV = 64  # two V-tiles at V = 128: enough programs to fill an H100 (132 SMs) at B·H = 64
+SMEM_BUDGET = 128 * 1024  # bytes of shared memory for pipelined loads (H100: 228 KB per SM)
+MAX_HEAD_DIM = 256  # K and V up to this: the whole of K must fit one tile
+MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
+
+
+# ------------------------------------------------------------------------------------------------
+# Tile rule
+# ------------------------------------------------------------------------------------------------
+def _tile_rule(DK: int, DV: int, BT: int, element_size: int):
+    """(BK, BV, num_warps, num_stages) from the head dims alone (see the card)."""
+    BK = max(16, triton.next_power_of_2(DK))
+    BV = max(16, min(triton.next_power_of_2(DV), MAX_BV, STATE_ELEMENTS // BK))
+    stage_bytes = BT * (2 * BK + BV) * element_size  # one chunk of q, k and v
+    num_stages = max(1, min(3, SMEM_BUDGET // stage_bytes))
+    return BK, BV, 4, num_stages
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+# ------------------------------------------------------------------------------------------------
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "STORE_HT": lambda args: args["ht"] is not None,
+    "NORMALIZE": lambda args: args["den"] is not None,
+    "AUGMENT": lambda args: args["a"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _linear_attention_chunk_kernel(
+    q, k, v, o,  # [B, T, H, K], [B, T, H, K], [B, T, H, V], [B, T, H, V]
+    h0, ht,  # [B, H, K, V] fp32 or None
+    z0, zt, den,  # [B, H, K], [B, H, K], [B, T, H] fp32 (normalize) or None
+    a, b, u0, ut,  # [B, T, H], [B, T, H], [B, H, V], [B, H, V] fp32 (extra coordinate) or None
+    s_q, s_k,  # fp32 scales
+    T, H, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, EPS: tl.constexpr,
+    CAUSAL: tl.constexpr, REVERSE: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, NORMALIZE: tl.constexpr, AUGMENT: tl.constexpr,
+):
+    """o_t = s_q·q_tᵀ(h0 + s_k Σ_{u ≤ t} k_u v_uᵀ) chunk by chunk (zoo (4)); ÷ den when NORMALIZE."""
+    # -- map the program to a V-tile of one (batch, head) ------------------------------------------
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    s_q, s_k = tl.cast(s_q, tl.float32), tl.cast(s_k, tl.float32)  # under Inductor a float may come as fp64
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_k, mask_v = offs_k < K, offs_v < V
+    row0 = i_b.to(tl.int64) * T  # first token of this sequence; int64: B·T·H·K may pass 2³¹
+    NT = tl.cdiv(T, BT)
+
+    # -- the state: S [BK, BV] and its companions, fp32 accumulators for the whole sweep -----------
+    b_S = tl.zeros([BK, BV], dtype=tl.float32)
+    b_z = tl.zeros([BK], dtype=tl.float32)  # (1) z: S's column for a value of 1 (NORMALIZE)
+    b_u = tl.zeros([BV], dtype=tl.float32)  # S's row for the extra key coordinate b (AUGMENT)
+    p_S = i_bh.to(tl.int64) * K * V + offs_k[:, None] * V + offs_v[None, :]
+    mask_S = mask_k[:, None] & mask_v[None, :]
+    if HAS_H0:
+        b_S += tl.load(h0 + p_S, mask=mask_S, other=0.0).to(tl.float32)
+        if NORMALIZE:
+            b_z += tl.load(z0 + i_bh * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        if AUGMENT:
+            b_u += tl.load(u0 + i_bh * V + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+
+    # -- non-causal: every query reads the whole sequence's state, so build it first -------------
+    if not CAUSAL:
+        for i_t in range(NT):
+            offs_t = i_t * BT + tl.arange(0, BT)
+            mask_t = offs_t < T
+            p_t = (row0 + offs_t) * H + i_h  # [BT] row index into the flattened [B·T·H, *]
+            b_k = tl.load(k + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+            b_S += s_k * tl.dot(tl.trans(b_k), b_v)  # (1) summed over every token
+            if NORMALIZE:
+                b_z += s_k * tl.sum(b_k.to(tl.float32), 0)
+            if AUGMENT:
+                b_b = tl.load(b + p_t, mask=mask_t, other=0.0)
+                b_u += s_k * tl.sum(b_b[:, None] * b_v.to(tl.float32), 0)
+
+    # -- the sweep: chunk by chunk, in time order (REVERSE: from the last chunk back) -------------
+    for i_t in range(NT):
+        i_c = NT - 1 - i_t if REVERSE else i_t
+        offs_t = i_c * BT + tl.arange(0, BT)
+        mask_t = offs_t < T
+        p_t = (row0 + offs_t) * H + i_h
+        b_q = tl.load(q + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+
+        # (4) inter-chunk: s_q · q_c S_{n-1}, what every earlier chunk left in the state.
+        # S is rounded to q's dtype so the dot runs on tensor cores (fla does the same).
+        b_o = s_q * tl.dot(b_q, b_S.to(b_q.dtype))  # [BT, BV] fp32
+        if NORMALIZE:
+            b_den = s_q * tl.sum(b_q.to(tl.float32) * b_z[None, :], 1)  # s_q · q_c z_{n-1} [BT]
+        if AUGMENT:
+            b_a = tl.load(a + p_t, mask=mask_t, other=0.0)
+            b_o += s_q * b_a[:, None] * b_u[None, :]
+
+        if CAUSAL:
+            b_k = tl.load(k + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+            # (4) intra-chunk: A = s_q·s_k · q_c k_cᵀ ⊙ M on the diagonal block, times v_c.
+            b_A = tl.dot(b_q, tl.trans(b_k))  # [BT, BT] fp32
+            if AUGMENT:
+                b_b = tl.load(b + p_t, mask=mask_t, other=0.0)
+                b_A += b_a[:, None] * b_b[None, :]  # the extra coordinate's a_t·b_u
+            if REVERSE:
+                mask_A = offs_t[:, None] <= offs_t[None, :]  # u ≥ t
+            else:
+                mask_A = offs_t[:, None] >= offs_t[None, :]  # u ≤ t
+            b_A = tl.where(mask_A, (s_q * s_k) * b_A, 0.0)  # where, not ×: inf·0 would be NaN
+            b_o += tl.dot(b_A.to(b_v.dtype), b_v)
+            if NORMALIZE:
+                b_den += tl.sum(b_A, 1)  # A 1: the ones column of v
+            # (4) state pass: S_n = S_{n-1} + s_k · k_cᵀ v_c, after the chunk has read S_{n-1}.
+            b_S += s_k * tl.dot(tl.trans(b_k), b_v)
+            if NORMALIZE:
+                b_z += s_k * tl.sum(b_k.to(tl.float32), 0)
+            if AUGMENT:
+                b_u += s_k * tl.sum(b_b[:, None] * b_v.to(tl.float32), 0)
+
+        if NORMALIZE:
+            b_den += EPS  # (2) the divisor s·qᵀz + ε, stored for backward
+            b_o = b_o / b_den[:, None]
+            if i_v == 0:
+                tl.store(den + p_t, b_den, mask=mask_t)
+        tl.store(o + p_t[:, None] * V + offs_v[None, :], b_o.to(o.dtype.element_ty),
+                 mask=mask_t[:, None] & mask_v[None, :])
+
+    # -- the final state ------------------------------------------------------------------------
+    if STORE_HT:
+        tl.store(ht + p_S, b_S, mask=mask_S)
+        if NORMALIZE:
+            if i_v == 0:
+                tl.store(zt + i_bh * K + offs_k, b_z, mask=mask_k)
+        if AUGMENT:
+            tl.store(ut + i_bh * V + offs_v, b_u, mask=mask_v)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _linear_attention_normalize_bwd_kernel(do, o, den, dn, dd, T, H, V: tl.constexpr,
+                                           BT: tl.constexpr, BV: tl.constexpr):
+    """o = n / den  ⇒  dn = do / den,  dd = −(do·o) / den   (rows of [B·T·H, V])."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    offs_t = i_t * BT + tl.arange(0, BT)
+    offs_v = tl.arange(0, BV)
+    mask_t = offs_t < T
+    mask = mask_t[:, None] & (offs_v < V)[None, :]
+    p_t = (i_b.to(tl.int64) * T + offs_t) * H + i_h
+    p_x = p_t[:, None] * V + offs_v[None, :]
+    b_do = tl.load(do + p_x, mask=mask, other=0.0).to(tl.float32)
+    b_o = tl.load(o + p_x, mask=mask, other=0.0).to(tl.float32)
+    b_den = tl.load(den + p_t, mask=mask_t, other=1.0)
+    tl.store(dn + p_x, (b_do / b_den[:, None]).to(dn.dtype.element_ty), mask=mask)
+    tl.store(dd + p_t, -tl.sum(b_do * b_o, 1) / b_den, mask=mask_t)
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "STORE_HT": lambda args: args["ht"] is not None,
+    "NORMALIZE": lambda args: args["den"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _linear_attention_recurrent_fwd_kernel(
+    q, k, v, o, h0, ht, z0, zt, den, scale,
+    T, H, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    EPS: tl.constexpr, CAUSAL: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+):
+    """Token by token: S_t = S_{t-1} + k_t v_tᵀ, o_t = s·q_tᵀ S_t (÷ s·q_tᵀ z_t + ε) (zoo (1)-(2))."""
+    # -- map the program to a V-tile of one (batch, head) ------------------------------------------
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    scale = tl.cast(scale, tl.float32)
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_k, mask_v = offs_k < K, offs_v < V
+    row0 = i_b.to(tl.int64) * T
+
+    # -- the state, fp32 ---------------------------------------------------------------------------
+    b_S = tl.zeros([BK, BV], dtype=tl.float32)
+    b_z = tl.zeros([BK], dtype=tl.float32)
+    p_S = i_bh.to(tl.int64) * K * V + offs_k[:, None] * V + offs_v[None, :]
+    mask_S = mask_k[:, None] & mask_v[None, :]
+    if HAS_H0:
+        b_S += tl.load(h0 + p_S, mask=mask_S, other=0.0).to(tl.float32)
+        if NORMALIZE:
+            b_z += tl.load(z0 + i_bh * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    if not CAUSAL:  # every query reads the state after the whole sequence
+        for t in range(T):
+            p_t = (row0 + t) * H + i_h
+            b_k = tl.load(k + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+            b_v = tl.load(v + p_t * V + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+            b_S += b_k[:, None] * b_v[None, :]
+            b_z += b_k
+
+    # -- the token loop ----------------------------------------------------------------------------
+    for t in range(T):
+        p_t = (row0 + t) * H + i_h
+        b_q = scale * tl.load(q + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        if CAUSAL:
+            b_k = tl.load(k + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+            b_v = tl.load(v + p_t * V + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+            b_S += b_k[:, None] * b_v[None, :]  # (1) S_t = S_{t-1} + k_t v_tᵀ
+            b_z += b_k  # (1) z_t = z_{t-1} + k_t
+        b_o = tl.sum(b_q[:, None] * b_S, 0)  # (2) s·q_tᵀ S_t [BV]
+        if NORMALIZE:
+            b_den = tl.sum(b_q * b_z, 0) + EPS  # (2) s·q_tᵀ z_t + ε
+            b_o = b_o / b_den
+            if i_v == 0:
+                tl.store(den + p_t, b_den)
+        tl.store(o + p_t * V + offs_v, b_o.to(o.dtype.element_ty), mask=mask_v)
+
+    # -- the final state ------------------------------------------------------------------------
+    if STORE_HT:
+        tl.store(ht + p_S, b_S, mask=mask_S)
+        if NORMALIZE:
+            if i_v == 0:
+                tl.store(zt + i_bh * K + offs_k, b_z, mask=mask_k)
+
+
+# ------------------------------------------------------------------------------------------------
+# Host launchers
+# ------------------------------------------------------------------------------------------------
+def _sweep(q, k, v, *, h0=None, z0=None, a=None, b=None, u0=None, s_q=1.0, s_k=1.0, causal=True,
+           reverse=False, normalize=False, store_final=False, chunk_size=64):
+    """Launch one sweep (see the card). Returns (o, den, ht, zt, ut), None where not computed."""
+    B, T, H, DK = q.shape
+    DV = v.shape[-1]
+    BK, BV, num_warps, num_stages = _tile_rule(DK, DV, chunk_size, q.element_size())
+    f32 = dict(device=q.device, dtype=torch.float32)
+    o = torch.empty(B, T, H, DV, device=q.device, dtype=v.dtype)
+    den = torch.empty(B, T, H, **f32) if normalize else None
+    ht = torch.empty(B, H, DK, DV, **f32) if store_final else None
+    zt = torch.empty(B, H, DK, **f32) if store_final and normalize else None
+    ut = torch.empty(B, H, DV, **f32) if store_final and a is not None else None
+    grid = (triton.cdiv(DV, BV), B * H)
+    _linear_attention_chunk_kernel[grid](
+        q, k, v, o, h0, ht, z0, zt, den, a, b, u0, ut, float(s_q), float(s_k),
+        T, H, K=DK, V=DV, BT=chunk_size, BK=BK, BV=BV, EPS=zla.EPS, CAUSAL=causal, REVERSE=reverse,
+        num_warps=num_warps, num_stages=num_stages)
+    return o, den, ht, zt, ut
+
+
+def _linear_attention_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state, chunk_size):
+    """Forward: one sweep. Returns (o, ht, zt, den), None where not computed."""
+    o, den, ht, zt, _ = _sweep(q, k, v, h0=h0, z0=z0, s_q=scale, causal=causal, normalize=normalize,
+                               store_final=output_final_state, chunk_size=chunk_size)
+    return o, ht, zt, den
+
+
+def _linear_attention_chunk_bwd(do, dht, dzt, q, k, v, o, den, h0, z0, scale, causal, normalize, chunk_size):
+    """Backward: (normalize: dn, dd) then the dq, dk, dv sweeps of the card. Returns (dq, dk, dv, dh0, dz0)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    dn, extra_dq, extra_dk = do, {}, {}
+    if normalize:
+        # The state is the pair (S, z): if only one half has a cotangent, the other's is zero.
+        if dht is not None or dzt is not None:
+            dht = q.new_zeros(B, H, K, V, dtype=torch.float32) if dht is None else dht
+            dzt = q.new_zeros(B, H, K, dtype=torch.float32) if dzt is None else dzt
+        if h0 is not None and z0 is None:
+            z0 = q.new_zeros(B, H, K, dtype=torch.float32)
+        dn, dd = torch.empty_like(do), torch.empty(B, T, H, device=do.device, dtype=torch.float32)
+        BT, BV = 64, max(16, triton.next_power_of_2(V))
+        _linear_attention_normalize_bwd_kernel[(triton.cdiv(T, BT), B * H)](do, o, den, dn, dd, T, H, V=V, BT=BT,
+                                                                            BV=BV)
+        ones = torch.ones_like(dd)  # the ones column of v, as a per-token coordinate
+        extra_dq = dict(a=dd, b=ones, u0=z0)  # dq's query [dn | dd] against keys [v | 1]
+        extra_dk = dict(a=ones, b=dd, u0=dzt)  # dk's query [v | 1] against keys [dn | dd]
+    S0_T = None if h0 is None else h0.transpose(-1, -2).contiguous()  # [B, H, V, K]
+    dht_T = None if dht is None else dht.transpose(-1, -2).contiguous()  # [B, H, V, K]
+    dq = _sweep(dn, v, k, h0=S0_T, s_q=scale, causal=causal, chunk_size=chunk_size, **extra_dq)[0]
+    # dk's sweep ends holding dS_0ᵀ = (dS_T + s Σ q dnᵀ)ᵀ and, normalised, dz_0 = dz_T + s Σ dd q.
+    dk, _, dh0_T, _, dz0 = _sweep(v, dn, q, h0=dht_T, s_k=scale, causal=causal, reverse=True,
+                                  store_final=h0 is not None, chunk_size=chunk_size, **extra_dk)
+    dv = _sweep(k, q, dn, h0=dht, s_k=scale, causal=causal, reverse=True, chunk_size=chunk_size)[0]
+    dh0 = None if dh0_T is None else dh0_T.transpose(-1, -2).contiguous()  # [B, H, K, V]
+    return dq, dk, dv, dh0, dz0
+
+
+def _linear_attention_recurrent_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    BK, BV, num_warps, _ = _tile_rule(K, V, 1, q.element_size())
+    f32 = dict(device=q.device, dtype=torch.float32)
+    o = torch.empty_like(v)
+    den = torch.empty(B, T, H, **f32) if normalize else None
+    ht = torch.empty(B, H, K, V, **f32) if output_final_state else None
+    zt = torch.empty(B, H, K, **f32) if output_final_state and normalize else None
+    _linear_attention_recurrent_fwd_kernel[(triton.cdiv(V, BV), B * H)](
+        q, k, v, o, h0, ht, z0, zt, den, scale, T, H, K=K, V=V, BK=BK, BV=BV, EPS=zla.EPS,
+        CAUSAL=causal, num_warps=num_warps)
+    return o, ht, zt, den
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom ops: what torch.compile(fullgraph=True) sees (the kernels stay opaque to it)
+# ------------------------------------------------------------------------------------------------
+# Optional outputs come back as empty tensors (a custom op cannot return None).
+def _or_empty(x, ref):
+    return ref.new_empty(0) if x is None else x
+
+
+def _or_none(x):
+    return None if x is None or x.numel() == 0 else x
+
+
+def _fwd_outputs_like(q, v, causal, normalize, output_final_state):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    f32 = dict(dtype=torch.float32)
+    ht = q.new_empty(B, H, K, V, **f32) if output_final_state else q.new_empty(0)
+    zt = q.new_empty(B, H, K, **f32) if output_final_state and normalize else q.new_empty(0)
+    den = q.new_empty(B, T, H, **f32) if normalize else q.new_empty(0)
+    return torch.empty_like(v), ht, zt, den
+
+
+@torch.library.custom_op("zoo::linear_attention_chunk_fwd", mutates_args=())
+def _chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h0: torch.Tensor | None,
+                  z0: torch.Tensor | None, scale: float, causal: bool, normalize: bool,
+                  output_final_state: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                       torch.Tensor]:
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    h0, z0 = (None if x is None else x.contiguous() for x in (h0, z0))
+    o, ht, zt, den = _linear_attention_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state,
+                                                 chunk_size)
+    return o, _or_empty(ht, q), _or_empty(zt, q), _or_empty(den, q)
+
+
+@_chunk_fwd_op.register_fake
+def _(q, k, v, h0, z0, scale, causal, normalize, output_final_state, chunk_size):
+    return _fwd_outputs_like(q, v, causal, normalize, output_final_state)
+
+
+@torch.library.custom_op("zoo::linear_attention_recurrent_fwd", mutates_args=())
+def _recurrent_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h0: torch.Tensor | None,
+                      z0: torch.Tensor | None, scale: float, causal: bool, normalize: bool,
+                      output_final_state: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    h0, z0 = (None if x is None else x.contiguous() for x in (h0, z0))
+    o, ht, zt, den = _linear_attention_recurrent_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state)
+    return o, _or_empty(ht, q), _or_empty(zt, q), _or_empty(den, q)
+
+
+@_recurrent_fwd_op.register_fake
+def _(q, k, v, h0, z0, scale, causal, normalize, output_final_state):
+    return _fwd_outputs_like(q, v, causal, normalize, output_final_state)
+
+
+@torch.library.custom_op("zoo::linear_attention_chunk_bwd", mutates_args=())
+def _chunk_bwd_op(do: torch.Tensor, dht: torch.Tensor | None, dzt: torch.Tensor | None, q: torch.Tensor,
+                  k: torch.Tensor, v: torch.Tensor, o: torch.Tensor | None, den: torch.Tensor, h0: torch.Tensor | None,
+                  z0: torch.Tensor | None, scale: float, causal: bool, normalize: bool,
+                  chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    do, dht, dzt, h0, z0 = (None if x is None else x.contiguous() for x in (do, dht, dzt, h0, z0))
+    dq, dk, dv, dh0, dz0 = _linear_attention_chunk_bwd(do, dht, dzt, q, k, v, o, den, h0, z0, scale, causal,
+                                                       normalize, chunk_size)
+    dh0 = q.new_empty(0) if dh0 is None else dh0.to(h0.dtype)
+    dz0 = q.new_empty(0) if dz0 is None or z0 is None else dz0.to(z0.dtype)
+    return dq, dk, dv, dh0, dz0
+
+
+@_chunk_bwd_op.register_fake
+def _(do, dht, dzt, q, k, v, o, den, h0, z0, scale, causal, normalize, chunk_size):
+    dh0 = q.new_empty(0) if h0 is None else torch.empty_like(h0)
+    dz0 = q.new_empty(0) if z0 is None or not normalize else torch.empty_like(z0)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dh0, dz0
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, h0, z0, scale, causal, normalize = inputs[:8]
+    o, _, _, den = output
+    ctx.save_for_backward(q, k, v, h0, z0, o if normalize else None, den)
+    # The recurrent op has no chunk_size: its backward runs the chunk sweeps with the default.
+    ctx.opts = (scale, causal, normalize, inputs[9] if len(inputs) > 9 else 64)
+
+
+def _backward(ctx, do, dht, dzt, dden):
+    q, k, v, h0, z0, o, den = ctx.saved_tensors
+    scale, causal, normalize, chunk_size = ctx.opts
+    dq, dk, dv, dh0, dz0 = torch.ops.zoo.linear_attention_chunk_bwd(
+        do, _or_none(dht), _or_none(dzt), q, k, v, o, den, h0, z0, scale, causal, normalize, chunk_size)
+    grads = (dq, dk, dv, _or_none(dh0), _or_none(dz0))
+    return grads + (None,) * (len(ctx.needs_input_grad) - 5)
+
+
+torch.library.register_autograd("zoo::linear_attention_chunk_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("zoo::linear_attention_recurrent_fwd", _backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public ops: the zoo's names and signatures
+# ------------------------------------------------------------------------------------------------
+def _check_fast(q, k, v, initial_state, normalize, chunk_size=None):
+    """The zoo's checks, then what the kernels add: a device they can run on, fp16/bf16/fp32,
+    head dims up to MAX_HEAD_DIM, chunks of at least MIN_CHUNK."""
+    B, T, H, K, V = check_inputs(q, k, v, initial_state, normalize=normalize, chunk_size=chunk_size)
+    if q.device.type == "cpu" and not INTERPRET:
+        raise ValueError("fast.linear_attention got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 "
+                         "before importing fast.linear_attention to run the kernels in Triton's interpreter")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"q, k, v must be float16, bfloat16 or float32 for the Triton kernels, got {q.dtype} "
+                        "(zoo.linear_attention computes in any float dtype)")
+    if K > MAX_HEAD_DIM or V > MAX_HEAD_DIM:
+        raise ValueError(f"head dims K = {K}, V = {V}: the kernels take K, V <= {MAX_HEAD_DIM}")
+    if chunk_size is not None and chunk_size < MIN_CHUNK:
+        raise ValueError(f"chunk_size must be a power of two >= {MIN_CHUNK} for tl.dot, got {chunk_size}")
+    return K ** -0.5
+
+
+def _split_state(initial_state, normalize):
+    if initial_state is None:
+        return None, None
+    return tuple(initial_state) if normalize else (initial_state, None)
+
+
+def _pack_state(ht, zt, normalize, output_final_state):
+    if not output_final_state:
+        return None
+    return (ht, zt) if normalize else ht
+
+
+def linear_attention_chunk(q, k, v, *, scale=None, causal=True, normalize=True, initial_state=None,
+                           output_final_state=False, chunk_size=64):
+    """zoo.linear_attention.linear_attention_chunk in Triton, forward and backward (the chunk sweep).
+    Returns (o [B, T, H, V], final_state or None); the state is float32."""
+    default_scale = _check_fast(q, k, v, initial_state, normalize, chunk_size)
+    h0, z0 = _split_state(initial_state, normalize)
+    o, ht, zt, _ = torch.ops.zoo.linear_attention_chunk_fwd(
+        q, k, v, h0, z0, float(default_scale if scale is None else scale), causal, normalize, output_final_state,
+        chunk_size)
+    return o, _pack_state(ht, zt, normalize, output_final_state)
+
+
+def linear_attention_recurrent(q, k, v, *, scale=None, causal=True, normalize=True, initial_state=None,
+                               output_final_state=False):
+    """zoo.linear_attention.linear_attention_recurrent in Triton: a token loop for decoding (forward
+    kernel; its gradient runs the chunk backward sweeps). Returns (o, final_state or None)."""
+    default_scale = _check_fast(q, k, v, initial_state, normalize)
+    h0, z0 = _split_state(initial_state, normalize)
+    o, ht, zt, _ = torch.ops.zoo.linear_attention_recurrent_fwd(
+        q, k, v, h0, z0, float(default_scale if scale is None else scale), causal, normalize, output_final_state)
+    return o, _pack_state(ht, zt, normalize, output_final_state)
+
+
+# ------------------------------------------------------------------------------------------------
+# The layer: the zoo layer with the ops swapped (same parameters, same state dict)
+# ------------------------------------------------------------------------------------------------
+class LinearAttention(zla.LinearAttention):
+    """zoo.linear_attention.LinearAttention running the Triton chunk and recurrent ops
+    (form="parallel" keeps the zoo's parallel form: there is no kernel for the oracle)."""
+
+    chunk_op = staticmethod(linear_attention_chunk)
+    recurrent_op = staticmethod(linear_attention_recurrent)
+
+
+__all__ = ["linear_attention_chunk", "linear_attention_recurrent", "LinearAttention"]
