@@ -1,0 +1,275 @@
+"""Sliding-window attention: the spec, in DESIGN.md's law order.
+
+1. forms agree: the chunk form and the rolling-cache recurrent form equal the band-masked
+   parallel definition in float64 (o and lse);
+2. fast equals zoo: the Triton windowed flash kernel in fp32 under the interpreter, bf16 on a GPU;
+3. gradients agree: q, k, v through random cotangents on o (and lse);
+4. causality: perturbing tokens after t leaves outputs up to t bit-identical;
+5. state carry: two recurrent calls chained by the cache equal one call; prefill then decode
+   equals forward, the cache's size does not grow with T;
+6. own laws: window ≥ T is full causal softmax attention; window = 1 returns v; keys that left
+   the window change nothing; equals SDPA with the band as an explicit mask;
+7. bad inputs raise clear errors (window < 1, a window larger than the decode cache, ...);
+8. torch.compile(fullgraph=True): every form and the layer (aot_eager), the chunk form with
+   inductor, the fast op on the CPU under the interpreter.
+"""
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings, strategies as st
+
+from strategies import (TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol,
+                        grads, has_cuda, interpreting, randn, seeds, shapes, tol_for)
+import zoo.sliding_window_attention as zw
+
+F64 = torch.float64
+windows = st.sampled_from([1, 2, 3, 7, 16, 33, 100])
+
+
+def qkv(seed, s: Shape, dtype=F64, device="cpu"):
+    return (randn(seed, s.B, s.T, s.H, s.K, dtype=dtype, device=device),
+            randn(seed + 1, s.B, s.T, s.H, s.K, dtype=dtype, device=device),
+            randn(seed + 2, s.B, s.T, s.H, s.V, dtype=dtype, device=device))
+
+
+def sdpa(q, k, v, mask=None, causal=False):
+    return F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), attn_mask=mask,
+                                          is_causal=causal).transpose(1, 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Forms agree
+# ------------------------------------------------------------------------------------------------
+@given(shape=shapes(), window=windows, L=chunk_sizes, seed=seeds)
+@edge_examples(chunk_size=16, window=7, L=16)
+@edge_examples(chunk_size=16, window=1, L=16)
+def test_chunk_and_recurrent_equal_parallel_in_float64(shape, window, L, seed):
+    q, k, v = qkv(seed, shape)
+    o_ref, lse_ref = zw.sliding_window_attention_parallel(q, k, v, window=window, return_lse=True)
+    o, lse = zw.sliding_window_attention_chunk(q, k, v, window=window, return_lse=True, chunk_size=L)
+    assert_close(o, o_ref, TOL["f64"], "chunk o")
+    assert_close(lse, lse_ref, TOL["f64"], "chunk lse")
+    o_rec, _ = zw.sliding_window_attention_recurrent(q, k, v, window=window)
+    assert_close(o_rec, o_ref, TOL["f64"], "recurrent o")
+
+
+@settings(max_examples=5)
+@given(shape=shapes(max_T=50), window=windows, L=chunk_sizes, seed=seeds)
+@edge_examples(chunk_size=16, window=5, L=16)
+def test_chunk_gradients_equal_parallel_in_float64(shape, window, L, seed):
+    q, k, v = (x.requires_grad_() for x in qkv(seed, shape))
+    cot = [randn(seed + 3, *v.shape), randn(seed + 4, *q.shape[:3])]
+    kw = dict(window=window, return_lse=True)
+    ref = grads(lambda **a: zw.sliding_window_attention_parallel(**a, **kw), dict(q=q, k=k, v=v), cot)
+    got = grads(lambda **a: zw.sliding_window_attention_chunk(**a, chunk_size=L, **kw), dict(q=q, k=k, v=v), cot)
+    for n in ref:
+        assert_close(got[n], ref[n], TOL["f64"], f"d{n}")
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Causality
+# ------------------------------------------------------------------------------------------------
+@given(shape=shapes(max_T=40), window=windows, t=st.integers(0, 39), seed=seeds)
+def test_future_tokens_do_not_change_the_past(shape, window, t, seed):
+    t = min(t, shape.T - 1)
+    q, k, v = qkv(seed, shape)
+    q2, k2, v2 = (x.clone() for x in (q, k, v))
+    for x in (q2, k2, v2):
+        x[:, t + 1:] = randn(seed + 7, *x[:, t + 1:].shape)
+    for op in (zw.sliding_window_attention_parallel,
+               lambda *a, **kw: zw.sliding_window_attention_chunk(*a, chunk_size=16, **kw),
+               lambda *a, **kw: zw.sliding_window_attention_recurrent(*a, **kw)[0]):
+        o, o2 = op(q, k, v, window=window), op(q2, k2, v2, window=window)
+        assert torch.equal(o[:, :t + 1], o2[:, :t + 1])
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. State carry: the rolling cache
+# ------------------------------------------------------------------------------------------------
+@given(shape=shapes(max_T=40), window=windows, split=st.floats(0, 1), seed=seeds)
+def test_two_chained_recurrent_calls_equal_one_call(shape, window, split, seed):
+    assume(shape.T >= 2)
+    q, k, v = qkv(seed, shape)
+    n = min(shape.T - 1, max(1, int(split * shape.T)))
+    op = zw.sliding_window_attention_recurrent
+    o, (kc, vc, cnt) = op(q, k, v, window=window, output_final_state=True)
+    o1, h1 = op(q[:, :n], k[:, :n], v[:, :n], window=window, output_final_state=True)
+    o2, (kc2, vc2, cnt2) = op(q[:, n:], k[:, n:], v[:, n:], window=window, initial_state=h1,
+                              output_final_state=True)
+    assert_close(torch.cat([o1, o2], 1), o, TOL["f64"], "o")
+    assert torch.equal(kc2, kc) and torch.equal(vc2, vc) and int(cnt2) == int(cnt) == shape.T
+    assert kc.shape == (shape.B, window, shape.H, shape.K)  # the cache is W slots, whatever T
+
+
+@settings(max_examples=6)
+@given(T=st.integers(1, 24), t=st.integers(0, 24), window=st.sampled_from([1, 4, 9, 30]),
+       form=st.sampled_from(["chunk", "recurrent", "parallel"]), seed=seeds)
+def test_prefill_then_decode_equals_forward(T, t, window, form, seed):
+    t = min(t, T)
+    torch.manual_seed(seed % 1000)
+    layer = zw.SlidingWindowAttention(12, 3, window=window, form=form).double()
+    x = randn(seed, 2, T, 12)
+    y_ref = layer(x)
+    ys, cache = [], None
+    if t:
+        y, cache = layer.prefill(x[:, :t])
+        ys.append(y)
+    for i in range(t, T):
+        y_i, cache = layer.step(x[:, i], cache)
+        ys.append(y_i[:, None])
+    assert_close(torch.cat(ys, 1), y_ref, TOL["f64"], "y")
+    assert cache["k"].shape == (2, window, 3, 4) and int(cache["pos"]) == T
+    assert (cache["k"].numel() + cache["v"].numel()) // 2 + 1 == layer.state_size(T)  # per sequence (B = 2), + pos
+
+
+def test_state_size_does_not_grow_with_T():
+    layer = zw.SlidingWindowAttention(16, 2, window=8)
+    assert layer.state_size(1) == layer.state_size(10_000) == 2 * 8 * 16 + 1
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. The method's own laws
+# ------------------------------------------------------------------------------------------------
+@given(shape=shapes(), extra=st.integers(0, 20), seed=seeds)
+def test_window_at_least_T_is_full_causal_softmax_attention(shape, extra, seed):
+    q, k, v = qkv(seed, shape)
+    ref = sdpa(q, k, v, causal=True)
+    W = shape.T + extra
+    assert_close(zw.sliding_window_attention_parallel(q, k, v, window=W), ref, TOL["f64"], "parallel")
+    assert_close(zw.sliding_window_attention_chunk(q, k, v, window=W, chunk_size=16), ref, TOL["f64"], "chunk")
+
+
+@given(shape=shapes(), seed=seeds)
+def test_window_one_attends_to_itself_only(shape, seed):
+    q, k, v = qkv(seed, shape)
+    assert torch.equal(zw.sliding_window_attention_parallel(q, k, v, window=1), v)
+    assert torch.equal(zw.sliding_window_attention_chunk(q, k, v, window=1, chunk_size=16), v)
+    assert torch.equal(zw.sliding_window_attention_recurrent(q, k, v, window=1)[0], v)
+
+
+@given(shape=shapes(), window=windows, seed=seeds)
+def test_equals_sdpa_with_the_band_as_a_mask(shape, window, seed):
+    q, k, v = qkv(seed, shape)
+    i = torch.arange(shape.T)
+    band = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)  # card (1): i−W < j ≤ i
+    assert band.sum(-1).max() == min(window, shape.T)  # W keys, itself included
+    assert_close(zw.sliding_window_attention_chunk(q, k, v, window=window, chunk_size=16),
+                 sdpa(q, k, v, mask=band), TOL["f64"], "chunk vs SDPA")
+
+
+@given(shape=shapes(min_K=1), window=st.integers(1, 10), seed=seeds)
+def test_keys_that_left_the_window_change_nothing(shape, window, seed):
+    assume(shape.T > window)
+    q, k, v = qkv(seed, shape)
+    t = shape.T - 1  # the last query sees keys t−W+1 … t; change every older key and value
+    k2, v2 = k.clone(), v.clone()
+    k2[:, : t - window + 1] += 10.0
+    v2[:, : t - window + 1] -= 10.0
+    for op in (zw.sliding_window_attention_parallel,
+               lambda *a, **kw: zw.sliding_window_attention_chunk(*a, chunk_size=16, **kw)):
+        assert torch.equal(op(q, k, v, window=window)[:, t], op(q, k2, v2, window=window)[:, t])
+
+
+def test_based_config_window_size_maps_to_window():
+    # Based passes (window_size // 2, 0) to flash-attn, which counts keys left of the query:
+    # window_size = 256 means 128 keys before the query plus itself, W = 129 here.
+    q, k, v = qkv(0, Shape(1, 300, 1, 4, 2))
+    o = zw.sliding_window_attention_parallel(q, k, v, window=256 // 2 + 1)
+    i = torch.arange(300)
+    left = 256 // 2  # flash-attn window_size[0]
+    mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] <= left)
+    assert_close(o, sdpa(q, k, v, mask=mask), TOL["f64"], "flash window (128, 0)")
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Bad inputs
+# ------------------------------------------------------------------------------------------------
+def _bad_cases():
+    q, k, v = qkv(0, Shape(2, 8, 3, 4, 5))
+    return [
+        ("rank", dict(q=q[0]), ValueError, "q must be [B, T, H, D]"),
+        ("not a tensor", dict(k=k.tolist()), TypeError, "k must be a torch.Tensor"),
+        ("k shape", dict(k=k[..., :3]), ValueError, "k must be [B, T, H, K]"),
+        ("T mismatch", dict(v=v[:, :5]), ValueError, "v must be [B, T, H, V]"),
+        ("int dtype", dict(q=q.long()), TypeError, "floating point"),
+        ("mixed dtypes", dict(q=q.float()), TypeError, "share one dtype"),
+        ("window 0", dict(window=0), ValueError, "window must be an int >= 1"),
+        ("window negative", dict(window=-3), ValueError, "window must be an int >= 1"),
+        ("window float", dict(window=2.5), ValueError, "window must be an int >= 1"),
+        ("chunk not power of two", dict(chunk_size=48), ValueError, "power of two"),
+        ("scale tensor", dict(scale=torch.tensor(1.0)), TypeError, "scale"),
+    ], (q, k, v)
+
+
+@pytest.mark.parametrize("case", range(len(_bad_cases()[0])), ids=[c[0] for c in _bad_cases()[0]])
+def test_bad_inputs_raise_clear_errors(case):
+    (name, changes, err, msg), (q, k, v) = _bad_cases()[0][case], _bad_cases()[1]
+    args = {**dict(q=q, k=k, v=v), **changes}
+    ops = [zw.sliding_window_attention_chunk]
+    if "chunk_size" not in changes:
+        ops += [zw.sliding_window_attention_parallel, zw.sliding_window_attention_recurrent]
+    for op in ops:
+        with pytest.raises(err, match=re.escape(msg)):
+            op(**args)
+
+
+def test_a_window_larger_than_the_decode_cache_raises():
+    q, k, v = qkv(0, Shape(1, 10, 2, 4, 4))
+    _, h = zw.sliding_window_attention_recurrent(q, k, v, window=4, output_final_state=True)
+    with pytest.raises(ValueError, match="window larger"):
+        zw.sliding_window_attention_recurrent(q[:, :1], k[:, :1], v[:, :1], window=8, initial_state=h)
+    small = zw.SlidingWindowAttention(8, 2, window=4)
+    big = zw.SlidingWindowAttention(8, 2, window=16)
+    _, cache = small.prefill(torch.randn(1, 6, 8))
+    with pytest.raises(ValueError, match="window larger"):
+        big.step(torch.randn(1, 8), cache)
+
+
+def test_layer_rejects_bad_sizes_and_inputs():
+    with pytest.raises(ValueError, match="even head dim"):
+        zw.SlidingWindowAttention(12, 4)  # head dim 3: rotary needs pairs
+    with pytest.raises(ValueError, match="window must be"):
+        zw.SlidingWindowAttention(12, 3, window=0)
+    with pytest.raises(ValueError, match="form must be"):
+        zw.SlidingWindowAttention(12, 3, form="flash")
+    layer = zw.SlidingWindowAttention(12, 3)
+    with pytest.raises(ValueError, match=r"\[B, T, C\] with C = 12"):
+        layer(torch.randn(2, 5, 11))
+    with pytest.raises(ValueError, match=r"\[B, C\] with C = 12"):
+        layer.step(torch.randn(2, 1, 12), None)
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. torch.compile(fullgraph=True)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["parallel", "chunk", "recurrent"])
+def test_forms_compile_fullgraph_with_aot_eager(name):
+    torch._dynamo.reset()
+    op = getattr(zw, f"sliding_window_attention_{name}")
+    q, k, v = qkv(0, Shape(2, 19, 2, 8, 6), dtype=torch.float32)
+    compiled = torch.compile(op, fullgraph=True, backend="aot_eager")
+    out, ref = compiled(q, k, v, window=5), op(q, k, v, window=5)
+    out, ref = (out[0], ref[0]) if name == "recurrent" else (out, ref)
+    assert_close(out, ref, TOL["f32-interpret"], "o")
+
+
+def test_layer_compiles_fullgraph_with_aot_eager_forward_and_step():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = zw.SlidingWindowAttention(16, 2, window=5)
+    x = randn(0, 2, 19, 16, dtype=torch.float32)
+    y = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
+    assert_close(y, layer(x), TOL["f32-interpret"], "forward")
+    _, cache = layer.prefill(x[:, :18])
+    y_t, _ = torch.compile(layer.step, fullgraph=True, backend="aot_eager")(x[:, 18], cache)
+    assert_close(y_t, layer(x)[:, 18], TOL["f32-interpret"], "step")
+
+
+def test_chunk_form_compiles_with_inductor():
+    torch._dynamo.reset()
+    q, k, v = qkv(0, Shape(1, 40, 2, 8, 8), dtype=torch.float32)
+    o = torch.compile(zw.sliding_window_attention_chunk, fullgraph=True)(q, k, v, window=7, chunk_size=16)
+    assert_close(o, zw.sliding_window_attention_parallel(q, k, v, window=7), TOL["f32-interpret"], "o")
