@@ -5,11 +5,16 @@
 """
 
 # Each method adds one import here, one line in METHODS and one in LAYERS.
+from zoo import hrc_la, performer
 
 METHODS = {
+    "hrc_la": hrc_la,
+    "performer": performer,
 }
 
 LAYERS = {
+    "hrc_la": hrc_la.HRCMultiheadAttention,
+    "performer": performer.PerformerAttention,
 }
 
 __all__ = ["METHODS", "LAYERS"]
