@@ -35,7 +35,9 @@ Dtype: compute in the input dtype (float64 is exact); fp16/bf16 inputs compute i
 Pitfalls: exp of raw scores overflows: always subtract the running max first (3), (5).
        Padding keys with zeros is not exact for softmax (a zero key still gets weight e⁰): the
        last, shorter key block is sliced here and masked to −∞ in the kernel.
-       NaN or inf in q, k or v comes out as NaN, never as a finite number.
+       NaN in q, k or v comes out as NaN in every output that sees it, and so does an infinite
+       query, an infinite score (∞ − ∞) and an infinite value (as ±inf or NaN). The one finite
+       case is a score of −∞ from an infinite key: that key gets weight 0, the exact limit.
 """
 
 import torch
