@@ -42,8 +42,8 @@ DEFINITIONS = {
                     "TORCHINDUCTOR_CACHE_DIR (compile and autotune included; imports and CUDA start-up excluded), "
                     "measured at one shape per method/impl/direction (the first T and causal mode of the run)",
     "err": "relative RMS error ||x - ref|| / ||ref|| against the method's own float64 definition (the zoo "
-           "reference_op, e.g. the parallel form, on the same rounded inputs), on the first and last batch row "
-           "and head; fwd: the output; fwdbwd: the largest of the output's and every input gradient's",
+           "reference_op, e.g. the parallel form, on the same rounded inputs), on (batch 0, head 0) and "
+           "(batch B-1, head H-1); fwd: the output; fwdbwd: the largest of the output's and every input gradient's",
     "err_vs_softmax": "for methods that approximate softmax attention: relative RMS error of the output against exact "
                       "softmax attention in float64 on the same q, k, v",
     "floor_ms": "max(flops / peak FLOP/s, bytes / peak bandwidth); bytes = each input read once, each output "
@@ -69,9 +69,12 @@ def parse_args(argv):
     p.add_argument("--noncausal-T", nargs="*", type=int, default=[],
                    help="also run non-causal at these T (for methods that have it)")
     p.add_argument("--directions", nargs="+", choices=specs.DIRECTIONS, default=list(specs.DIRECTIONS))
-    p.add_argument("--impls", nargs="+", choices=impls.IMPLS, default=list(impls.IMPLS))
+    p.add_argument("--impls", nargs="+", choices=impls.IMPLS,
+                   help="default: all (on a CPU all but zoo-compile: one inductor compile takes 10-25 s there)")
     p.add_argument("--first-call-impls", nargs="*", choices=impls.IMPLS,
                    help="first-call latency for these (default: every impl run; none: give the flag no values)")
+    p.add_argument("--first-call-directions", nargs="+", choices=specs.DIRECTIONS,
+                   help="directions for first-call latency (default: --directions)")
     p.add_argument("--out", default="bench-out")
     p.add_argument("--name", help="file stem in --out (default <device>-<date>)")
     p.add_argument("--reps", type=int, help="timed calls per measurement (default 20 on GPU, 5 on CPU)")
@@ -92,6 +95,8 @@ def parse_args(argv):
     if args.quick:
         base.update(GPU_QUICK if cuda else CPU_QUICK)
     args.device = "cuda" if cuda else "cpu"
+    if args.impls is None:
+        args.impls = [i for i in impls.IMPLS if cuda or i != "zoo-compile"]
     for k in ("T", "H", "D", "dtype", "reps"):
         if getattr(args, k) is None:
             setattr(args, k, base[k])
@@ -173,8 +178,7 @@ class Case:
         self.x = spec.make_inputs(B, T, H, D, dtype, device, causal, self.seed)
         self.cot = None
         self._ref = None  # (o, {name: grad} or None), float64, on the err rows and heads
-        self.rows, self.heads = (measure.err_rows(B, H) if spec.independent_heads
-                                 else (list(range(B)), list(range(H))))
+        self.pairs = measure.err_pairs(B, H) if spec.independent_heads else None
 
     def cotangent(self, o: torch.Tensor) -> torch.Tensor:
         if self.cot is None or self.cot.shape != o.shape:
@@ -183,7 +187,8 @@ class Case:
         return self.cot
 
     def rows_of(self, t):
-        return measure.take_rows(t, self.B, self.H, self.rows, self.heads)
+        """The err pairs' slice of t (all of t when the spec's heads are not independent)."""
+        return t if self.pairs is None else measure.take_pairs(t, self.B, self.H, self.pairs)
 
     def reference(self, with_grads: bool):
         if self._ref is None or (with_grads and self._ref[1] is None):
@@ -290,7 +295,7 @@ def main(argv=None, *, handle_sigterm: bool = False) -> list[dict]:
     fc_impls = args.impls if args.first_call_impls is None else args.first_call_impls
     fc_jobs = [(spec, impl, d) for impl in impls.IMPLS if impl in fc_impls and impl in args.impls
                for spec in chosen if impls.applicable(spec, impl) and head_causal in spec.causal_modes
-               for d in args.directions]
+               for d in (args.first_call_directions or args.directions)]
     # Order: the first length (the headline, for the targets), then fast first calls (a target),
     # then the other lengths, then the other first calls; a budget cuts the tail, not the head.
     first_T = [c for c in cases if c[1] == head_T]

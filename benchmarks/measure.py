@@ -133,18 +133,17 @@ def exact_softmax_f64(q, k, v, causal: bool, scale: float | None = None) -> torc
     return (s.softmax(-1) @ v).transpose(1, 2)
 
 
-def err_rows(B: int, H: int) -> tuple[list[int], list[int]]:
-    """The batch rows and heads `err` is measured on: the first and the last of each, so a wrong
-    batch or head stride shows, at the cost of two float64 [T, T] problems, not B·H of them."""
-    return sorted({0, B - 1}), sorted({0, H - 1})
+def err_pairs(B: int, H: int) -> list[tuple[int, int]]:
+    """The (batch row, head) pairs `err` is measured on: the first and the last, so a wrong batch
+    or head stride shows, at the cost of two float64 [T, T] problems rather than B·H of them."""
+    return sorted({(0, 0), (B - 1, H - 1)})
 
 
-def take_rows(x, B: int, H: int, rows, heads):
-    """x[rows][:, :, heads] for tensors laid out [B, T, H, ...]; other values pass through."""
+def take_pairs(x, B: int, H: int, pairs):
+    """Stack x[b, :, h] for (b, h) in pairs into [P, T, 1, ...], for tensors laid out
+    [B, T, H, ...] (each pair becomes one batch row of a one-head problem); other values pass."""
     if isinstance(x, torch.Tensor) and x.dim() >= 3 and x.shape[0] == B and x.shape[2] == H:
-        idx_b = torch.tensor(rows, device=x.device)
-        idx_h = torch.tensor(heads, device=x.device)
-        return x.index_select(0, idx_b).index_select(2, idx_h)
+        return torch.stack([x[b, :, h] for b, h in pairs]).unsqueeze(2)
     return x
 
 

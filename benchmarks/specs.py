@@ -133,6 +133,21 @@ def softmax_flops(B, T, H, D, causal, direction) -> float:
     return fwd if direction == "fwd" else 3.5 * fwd
 
 
+# The zoo chunk form loops over key blocks in Python; torch.compile unrolls that loop, so its graph
+# (and compile time, forward and backward) grows with T / L. Beyond this many blocks compiling
+# takes minutes: those rows say so instead.
+SOFTMAX_COMPILE_MAX_BLOCKS = 16
+SOFTMAX_CHUNK = 64  # the zoo's default chunk_size
+
+
+def softmax_skip(impl, B, T, H, D, causal, device_type):
+    blocks = -(-T // SOFTMAX_CHUNK)
+    if impl == "zoo-compile" and blocks > SOFTMAX_COMPILE_MAX_BLOCKS:
+        return (f"not compiled: the chunk form's Python loop unrolls {blocks} key blocks "
+                f"(> {SOFTMAX_COMPILE_MAX_BLOCKS}); compile time grows with T")
+    return None
+
+
 SOFTMAX_ATTENTION = MethodSpec(
     name="softmax_attention",
     chunk_op="softmax_attention_chunk",
@@ -142,6 +157,7 @@ SOFTMAX_ATTENTION = MethodSpec(
     flops=softmax_flops,
     bytes=qkv_o_bytes,
     sdpa_same_function=True,
+    skip=softmax_skip,
 )
 
 
