@@ -1,0 +1,789 @@
+"""Triton mirror of zoo/based.py; the math (equations (1)-(5)), shapes and state layout are there.
+
+Kernel plan
+-----------
+The 273-wide features φ never touch memory. Each program *sweeps* the chunks of one
+(batch, head) for one V-tile, in time order, holding the state in fp32 registers split by the
+order of the Taylor map (the zoo's (5)):
+    S⁰ [BV] = Σ v,    S¹ [BK, BV] = √c Σ k vᵀ,    S² [BK², BV] = (c/√2) Σ (k⊗k) vᵀ
+and the normaliser z = (z⁰, z¹ [BK], z²[BK²]) beside it. These are exactly the rows of the zoo's
+state S = Σ φ(k) vᵀ, so h0/ht load and store the zoo layout [B, H, M, V] with no conversion.
+Per chunk of BT tokens:
+    intra   s = c·q kᵀ, A = (1 + s + s²/2) ⊙ M on the fly from one [BT, K]·[K, BT] dot   (4)
+    inter   o += S⁰ + √c·q S¹ + (c/√2)·(q⊗q) S²   with q⊗q built in registers [BT, BK²]   (5)
+    state   S¹ += √c kᵀv, S² += (c/√2)(k⊗k)ᵀ v  (after the chunk has read the old state)   (2)
+Launch grid: one program per (V-tile, batch·head). Without the causal mask the program first
+sweeps k, v to build the whole state, then reads it out.
+
+Backward (nothing but q, k, v, o and den = the normaliser is saved; the state is recomputed):
+with dN = do/den, dD = −(do·o)/den (normalize; else dN = do, dD = 0) and G = (dN vᵀ + dD) ⊙
+c(1 + s) ⊙ M (the kernel's derivative, 1 + s, times the gradient of A):
+  (a) dq sweep, forwards: dq = G k  +  ∂φ(q)/∂q · (S dN + z dD)    (S, z: earlier chunks)
+  (b) dk/dv sweep, backwards in time, carrying Q = dS_T + Σ φ(q) dNᵀ and its normaliser
+      twin qz = dz_T + Σ φ(q) dD (later chunks):
+         dk = Gᵀ q + ∂φ(k)/∂k · (Q v + qz),    dv = Aᵀ dN + φ(k)ᵀ Q;   the final Q is dS₀, qz dz₀.
+The Jacobian of φ needs no features either: ∂φ(x)/∂x · g = √c·g¹ + 2(c/√2)·G² x, where G² is g's
+second-order block as a K×K matrix, symmetric because k⊗k and q⊗q are (user-given states and
+cotangents are symmetrised on the host first: φ(x) only sees their symmetric part).
+dq and dk contract over all of V (through dN·v and S dN), so each V-tile writes a partial
+[NV, B, T, H, K] fp32 that the host sums; dv and the state gradients are per tile.
+The recurrent (decode) op is a token-loop kernel, forward only; its gradient runs the chunk
+backward, since both forms compute the same function.
+
+Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = d' = 16, V = 128, BT = 64, causal):
+    bytes, forward: q, k (2 × 16.8 MB) + v, o (2 × 134 MB) = 302 MB: 0.10 ms at 3 TB/s.
+    FLOPs, forward, per token and head and V-tile of 32: 2·BT·K (s) + 2·BT·BV (A v)
+        + 2·2·BK²·BV (q⊗q S², S² update) + 2·2·BK·BV (order 1) = 2 k + 4 k + 65.5 k + 4 k
+        ≈ 76 k, × 4 V-tiles × 524 k token-heads = 160 GFLOP (the s dot is repeated per tile):
+        0.4 ms at 400 TFLOP/s. The floor is the tensor cores on the d'²·V state term, not bytes
+        (fla's parallel_based spends O(T) per token instead: 2.83 ms here).
+    backward: (a) ≈ 1.1×, (b) ≈ 2× the forward's FLOPs: floor ≈ 1.3 ms; fwd+bwd ≈ 1.7 ms.
+Tile rule: BK = 16 (feature_dim ≤ 16, zero-padded), S² is BK² = 256 rows, BV from a budget
+of 8192 fp32 state elements per program (BV = 32: 4 V-tiles at V = 128, B·H·4 = 256 programs),
+8 warps so the [BT, BK²] q⊗q block and S² together stay under ~160 registers a thread.
+T is in do_not_specialize: a new length never recompiles.
+
+Naming legend (fla's prefixes, STYLE rule 29):
+    i_   program ids and loop indices (i_v V-tile, i_bh batch·head, i_t chunk)
+    p_   pointers       b_   on-chip blocks (zoo names after the prefix: b_S2, b_A, b_o)
+    offs_ offsets       mask_ masks (mask_t rows inside T, mask_f valid feature pairs)
+    BT chunk (the zoo's L)  BK padded feature_dim  BV V-tile  NT number of chunks
+    h0/ht, z0/zt initial/final state;  b_S0 b_S1 b_S2 / b_z0 b_z1 b_z2 its three orders
+    c the scale, s1 = √c, s2 = c/√2: the weights of the map's first and second order
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+import zoo.based as zb
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
+MAX_FEATURE_DIM = 16  # S² is feature_dim² rows: 16 → 256 rows, what one program's registers hold
+STATE_ELEMENTS = 8192  # fp32 elements of S² per program (BK² · BV)
+MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
+INV_SQRT2: tl.constexpr = 0.7071067811865476  # 1/√2, the second order's weight c/√2
+
+
+# ------------------------------------------------------------------------------------------------
+# Tile rule
+# ------------------------------------------------------------------------------------------------
+def _tile_rule(V: int, BT: int):
+    """(BK, BV, num_warps, num_stages) from the head dims alone (see the card)."""
+    BK = MAX_FEATURE_DIM
+    BV = max(16, min(triton.next_power_of_2(V), STATE_ELEMENTS // (BK * BK)))
+    if INTERPRET:
+        return BK, BV, 1, 1
+    return BK, BV, (8 if BT >= 64 else 4), 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _outer(x, BT: tl.constexpr, BK: tl.constexpr):
+    """[BT, BK] -> [BT, BK²]: each row's x⊗x, flattened row-major (index a·BK + b)."""
+    return tl.reshape(x[:, :, None] * x[:, None, :], (BT, BK * BK))
+
+
+@triton.jit
+def _sym_contract(g2, x, BT: tl.constexpr, BK: tl.constexpr):
+    """Σ_b G²[a, b] x_b per row, with G² = g2 viewed [BT, BK, BK] (symmetric)."""
+    return tl.sum(tl.reshape(g2, (BT, BK, BK)) * x[:, None, :], 2)
+
+
+@triton.jit
+def _state_offsets(K: tl.constexpr, BK: tl.constexpr):
+    """Rows of the zoo's state [M] for the first and second order, and their masks."""
+    offs_k = tl.arange(0, BK)
+    offs_f = tl.arange(0, BK * BK)
+    offs_a, offs_b = offs_f // BK, offs_f % BK
+    rows1 = 1 + offs_k  # φ's x block
+    rows2 = 1 + K + offs_a * K + offs_b  # φ's vec(x xᵀ) block
+    return rows1, offs_k < K, rows2, (offs_a < K) & (offs_b < K)
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "STORE_HT": lambda args: args["ht"] is not None,
+    "NORMALIZE": lambda args: args["den"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _based_chunk_fwd_kernel(
+    q, k, v, o,  # [B, T, H, K], [B, T, H, K], [B, T, H, V], [B, T, H, V]
+    h0, ht, z0, zt,  # [B, H, M, V], [B, H, M] fp32 or None
+    den,  # [B, T, H] fp32 (normalize) or None
+    scale, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, EPS: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, NORMALIZE: tl.constexpr,
+):
+    """o = [A V + φ(Q) S] / [A 1 + φ(Q) z + ε] chunk by chunk, φ never formed (zoo (4)-(5))."""
+    # -- map the program to a V-tile of one (batch, head) ------------------------------------------
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    c = tl.cast(scale, tl.float32)  # under Inductor a float may arrive as fp64
+    s1, s2 = tl.sqrt(c), c * INV_SQRT2
+    rows1, mask_k, rows2, mask_f = _state_offsets(K, BK)
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_v = offs_v < V
+    row0 = i_b.to(tl.int64) * T  # first token of this sequence; int64: B·T·H·V may pass 2³¹
+    NT = tl.cdiv(T, BT)
+
+    # -- the state by order, fp32 accumulators for the whole sweep --------------------------------
+    b_S0 = tl.zeros([BV], dtype=tl.float32)
+    b_S1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_S2 = tl.zeros([BK * BK, BV], dtype=tl.float32)
+    b_z0 = tl.sum(tl.zeros([BK], dtype=tl.float32), 0)
+    b_z1 = tl.zeros([BK], dtype=tl.float32)
+    b_z2 = tl.zeros([BK * BK], dtype=tl.float32)
+    if HAS_H0:
+        p_S = h0 + i_bh.to(tl.int64) * M * V
+        p_z = z0 + i_bh.to(tl.int64) * M
+        b_S0 += tl.load(p_S + offs_v, mask=mask_v, other=0.0)
+        b_S1 += tl.load(p_S + rows1[:, None] * V + offs_v[None, :], mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        b_S2 += tl.load(p_S + rows2[:, None] * V + offs_v[None, :], mask=mask_f[:, None] & mask_v[None, :], other=0.0)
+        b_z0 += tl.load(p_z)
+        b_z1 += tl.load(p_z + rows1, mask=mask_k, other=0.0)
+        b_z2 += tl.load(p_z + rows2, mask=mask_f, other=0.0)
+
+    # -- non-causal: every query reads the whole sequence's state, so build it first -------------
+    if not CAUSAL:
+        for i_t in range(NT):
+            offs_t = i_t * BT + tl.arange(0, BT)
+            mask_t = offs_t < T
+            p_t = (row0 + offs_t) * H + i_h  # [BT] row index into the flattened [B·T·H, *]
+            b_k = tl.load(k + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+            b_kf = b_k.to(tl.float32)
+            b_kk = s2 * _outer(b_kf, BT, BK)  # (1) φ(k)'s second order [BT, BK²]
+            b_S0 += tl.sum(b_v.to(tl.float32), 0)  # (2) summed over every token
+            b_S1 += tl.dot(tl.trans((s1 * b_kf).to(b_v.dtype)), b_v)
+            b_S2 += tl.dot(tl.trans(b_kk.to(b_v.dtype)), b_v)
+            b_z0 += tl.sum(mask_t.to(tl.float32), 0)  # φ(k)'s 1, for real tokens only
+            b_z1 += s1 * tl.sum(b_kf, 0)
+            b_z2 += tl.sum(b_kk, 0)
+
+    # -- the sweep: chunk by chunk in time order ----------------------------------------------------
+    for i_t in range(NT):
+        offs_t = i_t * BT + tl.arange(0, BT)
+        mask_t = offs_t < T
+        p_t = (row0 + offs_t) * H + i_h
+        b_q = tl.load(q + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+        b_qf = b_q.to(tl.float32)
+        b_q1 = s1 * b_qf  # φ(q)'s first order [BT, BK]
+        b_qq = s2 * _outer(b_qf, BT, BK)  # φ(q)'s second order [BT, BK²], registers only
+
+        # (5) inter-chunk: φ(q)ᵀ S = S⁰ + √c q S¹ + (c/√2)(q⊗q) S². The state is rounded to q's
+        # dtype so the dots run on tensor cores (fla does the same); accumulation stays fp32.
+        b_o = b_S0[None, :] + tl.dot(b_q1.to(b_q.dtype), b_S1.to(b_q.dtype))
+        b_o += tl.dot(b_qq.to(b_q.dtype), b_S2.to(b_q.dtype))  # [BT, BV] fp32
+        b_den = b_z0 + tl.sum(b_q1 * b_z1[None, :], 1) + tl.sum(b_qq * b_z2[None, :], 1)  # [BT]
+
+        if CAUSAL:
+            b_k = tl.load(k + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+            # (4) intra-chunk: the kernel 1 + s + s²/2 from one small dot, causal mask.
+            b_s = c * tl.dot(b_q, tl.trans(b_k))  # [BT, BT] fp32
+            b_A = tl.where(offs_t[:, None] >= offs_t[None, :], 1.0 + b_s + 0.5 * b_s * b_s, 0.0)
+            b_o += tl.dot(b_A.to(b_v.dtype), b_v)
+            b_den += tl.sum(b_A, 1)
+            # (2) state pass, after the chunk has read the state of the chunks before it.
+            b_kf = b_k.to(tl.float32)
+            b_kk = s2 * _outer(b_kf, BT, BK)
+            b_S0 += tl.sum(b_v.to(tl.float32), 0)
+            b_S1 += tl.dot(tl.trans((s1 * b_kf).to(b_v.dtype)), b_v)
+            b_S2 += tl.dot(tl.trans(b_kk.to(b_v.dtype)), b_v)
+            b_z0 += tl.sum(mask_t.to(tl.float32), 0)  # padded keys are not neutral (φ(0)₀ = 1)
+            b_z1 += s1 * tl.sum(b_kf, 0)
+            b_z2 += tl.sum(b_kk, 0)
+
+        if NORMALIZE:
+            b_den += EPS  # (3) stored for backward
+            b_o = b_o / b_den[:, None]
+            if i_v == 0:
+                tl.store(den + p_t, b_den, mask=mask_t)
+        tl.store(o + p_t[:, None] * V + offs_v[None, :], b_o.to(o.dtype.element_ty),
+                 mask=mask_t[:, None] & mask_v[None, :])
+
+    # -- the final state, in the zoo's layout ---------------------------------------------------
+    if STORE_HT:
+        p_S = ht + i_bh.to(tl.int64) * M * V
+        tl.store(p_S + offs_v, b_S0, mask=mask_v)
+        tl.store(p_S + rows1[:, None] * V + offs_v[None, :], b_S1, mask=mask_k[:, None] & mask_v[None, :])
+        tl.store(p_S + rows2[:, None] * V + offs_v[None, :], b_S2, mask=mask_f[:, None] & mask_v[None, :])
+        if i_v == 0:
+            p_z = zt + i_bh.to(tl.int64) * M
+            tl.store(p_z, b_z0)
+            tl.store(p_z + rows1, b_z1, mask=mask_k)
+            tl.store(p_z + rows2, b_z2, mask=mask_f)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _based_normalize_bwd_kernel(do, o, den, dd, T, H, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+    """o = n / den  ⇒  dD = −(do·o) / den, per token (the part of the gradient through den)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    offs_t = i_t * BT + tl.arange(0, BT)
+    offs_v = tl.arange(0, BV)
+    mask_t = offs_t < T
+    p_t = (i_b.to(tl.int64) * T + offs_t) * H + i_h
+    b_dot = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):  # V in tiles: V may be large
+        offs = i_v * BV + offs_v
+        mask = mask_t[:, None] & (offs < V)[None, :]
+        b_do = tl.load(do + p_t[:, None] * V + offs[None, :], mask=mask, other=0.0).to(tl.float32)
+        b_o = tl.load(o + p_t[:, None] * V + offs[None, :], mask=mask, other=0.0).to(tl.float32)
+        b_dot += tl.sum(b_do * b_o, 1)
+    b_den = tl.load(den + p_t, mask=mask_t, other=1.0)
+    tl.store(dd + p_t, -b_dot / b_den, mask=mask_t)
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "NORMALIZE": lambda args: args["den"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _based_chunk_bwd_dq_kernel(
+    q, k, v, do, den, dd,  # inputs; den, dd [B, T, H] fp32 (normalize) or None
+    dq,  # [NV, B, T, H, K] fp32: one partial per V-tile
+    h0, z0,  # [B, H, M, V], [B, H, M] fp32 (second-order block symmetrised) or None
+    scale, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_H0: tl.constexpr, NORMALIZE: tl.constexpr,
+):
+    """dq = G k + ∂φ(q)/∂q·(S dN + z dD), G = (dN vᵀ + dD) ⊙ c(1 + s) ⊙ M (card, (a))."""
+    # -- map the program --------------------------------------------------------------------------
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    c = tl.cast(scale, tl.float32)
+    s1, s2 = tl.sqrt(c), c * INV_SQRT2
+    rows1, mask_k, rows2, mask_f = _state_offsets(K, BK)
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_v = offs_v < V
+    row0 = i_b.to(tl.int64) * T
+    NT = tl.cdiv(T, BT)
+    first = (i_v == 0).to(tl.float32)  # the dD terms do not depend on V: one tile adds them
+
+    # -- the state (orders 1 and 2: order 0 is constant in q), recomputed ------------------------
+    b_S1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_S2 = tl.zeros([BK * BK, BV], dtype=tl.float32)
+    b_z1 = tl.zeros([BK], dtype=tl.float32)
+    b_z2 = tl.zeros([BK * BK], dtype=tl.float32)
+    if HAS_H0:
+        p_S = h0 + i_bh.to(tl.int64) * M * V
+        b_S1 += tl.load(p_S + rows1[:, None] * V + offs_v[None, :], mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        b_S2 += tl.load(p_S + rows2[:, None] * V + offs_v[None, :], mask=mask_f[:, None] & mask_v[None, :], other=0.0)
+        p_z = z0 + i_bh.to(tl.int64) * M
+        b_z1 += tl.load(p_z + rows1, mask=mask_k, other=0.0)
+        b_z2 += tl.load(p_z + rows2, mask=mask_f, other=0.0)
+    if not CAUSAL:
+        for i_t in range(NT):
+            offs_t = i_t * BT + tl.arange(0, BT)
+            mask_t = offs_t < T
+            p_t = (row0 + offs_t) * H + i_h
+            b_k = tl.load(k + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+            b_kf = b_k.to(tl.float32)
+            b_kk = s2 * _outer(b_kf, BT, BK)
+            b_S1 += tl.dot(tl.trans((s1 * b_kf).to(b_v.dtype)), b_v)
+            b_S2 += tl.dot(tl.trans(b_kk.to(b_v.dtype)), b_v)
+            b_z1 += s1 * tl.sum(b_kf, 0)
+            b_z2 += tl.sum(b_kk, 0)
+
+    for i_t in range(NT):
+        # -- load the chunk; dN = do / den ----------------------------------------------------------
+        offs_t = i_t * BT + tl.arange(0, BT)
+        mask_t = offs_t < T
+        p_t = (row0 + offs_t) * H + i_h
+        mask_tk = mask_t[:, None] & mask_k[None, :]
+        mask_tv = mask_t[:, None] & mask_v[None, :]
+        b_q = tl.load(q + p_t[:, None] * K + offs_k[None, :], mask=mask_tk, other=0.0)
+        b_qf = b_q.to(tl.float32)
+        b_dN = tl.load(do + p_t[:, None] * V + offs_v[None, :], mask=mask_tv, other=0.0).to(tl.float32)
+        b_dD = tl.zeros([BT], dtype=tl.float32)
+        if NORMALIZE:
+            b_dN = b_dN / tl.load(den + p_t, mask=mask_t, other=1.0)[:, None]
+            b_dD = first * tl.load(dd + p_t, mask=mask_t, other=0.0)
+
+        # -- inter-chunk: dφ(q) = S dN + z dD, then through φ's Jacobian --------------------------
+        b_g1 = tl.dot(b_dN.to(b_q.dtype), tl.trans(b_S1.to(b_q.dtype))) + b_dD[:, None] * b_z1[None, :]
+        b_g2 = tl.dot(b_dN.to(b_q.dtype), tl.trans(b_S2.to(b_q.dtype))) + b_dD[:, None] * b_z2[None, :]
+        b_dq = s1 * b_g1 + (2.0 * s2) * _sym_contract(b_g2, b_qf, BT, BK)  # [BT, BK]
+
+        if CAUSAL:
+            b_k = tl.load(k + p_t[:, None] * K + offs_k[None, :], mask=mask_tk, other=0.0)
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_tv, other=0.0)
+            # -- intra-chunk: G = (dN vᵀ + dD) ⊙ c(1 + s), causal -----------------------------------
+            b_s = c * tl.dot(b_q, tl.trans(b_k))
+            b_dA = tl.dot(b_dN.to(b_v.dtype), tl.trans(b_v)) + b_dD[:, None]
+            b_G = tl.where(offs_t[:, None] >= offs_t[None, :], b_dA * (c * (1.0 + b_s)), 0.0)
+            b_dq += tl.dot(b_G.to(b_k.dtype), b_k)
+            # -- state pass (2) ------------------------------------------------------------------
+            b_kf = b_k.to(tl.float32)
+            b_kk = s2 * _outer(b_kf, BT, BK)
+            b_S1 += tl.dot(tl.trans((s1 * b_kf).to(b_v.dtype)), b_v)
+            b_S2 += tl.dot(tl.trans(b_kk.to(b_v.dtype)), b_v)
+            b_z1 += s1 * tl.sum(b_kf, 0)
+            b_z2 += tl.sum(b_kk, 0)
+
+        p_dq = dq + i_v.to(tl.int64) * (tl.num_programs(1) * T * K)  # this V-tile's partial
+        tl.store(p_dq + p_t[:, None] * K + offs_k[None, :], b_dq, mask=mask_tk)
+
+
+@triton.heuristics({
+    "HAS_DHT": lambda args: args["dht"] is not None,
+    "STORE_DH0": lambda args: args["dh0"] is not None,
+    "NORMALIZE": lambda args: args["den"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _based_chunk_bwd_dkv_kernel(
+    q, k, v, do, den, dd,  # inputs; den, dd [B, T, H] fp32 (normalize) or None
+    dk, dv,  # [NV, B, T, H, K] fp32 partials, [B, T, H, V]
+    dht, dzt,  # [B, H, M, V], [B, H, M] fp32 (second-order block symmetrised) or None
+    dh0, dz0,  # [B, H, M, V], [B, H, M] fp32 or None
+    scale, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, NORMALIZE: tl.constexpr,
+):
+    """dk = Gᵀq + ∂φ(k)/∂k·(Q v + qz), dv = Aᵀ dN + φ(k)ᵀ Q, backwards in time (card, (b))."""
+    # -- map the program --------------------------------------------------------------------------
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    c = tl.cast(scale, tl.float32)
+    s1, s2 = tl.sqrt(c), c * INV_SQRT2
+    rows1, mask_k, rows2, mask_f = _state_offsets(K, BK)
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_v = offs_v < V
+    row0 = i_b.to(tl.int64) * T
+    NT = tl.cdiv(T, BT)
+    first = (i_v == 0).to(tl.float32)
+
+    # -- Q = dS (what later queries ask of the state), fp32, seeded by the final state's cotangent
+    b_Q0 = tl.zeros([BV], dtype=tl.float32)
+    b_Q1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_Q2 = tl.zeros([BK * BK, BV], dtype=tl.float32)
+    b_qz0 = tl.sum(tl.zeros([BK], dtype=tl.float32), 0)
+    b_qz1 = tl.zeros([BK], dtype=tl.float32)
+    b_qz2 = tl.zeros([BK * BK], dtype=tl.float32)
+    if HAS_DHT:
+        p_S = dht + i_bh.to(tl.int64) * M * V
+        b_Q0 += tl.load(p_S + offs_v, mask=mask_v, other=0.0)
+        b_Q1 += tl.load(p_S + rows1[:, None] * V + offs_v[None, :], mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        b_Q2 += tl.load(p_S + rows2[:, None] * V + offs_v[None, :], mask=mask_f[:, None] & mask_v[None, :], other=0.0)
+        p_z = dzt + i_bh.to(tl.int64) * M
+        b_qz0 += tl.load(p_z)
+        b_qz1 += tl.load(p_z + rows1, mask=mask_k, other=0.0)
+        b_qz2 += tl.load(p_z + rows2, mask=mask_f, other=0.0)
+    if not CAUSAL:  # every key serves every query: Q over the whole sequence first
+        for i_t in range(NT):
+            offs_t = i_t * BT + tl.arange(0, BT)
+            mask_t = offs_t < T
+            p_t = (row0 + offs_t) * H + i_h
+            b_q = tl.load(q + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
+            b_qf = b_q.to(tl.float32)
+            b_qq = s2 * _outer(b_qf, BT, BK)
+            b_dN = tl.load(do + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
+                           other=0.0).to(tl.float32)
+            b_dD = tl.zeros([BT], dtype=tl.float32)
+            if NORMALIZE:
+                b_dN = b_dN / tl.load(den + p_t, mask=mask_t, other=1.0)[:, None]
+                b_dD = tl.load(dd + p_t, mask=mask_t, other=0.0)
+            b_Q0 += tl.sum(b_dN, 0)
+            b_Q1 += tl.dot(tl.trans((s1 * b_qf).to(b_q.dtype)), b_dN.to(b_q.dtype))
+            b_Q2 += tl.dot(tl.trans(b_qq.to(b_q.dtype)), b_dN.to(b_q.dtype))
+            b_qz0 += tl.sum(b_dD, 0)
+            b_qz1 += s1 * tl.sum(b_qf * b_dD[:, None], 0)
+            b_qz2 += tl.sum(b_qq * b_dD[:, None], 0)
+
+    for i_t in range(NT):
+        # -- load the chunk, last chunk first when causal ------------------------------------------
+        i_c = NT - 1 - i_t if CAUSAL else i_t
+        offs_t = i_c * BT + tl.arange(0, BT)
+        mask_t = offs_t < T
+        p_t = (row0 + offs_t) * H + i_h
+        mask_tk = mask_t[:, None] & mask_k[None, :]
+        mask_tv = mask_t[:, None] & mask_v[None, :]
+        b_k = tl.load(k + p_t[:, None] * K + offs_k[None, :], mask=mask_tk, other=0.0)
+        b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_tv, other=0.0)
+        b_kf = b_k.to(tl.float32)
+        b_kk = s2 * _outer(b_kf, BT, BK)
+
+        # -- inter-chunk: dφ(k) = Q v + qz; dv = φ(k)ᵀ Q (Q holds the later chunks) ---------------
+        b_g1 = tl.dot(b_v, tl.trans(b_Q1.to(b_v.dtype))) + first * b_qz1[None, :]
+        b_g2 = tl.dot(b_v, tl.trans(b_Q2.to(b_v.dtype))) + first * b_qz2[None, :]
+        b_dk = s1 * b_g1 + (2.0 * s2) * _sym_contract(b_g2, b_kf, BT, BK)  # [BT, BK]
+        b_dv = b_Q0[None, :] + tl.dot((s1 * b_kf).to(b_v.dtype), b_Q1.to(b_v.dtype))
+        b_dv += tl.dot(b_kk.to(b_v.dtype), b_Q2.to(b_v.dtype))  # [BT, BV]
+
+        if CAUSAL:
+            b_q = tl.load(q + p_t[:, None] * K + offs_k[None, :], mask=mask_tk, other=0.0)
+            b_qf = b_q.to(tl.float32)
+            b_dN = tl.load(do + p_t[:, None] * V + offs_v[None, :], mask=mask_tv, other=0.0).to(tl.float32)
+            b_dD = tl.zeros([BT], dtype=tl.float32)
+            if NORMALIZE:
+                b_dN = b_dN / tl.load(den + p_t, mask=mask_t, other=1.0)[:, None]
+                b_dD = tl.load(dd + p_t, mask=mask_t, other=0.0)
+            # -- intra-chunk: rows are queries t, columns keys j, t ≥ j ------------------------------
+            b_s = c * tl.dot(b_q, tl.trans(b_k))
+            mask_A = offs_t[:, None] >= offs_t[None, :]
+            b_A = tl.where(mask_A, 1.0 + b_s + 0.5 * b_s * b_s, 0.0)
+            b_dA = tl.dot(b_dN.to(b_v.dtype), tl.trans(b_v)) + first * b_dD[:, None]
+            b_G = tl.where(mask_A, b_dA * (c * (1.0 + b_s)), 0.0)
+            b_dk += tl.dot(tl.trans(b_G).to(b_q.dtype), b_q)
+            b_dv += tl.dot(tl.trans(b_A).to(b_v.dtype), b_dN.to(b_v.dtype))
+            # -- Q += φ(q)ᵀ dN, qz += φ(q)ᵀ dD: this chunk's queries, for the chunks before it ------
+            b_qq = s2 * _outer(b_qf, BT, BK)
+            b_Q0 += tl.sum(b_dN, 0)
+            b_Q1 += tl.dot(tl.trans((s1 * b_qf).to(b_q.dtype)), b_dN.to(b_q.dtype))
+            b_Q2 += tl.dot(tl.trans(b_qq.to(b_q.dtype)), b_dN.to(b_q.dtype))
+            b_qz0 += tl.sum(b_dD, 0)
+            b_qz1 += s1 * tl.sum(b_qf * b_dD[:, None], 0)
+            b_qz2 += tl.sum(b_qq * b_dD[:, None], 0)
+
+        p_dk = dk + i_v.to(tl.int64) * (tl.num_programs(1) * T * K)
+        tl.store(p_dk + p_t[:, None] * K + offs_k[None, :], b_dk, mask=mask_tk)
+        tl.store(dv + p_t[:, None] * V + offs_v[None, :], b_dv.to(dv.dtype.element_ty), mask=mask_tv)
+
+    # -- the initial state's gradient: Q and qz after the first chunk ----------------------------
+    if STORE_DH0:
+        p_S = dh0 + i_bh.to(tl.int64) * M * V
+        tl.store(p_S + offs_v, b_Q0, mask=mask_v)
+        tl.store(p_S + rows1[:, None] * V + offs_v[None, :], b_Q1, mask=mask_k[:, None] & mask_v[None, :])
+        tl.store(p_S + rows2[:, None] * V + offs_v[None, :], b_Q2, mask=mask_f[:, None] & mask_v[None, :])
+        if i_v == 0:
+            p_z = dz0 + i_bh.to(tl.int64) * M
+            tl.store(p_z, b_qz0)
+            tl.store(p_z + rows1, b_qz1, mask=mask_k)
+            tl.store(p_z + rows2, b_qz2, mask=mask_f)
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "STORE_HT": lambda args: args["ht"] is not None,
+    "NORMALIZE": lambda args: args["den"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _based_recurrent_fwd_kernel(
+    q, k, v, o, h0, ht, z0, zt, den, scale, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, EPS: tl.constexpr, CAUSAL: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, NORMALIZE: tl.constexpr,
+):
+    """Token by token: S_t = S_{t-1} + φ(k_t) v_tᵀ, o_t = φ(q_t)ᵀS_t / (φ(q_t)·z_t + ε) (zoo (2)-(3))."""
+    # -- map the program to a V-tile of one (batch, head) ------------------------------------------
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    c = tl.cast(scale, tl.float32)
+    s1, s2 = tl.sqrt(c), c * INV_SQRT2
+    rows1, mask_k, rows2, mask_f = _state_offsets(K, BK)
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_v = offs_v < V
+    row0 = i_b.to(tl.int64) * T
+
+    # -- the state by order, fp32 -------------------------------------------------------------------
+    b_S0 = tl.zeros([BV], dtype=tl.float32)
+    b_S1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_S2 = tl.zeros([BK * BK, BV], dtype=tl.float32)
+    b_z0 = tl.sum(tl.zeros([BK], dtype=tl.float32), 0)
+    b_z1 = tl.zeros([BK], dtype=tl.float32)
+    b_z2 = tl.zeros([BK * BK], dtype=tl.float32)
+    if HAS_H0:
+        p_S = h0 + i_bh.to(tl.int64) * M * V
+        b_S0 += tl.load(p_S + offs_v, mask=mask_v, other=0.0)
+        b_S1 += tl.load(p_S + rows1[:, None] * V + offs_v[None, :], mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        b_S2 += tl.load(p_S + rows2[:, None] * V + offs_v[None, :], mask=mask_f[:, None] & mask_v[None, :], other=0.0)
+        p_z = z0 + i_bh.to(tl.int64) * M
+        b_z0 += tl.load(p_z)
+        b_z1 += tl.load(p_z + rows1, mask=mask_k, other=0.0)
+        b_z2 += tl.load(p_z + rows2, mask=mask_f, other=0.0)
+    if not CAUSAL:  # every query reads the state after the whole sequence
+        for t in range(T):
+            p_t = (row0 + t) * H + i_h
+            b_k = tl.load(k + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+            b_v = tl.load(v + p_t * V + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+            b_kk = s2 * tl.reshape(b_k[:, None] * b_k[None, :], (BK * BK,))
+            b_S0 += b_v
+            b_S1 += (s1 * b_k)[:, None] * b_v[None, :]
+            b_S2 += b_kk[:, None] * b_v[None, :]
+            b_z0 += 1.0
+            b_z1 += s1 * b_k
+            b_z2 += b_kk
+
+    # -- the token loop ----------------------------------------------------------------------------
+    for t in range(T):
+        p_t = (row0 + t) * H + i_h
+        if CAUSAL:
+            b_k = tl.load(k + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+            b_v = tl.load(v + p_t * V + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+            b_kk = s2 * tl.reshape(b_k[:, None] * b_k[None, :], (BK * BK,))  # (1) φ(k_t)'s 2nd order
+            b_S0 += b_v  # (2) S_t = S_{t-1} + φ(k_t) v_tᵀ, by order
+            b_S1 += (s1 * b_k)[:, None] * b_v[None, :]
+            b_S2 += b_kk[:, None] * b_v[None, :]
+            b_z0 += 1.0  # (2) z_t = z_{t-1} + φ(k_t)
+            b_z1 += s1 * b_k
+            b_z2 += b_kk
+        b_q = tl.load(q + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        b_qq = s2 * tl.reshape(b_q[:, None] * b_q[None, :], (BK * BK,))
+        b_o = b_S0 + tl.sum((s1 * b_q)[:, None] * b_S1, 0) + tl.sum(b_qq[:, None] * b_S2, 0)  # (3) [BV]
+        if NORMALIZE:
+            b_den = b_z0 + tl.sum(s1 * b_q * b_z1, 0) + tl.sum(b_qq * b_z2, 0) + EPS  # (3)
+            b_o = b_o / b_den
+            if i_v == 0:
+                tl.store(den + p_t, b_den)
+        tl.store(o + p_t * V + offs_v, b_o.to(o.dtype.element_ty), mask=mask_v)
+
+    # -- the final state ------------------------------------------------------------------------
+    if STORE_HT:
+        p_S = ht + i_bh.to(tl.int64) * M * V
+        tl.store(p_S + offs_v, b_S0, mask=mask_v)
+        tl.store(p_S + rows1[:, None] * V + offs_v[None, :], b_S1, mask=mask_k[:, None] & mask_v[None, :])
+        tl.store(p_S + rows2[:, None] * V + offs_v[None, :], b_S2, mask=mask_f[:, None] & mask_v[None, :])
+        if i_v == 0:
+            p_z = zt + i_bh.to(tl.int64) * M
+            tl.store(p_z, b_z0)
+            tl.store(p_z + rows1, b_z1, mask=mask_k)
+            tl.store(p_z + rows2, b_z2, mask=mask_f)
+
+
+# ------------------------------------------------------------------------------------------------
+# Host launchers
+# ------------------------------------------------------------------------------------------------
+def _symmetrize(x: torch.Tensor, K: int) -> torch.Tensor:
+    """The state (or its cotangent) [B, H, M, *] with its second-order block X[a, b] replaced by
+    (X[a, b] + X[b, a]) / 2: φ(x) only sees the symmetric part, and the Jacobian contraction in
+    the kernels assumes it."""
+    B, H, M = x.shape[:3]
+    x2 = x[:, :, 1 + K:].reshape(B, H, K, K, *x.shape[3:])
+    x2 = 0.5 * (x2 + x2.transpose(2, 3))
+    return torch.cat([x[:, :, :1 + K], x2.reshape(B, H, K * K, *x.shape[3:])], 2).contiguous()
+
+
+def _based_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state, chunk_size):
+    """Forward: one sweep. Returns (o, ht, zt, den), None where not computed."""
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], zb.feature_count(K)
+    BK, BV, num_warps, num_stages = _tile_rule(V, chunk_size)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    o = torch.empty_like(v)
+    den = torch.empty(B, T, H, **f32) if normalize else None
+    ht = torch.empty(B, H, M, V, **f32) if output_final_state else None
+    zt = torch.empty(B, H, M, **f32) if output_final_state else None
+    _based_chunk_fwd_kernel[(triton.cdiv(V, BV), B * H)](
+        q, k, v, o, h0, ht, z0, zt, den, scale, T, H, K=K, V=V, M=M, BT=chunk_size, BK=BK, BV=BV,
+        EPS=zb.EPS, CAUSAL=causal, num_warps=num_warps, num_stages=num_stages)
+    return o, ht, zt, den
+
+
+def _based_chunk_bwd(do, dht, dzt, q, k, v, o, den, h0, z0, scale, causal, normalize, chunk_size):
+    """Backward: dD, then the dq sweep and the dk/dv sweep of the card. Returns (dq, dk, dv, dh0, dz0)."""
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], zb.feature_count(K)
+    BK, BV, num_warps, num_stages = _tile_rule(V, chunk_size)
+    NV = triton.cdiv(V, BV)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dd = None
+    if normalize:
+        dd = torch.empty(B, T, H, **f32)
+        _based_normalize_bwd_kernel[(triton.cdiv(T, 64), B * H)](do, o, den, dd, T, H, V=V, BT=64,
+                                                                 BV=min(128, max(16, triton.next_power_of_2(V))))
+    # The state is the pair (S, z): if only one half has a cotangent, the other's is zero.
+    if dht is not None or dzt is not None:
+        dht = torch.zeros(B, H, M, V, **f32) if dht is None else dht.float()
+        dzt = torch.zeros(B, H, M, **f32) if dzt is None else dzt.float()
+    h0s = None if h0 is None else _symmetrize(h0.float(), K)
+    z0s = None if h0 is None else _symmetrize(z0.float(), K)
+    dhts = None if dht is None else _symmetrize(dht, K)
+    dzts = None if dht is None else _symmetrize(dzt, K)
+    dq = torch.empty(NV, B, T, H, K, **f32)
+    dk = torch.empty(NV, B, T, H, K, **f32)
+    dv = torch.empty_like(v)
+    dh0 = torch.empty(B, H, M, V, **f32) if h0 is not None else None
+    dz0 = torch.empty(B, H, M, **f32) if h0 is not None else None
+    grid = (NV, B * H)
+    _based_chunk_bwd_dq_kernel[grid](q, k, v, do, den, dd, dq, h0s, z0s, scale, T, H, K=K, V=V, M=M,
+                                     BT=chunk_size, BK=BK, BV=BV, CAUSAL=causal,
+                                     num_warps=num_warps, num_stages=num_stages)
+    _based_chunk_bwd_dkv_kernel[grid](q, k, v, do, den, dd, dk, dv, dhts, dzts, dh0, dz0, scale, T, H,
+                                      K=K, V=V, M=M, BT=chunk_size, BK=BK, BV=BV, CAUSAL=causal,
+                                      num_warps=num_warps, num_stages=num_stages)
+    if dh0 is not None and dht is not None:
+        # the kernel started from the symmetrised dS_T; the antisymmetric rest passes straight to dS₀
+        dh0 = dh0 + (dht - dhts)
+        dz0 = dz0 + (dzt - dzts)
+    return dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv, dh0, dz0
+
+
+def _based_recurrent_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state):
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], zb.feature_count(K)
+    BK, BV, num_warps, _ = _tile_rule(V, 1)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    o = torch.empty_like(v)
+    den = torch.empty(B, T, H, **f32) if normalize else None
+    ht = torch.empty(B, H, M, V, **f32) if output_final_state else None
+    zt = torch.empty(B, H, M, **f32) if output_final_state else None
+    _based_recurrent_fwd_kernel[(triton.cdiv(V, BV), B * H)](
+        q, k, v, o, h0, ht, z0, zt, den, scale, T, H, K=K, V=V, M=M, BK=BK, BV=BV, EPS=zb.EPS,
+        CAUSAL=causal, num_warps=num_warps)
+    return o, ht, zt, den
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom ops: what torch.compile(fullgraph=True) sees (the kernels stay opaque to it)
+# ------------------------------------------------------------------------------------------------
+# Optional outputs come back as empty tensors (a custom op cannot return None).
+def _or_empty(x, ref):
+    return ref.new_empty(0) if x is None else x
+
+
+def _or_none(x):
+    return None if x is None or x.numel() == 0 else x
+
+
+def _fwd_outputs_like(q, v, normalize, output_final_state):
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], zb.feature_count(K)
+    f32 = dict(dtype=torch.float32)
+    ht = q.new_empty(B, H, M, V, **f32) if output_final_state else q.new_empty(0)
+    zt = q.new_empty(B, H, M, **f32) if output_final_state else q.new_empty(0)
+    den = q.new_empty(B, T, H, **f32) if normalize else q.new_empty(0)
+    return torch.empty_like(v), ht, zt, den
+
+
+def _contiguous(*xs):
+    return tuple(None if x is None else x.contiguous() for x in xs)
+
+
+@torch.library.custom_op("zoo::based_chunk_fwd", mutates_args=())
+def _chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h0: torch.Tensor | None,
+                  z0: torch.Tensor | None, scale: float, causal: bool, normalize: bool,
+                  output_final_state: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                       torch.Tensor]:
+    q, k, v, h0, z0 = _contiguous(q, k, v, h0, z0)
+    o, ht, zt, den = _based_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state, chunk_size)
+    return o, _or_empty(ht, q), _or_empty(zt, q), _or_empty(den, q)
+
+
+@_chunk_fwd_op.register_fake
+def _(q, k, v, h0, z0, scale, causal, normalize, output_final_state, chunk_size):
+    return _fwd_outputs_like(q, v, normalize, output_final_state)
+
+
+@torch.library.custom_op("zoo::based_recurrent_fwd", mutates_args=())
+def _recurrent_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h0: torch.Tensor | None,
+                      z0: torch.Tensor | None, scale: float, causal: bool, normalize: bool,
+                      output_final_state: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v, h0, z0 = _contiguous(q, k, v, h0, z0)
+    o, ht, zt, den = _based_recurrent_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state)
+    return o, _or_empty(ht, q), _or_empty(zt, q), _or_empty(den, q)
+
+
+@_recurrent_fwd_op.register_fake
+def _(q, k, v, h0, z0, scale, causal, normalize, output_final_state):
+    return _fwd_outputs_like(q, v, normalize, output_final_state)
+
+
+@torch.library.custom_op("zoo::based_chunk_bwd", mutates_args=())
+def _chunk_bwd_op(do: torch.Tensor, dht: torch.Tensor | None, dzt: torch.Tensor | None, q: torch.Tensor,
+                  k: torch.Tensor, v: torch.Tensor, o: torch.Tensor | None, den: torch.Tensor | None,
+                  h0: torch.Tensor | None, z0: torch.Tensor | None, scale: float, causal: bool, normalize: bool,
+                  chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    do, dht, dzt, q, k, v, o, den, h0, z0 = _contiguous(do, dht, dzt, q, k, v, o, den, h0, z0)
+    dq, dk, dv, dh0, dz0 = _based_chunk_bwd(do, dht, dzt, q, k, v, o, den, h0, z0, scale, causal, normalize,
+                                            chunk_size)
+    dh0 = q.new_empty(0) if dh0 is None else dh0.to(h0.dtype)
+    dz0 = q.new_empty(0) if dz0 is None else dz0.to(z0.dtype)
+    return dq, dk, dv, dh0, dz0
+
+
+@_chunk_bwd_op.register_fake
+def _(do, dht, dzt, q, k, v, o, den, h0, z0, scale, causal, normalize, chunk_size):
+    dh0 = q.new_empty(0) if h0 is None else torch.empty_like(h0)
+    dz0 = q.new_empty(0) if z0 is None else torch.empty_like(z0)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dh0, dz0
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, h0, z0, scale, causal, normalize = inputs[:8]
+    o, _, _, den = output
+    ctx.save_for_backward(q, k, v, h0, z0, o if normalize else None, den if normalize else None)
+    # The recurrent op has no chunk_size: its backward runs the chunk sweeps with the default.
+    ctx.opts = (scale, causal, normalize, inputs[9] if len(inputs) > 9 else 64)
+
+
+def _backward(ctx, do, dht, dzt, dden):
+    q, k, v, h0, z0, o, den = ctx.saved_tensors
+    scale, causal, normalize, chunk_size = ctx.opts
+    dq, dk, dv, dh0, dz0 = torch.ops.zoo.based_chunk_bwd(
+        do, _or_none(dht), _or_none(dzt), q, k, v, o, den, h0, z0, scale, causal, normalize, chunk_size)
+    return (dq, dk, dv, _or_none(dh0), _or_none(dz0)) + (None,) * (len(ctx.needs_input_grad) - 5)
+
+
+torch.library.register_autograd("zoo::based_chunk_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("zoo::based_recurrent_fwd", _backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public ops: the zoo's names and signatures
+# ------------------------------------------------------------------------------------------------
+def _check_fast(q, k, v, scale, initial_state, chunk_size=None):
+    """The zoo's checks, then what the kernels add: a device they can run on, fp16/bf16/fp32,
+    feature_dim ≤ MAX_FEATURE_DIM, chunks of at least MIN_CHUNK. Returns the scale."""
+    zb._check(q, k, v, scale, initial_state, chunk_size)
+    if q.device.type == "cpu" and not INTERPRET:
+        raise ValueError("fast.based got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 before "
+                         "importing fast.based to run the kernels in Triton's interpreter")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"q, k, v must be float16, bfloat16 or float32 for the Triton kernels, got {q.dtype} "
+                        "(zoo.based computes in any float dtype)")
+    if q.shape[-1] > MAX_FEATURE_DIM:
+        raise ValueError(f"feature_dim K = {q.shape[-1]}: the kernels hold the K²-row state in registers and "
+                         f"take K <= {MAX_FEATURE_DIM} (zoo.based takes any K)")
+    if chunk_size is not None and chunk_size < MIN_CHUNK:
+        raise ValueError(f"chunk_size must be a power of two >= {MIN_CHUNK} for tl.dot, got {chunk_size}")
+    return float(q.shape[-1] ** -0.5 if scale is None else scale)
+
+
+def _state_args(initial_state):
+    """(S, z) as float32, the kernels' state dtype (autograd sees the cast)."""
+    return (None, None) if initial_state is None else tuple(x.float() for x in initial_state)
+
+
+def based_chunk(q, k, v, *, causal=True, normalize=True, scale=None, initial_state=None,
+                output_final_state=False, chunk_size=64):
+    """zoo.based.based_chunk in Triton, forward and backward, φ never in memory.
+    Returns (o [B, T, H, V], (S, z) float32 or None)."""
+    scale = _check_fast(q, k, v, scale, initial_state, chunk_size)
+    h0, z0 = _state_args(initial_state)
+    o, ht, zt, _ = torch.ops.zoo.based_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state,
+                                                 chunk_size)
+    return o, ((ht, zt) if output_final_state else None)
+
+
+def based_recurrent(q, k, v, *, causal=True, normalize=True, scale=None, initial_state=None,
+                    output_final_state=False):
+    """zoo.based.based_recurrent in Triton: a token loop for decoding (forward kernel; its gradient
+    runs the chunk backward sweeps). Returns (o, (S, z) float32 or None)."""
+    scale = _check_fast(q, k, v, scale, initial_state)
+    h0, z0 = _state_args(initial_state)
+    o, ht, zt, _ = torch.ops.zoo.based_recurrent_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state)
+    return o, ((ht, zt) if output_final_state else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The layer: the zoo layer with the ops swapped (same parameters, same state dict)
+# ------------------------------------------------------------------------------------------------
+class BasedLinearAttention(zb.BasedLinearAttention):
+    """zoo.based.BasedLinearAttention running the Triton chunk and recurrent ops
+    (form="parallel" keeps the zoo's parallel form: there is no kernel for the oracle)."""
+
+    chunk_op = staticmethod(based_chunk)
+    recurrent_op = staticmethod(based_recurrent)
+
+
+__all__ = ["based_chunk", "based_recurrent", "BasedLinearAttention"]
