@@ -6,13 +6,16 @@
 
 # Each method adds one import here, one line in METHODS and one in LAYERS.
 from zoo import hrc_la, performer
+from zoo import softmax_attention
 
 METHODS = {
+    "softmax_attention": softmax_attention,
     "hrc_la": hrc_la,
     "performer": performer,
 }
 
 LAYERS = {
+    "softmax_attention": softmax_attention.SoftmaxAttention,
     "hrc_la": hrc_la.HRCMultiheadAttention,
     "performer": performer.PerformerAttention,
 }
