@@ -51,8 +51,6 @@ names as in the zoo) · offs_ index vectors · mask_ masks · BT BK BV tile size
 chunks · h0/ht initial/final state · DT the input dtype inside a kernel.
 """
 
-from __future__ import annotations
-
 import os
 from typing import Optional
 
@@ -87,63 +85,28 @@ def _precision(dtype: torch.dtype) -> str:
 # ================================================================================================
 # Kernels
 # ================================================================================================
+# Loads and stores are written inline, not through @triton.jit helpers: under the interpreter
+# every helper call re-patches triton.language (~2.5 ms), which dominated the CPU test time.
 @triton.jit
-def _load_tile(p, offs_t, mask_t, stride_t, offs_d, mask_d):
-    """Rows offs_t (stride stride_t) and columns offs_d of a row-major tile; zeros outside."""
-    return tl.load(p + offs_t[:, None] * stride_t + offs_d[None, :],
-                   mask=mask_t[:, None] & mask_d[None, :], other=0.)
-
-
-@triton.jit
-def _store_tile(p, x, offs_t, mask_t, stride_t, offs_d, mask_d):
-    tl.store(p + offs_t[:, None] * stride_t + offs_d[None, :], x.to(p.dtype.element_ty),
-             mask=mask_t[:, None] & mask_d[None, :])
-
-
-@triton.jit
-def _invert_unit_lower(b_a, BS: tl.constexpr):
-    """(I + a)⁻¹ for a strictly lower-triangular [BS, BS] block, by forward substitution.
+def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
+    """(I + a)⁻¹ for four strictly lower-triangular [BS, BS] blocks at once, by forward substitution.
 
     Y = (I + a)⁻¹ − I satisfies Y_i = −a_i − Σ_{j<i} a_ij Y_j (row i from the rows above it).
     Row i of the running block still holds −a_i when its turn comes, and its entries j ≥ i are
-    zero, so one masked vector-matrix product finishes it."""
+    zero, so one masked vector-matrix product finishes it. The four blocks ride along a third
+    axis (tl.join), so the BS − 1 steps run once for all of them."""
+    b_y = -tl.reshape(tl.join(tl.join(b_a0, b_a1), tl.join(b_a2, b_a3)), (BS, BS, 4))  # [BS, BS, 4]
     offs = tl.arange(0, BS)
-    b_y = -b_a
     for i in range(1, BS):
-        b_row = tl.sum(tl.where(offs[:, None] == i, b_y, 0.), 0)  # −a_i  [BS]
-        b_row = b_row + tl.sum(b_row[:, None] * b_y, 0)  # −a_i − Σ_j a_ij Y_j  [BS]
-        b_y = tl.where(offs[:, None] == i, b_row[None, :], b_y)
-    return b_y + tl.where(offs[:, None] == offs[None, :], 1., 0.)
-
-
-@triton.jit
-def _kkt_block(b_ki, b_kj, b_bi, b_gi, b_gj, DIAG: tl.constexpr, USE_G: tl.constexpr,
-               BS: tl.constexpr, PREC: tl.constexpr):
-    """One 16×16 block of A = diag(β) K Kᵀ ⊙ e^{Γ_i − Γ_j}, strictly lower when DIAG."""
-    b_a = tl.dot(b_ki, tl.trans(b_kj), input_precision=PREC) * b_bi[:, None]  # [BS, BS]
-    offs = tl.arange(0, BS)
-    if DIAG:
-        mask = offs[:, None] > offs[None, :]
-        if USE_G:
-            b_a = b_a * tl.exp(tl.where(mask, b_gi[:, None] - b_gj[None, :], float('-inf')))
-        b_a = tl.where(mask, b_a, 0.)
-    elif USE_G:
-        b_a = b_a * tl.exp(b_gi[:, None] - b_gj[None, :])  # rows after columns: Γ_i − Γ_j ≤ 0
-    return b_a
-
-
-@triton.jit
-def _wy_rows(b_X0, b_X1, b_X2, b_X3, b_y0, b_y1, b_y2, b_y3, N: tl.constexpr, DT: tl.constexpr,
-             PREC: tl.constexpr):
-    """Row block N of X @ Y for the block-lower X (blocks X_N0..X_NN) and Y in 16-row slabs."""
-    b_o = tl.dot(b_X0.to(DT), b_y0.to(DT), input_precision=PREC)
-    if N >= 1:
-        b_o += tl.dot(b_X1.to(DT), b_y1.to(DT), input_precision=PREC)
-    if N >= 2:
-        b_o += tl.dot(b_X2.to(DT), b_y2.to(DT), input_precision=PREC)
-    if N >= 3:
-        b_o += tl.dot(b_X3.to(DT), b_y3.to(DT), input_precision=PREC)
-    return b_o
+        mask_i = offs[:, None, None] == i
+        b_row = tl.sum(tl.where(mask_i, b_y, 0.), 0)  # −a_i  [BS, 4]
+        b_row = b_row + tl.sum(b_row[:, None, :] * b_y, 0)  # −a_i − Σ_j a_ij Y_j  [BS, 4]
+        b_y = tl.where(mask_i, b_row[None, :, :], b_y)
+    b_y01, b_y23 = tl.split(tl.reshape(b_y, (BS, BS, 2, 2)))
+    b_y0, b_y1 = tl.split(b_y01)
+    b_y2, b_y3 = tl.split(b_y23)
+    b_eye = tl.where(offs[:, None] == offs[None, :], 1., 0.)
+    return b_y0 + b_eye, b_y1 + b_eye, b_y2 + b_eye, b_y3 + b_eye
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -151,62 +114,76 @@ def _chunk_wy_fwd_kernel(k, v, beta, g, w, u, X, gam, T, H: tl.constexpr, K: tl.
                          V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BVF: tl.constexpr,
                          USE_G: tl.constexpr, STORE_X: tl.constexpr, PREC: tl.constexpr):
     """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V for one chunk (zoo (4))."""
-    # -------------------------------------------------------------- map program -> chunk, head
+    # -------------------------------------------------------------- map program -> (chunk, head)
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
-    BS: tl.constexpr = 16
+    BS: tl.constexpr = 16  # the chunk is 4 slabs of 16 rows: r = 0..3 in the names below
     DT = k.dtype.element_ty
     t0 = i_t * BT
     offs_s = tl.arange(0, BS)
     offs_k, offs_v = tl.arange(0, BK), tl.arange(0, BVF)
     mask_k, mask_v = offs_k < K, offs_v < V
-    p_k, p_w = k + i_b * T * H * K + i_h * K, w + i_b * T * H * K + i_h * K
-    p_v, p_u = v + i_b * T * H * V + i_h * V, u + i_b * T * H * V + i_h * V
-    p_beta, p_g, p_gam = beta + i_b * T * H + i_h, g + i_b * T * H + i_h, gam + i_b * T * H + i_h
-    # 16-row slabs r = 0..3 of the chunk
+    o_k = i_b * T * H * K + i_h * K + offs_s[:, None] * (H * K) + offs_k[None, :]  # slab offsets
+    o_v = i_b * T * H * V + i_h * V + offs_s[:, None] * (H * V) + offs_v[None, :]
+    o_x = i_b * T * H * BT + i_h * BT + offs_s[:, None] * (H * BT) + offs_s[None, :]
+    o_s = i_b * T * H + i_h + offs_s * H
     offs_t0, offs_t1, offs_t2, offs_t3 = t0 + offs_s, t0 + BS + offs_s, t0 + 2 * BS + offs_s, t0 + 3 * BS + offs_s
     mask_t0, mask_t1, mask_t2, mask_t3 = offs_t0 < T, offs_t1 < T, offs_t2 < T, offs_t3 < T
+    mask_k0, mask_k1 = mask_t0[:, None] & mask_k[None, :], mask_t1[:, None] & mask_k[None, :]
+    mask_k2, mask_k3 = mask_t2[:, None] & mask_k[None, :], mask_t3[:, None] & mask_k[None, :]
 
     # -------------------------------------------------------------- load k, β, and Γ
-    b_k0 = _load_tile(p_k, offs_t0, mask_t0, H * K, offs_k, mask_k)  # [BS, BK]
-    b_k1 = _load_tile(p_k, offs_t1, mask_t1, H * K, offs_k, mask_k)
-    b_k2 = _load_tile(p_k, offs_t2, mask_t2, H * K, offs_k, mask_k)
-    b_k3 = _load_tile(p_k, offs_t3, mask_t3, H * K, offs_k, mask_k)
-    b_b0 = tl.load(p_beta + offs_t0 * H, mask=mask_t0, other=0.).to(tl.float32)  # [BS]
-    b_b1 = tl.load(p_beta + offs_t1 * H, mask=mask_t1, other=0.).to(tl.float32)
-    b_b2 = tl.load(p_beta + offs_t2 * H, mask=mask_t2, other=0.).to(tl.float32)
-    b_b3 = tl.load(p_beta + offs_t3 * H, mask=mask_t3, other=0.).to(tl.float32)
-    b_g0 = tl.zeros([BS], dtype=tl.float32)
-    b_g1, b_g2, b_g3 = b_g0, b_g0, b_g0
+    b_k0 = tl.load(k + o_k + t0 * H * K, mask=mask_k0, other=0.)  # [BS, BK]
+    b_k1 = tl.load(k + o_k + (t0 + BS) * H * K, mask=mask_k1, other=0.)
+    b_k2 = tl.load(k + o_k + (t0 + 2 * BS) * H * K, mask=mask_k2, other=0.)
+    b_k3 = tl.load(k + o_k + (t0 + 3 * BS) * H * K, mask=mask_k3, other=0.)
+    b_b0 = tl.load(beta + o_s + t0 * H, mask=mask_t0, other=0.).to(tl.float32)  # [BS]
+    b_b1 = tl.load(beta + o_s + (t0 + BS) * H, mask=mask_t1, other=0.).to(tl.float32)
+    b_b2 = tl.load(beta + o_s + (t0 + 2 * BS) * H, mask=mask_t2, other=0.).to(tl.float32)
+    b_b3 = tl.load(beta + o_s + (t0 + 3 * BS) * H, mask=mask_t3, other=0.).to(tl.float32)
     if USE_G:  # Γ = cumsum of g inside the chunk; padded rows have g = 0, so Γ stays flat there
-        b_g0 = tl.cumsum(tl.load(p_g + offs_t0 * H, mask=mask_t0, other=0.).to(tl.float32), 0)
-        b_g1 = tl.cumsum(tl.load(p_g + offs_t1 * H, mask=mask_t1, other=0.).to(tl.float32), 0) + tl.sum(tl.where(offs_s == BS - 1, b_g0, 0.), 0)
-        b_g2 = tl.cumsum(tl.load(p_g + offs_t2 * H, mask=mask_t2, other=0.).to(tl.float32), 0) + tl.sum(tl.where(offs_s == BS - 1, b_g1, 0.), 0)
-        b_g3 = tl.cumsum(tl.load(p_g + offs_t3 * H, mask=mask_t3, other=0.).to(tl.float32), 0) + tl.sum(tl.where(offs_s == BS - 1, b_g2, 0.), 0)
-        tl.store(p_gam + offs_t0 * H, b_g0, mask=mask_t0)
-        tl.store(p_gam + offs_t1 * H, b_g1, mask=mask_t1)
-        tl.store(p_gam + offs_t2 * H, b_g2, mask=mask_t2)
-        tl.store(p_gam + offs_t3 * H, b_g3, mask=mask_t3)
+        b_g0 = tl.cumsum(tl.load(g + o_s + t0 * H, mask=mask_t0, other=0.).to(tl.float32), 0)
+        b_g1 = tl.cumsum(tl.load(g + o_s + (t0 + BS) * H, mask=mask_t1, other=0.).to(tl.float32), 0)
+        b_g2 = tl.cumsum(tl.load(g + o_s + (t0 + 2 * BS) * H, mask=mask_t2, other=0.).to(tl.float32), 0)
+        b_g3 = tl.cumsum(tl.load(g + o_s + (t0 + 3 * BS) * H, mask=mask_t3, other=0.).to(tl.float32), 0)
+        b_g1 += tl.sum(tl.where(offs_s == BS - 1, b_g0, 0.), 0)  # + Γ at the end of the slab above
+        b_g2 += tl.sum(tl.where(offs_s == BS - 1, b_g1, 0.), 0)
+        b_g3 += tl.sum(tl.where(offs_s == BS - 1, b_g2, 0.), 0)
+        tl.store(gam + o_s + t0 * H, b_g0, mask=mask_t0)
+        tl.store(gam + o_s + (t0 + BS) * H, b_g1, mask=mask_t1)
+        tl.store(gam + o_s + (t0 + 2 * BS) * H, b_g2, mask=mask_t2)
+        tl.store(gam + o_s + (t0 + 3 * BS) * H, b_g3, mask=mask_t3)
 
-    # -------------------------------------------------------------- (4) A, block by block
-    b_A00 = _kkt_block(b_k0, b_k0, b_b0, b_g0, b_g0, True, USE_G, BS, PREC)
-    b_A11 = _kkt_block(b_k1, b_k1, b_b1, b_g1, b_g1, True, USE_G, BS, PREC)
-    b_A22 = _kkt_block(b_k2, b_k2, b_b2, b_g2, b_g2, True, USE_G, BS, PREC)
-    b_A33 = _kkt_block(b_k3, b_k3, b_b3, b_g3, b_g3, True, USE_G, BS, PREC)
-    b_A10 = _kkt_block(b_k1, b_k0, b_b1, b_g1, b_g0, False, USE_G, BS, PREC)
-    b_A20 = _kkt_block(b_k2, b_k0, b_b2, b_g2, b_g0, False, USE_G, BS, PREC)
-    b_A21 = _kkt_block(b_k2, b_k1, b_b2, b_g2, b_g1, False, USE_G, BS, PREC)
-    b_A30 = _kkt_block(b_k3, b_k0, b_b3, b_g3, b_g0, False, USE_G, BS, PREC)
-    b_A31 = _kkt_block(b_k3, b_k1, b_b3, b_g3, b_g1, False, USE_G, BS, PREC)
-    b_A32 = _kkt_block(b_k3, b_k2, b_b3, b_g3, b_g2, False, USE_G, BS, PREC)
+    # -------------------------------------------------------------- (4) A = diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}, strictly lower
+    b_A00 = tl.dot(b_k0, tl.trans(b_k0), input_precision=PREC) * b_b0[:, None]  # diagonal blocks  [BS, BS]
+    b_A11 = tl.dot(b_k1, tl.trans(b_k1), input_precision=PREC) * b_b1[:, None]
+    b_A22 = tl.dot(b_k2, tl.trans(b_k2), input_precision=PREC) * b_b2[:, None]
+    b_A33 = tl.dot(b_k3, tl.trans(b_k3), input_precision=PREC) * b_b3[:, None]
+    b_A10 = tl.dot(b_k1, tl.trans(b_k0), input_precision=PREC) * b_b1[:, None]  # below the diagonal
+    b_A20 = tl.dot(b_k2, tl.trans(b_k0), input_precision=PREC) * b_b2[:, None]
+    b_A21 = tl.dot(b_k2, tl.trans(b_k1), input_precision=PREC) * b_b2[:, None]
+    b_A30 = tl.dot(b_k3, tl.trans(b_k0), input_precision=PREC) * b_b3[:, None]
+    b_A31 = tl.dot(b_k3, tl.trans(b_k1), input_precision=PREC) * b_b3[:, None]
+    b_A32 = tl.dot(b_k3, tl.trans(b_k2), input_precision=PREC) * b_b3[:, None]
+    mask_s = offs_s[:, None] > offs_s[None, :]
+    if USE_G:  # decays; in a diagonal block mask before exp (above the diagonal Γ_i − Γ_j > 0)
+        b_A00 *= tl.exp(tl.where(mask_s, b_g0[:, None] - b_g0[None, :], float('-inf')))
+        b_A11 *= tl.exp(tl.where(mask_s, b_g1[:, None] - b_g1[None, :], float('-inf')))
+        b_A22 *= tl.exp(tl.where(mask_s, b_g2[:, None] - b_g2[None, :], float('-inf')))
+        b_A33 *= tl.exp(tl.where(mask_s, b_g3[:, None] - b_g3[None, :], float('-inf')))
+        b_A10 *= tl.exp(b_g1[:, None] - b_g0[None, :])
+        b_A20 *= tl.exp(b_g2[:, None] - b_g0[None, :])
+        b_A21 *= tl.exp(b_g2[:, None] - b_g1[None, :])
+        b_A30 *= tl.exp(b_g3[:, None] - b_g0[None, :])
+        b_A31 *= tl.exp(b_g3[:, None] - b_g1[None, :])
+        b_A32 *= tl.exp(b_g3[:, None] - b_g2[None, :])
+    b_A00, b_A11 = tl.where(mask_s, b_A00, 0.), tl.where(mask_s, b_A11, 0.)
+    b_A22, b_A33 = tl.where(mask_s, b_A22, 0.), tl.where(mask_s, b_A33, 0.)
 
     # -------------------------------------------------------------- X = (I + A)⁻¹, blocked
     # Diagonal blocks by forward substitution; then block row r of (I + A) X = I gives
     # X_rj = −X_rr Σ_{j ≤ m < r} A_rm X_mj, one block diagonal further out at a time.
-    b_X00 = _invert_unit_lower(b_A00, BS)
-    b_X11 = _invert_unit_lower(b_A11, BS)
-    b_X22 = _invert_unit_lower(b_A22, BS)
-    b_X33 = _invert_unit_lower(b_A33, BS)
+    b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4(b_A00, b_A11, b_A22, b_A33, BS)
     b_X10 = -tl.dot(b_X11, tl.dot(b_A10, b_X00, input_precision="ieee"), input_precision="ieee")
     b_X21 = -tl.dot(b_X22, tl.dot(b_A21, b_X11, input_precision="ieee"), input_precision="ieee")
     b_X32 = -tl.dot(b_X33, tl.dot(b_A32, b_X22, input_precision="ieee"), input_precision="ieee")
@@ -218,39 +195,56 @@ def _chunk_wy_fwd_kernel(k, v, beta, g, w, u, X, gam, T, H: tl.constexpr, K: tl.
                     + tl.dot(b_A31, b_X10, input_precision="ieee")
                     + tl.dot(b_A32, b_X20, input_precision="ieee"), input_precision="ieee")
     if STORE_X:  # for the backward; the blocks above the diagonal are never read
-        p_X = X + i_b * T * H * BT + i_h * BT
-        mask_s = offs_s < BS
-        _store_tile(p_X, b_X00, offs_t0, mask_t0, H * BT, offs_s, mask_s)
-        _store_tile(p_X, b_X10, offs_t1, mask_t1, H * BT, offs_s, mask_s)
-        _store_tile(p_X, b_X11, offs_t1, mask_t1, H * BT, BS + offs_s, mask_s)
-        _store_tile(p_X, b_X20, offs_t2, mask_t2, H * BT, offs_s, mask_s)
-        _store_tile(p_X, b_X21, offs_t2, mask_t2, H * BT, BS + offs_s, mask_s)
-        _store_tile(p_X, b_X22, offs_t2, mask_t2, H * BT, 2 * BS + offs_s, mask_s)
-        _store_tile(p_X, b_X30, offs_t3, mask_t3, H * BT, offs_s, mask_s)
-        _store_tile(p_X, b_X31, offs_t3, mask_t3, H * BT, BS + offs_s, mask_s)
-        _store_tile(p_X, b_X32, offs_t3, mask_t3, H * BT, 2 * BS + offs_s, mask_s)
-        _store_tile(p_X, b_X33, offs_t3, mask_t3, H * BT, 3 * BS + offs_s, mask_s)
+        mask_x0, mask_x1 = mask_t0[:, None] & (offs_s < BS)[None, :], mask_t1[:, None] & (offs_s < BS)[None, :]
+        mask_x2, mask_x3 = mask_t2[:, None] & (offs_s < BS)[None, :], mask_t3[:, None] & (offs_s < BS)[None, :]
+        tl.store(X + o_x + t0 * H * BT, b_X00, mask=mask_x0)
+        tl.store(X + o_x + (t0 + BS) * H * BT, b_X10, mask=mask_x1)
+        tl.store(X + o_x + (t0 + BS) * H * BT + BS, b_X11, mask=mask_x1)
+        tl.store(X + o_x + (t0 + 2 * BS) * H * BT, b_X20, mask=mask_x2)
+        tl.store(X + o_x + (t0 + 2 * BS) * H * BT + BS, b_X21, mask=mask_x2)
+        tl.store(X + o_x + (t0 + 2 * BS) * H * BT + 2 * BS, b_X22, mask=mask_x2)
+        tl.store(X + o_x + (t0 + 3 * BS) * H * BT, b_X30, mask=mask_x3)
+        tl.store(X + o_x + (t0 + 3 * BS) * H * BT + BS, b_X31, mask=mask_x3)
+        tl.store(X + o_x + (t0 + 3 * BS) * H * BT + 2 * BS, b_X32, mask=mask_x3)
+        tl.store(X + o_x + (t0 + 3 * BS) * H * BT + 3 * BS, b_X33, mask=mask_x3)
+    # the X blocks as dot operands in the input dtype (16-bit tensor cores; a no-op for fp32)
+    b_X00, b_X10, b_X11, b_X20, b_X21 = b_X00.to(DT), b_X10.to(DT), b_X11.to(DT), b_X20.to(DT), b_X21.to(DT)
+    b_X22, b_X30, b_X31, b_X32, b_X33 = b_X22.to(DT), b_X30.to(DT), b_X31.to(DT), b_X32.to(DT), b_X33.to(DT)
 
     # -------------------------------------------------------------- (4) W = X diag(β e^Γ) K
     b_c0, b_c1, b_c2, b_c3 = b_b0, b_b1, b_b2, b_b3
     if USE_G:
         b_c0, b_c1, b_c2, b_c3 = b_b0 * tl.exp(b_g0), b_b1 * tl.exp(b_g1), b_b2 * tl.exp(b_g2), b_b3 * tl.exp(b_g3)
-    b_y0, b_y1 = b_k0.to(tl.float32) * b_c0[:, None], b_k1.to(tl.float32) * b_c1[:, None]
-    b_y2, b_y3 = b_k2.to(tl.float32) * b_c2[:, None], b_k3.to(tl.float32) * b_c3[:, None]
-    _store_tile(p_w, _wy_rows(b_X00, b_X00, b_X00, b_X00, b_y0, b_y1, b_y2, b_y3, 0, DT, PREC), offs_t0, mask_t0, H * K, offs_k, mask_k)
-    _store_tile(p_w, _wy_rows(b_X10, b_X11, b_X11, b_X11, b_y0, b_y1, b_y2, b_y3, 1, DT, PREC), offs_t1, mask_t1, H * K, offs_k, mask_k)
-    _store_tile(p_w, _wy_rows(b_X20, b_X21, b_X22, b_X22, b_y0, b_y1, b_y2, b_y3, 2, DT, PREC), offs_t2, mask_t2, H * K, offs_k, mask_k)
-    _store_tile(p_w, _wy_rows(b_X30, b_X31, b_X32, b_X33, b_y0, b_y1, b_y2, b_y3, 3, DT, PREC), offs_t3, mask_t3, H * K, offs_k, mask_k)
+    b_y0, b_y1 = (b_k0.to(tl.float32) * b_c0[:, None]).to(DT), (b_k1.to(tl.float32) * b_c1[:, None]).to(DT)
+    b_y2, b_y3 = (b_k2.to(tl.float32) * b_c2[:, None]).to(DT), (b_k3.to(tl.float32) * b_c3[:, None]).to(DT)
+    b_w = tl.dot(b_X00, b_y0, input_precision=PREC)  # [BS, BK]
+    tl.store(w + o_k + t0 * H * K, b_w.to(DT), mask=mask_k0)
+    b_w = tl.dot(b_X10, b_y0, input_precision=PREC) + tl.dot(b_X11, b_y1, input_precision=PREC)
+    tl.store(w + o_k + (t0 + BS) * H * K, b_w.to(DT), mask=mask_k1)
+    b_w = (tl.dot(b_X20, b_y0, input_precision=PREC) + tl.dot(b_X21, b_y1, input_precision=PREC)
+           + tl.dot(b_X22, b_y2, input_precision=PREC))
+    tl.store(w + o_k + (t0 + 2 * BS) * H * K, b_w.to(DT), mask=mask_k2)
+    b_w = (tl.dot(b_X30, b_y0, input_precision=PREC) + tl.dot(b_X31, b_y1, input_precision=PREC)
+           + tl.dot(b_X32, b_y2, input_precision=PREC) + tl.dot(b_X33, b_y3, input_precision=PREC))
+    tl.store(w + o_k + (t0 + 3 * BS) * H * K, b_w.to(DT), mask=mask_k3)
 
     # -------------------------------------------------------------- (4) U = X diag(β) V
-    b_y0 = _load_tile(p_v, offs_t0, mask_t0, H * V, offs_v, mask_v).to(tl.float32) * b_b0[:, None]
-    b_y1 = _load_tile(p_v, offs_t1, mask_t1, H * V, offs_v, mask_v).to(tl.float32) * b_b1[:, None]
-    b_y2 = _load_tile(p_v, offs_t2, mask_t2, H * V, offs_v, mask_v).to(tl.float32) * b_b2[:, None]
-    b_y3 = _load_tile(p_v, offs_t3, mask_t3, H * V, offs_v, mask_v).to(tl.float32) * b_b3[:, None]
-    _store_tile(p_u, _wy_rows(b_X00, b_X00, b_X00, b_X00, b_y0, b_y1, b_y2, b_y3, 0, DT, PREC), offs_t0, mask_t0, H * V, offs_v, mask_v)
-    _store_tile(p_u, _wy_rows(b_X10, b_X11, b_X11, b_X11, b_y0, b_y1, b_y2, b_y3, 1, DT, PREC), offs_t1, mask_t1, H * V, offs_v, mask_v)
-    _store_tile(p_u, _wy_rows(b_X20, b_X21, b_X22, b_X22, b_y0, b_y1, b_y2, b_y3, 2, DT, PREC), offs_t2, mask_t2, H * V, offs_v, mask_v)
-    _store_tile(p_u, _wy_rows(b_X30, b_X31, b_X32, b_X33, b_y0, b_y1, b_y2, b_y3, 3, DT, PREC), offs_t3, mask_t3, H * V, offs_v, mask_v)
+    mask_v0, mask_v1 = mask_t0[:, None] & mask_v[None, :], mask_t1[:, None] & mask_v[None, :]
+    mask_v2, mask_v3 = mask_t2[:, None] & mask_v[None, :], mask_t3[:, None] & mask_v[None, :]
+    b_y0 = (tl.load(v + o_v + t0 * H * V, mask=mask_v0, other=0.).to(tl.float32) * b_b0[:, None]).to(DT)
+    b_y1 = (tl.load(v + o_v + (t0 + BS) * H * V, mask=mask_v1, other=0.).to(tl.float32) * b_b1[:, None]).to(DT)
+    b_y2 = (tl.load(v + o_v + (t0 + 2 * BS) * H * V, mask=mask_v2, other=0.).to(tl.float32) * b_b2[:, None]).to(DT)
+    b_y3 = (tl.load(v + o_v + (t0 + 3 * BS) * H * V, mask=mask_v3, other=0.).to(tl.float32) * b_b3[:, None]).to(DT)
+    b_u = tl.dot(b_X00, b_y0, input_precision=PREC)  # [BS, BVF]
+    tl.store(u + o_v + t0 * H * V, b_u.to(DT), mask=mask_v0)
+    b_u = tl.dot(b_X10, b_y0, input_precision=PREC) + tl.dot(b_X11, b_y1, input_precision=PREC)
+    tl.store(u + o_v + (t0 + BS) * H * V, b_u.to(DT), mask=mask_v1)
+    b_u = (tl.dot(b_X20, b_y0, input_precision=PREC) + tl.dot(b_X21, b_y1, input_precision=PREC)
+           + tl.dot(b_X22, b_y2, input_precision=PREC))
+    tl.store(u + o_v + (t0 + 2 * BS) * H * V, b_u.to(DT), mask=mask_v2)
+    b_u = (tl.dot(b_X30, b_y0, input_precision=PREC) + tl.dot(b_X31, b_y1, input_precision=PREC)
+           + tl.dot(b_X32, b_y2, input_precision=PREC) + tl.dot(b_X33, b_y3, input_precision=PREC))
+    tl.store(u + o_v + (t0 + 3 * BS) * H * V, b_u.to(DT), mask=mask_v3)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -266,9 +260,9 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, h0, o, ht, h, v_new, scale, T, H: t
     NT = tl.cdiv(T, BT)
     offs_r, offs_k, offs_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     mask_k, mask_v = offs_k < K, offs_v < V
-    p_q, p_k, p_w = (x + i_b * T * H * K + i_h * K for x in (q, k, w))
-    p_u, p_o, p_vn = (x + i_b * T * H * V + i_h * V for x in (u, o, v_new))
-    p_gam = gam + i_b * T * H + i_h
+    o_k = i_b * T * H * K + i_h * K + offs_r[:, None] * (H * K) + offs_k[None, :]  # chunk tile [BT, BK]
+    o_v = i_b * T * H * V + i_h * V + offs_r[:, None] * (H * V) + offs_v[None, :]  # chunk tile [BT, BV]
+    o_g = i_b * T * H + i_h
     mask_kv = mask_k[:, None] & mask_v[None, :]
     offs_kv = offs_k[:, None] * V + offs_v[None, :]
     # -------------------------------------------------------------- the state, fp32 registers
@@ -277,24 +271,24 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, h0, o, ht, h, v_new, scale, T, H: t
         b_S += tl.load(h0 + i_bh.to(tl.int64) * K * V + offs_kv, mask=mask_kv, other=0.)
     for i_t in range(NT):
         t0 = i_t * BT
-        offs_t = t0 + offs_r
-        mask_t = offs_t < T
+        mask_t = t0 + offs_r < T
+        mask_tk, mask_tv = mask_t[:, None] & mask_k[None, :], mask_t[:, None] & mask_v[None, :]
         if STORE_H:  # the state entering chunk i_t, for the backward
             p_h = h + ((i_b * NT + i_t) * H + i_h) * K * V
             tl.store(p_h + offs_kv, b_S.to(p_h.dtype.element_ty), mask=mask_kv)
         # ---------------------------------------------------------- (4) V_new = U − W S
-        b_w = _load_tile(p_w, offs_t, mask_t, H * K, offs_k, mask_k)  # [BT, BK]
-        b_u = _load_tile(p_u, offs_t, mask_t, H * V, offs_v, mask_v).to(tl.float32)  # [BT, BV]
+        b_w = tl.load(w + o_k + t0 * H * K, mask=mask_tk, other=0.)  # [BT, BK]
+        b_u = tl.load(u + o_v + t0 * H * V, mask=mask_tv, other=0.).to(tl.float32)  # [BT, BV]
         b_v_new = b_u - tl.dot(b_w, b_S.to(DT), input_precision=PREC)  # [BT, BV]
         if STORE_H:
-            _store_tile(p_vn, b_v_new, offs_t, mask_t, H * V, offs_v, mask_v)
-        b_k = _load_tile(p_k, offs_t, mask_t, H * K, offs_k, mask_k)  # [BT, BK]
+            tl.store(v_new + o_v + t0 * H * V, b_v_new.to(DT), mask=mask_tv)
+        b_k = tl.load(k + o_k + t0 * H * K, mask=mask_tk, other=0.)  # [BT, BK]
         if USE_G:
-            b_g = tl.load(p_gam + offs_t * H, mask=mask_t, other=0.)  # Γ  [BT]
-            b_g_last = tl.load(p_gam + (tl.minimum(t0 + BT, T) - 1) * H)  # Γ_L
+            b_g = tl.load(gam + o_g + (t0 + offs_r) * H, mask=mask_t, other=0.)  # Γ  [BT]
+            b_g_last = tl.load(gam + o_g + (tl.minimum(t0 + BT, T) - 1) * H)  # Γ_L
         # ---------------------------------------------------------- (4) o = e^Γ⊙sQS + (sQKᵀ⊙D)V_new
         if COMPUTE_O:
-            b_q = _load_tile(p_q, offs_t, mask_t, H * K, offs_k, mask_k)  # [BT, BK]
+            b_q = tl.load(q + o_k + t0 * H * K, mask=mask_tk, other=0.)  # [BT, BK]
             b_o = tl.dot(b_q, b_S.to(DT), input_precision=PREC)  # [BT, BV]
             b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # QKᵀ  [BT, BT]
             mask_c = (offs_r[:, None] >= offs_r[None, :]) & mask_t[:, None]  # causal, diag incl.
@@ -303,7 +297,7 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, h0, o, ht, h, v_new, scale, T, H: t
                 b_A = b_A * tl.exp(tl.where(mask_c, b_g[:, None] - b_g[None, :], float('-inf')))
             b_A = tl.where(mask_c, b_A, 0.)
             b_o += tl.dot(b_A.to(DT), b_v_new.to(DT), input_precision=PREC)
-            _store_tile(p_o, b_o * scale, offs_t, mask_t, H * V, offs_v, mask_v)
+            tl.store(o + o_v + t0 * H * V, (b_o * scale).to(o.dtype.element_ty), mask=mask_tv)
         # ---------------------------------------------------------- (4) S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new
         if USE_G:
             b_v_new = b_v_new * tl.exp(b_g_last - b_g)[:, None]
@@ -326,9 +320,9 @@ def _chunk_state_bwd_kernel(q, k, w, gam, do, dht, dh, dv_new, dh0, scale, T, H:
     NT = tl.cdiv(T, BT)
     offs_r, offs_k, offs_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     mask_k, mask_v = offs_k < K, offs_v < V
-    p_q, p_k, p_w = (x + i_b * T * H * K + i_h * K for x in (q, k, w))
-    p_do, p_dvn = (x + i_b * T * H * V + i_h * V for x in (do, dv_new))
-    p_gam = gam + i_b * T * H + i_h
+    o_k = i_b * T * H * K + i_h * K + offs_r[:, None] * (H * K) + offs_k[None, :]  # chunk tile [BT, BK]
+    o_v = i_b * T * H * V + i_h * V + offs_r[:, None] * (H * V) + offs_v[None, :]  # chunk tile [BT, BV]
+    o_g = i_b * T * H + i_h
     mask_kv = mask_k[:, None] & mask_v[None, :]
     offs_kv = offs_k[:, None] * V + offs_v[None, :]
     b_dS = tl.zeros([BK, BV], dtype=tl.float32)  # fp32 accumulator
@@ -337,29 +331,29 @@ def _chunk_state_bwd_kernel(q, k, w, gam, do, dht, dh, dv_new, dh0, scale, T, H:
     for i_rev in range(NT):
         i_t = NT - 1 - i_rev
         t0 = i_t * BT
-        offs_t = t0 + offs_r
-        mask_t = offs_t < T
+        mask_t = t0 + offs_r < T
+        mask_tk, mask_tv = mask_t[:, None] & mask_k[None, :], mask_t[:, None] & mask_v[None, :]
         p_dh = dh + ((i_b * NT + i_t) * H + i_h) * K * V
         tl.store(p_dh + offs_kv, b_dS.to(p_dh.dtype.element_ty), mask=mask_kv)
         # ---------------------------------------------------------- load
-        b_q = _load_tile(p_q, offs_t, mask_t, H * K, offs_k, mask_k)  # [BT, BK]
-        b_k = _load_tile(p_k, offs_t, mask_t, H * K, offs_k, mask_k)
-        b_w = _load_tile(p_w, offs_t, mask_t, H * K, offs_k, mask_k)
-        b_do = _load_tile(p_do, offs_t, mask_t, H * V, offs_v, mask_v)  # [BT, BV]
+        b_q = tl.load(q + o_k + t0 * H * K, mask=mask_tk, other=0.)  # [BT, BK]
+        b_k = tl.load(k + o_k + t0 * H * K, mask=mask_tk, other=0.)
+        b_w = tl.load(w + o_k + t0 * H * K, mask=mask_tk, other=0.)
+        b_do = tl.load(do + o_v + t0 * H * V, mask=mask_tv, other=0.)  # [BT, BV]
         # ---------------------------------------------------------- dV_new
         b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale  # sQKᵀ  [BT, BT]
         mask_c = (offs_r[:, None] >= offs_r[None, :]) & mask_t[:, None]
         b_qs = b_q.to(tl.float32) * scale  # sQ  [BT, BK]
         b_dSk = tl.dot(b_k, b_dS.to(DT), input_precision=PREC)  # K dS  [BT, BV]
         if USE_G:
-            b_g = tl.load(p_gam + offs_t * H, mask=mask_t, other=0.)
-            b_g_last = tl.load(p_gam + (tl.minimum(t0 + BT, T) - 1) * H)
+            b_g = tl.load(gam + o_g + (t0 + offs_r) * H, mask=mask_t, other=0.)
+            b_g_last = tl.load(gam + o_g + (tl.minimum(t0 + BT, T) - 1) * H)
             b_A = b_A * tl.exp(tl.where(mask_c, b_g[:, None] - b_g[None, :], float('-inf')))
             b_dSk = b_dSk * tl.exp(b_g_last - b_g)[:, None]
             b_qs = b_qs * tl.exp(b_g)[:, None]
         b_A = tl.where(mask_c, b_A, 0.)
         b_dv = tl.dot(tl.trans(b_A).to(DT), b_do, input_precision=PREC) + b_dSk  # [BT, BV]
-        _store_tile(p_dvn, b_dv, offs_t, mask_t, H * V, offs_v, mask_v)
+        tl.store(dv_new + o_v + t0 * H * V, b_dv.to(dv_new.dtype.element_ty), mask=mask_tv)
         # ---------------------------------------------------------- dS of the state entering the chunk
         if USE_G:
             b_dS = b_dS * tl.exp(b_g_last)
@@ -385,10 +379,10 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
     offs_t = t0 + offs_r
     mask_t = offs_t < T
     offs_k = i_k * BKS + tl.arange(0, BKS)
-    mask_k = offs_k < K
-    p_q, p_k, p_dq, p_dk, p_dw = (x + i_b * T * H * K + i_h * K for x in (q, k, dq, dk, dw))
-    p_vn, p_do, p_dvn = (x + i_b * T * H * V + i_h * V for x in (v_new, do, dv_new))
-    p_h, p_dh = (x + ((i_b * NT + i_t) * H + i_h) * K * V for x in (h, dh))
+    mask_tk = mask_t[:, None] & (offs_k < K)[None, :]
+    o_k = i_b * T * H * K + i_h * K + offs_t[:, None] * (H * K) + offs_k[None, :]  # [BT, BKS]
+    o_bh = i_b * T * H * V + i_h * V
+    o_h = ((i_b * NT + i_t) * H + i_h) * K * V
     # -------------------------------------------------------------- loop over V tiles (fp32 accumulators)
     b_dq = tl.zeros([BT, BKS], dtype=tl.float32)  # dO Sᵀ
     b_dkb = tl.zeros([BT, BKS], dtype=tl.float32)  # V_new dS_outᵀ
@@ -398,11 +392,15 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
     for i_v in range(tl.cdiv(V, BV)):
         offs_v = i_v * BV + tl.arange(0, BV)
         mask_v = offs_v < V
-        b_h = _load_tile(p_h, offs_k, mask_k, V, offs_v, mask_v)  # S  [BKS, BV]
-        b_dh = _load_tile(p_dh, offs_k, mask_k, V, offs_v, mask_v)  # dS_out  [BKS, BV]
-        b_vn = _load_tile(p_vn, offs_t, mask_t, H * V, offs_v, mask_v)  # [BT, BV]
-        b_do = _load_tile(p_do, offs_t, mask_t, H * V, offs_v, mask_v)
-        b_dvn = _load_tile(p_dvn, offs_t, mask_t, H * V, offs_v, mask_v)
+        mask_kv = (offs_k < K)[:, None] & mask_v[None, :]
+        mask_tv = mask_t[:, None] & mask_v[None, :]
+        o_kv = o_h + offs_k[:, None] * V + offs_v[None, :]
+        o_v = o_bh + offs_t[:, None] * (H * V) + offs_v[None, :]
+        b_h = tl.load(h + o_kv, mask=mask_kv, other=0.)  # S  [BKS, BV]
+        b_dh = tl.load(dh + o_kv, mask=mask_kv, other=0.)  # dS_out  [BKS, BV]
+        b_vn = tl.load(v_new + o_v, mask=mask_tv, other=0.)  # [BT, BV]
+        b_do = tl.load(do + o_v, mask=mask_tv, other=0.)
+        b_dvn = tl.load(dv_new + o_v, mask=mask_tv, other=0.)
         b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
         b_dkb += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
         b_dw += tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
@@ -410,14 +408,14 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
         if USE_G:
             b_dSS += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), 1)
     # -------------------------------------------------------------- intra-chunk terms
-    b_q = _load_tile(p_q, offs_t, mask_t, H * K, offs_k, mask_k)  # [BT, BKS]
-    b_k = _load_tile(p_k, offs_t, mask_t, H * K, offs_k, mask_k)
+    b_q = tl.load(q + o_k, mask=mask_tk, other=0.)  # [BT, BKS]
+    b_k = tl.load(k + o_k, mask=mask_tk, other=0.)
     mask_c = (offs_r[:, None] >= offs_r[None, :]) & mask_t[:, None]
     if USE_G:
-        p_gam = gam + i_b * T * H + i_h
-        b_g = tl.load(p_gam + offs_t * H, mask=mask_t, other=0.)
+        o_g = i_b * T * H + i_h
+        b_g = tl.load(gam + o_g + offs_t * H, mask=mask_t, other=0.)
         t_last = tl.minimum(t0 + BT, T) - 1
-        b_g_last = tl.load(p_gam + t_last * H)
+        b_g_last = tl.load(gam + o_g + t_last * H)
         b_dR = b_dP * tl.exp(tl.where(mask_c, b_g[:, None] - b_g[None, :], float('-inf')))
     else:
         b_dR = b_dP
@@ -426,14 +424,14 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
     if USE_G:
         b_dq_inter = b_dq * tl.exp(b_g)[:, None]
     b_dq_out = (b_dq_inter + tl.dot(b_dR.to(DT), b_k, input_precision=PREC)) * scale
-    _store_tile(p_dq, b_dq_out, offs_t, mask_t, H * K, offs_k, mask_k)
+    tl.store(dq + o_k, b_dq_out.to(dq.dtype.element_ty), mask=mask_tk)
     b_dk_out = tl.dot(tl.trans(b_dR).to(DT), b_q, input_precision=PREC) * scale
     if USE_G:
         b_dk_out += b_dkb * tl.exp(b_g_last - b_g)[:, None]
     else:
         b_dk_out += b_dkb
-    _store_tile(p_dk, b_dk_out, offs_t, mask_t, H * K, offs_k, mask_k)
-    _store_tile(p_dw, -b_dw, offs_t, mask_t, H * K, offs_k, mask_k)
+    tl.store(dk + o_k, b_dk_out, mask=mask_tk)
+    tl.store(dw + o_k, -b_dw, mask=mask_tk)
     # -------------------------------------------------------------- this slice's share of dΓ
     if USE_G:
         b_qf, b_kf = b_q.to(tl.float32), b_k.to(tl.float32)
@@ -441,7 +439,7 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
         b_kdk = tl.sum(b_kf * b_dkb, 1) * tl.exp(b_g_last - b_g)  # k̄·dk̄ per row  [BT]
         b_dg = scale * tl.exp(b_g) * tl.sum(b_qf * b_dq, 1) + tl.sum(b_Y, 1) - tl.sum(b_Y, 0) - b_kdk
         b_dg += tl.where(offs_t == t_last, tl.sum(b_kdk, 0) + tl.exp(b_g_last) * tl.sum(b_dSS, 0), 0.)
-        p_dgam = dgam + i_k.to(tl.int64) * tl.num_programs(2) * T + i_b * T * H + i_h  # [NK, B, T, H]
+        p_dgam = dgam + i_k.to(tl.int64) * tl.num_programs(2) * T + o_g  # [NK, B, T, H]
         tl.store(p_dgam + offs_t * H, b_dg, mask=mask_t)
 
 
@@ -459,27 +457,25 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
     offs_t = t0 + offs_r
     mask_t = offs_t < T
     offs_k = tl.arange(0, BK)
-    mask_k = offs_k < K
-    p_k, p_dw, p_dk_in, p_dk = (x + i_b * T * H * K + i_h * K for x in (k, dw, dk_in, dk))
-    p_v, p_du, p_dv = (x + i_b * T * H * V + i_h * V for x in (v, dv_new, dv))
-    p_X = X + i_b * T * H * BT + i_h * BT
-    o_bh = i_b * T * H + i_h
+    mask_tk = mask_t[:, None] & (offs_k < K)[None, :]
+    o_k = i_b * T * H * K + i_h * K + offs_t[:, None] * (H * K) + offs_k[None, :]  # [BT, BK]
+    o_bh = i_b * T * H * V + i_h * V
+    o_g = i_b * T * H + i_h + offs_t * H  # [BT]
     # -------------------------------------------------------------- load X, β, Γ, k, dw
     mask_low = offs_r[:, None] >= offs_r[None, :]
-    b_X = tl.load(p_X + offs_t[:, None] * (H * BT) + offs_r[None, :], mask=mask_low & mask_t[:, None],
-                  other=0.)  # [BT, BT]
-    b_beta = tl.load(beta + o_bh + offs_t * H, mask=mask_t, other=0.).to(tl.float32)
+    b_X = tl.load(X + (i_b * T * H + i_h) * BT + offs_t[:, None] * (H * BT) + offs_r[None, :],
+                  mask=mask_low & mask_t[:, None], other=0.)  # [BT, BT]
+    b_beta = tl.load(beta + o_g, mask=mask_t, other=0.).to(tl.float32)
     b_bg = b_beta  # β e^Γ
     if USE_G:
-        b_g = tl.load(gam + o_bh + offs_t * H, mask=mask_t, other=0.)
+        b_g = tl.load(gam + o_g, mask=mask_t, other=0.)
         b_bg = b_beta * tl.exp(b_g)
-    b_k = _load_tile(p_k, offs_t, mask_t, H * K, offs_k, mask_k).to(tl.float32)  # [BT, BK]
-    b_dw = _load_tile(p_dw, offs_t, mask_t, H * K, offs_k, mask_k)  # fp32  [BT, BK]
+    b_k = tl.load(k + o_k, mask=mask_tk, other=0.).to(tl.float32)  # [BT, BK]
+    b_dw = tl.load(dw + o_k, mask=mask_tk, other=0.)  # fp32  [BT, BK]
     # -------------------------------------------------------------- W = X (β e^Γ ⊙ K)
     b_dX = tl.dot(b_dw, tl.trans(b_k * b_bg[:, None]), input_precision=PREC)  # dW (β e^Γ K)ᵀ  [BT, BT]
     b_dB = tl.dot(tl.trans(b_X), b_dw, input_precision=PREC)  # Xᵀ dW  [BT, BK]
-    b_dk = tl.load(p_dk_in + offs_t[:, None] * (H * K) + offs_k[None, :],
-                   mask=mask_t[:, None] & mask_k[None, :], other=0.) + b_dB * b_bg[:, None]
+    b_dk = tl.load(dk_in + o_k, mask=mask_tk, other=0.) + b_dB * b_bg[:, None]
     b_kdB = tl.sum(b_k * b_dB, 1)  # [BT]
     b_dbeta = b_kdB  # dβ = e^Γ (k·dB)
     if USE_G:
@@ -488,12 +484,13 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
     # -------------------------------------------------------------- U = X (β ⊙ V), tile by tile
     for i_v in range(tl.cdiv(V, BV)):
         offs_v = i_v * BV + tl.arange(0, BV)
-        mask_v = offs_v < V
-        b_v = _load_tile(p_v, offs_t, mask_t, H * V, offs_v, mask_v).to(tl.float32)  # [BT, BV]
-        b_du = _load_tile(p_du, offs_t, mask_t, H * V, offs_v, mask_v).to(tl.float32)
+        mask_tv = mask_t[:, None] & (offs_v < V)[None, :]
+        o_v = o_bh + offs_t[:, None] * (H * V) + offs_v[None, :]
+        b_v = tl.load(v + o_v, mask=mask_tv, other=0.).to(tl.float32)  # [BT, BV]
+        b_du = tl.load(dv_new + o_v, mask=mask_tv, other=0.).to(tl.float32)
         b_dX += tl.dot(b_du, tl.trans(b_v * b_beta[:, None]), input_precision=PREC)
         b_dC = tl.dot(tl.trans(b_X), b_du, input_precision=PREC)  # Xᵀ dU  [BT, BV]
-        _store_tile(p_dv, b_dC * b_beta[:, None], offs_t, mask_t, H * V, offs_v, mask_v)
+        tl.store(dv + o_v, (b_dC * b_beta[:, None]).to(dv.dtype.element_ty), mask=mask_tv)
         b_dbeta += tl.sum(b_v * b_dC, 1)
     # -------------------------------------------------------------- X = (I + A)⁻¹: dA = −Xᵀ dX Xᵀ
     mask_s = (offs_r[:, None] > offs_r[None, :]) & mask_t[:, None]
@@ -509,16 +506,16 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
     b_dbeta += tl.sum(b_dAE * b_G, 1)
     b_dG = b_dAE * b_beta[:, None]
     b_dk += tl.dot(b_dG + tl.trans(b_dG), b_k, input_precision=PREC)
-    _store_tile(p_dk, b_dk, offs_t, mask_t, H * K, offs_k, mask_k)
-    tl.store(dbeta + o_bh + offs_t * H, b_dbeta.to(dbeta.dtype.element_ty), mask=mask_t)
+    tl.store(dk + o_k, b_dk.to(dk.dtype.element_ty), mask=mask_tk)
+    tl.store(dbeta + o_g, b_dbeta.to(dbeta.dtype.element_ty), mask=mask_t)
     if USE_G:
         b_Z = b_dG * b_G  # dA ⊙ A
         b_dgam += tl.sum(b_Z, 1) - tl.sum(b_Z, 0)
         for i_k in range(NK):  # the K slices' shares from step 4
-            b_dgam += tl.load(dgam + i_k * tl.num_programs(1) * T + o_bh + offs_t * H, mask=mask_t, other=0.)
+            b_dgam += tl.load(dgam + i_k * tl.num_programs(1) * T + o_g, mask=mask_t, other=0.)
         # g_t enters Γ_i for every i ≥ t in its chunk: dg = reverse cumsum of dΓ
         b_dg = tl.sum(b_dgam, 0) - tl.cumsum(b_dgam, 0) + b_dgam
-        tl.store(dg + o_bh + offs_t * H, b_dg.to(dg.dtype.element_ty), mask=mask_t)
+        tl.store(dg + o_g, b_dg.to(dg.dtype.element_ty), mask=mask_t)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -644,3 +641,153 @@ def _recurrent_fwd(q, k, v, g, beta, h0, scale, num_householder):
         H, K, V, num_householder, t["BK"], t["BV"], USE_G=g is not None, USE_H0=h0 is not None,
         num_warps=4, num_stages=1)
     return o, ht
+
+
+# ================================================================================================
+# Custom ops: what torch.compile(fullgraph=True) sees (the kernels stay opaque to it). One set
+# serves the family: g = None is DeltaNet; num_householder > 1 is DeltaProduct's decode loop.
+# ================================================================================================
+def _empty_if_none(x, ref):
+    return ref.new_empty(0) if x is None else x  # a custom op cannot return None
+
+
+def _none_if_empty(x):
+    return None if x is None or x.numel() == 0 else x
+
+
+def _contiguous(*xs):
+    return tuple(None if x is None else x.contiguous() for x in xs)
+
+
+@torch.library.custom_op("zoo::gated_delta_rule_chunk_fwd", mutates_args=())
+def _chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+                  beta: torch.Tensor, h0: Optional[torch.Tensor], scale: float,
+                  output_final_state: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v, g, beta, h0 = _contiguous(q, k, v, g, beta, h0)
+    o, ht = _chunk_fwd(q, k, v, g, beta, h0, scale)
+    return o, (ht if output_final_state else q.new_empty(0))
+
+
+@torch.library.custom_op("zoo::gated_delta_rule_recurrent_fwd", mutates_args=())
+def _recurrent_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+                      beta: torch.Tensor, h0: Optional[torch.Tensor], scale: float,
+                      output_final_state: bool, num_householder: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v, g, beta, h0 = _contiguous(q, k, v, g, beta, h0)
+    o, ht = _recurrent_fwd(q, k, v, g, beta, h0, scale, num_householder)
+    return o, (ht if output_final_state else q.new_empty(0))
+
+
+def _fwd_fake(q, k, v, g, beta, h0, scale, output_final_state, num_householder=1):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    ht = q.new_empty(B, H, K, V, dtype=torch.float32) if output_final_state else q.new_empty(0)
+    return q.new_empty(B, T, H, V), ht
+
+
+_chunk_fwd_op.register_fake(_fwd_fake)
+_recurrent_fwd_op.register_fake(_fwd_fake)
+
+
+@torch.library.custom_op("zoo::gated_delta_rule_chunk_bwd", mutates_args=())
+def _chunk_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+                  beta: torch.Tensor, h0: Optional[torch.Tensor], do: torch.Tensor,
+                  dht: Optional[torch.Tensor], scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                     torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v, g, beta, h0, do, dht = _contiguous(q, k, v, g, beta, h0, do, dht)
+    return _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale)
+
+
+@_chunk_bwd_op.register_fake
+def _(q, k, v, g, beta, h0, do, dht, scale):
+    dg = q.new_empty(0) if g is None else torch.empty_like(g)
+    dh0 = q.new_empty(0) if h0 is None else torch.empty_like(h0)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dg, torch.empty_like(beta), dh0
+
+
+def _interleave(x, n: int, last: bool):
+    """[B, T, H, ·] → [B, T·n, H, ·] with x at micro-step n−1 of each token (last) or 0, zeros elsewhere."""
+    B, T = x.shape[:2]
+    z = x.new_zeros(B, T, n - 1, *x.shape[2:])
+    parts = (z, x[:, :, None]) if last else (x[:, :, None], z)
+    return torch.cat(parts, dim=2).reshape(B, T * n, *x.shape[2:])
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, g, beta, h0, scale = inputs[:7]
+    ctx.save_for_backward(q, k, v, g, beta, h0)
+    ctx.scale = scale
+    ctx.num_householder = inputs[8] if len(inputs) > 8 else 1
+
+
+def _backward(ctx, do, dht):
+    q, k, v, g, beta, h0 = ctx.saved_tensors
+    n = ctx.num_householder
+    if n > 1:  # the recurrent DeltaProduct op: its gradient is the chunk backward over micro-steps
+        q, do = _interleave(q, n, last=True), _interleave(do, n, last=True)
+        g = None if g is None else _interleave(g, n, last=False)
+    dq, dk, dv, dg, dbeta, dh0 = torch.ops.zoo.gated_delta_rule_chunk_bwd(
+        q, k, v, g, beta, h0, do, _none_if_empty(dht), ctx.scale)
+    if n > 1:
+        dq = dq[:, n - 1::n]
+        dg = dg if g is None else dg[:, ::n]
+    grads = (dq, dk, dv, None if g is None else dg, dbeta, None if h0 is None else dh0)
+    return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))  # scale, flags: no gradient
+
+
+torch.library.register_autograd("zoo::gated_delta_rule_chunk_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("zoo::gated_delta_rule_recurrent_fwd", _backward, setup_context=_setup_context)
+
+
+# ================================================================================================
+# Public ops: the zoo's names and signatures
+# ================================================================================================
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
+
+
+def check_fast(q, k, v, initial_state, where: str):
+    """What the kernels add to the zoo's checks: a device they can run on, fp16/bf16/fp32 inputs,
+    head dims up to MAX_HEAD_DIM. Returns q, k, v in one dtype and the state in fp32."""
+    if q.device.type == "cpu" and not INTERPRET:
+        raise ValueError(f"{where} got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 before "
+                         f"importing it to run the kernels in Triton's interpreter")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"q must be float16, bfloat16 or float32 for the Triton kernels, got {q.dtype} "
+                        f"(the zoo's forms compute in any float dtype)")
+    K, V = q.shape[-1], v.shape[-1]
+    if K > MAX_HEAD_DIM or V > MAX_HEAD_DIM:
+        raise ValueError(f"head dims K = {K}, V = {V}: the kernels take K, V <= {MAX_HEAD_DIM}")
+    k, v = k.to(q.dtype), v.to(q.dtype)  # one operand dtype for tl.dot
+    h0 = None if initial_state is None else initial_state.float()  # the state lives in fp32
+    return k, v, h0
+
+
+def _scale(q, scale):
+    return float(q.shape[-1] ** -0.5 if scale is None else scale)
+
+
+def delta_rule_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, *,
+                     scale: float | None = None, initial_state: torch.Tensor | None = None,
+                     output_final_state: bool = False, chunk_size: int = 64):
+    """zoo.deltanet.delta_rule_chunk in Triton, forward and backward (q, k, v, beta, initial
+    state). The kernels always use chunks of 64; chunk_size is checked and otherwise only changes
+    rounding in the zoo. Returns (o [B, T, H, V] in q's dtype, final state [B, H, K, V] fp32 or None)."""
+    zoo_deltanet._check_inputs(q, k, v, beta, initial_state, chunk_size)
+    k, v, h0 = check_fast(q, k, v, initial_state, "fast.deltanet.delta_rule_chunk")
+    o, ht = torch.ops.zoo.gated_delta_rule_chunk_fwd(q, k, v, None, beta, h0, _scale(q, scale),
+                                                     output_final_state)
+    return o, (ht if output_final_state else None)
+
+
+def delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, *,
+                         scale: float | None = None, initial_state: torch.Tensor | None = None,
+                         output_final_state: bool = False):
+    """zoo.deltanet.delta_rule_recurrent in Triton: a token loop with the state in registers, for
+    decoding. Its gradient runs the chunk backward kernels (same function)."""
+    zoo_deltanet._check_inputs(q, k, v, beta, initial_state)
+    k, v, h0 = check_fast(q, k, v, initial_state, "fast.deltanet.delta_rule_recurrent")
+    o, ht = torch.ops.zoo.gated_delta_rule_recurrent_fwd(q, k, v, None, beta, h0, _scale(q, scale),
+                                                         output_final_state, 1)
+    return o, (ht if output_final_state else None)
+
+
+__all__ = ["delta_rule_chunk", "delta_rule_recurrent"]
