@@ -24,6 +24,7 @@ from hypothesis import assume, given, settings, strategies as st
 from strategies import (TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol,
                         grads, has_cuda, interpreting, randn, seeds, shapes, tol_for)
 import zoo.based as zb
+import fast.based as fb
 
 F64 = torch.float64
 small = shapes(max_T=50, max_K=6, max_V=6)  # M = 1 + K + K² stays small on the CPU
@@ -84,6 +85,123 @@ def test_chunk_gradients_equal_parallel_in_float64(shape, L, seed):
 
 
 # ------------------------------------------------------------------------------------------------
+# 2. Fast equals zoo (fp32 under the interpreter on CPU; bf16/fp16 on a GPU)
+# ------------------------------------------------------------------------------------------------
+def _fast_inputs(seed, shape, dtype, dev, with_state):
+    q, k, v = qkv(seed, shape, dtype=dtype, device=dev)
+    h0 = None
+    if with_state:  # a real prefix's state plus noise: the kernels must not assume symmetry
+        S0, z0 = state(seed + 5, shape)
+        h0 = ((S0 + 0.1 * randn(seed + 8, *S0.shape)).float().to(dev),
+              (z0 + 0.1 * randn(seed + 9, *z0.shape).abs()).float().to(dev))
+    return q, k, v, h0
+
+
+@settings(max_examples=5)
+@given(shape=shapes(max_T=70, max_H=2), causal=st.booleans(), normalize=st.booleans(),
+       with_state=st.booleans(), L=chunk_sizes, seed=seeds)
+@edge_examples(chunk_size=16, causal=True, normalize=True, with_state=True, L=16)
+def test_fast_equals_zoo_in_float32(shape, causal, normalize, with_state, L, seed):
+    dev = device()
+    q, k, v, h0 = _fast_inputs(seed, shape, torch.float32, dev, with_state)
+    kw = dict(causal=causal, normalize=normalize, output_final_state=True)
+    h0_64 = None if h0 is None else tuple(x.double() for x in h0)
+    o_ref, (S_ref, z_ref) = zb.based_parallel(q.double(), k.double(), v.double(), initial_state=h0_64, **kw)
+    tol = tol_for(torch.float32, dev)
+    for name, (o, (S, z)) in (("chunk", fb.based_chunk(q, k, v, initial_state=h0, chunk_size=L, **kw)),
+                              ("recurrent", fb.based_recurrent(q, k, v, initial_state=h0, **kw))):
+        assert o.dtype == torch.float32 and S.dtype == z.dtype == torch.float32
+        assert_close(o, o_ref, tol, f"{name} o")
+        assert_close(S, S_ref, tol, f"{name} S")
+        assert_close(z, z_ref, tol, f"{name} z")
+
+
+HALF_CASES = [(dt, T, causal) for dt in (torch.bfloat16, torch.float16)
+              for T, causal in ((1, True), (100, True), (1000, True), (333, False))]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,T,causal", HALF_CASES)
+@pytest.mark.parametrize("K,V", [(16, 64), (16, 128), (8, 40)])
+def test_fast_equals_zoo_in_half_precision_on_gpu(dtype, T, causal, K, V):
+    q, k, v = qkv(11, Shape(2, T, 3, K, V), dtype=dtype, device="cuda")
+    kw = dict(causal=causal, output_final_state=True)
+    o_ref, (S_ref, z_ref) = zb.based_parallel(q.double(), k.double(), v.double(), **kw)
+    for name, (o, (S, z)) in (("chunk", fb.based_chunk(q, k, v, **kw)), ("recurrent", fb.based_recurrent(q, k, v, **kw))):
+        assert o.dtype == dtype
+        assert_close(o, o_ref, tol_for(dtype, "cuda"), f"{name} o")
+        assert_close(S, S_ref, tol_for(dtype, "cuda"), f"{name} S")
+        assert_close(z, z_ref, tol_for(torch.float32, "cuda"), f"{name} z")
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Gradients agree (random cotangents on o and on both halves of the final state)
+# ------------------------------------------------------------------------------------------------
+def _grad_case(seed, shape, dtype, dev, with_state):
+    q, k, v, h0 = _fast_inputs(seed, shape, dtype, dev, with_state)
+    inputs = dict(q=q.requires_grad_(), k=k.requires_grad_(), v=v.requires_grad_())
+    if h0 is not None:
+        inputs.update(S0=h0[0].requires_grad_(), z0=h0[1].requires_grad_())
+    M = zb.feature_count(shape.K)
+    cot = [randn(seed + 3, *v.shape, dtype=dtype, device=dev),
+           randn(seed + 4, shape.B, shape.H, M, shape.V, device=dev, dtype=torch.float32),
+           randn(seed + 6, shape.B, shape.H, M, device=dev, dtype=torch.float32)]
+    return inputs, cot
+
+
+def _with_state(op, **kw):
+    def run(q, k, v, S0=None, z0=None):
+        o, (S, z) = op(q, k, v, initial_state=None if S0 is None else (S0, z0), output_final_state=True, **kw)
+        return o, S, z
+    return run
+
+
+@settings(max_examples=5)
+@given(shape=shapes(max_T=60, max_H=2), causal=st.booleans(), normalize=st.booleans(),
+       with_state=st.booleans(), L=chunk_sizes, seed=seeds)
+@edge_examples(chunk_size=16, causal=True, normalize=True, with_state=True, L=16)
+def test_fast_gradients_equal_zoo_in_float32(shape, causal, normalize, with_state, L, seed):
+    dev = device()
+    inputs, cot = _grad_case(seed, shape, torch.float32, dev, with_state)
+    inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
+    kw = dict(causal=causal, normalize=normalize)
+    ref = grads(_with_state(zb.based_parallel, **kw), inputs64, cot)
+    got = grads(_with_state(fb.based_chunk, chunk_size=L, **kw), inputs, cot)
+    got_rec = grads(_with_state(fb.based_recurrent, **kw), inputs, cot)
+    assert set(got) == set(ref) == set(got_rec)
+    for n in ref:
+        assert got[n].dtype == inputs[n].dtype
+        assert_close(got[n], ref[n], grad_tol(tol_for(torch.float32, dev)), f"chunk d{n}")
+        assert_close(got_rec[n], ref[n], grad_tol(tol_for(torch.float32, dev)), f"recurrent d{n}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,T,causal", [c for c in HALF_CASES if c[1] != 1])
+def test_fast_gradients_equal_zoo_in_half_precision_on_gpu(dtype, T, causal):
+    inputs, cot = _grad_case(21, Shape(2, T, 3, 16, 64), dtype, "cuda", True)
+    inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
+    ref = grads(_with_state(zb.based_parallel, causal=causal), inputs64, cot)
+    got = grads(_with_state(fb.based_chunk, causal=causal), inputs, cot)
+    for n in ref:
+        assert got[n].dtype == inputs[n].dtype
+        assert_close(got[n], ref[n], grad_tol(tol_for(dtype, "cuda")), f"d{n}")
+
+
+@pytest.mark.gpu
+def test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu():
+    torch.manual_seed(0)
+    ref = zb.BasedLinearAttention(256, 4).cuda()
+    fast = fb.BasedLinearAttention(256, 4).cuda()
+    fast.load_state_dict(ref.state_dict())
+    x = randn(1, 2, 300, 256, dtype=torch.float32, device="cuda")
+    dy = randn(2, 2, 300, 256, dtype=torch.float32, device="cuda")
+    (ref(x) * dy).sum().backward()
+    (fast(x) * dy).sum().backward()
+    for (n, p), (_, pf) in zip(ref.named_parameters(), fast.named_parameters()):
+        assert_close(pf.grad, p.grad, grad_tol(TOL["f32-gpu"]), n)
+
+
+# ------------------------------------------------------------------------------------------------
 # 4. Causality
 # ------------------------------------------------------------------------------------------------
 @given(shape=small, t=st.integers(0, 49), seed=seeds)
@@ -96,6 +214,18 @@ def test_future_tokens_do_not_change_the_past(shape, t, seed):
     for name, op in FORMS.items():
         o, o2 = op(q, k, v)[0], op(q2, k2, v2)[0]
         assert torch.equal(o[:, :t + 1], o2[:, :t + 1]), name
+
+
+def test_fast_future_tokens_do_not_change_the_past():
+    dev, t = device(), 20
+    q, k, v = qkv(9, Shape(1, 45, 2, 16, 8), dtype=torch.float32, device=dev)
+    q2, k2, v2 = (x.clone() for x in (q, k, v))
+    for x in (q2, k2, v2):
+        x[:, t + 1:] = 3.0  # large, so a leak would move the prefix
+    for op in (lambda *a: fb.based_chunk(*a, chunk_size=16)[0], lambda *a: fb.based_recurrent(*a)[0]):
+        o, o2 = op(q, k, v), op(q2, k2, v2)
+        assert torch.equal(o[:, :t + 1], o2[:, :t + 1])
+        assert not torch.equal(o[:, t + 1:], o2[:, t + 1:])  # and the perturbation was seen
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,6 +265,21 @@ def test_prefill_then_decode_equals_forward(T, t, form, seed):
     assert_close(torch.cat(ys, 1), y_ref, TOL["f64"], "y")
     assert cache["kv"].shape == (2, 3, 13, 4) and cache["k_state"].shape == (2, 3, 13)
     assert cache["kv"].numel() + cache["k_state"].numel() == 2 * layer.state_size(T)  # B = 2
+
+
+def test_fast_layer_decodes_like_its_forward():
+    dev = device()
+    torch.manual_seed(0)
+    layer = fb.BasedLinearAttention(32, 2, feature_dim=16).to(dev)
+    x = randn(0, 1, 20, 32, dtype=torch.float32, device=dev)
+    with torch.no_grad():
+        y_ref = layer(x)
+        y, cache = layer.prefill(x[:, :13])
+        ys = [y]
+        for i in range(13, 20):
+            y_i, cache = layer.step(x[:, i], cache)
+            ys.append(y_i[:, None])
+    assert_close(torch.cat(ys, 1), y_ref, tol_for(torch.float32, dev), "y")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -240,6 +385,27 @@ def test_layer_rejects_bad_sizes_and_inputs():
         layer.step(torch.randn(1, 12), cache)
 
 
+@pytest.mark.skipif(has_cuda() or interpreting(), reason="only without a GPU and without the interpreter")
+def test_fast_op_on_cpu_without_the_interpreter_says_so():
+    q, k, v = qkv(0, Shape(1, 4, 1, 4, 4), dtype=torch.float32)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        fb.based_chunk(q, k, v)
+
+
+def test_fast_ops_reject_what_the_kernels_cannot_take():
+    dev = device()
+    q, k, v = qkv(0, Shape(1, 8, 1, 17, 4), dtype=torch.float32, device=dev)
+    for op in (fb.based_chunk, fb.based_recurrent):
+        with pytest.raises(ValueError, match="K <= 16"):
+            op(q, k, v)
+        with pytest.raises(ValueError, match="feature_dim K must match"):
+            op(q[..., :8], k[..., :9], v)
+        with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+            op(q[..., :8].double(), k[..., :8].double(), v.double())
+    with pytest.raises(ValueError, match=">= 16"):
+        fb.based_chunk(q[..., :8], k[..., :8], v, chunk_size=8)
+
+
 # ------------------------------------------------------------------------------------------------
 # 8. torch.compile(fullgraph=True)
 # ------------------------------------------------------------------------------------------------
@@ -273,3 +439,14 @@ def test_chunk_form_compiles_with_inductor():
     q, k, v = qkv(0, Shape(1, 40, 2, 4, 8), dtype=torch.float32)
     o, _ = torch.compile(zb.based_chunk, fullgraph=True)(q, k, v, chunk_size=16)
     assert_close(o, zb.based_parallel(q, k, v)[0], TOL["f32-interpret"], "o")
+
+
+def test_fast_op_compiles_fullgraph_forward_and_backward():
+    torch._dynamo.reset()
+    dev = device()
+    inputs, cot = _grad_case(2, Shape(1, 20, 2, 16, 16), torch.float32, dev, True)
+    compiled = torch.compile(fb.based_chunk, fullgraph=True, backend="aot_eager")
+    got = grads(_with_state(compiled, chunk_size=16), inputs, cot)
+    ref = grads(_with_state(fb.based_chunk, chunk_size=16), inputs, cot)
+    for n in ref:
+        assert_close(got[n], ref[n], TOL["f32-interpret"], f"d{n}")
