@@ -790,4 +790,15 @@ def delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta
     return o, (ht if output_final_state else None)
 
 
-__all__ = ["delta_rule_chunk", "delta_rule_recurrent"]
+# ================================================================================================
+# The layer: the zoo layer with the ops swapped (same parameters, same state dict)
+# ================================================================================================
+class DeltaNet(zoo_deltanet.DeltaNet):
+    """zoo.deltanet.DeltaNet running the Triton chunk and recurrent ops (form="parallel" keeps
+    the zoo's parallel form: the oracle has no kernel)."""
+
+    chunk_op = staticmethod(delta_rule_chunk)
+    recurrent_op = staticmethod(delta_rule_recurrent)
+
+
+__all__ = ["delta_rule_chunk", "delta_rule_recurrent", "DeltaNet"]

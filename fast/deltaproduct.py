@@ -53,4 +53,15 @@ def gated_delta_product_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     return o, (ht if output_final_state else None)
 
 
-__all__ = ["gated_delta_product_chunk", "gated_delta_product_recurrent"]
+# ================================================================================================
+# The layer: the zoo layer with the ops swapped (same parameters, same state dict)
+# ================================================================================================
+class GatedDeltaProduct(zoo_deltaproduct.GatedDeltaProduct):
+    """zoo.deltaproduct.GatedDeltaProduct running the Triton chunk and recurrent ops (form="parallel" keeps
+    the zoo's parallel form: the oracle has no kernel)."""
+
+    chunk_op = staticmethod(gated_delta_product_chunk)
+    recurrent_op = staticmethod(gated_delta_product_recurrent)
+
+
+__all__ = ["gated_delta_product_chunk", "gated_delta_product_recurrent", "GatedDeltaProduct"]

@@ -50,4 +50,15 @@ def gated_delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     return o, (ht if output_final_state else None)
 
 
-__all__ = ["gated_delta_rule_chunk", "gated_delta_rule_recurrent"]
+# ================================================================================================
+# The layer: the zoo layer with the ops swapped (same parameters, same state dict)
+# ================================================================================================
+class GatedDeltaNet(zoo_gated_deltanet.GatedDeltaNet):
+    """zoo.gated_deltanet.GatedDeltaNet running the Triton chunk and recurrent ops (form="parallel" keeps
+    the zoo's parallel form: the oracle has no kernel)."""
+
+    chunk_op = staticmethod(gated_delta_rule_chunk)
+    recurrent_op = staticmethod(gated_delta_rule_recurrent)
+
+
+__all__ = ["gated_delta_rule_chunk", "gated_delta_rule_recurrent", "GatedDeltaNet"]
