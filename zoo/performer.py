@@ -148,10 +148,11 @@ def _prologue(q, k, v, omega, scale, initial_state, chunk_size=None):
     phi_k, a_k = favor_feature_map(k.to(dt), omega.to(dt), scale=scale)
     B, T, H, _ = q.shape
     M, V = omega.shape[1], v.shape[-1]
-    if initial_state is None:  # an empty state: nothing stored, scale −∞
+    if initial_state is None:  # an empty state: nothing stored, at the lowest finite scale
+        # (finite, not −∞: an empty state followed by padding only would give e^{−∞+∞} = NaN)
         S0 = phi_q.new_zeros(B, H, M, V)
         z0 = phi_q.new_zeros(B, H, M)
-        c0 = a_k.new_full((B, H), float("-inf"))
+        c0 = a_k.new_full((B, H), torch.finfo(dt).min)
     else:
         S0, z0, c0 = (initial_state[0].to(phi_q.dtype), initial_state[1].to(phi_q.dtype),
                       initial_state[2].to(dt))
