@@ -1,0 +1,310 @@
+"""fast/deltanet.py (the Triton delta rule) against zoo/deltanet.py, in DESIGN.md's law order.
+
+(tests/test_deltanet.py holds the zoo's own spec; this file holds the fast mirror's.)
+2. fast equals zoo: the chunk and the recurrent (decode) kernels in fp32 under the interpreter,
+   from an initial state or not, β ∈ (0, 1) or (0, 2), T = 1, T not a multiple of the chunk,
+   odd head dims; fp16/bf16 against the zoo in float64 on a GPU, and against fla's
+   chunk_delta_rule where fla imports;
+3. gradients agree: q, k, v, beta and the initial state through random cotangents on o and on the
+   final state, for the chunk op and for the recurrent op (whose gradient is the chunk backward);
+4. causality: perturbing tokens after t leaves the fast outputs up to t bit-identical;
+5. state carry: two chained fast calls equal one call; the fast layer equals the zoo layer with
+   the same weights (outputs and every parameter's gradient), and decodes like its forward;
+6. own law: β = 0 leaves the state unchanged, in the kernels too;
+7. bad inputs raise clear errors (CPU without the interpreter, float64, head dims over 256, the
+   zoo's shape checks);
+8. torch.compile(fullgraph=True) over the fast ops (custom ops), forward and backward.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import example, given, settings, strategies as st
+
+from strategies import (TOL, Shape, assert_close, device, edge_examples, grad_tol, grads, rand, randn, seeds,
+                        shapes, tol_for)
+import zoo.deltanet as zd
+import fast.deltanet as fd
+
+F64, F32 = torch.float64, torch.float32
+DEV = device()
+TOL32 = tol_for(F32, DEV)
+small = shapes(max_B=2, max_T=80, max_H=2, K_values=(16, 32), max_V=32)  # B·H ≤ 4: interpreter time
+
+
+def inputs(seed, s: Shape, dtype=F64, dev="cpu", beta_max=1.0):
+    """q, unit-norm k (as the layer makes them), v, beta ∈ (0, beta_max)."""
+    q = randn(seed, s.B, s.T, s.H, s.K, dtype=dtype, device=dev)
+    k = F.normalize(randn(seed + 1, s.B, s.T, s.H, s.K), dim=-1).to(device=dev, dtype=dtype)
+    v = randn(seed + 2, s.B, s.T, s.H, s.V, dtype=dtype, device=dev)
+    beta = rand(seed + 3, s.B, s.T, s.H, high=beta_max, dtype=dtype, device=dev)
+    return q, k, v, beta
+
+
+def state(seed, s: Shape, dtype=F64, dev="cpu"):
+    return randn(seed + 4, s.B, s.H, s.K, s.V, dtype=dtype, device=dev)
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Fast equals zoo
+# ------------------------------------------------------------------------------------------------
+@settings(max_examples=6)
+@given(shape=small, with_state=st.booleans(), neg=st.booleans(), seed=seeds)
+@edge_examples(chunk_size=16, with_state=True, neg=False)  # T = 1, 15, 17, 35; K, V = 5, 3 and 7, 7
+@example(shape=Shape(1, 65, 2, 16, 16), with_state=False, neg=True, seed=1)  # one past the kernel chunk
+def test_fast_chunk_equals_zoo_in_float32(shape, with_state, neg, seed):
+    q, k, v, beta = inputs(seed, shape, F32, DEV, beta_max=2.0 if neg else 1.0)
+    S0 = state(seed, shape, F32, DEV) if with_state else None
+    o, S = fd.delta_rule_chunk(q, k, v, beta, initial_state=S0, output_final_state=True)
+    o_ref, S_ref = zd.delta_rule_recurrent(q, k, v, beta, initial_state=S0, output_final_state=True)
+    assert o.dtype == q.dtype and S.dtype == F32
+    assert_close(o, o_ref, TOL32, "o")
+    assert_close(S, S_ref, TOL32, "S")
+
+
+@settings(max_examples=4)
+@given(shape=shapes(max_B=2, max_T=30, max_H=2, K_values=(16, 32), max_V=32), with_state=st.booleans(),
+       seed=seeds)
+@edge_examples(chunk_size=16, with_state=True)
+def test_fast_recurrent_equals_zoo_in_float32(shape, with_state, seed):
+    q, k, v, beta = inputs(seed, shape, F32, DEV)
+    S0 = state(seed, shape, F32, DEV) if with_state else None
+    o, S = fd.delta_rule_recurrent(q, k, v, beta, initial_state=S0, output_final_state=True)
+    o_ref, S_ref = zd.delta_rule_recurrent(q, k, v, beta, initial_state=S0, output_final_state=True)
+    assert_close(o, o_ref, TOL32, "o")
+    assert_close(S, S_ref, TOL32, "S")
+
+
+def test_fast_returns_no_state_unless_asked_and_honours_scale():
+    s = Shape(1, 20, 2, 16, 16)
+    q, k, v, beta = inputs(0, s, F32, DEV)
+    for op in (fd.delta_rule_chunk, fd.delta_rule_recurrent):
+        o, S = op(q, k, v, beta, scale=0.3)
+        assert S is None
+        assert_close(o, zd.delta_rule_recurrent(q, k, v, beta, scale=0.3)[0], TOL32, op.__name__)
+
+
+HALF_CASES = [(dt, D, T) for dt in (torch.float16, torch.bfloat16) for D, T in ((64, 1), (64, 777), (128, 2000))]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,D,T", HALF_CASES)
+def test_fast_equals_zoo_float64_in_half_precision_on_gpu(dtype, D, T):
+    s = Shape(2, T, 3, D, D)
+    q, k, v, beta = inputs(7, s, dtype, "cuda")
+    S0 = state(7, s, F32, "cuda")
+    kw = dict(initial_state=S0, output_final_state=True)
+    o_ref, S_ref = zd.delta_rule_chunk(*(x.double() for x in (q, k, v, beta)), initial_state=S0.double(),
+                                       output_final_state=True)
+    tol = tol_for(dtype, "cuda")
+    o, S = fd.delta_rule_chunk(q, k, v, beta, **kw)
+    assert o.dtype == dtype
+    assert_close(o, o_ref, tol, "chunk o")
+    assert_close(S, S_ref, tol, "chunk S")
+    o, S = fd.delta_rule_recurrent(q, k, v, beta, **kw)
+    assert_close(o, o_ref, tol, "recurrent o")
+    assert_close(S, S_ref, tol, "recurrent S")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fast_gradients_equal_zoo_float64_in_half_precision_on_gpu(dtype):
+    s = Shape(2, 1000, 2, 128, 128)
+    q, k, v, beta = inputs(8, s, dtype, "cuda")
+    S0 = state(8, s, F32, "cuda")
+    cot = [randn(9, s.B, s.T, s.H, s.V, device="cuda"), randn(10, s.B, s.H, s.K, s.V, device="cuda")]
+    fn = lambda op: (lambda q, k, v, beta, S0: op(q, k, v, beta, initial_state=S0, output_final_state=True))
+    x = dict(q=q, k=k, v=v, beta=beta, S0=S0)
+    got = grads(fn(fd.delta_rule_chunk), {n: t.requires_grad_() for n, t in x.items()}, cot)
+    ref = grads(fn(zd.delta_rule_chunk), {n: t.double().requires_grad_() for n, t in x.items()}, cot)
+    for n in x:
+        assert_close(got[n], ref[n], grad_tol(tol_for(dtype, "cuda")), f"d{n}")
+
+
+@pytest.mark.gpu
+def test_fast_equals_fla_chunk_delta_rule_on_gpu():
+    fla_ops = pytest.importorskip("fla.ops.delta_rule")
+    s = Shape(2, 1000, 4, 128, 128)
+    q, k, v, beta = inputs(5, s, torch.bfloat16, "cuda")
+    S0 = state(5, s, F32, "cuda")
+    kw = dict(scale=s.K ** -0.5, initial_state=S0, output_final_state=True)
+    o_fla, S_fla = fla_ops.chunk_delta_rule(q, k, v, beta, **kw)
+    o, S = fd.delta_rule_chunk(q, k, v, beta, **kw)
+    o_ref, S_ref = zd.delta_rule_chunk(*(x.double() for x in (q, k, v, beta)), scale=s.K ** -0.5,
+                                       initial_state=S0.double(), output_final_state=True)
+    tol = tol_for(torch.bfloat16, "cuda")
+    assert_close(o_fla, o_ref, tol, "fla o vs zoo")
+    assert_close(o, o_ref, tol, "fast o vs zoo")
+    assert_close(o, o_fla, tol, "fast o vs fla")
+    assert_close(S, S_fla, tol, "fast S vs fla")
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Gradients agree (random cotangents on o and on the final state)
+# ------------------------------------------------------------------------------------------------
+def _grad_case(seed, s: Shape, with_state, neg=False, dtype=F32, dev=DEV):
+    q, k, v, beta = inputs(seed, s, dtype, dev, beta_max=2.0 if neg else 1.0)
+    x = dict(q=q, k=k, v=v, beta=beta)
+    if with_state:
+        x["S0"] = state(seed, s, F32 if dtype != F64 else F64, dev)
+    cot = [randn(seed + 5, s.B, s.T, s.H, s.V, dtype=dtype, device=dev),
+           randn(seed + 6, s.B, s.H, s.K, s.V, device=dev)]
+    return x, cot
+
+
+def _as_fn(op):
+    return lambda q, k, v, beta, S0=None: op(q, k, v, beta, initial_state=S0, output_final_state=True)
+
+
+def _assert_grads_equal(op, x, cot, tol):
+    got = grads(_as_fn(op), {n: t.clone().requires_grad_() for n, t in x.items()}, cot)
+    ref = grads(_as_fn(zd.delta_rule_recurrent), {n: t.double().requires_grad_() for n, t in x.items()}, cot)
+    assert set(got) == set(x)
+    for n in x:
+        if ref[n] is None:  # no path from this input to the used outputs (q, when only S is used)
+            assert got[n] is None or not got[n].any(), f"d{n} should be zero"
+        else:
+            assert_close(got[n], ref[n], grad_tol(tol), f"d{n}")
+
+
+@settings(max_examples=4)
+@given(shape=small, with_state=st.booleans(), neg=st.booleans(), seed=seeds)
+@example(shape=Shape(1, 1, 1, 16, 16), with_state=True, neg=False, seed=0)  # T = 1
+@example(shape=Shape(2, 67, 1, 16, 32), with_state=True, neg=True, seed=3)  # two chunks, ragged
+@example(shape=Shape(1, 33, 2, 5, 3), with_state=False, neg=False, seed=4)  # odd head dims
+def test_fast_chunk_gradients_equal_zoo_in_float32(shape, with_state, neg, seed):
+    x, cot = _grad_case(seed, shape, with_state, neg)
+    _assert_grads_equal(fd.delta_rule_chunk, x, cot, TOL32)
+
+
+def test_fast_recurrent_gradients_equal_zoo_in_float32():
+    x, cot = _grad_case(11, Shape(2, 21, 2, 16, 16), True)
+    _assert_grads_equal(fd.delta_rule_recurrent, x, cot, TOL32)
+
+
+def test_fast_gradients_with_only_the_output_or_only_the_state_used():
+    s = Shape(1, 40, 2, 16, 16)
+    x, (do, dS) = _grad_case(12, s, True)
+    _assert_grads_equal(fd.delta_rule_chunk, x, [do, None], TOL32)
+    _assert_grads_equal(fd.delta_rule_chunk, x, [None, dS], TOL32)
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Causality
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", [fd.delta_rule_chunk, fd.delta_rule_recurrent])
+def test_fast_future_tokens_do_not_change_the_past(op):
+    s, t = Shape(1, 70, 2, 16, 16), 40
+    q, k, v, beta = inputs(13, s, F32, DEV)
+    q2, k2, v2, beta2 = (x.clone() for x in (q, k, v, beta))
+    q2[:, t + 1:], v2[:, t + 1:] = q2[:, t + 1:] + 1, v2[:, t + 1:] * 3
+    k2[:, t + 1:], beta2[:, t + 1:] = k2[:, t + 1:].flip(-1), 1 - beta2[:, t + 1:]
+    o, o2 = op(q, k, v, beta)[0], op(q2, k2, v2, beta2)[0]
+    assert torch.equal(o[:, :t + 1], o2[:, :t + 1])
+    assert not torch.equal(o[:, t + 1:], o2[:, t + 1:])
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. State carry
+# ------------------------------------------------------------------------------------------------
+@settings(max_examples=3)
+@given(shape=shapes(max_B=2, max_T=80, max_H=2, K_values=(16,), max_V=16), split=st.floats(0.0, 1.0), seed=seeds)
+def test_fast_chained_calls_equal_one_call(shape, split, seed):
+    q, k, v, beta = inputs(seed, shape, F32, DEV)
+    t = int(split * shape.T)
+    o, S = fd.delta_rule_chunk(q, k, v, beta, output_final_state=True)
+    o1, S1 = fd.delta_rule_chunk(q[:, :t], k[:, :t], v[:, :t], beta[:, :t], output_final_state=True)
+    o2, S2 = fd.delta_rule_recurrent(q[:, t:], k[:, t:], v[:, t:], beta[:, t:], initial_state=S1,
+                                     output_final_state=True)
+    assert_close(torch.cat([o1, o2], 1), o, TOL32, "o")
+    assert_close(S2, S, TOL32, "S")
+
+
+def _layers(seed=0, **kw):
+    torch.manual_seed(seed)
+    ref = zd.DeltaNet(hidden_size=32, num_heads=2, **kw)
+    fast = fd.DeltaNet(hidden_size=32, num_heads=2, **kw)
+    fast.load_state_dict(ref.state_dict())
+    return ref.to(DEV), fast.to(DEV)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(use_gate=True, allow_neg_eigval=True, qk_activation="elu")])
+def test_fast_layer_equals_zoo_layer_with_the_same_weights(kw):
+    ref, fast = _layers(**kw)
+    x = randn(14, 2, 37, 32, dtype=F32, device=DEV)
+    y_ref, y = ref(x), fast(x)
+    assert_close(y, y_ref, TOL32, "y")
+    dy = randn(15, *y.shape, dtype=F32, device=DEV)
+    (y_ref * dy).sum().backward()
+    (y * dy).sum().backward()
+    for (n, p), p_ref in zip(fast.named_parameters(), ref.parameters()):
+        assert_close(p.grad, p_ref.grad, grad_tol(TOL32), f"d{n}")
+
+
+def test_fast_layer_prefill_then_decode_equals_forward():
+    _, fast = _layers(1)
+    x = randn(16, 2, 9, 32, dtype=F32, device=DEV)
+    y = fast(x)
+    y_pre, cache = fast.prefill(x[:, :5])
+    steps = []
+    for t in range(5, 9):
+        y_t, cache = fast.step(x[:, t], cache)
+        steps.append(y_t)
+    assert_close(torch.cat([y_pre, torch.stack(steps, 1)], 1), y, TOL32, "prefill + decode")
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. The method's own law
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", [fd.delta_rule_chunk, fd.delta_rule_recurrent])
+def test_fast_beta_zero_leaves_the_state_unchanged(op):
+    s = Shape(2, 70, 2, 16, 16)
+    q, k, v, _ = inputs(17, s, F32, DEV)
+    S0 = state(17, s, F32, DEV)
+    o, S = op(q, k, v, torch.zeros_like(q[..., 0]), initial_state=S0, output_final_state=True)
+    assert torch.equal(S, S0)
+    assert_close(o, torch.einsum('bthk,bhkv->bthv', q * s.K ** -0.5, S0), TOL32, "o = sQ S0")
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Bad inputs
+# ------------------------------------------------------------------------------------------------
+def test_fast_bad_inputs_raise_clear_errors(monkeypatch):
+    s = Shape(1, 8, 1, 16, 16)
+    q, k, v, beta = inputs(0, s, F32, DEV)
+    with pytest.raises(ValueError, match=r"beta must be \[B, T, H\]"):
+        fd.delta_rule_chunk(q, k, v, beta[:, :-1])
+    with pytest.raises(ValueError, match=r"k must be \[B, T, H, K\]"):
+        fd.delta_rule_recurrent(q, k[..., :8], v, beta)
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        fd.delta_rule_chunk(*(x.double() for x in (q, k, v, beta)))
+    with pytest.raises(ValueError, match="K, V <= 256"):
+        big = Shape(1, 2, 1, 272, 16)
+        fd.delta_rule_chunk(*inputs(0, big, F32, DEV))
+    with pytest.raises(ValueError, match="chunk_size must be a power of two"):
+        fd.delta_rule_chunk(q, k, v, beta, chunk_size=48)
+    with pytest.raises(TypeError, match="initial_state must be float32 or float64"):
+        fd.delta_rule_chunk(q, k, v, beta, initial_state=state(0, s, torch.float16, DEV))
+    monkeypatch.setattr(fd, "INTERPRET", False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        fd.delta_rule_chunk(*(x.cpu() for x in (q, k, v, beta)))
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. torch.compile(fullgraph=True) over the custom ops
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", [fd.delta_rule_chunk, fd.delta_rule_recurrent])
+def test_fast_ops_compile_with_fullgraph_forward_and_backward(op):
+    s = Shape(1, 20, 2, 16, 16)
+    x, cot = _grad_case(18, s, True)
+    eager = grads(_as_fn(op), {n: t.clone().requires_grad_() for n, t in x.items()}, cot)
+    compiled = grads(torch.compile(_as_fn(op), fullgraph=True, backend="aot_eager"),
+                     {n: t.clone().requires_grad_() for n, t in x.items()}, cot)
+    for n in x:
+        assert torch.equal(compiled[n], eager[n]), f"d{n} differs under torch.compile"
+
+
+def test_fast_layer_compiles_with_fullgraph():
+    _, fast = _layers(2)
+    x = randn(19, 1, 12, 32, dtype=F32, device=DEV)
+    assert_close(torch.compile(fast, fullgraph=True, backend="aot_eager")(x), fast(x), TOL32, "compiled layer")
