@@ -115,7 +115,7 @@ def device_name(device: torch.device) -> str:
 
 
 def short_device(name: str) -> str:
-    m = re.search(r"\b(GB\d+|[A-Z]\d{2,4}[A-Z]?|RTX ?\d+)\b", name)
+    m = re.search(r"\b([A-Z]{1,2}\d{2,4}[A-Z]?|RTX ?\d+)\b", name)
     return (m.group(1).replace(" ", "").lower() if m else "gpu") if not name.startswith("CPU") else "cpu"
 
 
@@ -227,7 +227,11 @@ def measure_impl(case: Case, fn, direction: str, args) -> dict:
             o.backward(cot)
             return o
     ms, reps = measure.time_ms(step, case.device, reps=args.reps, warmup=args.warmup, max_case_s=args.max_case_s)
-    out = {"ms": ms, "reps": reps, "peak_mb": measure.peak_mb(step, case.device)}
+    def drop_grads():
+        for t in leaves:
+            t.grad = None
+
+    out = {"ms": ms, "reps": reps, "peak_mb": measure.peak_mb(step, case.device, prepare=drop_grads)}
     # Error: one more call, compared on the err rows/heads with the float64 definition.
     o = step()
     ref_o, ref_grads = case.reference(with_grads=direction == "fwdbwd")

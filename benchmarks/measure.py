@@ -100,10 +100,13 @@ def time_ms(step, device: torch.device, *, reps: int, warmup: int, max_case_s: f
     return statistics.median(times), reps
 
 
-def peak_mb(step, device: torch.device) -> float | None:
-    """Peak memory of one call above what was allocated before it, in MiB (CUDA only)."""
+def peak_mb(step, device: torch.device, prepare=None) -> float | None:
+    """Peak memory of one call above what was allocated before it, in MiB (CUDA only).
+    `prepare()` runs first, outside the measurement (e.g. dropping the last call's gradients)."""
     if device.type != "cuda":
         return None
+    if prepare is not None:
+        prepare()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
