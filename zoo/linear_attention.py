@@ -63,6 +63,8 @@ def check_inputs(q, k, v, initial_state=None, *, normalize=True, chunk_size=None
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
     B, T, H, K = q.shape
     V = v.shape[-1]
+    if T < 1:
+        raise ValueError(f"q must be [B, T, H, K] with T >= 1 tokens, got {tuple(q.shape)}")
     if k.shape != q.shape:
         raise ValueError(f"k must be [B, T, H, K] = {tuple(q.shape)} like q, got {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
@@ -194,9 +196,11 @@ def linear_attention_chunk(q, k, v, *, scale=None, causal=True, normalize=True, 
         o = torch.einsum("bnlhk,bhkv->bnlhv", q_c, S)  # [B, N, L, H, V]
         den = torch.einsum("bnlhk,bhk->bnlh", q_c, z)  # [B, N, L, H]
     else:
-        # S_{n-1}: the exclusive prefix sum (chunk n sees every earlier chunk, not itself).
-        S_c = S0.unsqueeze(1) + torch.cumsum(dS, 1) - dS  # [B, N, H, K, V]
-        z_c = z0.unsqueeze(1) + torch.cumsum(dz, 1) - dz  # [B, N, H, K]
+        # S_{n-1}: the exclusive prefix sum (chunk n sees every earlier chunk, not itself). Shift
+        # the inclusive sum by one chunk; cumsum − dS would be the same in exact arithmetic, but its
+        # rounding depends on chunk n's later tokens, and causality must hold to the last bit.
+        S_c = S0.unsqueeze(1) + F.pad(torch.cumsum(dS, 1)[:, :-1], (0, 0, 0, 0, 0, 0, 1, 0))  # [B, N, H, K, V]
+        z_c = z0.unsqueeze(1) + F.pad(torch.cumsum(dz, 1)[:, :-1], (0, 0, 0, 0, 1, 0))  # [B, N, H, K]
         # intra-chunk, (4) A_n = s·Q_n K_nᵀ ⊙ M_L: the parallel form (3) on the diagonal block.
         A = torch.einsum("bnlhk,bnmhk->bnhlm", q_c, k_c).masked_fill(~causal_mask(L, q.device), 0)  # [B, N, H, L, L]
         o_intra = torch.einsum("bnhlm,bnmhv->bnlhv", A, v_c)  # A_n V_n [B, N, L, H, V]
