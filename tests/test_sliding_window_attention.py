@@ -24,6 +24,7 @@ from hypothesis import assume, given, settings, strategies as st
 from strategies import (TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol,
                         grads, has_cuda, interpreting, randn, seeds, shapes, tol_for)
 import zoo.sliding_window_attention as zw
+import fast.sliding_window_attention as fw
 
 F64 = torch.float64
 windows = st.sampled_from([1, 2, 3, 7, 16, 33, 100])
@@ -70,6 +71,116 @@ def test_chunk_gradients_equal_parallel_in_float64(shape, window, L, seed):
 
 
 # ------------------------------------------------------------------------------------------------
+# 2. Fast equals zoo (fp32 under the interpreter on CPU; fp16/bf16 on a GPU)
+# ------------------------------------------------------------------------------------------------
+@settings(max_examples=6)
+@given(shape=shapes(max_T=70, max_H=2), window=windows, seed=seeds)
+@edge_examples(chunk_size=32, window=7)
+def test_fast_equals_zoo_in_float32(shape, window, seed):
+    dev = device()
+    q, k, v = qkv(seed, shape, dtype=torch.float32, device=dev)
+    o_ref, lse_ref = zw.sliding_window_attention_parallel(q.double(), k.double(), v.double(), window=window,
+                                                          return_lse=True)
+    o, lse = fw.sliding_window_attention_chunk(q, k, v, window=window, return_lse=True)
+    assert o.dtype == torch.float32 and lse.dtype == torch.float32
+    assert_close(o, o_ref, tol_for(torch.float32, dev), "o")
+    assert_close(lse, lse_ref, tol_for(torch.float32, dev), "lse")
+
+
+# Windows and lengths that make every kind of block range appear under the interpreter's tiles
+# (BM = 32, BN = 16; backward BN1 = 32, BM1 = 16): no interior (W < BM + BN − 1), an interior,
+# a window past T, window = 1, unequal head dims.
+RANGE_CASES = [(150, 60, 16, 16), (150, 48, 16, 8), (130, 47, 8, 24), (64, 64, 16, 16), (90, 1, 16, 16),
+               (40, 100, 4, 4)]
+
+
+@pytest.mark.parametrize("T,window,K,V", RANGE_CASES)
+def test_fast_equals_zoo_on_every_block_range(T, window, K, V):
+    dev = device()
+    q, k, v = qkv(4, Shape(1, T, 2, K, V), dtype=torch.float32, device=dev)
+    cot = [randn(7, 1, T, 2, V, dtype=torch.float32, device=dev), randn(8, 1, T, 2, dtype=torch.float32, device=dev)]
+    inputs = dict(q=q.requires_grad_(), k=k.requires_grad_(), v=v.requires_grad_())
+    inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
+    kw = dict(window=window, return_lse=True)
+    out = fw.sliding_window_attention_chunk(q, k, v, **kw)
+    ref = zw.sliding_window_attention_parallel(inputs64["q"], inputs64["k"], inputs64["v"], **kw)
+    tol = tol_for(torch.float32, dev)
+    assert_close(out[0], ref[0], tol, "o")
+    assert_close(out[1], ref[1], tol, "lse")
+    g_ref = grads(lambda **a: zw.sliding_window_attention_parallel(**a, **kw), inputs64, cot)
+    g = grads(lambda **a: fw.sliding_window_attention_chunk(**a, **kw), inputs, cot)
+    for n in g_ref:
+        assert_close(g[n], g_ref[n], grad_tol(tol), f"d{n}")
+
+
+HALF_CASES = [(dt, D, T, W) for dt in (torch.bfloat16, torch.float16) for D in (64, 128)
+              for T, W in ((1, 64), (127, 64), (1000, 64), (1000, 512), (777, 129))]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,D,T,window", HALF_CASES)
+def test_fast_equals_zoo_in_half_precision_on_gpu(dtype, D, T, window):
+    q, k, v = qkv(11, Shape(2, T, 3, D, D), dtype=dtype, device="cuda")
+    o_ref, lse_ref = zw.sliding_window_attention_parallel(q.double(), k.double(), v.double(), window=window,
+                                                          return_lse=True)
+    o, lse = fw.sliding_window_attention_chunk(q, k, v, window=window, return_lse=True)
+    assert o.dtype == dtype and lse.dtype == torch.float32
+    assert_close(o, o_ref, tol_for(dtype, "cuda"), "o")
+    assert_close(lse, lse_ref, tol_for(torch.float32, "cuda"), "lse")
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Gradients agree (random cotangents on o and on lse)
+# ------------------------------------------------------------------------------------------------
+@settings(max_examples=5)
+@given(shape=shapes(max_T=60, max_H=2), window=windows, with_lse=st.booleans(), seed=seeds)
+@edge_examples(chunk_size=32, window=5, with_lse=True)
+def test_fast_gradients_equal_zoo_in_float32(shape, window, with_lse, seed):
+    dev = device()
+    q, k, v = qkv(seed, shape, dtype=torch.float32, device=dev)
+    inputs = dict(q=q.requires_grad_(), k=k.requires_grad_(), v=v.requires_grad_())
+    inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
+    cot = [randn(seed + 3, *v.shape, dtype=torch.float32, device=dev)]
+    if with_lse:
+        cot.append(randn(seed + 4, *q.shape[:3], dtype=torch.float32, device=dev))
+    kw = dict(window=window, return_lse=with_lse)
+    ref = grads(lambda **a: zw.sliding_window_attention_parallel(**a, **kw), inputs64, cot)
+    got = grads(lambda **a: fw.sliding_window_attention_chunk(**a, **kw), inputs, cot)
+    for n in ref:
+        assert got[n].dtype == torch.float32
+        assert_close(got[n], ref[n], grad_tol(tol_for(torch.float32, dev)), f"d{n}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,D,T,window", [c for c in HALF_CASES if c[2] != 1])
+def test_fast_gradients_equal_zoo_in_half_precision_on_gpu(dtype, D, T, window):
+    q, k, v = qkv(21, Shape(2, T, 3, D, D), dtype=dtype, device="cuda")
+    inputs = dict(q=q.requires_grad_(), k=k.requires_grad_(), v=v.requires_grad_())
+    inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
+    cot = [randn(3, *v.shape, dtype=dtype, device="cuda"), randn(4, *q.shape[:3], dtype=torch.float32, device="cuda")]
+    kw = dict(window=window, return_lse=True)
+    ref = grads(lambda **a: zw.sliding_window_attention_parallel(**a, **kw), inputs64, cot)
+    got = grads(lambda **a: fw.sliding_window_attention_chunk(**a, **kw), inputs, cot)
+    for n in ref:
+        assert got[n].dtype == dtype
+        assert_close(got[n], ref[n], grad_tol(tol_for(dtype, "cuda")), f"d{n}")
+
+
+@pytest.mark.gpu
+def test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu():
+    torch.manual_seed(0)
+    ref = zw.SlidingWindowAttention(256, 2, window=100).cuda()
+    fast = fw.SlidingWindowAttention(256, 2, window=100).cuda()
+    fast.load_state_dict(ref.state_dict())
+    x = randn(1, 2, 300, 256, dtype=torch.float32, device="cuda")
+    dy = randn(2, 2, 300, 256, dtype=torch.float32, device="cuda")
+    (ref(x) * dy).sum().backward()
+    (fast(x) * dy).sum().backward()
+    for (n, p), (_, pf) in zip(ref.named_parameters(), fast.named_parameters()):
+        assert_close(pf.grad, p.grad, grad_tol(TOL["f32-gpu"]), n)
+
+
+# ------------------------------------------------------------------------------------------------
 # 4. Causality
 # ------------------------------------------------------------------------------------------------
 @given(shape=shapes(max_T=40), window=windows, t=st.integers(0, 39), seed=seeds)
@@ -84,6 +195,17 @@ def test_future_tokens_do_not_change_the_past(shape, window, t, seed):
                lambda *a, **kw: zw.sliding_window_attention_recurrent(*a, **kw)[0]):
         o, o2 = op(q, k, v, window=window), op(q2, k2, v2, window=window)
         assert torch.equal(o[:, :t + 1], o2[:, :t + 1])
+
+
+def test_fast_future_tokens_do_not_change_the_past():
+    dev, t = device(), 40
+    q, k, v = qkv(9, Shape(1, 75, 2, 16, 8), dtype=torch.float32, device=dev)
+    q2, k2, v2 = (x.clone() for x in (q, k, v))
+    for x in (q2, k2, v2):
+        x[:, t + 1:] = 100.0  # large, so a leak would move the prefix
+    o, o2 = (fw.sliding_window_attention_chunk(*a, window=20) for a in ((q, k, v), (q2, k2, v2)))
+    assert torch.equal(o[:, :t + 1], o2[:, :t + 1])
+    assert not torch.equal(o[:, t + 1:], o2[:, t + 1:])  # and the perturbation was seen
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,6 +250,21 @@ def test_prefill_then_decode_equals_forward(T, t, window, form, seed):
 def test_state_size_does_not_grow_with_T():
     layer = zw.SlidingWindowAttention(16, 2, window=8)
     assert layer.state_size(1) == layer.state_size(10_000) == 2 * 8 * 16 + 1
+
+
+def test_fast_layer_decodes_like_its_forward():
+    dev = device()
+    torch.manual_seed(0)
+    layer = fw.SlidingWindowAttention(32, 2, window=6).to(dev)
+    x = randn(0, 1, 20, 32, dtype=torch.float32, device=dev)
+    with torch.no_grad():
+        y_ref = layer(x)
+        y, cache = layer.prefill(x[:, :13])
+        ys = [y]
+        for i in range(13, 20):
+            y_i, cache = layer.step(x[:, i], cache)
+            ys.append(y_i[:, None])
+    assert_close(torch.cat(ys, 1), y_ref, tol_for(torch.float32, dev), "y")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -208,7 +345,7 @@ def _bad_cases():
 def test_bad_inputs_raise_clear_errors(case):
     (name, changes, err, msg), (q, k, v) = _bad_cases()[0][case], _bad_cases()[1]
     args = {**dict(q=q, k=k, v=v), **changes}
-    ops = [zw.sliding_window_attention_chunk]
+    ops = [zw.sliding_window_attention_chunk, fw.sliding_window_attention_chunk]
     if "chunk_size" not in changes:
         ops += [zw.sliding_window_attention_parallel, zw.sliding_window_attention_recurrent]
     for op in ops:
@@ -242,6 +379,21 @@ def test_layer_rejects_bad_sizes_and_inputs():
         layer.step(torch.randn(2, 1, 12), None)
 
 
+@pytest.mark.skipif(has_cuda() or interpreting(), reason="only without a GPU and without the interpreter")
+def test_fast_op_on_cpu_without_the_interpreter_says_so():
+    q, k, v = qkv(0, Shape(1, 4, 1, 4, 4), dtype=torch.float32)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        fw.sliding_window_attention_chunk(q, k, v)
+
+
+def test_fast_op_rejects_float64_and_head_dims_above_256():
+    q, k, v = qkv(0, Shape(1, 2, 1, 300, 4), dtype=torch.float32, device=device())
+    with pytest.raises(ValueError, match="256"):
+        fw.sliding_window_attention_chunk(q, k, v)
+    with pytest.raises(TypeError, match="float64"):
+        fw.sliding_window_attention_chunk(*(x[..., :4].double() for x in (q, k, v)))
+
+
 # ------------------------------------------------------------------------------------------------
 # 8. torch.compile(fullgraph=True)
 # ------------------------------------------------------------------------------------------------
@@ -273,3 +425,16 @@ def test_chunk_form_compiles_with_inductor():
     q, k, v = qkv(0, Shape(1, 40, 2, 8, 8), dtype=torch.float32)
     o = torch.compile(zw.sliding_window_attention_chunk, fullgraph=True)(q, k, v, window=7, chunk_size=16)
     assert_close(o, zw.sliding_window_attention_parallel(q, k, v, window=7), TOL["f32-interpret"], "o")
+
+
+def test_fast_op_compiles_fullgraph_forward_and_backward():
+    torch._dynamo.reset()
+    dev = device()
+    q, k, v = qkv(2, Shape(1, 40, 2, 16, 16), dtype=torch.float32, device=dev)
+    inputs = dict(q=q.requires_grad_(), k=k.requires_grad_(), v=v.requires_grad_())
+    cot = [randn(3, *v.shape, dtype=torch.float32, device=dev), randn(4, 1, 40, 2, dtype=torch.float32, device=dev)]
+    compiled = torch.compile(fw.sliding_window_attention_chunk, fullgraph=True, backend="aot_eager")
+    got = grads(lambda **a: compiled(**a, window=9, return_lse=True), inputs, cot)
+    ref = grads(lambda **a: fw.sliding_window_attention_chunk(**a, window=9, return_lse=True), inputs, cot)
+    for n in ref:
+        assert_close(got[n], ref[n], TOL["f32-interpret"], f"d{n}")
