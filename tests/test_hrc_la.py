@@ -122,7 +122,10 @@ def test_chunk_and_recurrent_gradients_equal_parallel_in_float64(shape, M, causa
         for g, r, name in zip(grads_of(op, **kw), ref, ("q", "k", "v", "omega", "S0", "z0", "n0")):
             if g.is_complex():
                 g, r = torch.view_as_real(g), torch.view_as_real(r)
-            assert_close(g, r, TOL["f64"], f"{op.__name__} d{name}")
+            if r.norm() < 1e-12:  # a gradient that is zero up to rounding (T = 1: o = v whatever q is)
+                assert g.norm() < 1e-12, f"{op.__name__} d{name}: {g.norm():.3g}"
+            else:
+                assert_close(g, r, TOL["f64"], f"{op.__name__} d{name}")
 
 
 # ------------------------------------------------------------------------------------------------

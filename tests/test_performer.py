@@ -1,0 +1,404 @@
+"""Performer (FAVOR+): the spec, in DESIGN.md's law order.
+
+1. forms agree: recurrent and chunk equal the parallel definition in float64 (o and the final
+   state (S, z, c)), causal or not, with and without an initial state;
+2. fast equals zoo: the Triton chunk and recurrent ops in fp32 under the interpreter, bf16 on a GPU;
+3. gradients agree: q, k, v, Ω and the initial state through random cotangents on o and the final
+   state, zoo chunk and recurrent vs parallel in float64;
+4. causality: perturbing tokens after t leaves outputs up to t bit-identical (the key stabiliser is
+   a prefix max, not the paper code's max over the whole sequence);
+5. state carry: two calls chained by the state equal one call; prefill then decode equals forward;
+6. own laws: E[φ(q)ᵀφ(k)] = exp(scale·qᵀk) within 3 standard errors at M = 4096; the features and
+   the normaliser are positive, so the output is a convex combination of the values; the error
+   against exact softmax falls as M grows (median over 10 seeds); a seed fixes Ω and
+   redraw_features changes it; the stabilisers leave the estimate unchanged; no NaN/inf for ‖x‖
+   up to 30 (fp32, bf16); the non-causal output is the causal output of the last token;
+7. bad inputs raise clear errors;
+8. torch.compile(fullgraph=True): every zoo form and the layer (aot_eager), the chunk form with inductor.
+"""
+
+import statistics
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from strategies import TOL, Shape, assert_close, edge_examples, randn, seeds, shapes
+import zoo.performer as perf
+
+F64 = torch.float64
+FORMS = [perf.performer_parallel, perf.performer_recurrent, perf.performer_chunk]
+zoo_chunk_sizes = st.sampled_from([1, 4, 16, 64])
+features = st.integers(1, 20)
+
+
+def make(seed, s: Shape, M, dtype=F64, device="cpu", scaling="chi"):
+    q = randn(seed, s.B, s.T, s.H, s.K, dtype=dtype, device=device)
+    k = randn(seed + 1, s.B, s.T, s.H, s.K, dtype=dtype, device=device)
+    v = randn(seed + 2, s.B, s.T, s.H, s.V, dtype=dtype, device=device)
+    g = torch.Generator().manual_seed(seed)
+    omega = torch.stack([perf.orthogonal_random_features(M, s.K, generator=g, scaling=scaling, dtype=dtype)
+                         for _ in range(s.H)]).to(device)
+    return q, k, v, omega
+
+
+def state(seed, s: Shape, M, dtype=F64, device="cpu"):
+    """A state as a previous call would leave it: (S, z, c) from a short random prefix."""
+    q, k, v, omega = make(seed + 11, Shape(s.B, 5, s.H, s.K, s.V), M, dtype=dtype)
+    _, st_ = perf.performer_parallel(q, k, v, omega, output_final_state=True)
+    return tuple(x.to(device) for x in st_)
+
+
+def flat(o, final):
+    return (o,) if final is None else (o, *final)
+
+
+def assert_all_close(got, ref, tol):
+    assert len(got) == len(ref)
+    for g, r, n in zip(got, ref, ("o", "S", "z", "c")):
+        assert_close(g, r, tol, n)
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Forms agree
+# ------------------------------------------------------------------------------------------------
+@given(shape=shapes(max_T=70), M=features, causal=st.booleans(), with_state=st.booleans(),
+       L=zoo_chunk_sizes, seed=seeds)
+@edge_examples(chunk_size=16, M=7, causal=True, with_state=True, L=16)
+@edge_examples(chunk_size=16, M=3, causal=False, with_state=False, L=16)
+def test_recurrent_and_chunk_equal_parallel_in_float64(shape, M, causal, with_state, L, seed):
+    q, k, v, omega = make(seed, shape, M)
+    kw = dict(causal=causal, output_final_state=True,
+              initial_state=state(seed, shape, M) if with_state else None)
+    ref = flat(*perf.performer_parallel(q, k, v, omega, **kw))
+    assert_all_close(flat(*perf.performer_recurrent(q, k, v, omega, **kw)), ref, TOL["f64"])
+    assert_all_close(flat(*perf.performer_chunk(q, k, v, omega, chunk_size=L, **kw)), ref, TOL["f64"])
+
+
+@given(shape=shapes(max_T=30), scale=st.floats(0.05, 2.0), eps=st.sampled_from([1e-6, 1e-2, 0.3]), seed=seeds)
+def test_forms_agree_for_any_scale_and_floor_and_return_no_state_unless_asked(shape, scale, eps, seed):
+    q, k, v, omega = make(seed, shape, 6)
+    ref, none = perf.performer_parallel(q, k, v, omega, scale=scale, eps=eps)
+    assert none is None
+    for op in FORMS[1:]:
+        o, final = op(q, k, v, omega, scale=scale, eps=eps)
+        assert final is None
+        assert_close(o, ref, TOL["f64"], op.__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Gradients agree (zoo forms; the fast ops' gradients are checked in section 2 of the fast part)
+# ------------------------------------------------------------------------------------------------
+def _loss(op, cot, **kw):
+    """Σ o·do + Σ S·dS + Σ z·dz."""
+    def fn(q, k, v, omega, S0, z0, c0):
+        o, (S, z, _) = op(q, k, v, omega, initial_state=(S0, z0, c0), output_final_state=True, **kw)
+        outs = (o, S, z)
+        return sum((x * c).sum() for x, c in zip(outs, cot))
+    return fn
+
+
+@settings(max_examples=6)
+@given(shape=shapes(max_T=40), M=features, causal=st.booleans(), L=zoo_chunk_sizes, seed=seeds)
+@edge_examples(chunk_size=16, M=5, causal=True, L=16)
+def test_chunk_and_recurrent_gradients_equal_parallel_in_float64(shape, M, causal, L, seed):
+    q, k, v, omega = make(seed, shape, M)
+    S0, z0, c0 = state(seed, shape, M)
+    B, T, H, K, V = shape
+    cot = [randn(seed + 5, B, T, H, V), randn(seed + 6, B, H, M, V), randn(seed + 7, B, H, M)]
+    inputs = [x.clone().requires_grad_() for x in (q, k, v, omega, S0, z0)] + [c0]
+
+    def grads_of(op, **kw):
+        leaves = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
+        _loss(op, cot, causal=causal, **kw)(*leaves).backward()
+        return [x.grad for x in leaves[:-1]]
+
+    ref = grads_of(perf.performer_parallel)
+    for op, kw in ((perf.performer_chunk, dict(chunk_size=L)), (perf.performer_recurrent, {})):
+        for g, r, name in zip(grads_of(op, **kw), ref, ("q", "k", "v", "omega", "S0", "z0")):
+            if r.norm() < 1e-12:  # a gradient that is zero up to rounding (T = 1: o = v whatever q is)
+                assert g.norm() < 1e-12, f"{op.__name__} d{name}: {g.norm():.3g}"
+            else:
+                assert_close(g, r, TOL["f64"], f"{op.__name__} d{name}")
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Causality
+# ------------------------------------------------------------------------------------------------
+@given(shape=shapes(max_T=40), t=st.integers(0, 39), seed=seeds)
+def test_future_tokens_do_not_change_the_past(shape, t, seed):
+    t = min(t, shape.T - 1)
+    q, k, v, omega = make(seed, shape, 8)
+    q2, k2, v2 = (x.clone() for x in (q, k, v))
+    for x in (q2, k2, v2):  # large keys after t: a global max stabiliser would move the prefix
+        x[:, t + 1:] = 5 * randn(seed + 7, *x[:, t + 1:].shape)
+    for op in FORMS:
+        kw = dict(chunk_size=16) if op is perf.performer_chunk else {}
+        o, o2 = op(q, k, v, omega, **kw)[0], op(q2, k2, v2, omega, **kw)[0]
+        assert torch.equal(o[:, :t + 1], o2[:, :t + 1]), op.__name__
+
+
+def test_layer_future_tokens_do_not_change_the_past():
+    torch.manual_seed(0)
+    layer = perf.PerformerAttention(12, 3, 16, causal=True).double()
+    x = randn(0, 2, 30, 12)
+    x2 = x.clone()
+    x2[:, 11:] = randn(1, 2, 19, 12)
+    assert torch.equal(layer(x)[:, :11], layer(x2)[:, :11])
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. State carry
+# ------------------------------------------------------------------------------------------------
+@given(shape=shapes(max_T=60), split=st.floats(0.0, 1.0), causal=st.booleans(), L=zoo_chunk_sizes, seed=seeds)
+def test_two_chained_calls_equal_one_call(shape, split, causal, L, seed):
+    q, k, v, omega = make(seed, shape, 6)
+    t = int(split * shape.T)
+    o_ref, s_ref = perf.performer_parallel(q, k, v, omega, causal=True, output_final_state=True)
+    o1, s1 = perf.performer_chunk(q[:, :t], k[:, :t], v[:, :t], omega, chunk_size=L, output_final_state=True)
+    o2, s2 = perf.performer_recurrent(q[:, t:], k[:, t:], v[:, t:], omega, initial_state=s1, output_final_state=True)
+    assert_all_close((torch.cat([o1, o2], 1), *s2), (o_ref, *s_ref), TOL["f64"])
+
+
+@pytest.mark.parametrize("form", ["chunk", "recurrent", "parallel"])
+def test_prefill_then_decode_equals_forward(form):
+    torch.manual_seed(0)
+    layer = perf.PerformerAttention(12, 3, 10, causal=True, form=form, chunk_size=8).double()
+    x = randn(3, 2, 21, 12)
+    y_ref = layer(x)
+    y, cache = layer.prefill(x[:, :9])
+    ys = [y]
+    for t in range(9, 21):
+        y_t, cache = layer.step(x[:, t], cache)
+        ys.append(y_t[:, None])
+    assert_close(torch.cat(ys, 1), y_ref, TOL["f64"], "prefill + step")
+    _, cache0 = layer.step(x[:, 0], None)  # an empty cache starts from nothing
+    assert_close(layer.step(x[:, 0], None)[0], y_ref[:, 0], TOL["f64"], "first step")
+    assert sum(t.numel() for t in cache0.values()) == 2 * layer.state_size(21)
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. The method's own laws
+# ------------------------------------------------------------------------------------------------
+def _kernel_samples(omega, q, k):
+    """Per-feature estimates M·φ_r(q)φ_r(k) / exp(qᵀk) − 1 for pairs (q_p, k_p): [P, M]."""
+    x = torch.stack([q, k], 1)[:, :, None]  # [P, 2, 1, K] as [B, T, H, K]
+    phi, a = perf.favor_feature_map(x, omega[None], scale=1.0)  # [P, 2, 1, M], [P, 2, 1]
+    est = phi[:, 0, 0] * phi[:, 1, 0] * omega.shape[0] * torch.exp(a[:, 0] + a[:, 1])
+    return est / torch.exp((q * k).sum(-1, keepdim=True)) - 1
+
+
+def test_expected_kernel_is_exp_qk_and_a_wrong_kernel_is_caught():
+    K, M, P = 8, 4096, 64
+    g = torch.Generator().manual_seed(0)
+    omega = perf.orthogonal_random_features(M, K, generator=g, dtype=F64)
+    q, k = (0.35 * torch.randn(P, K, generator=g, dtype=F64) for _ in range(2))
+    y = _kernel_samples(omega, q, k)
+    mean, se = y.mean().item(), (y.std() / y.numel() ** 0.5).item()
+    assert abs(mean) < 3 * se, f"mean relative error {mean:.3g} vs 3 SE = {3 * se:.3g}"
+    y = _kernel_samples(omega, q, -k)  # the check has power: the estimate of exp(−qᵀk) fails it
+    y = (y + 1) * torch.exp(-2 * (q * k).sum(-1, keepdim=True)) - 1  # ... read as exp(+qᵀk)
+    assert abs(y.mean().item()) > 3 * (y.std() / y.numel() ** 0.5).item()
+
+
+def test_features_and_normaliser_are_positive_and_the_output_a_convex_combination():
+    s = Shape(2, 60, 2, 8, 3)
+    q, k, v, omega = make(4, s, 16)
+    q, k = 4 * q, 4 * k  # large activations: exponents far apart
+    phi, a = perf.favor_feature_map(q, omega)
+    assert (phi > 0).all() and (phi <= 16 ** -0.5 + 1e-15).all() and torch.isfinite(a).all()
+    for causal in (True, False):
+        o = perf.performer_parallel(q, k, v, omega, causal=causal)[0]
+        assert (o <= v.amax(1, keepdim=True) + 1e-12).all() and (o >= v.amin(1, keepdim=True) - 1e-12).all()
+    # the normaliser itself, from the state: φ̂(q)ᵀz > 0 for every query
+    _, (S, z, c) = perf.performer_parallel(q, k, v, omega, causal=False, output_final_state=True)
+    assert (torch.einsum('bthm,bhm->bth', phi, z) > 0).all()
+
+
+def _softmax_error(M, seed, scaling="chi", T=48, K=8, V=4):
+    q, k, v, omega = make(seed, Shape(1, T, 1, K, V), M, scaling=scaling)
+    q, k = 0.5 * q, 0.5 * k  # FAVOR+'s variance grows like e^{‖q‖²+‖k‖²}: moderate activations
+    o = perf.performer_parallel(q, k, v, omega, causal=False)[0]
+    ref = torch.softmax(torch.einsum('bthk,bjhk->bhtj', q, k) * K ** -0.5, -1)
+    ref = torch.einsum('bhtj,bjhv->bthv', ref, v)
+    return ((o - ref).norm() / ref.norm()).item()
+
+
+def test_error_against_softmax_falls_as_features_grow():
+    medians = [statistics.median(_softmax_error(M, s) for s in range(10)) for M in (16, 64, 256, 1024)]
+    assert all(a > b for a, b in zip(medians, medians[1:])), medians
+    assert medians[-1] < 0.5 * medians[1], medians  # ~1/√M: 16x the features, 4x less error
+
+
+def test_orthogonal_features_are_seeded_orthogonal_and_chi_or_fixed_length():
+    g = lambda: torch.Generator().manual_seed(3)
+    a = perf.orthogonal_random_features(20, 8, generator=g(), dtype=F64)
+    assert torch.equal(a, perf.orthogonal_random_features(20, 8, generator=g(), dtype=F64))
+    assert not torch.equal(a, perf.orthogonal_random_features(20, 8, generator=torch.Generator().manual_seed(4),
+                                                              dtype=F64))
+    unit = a / a.norm(dim=1, keepdim=True)
+    for blk in (unit[:8], unit[8:16], unit[16:]):  # rows inside a block are orthonormal
+        assert_close(blk @ blk.T, torch.eye(len(blk), dtype=F64), TOL["f64"], "block gram")
+    assert a.norm(dim=1).std() > 0.1  # chi lengths vary
+    f = perf.orthogonal_random_features(20, 8, generator=g(), scaling="fixed", dtype=F64)
+    assert_close(f.norm(dim=1), torch.full((20,), 8 ** 0.5, dtype=F64), TOL["f64"], "fixed lengths")
+    # every row's direction is uniform and its length chi(8): E‖ω‖² = 8
+    big = perf.orthogonal_random_features(4096, 8, generator=g(), dtype=F64)
+    assert abs(big.pow(2).sum(1).mean().item() - 8) < 3 * (16 / 4096) ** 0.5
+
+
+def test_the_stabiliser_leaves_the_estimate_unchanged():
+    # the plain estimator (1) without any shift, at sizes where it does not overflow
+    s = Shape(2, 25, 2, 6, 3)
+    q, k, v, omega = make(5, s, 12)
+    M = omega.shape[1]
+    u_q, u_k = q * 6 ** -0.25, k * 6 ** -0.25
+    phi = lambda u: (torch.exp(torch.einsum('bthk,hmk->bthm', u, omega) - 0.5 * u.pow(2).sum(-1, keepdim=True))
+                     * M ** -0.5)
+    A = torch.einsum('bthm,bjhm->bhtj', phi(u_q), phi(u_k)).tril()
+    ref = torch.einsum('bhtj,bjhv->bthv', A, v) / A.sum(-1).transpose(1, 2)[..., None]
+    got = perf.performer_parallel(q, k, v, omega, eps=0.0)[0]  # no floor: the bare ratio
+    assert_close(got, ref, TOL["f64"], "stabilised vs plain")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_nan_or_inf_for_inputs_of_norm_up_to_30(dtype):
+    s = Shape(1, 70, 2, 16, 8)
+    q, k, v, omega = make(2, s, 64, dtype=torch.float32)
+    q, k = (30 * x / x.norm(dim=-1, keepdim=True) for x in (q, k))  # ‖x‖ = 30: e^{‖u‖²/2} = e^{112}
+    q, k, v = (x.to(dtype) for x in (q, k, v))
+    for op in FORMS:
+        for causal in (True, False):
+            o = op(q, k, v, omega, causal=causal)[0]
+            assert o.dtype == dtype and torch.isfinite(o).all(), (op.__name__, causal)
+
+
+@given(shape=shapes(max_T=40), seed=seeds)
+def test_non_causal_output_is_the_causal_output_of_the_last_token(shape, seed):
+    q, k, v, omega = make(seed, shape, 5)
+    o_nc = perf.performer_parallel(q, k, v, omega, causal=False)[0]
+    for t in (0, shape.T - 1):  # the last token's causal output sees every key
+        qt = q[:, t:t + 1].expand_as(q)
+        o = perf.performer_parallel(qt, k, v, omega, causal=True)[0][:, -1]
+        assert_close(o, o_nc[:, t], TOL["f64"], f"token {t}")
+
+
+def test_public_hrc_la_accuracy_test_median_mse_is_ten_times_under_its_bar():
+    # The HRC-LA repository's test (d_model 64, 4 heads, M = 128, weights copied from
+    # nn.MultiheadAttention, bar MSE < 0.05), passed by FAVOR+ as the reference point.
+    mses = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        mha = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+        layer = perf.PerformerAttention(64, 4, 128, causal=False)
+        layer.copy_weights_from(mha)
+        x = torch.randn(1, 512, 64)
+        with torch.no_grad():
+            mses.append(((layer(x) - mha(x, x, x, need_weights=False)[0]) ** 2).mean().item())
+    assert statistics.median(mses) <= 0.005, mses
+
+
+def test_seed_fixes_omega_and_redraw_changes_it():
+    torch.manual_seed(0)
+    a = perf.PerformerAttention(16, 2, 16)
+    torch.manual_seed(0)
+    b_ = perf.PerformerAttention(16, 2, 16)
+    assert torch.equal(a.omega, b_.omega) and "omega" in dict(a.named_buffers())
+    before = a.omega.clone()
+    a.redraw_features(torch.Generator().manual_seed(1))
+    assert not torch.equal(before, a.omega) and a.omega.shape == before.shape
+    b_.redraw_features(torch.Generator().manual_seed(1))
+    assert torch.equal(a.omega, b_.omega)
+
+
+def test_layer_copies_nn_multihead_attention_weights_and_handles_batch_first_false():
+    torch.manual_seed(1)
+    mha = torch.nn.MultiheadAttention(16, 2, batch_first=False).double()
+    layer = perf.PerformerAttention(16, 2, 32, causal=False, batch_first=False, form="parallel").double()
+    layer.copy_weights_from(mha)
+    assert torch.equal(layer.q_proj.weight, mha.in_proj_weight[:16])
+    x = randn(0, 10, 3, 16)  # [T, B, C]
+    y = layer(x)
+    assert y.shape == x.shape
+    assert_close(y, layer.__class__.forward(layer, x), TOL["f64"], "deterministic")
+    yb = perf.PerformerAttention(16, 2, 32, causal=False, form="parallel").double()
+    yb.load_state_dict(layer.state_dict())
+    assert_close(yb(x.transpose(0, 1)).transpose(0, 1), y, TOL["f64"], "batch_first")
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Bad inputs
+# ------------------------------------------------------------------------------------------------
+def test_bad_inputs_raise_clear_errors():
+    s = Shape(1, 5, 2, 4, 3)
+    q, k, v, omega = make(0, s, 6)
+    for op in FORMS:
+        with pytest.raises(TypeError, match="q must be a real floating"):
+            op(q.to(torch.complex128), k, v, omega)
+        with pytest.raises(TypeError, match="k must be a real floating"):
+            op(q, k.long(), v, omega)
+        with pytest.raises(ValueError, match=r"q must be \[B, T, H, K\]"):
+            op(q[0], k, v, omega)
+        with pytest.raises(ValueError, match="k must be"):
+            op(q, k[:, :4], v, omega)
+        with pytest.raises(ValueError, match="v must be"):
+            op(q, k, v[:, :, :1], omega)
+        with pytest.raises(ValueError, match="omega must be"):
+            op(q, k, v, omega[:, :, :3])
+        with pytest.raises(TypeError, match="initial_state"):
+            op(q, k, v, omega, initial_state=(1, 2))
+    with pytest.raises(ValueError, match="chunk_size must be a power of two"):
+        perf.performer_chunk(q, k, v, omega, chunk_size=12)
+    with pytest.raises(ValueError, match="m and d must be"):
+        perf.orthogonal_random_features(0, 4)
+    with pytest.raises(ValueError, match="scaling"):
+        perf.orthogonal_random_features(4, 4, scaling="unit")
+
+
+def test_layer_rejects_bad_arguments_and_inputs():
+    with pytest.raises(ValueError, match="m_features must be >= 1"):
+        perf.PerformerAttention(16, 2, 0)
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        perf.PerformerAttention(15, 2)
+    with pytest.raises(ValueError, match="form"):
+        perf.PerformerAttention(16, 2, form="fast")
+    layer = perf.PerformerAttention(16, 2, 8, causal=False)
+    with pytest.raises(RuntimeError, match="causal=True"):
+        layer.prefill(torch.randn(1, 3, 16))
+    with pytest.raises(TypeError, match="x must be a real floating"):
+        layer(torch.ones(1, 3, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"x must be \[B, T, C\]"):
+        layer(torch.randn(1, 3, 12))
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. torch.compile(fullgraph=True)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", FORMS)
+def test_zoo_forms_compile_without_graph_breaks(op):
+    torch._dynamo.reset()
+    q, k, v, omega = make(0, Shape(1, 20, 2, 4, 3), 6)
+    kw = dict(chunk_size=8) if op is perf.performer_chunk else {}
+    compiled = torch.compile(op, fullgraph=True, backend="aot_eager")
+    for causal in (True, False):
+        assert_all_close(flat(*compiled(q, k, v, omega, causal=causal, output_final_state=True, **kw)),
+                         flat(*op(q, k, v, omega, causal=causal, output_final_state=True, **kw)), TOL["f64"])
+
+
+def test_zoo_layer_compiles_without_graph_breaks_forward_and_decode():
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = perf.PerformerAttention(12, 3, 8, causal=True)
+    x = torch.randn(2, 10, 12)
+    assert_close(torch.compile(layer, fullgraph=True, backend="aot_eager")(x), layer(x), TOL["f32-interpret"], "fwd")
+    step = torch.compile(layer.step, fullgraph=True, backend="aot_eager")
+    _, cache = layer.prefill(x)
+    assert_close(step(x[:, 0], cache)[0], layer.step(x[:, 0], cache)[0], TOL["f32-interpret"], "step")
+
+
+def test_zoo_chunk_compiles_with_inductor():
+    torch._dynamo.reset()
+    q, k, v, omega = make(0, Shape(1, 20, 2, 4, 3), 6, dtype=torch.float32)
+    compiled = torch.compile(perf.performer_chunk, fullgraph=True)
+    assert_close(compiled(q, k, v, omega, chunk_size=8)[0], perf.performer_chunk(q, k, v, omega, chunk_size=8)[0],
+                 TOL["f32-interpret"], "inductor")
