@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.metadata
+import math
 import os
 import platform
 import re
@@ -382,6 +383,10 @@ def main(argv=None, *, handle_sigterm: bool = False) -> list[dict]:
                         if isinstance(t, torch.Tensor):
                             t.grad = None
                             t.requires_grad_(False)
+                for k in ("err", "err_grads", "err_vs_softmax"):  # JSON has no NaN: null and say so
+                    if isinstance(rec.get(k), float) and not math.isfinite(rec[k]):
+                        rec["note"] = "; ".join(filter(None, [rec["note"], f"{k} is {rec[k]} (non-finite output)"]))
+                        rec[k] = None
                 if rec["ms"] is not None:
                     rec["tflops"] = rec["flops"] / (rec["ms"] * 1e-3) / 1e12
                     if rec["floor_ms"]:
@@ -436,8 +441,13 @@ def main(argv=None, *, handle_sigterm: bool = False) -> list[dict]:
                 + "\n".join(f"- `{k}`: {v}" for k, v in DEFINITIONS.items()) + "\n")
         with open(stem + ".md", "w") as f:
             f.write(text)
-        pngs = [] if args.no_plots else report.plot(records, methods, stem)
-        print(text)
+        print(text, flush=True)
+        pngs = []
+        if not args.no_plots:
+            try:
+                pngs = report.plot(records, methods, stem)
+            except Exception as e:  # a plot must never cost the table
+                print(f"[bench] plotting failed: {_short(e)}", file=sys.stderr)
         print(f"[bench] wrote {stem}.json, {stem}.md" + "".join(f", {p}" for p in pngs)
               + f" in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return [meta] + records

@@ -36,7 +36,7 @@ log "pytest -m gpu (limit ${GPU_TEST_S}s)"
 # pyproject's addopts name nbmake, which the GPU image lacks: drop them there (notebooks are CPU work).
 NB_OPTS=(); python3 -c "import nbmake" 2> /dev/null || NB_OPTS=(-o "addopts=")
 HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci} timeout -s INT -k 20 "$GPU_TEST_S" \
-    python3 -m pytest "${NB_OPTS[@]}" -m gpu -q -rfEs --durations=15 -p no:cacheprovider \
+    python3 -m pytest ${NB_OPTS[@]+"${NB_OPTS[@]}"} -m gpu -q -rfEs --durations=15 -p no:cacheprovider \
     --junitxml="$OUT/gpu-tests.xml" > "$OUT/gpu-tests.log" 2>&1
 log "pytest exit code $? (0 = all passed, 1 = failures, 5 = none collected, 2/130 = cut off)"
 tail -n 5 "$OUT/gpu-tests.log" | tee -a "$OUT/gpu_run.log"
