@@ -44,8 +44,8 @@ import triton.language as tl
 from zoo import softmax_attention as zsa
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as @triton.jit does
-LOG2E: tl.constexpr = 1.4426950408889634  # 1/ln 2: e^x = 2^(x·LOG2E), and exp2 is the fast path
-LN2: tl.constexpr = 0.6931471805599453  # ln 2: turns the log2-unit lse back into a natural log
+LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2: e^x = 2^(x·LOG2E), and exp2 is the fast path
+LN2 = tl.constexpr(0.6931471805599453)  # ln 2: turns the log2-unit lse back into a natural log
 MAX_HEAD_DIM = 256  # past this one head's q, acc and a key block no longer fit in registers
 
 
@@ -70,7 +70,10 @@ class Tiles(NamedTuple):
 def _tiles(K: int, V: int, dtype: torch.dtype, device: torch.device) -> Tiles:
     """Block sizes from the head dims, the dtype and the GPU generation. The forward holds q
     [BM, BK] and acc [BM, BV] in registers for the whole loop and streams k/v [BN, BK|BV]
-    through shared memory, num_stages deep; the backward holds two [BN1, D] accumulators."""
+    through shared memory, num_stages deep; the backward holds two [BN1, D] accumulators.
+    Every row below was compiled ahead of time for sm_90 (Triton 3.9, no GPU needed) and
+    reads 0 bytes of register spill (cuobjdump -res-usage); the speed of the headline row is
+    what `python -m fast.softmax_attention` measures on the GPU."""
     BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
     if INTERPRET:
         # The interpreter runs programs one after another: small blocks, so tests with T of a
@@ -82,17 +85,18 @@ def _tiles(K: int, V: int, dtype: torch.dtype, device: torch.device) -> Tiles:
         if D <= 64:
             return Tiles(BK, BV, 64, 32, 32, 64, 64, 32, 4, 2, 4, 2)
         if D <= 128:
-            return Tiles(BK, BV, 64, 32, 16, 64, 64, 16, 4, 2, 4, 2)
-        return Tiles(BK, BV, 32, 16, 16, 32, 32, 16, 4, 1, 4, 1)
+            return Tiles(BK, BV, 64, 32, 16, 32, 64, 16, 4, 2, 4, 2)
+        return Tiles(BK, BV, 32, 16, 16, 32, 32, 16, 8, 1, 8, 1)
     # fp16 / bf16. D = 128: BM = 128 rows of q and acc over 8 warps (two Hopper warpgroups)
     # is FlashAttention-2's shape; BN = 64 keys keep the [128, 64] fp32 scores in registers
     # beside acc; 3 stages of k and v (3·2·64·128·2 B = 96 KB) hide the loads on Hopper.
+    # The backward holds dk, dv [128, D] fp32 over 8 warps (4 warps spill at D = 64).
     stages = 3 if hopper else 2
     if D <= 64:
-        return Tiles(BK, BV, 128, 64, 32, 128, 128, 32, 4, stages, 4, stages)
+        return Tiles(BK, BV, 128, 64, 32, 128, 128, 32, 4, stages, 8, stages)
     if D <= 128:
         return Tiles(BK, BV, 128, 64, 32, 128, 128, 32, 8, stages, 8, 2)
-    return Tiles(BK, BV, 64, 32, 16, 64, 64, 16, 8, 2 if hopper else 1, 8, 1)
+    return Tiles(BK, BV, 64, 32, 16, 32, 32, 16, 8, 2 if hopper else 1, 8, 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,10 +390,10 @@ def _on_device(x: torch.Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def _softmax_attention_chunk_fwd(q, k, v, causal: bool, scale: float):
+def _softmax_attention_chunk_fwd(q, k, v, causal: bool, scale: float, tiles: Tiles | None = None):
     B, T, H, K = q.shape
     TK, V = k.shape[1], v.shape[-1]
-    t = _tiles(K, V, q.dtype, q.device)
+    t = tiles or _tiles(K, V, q.dtype, q.device)  # `tiles` only for the sweep at the end
     o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     with _on_device(q):
@@ -505,3 +509,46 @@ class SoftmaxAttention(zsa.SoftmaxAttention):
 
 
 __all__ = ["softmax_attention_chunk", "SoftmaxAttention"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Benchmark beside the kernel: `python -m fast.softmax_attention` on a GPU times the tile rule's
+# forward against a few neighbouring tiles and against SDPA at the issue's headline shape, and
+# the first call (compilation included). The rule above should name the fastest correct row.
+# ------------------------------------------------------------------------------------------------
+def _sweep(B=4, T=8192, H=16, D=128, dtype=torch.bfloat16, causal=True):
+    import time
+
+    import torch.nn.functional as F
+
+    q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=dtype) for _ in range(3))
+    start = time.perf_counter()
+    o = softmax_attention_chunk(q, k, v, causal=causal)
+    torch.cuda.synchronize()
+    print(f"first call (compile included): {time.perf_counter() - start:.2f} s")
+    flops = 4.0 * B * H * T * T * D * (0.5 if causal else 1.0)
+    bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=200)  # noqa: E731
+    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.FLASH_ATTENTION]):
+        sdpa = lambda: F.scaled_dot_product_attention(  # noqa: E731
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal)
+        o_ref = sdpa().transpose(1, 2)
+        ms_ref = bench(sdpa)
+    print(f"B={B} T={T} H={H} D={D} {dtype} causal={causal}; error vs SDPA "
+          f"{(o.float() - o_ref.float()).abs().max().item():.2e}")
+    print(f"sdpa (flash)            {ms_ref:7.3f} ms  {flops / ms_ref * 1e-9:6.1f} TFLOP/s")
+    rule = _tiles(D, D, dtype, q.device)
+    configs = [(rule.BM, rule.BN, rule.warps, rule.stages), (128, 128, 8, 3), (128, 128, 8, 2),
+               (128, 64, 8, 4), (128, 64, 8, 2), (128, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3)]
+    for BM, BN, warps, stages in configs:
+        t = rule._replace(BM=BM, BN=BN, warps=warps, stages=stages)
+        fn = lambda: _softmax_attention_chunk_fwd(q, k, v, causal, D ** -0.5, t)  # noqa: E731
+        err = (fn()[0].float() - o_ref.float()).abs().max().item()
+        ms = bench(fn)
+        print(f"BM={BM:3d} BN={BN:3d} w={warps} s={stages} {ms:7.3f} ms  {flops / ms * 1e-9:6.1f} "
+              f"TFLOP/s  {ms_ref / ms:4.2f}x sdpa  err {err:.1e}{'  <- rule' if t == rule else ''}")
+
+
+if __name__ == "__main__":
+    _sweep()
+    _sweep(causal=False)
+    _sweep(D=64)
