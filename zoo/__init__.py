@@ -8,12 +8,16 @@
 from zoo import hrc_la, performer
 from zoo import softmax_attention
 from zoo import linear_attention
+from zoo import deltanet, gated_deltanet, deltaproduct
 
 METHODS = {
     "softmax_attention": softmax_attention,
     "linear_attention": linear_attention,
     "hrc_la": hrc_la,
     "performer": performer,
+    "deltanet": deltanet,
+    "gated_deltanet": gated_deltanet,
+    "deltaproduct": deltaproduct,
 }
 
 LAYERS = {
@@ -21,6 +25,9 @@ LAYERS = {
     "linear_attention": linear_attention.LinearAttention,
     "hrc_la": hrc_la.HRCMultiheadAttention,
     "performer": performer.PerformerAttention,
+    "deltanet": deltanet.DeltaNet,
+    "gated_deltanet": gated_deltanet.GatedDeltaNet,
+    "deltaproduct": deltaproduct.GatedDeltaProduct,
 }
 
 __all__ = ["METHODS", "LAYERS"]
