@@ -89,6 +89,7 @@ def parse_args(argv):
     p.add_argument("--case-timeout-s", type=float, default=180.0, help="give up one measurement after this")
     p.add_argument("--first-call-timeout-s", type=float, default=240.0)
     p.add_argument("--budget-s", type=float, help="start no new measurement after this many seconds")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (on a busy machine 1 avoids OpenMP stalls)")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
@@ -263,6 +264,9 @@ def main(argv=None, *, handle_sigterm: bool = False) -> list[dict]:
     args = parse_args(argv)
     device = torch.device(args.device)
     dtype = measure.DTYPES[args.dtype]
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.monotonic()
     deadline = started + args.budget_s if args.budget_s else float("inf")
     if handle_sigterm:  # `timeout` sends SIGTERM: finish writing what was measured
@@ -448,6 +452,7 @@ def main(argv=None, *, handle_sigterm: bool = False) -> list[dict]:
                 pngs = report.plot(records, methods, stem)
             except Exception as e:  # a plot must never cost the table
                 print(f"[bench] plotting failed: {_short(e)}", file=sys.stderr)
+        torch.set_num_threads(threads_before)
         print(f"[bench] wrote {stem}.json, {stem}.md" + "".join(f", {p}" for p in pngs)
               + f" in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return [meta] + records

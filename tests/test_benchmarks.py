@@ -76,7 +76,7 @@ def test_stub_method_runs_end_to_end(stub, tmp_path):
     argv = ["--methods", "toy", "--T", "16", "32", "--tokens", "64", "--H", "2", "--D", "8",
             "--impls", "zoo-eager", "sdpa", "fast", "--first-call-impls", "zoo-eager",
             "--first-call-directions", "fwdbwd", "--directions", "fwd", "fwdbwd", "--noncausal-T", "32", "--reps", "2", "--warmup", "1", "--out", str(out),
-            "--name", "t", "--device", "cpu"]
+            "--name", "t", "--device", "cpu", "--threads", "1"]
     records = bench.main(argv)
     on_disk = json.loads((out / "t.json").read_text())
     assert on_disk == json.loads(json.dumps(records))
@@ -112,7 +112,7 @@ def test_real_methods_smoke(tmp_path):
     out = tmp_path / "out"
     argv = ["--methods", *present, "--T", "32", "--tokens", "32", "--H", "2", "--D", "16",
             "--impls", "zoo-eager", "sdpa", "fast", "--first-call-impls", "--reps", "1", "--warmup", "1",
-            "--causal", "both", "--out", str(out), "--name", "t", "--device", "cpu", "--no-plots"]
+            "--causal", "both", "--out", str(out), "--name", "t", "--device", "cpu", "--no-plots", "--threads", "1"]
     records = bench.main(argv)
     _check_schema(records)
     has_fast = {s.name for s in specs.SPECS if specs.module_available(s.fast_path) is None}
