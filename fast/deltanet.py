@@ -430,8 +430,8 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
         b_dk_out += b_dkb * tl.exp(b_g_last - b_g)[:, None]
     else:
         b_dk_out += b_dkb
-    tl.store(dk + o_k, b_dk_out, mask=mask_tk)
-    tl.store(dw + o_k, -b_dw, mask=mask_tk)
+    tl.store(dk + o_k, b_dk_out.to(dk.dtype.element_ty), mask=mask_tk)
+    tl.store(dw + o_k, (-b_dw).to(dw.dtype.element_ty), mask=mask_tk)
     # -------------------------------------------------------------- this slice's share of dΓ
     if USE_G:
         b_qf, b_kf = b_q.to(tl.float32), b_k.to(tl.float32)
@@ -471,11 +471,11 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
         b_g = tl.load(gam + o_g, mask=mask_t, other=0.)
         b_bg = b_beta * tl.exp(b_g)
     b_k = tl.load(k + o_k, mask=mask_tk, other=0.).to(tl.float32)  # [BT, BK]
-    b_dw = tl.load(dw + o_k, mask=mask_tk, other=0.)  # fp32  [BT, BK]
+    b_dw = tl.load(dw + o_k, mask=mask_tk, other=0.).to(tl.float32)  # [BT, BK]
     # -------------------------------------------------------------- W = X (β e^Γ ⊙ K)
     b_dX = tl.dot(b_dw, tl.trans(b_k * b_bg[:, None]), input_precision=PREC)  # dW (β e^Γ K)ᵀ  [BT, BT]
     b_dB = tl.dot(tl.trans(b_X), b_dw, input_precision=PREC)  # Xᵀ dW  [BT, BK]
-    b_dk = tl.load(dk_in + o_k, mask=mask_tk, other=0.) + b_dB * b_bg[:, None]
+    b_dk = tl.load(dk_in + o_k, mask=mask_tk, other=0.).to(tl.float32) + b_dB * b_bg[:, None]
     b_kdB = tl.sum(b_k * b_dB, 1)  # [BT]
     b_dbeta = b_kdB  # dβ = e^Γ (k·dB)
     if USE_G:
@@ -612,8 +612,7 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale):
         USE_DHT=dht is not None, PREC=prec, num_warps=4, num_stages=NUM_STAGES)
     # step 4
     dq = torch.empty_like(q)
-    dk_part = k.new_empty(B, T, H, K, dtype=torch.float32)
-    dw = k.new_empty(B, T, H, K, dtype=torch.float32)
+    dk_part, dw = torch.empty_like(k), torch.empty_like(k)  # input dtype: half the bytes of fp32
     dgam = k.new_empty(NK, B, T, H, dtype=torch.float32) if g is not None else dw
     _chunk_bwd_dqkw_kernel[(NK, NT, B * H)](
         q, k, gam if gam is not None else dw, h, dh, v_new, do, dv_new, dq, dk_part, dw, dgam,
