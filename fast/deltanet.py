@@ -801,3 +801,80 @@ class DeltaNet(zoo_deltanet.DeltaNet):
 
 
 __all__ = ["delta_rule_chunk", "delta_rule_recurrent", "DeltaNet"]
+
+
+# ================================================================================================
+# Benchmark beside the kernels (GPU): `python -m fast.deltanet [B T H D]`. Times each stage of the
+# plan above at the headline size, the ops end to end (delta rule, gated, DeltaProduct n_h = 2 on
+# the same number of micro-steps), and fla's chunk ops where fla imports. The project-wide
+# comparison is `python -m benchmarks`; this is the per-stage view for tuning the kernels.
+# ================================================================================================
+def _benchmark(B=4, T=8192, H=16, D=128, dtype=torch.bfloat16):
+    import time
+    from triton.testing import do_bench
+    dev = "cuda"
+    gen = torch.Generator(device=dev).manual_seed(0)
+    rnd = lambda *s: torch.randn(*s, device=dev, generator=gen)
+    q = rnd(B, T, H, D).to(dtype)
+    k = torch.nn.functional.normalize(rnd(B, T, H, D), dim=-1).to(dtype)
+    v = rnd(B, T, H, D).to(dtype)
+    beta = torch.rand(B, T, H, device=dev, generator=gen).to(dtype)
+    g = -torch.rand(B, T, H, device=dev, generator=gen) * 0.1
+    do, scale = torch.randn_like(v), D ** -0.5
+    rows = []
+
+    def bench(name, fn):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        ms = do_bench(fn, warmup=5, rep=50)
+        rows.append((name, ms, first))
+        print(f"{name:48s} {ms:8.3f} ms   (first call {first:6.2f} s)", flush=True)
+
+    for gate in (None, g):
+        tag = "gated" if gate is not None else "delta"
+        w, u, X, gam = _chunk_wy_fwd(k, v, beta, gate, store_X=True)
+        bench(f"{tag}: 1 wy fwd (W, U)", lambda: _chunk_wy_fwd(k, v, beta, gate, store_X=False))
+        bench(f"{tag}: 2 state fwd + output", lambda: _chunk_state_fwd(q, k, w, u, gam, None, scale, True))
+        bench(f"{tag}: 2' state fwd storing h, V_new", lambda: _chunk_state_fwd(q, k, w, u, gam, None, scale, False))
+        bench(f"{tag}: forward", lambda: _chunk_fwd(q, k, v, gate, beta, None, scale))
+        bench(f"{tag}: backward (1, 2', 3, 4, 5)", lambda: _chunk_bwd(q, k, v, gate, beta, None, do, None, scale))
+        bench(f"{tag}: recurrent fwd (T = 256)", lambda: _recurrent_fwd(
+            q[:, :256], k[:, :256], v[:, :256], None if gate is None else gate[:, :256], beta[:, :256], None, scale, 1))
+
+    # the public ops, forward and forward + backward, beside fla
+    def fwd_bwd(op, *args, **kw):
+        xs = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        o = op(*xs, **kw)[0]
+        o.backward(do[:, :o.shape[1]])
+
+    import fast.gated_deltanet as fg
+    import fast.deltaproduct as fp
+    T2 = T // 2  # DeltaProduct with n_h = 2 over the same T micro-steps
+    ops = {
+        "delta_rule_chunk": (delta_rule_chunk, (q, k, v, beta), {}),
+        "gated_delta_rule_chunk": (fg.gated_delta_rule_chunk, (q, k, v, g, beta), {}),
+        "gated_delta_product_chunk n_h=2": (fp.gated_delta_product_chunk, (q[:, :T2], k, v, g[:, :T2], beta),
+                                            dict(num_householder=2)),
+    }
+    try:
+        from fla.ops.delta_rule import chunk_delta_rule
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        ops["fla chunk_delta_rule"] = (chunk_delta_rule, (q, k, v, beta), dict(scale=scale))
+        ops["fla chunk_gated_delta_rule"] = (chunk_gated_delta_rule, (q, k, v, g, beta), dict(scale=scale))
+    except ImportError:
+        print("fla not importable: no fla rows")
+    for name, (op, args, kw) in ops.items():
+        try:
+            bench(f"{name} fwd", lambda: op(*args, **kw))
+            bench(f"{name} fwd+bwd", lambda: fwd_bwd(op, *args, **kw))
+        except Exception as e:  # e.g. fla refusing its gated kernels on this Triton
+            print(f"{name}: failed: {type(e).__name__}: {str(e)[:200]}")
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+    _benchmark(*(int(a) for a in sys.argv[1:5]))
