@@ -41,10 +41,24 @@ their merges run in fp32 with exact (ieee) dots: the solve is the precision-sens
 dots take operands in the input dtype (bf16/fp16 tensor cores; fp32 inputs use exact fp32 dots,
 so fp32 results match the zoo to rounding). The final state is fp32.
 
-Cost (per head; N = T/BT chunks, D = K = V):  FLOPs (1 FMA = 2) forward ≈ T·(6·BT·D + 6·D² +
-  2·BT²/3·…) — see _flops() — and bytes: forward reads q, k, v, β, g once in step 2 and k, v in
-  step 1, writes W, U once and reads them once, writes o: ≈ (3+2+2+2+1)·T·D·elt. The floor
-  (each input read once, o written once) is 4·T·D·elt per head: the forward moves ≈ 2.5× the floor.
+Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = V = D = 128; one [B, T, H, D]
+bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one head):
+  FLOPs, forward: step 1: the 10 lower 16×16 blocks of K Kᵀ, W and U: 3·10·16²·D = 0.98 M FMA,
+    plus 81 k FMA of fp32 solve (forward substitution and merges, CUDA cores); step 2: W S, sQS and
+    Kᵀ V_new (L·D² each), (sQKᵀ) V_new (L²·D) and sQKᵀ (L²·D, recomputed per V-tile: 4×):
+    3.1 M + 0.52 M + 2.1 M FMA. Total 6.8 M FMA = 13.7 MFLOP per chunk-head, × 8192 chunk-heads
+    = 112 GFLOP (90 without the redundant sQKᵀ): ~0.15 ms at 750 TFLOP/s, so not the bound.
+  bytes, forward: floor (q, k, v, β read once, o written once) = 4X = 537 MB: 0.18 ms at 3 TB/s.
+    This plan: step 1 reads k, v and writes W, U (4X); step 2 reads q, k, W, U and writes o (5X,
+    counting the V-tile programs of one head as one read: they run side by side and share L2):
+    9X = 1.2 GB, 0.40 ms at 3 TB/s, 2.25× the floor. (fla 0.6.0's forward also writes and reads
+    A, X, the chunk states h and V_new: ≈ 20X.)
+  bytes, backward: 1 (5X, X in fp32), 2' (6X: h is 2X), 3 (7X), 4 (12–15X), 5 (8X): ≈ 38X =
+    5.1 GB, 1.7 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
+    read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
+    recomputation of steps 1 and 2 (11X of the 38X); saving W, U, h, V_new instead would cost the
+    forward 5X more writes and the training step memory 5X per layer.
+  first call: five kernels (two variants each of steps 1 and 2) compile once; T never recompiles.
 
 Legend: i_ program ids · p_ pointers · b_ on-chip blocks (b_S, b_A, b_X, b_w, b_u, b_v_new ...
 names as in the zoo) · offs_ index vectors · mask_ masks · BT BK BV tile sizes · NT number of
