@@ -85,7 +85,7 @@ def _tiles(K: int, V: int, dtype: torch.dtype, device: torch.device) -> Tiles:
         if D <= 64:
             return Tiles(BK, BV, 64, 32, 32, 64, 64, 32, 4, 2, 4, 2)
         if D <= 128:
-            return Tiles(BK, BV, 64, 32, 16, 32, 64, 16, 4, 2, 4, 2)
+            return Tiles(BK, BV, 64, 32, 16, 32, 32, 16, 4, 2, 4, 2)
         return Tiles(BK, BV, 32, 16, 16, 32, 32, 16, 8, 1, 8, 1)
     # fp16 / bf16. D = 128: BM = 128 rows of q and acc over 8 warps (two Hopper warpgroups)
     # is FlashAttention-2's shape; BN = 64 keys keep the [128, 64] fp32 scores in registers
