@@ -267,7 +267,10 @@ def run(cfg: Config | dict) -> dict:
         if world > 1:
             dist.barrier()
 
+    last_eval = [None]  # the step of the last evaluation, known on every rank
+
     def evaluate():
+        last_eval[0] = step
         result = {}
         if main:
             raw_model.eval()
@@ -326,7 +329,7 @@ def run(cfg: Config | dict) -> dict:
             stopped = evaluate()
         if cfg.ckpt_every and step % cfg.ckpt_every == 0:
             save()
-    if not evals or evals[-1]["step"] != step:
+    if last_eval[0] != step:
         evaluate()
     save()
     if bar is not None:
