@@ -405,14 +405,16 @@ def main(argv=None, *, handle_sigterm: bool = False) -> list[dict]:
     def run_first_call(spec, impl, direction):
         B = batch(head_T)
         bar.set_postfix_str(f"first call: {spec.name} {impl} {direction}")
+        ran = False
         if (spec.name, impl, B, head_T, head_causal) in skipped:
-            s, note = None, ""  # the row already says why
+            s, note = None, ""  # the row already says why the impl cannot run here
         elif time.monotonic() > deadline:
             s, note = None, "first call not run: --budget-s spent"
         else:
             timeout = min(args.first_call_timeout_s, max(10.0, deadline - time.monotonic()))
             s, note = first_call.measure(spec.name, impl, (B, head_T, args.H, args.D), args.dtype, head_causal,
                                          direction, args.device, timeout)
+            ran = True
         match = [r for r in records if (r["method"], r["impl"], r["direction"], r["T"], r["B"], r["causal"])
                  == (spec.name, impl, direction, head_T, B, head_causal)]
         if not match:
@@ -420,6 +422,8 @@ def main(argv=None, *, handle_sigterm: bool = False) -> list[dict]:
             records.append(match[0])
         for r in match:
             r["first_call_s"] = s
+            if ran:
+                r["first_call_ran"] = True  # a process was started: None then means it failed
             if note:
                 r["note"] = "; ".join(filter(None, [r["note"], note]))
         save()

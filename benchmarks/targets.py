@@ -65,7 +65,12 @@ def evaluate(records: list[dict], targets: list[Target] = TARGETS) -> list[dict]
         status, measured = "not measured", ""
         if t.max_first_call_s is not None:
             got = [r for r in mine if r.get("first_call_s") is not None]
-            if got:
+            failed = [r for r in mine if r.get("first_call_ran") and r.get("first_call_s") is None]
+            if failed:
+                status = "NOT met"
+                measured = "first call failed: " + ", ".join(
+                    f"{r['method']} {r['direction']}" for r in failed) + " (see the rows' notes)"
+            elif got:
                 worst = max(got, key=lambda r: r["first_call_s"])
                 ok = worst["first_call_s"] <= t.max_first_call_s
                 status = "met" if ok else "NOT met"

@@ -192,6 +192,11 @@ def test_targets_met_not_met_not_measured():
     assert set(expect) == set(by_what)
     assert status == expect
     assert all(r["status"] == "not measured" for r in targets.evaluate([]))
+    # a first call that was started and gave no time (crash, time-out) is a failure, not a gap
+    crashed = [_rec("linear_attention", "fast", "fwd", 0.25, first_call_s=1.0),
+               _rec("softmax_attention", "fast", "fwd", 2.0, first_call_ran=True)]
+    row = next(r for r in targets.evaluate(crashed) if r["target"] == "first call of every fast op ≤ 5 s")
+    assert row["status"] == "NOT met" and "softmax_attention fwd" in row["measured"]
 
 
 def test_a_runaway_measurement_is_cut_off():
