@@ -1,0 +1,716 @@
+"""Triton mirror of zoo/hrc_la.py; the math, shapes and equation numbers (1)-(5) are there.
+
+Kernel plan
+-----------
+The complex feature exp(iΩu)/√M is kept as its real pair [cos Ωu, sin Ωu]/√M (Re(φ̂_q·conj φ̂_k)
+= cos_q·cos_k + sin_q·sin_k), so the complex state S = S_c − i·S_s is two real [M, V] blocks.
+The feature map is fused: a program loads q and k ([BT, K], what the layer produced), computes the
+phases θ = u Ωᵀ on chip (an fp32 dot, "ieee" precision: a tf32 phase error of 1e-3·|θ| would
+already move cos θ), and never writes a feature to memory.
+
+Launch grid: one program per (feature tile of BM frequencies, batch·head). Each program walks the
+chunks of BT tokens in order holding its slice of the state, S_c and S_s [BM, V] in fp32
+registers, and per chunk computes its share of (5):
+    num_t = Σ_j A_tj v_j + e^{c⁻−c_t} (cos_t S_c + sin_t S_s),   den_t likewise with v = 1,
+    A = (cos_q cos_kᵀ + sin_q sin_kᵀ) ⊙ Γ,   Γ_tj = e^{c_j − c_t} [j ≤ t],
+with the keys' features pre-weighted by e^{a_j − c_j} <= 1. Numerators and denominators are sums
+over frequencies, so the programs of one (batch, head) add their shares into fp32 buffers
+(tl.atomic_add; a plain store when one tile holds all M); the division
+o = num / max(den, eps·n) is one elementwise torch line after the kernel, and autograd takes it.
+The mass n_t (no gradient: the floor passes none) comes from the first tile.
+The stabiliser's per-token numbers are computed on the host, from k alone: a_t = ‖u_t‖²/2 [B, T, H]
+(differentiable: its gradient flows back through torch) and the prefix max c_t (a constant).
+Non-causal: a first sweep builds the whole state, a second reads it out.
+
+Backward, per program (same grid): sweep 1 forward in time recomputes the state and gives
+    dcos_q = (dA ⊙ Γ) cos_k + e^{c⁻−c_t} (dnum S_cᵀ + dden z_cᵀ),   dA = dnum vᵀ + dden 1ᵀ,
+then dθ_q = (cos·dsin − sin·dcos)/√M, dq += √scale · dθ_q Ω, dΩ += dθ_qᵀ u_q; sweep 2 backward
+in time carries dS (the gradient of the state, [BM, V] twice) and gives dcos_k, dsin_k, dv, the
+gradient of a_t (Σ dφ̂_k·φ̂_k) and dΩ += dθ_kᵀ u_k. dq, dk, dv, da are shared by the tiles: atomics.
+dΩ is written per (batch, head, tile) and summed over the batch on the host. Nothing but the
+inputs is saved for backward.
+
+The recurrent op (decoding) has its own token-loop kernel, forward only; its gradient is the chunk
+backward, since both forms compute the same function.
+
+Cost at the target size (bf16, B·T = 32768, H = 16, D = 64, M = 256, causal): inputs q, k, v and
+the output: 4 × 67 MB; atomics: M/BM = 4 programs add [T, V] fp32 shares (4 × 134 MB of
+read-modify-write, mostly in L2 since the four programs of one head run together). FLOPs per
+token and head: 2·(2·D·BM)·NM (phases) + 2·BT·2M (A) + 2·BT·V (A v) + 2·2M·V·2 (read-out and
+state) ≈ 0.26 MFLOP: ~140 GFLOP in all, tensor-core work of ~0.3 ms at tf32 rates; plus
+2·T·M cos/sin pairs per head on the SFUs.
+
+Tile rule (no autotuning; nothing keyed on T or B): V sits in one tile (BV = next power of two
+>= 16, V <= 256), the frequencies take the rest of a register budget of 8192 fp32 state elements
+(S_c and S_s: 2·BM·BV): BM = 64 at V = 64. BT = chunk_size (64). num_warps 4, num_stages 2.
+
+Naming legend (fla's prefixes, STYLE rule 29):
+    i_   program ids and loop indices (i_m frequency tile, i_bh batch·head, i_t chunk)
+    p_   pointers          b_   blocks held on chip (zoo names after the prefix: b_S_c, b_A, ...)
+    offs_ offsets          mask_ masks (mask_t rows inside T, mask_A the causal mask)
+    BT   chunk length (the zoo's L)   BK, BV, BM  tiles of K, V and of the M frequencies   NT chunks
+    h0/ht the initial/final state (real pair: rows [0, M) cos, [M, 2M) sin of [B, H, 2M, V])
+    s_u  √scale (u = s_u·x);  r_m  1/√M
+"""
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+import zoo.hrc_la as zhrc
+from zoo.hrc_la import EPS_DENOMINATOR, HRCMultiheadAttention as _ZooLayer, _check_inputs
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
+STATE_ELEMENTS = 8192  # fp32 state elements per program (S_c and S_s): 64 registers a thread at 4 warps
+MAX_V = 256  # V sits in one tile
+MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
+EMPTY_SCALE = torch.finfo(torch.float32).min  # the log-scale of an empty state, as in the zoo
+
+
+# ------------------------------------------------------------------------------------------------
+# Tile rule
+# ------------------------------------------------------------------------------------------------
+def _tile_rule(K: int, V: int, M: int):
+    """(BK, BV, BM, num_warps, num_stages) from the head dims and M alone (see the card)."""
+    BK = max(16, triton.next_power_of_2(K))
+    BV = max(16, triton.next_power_of_2(V))
+    BM = max(16, min(triton.next_power_of_2(M), STATE_ELEMENTS // (2 * BV)))
+    return BK, BV, BM, 4, 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _phases(x, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K: tl.constexpr):
+    """u = s_u·x for the chunk's rows [BT, BK] and θ = u Ωᵀ [BT, BM] (fp32, ieee: no tf32)."""
+    b_u = s_u * tl.load(x + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :],
+                        other=0.0).to(tl.float32)
+    return b_u, tl.dot(b_u, tl.trans(b_omega), input_precision="ieee")
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "STORE_HT": lambda args: args["ht"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _hrc_la_chunk_fwd_kernel(
+    q, k, v, omega, a, c,  # [B, T, H, K] ×2, [B, T, H, V], [H, M, K], [B, T, H] ×2 (fp32)
+    num, den, mass,  # [B, T, H, V], [B, T, H], [B, T, H] fp32 (zeroed when ATOMIC)
+    h0, z0, n0, c0, ht, zt, nt,  # [B, H, 2M, V], [B, H, 2M], [B, H], [B, H] fp32 (h0.. may be None)
+    s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
+    CAUSAL: tl.constexpr, ATOMIC: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    """This tile's share of num_t = Re(φ̂_tᵀS_t), den_t = Re(φ̂_tᵀz_t) (zoo (5)); n_t from tile 0."""
+    # -- map the program to a frequency tile of one (batch, head) ----------------------------------
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)  # Inductor may pass fp64
+    offs_k, offs_v, offs_m = tl.arange(0, BK), tl.arange(0, BV), i_m * BM + tl.arange(0, BM)
+    mask_k, mask_v, mask_m = offs_k < K, offs_v < V, offs_m < M
+    b_rm = tl.where(mask_m, r_m, 0.0)  # 1/√M, and 0 for the padding frequencies (θ = 0 there: cos = 1)
+    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
+                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)  # [BM, BK]
+    row0 = i_b.to(tl.int64) * T
+    NT = tl.cdiv(T, BT)
+    first = i_m == 0
+
+    # -- the state slice: S_c, S_s [BM, BV], z_c, z_s [BM], mass n and log-scale c, fp32 -----------
+    p_Sc = (i_bh.to(tl.int64) * 2 * M + offs_m[:, None]) * V + offs_v[None, :]
+    p_Ss = p_Sc + M * V
+    p_zc = i_bh.to(tl.int64) * 2 * M + offs_m
+    mask_S = mask_m[:, None] & mask_v[None, :]
+    b_Sc = tl.zeros([BM, BV], dtype=tl.float32)
+    b_Ss = tl.zeros([BM, BV], dtype=tl.float32)
+    b_zc = tl.zeros([BM], dtype=tl.float32)
+    b_zs = tl.zeros([BM], dtype=tl.float32)
+    b_n = tl.load(c0 + i_bh) * 0.0
+    b_crun = tl.load(c0 + i_bh)  # the scale the state is kept at
+    if HAS_H0:
+        b_Sc += tl.load(h0 + p_Sc, mask=mask_S, other=0.0)
+        b_Ss += tl.load(h0 + p_Ss, mask=mask_S, other=0.0)
+        b_zc += tl.load(z0 + p_zc, mask=mask_m, other=0.0)
+        b_zs += tl.load(z0 + p_zc + M, mask=mask_m, other=0.0)
+        b_n += tl.load(n0 + i_bh)
+
+    # -- non-causal: build the whole state first (every c_t is the global maximum) ----------------
+    if not CAUSAL:
+        b_cT = tl.load(c + row0 * H + i_h)
+        b_dec = tl.exp(b_crun - b_cT)  # (4) the initial state, brought to the final scale
+        b_Sc, b_Ss, b_zc, b_zs, b_n = b_Sc * b_dec, b_Ss * b_dec, b_zc * b_dec, b_zs * b_dec, b_n * b_dec
+        b_crun = b_cT
+        for i_t in range(NT):
+            offs_t = i_t * BT + tl.arange(0, BT)
+            mask_t = offs_t < T
+            p_t = (row0 + offs_t) * H + i_h
+            _, b_th = _phases(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+            b_w = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_cT)  # e^{a_j − c} [BT]
+            b_ck = tl.cos(b_th) * b_w[:, None] * b_rm[None, :]  # [BT, BM]
+            b_sk = tl.sin(b_th) * b_w[:, None] * b_rm[None, :]
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
+                          other=0.0).to(tl.float32)
+            b_Sc += tl.dot(tl.trans(b_ck), b_v)  # (4) Σ_j w_j conj φ̂(k_j) v_jᵀ, real part
+            b_Ss += tl.dot(tl.trans(b_sk), b_v)  # minus the imaginary part
+            b_zc += tl.sum(b_ck, 0)
+            b_zs += tl.sum(b_sk, 0)
+            b_n += tl.sum(b_w, 0)
+
+    # -- the sweep, chunk by chunk -----------------------------------------------------------------
+    for i_t in range(NT):
+        offs_t = i_t * BT + tl.arange(0, BT)
+        mask_t = offs_t < T
+        p_t = (row0 + offs_t) * H + i_h
+        _, b_th = _phases(q, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+        b_cq, b_sq = tl.cos(b_th) * b_rm[None, :], tl.sin(b_th) * b_rm[None, :]  # φ̂(q): e^{a(q)} cancels (2)
+        if CAUSAL:
+            b_c = tl.load(c + p_t, mask=mask_t, other=0.0)  # c_t, the prefix max [BT]
+            b_e = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_c)  # e^{a_j − c_j} <= 1
+            _, b_th = _phases(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+            b_ck = tl.cos(b_th) * b_e[:, None] * b_rm[None, :]  # [BT, BM]
+            b_sk = tl.sin(b_th) * b_e[:, None] * b_rm[None, :]
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
+                          other=0.0).to(tl.float32)
+            # (3) intra-chunk: Γ_tj = e^{c_j − c_t} for j <= t, so A_tj = Re(φ̂_t conj φ̂_j)·e^{a_j − c_t}
+            mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
+            b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))  # mask, then exp
+            b_A = (tl.dot(b_cq, tl.trans(b_ck)) + tl.dot(b_sq, tl.trans(b_sk))) * b_G  # [BT, BT]
+            # (5) inter-chunk: the state at scale c⁻, brought to c_t
+            b_dec = tl.where(mask_t, tl.exp(b_crun - b_c), 0.0)  # [BT]
+            b_o = tl.dot(b_A, b_v) + b_dec[:, None] * (tl.dot(b_cq, b_Sc) + tl.dot(b_sq, b_Ss))
+            b_d = tl.sum(b_A, 1) + b_dec * (tl.sum(b_cq * b_zc[None, :], 1) + tl.sum(b_sq * b_zs[None, :], 1))
+            if first:
+                tl.store(mass + p_t, tl.sum(b_G * b_e[None, :], 1) + b_dec * b_n, mask=mask_t)
+            # (4) state pass: to the scale of the chunk's last token
+            b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
+            b_gl = tl.where(mask_t, tl.exp(b_c - b_clast), 0.0)  # e^{c_j − c_last} [BT]
+            b_dS = tl.exp(b_crun - b_clast)
+            b_Sc = b_Sc * b_dS + tl.dot(tl.trans(b_ck * b_gl[:, None]), b_v)
+            b_Ss = b_Ss * b_dS + tl.dot(tl.trans(b_sk * b_gl[:, None]), b_v)
+            b_zc = b_zc * b_dS + tl.sum(b_ck * b_gl[:, None], 0)
+            b_zs = b_zs * b_dS + tl.sum(b_sk * b_gl[:, None], 0)
+            b_n = b_n * b_dS + tl.sum(b_e * b_gl, 0)
+            b_crun = b_clast
+        else:
+            b_o = tl.dot(b_cq, b_Sc) + tl.dot(b_sq, b_Ss)
+            b_d = tl.sum(b_cq * b_zc[None, :], 1) + tl.sum(b_sq * b_zs[None, :], 1)
+            if first:
+                tl.store(mass + p_t, tl.zeros([BT], dtype=tl.float32) + b_n, mask=mask_t)
+        p_o = p_t[:, None] * V + offs_v[None, :]
+        mask_o = mask_t[:, None] & mask_v[None, :]
+        if ATOMIC:  # the tiles of one head add their frequencies' shares
+            tl.atomic_add(num + p_o, b_o, mask=mask_o)
+            tl.atomic_add(den + p_t, b_d, mask=mask_t)
+        else:
+            tl.store(num + p_o, b_o, mask=mask_o)
+            tl.store(den + p_t, b_d, mask=mask_t)
+
+    # -- the final state ---------------------------------------------------------------------------
+    if STORE_HT:
+        tl.store(ht + p_Sc, b_Sc, mask=mask_S)
+        tl.store(ht + p_Ss, b_Ss, mask=mask_S)
+        tl.store(zt + p_zc, b_zc, mask=mask_m)
+        tl.store(zt + p_zc + M, b_zs, mask=mask_m)
+        if first:
+            tl.store(nt + i_bh, b_n)
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "HAS_DHT": lambda args: args["dht"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _hrc_la_chunk_bwd_kernel(
+    q, k, v, omega, a, c, dnum, dden,  # inputs as in the forward; dnum [B, T, H, V], dden [B, T, H] fp32
+    h0, z0, c0, dht, dzt,  # [B, H, 2M, V], [B, H, 2M], [B, H], [B, H, 2M, V], [B, H, 2M] (may be None)
+    dq, dk, dv, da, domega, dh0, dz0,  # fp32: [B, T, H, K] ×2, [B, T, H, V], [B, T, H] zeroed; [B, H, M, K]; ...
+    s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr,
+):
+    """This tile's share of dq, dk, dv, da, and its rows of dΩ, dh0, dz0 (the card's two sweeps)."""
+    # -- map the program, as in the forward ----------------------------------------------------------
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)
+    offs_k, offs_v, offs_m = tl.arange(0, BK), tl.arange(0, BV), i_m * BM + tl.arange(0, BM)
+    mask_k, mask_v, mask_m = offs_k < K, offs_v < V, offs_m < M
+    b_rm = tl.where(mask_m, r_m, 0.0)  # 1/√M, and 0 for the padding frequencies (θ = 0 there: cos = 1)
+    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
+                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+    b_domega = tl.zeros([BM, BK], dtype=tl.float32)
+    row0 = i_b.to(tl.int64) * T
+    NT = tl.cdiv(T, BT)
+    p_Sc = (i_bh.to(tl.int64) * 2 * M + offs_m[:, None]) * V + offs_v[None, :]
+    p_Ss = p_Sc + M * V
+    p_zc = i_bh.to(tl.int64) * 2 * M + offs_m
+    mask_S = mask_m[:, None] & mask_v[None, :]
+
+    # -- sweep 1, forward in time: the state again, and dq ------------------------------------------
+    b_Sc = tl.zeros([BM, BV], dtype=tl.float32)
+    b_Ss = tl.zeros([BM, BV], dtype=tl.float32)
+    b_zc = tl.zeros([BM], dtype=tl.float32)
+    b_zs = tl.zeros([BM], dtype=tl.float32)
+    b_c0 = tl.load(c0 + i_bh)
+    b_crun = b_c0
+    if HAS_H0:
+        b_Sc += tl.load(h0 + p_Sc, mask=mask_S, other=0.0)
+        b_Ss += tl.load(h0 + p_Ss, mask=mask_S, other=0.0)
+        b_zc += tl.load(z0 + p_zc, mask=mask_m, other=0.0)
+        b_zs += tl.load(z0 + p_zc + M, mask=mask_m, other=0.0)
+    b_cT = tl.load(c + (row0 + T - 1) * H + i_h)  # the scale of the final state
+    if not CAUSAL:
+        b_dec = tl.exp(b_crun - b_cT)
+        b_Sc, b_Ss, b_zc, b_zs = b_Sc * b_dec, b_Ss * b_dec, b_zc * b_dec, b_zs * b_dec
+        for i_t in range(NT):
+            offs_t = i_t * BT + tl.arange(0, BT)
+            mask_t = offs_t < T
+            p_t = (row0 + offs_t) * H + i_h
+            _, b_th = _phases(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+            b_w = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_cT)
+            b_ck = tl.cos(b_th) * b_w[:, None] * b_rm[None, :]
+            b_sk = tl.sin(b_th) * b_w[:, None] * b_rm[None, :]
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
+                          other=0.0).to(tl.float32)
+            b_Sc += tl.dot(tl.trans(b_ck), b_v)
+            b_Ss += tl.dot(tl.trans(b_sk), b_v)
+            b_zc += tl.sum(b_ck, 0)
+            b_zs += tl.sum(b_sk, 0)
+    # the gradient of the state, for sweep 2 (non-causal: every query's, summed here)
+    b_dSc = tl.zeros([BM, BV], dtype=tl.float32)
+    b_dSs = tl.zeros([BM, BV], dtype=tl.float32)
+    b_dzc = tl.zeros([BM], dtype=tl.float32)
+    b_dzs = tl.zeros([BM], dtype=tl.float32)
+    if HAS_DHT:
+        b_dSc += tl.load(dht + p_Sc, mask=mask_S, other=0.0)
+        b_dSs += tl.load(dht + p_Ss, mask=mask_S, other=0.0)
+        b_dzc += tl.load(dzt + p_zc, mask=mask_m, other=0.0)
+        b_dzs += tl.load(dzt + p_zc + M, mask=mask_m, other=0.0)
+
+    for i_t in range(NT):
+        offs_t = i_t * BT + tl.arange(0, BT)
+        mask_t = offs_t < T
+        p_t = (row0 + offs_t) * H + i_h
+        b_uq, b_th = _phases(q, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+        b_cos, b_sin = tl.cos(b_th), tl.sin(b_th)
+        b_cq, b_sq = b_cos * b_rm[None, :], b_sin * b_rm[None, :]
+        b_dn = tl.load(dnum + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+        b_dd = tl.load(dden + p_t, mask=mask_t, other=0.0)
+        if CAUSAL:
+            b_c = tl.load(c + p_t, mask=mask_t, other=0.0)
+            b_e = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_c)
+            _, b_thk = _phases(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+            b_ck = tl.cos(b_thk) * b_e[:, None] * b_rm[None, :]
+            b_sk = tl.sin(b_thk) * b_e[:, None] * b_rm[None, :]
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
+                          other=0.0).to(tl.float32)
+            mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
+            b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
+            b_dA = (tl.dot(b_dn, tl.trans(b_v)) + b_dd[:, None]) * b_G  # (ĝ_t·ṽ_j) Γ_tj
+            b_dec = tl.where(mask_t, tl.exp(b_crun - b_c), 0.0)
+            b_dcq = tl.dot(b_dA, b_ck) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_Sc)) + b_dd[:, None] * b_zc[None, :])
+            b_dsq = tl.dot(b_dA, b_sk) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_Ss)) + b_dd[:, None] * b_zs[None, :])
+            b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
+            b_gl = tl.where(mask_t, tl.exp(b_c - b_clast), 0.0)
+            b_dS = tl.exp(b_crun - b_clast)
+            b_Sc = b_Sc * b_dS + tl.dot(tl.trans(b_ck * b_gl[:, None]), b_v)
+            b_Ss = b_Ss * b_dS + tl.dot(tl.trans(b_sk * b_gl[:, None]), b_v)
+            b_zc = b_zc * b_dS + tl.sum(b_ck * b_gl[:, None], 0)
+            b_zs = b_zs * b_dS + tl.sum(b_sk * b_gl[:, None], 0)
+            b_crun = b_clast
+        else:
+            b_dcq = tl.dot(b_dn, tl.trans(b_Sc)) + b_dd[:, None] * b_zc[None, :]
+            b_dsq = tl.dot(b_dn, tl.trans(b_Ss)) + b_dd[:, None] * b_zs[None, :]
+            b_dSc += tl.dot(tl.trans(b_cq), b_dn)  # Σ_t φ̂(q_t) dnum_tᵀ, at the final scale
+            b_dSs += tl.dot(tl.trans(b_sq), b_dn)
+            b_dzc += tl.sum(b_cq * b_dd[:, None], 0)
+            b_dzs += tl.sum(b_sq * b_dd[:, None], 0)
+        # through φ̂(q) = (cos θ, sin θ)/√M and θ = u Ωᵀ
+        b_dth = (b_cos * b_dsq - b_sin * b_dcq) * b_rm[None, :]  # [BT, BM]
+        tl.atomic_add(dq + p_t[:, None] * K + offs_k[None, :], s_u * tl.dot(b_dth, b_omega, input_precision="ieee"),
+                      mask=mask_t[:, None] & mask_k[None, :])
+        b_domega += tl.dot(tl.trans(b_dth), b_uq, input_precision="ieee")
+
+    # -- sweep 2, backward in time: dk, dv, da (causal: dS carried at the chunk end's scale) -------
+    for i_r in range(NT):
+        i_t = NT - 1 - i_r
+        offs_t = i_t * BT + tl.arange(0, BT)
+        mask_t = offs_t < T
+        p_t = (row0 + offs_t) * H + i_h
+        b_uk, b_th = _phases(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+        b_cos, b_sin = tl.cos(b_th), tl.sin(b_th)
+        b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
+                      other=0.0).to(tl.float32)
+        b_a = tl.load(a + p_t, mask=mask_t, other=float("-inf"))
+        if CAUSAL:
+            b_c = tl.load(c + p_t, mask=mask_t, other=0.0)
+            b_e = tl.exp(b_a - b_c)
+            b_ck = b_cos * b_e[:, None] * b_rm[None, :]
+            b_sk = b_sin * b_e[:, None] * b_rm[None, :]
+            _, b_thq = _phases(q, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+            b_cq, b_sq = tl.cos(b_thq) * b_rm[None, :], tl.sin(b_thq) * b_rm[None, :]
+            b_dn = tl.load(dnum + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
+                           other=0.0)
+            b_dd = tl.load(dden + p_t, mask=mask_t, other=0.0)
+            mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
+            b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
+            b_dA = (tl.dot(b_dn, tl.trans(b_v)) + b_dd[:, None]) * b_G
+            b_A = (tl.dot(b_cq, tl.trans(b_ck)) + tl.dot(b_sq, tl.trans(b_sk))) * b_G
+            b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
+            b_gl = tl.where(mask_t, tl.exp(b_c - b_clast), 0.0)  # keys' weight at the chunk end's scale
+            b_dck = tl.dot(tl.trans(b_dA), b_cq) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dSc)) + b_dzc[None, :])
+            b_dsk = tl.dot(tl.trans(b_dA), b_sq) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dSs)) + b_dzs[None, :])
+            b_dv = tl.dot(tl.trans(b_A), b_dn) + b_gl[:, None] * (tl.dot(b_ck, b_dSc) + tl.dot(b_sk, b_dSs))
+            # carry dS to the scale of the previous chunk's end (c0 before the first chunk)
+            p_prev = (row0 + tl.maximum(i_t * BT - 1, 0)) * H + i_h
+            b_cprev = tl.where(i_t > 0, tl.load(c + p_prev), b_c0)
+            b_gq = tl.where(mask_t, tl.exp(b_cprev - b_c), 0.0)
+            b_dS = tl.exp(b_cprev - b_clast)
+            b_dSc = b_dSc * b_dS + tl.dot(tl.trans(b_cq * b_gq[:, None]), b_dn)
+            b_dSs = b_dSs * b_dS + tl.dot(tl.trans(b_sq * b_gq[:, None]), b_dn)
+            b_dzc = b_dzc * b_dS + tl.sum(b_cq * (b_gq * b_dd)[:, None], 0)
+            b_dzs = b_dzs * b_dS + tl.sum(b_sq * (b_gq * b_dd)[:, None], 0)
+        else:
+            b_e = tl.exp(b_a - b_cT)
+            b_ck = b_cos * b_e[:, None] * b_rm[None, :]
+            b_sk = b_sin * b_e[:, None] * b_rm[None, :]
+            b_dck = tl.dot(b_v, tl.trans(b_dSc)) + b_dzc[None, :]
+            b_dsk = tl.dot(b_v, tl.trans(b_dSs)) + b_dzs[None, :]
+            b_dv = tl.dot(b_ck, b_dSc) + tl.dot(b_sk, b_dSs)
+        # through φ_k = e^{a − c}(cos θ, sin θ)/√M: the weight gives da, the phases dθ
+        b_dth = (b_cos * b_dsk - b_sin * b_dck) * b_e[:, None] * b_rm[None, :]
+        tl.atomic_add(da + p_t, tl.sum(b_dck * b_ck + b_dsk * b_sk, 1), mask=mask_t)
+        tl.atomic_add(dk + p_t[:, None] * K + offs_k[None, :], s_u * tl.dot(b_dth, b_omega, input_precision="ieee"),
+                      mask=mask_t[:, None] & mask_k[None, :])
+        tl.atomic_add(dv + p_t[:, None] * V + offs_v[None, :], b_dv, mask=mask_t[:, None] & mask_v[None, :])
+        b_domega += tl.dot(tl.trans(b_dth), b_uk, input_precision="ieee")
+
+    # -- dΩ rows of this tile, and the initial state's gradient ------------------------------------
+    tl.store(domega + (i_bh.to(tl.int64) * M + offs_m[:, None]) * K + offs_k[None, :], b_domega,
+             mask=mask_m[:, None] & mask_k[None, :])
+    if HAS_H0:
+        if not CAUSAL:  # the initial state entered at weight e^{c0 − c_T}
+            b_dec = tl.exp(b_c0 - b_cT)
+            b_dSc, b_dSs, b_dzc, b_dzs = b_dSc * b_dec, b_dSs * b_dec, b_dzc * b_dec, b_dzs * b_dec
+        tl.store(dh0 + p_Sc, b_dSc, mask=mask_S)
+        tl.store(dh0 + p_Ss, b_dSs, mask=mask_S)
+        tl.store(dz0 + p_zc, b_dzc, mask=mask_m)
+        tl.store(dz0 + p_zc + M, b_dzs, mask=mask_m)
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "STORE_HT": lambda args: args["ht"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _hrc_la_recurrent_fwd_kernel(
+    q, k, v, omega, a, c, num, den, mass, h0, z0, n0, c0, ht, zt, nt,
+    s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    """Token by token (zoo (4)): c_t = max(c_{t−1}, a_t), S_t = e^{c_{t−1}−c_t} S_{t−1} + e^{a_t−c_t} φ̄_k v_tᵀ."""
+    # -- map the program to a frequency tile of one (batch, head) ----------------------------------
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)
+    offs_k, offs_v, offs_m = tl.arange(0, BK), tl.arange(0, BV), i_m * BM + tl.arange(0, BM)
+    mask_k, mask_v, mask_m = offs_k < K, offs_v < V, offs_m < M
+    b_rm = tl.where(mask_m, r_m, 0.0)  # 1/√M, and 0 for the padding frequencies (θ = 0 there: cos = 1)
+    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
+                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+    row0 = i_b.to(tl.int64) * T
+    first = i_m == 0
+
+    # -- the state slice, fp32 ---------------------------------------------------------------------
+    p_Sc = (i_bh.to(tl.int64) * 2 * M + offs_m[:, None]) * V + offs_v[None, :]
+    p_Ss = p_Sc + M * V
+    p_zc = i_bh.to(tl.int64) * 2 * M + offs_m
+    mask_S = mask_m[:, None] & mask_v[None, :]
+    b_Sc = tl.zeros([BM, BV], dtype=tl.float32)
+    b_Ss = tl.zeros([BM, BV], dtype=tl.float32)
+    b_zc = tl.zeros([BM], dtype=tl.float32)
+    b_zs = tl.zeros([BM], dtype=tl.float32)
+    b_crun = tl.load(c0 + i_bh)
+    b_n = b_crun * 0.0
+    if HAS_H0:
+        b_Sc += tl.load(h0 + p_Sc, mask=mask_S, other=0.0)
+        b_Ss += tl.load(h0 + p_Ss, mask=mask_S, other=0.0)
+        b_zc += tl.load(z0 + p_zc, mask=mask_m, other=0.0)
+        b_zs += tl.load(z0 + p_zc + M, mask=mask_m, other=0.0)
+        b_n += tl.load(n0 + i_bh)
+
+    # -- the token loop (non-causal: two loops, the first builds the state) ------------------------
+    for i_pass in range(1 if CAUSAL else 0, 2):
+        for t in range(T):
+            p_t = (row0 + t) * H + i_h
+            if i_pass == 0 or CAUSAL:
+                b_uk = s_u * tl.load(k + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+                b_th = tl.sum(b_omega * b_uk[None, :], 1)  # θ = Ω u [BM]
+                b_c = tl.load(c + p_t)
+                b_dec = tl.exp(b_crun - b_c)
+                b_w = tl.exp(tl.load(a + p_t) - b_c)  # e^{a_t − c_t} <= 1
+                b_v = tl.load(v + p_t * V + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+                b_ck, b_sk = tl.cos(b_th) * b_rm * b_w, tl.sin(b_th) * b_rm * b_w  # [BM]
+                b_Sc = b_Sc * b_dec + b_ck[:, None] * b_v[None, :]  # (4)
+                b_Ss = b_Ss * b_dec + b_sk[:, None] * b_v[None, :]
+                b_zc = b_zc * b_dec + b_ck
+                b_zs = b_zs * b_dec + b_sk
+                b_n = b_n * b_dec + b_w
+                b_crun = b_c
+            if i_pass == 1:
+                b_uq = s_u * tl.load(q + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+                b_th = tl.sum(b_omega * b_uq[None, :], 1)
+                b_cq, b_sq = tl.cos(b_th) * b_rm, tl.sin(b_th) * b_rm
+                b_o = tl.sum(b_cq[:, None] * b_Sc + b_sq[:, None] * b_Ss, 0)  # (4) Re(φ̂ᵀS) [BV]
+                b_d = tl.sum(b_cq * b_zc + b_sq * b_zs, 0)
+                tl.atomic_add(num + p_t * V + offs_v, b_o, mask=mask_v)
+                tl.atomic_add(den + p_t, b_d)
+                if first:
+                    tl.store(mass + p_t, b_n)
+
+    # -- the final state ---------------------------------------------------------------------------
+    if STORE_HT:
+        tl.store(ht + p_Sc, b_Sc, mask=mask_S)
+        tl.store(ht + p_Ss, b_Ss, mask=mask_S)
+        tl.store(zt + p_zc, b_zc, mask=mask_m)
+        tl.store(zt + p_zc + M, b_zs, mask=mask_m)
+        if first:
+            tl.store(nt + i_bh, b_n)
+
+
+# ------------------------------------------------------------------------------------------------
+# Host launchers
+# ------------------------------------------------------------------------------------------------
+def _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, chunk_size):
+    """num [B, T, H, V], den, mass [B, T, H] (fp32) and the final state (ht, zt, nt) or Nones."""
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], omega.shape[1]
+    BK, BV, BM, num_warps, num_stages = _tile_rule(K, V, M)
+    NM = triton.cdiv(M, BM)
+    atomic = NM > 1 or chunk_size is None  # the recurrent kernel always adds
+    f32 = dict(device=q.device, dtype=torch.float32)
+    alloc = torch.zeros if atomic else torch.empty
+    num, den, mass = alloc(B, T, H, V, **f32), alloc(B, T, H, **f32), torch.empty(B, T, H, **f32)
+    ht = torch.empty(B, H, 2 * M, V, **f32) if output_final_state else None
+    zt = torch.empty(B, H, 2 * M, **f32) if output_final_state else None
+    nt = torch.empty(B, H, **f32) if output_final_state else None
+    args = (q, k, v, omega, a, c, num, den, mass, h0, z0, n0, c0, ht, zt, nt, s_u, M ** -0.5, T, H)
+    if chunk_size is None:
+        _hrc_la_recurrent_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BK=BK, BV=BV, BM=BM, CAUSAL=causal,
+                                                   num_warps=num_warps)
+    else:
+        _hrc_la_chunk_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BT=chunk_size, BK=BK, BV=BV, BM=BM,
+                                               CAUSAL=causal, ATOMIC=atomic, num_warps=num_warps,
+                                               num_stages=num_stages)
+    return num, den, mass, ht, zt, nt
+
+
+def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size):
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], omega.shape[1]
+    BK, BV, BM, num_warps, num_stages = _tile_rule(K, V, M)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dq, dk = torch.zeros(B, T, H, K, **f32), torch.zeros(B, T, H, K, **f32)
+    dv, da = torch.zeros(B, T, H, V, **f32), torch.zeros(B, T, H, **f32)
+    domega = torch.empty(B, H, M, K, **f32)
+    dh0 = torch.empty(B, H, 2 * M, V, **f32) if h0 is not None else None
+    dz0 = torch.empty(B, H, 2 * M, **f32) if h0 is not None else None
+    _hrc_la_chunk_bwd_kernel[(triton.cdiv(M, BM), B * H)](
+        q, k, v, omega, a, c, dnum, dden, h0, z0, c0, dht, dzt, dq, dk, dv, da, domega, dh0, dz0,
+        s_u, M ** -0.5, T, H, K=K, V=V, M=M, BT=chunk_size, BK=BK, BV=BV, BM=BM, CAUSAL=causal,
+        num_warps=num_warps, num_stages=num_stages)
+    return dq, dk, dv, da, domega.sum(0), dh0, dz0
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom ops: what torch.compile(fullgraph=True) sees (the kernels stay opaque to it)
+# ------------------------------------------------------------------------------------------------
+def _or_empty(x, ref):
+    return ref.new_empty(0) if x is None else x
+
+
+def _or_none(x):
+    return None if x is None or x.numel() == 0 else x
+
+
+def _contig(*xs):
+    return tuple(None if x is None else x.contiguous() for x in xs)
+
+
+def _fwd_like(q, v, omega, output_final_state):
+    B, T, H, _ = q.shape
+    V, M = v.shape[-1], omega.shape[1]
+    f32 = dict(dtype=torch.float32)
+    e = q.new_empty(0, **f32)
+    st = (q.new_empty(B, H, 2 * M, V, **f32), q.new_empty(B, H, 2 * M, **f32), q.new_empty(B, H, **f32))
+    return (q.new_empty(B, T, H, V, **f32), q.new_empty(B, T, H, **f32), q.new_empty(B, T, H, **f32),
+            *(st if output_final_state else (e, e, e)))
+
+
+_FWD_SIG = ("(Tensor q, Tensor k, Tensor v, Tensor omega, Tensor a, Tensor c, Tensor? h0, Tensor? z0, "
+            "Tensor? n0, Tensor c0, float s_u, bool causal, bool output_final_state, int chunk_size) "
+            "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+
+
+@torch.library.custom_op("zoo::hrc_la_chunk_fwd", mutates_args=(), schema=_FWD_SIG)
+def _chunk_fwd_op(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, chunk_size):
+    q, k, v, omega, a, c, h0, z0, n0, c0 = _contig(q, k, v, omega, a, c, h0, z0, n0, c0)
+    out = _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, chunk_size)
+    return tuple(_or_empty(x, a) for x in out)
+
+
+@_chunk_fwd_op.register_fake
+def _(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, chunk_size):
+    return _fwd_like(q, v, omega, output_final_state)
+
+
+@torch.library.custom_op("zoo::hrc_la_recurrent_fwd", mutates_args=(), schema=_FWD_SIG)
+def _recurrent_fwd_op(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, chunk_size):
+    q, k, v, omega, a, c, h0, z0, n0, c0 = _contig(q, k, v, omega, a, c, h0, z0, n0, c0)
+    out = _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, None)
+    return tuple(_or_empty(x, a) for x in out)
+
+
+@_recurrent_fwd_op.register_fake
+def _(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, chunk_size):
+    return _fwd_like(q, v, omega, output_final_state)
+
+
+@torch.library.custom_op("zoo::hrc_la_chunk_bwd", mutates_args=())
+def _chunk_bwd_op(dnum: torch.Tensor, dden: torch.Tensor, dht: torch.Tensor | None, dzt: torch.Tensor | None,
+                  q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, a: torch.Tensor,
+                  c: torch.Tensor, h0: torch.Tensor | None, z0: torch.Tensor | None, c0: torch.Tensor,
+                  s_u: float, causal: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                      torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                      torch.Tensor]:
+    dnum, dden, dht, dzt, h0, z0 = _contig(dnum, dden, dht, dzt, h0, z0)
+    dq, dk, dv, da, domega, dh0, dz0 = _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u,
+                                                   causal, chunk_size)
+    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), da, domega.to(omega.dtype), _or_empty(dh0, a),
+            _or_empty(dz0, a))
+
+
+@_chunk_bwd_op.register_fake
+def _(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size):
+    e = a.new_empty(0)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(a),
+            torch.empty_like(omega), e if h0 is None else torch.empty_like(h0), e if z0 is None else torch.empty_like(z0))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, _, chunk_size = inputs
+    ctx.save_for_backward(q, k, v, omega, a, c, h0, z0, c0)
+    ctx.opts = (s_u, causal, chunk_size if chunk_size > 0 else 64)
+
+
+def _backward(ctx, dnum, dden, dmass, dht, dzt, dnt):
+    q, k, v, omega, a, c, h0, z0, c0 = ctx.saved_tensors
+    s_u, causal, chunk_size = ctx.opts
+    # The state is (S, z, n): a half without a cotangent gets zeros; n's cotangent is added on the host.
+    dht, dzt = _or_none(dht), _or_none(dzt)
+    if dht is not None or dzt is not None:
+        B, H, M2 = q.shape[0], q.shape[2], 2 * omega.shape[1]
+        dht = q.new_zeros(B, H, M2, v.shape[-1], dtype=torch.float32) if dht is None else dht
+        dzt = q.new_zeros(B, H, M2, dtype=torch.float32) if dzt is None else dzt
+    dnum = torch.zeros_like(a)[..., None].expand(*a.shape, v.shape[-1]) if dnum is None else dnum
+    dden = torch.zeros_like(a) if dden is None else dden
+    dq, dk, dv, da, domega, dh0, dz0 = torch.ops.zoo.hrc_la_chunk_bwd(
+        dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size)
+    dn0 = None
+    dnt = _or_none(dnt)
+    if dnt is not None:  # n_T = n0·e^{c0 − c_T} + Σ_j e^{a_j − c_T}
+        cT = c[:, -1]
+        da = da + dnt[:, None] * torch.exp(a - cT[:, None])
+        dn0 = dnt * torch.exp(c0 - cT)
+    return (dq, dk, dv, domega, da, None, _or_none(dh0), _or_none(dz0), dn0, None, None, None, None, None)
+
+
+torch.library.register_autograd("zoo::hrc_la_chunk_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("zoo::hrc_la_recurrent_fwd", _backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public ops: the zoo's names and signatures
+# ------------------------------------------------------------------------------------------------
+def _check_fast(q, k, v, omega, initial_state, chunk_size=None):
+    """The zoo's checks, then what the kernels add."""
+    _check_inputs(q, k, v, omega, initial_state, chunk_size)
+    if q.device.type == "cpu" and not INTERPRET:
+        raise ValueError("fast.hrc_la got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 before "
+                         "importing fast.hrc_la to run the kernels in Triton's interpreter")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"q, k, v must be float16, bfloat16 or float32 for the Triton kernels, got {q.dtype} "
+                        "(zoo.hrc_la computes in any float dtype)")
+    if v.shape[-1] > MAX_V:
+        raise ValueError(f"v's head dim V = {v.shape[-1]}: the kernels take V <= {MAX_V}")
+    if chunk_size is not None and chunk_size < MIN_CHUNK:
+        raise ValueError(f"chunk_size must be a power of two >= {MIN_CHUNK} for tl.dot, got {chunk_size}")
+
+
+def _run(op, q, k, v, omega, scale, causal, eps, initial_state, output_final_state, chunk_size):
+    B, T, H, K = q.shape
+    M = omega.shape[1]
+    scale = K ** -0.5 if scale is None else scale
+    s_u = scale ** 0.5
+    omega32 = omega.float()
+    # (2) the stabiliser's per-token numbers, from k alone: a_t (differentiable) and c_t (a constant)
+    u_k = k.float() * s_u
+    a = 0.5 * (u_k * u_k).sum(-1)  # [B, T, H]
+    if initial_state is None:
+        h0 = z0 = n0 = None
+        c0 = a.new_full((B, H), EMPTY_SCALE)
+    else:
+        S0, z0c, n0, c0 = initial_state
+        h0 = torch.cat([S0.real, -S0.imag], dim=2).float()  # [B, H, 2M, V]: S = S_c − i·S_s
+        z0 = torch.cat([z0c.real, -z0c.imag], dim=2).float()
+        n0, c0 = n0.float(), c0.detach().float()
+    a_d = a.detach()
+    c = (torch.cummax(a_d, 1).values if causal else a_d.amax(1, keepdim=True).expand_as(a_d).contiguous())
+    c = torch.maximum(c, c0[:, None])  # [B, T, H]
+    num, den, mass, ht, zt, nt = op(q, k, v, omega32, a, c, h0, z0, n0, c0, float(s_u), causal,
+                                    output_final_state, chunk_size)
+    o = (num / torch.maximum(den, eps * mass.detach())[..., None]).to(v.dtype)  # (3), the floor
+    if not output_final_state:
+        return o, None
+    S = torch.complex(ht[:, :, :M], -ht[:, :, M:])  # back to the zoo's complex state
+    z = torch.complex(zt[:, :, :M], -zt[:, :, M:])
+    return o, (S, z, nt, c[:, -1])
+
+
+def hrc_la_chunk(q, k, v, omega, *, scale=None, causal=True, eps=EPS_DENOMINATOR, initial_state=None,
+                 output_final_state=False, chunk_size=64):
+    """zoo.hrc_la.hrc_la_chunk in Triton, forward and backward, feature map fused. Returns
+    (o [B, T, H, V] in v's dtype, final_state (S, z, n, c) in complex64/float32, or None)."""
+    _check_fast(q, k, v, omega, initial_state, chunk_size)
+    return _run(torch.ops.zoo.hrc_la_chunk_fwd, q, k, v, omega, scale, causal, eps, initial_state,
+                output_final_state, chunk_size)
+
+
+def hrc_la_recurrent(q, k, v, omega, *, scale=None, causal=True, eps=EPS_DENOMINATOR, initial_state=None,
+                     output_final_state=False):
+    """zoo.hrc_la.hrc_la_recurrent in Triton: a token loop for decoding (forward kernel; its
+    gradient runs the chunk backward). Returns (o, final_state or None)."""
+    _check_fast(q, k, v, omega, initial_state)
+    return _run(torch.ops.zoo.hrc_la_recurrent_fwd, q, k, v, omega, scale, causal, eps, initial_state,
+                output_final_state, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The layer: the zoo layer with the ops swapped (same parameters, same state dict)
+# ------------------------------------------------------------------------------------------------
+class HRCMultiheadAttention(_ZooLayer):
+    """zoo.hrc_la.HRCMultiheadAttention running the Triton chunk and recurrent ops
+    (form="parallel" keeps the zoo's parallel form: there is no kernel for the oracle)."""
+
+    chunk_op = staticmethod(hrc_la_chunk)
+    recurrent_op = staticmethod(hrc_la_recurrent)
+
+
+__all__ = ["hrc_la_chunk", "hrc_la_recurrent", "HRCMultiheadAttention", "orthogonal_random_features",
+           "hrc_feature_map"]
+orthogonal_random_features = zhrc.orthogonal_random_features
+hrc_feature_map = zhrc.hrc_feature_map
