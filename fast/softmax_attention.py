@@ -119,18 +119,37 @@ def _load_tile(p, offs_row, n_rows, offs_col, n_cols, CHECK_ROWS: tl.constexpr,
 
 
 @triton.jit
-def _fwd_key_blocks(acc, l_i, m_i, b_q, p_k, p_v, offs_m, lo, hi, TK, stride_k, stride_v, qk_scale,
-                    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    BN: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-                    UPCAST: tl.constexpr):
+def _load_kv_block(p_k, p_v, start_n, offs_n, TK, stride_k, stride_v, row0, col_k, col_v,
+                   K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                   MASKED: tl.constexpr, TMA: tl.constexpr):
+    """A key block k [BN, BK] and its values v [BN, BV]. Pointer loads mask the rows past Tk
+    (only in the masked loop) and padded head-dim columns. TMA loads (the Hopper section at
+    the end) read whole boxes of a [B·Tk, H·D] view: rows past Tk belong to the next sequence,
+    so the masked loop zeroes their values (their scores are masked to -inf anyway)."""
+    if TMA:
+        b_k = p_k.load([row0 + start_n, col_k])
+        b_v = p_v.load([row0 + start_n, col_v])
+        if MASKED:
+            b_v = tl.where(offs_n[:, None] < TK, b_v, 0.0)
+    else:
+        offs_k = tl.arange(0, BK)
+        offs_v = tl.arange(0, BV)
+        b_k = _load_tile(p_k + start_n * stride_k, offs_n, TK, offs_k, K, MASKED, BK != K)
+        b_v = _load_tile(p_v + start_n * stride_v, offs_n, TK, offs_v, V, MASKED, BV != V)
+    return b_k, b_v
+
+
+@triton.jit
+def _fwd_key_blocks(acc, l_i, m_i, b_q, p_k, p_v, offs_m, lo, hi, TK, stride_k, stride_v, row0,
+                    col_k, col_v, qk_scale, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                    BV: tl.constexpr, BN: tl.constexpr, MASKED: tl.constexpr,
+                    CAUSAL: tl.constexpr, UPCAST: tl.constexpr, TMA: tl.constexpr):
     """Zoo (5)–(7) over the key blocks [lo, hi): the online-softmax update of m, l, acc."""
-    offs_k = tl.arange(0, BK)
-    offs_v = tl.arange(0, BV)
     for start_n in range(lo, hi, BN):
         offs_n = start_n + tl.arange(0, BN)
         # -- load: a key block and its values; rows need a mask only in the masked loop
-        b_k = _load_tile(p_k + start_n * stride_k, offs_n, TK, offs_k, K, MASKED, BK != K)
-        b_v = _load_tile(p_v + start_n * stride_v, offs_n, TK, offs_v, V, MASKED, BV != V)
+        b_k, b_v = _load_kv_block(p_k, p_v, start_n, offs_n, TK, stride_k, stride_v, row0, col_k,
+                                  col_v, K, V, BK, BV, MASKED, TMA)
         if UPCAST:  # interpreter: bf16 dots are wrong there, so dot in fp32
             b_k = b_k.to(tl.float32)
             b_v = b_v.to(tl.float32)
@@ -160,7 +179,8 @@ def _fwd_key_blocks(acc, l_i, m_i, b_q, p_k, p_v, offs_m, lo, hi, TK, stride_k, 
 def _softmax_attention_chunk_fwd_kernel(q, k, v, o, lse, H, T, TK, scale,
                                         K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                                         BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                                        CAUSAL: tl.constexpr, UPCAST: tl.constexpr):
+                                        CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
+                                        TMA: tl.constexpr):
     """o = softmax(scale·q·kᵀ (masked)) v and lse = log Σ exp(scale·q·kᵀ), one query block."""
     # -- map program -> (query block, batch, head); causal: the heaviest (last) blocks first
     i_m = tl.program_id(0)
@@ -176,8 +196,12 @@ def _softmax_attention_chunk_fwd_kernel(q, k, v, o, lse, H, T, TK, scale,
     # element (b, t, h, d) of a contiguous [B, T, H, D] tensor sits at ((b·T + t)·H + h)·D + d
     stride_q, stride_k, stride_v = H * K, H * K, H * V
     p_q = q + (i_b.to(tl.int64) * T * H + i_h) * K + offs_m[:, None] * stride_q + offs_k[None, :]
-    p_k = k + (i_b.to(tl.int64) * TK * H + i_h) * K + offs_n[:, None] * stride_k + offs_k[None, :]
-    p_v = v + (i_b.to(tl.int64) * TK * H + i_h) * V + offs_n[:, None] * stride_v + offs_v[None, :]
+    if TMA:  # k, v are tensor descriptors of [B·Tk, H·D] views (the Hopper section at the end)
+        p_k, p_v = k, v
+    else:
+        p_k = k + (i_b.to(tl.int64) * TK * H + i_h) * K + offs_n[:, None] * stride_k + offs_k[None, :]
+        p_v = v + (i_b.to(tl.int64) * TK * H + i_h) * V + offs_n[:, None] * stride_v + offs_v[None, :]
+    row0, col_k, col_v = i_b * TK, i_h * K, i_h * V  # where this sequence and head start in them
     # -- load q once; it stays in registers for the whole loop
     b_q = _load_tile(p_q, offs_m, T, offs_k, K, True, BK != K)
     if UPCAST:
@@ -195,11 +219,11 @@ def _softmax_attention_chunk_fwd_kernel(q, k, v, o, lse, H, T, TK, scale,
         free_hi = (TK // BN) * BN  # the full key blocks
         hi = TK  # the last, ragged block
     acc, l_i, m_i = _fwd_key_blocks(acc, l_i, m_i, b_q, p_k, p_v, offs_m, 0, free_hi, TK,
-                                    stride_k, stride_v, qk_scale, K, V, BK, BV, BN, False,
-                                    CAUSAL, UPCAST)
+                                    stride_k, stride_v, row0, col_k, col_v, qk_scale, K, V, BK,
+                                    BV, BN, False, CAUSAL, UPCAST, TMA)
     acc, l_i, m_i = _fwd_key_blocks(acc, l_i, m_i, b_q, p_k, p_v, offs_m, free_hi, hi, TK,
-                                    stride_k, stride_v, qk_scale, K, V, BK, BV, BN, True,
-                                    CAUSAL, UPCAST)
+                                    stride_k, stride_v, row0, col_k, col_v, qk_scale, K, V, BK,
+                                    BV, BN, True, CAUSAL, UPCAST, TMA)
     # -- (8) normalise once at the end; lse back to natural log
     b_o = acc / l_i[:, None]
     b_lse = (m_i + tl.math.log2(l_i)) * LN2
@@ -390,16 +414,20 @@ def _on_device(x: torch.Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def _softmax_attention_chunk_fwd(q, k, v, causal: bool, scale: float, tiles: Tiles | None = None):
+def _softmax_attention_chunk_fwd(q, k, v, causal: bool, scale: float, tiles: Tiles | None = None,
+                                 tma: bool | None = None):
     B, T, H, K = q.shape
     TK, V = k.shape[1], v.shape[-1]
-    t = tiles or _tiles(K, V, q.dtype, q.device)  # `tiles` only for the sweep at the end
+    t = tiles or _tiles(K, V, q.dtype, q.device)  # `tiles`, `tma`: for tests and the sweep only
+    tma = _use_tma(k, v, t) if tma is None else tma
     o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
+    k_arg, v_arg = _kv_descriptors(k, v, t) if tma else (k, v)
     with _on_device(q):
         _softmax_attention_chunk_fwd_kernel[(triton.cdiv(T, t.BM), B * H)](
-            q, k, v, o, lse, H, T, TK, scale, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN,
-            CAUSAL=causal, UPCAST=INTERPRET, num_warps=t.warps, num_stages=t.stages)
+            q, k_arg, v_arg, o, lse, H, T, TK, scale, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM,
+            BN=t.BN, CAUSAL=causal, UPCAST=INTERPRET, TMA=tma, num_warps=t.warps,
+            num_stages=t.stages)
     return o, lse
 
 
@@ -512,6 +540,38 @@ __all__ = ["softmax_attention_chunk", "SoftmaxAttention"]
 
 
 # ------------------------------------------------------------------------------------------------
+# Hopper section: TMA loads of k and v in the forward. The tensor-memory accelerator copies a
+# whole [BN, D] box to shared memory in one instruction, with no per-thread address arithmetic
+# and no registers spent on it, which is what the forward's inner loop is bound by on an H100.
+# The same kernel and the same tests run it (under the interpreter too); only the loads differ.
+# It needs sm_90+, a head dim that fills the box exactly (BK == K, BV == V: a box wider than D
+# would read the next head) and 16-byte aligned rows; otherwise the pointer path runs.
+# ------------------------------------------------------------------------------------------------
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # Triton < 3.4
+    TensorDescriptor = None
+
+
+def _use_tma(k: torch.Tensor, v: torch.Tensor, t: Tiles) -> bool:
+    if TensorDescriptor is None or INTERPRET or not k.is_cuda:
+        return False
+    if torch.cuda.get_device_capability(k.device)[0] < 9:
+        return False
+    H, K, V = k.shape[2], k.shape[3], v.shape[3]
+    rows_aligned = (H * K * k.element_size()) % 16 == 0 and (H * V * v.element_size()) % 16 == 0
+    return t.BK == K and t.BV == V and rows_aligned and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0
+
+
+def _kv_descriptors(k: torch.Tensor, v: torch.Tensor, t: Tiles):
+    """k, v [B, Tk, H, D] contiguous, seen as [B·Tk, H·D]: a box [BN, D] at (b·Tk + j, h·D)."""
+    B, TK, H, K = k.shape
+    V = v.shape[-1]
+    return (TensorDescriptor(k, [B * TK, H * K], [H * K, 1], [t.BN, t.BK]),
+            TensorDescriptor(v, [B * TK, H * V], [H * V, 1], [t.BN, t.BV]))
+
+
+# ------------------------------------------------------------------------------------------------
 # Benchmark beside the kernel: `python -m fast.softmax_attention` on a GPU times the tile rule's
 # forward against a few neighbouring tiles and against SDPA at the issue's headline shape, and
 # the first call (compilation included). The rule above should name the fastest correct row.
@@ -538,14 +598,17 @@ def _sweep(B=4, T=8192, H=16, D=128, dtype=torch.bfloat16, causal=True):
     print(f"sdpa (flash)            {ms_ref:7.3f} ms  {flops / ms_ref * 1e-9:6.1f} TFLOP/s")
     rule = _tiles(D, D, dtype, q.device)
     configs = [(rule.BM, rule.BN, rule.warps, rule.stages), (128, 128, 8, 3), (128, 128, 8, 2),
-               (128, 64, 8, 4), (128, 64, 8, 2), (128, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3)]
-    for BM, BN, warps, stages in configs:
+               (128, 64, 8, 4), (128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3)]
+    rule_tma = _use_tma(k, v, rule)
+    for (BM, BN, warps, stages), tma in [(c, m) for c in configs for m in (True, False)]:
         t = rule._replace(BM=BM, BN=BN, warps=warps, stages=stages)
-        fn = lambda: _softmax_attention_chunk_fwd(q, k, v, causal, D ** -0.5, t)  # noqa: E731
+        fn = lambda: _softmax_attention_chunk_fwd(q, k, v, causal, D ** -0.5, t, tma)  # noqa: E731
         err = (fn()[0].float() - o_ref.float()).abs().max().item()
         ms = bench(fn)
-        print(f"BM={BM:3d} BN={BN:3d} w={warps} s={stages} {ms:7.3f} ms  {flops / ms * 1e-9:6.1f} "
-              f"TFLOP/s  {ms_ref / ms:4.2f}x sdpa  err {err:.1e}{'  <- rule' if t == rule else ''}")
+        chosen = t == rule and tma == rule_tma
+        print(f"BM={BM:3d} BN={BN:3d} w={warps} s={stages} tma={tma:d} {ms:7.3f} ms  "
+              f"{flops / ms * 1e-9:6.1f} TFLOP/s  {ms_ref / ms:4.2f}x sdpa  err {err:.1e}"
+              f"{'  <- rule' if chosen else ''}")
 
 
 if __name__ == "__main__":
