@@ -448,10 +448,9 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
     tl.store(dw + o_k, (-b_dw).to(dw.dtype.element_ty), mask=mask_tk)
     # -------------------------------------------------------------- this slice's share of dΓ
     if USE_G:
-        b_qf, b_kf = b_q.to(tl.float32), b_k.to(tl.float32)
-        b_Y = b_dR * tl.dot(b_qf, tl.trans(b_kf), input_precision="ieee") * scale  # dR ⊙ R
-        b_kdk = tl.sum(b_kf * b_dkb, 1) * tl.exp(b_g_last - b_g)  # k̄·dk̄ per row  [BT]
-        b_dg = scale * tl.exp(b_g) * tl.sum(b_qf * b_dq, 1) + tl.sum(b_Y, 1) - tl.sum(b_Y, 0) - b_kdk
+        b_Y = b_dR * tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale  # dR ⊙ R (this slice's share)
+        b_kdk = tl.sum(b_k.to(tl.float32) * b_dkb, 1) * tl.exp(b_g_last - b_g)  # k̄·dk̄ per row  [BT]
+        b_dg = scale * tl.exp(b_g) * tl.sum(b_q.to(tl.float32) * b_dq, 1) + tl.sum(b_Y, 1) - tl.sum(b_Y, 0) - b_kdk
         b_dg += tl.where(offs_t == t_last, tl.sum(b_kdk, 0) + tl.exp(b_g_last) * tl.sum(b_dSS, 0), 0.)
         p_dgam = dgam + i_k.to(tl.int64) * tl.num_programs(2) * T + o_g  # [NK, B, T, H]
         tl.store(p_dgam + offs_t * H, b_dg, mask=mask_t)
@@ -484,10 +483,11 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
     if USE_G:
         b_g = tl.load(gam + o_g, mask=mask_t, other=0.)
         b_bg = b_beta * tl.exp(b_g)
-    b_k = tl.load(k + o_k, mask=mask_tk, other=0.).to(tl.float32)  # [BT, BK]
-    b_dw = tl.load(dw + o_k, mask=mask_tk, other=0.).to(tl.float32)  # [BT, BK]
+    b_kd = tl.load(k + o_k, mask=mask_tk, other=0.)  # input dtype: exact products in the dots  [BT, BK]
+    b_dwd = tl.load(dw + o_k, mask=mask_tk, other=0.)
+    b_k, b_dw = b_kd.to(tl.float32), b_dwd.to(tl.float32)
     # -------------------------------------------------------------- W = X (β e^Γ ⊙ K)
-    b_dX = tl.dot(b_dw, tl.trans(b_k * b_bg[:, None]), input_precision=PREC)  # dW (β e^Γ K)ᵀ  [BT, BT]
+    b_dX = tl.dot(b_dwd, tl.trans(b_kd), input_precision=PREC) * b_bg[None, :]  # dW (β e^Γ K)ᵀ  [BT, BT]
     b_dB = tl.dot(tl.trans(b_X), b_dw, input_precision=PREC)  # Xᵀ dW  [BT, BK]
     b_dk = tl.load(dk_in + o_k, mask=mask_tk, other=0.).to(tl.float32) + b_dB * b_bg[:, None]
     b_kdB = tl.sum(b_k * b_dB, 1)  # [BT]
@@ -500,17 +500,17 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
         offs_v = i_v * BV + tl.arange(0, BV)
         mask_tv = mask_t[:, None] & (offs_v < V)[None, :]
         o_v = o_bh + offs_t[:, None] * (H * V) + offs_v[None, :]
-        b_v = tl.load(v + o_v, mask=mask_tv, other=0.).to(tl.float32)  # [BT, BV]
-        b_du = tl.load(dv_new + o_v, mask=mask_tv, other=0.).to(tl.float32)
-        b_dX += tl.dot(b_du, tl.trans(b_v * b_beta[:, None]), input_precision=PREC)
-        b_dC = tl.dot(tl.trans(b_X), b_du, input_precision=PREC)  # Xᵀ dU  [BT, BV]
+        b_vd = tl.load(v + o_v, mask=mask_tv, other=0.)  # [BT, BV]
+        b_dud = tl.load(dv_new + o_v, mask=mask_tv, other=0.)
+        b_dX += tl.dot(b_dud, tl.trans(b_vd), input_precision=PREC) * b_beta[None, :]  # dU (β V)ᵀ
+        b_dC = tl.dot(tl.trans(b_X), b_dud.to(tl.float32), input_precision=PREC)  # Xᵀ dU  [BT, BV]
         tl.store(dv + o_v, (b_dC * b_beta[:, None]).to(dv.dtype.element_ty), mask=mask_tv)
-        b_dbeta += tl.sum(b_v * b_dC, 1)
+        b_dbeta += tl.sum(b_vd.to(tl.float32) * b_dC, 1)
     # -------------------------------------------------------------- X = (I + A)⁻¹: dA = −Xᵀ dX Xᵀ
     mask_s = (offs_r[:, None] > offs_r[None, :]) & mask_t[:, None]
     b_dA = -tl.dot(tl.dot(tl.trans(b_X), b_dX, input_precision=PREC), tl.trans(b_X), input_precision=PREC)
     b_dA = tl.where(mask_s, b_dA, 0.)
-    b_G = tl.dot(b_k, tl.trans(b_k), input_precision=PREC)  # K Kᵀ  [BT, BT]
+    b_G = tl.dot(b_kd, tl.trans(b_kd), input_precision=PREC)  # K Kᵀ  [BT, BT]
     if USE_G:
         b_E = tl.exp(tl.where(mask_s, b_g[:, None] - b_g[None, :], float('-inf')))
     else:
