@@ -604,12 +604,12 @@ def _(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk
 def _setup_context(ctx, inputs, output):
     q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, _, chunk_size = inputs
     ctx.save_for_backward(q, k, v, omega, a, c, h0, z0, c0)
-    ctx.opts = (s_u, causal, chunk_size if chunk_size > 0 else 64)
+    ctx.opts = (s_u, causal, chunk_size if chunk_size > 0 else 64, n0 is not None)
 
 
 def _backward(ctx, dnum, dden, dmass, dht, dzt, dnt):
     q, k, v, omega, a, c, h0, z0, c0 = ctx.saved_tensors
-    s_u, causal, chunk_size = ctx.opts
+    s_u, causal, chunk_size, has_n0 = ctx.opts
     # The state is (S, z, n): a half without a cotangent gets zeros; n's cotangent is added on the host.
     dht, dzt = _or_none(dht), _or_none(dzt)
     if dht is not None or dzt is not None:
@@ -625,7 +625,7 @@ def _backward(ctx, dnum, dden, dmass, dht, dzt, dnt):
     if dnt is not None:  # n_T = n0·e^{c0 − c_T} + Σ_j e^{a_j − c_T}
         cT = c[:, -1]
         da = da + dnt[:, None] * torch.exp(a - cT[:, None])
-        dn0 = dnt * torch.exp(c0 - cT)
+        dn0 = dnt * torch.exp(c0 - cT) if has_n0 else None
     return (dq, dk, dv, domega, da, None, _or_none(dh0), _or_none(dz0), dn0, None, None, None, None, None)
 
 
