@@ -26,6 +26,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import zoo
+from strategies import TOL, assert_close
 from train import data as D
 from train.config import load, validate
 from train.model import LM, known_mixers
@@ -210,9 +211,25 @@ def test_hybrid_layers_follow_the_list_and_report_their_state():
     assert logits.shape == (2, 10, 32)
 
 
+FAST = [n for n in known_mixers() if importlib.util.find_spec(f"fast.{n}") is not None]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU test below covers it")
+@pytest.mark.parametrize("name", FAST)
+def test_fast_impl_gives_the_zoo_model_under_the_interpreter(name):
+    """impl="fast" swaps each layer for its Triton twin; same weights, same logits (fp32)."""
+    torch.manual_seed(0)
+    kw = {name: TINY.get(name, {})}
+    ref = LM(32, 32, 2, 2, name, mixer_kwargs=kw, mlp_ratio=0)
+    fast = LM(32, 32, 2, 2, name, mixer_kwargs=kw, mlp_ratio=0, impl="fast")
+    assert type(fast.blocks[0].mixer).__module__ == f"fast.{name}"
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randint(32, (1, 19))
+    assert_close(fast(x), ref(x), TOL["f32-interpret"], f"{name} logits")
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", [n for n in known_mixers()
-                                  if importlib.util.find_spec(f"fast.{n}") is not None])
+@pytest.mark.parametrize("name", FAST)
 def test_fast_impl_gives_the_zoo_model_on_a_gpu(name):
     torch.manual_seed(0)
     kw = {name: TINY.get(name, {})}

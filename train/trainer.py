@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -41,6 +42,16 @@ CKPT = "ckpt.pt"
 # ------------------------------------------------------------------------------------------------
 # Data: what one optimizer step reads, and the evaluation
 # ------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=2)
+def _mqar(vocab_size, segments, seed, power_a):
+    """MQAR sets are cached per process: a sweep over mixers generates them once."""
+    return D.mqar_mixture(vocab_size, [list(seg) for seg in segments], seed, power_a=power_a)
+
+
+def _frozen(segments):
+    return tuple(tuple(seg) for seg in segments)
+
+
 class TaskData:
     """A finite synthetic set (MQAR, copy, reversal, needle) with a fixed test set."""
 
@@ -48,9 +59,8 @@ class TaskData:
         s = cfg.data_seed
         if cfg.task == "mqar":
             # Train and test from disjoint seeds, as Zoology builds its train and test segments.
-            self.x, self.y, _ = D.mqar_mixture(cfg.vocab_size, cfg.mqar_train, s, power_a=cfg.power_a)
-            self.tx, self.ty, self.slice = D.mqar_mixture(cfg.vocab_size, cfg.mqar_test, s + 10_000,
-                                                         power_a=cfg.power_a)
+            self.x, self.y, _ = _mqar(cfg.vocab_size, _frozen(cfg.mqar_train), s, cfg.power_a)
+            self.tx, self.ty, self.slice = _mqar(cfg.vocab_size, _frozen(cfg.mqar_test), s + 10_000, cfg.power_a)
         else:
             make = D.TASKS[cfg.task]
             self.x, self.y = make(cfg.vocab_size, cfg.train_examples, cfg.seq_len, s)
