@@ -204,9 +204,122 @@ LINEAR_ATTENTION = MethodSpec(
 
 
 # ------------------------------------------------------------------------------------------------
+# The delta-rule family (issue 3): deltanet, gated_deltanet, deltaproduct. Inputs as the layers
+# hand them to the ops: q, k L2-normalised, β = σ(·) ∈ (0, 1) (DeltaProduct: 2σ(·) ∈ (0, 2), fla's
+# allow_neg_eigval default), log decay g ≤ 0 in fp32 (as the layers compute it; fla's tests draw
+# logsigmoid(U(0, 1)) ∈ [−0.69, −0.31]). fla's ops get the same tensors.
+# ------------------------------------------------------------------------------------------------
+DELTA_CHUNK = 64  # the zoo's default chunk length L (micro-steps for DeltaProduct)
+DELTA_HOUSEHOLDER = 2  # n_h of the DeltaProduct rows: 2·T micro-steps for T tokens
+# torch.compile unrolls the zoo chunk form's Python loop over chunks; beyond this many chunks its
+# compile (forward and backward) takes minutes: those rows say so instead.
+DELTA_COMPILE_MAX_CHUNKS = 32
+
+
+def _delta_inputs(B, T, H, D, dtype, device, seed, *, steps=1, gate=False, beta_max=1.0):
+    """q [B, T, H, D]; unit-norm k, v, beta with `steps` micro-steps per token; g [B, T, H] fp32."""
+    g = generator(device, seed)
+    q = randn(g, (B, T, H, D), torch.float32, device)
+    k = randn(g, (B, T * steps, H, D), torch.float32, device)
+    x = {"q": F.normalize(q, dim=-1).to(dtype), "k": F.normalize(k, dim=-1).to(dtype),
+         "v": randn(g, (B, T * steps, H, D), dtype, device),
+         "beta": (beta_max * torch.rand(B, T * steps, H, generator=g, device=device)).to(dtype)}
+    if gate:
+        x["g"] = F.logsigmoid(torch.rand(B, T, H, generator=g, device=device))
+    return x
+
+
+# Forward, per head and chunk of L (micro-)steps, K = V = D: A = K Kᵀ and Q Kᵀ (2·L²·D each), the
+# triangular solves for W and X (L²·D each), (Q Kᵀ ⊙ D) U (2·L²·D), and W S, Q S, Kᵀ U (2·L·D²
+# each): per step 8·L·D + 6·D². Backward: each matmul has two input gradients, 2 × the forward.
+# Elementwise gate work is not counted. DeltaProduct counts its n_h·T micro-steps.
+def _delta_flops(steps):
+    def flops(B, T, H, D, causal, direction) -> float:
+        fwd = B * H * steps * T * (8.0 * DELTA_CHUNK * D + 6.0 * D * D)
+        return fwd if direction == "fwd" else 3.0 * fwd
+    return flops
+
+
+# Minimum traffic: forward reads q, k, v (k, v for every micro-step), β (and g), writes o; the
+# backward also reads do and writes dq, dk, dv, dβ (and dg).
+def _delta_bytes(steps, gate):
+    def nbytes(B, T, H, D, causal, direction, elt) -> float:
+        arrays = 2 + 2 * steps  # q, o + k, v per micro-step
+        scalars = B * T * H * (steps * elt + (4 if gate else 0))  # β per micro-step, g in fp32
+        if direction == "fwd":
+            return stream_bytes(B, T, H, D, elt, arrays) + scalars
+        return stream_bytes(B, T, H, D, elt, 2 * arrays) + 2 * scalars
+    return nbytes
+
+
+def _delta_skip(steps):
+    def skip(impl, B, T, H, D, causal, device_type):
+        chunks = -(-steps * T // DELTA_CHUNK)
+        if impl == "zoo-compile" and chunks > DELTA_COMPILE_MAX_CHUNKS:
+            return (f"not compiled: the chunk form's Python loop unrolls {chunks} chunks "
+                    f"(> {DELTA_COMPILE_MAX_CHUNKS}); compile time grows with T")
+        return None
+    return skip
+
+
+DELTANET = MethodSpec(
+    name="deltanet",
+    chunk_op="delta_rule_chunk",
+    reference_op="delta_rule_parallel",
+    make_inputs=lambda B, T, H, D, dtype, device, causal, seed: _delta_inputs(B, T, H, D, dtype, device, seed),
+    call=lambda op, x, causal: op(x["q"], x["k"], x["v"], x["beta"])[0],
+    flops=_delta_flops(1),
+    bytes=_delta_bytes(1, gate=False),
+    grad_inputs=("q", "k", "v", "beta"),
+    causal_modes=(True,),
+    fla=FlaRef("fla.ops.delta_rule", "chunk_delta_rule",
+               lambda fn, x, causal: fn(x["q"], x["k"], x["v"], x["beta"])[0]),
+    skip=_delta_skip(1),
+)
+
+GATED_DELTANET = MethodSpec(
+    name="gated_deltanet",
+    chunk_op="gated_delta_rule_chunk",
+    reference_op="gated_delta_rule_parallel",
+    make_inputs=lambda B, T, H, D, dtype, device, causal, seed: _delta_inputs(B, T, H, D, dtype, device, seed,
+                                                                                gate=True),
+    call=lambda op, x, causal: op(x["q"], x["k"], x["v"], x["g"], x["beta"])[0],
+    flops=_delta_flops(1),
+    bytes=_delta_bytes(1, gate=True),
+    grad_inputs=("q", "k", "v", "g", "beta"),
+    causal_modes=(True,),
+    fla=FlaRef("fla.ops.gated_delta_rule", "chunk_gated_delta_rule",
+               lambda fn, x, causal: fn(x["q"], x["k"], x["v"], x["g"], x["beta"])[0]),
+    skip=_delta_skip(1),
+)
+
+# The reference is the zoo chunk form in float64 (equal to the [T·n_h, T·n_h] parallel definition
+# to 1e-10, tests/test_deltaproduct.py): the parallel form needs 2·(n_h·T)² floats per (b, h)
+# pair, 17 GB each at T = 16384.
+DELTAPRODUCT = MethodSpec(
+    name="deltaproduct",
+    chunk_op="gated_delta_product_chunk",
+    reference_op="gated_delta_product_chunk",
+    make_inputs=lambda B, T, H, D, dtype, device, causal, seed: _delta_inputs(
+        B, T, H, D, dtype, device, seed, steps=DELTA_HOUSEHOLDER, gate=True, beta_max=2.0),
+    call=lambda op, x, causal: op(x["q"], x["k"], x["v"], x["g"], x["beta"],
+                                  num_householder=DELTA_HOUSEHOLDER)[0],
+    flops=_delta_flops(DELTA_HOUSEHOLDER),
+    bytes=_delta_bytes(DELTA_HOUSEHOLDER, gate=True),
+    grad_inputs=("q", "k", "v", "g", "beta"),
+    causal_modes=(True,),
+    fla=FlaRef("fla.ops.gated_delta_product", "chunk_gated_delta_product",
+               lambda fn, x, causal: fn(q=x["q"], k=x["k"], v=x["v"], g=x["g"], beta=x["beta"],
+                                        num_householder=DELTA_HOUSEHOLDER)[0]),
+    variant=f"num_householder={DELTA_HOUSEHOLDER}, beta in (0, 2), forget gate",
+    skip=_delta_skip(DELTA_HOUSEHOLDER),
+)
+
+
+# ------------------------------------------------------------------------------------------------
 # The table
 # ------------------------------------------------------------------------------------------------
-SPECS: list[MethodSpec] = [SOFTMAX_ATTENTION, LINEAR_ATTENTION]
+SPECS: list[MethodSpec] = [SOFTMAX_ATTENTION, LINEAR_ATTENTION, DELTANET, GATED_DELTANET, DELTAPRODUCT]
 
 
 def all_specs() -> dict[str, MethodSpec]:
