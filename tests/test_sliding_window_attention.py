@@ -148,6 +148,11 @@ def test_fast_gradients_equal_zoo_in_float32(shape, window, with_lse, seed):
     got = grads(lambda **a: fw.sliding_window_attention_chunk(**a, **kw), inputs, cot)
     for n in ref:
         assert got[n].dtype == torch.float32
+        if ref[n].abs().max() == 0:
+            # One visible key (W = 1 or T = 1) and no lse cotangent: P ≡ 1, so dq = dk = 0 exactly,
+            # while the kernel's P = exp(s − lse) is 1 only to fp32 rounding: bound it at that.
+            assert got[n].abs().max() <= 1e-5 * ref["v"].abs().max(), f"d{n} should vanish"
+            continue
         assert_close(got[n], ref[n], grad_tol(tol_for(torch.float32, dev)), f"d{n}")
 
 
