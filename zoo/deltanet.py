@@ -36,8 +36,6 @@ Pitfalls:
   * a half-precision initial state is refused: the state accumulates over the whole sequence.
 """
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
