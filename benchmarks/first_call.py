@@ -69,8 +69,8 @@ def main(argv=None) -> None:
 
 
 def measure(method: str, impl: str, shape, dtype: str, causal: bool, direction: str, device: str,
-            timeout_s: float) -> tuple[float | None, str]:
-    """Run the module above in a fresh process with empty compile caches; (seconds, note)."""
+            timeout_s: float) -> tuple[float | None, str, bool]:
+    """Run the module above in a fresh process with empty compile caches; (seconds, note, timed out)."""
     B, T, H, D = shape
     cmd = [sys.executable, "-m", "benchmarks.first_call", "--method", method, "--impl", impl,
            "--B", str(B), "--T", str(T), "--H", str(H), "--D", str(D), "--dtype", dtype,
@@ -83,12 +83,12 @@ def measure(method: str, impl: str, shape, dtype: str, causal: bool, direction: 
         try:
             r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            return None, f"first call did not finish within {timeout_s:g} s"
+            return None, f"first call did not finish within {timeout_s:g} s", True
     for line in reversed(r.stdout.splitlines()):
         if line.startswith(MARK):
-            return json.loads(line[len(MARK):])["first_call_s"], ""
+            return json.loads(line[len(MARK):])["first_call_s"], "", False
     tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
-    return None, f"first-call process failed (rc {r.returncode}): {tail[:300]}"
+    return None, f"first-call process failed (rc {r.returncode}): {tail[:300]}", False
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 #   OUT=/some/dir bash benchmarks/gpu_run.sh
 #
 # Knobs (environment): TOTAL_S (540), GPU_TEST_S (200; 0 skips the tests), HYPOTHESIS_PROFILE (ci),
-# BENCH_ARGS (the benchmark's arguments; --budget-s and --out are added).
+# BENCH_ARGS / OTHERS_ARGS (the two benchmark steps' arguments; --budget-s and --out are added),
+# OTHERS=0 (skip the step for methods beyond issue 2's).
 #
 # Optional: .whl/*.whl (e.g. fla-core, einops, packaging) are installed into /tmp/site first.
 set -u
@@ -48,21 +49,37 @@ else
     log "GPU tests skipped (GPU_TEST_S=0)"
 fi
 
-# 2. Benchmark ------------------------------------------------------------------------------------
-# Issue #2's headline: B·T = 32768 tokens, H = 16, D = 128, bf16, causal at T = 1k..16k plus
-# non-causal at 8k, fwd and fwd+bwd. T = 8192 first: the targets are judged there, so a budget
-# cut falls on the other lengths.
+# 2. Benchmark: issue #2's headline ---------------------------------------------------------------
+# softmax and linear attention at B·T = 32768 tokens, H = 16, D = 128, bf16, causal at T = 1k..16k
+# plus non-causal at 8k, fwd and fwd+bwd. T = 8192 first: the targets are judged there, so a budget
+# cut falls on the other lengths. Files: <device>-<date>.{json,md,png}.
+SIZES="--T 8192 1024 2048 4096 16384 --tokens 32768 --H 16 --D 128 --dtype bf16 --directions fwd fwdbwd \
+    --reps 10 --warmup 3 --max-case-s 2 --case-timeout-s 120 --first-call-timeout-s 120"
+BENCH_ARGS=${BENCH_ARGS:-"--methods softmax_attention linear_attention --causal yes --noncausal-T 8192 $SIZES"}
 LEFT=$(( TOTAL_S - $(elapsed) ))
 BUDGET=$(( LEFT - 45 ))   # stop starting measurements here; leave time to write the table and plots
 if [ "$BUDGET" -lt 30 ]; then BUDGET=30; fi
 log "benchmark (budget ${BUDGET}s, hard stop $(( LEFT - 10 ))s)"
-BENCH_ARGS=${BENCH_ARGS:-"--T 8192 1024 2048 4096 16384 --tokens 32768 --H 16 --D 128 --dtype bf16 \
-    --causal yes --noncausal-T 8192 --directions fwd fwdbwd \
-    --reps 10 --warmup 3 --max-case-s 2 --case-timeout-s 120 --first-call-timeout-s 120"}
 # shellcheck disable=SC2086
 timeout -s TERM -k 15 $(( LEFT - 10 )) python3 -m benchmarks $BENCH_ARGS --budget-s "$BUDGET" --out "$OUT" \
     > "$OUT/bench.log" 2> "$OUT/bench.err"
 log "benchmark exit code $?"
-grep -A 12 "^## Targets" "$OUT"/*.md 2>/dev/null | tee -a "$OUT/gpu_run.log"
+grep -h -A 12 "^## Targets" "$OUT"/*.md 2>/dev/null | tee -a "$OUT/gpu_run.log"
 tail -c 1500 "$OUT/bench.err" | tr "\r" "\n" | tail -n 4 | tee -a "$OUT/gpu_run.log"
+
+# 3. The other methods of benchmarks/specs.py, causal, in whatever time is left -----------------
+# Files: <device>-<date>-others.{json,md,png}. OTHERS_ARGS overrides; OTHERS=0 skips.
+LEFT=$(( TOTAL_S - $(elapsed) ))
+OTHER_METHODS=$(python3 -c "from benchmarks.specs import all_specs; \
+print(' '.join(n for n in all_specs() if n not in ('softmax_attention', 'linear_attention')))" 2> /dev/null)
+if [ "${OTHERS:-1}" != 0 ] && [ -n "$OTHER_METHODS" ] && [ "$LEFT" -gt 100 ]; then
+    OTHERS_ARGS=${OTHERS_ARGS:-"--methods $OTHER_METHODS --causal yes --first-call-impls fast fla $SIZES"}
+    log "other methods: $OTHER_METHODS (budget $(( LEFT - 45 ))s)"
+    # shellcheck disable=SC2086
+    timeout -s TERM -k 15 $(( LEFT - 10 )) python3 -m benchmarks $OTHERS_ARGS --budget-s $(( LEFT - 45 )) \
+        --out "$OUT" --suffix=-others > "$OUT/bench-others.log" 2> "$OUT/bench-others.err"
+    log "other methods: exit code $?"
+else
+    log "other methods not run (${LEFT}s left; methods: ${OTHER_METHODS:-none})"
+fi
 log "done"
