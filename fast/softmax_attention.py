@@ -530,7 +530,7 @@ def softmax_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     _check_fast(q, v)
     if scale < 0:  # the kernels need scale >= 0; scale·q·k = (−scale)·(−q)·k
         q, scale = -q, -scale
-    o, lse = _fwd_op(q, k, v, causal, scale)
+    o, lse = _fwd_op(q, k, v, bool(causal), scale)
     return (o, lse.transpose(1, 2)) if return_lse else o  # lse [B, H, T] -> [B, T, H]
 
 
