@@ -3,8 +3,9 @@
 Paper:  Parallelizing Linear Transformers with the Delta Rule over Sequence Length. Songlin Yang,
         Bailin Wang, Yu Zhang, Yikang Shen, Yoon Kim. NeurIPS 2024. arXiv:2406.06484.
         (The rule itself: Schlag, Irie, Schmidhuber, Linear Transformers Are Secretly Fast Weight
-        Programmers, ICML 2021, arXiv:2102.11174.)   Layer checked against: fla-org/flash-linear-attention
-        fla/layers/delta_net.py (0.6.0), parameter names and shapes identical.
+        Programmers, ICML 2021, arXiv:2102.11174.)   Layer written from: fla-org/flash-linear-attention
+        fla/layers/delta_net.py (0.6.0): same parameter names and shapes (a GPU test loads fla's
+        weights both ways and compares outputs where fla is installed).
 Idea:   The state S maps keys to values. Each token takes one gradient step on the regression
         loss ½‖Sᵀk_t − v_t‖² with step size β_t: it first reads what S predicts for k_t, then writes
         only the error. Old associations are overwritten instead of piling up as in linear

@@ -3,8 +3,8 @@
 Paper:  DeltaProduct: Improving State-Tracking in Linear RNNs via Householder Products. Julien
         Siems, Timur Carstensen, Arber Zela, Frank Hutter, Massimiliano Pontil, Riccardo Grazzi.
         2025. arXiv:2502.10297.   Negative eigenvalues: Grazzi et al., Unlocking State-Tracking in
-        Linear RNNs Through Negative Eigenvalues, ICLR 2025, arXiv:2411.12537.   Layer checked
-        against: fla-org/flash-linear-attention fla/layers/gated_deltaproduct.py (0.6.0).
+        Linear RNNs Through Negative Eigenvalues, ICLR 2025, arXiv:2411.12537.   Layer written
+        from: fla-org/flash-linear-attention fla/layers/gated_deltaproduct.py (0.6.0), same names.
 Idea:   One delta-rule step multiplies the state by I − β k kᵀ, a matrix that differs from the
         identity in one direction only. Taking n_h steps per token, each with its own key, value and
         β, makes the per-token transition a product of n_h such factors: rank-n_h changes, and with

@@ -1,9 +1,9 @@
 """Gated DeltaNet — the delta rule with a per-token forget gate (Mamba2's decay on DeltaNet).
 
 Paper:  Gated Delta Networks: Improving Mamba2 with Delta Rule. Songlin Yang, Jan Kautz, Ali
-        Hatamizadeh. ICLR 2025. arXiv:2412.06464.   Layer checked against:
-        fla-org/flash-linear-attention fla/layers/gated_deltanet.py (0.6.0), parameter names and
-        shapes identical.
+        Hatamizadeh. ICLR 2025. arXiv:2412.06464.   Layer written from:
+        fla-org/flash-linear-attention fla/layers/gated_deltanet.py (0.6.0): same parameter names
+        and shapes (a GPU test compares with fla's layer where fla is installed).
 Idea:   DeltaNet overwrites one association per token but never forgets wholesale; Mamba2 forgets
         wholesale but cannot overwrite one key. The gated rule does both: the state first decays
         by α_t = e^{g_t} ∈ (0, 1], then takes the delta-rule step. In the chunk form the decay
