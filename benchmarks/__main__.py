@@ -322,6 +322,7 @@ def main(argv=None, *, handle_sigterm: bool = False) -> list[dict]:
     records: list[dict] = []
     sdpa_cache: dict[tuple, dict] = {}
     skipped: dict[tuple, str] = {}  # (method, impl, B, T, causal) -> why it cannot run here
+    said: set[tuple] = set()
     n_steps = sum(len(args.directions) * sum(impls.applicable(s, i) for i in args.impls) for s, _, _ in cases)
     n_steps += len(fc_jobs)
     from tqdm.auto import tqdm
@@ -359,6 +360,9 @@ def main(argv=None, *, handle_sigterm: bool = False) -> list[dict]:
             except impls.Skip as e:
                 fn, skip = None, str(e)
                 skipped[(spec.name, impl, B, T, causal)] = skip
+                if (spec.name, impl, skip) not in said:  # say each reason once
+                    said.add((spec.name, impl, skip))
+                    bar.write(f"[bench] {spec.name} {impl} T={T}: skipped: {skip}", file=sys.stderr)
             for direction in args.directions:
                 rec = base_record(spec, impl, direction, B, T, causal)
                 bar.set_postfix_str(f"{spec.name} {impl} {direction} T={T}{'' if causal else ' nc'}")
@@ -391,6 +395,7 @@ def main(argv=None, *, handle_sigterm: bool = False) -> list[dict]:
                         raise
                     except BaseException as e:  # OOM, a timeout, a kernel that raises: a row that says so
                         rec["note"] = _short(e)
+                        bar.write(f"[bench] {spec.name} {impl} {direction} T={T}: {rec['note']}", file=sys.stderr)
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
                     for t in case.x.values():
