@@ -1,0 +1,648 @@
+"""Triton mirror of zoo/performer.py; the math, shapes and equation numbers (1)-(5) are there.
+
+Kernel plan
+-----------
+The positive feature φ̂(u)_r = exp(ω_rᵀu − ‖u‖²/2 − a)/√M is computed on chip from q and k
+([BT, K], what the layer produced): the exponents θ = u Ωᵀ come from an fp32 dot at "ieee"
+precision (a tf32 error of 1e-3·|θ| inside an exp is a 1e-3·|θ| relative error of the feature),
+and no feature is ever written to memory.
+
+The stabilisers need maxima over all M frequencies, and each frequency tile must use the same
+shift (the tiles' shares are summed), so a small first kernel computes, per token, the row max
+max_r ω_rᵀu for q and for k (one more read of q and k, a [B, T, H] result each). The host turns
+them into the query shift a_q and the keys' prefix max c_t (constants to autograd: the output
+does not depend on them).
+
+Then, as in fast/hrc_la.py: one program per (frequency tile of BM, batch·head) walks the chunks of
+BT tokens holding its slice S [BM, V] of the state in fp32 registers and adds its share of
+    num_t = Σ_j A_tj v_j + e^{c⁻−c_t} φ̂_tᵀS,   den_t likewise with v = 1,
+    A = (φ̂_q φ̄_kᵀ) ⊙ Γ,  Γ_tj = e^{c_j − c_t} [j ≤ t],  φ̄_k = exp(θ − ‖u‖²/2 − c_j)/√M <= 1/√M,
+into fp32 buffers (tl.atomic_add; a plain store when one tile holds all M). o = num / max(den, eps)
+is one torch line after the kernel. Non-causal: a first sweep builds the state, a second reads it.
+
+Backward (same grid): sweep 1 forward in time gives dφ̂_q, sweep 2 backward in time carries dS and
+gives dφ̄_k and dv; through the exponential, dℓ = dφ·φ, so dθ = dℓ and du = dℓ Ω − (Σ_r dℓ_r)·u
+(the −‖u‖²/2 term). dq, dk, dv are shared by the tiles (atomics); dΩ is written per (batch, head,
+tile) and summed over the batch on the host. Nothing but the inputs is saved for backward.
+The recurrent op (decoding) has a token-loop kernel, forward only; its gradient is the chunk backward.
+
+Tile rule (no autotuning; nothing keyed on T or B): V in one tile (BV = next power of two >= 16,
+V <= 256), BM from a register budget of 8192 fp32 state elements (BM·BV): BM = 128 at V = 64.
+BT = chunk_size (64). num_warps 4, num_stages 2.
+
+Naming legend (fla's prefixes, STYLE rule 29):
+    i_   program ids and loop indices (i_m frequency tile, i_bh batch·head, i_t chunk)
+    p_   pointers          b_   blocks held on chip (zoo names after the prefix: b_S, b_A, ...)
+    offs_ offsets          mask_ masks (mask_t rows inside T, mask_A the causal mask)
+    BT   chunk length (the zoo's L)   BK, BV, BM  tiles of K, V and of the M frequencies   NT chunks
+    h0/ht the initial/final state S [B, H, M, V] (z0/zt its normaliser [B, H, M])
+    s_u  √scale (u = s_u·x);  r_m  1/√M
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+import zoo.performer as zperf
+from zoo.performer import EPS_DENOMINATOR, PerformerAttention as _ZooLayer, _check_inputs
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
+STATE_ELEMENTS = 8192  # fp32 state elements per program: 64 registers a thread at 4 warps
+MAX_V = 256  # V sits in one tile
+MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
+ROW_MAX_BT = 64  # tokens per program of the row-max kernel
+EMPTY_SCALE = torch.finfo(torch.float32).min  # the log-scale of an empty state, as in the zoo
+
+
+# ------------------------------------------------------------------------------------------------
+# Tile rule
+# ------------------------------------------------------------------------------------------------
+def _tile_rule(K: int, V: int, M: int):
+    """(BK, BV, BM, num_warps, num_stages) from the head dims and M alone (see the card)."""
+    BK = max(16, triton.next_power_of_2(K))
+    BV = max(16, triton.next_power_of_2(V))
+    BM = max(16, min(triton.next_power_of_2(M), STATE_ELEMENTS // BV))
+    return BK, BV, BM, 4, 2
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _exponents(x, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K: tl.constexpr):
+    """u = s_u·x [BT, BK], ℓ = u Ωᵀ − ‖u‖²/2 [BT, BM] (fp32, ieee: no tf32) and ‖u‖²/2 [BT]."""
+    b_u = s_u * tl.load(x + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :],
+                        other=0.0).to(tl.float32)
+    b_h = 0.5 * tl.sum(b_u * b_u, 1)
+    return b_u, tl.dot(b_u, tl.trans(b_omega), input_precision="ieee") - b_h[:, None]
+
+
+@triton.jit(do_not_specialize=["T"])
+def _performer_row_max_kernel(x, omega, out, s_u, T, H, K: tl.constexpr, M: tl.constexpr,
+                              BT: tl.constexpr, BK: tl.constexpr, BM: tl.constexpr):
+    """out_t = max_r ω_rᵀu_t − ‖u_t‖²/2 over all M frequencies: the stabiliser a of (2)."""
+    # -- map the program to BT tokens of one (batch, head) -----------------------------------------
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    s_u = tl.cast(s_u, tl.float32)
+    offs_t = i_t * BT + tl.arange(0, BT)
+    offs_k = tl.arange(0, BK)
+    mask_t, mask_k = offs_t < T, offs_k < K
+    p_t = (i_b.to(tl.int64) * T + offs_t) * H + i_h
+    b_u = s_u * tl.load(x + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :],
+                        other=0.0).to(tl.float32)
+    # -- the running max over frequency tiles ------------------------------------------------------
+    b_max = tl.full([BT], float("-inf"), dtype=tl.float32)
+    for i_m in range(tl.cdiv(M, BM)):
+        offs_m = i_m * BM + tl.arange(0, BM)
+        mask_m = offs_m < M
+        b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
+                          mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+        b_th = tl.dot(b_u, tl.trans(b_omega), input_precision="ieee")
+        b_max = tl.maximum(b_max, tl.max(tl.where(mask_m[None, :], b_th, float("-inf")), 1))
+    tl.store(out + p_t, b_max - 0.5 * tl.sum(b_u * b_u, 1), mask=mask_t)
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "STORE_HT": lambda args: args["ht"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _performer_chunk_fwd_kernel(
+    q, k, v, omega, a_q, c,  # [B, T, H, K] ×2, [B, T, H, V], [H, M, K], [B, T, H] ×2 (fp32)
+    num, den,  # [B, T, H, V], [B, T, H] fp32 (zeroed when ATOMIC)
+    h0, z0, c0, ht, zt,  # [B, H, M, V], [B, H, M], [B, H] fp32 (h0, z0 may be None)
+    s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
+    CAUSAL: tl.constexpr, ATOMIC: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    """This tile's share of num_t = φ̂_tᵀS_t and den_t = φ̂_tᵀz_t (zoo (5))."""
+    # -- map the program to a frequency tile of one (batch, head) ----------------------------------
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)  # Inductor may pass fp64
+    offs_k, offs_v, offs_m = tl.arange(0, BK), tl.arange(0, BV), i_m * BM + tl.arange(0, BM)
+    mask_k, mask_v, mask_m = offs_k < K, offs_v < V, offs_m < M
+    b_rm = tl.where(mask_m, r_m, 0.0)  # 1/√M, and 0 for the padding frequencies
+    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
+                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)  # [BM, BK]
+    row0 = i_b.to(tl.int64) * T
+    NT = tl.cdiv(T, BT)
+
+    # -- the state slice: S [BM, BV], z [BM] at log-scale c, fp32 ----------------------------------
+    p_S = (i_bh.to(tl.int64) * M + offs_m[:, None]) * V + offs_v[None, :]
+    p_z = i_bh.to(tl.int64) * M + offs_m
+    mask_S = mask_m[:, None] & mask_v[None, :]
+    b_S = tl.zeros([BM, BV], dtype=tl.float32)
+    b_z = tl.zeros([BM], dtype=tl.float32)
+    b_crun = tl.load(c0 + i_bh)
+    if HAS_H0:
+        b_S += tl.load(h0 + p_S, mask=mask_S, other=0.0)
+        b_z += tl.load(z0 + p_z, mask=mask_m, other=0.0)
+
+    # -- non-causal: build the whole state first (every c_t is the global maximum) ----------------
+    if not CAUSAL:
+        b_cT = tl.load(c + row0 * H + i_h)
+        b_dec = tl.exp(b_crun - b_cT)
+        b_S, b_z = b_S * b_dec, b_z * b_dec
+        b_crun = b_cT
+        for i_t in range(NT):
+            offs_t = i_t * BT + tl.arange(0, BT)
+            mask_t = offs_t < T
+            p_t = (row0 + offs_t) * H + i_h
+            _, b_l = _exponents(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+            b_k = tl.where(mask_t[:, None], tl.exp(b_l - b_cT), 0.0) * b_rm[None, :]  # φ̄_k [BT, BM]
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
+                          other=0.0).to(tl.float32)
+            b_S += tl.dot(tl.trans(b_k), b_v)  # (4) Σ_j w_j φ̂(k_j) v_jᵀ
+            b_z += tl.sum(b_k, 0)
+
+    # -- the sweep, chunk by chunk -----------------------------------------------------------------
+    for i_t in range(NT):
+        offs_t = i_t * BT + tl.arange(0, BT)
+        mask_t = offs_t < T
+        p_t = (row0 + offs_t) * H + i_h
+        _, b_l = _exponents(q, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+        b_aq = tl.load(a_q + p_t, mask=mask_t, other=0.0)
+        b_q = tl.exp(b_l - b_aq[:, None]) * b_rm[None, :]  # φ̂(q) <= 1/√M: e^{a(q)} cancels (2)
+        if CAUSAL:
+            b_c = tl.load(c + p_t, mask=mask_t, other=0.0)  # c_t, the prefix max [BT]
+            _, b_l = _exponents(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+            b_k = tl.where(mask_t[:, None], tl.exp(b_l - b_c[:, None]), 0.0) * b_rm[None, :]  # <= 1/√M
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
+                          other=0.0).to(tl.float32)
+            # (3) intra-chunk: Γ_tj = e^{c_j − c_t} for j <= t
+            mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
+            b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))  # mask, then exp
+            b_A = tl.dot(b_q, tl.trans(b_k)) * b_G  # [BT, BT]
+            # (5) inter-chunk: the state at scale c⁻, brought to c_t
+            b_dec = tl.where(mask_t, tl.exp(b_crun - b_c), 0.0)
+            b_o = tl.dot(b_A, b_v) + b_dec[:, None] * tl.dot(b_q, b_S)
+            b_d = tl.sum(b_A, 1) + b_dec * tl.sum(b_q * b_z[None, :], 1)
+            # (4) state pass: to the scale of the chunk's last token
+            b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
+            b_gl = tl.where(mask_t, tl.exp(b_c - b_clast), 0.0)
+            b_dS = tl.exp(b_crun - b_clast)
+            b_S = b_S * b_dS + tl.dot(tl.trans(b_k * b_gl[:, None]), b_v)
+            b_z = b_z * b_dS + tl.sum(b_k * b_gl[:, None], 0)
+            b_crun = b_clast
+        else:
+            b_o = tl.dot(b_q, b_S)
+            b_d = tl.sum(b_q * b_z[None, :], 1)
+        p_o = p_t[:, None] * V + offs_v[None, :]
+        mask_o = mask_t[:, None] & mask_v[None, :]
+        if ATOMIC:  # the tiles of one head add their frequencies' shares
+            tl.atomic_add(num + p_o, b_o, mask=mask_o)
+            tl.atomic_add(den + p_t, b_d, mask=mask_t)
+        else:
+            tl.store(num + p_o, b_o, mask=mask_o)
+            tl.store(den + p_t, b_d, mask=mask_t)
+
+    # -- the final state ---------------------------------------------------------------------------
+    if STORE_HT:
+        tl.store(ht + p_S, b_S, mask=mask_S)
+        tl.store(zt + p_z, b_z, mask=mask_m)
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "HAS_DHT": lambda args: args["dht"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _performer_chunk_bwd_kernel(
+    q, k, v, omega, a_q, c, dnum, dden,  # as in the forward; dnum [B, T, H, V], dden [B, T, H] fp32
+    h0, z0, c0, dht, dzt,  # [B, H, M, V], [B, H, M], [B, H], [B, H, M, V], [B, H, M] (may be None)
+    dq, dk, dv, domega, dh0, dz0,  # fp32: [B, T, H, K] ×2, [B, T, H, V] zeroed; [B, H, M, K]; ...
+    s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr,
+):
+    """This tile's share of dq, dk, dv, and its rows of dΩ, dh0, dz0 (the card's two sweeps)."""
+    # -- map the program, as in the forward ----------------------------------------------------------
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)
+    offs_k, offs_v, offs_m = tl.arange(0, BK), tl.arange(0, BV), i_m * BM + tl.arange(0, BM)
+    mask_k, mask_v, mask_m = offs_k < K, offs_v < V, offs_m < M
+    b_rm = tl.where(mask_m, r_m, 0.0)
+    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
+                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+    b_domega = tl.zeros([BM, BK], dtype=tl.float32)
+    row0 = i_b.to(tl.int64) * T
+    NT = tl.cdiv(T, BT)
+    p_S = (i_bh.to(tl.int64) * M + offs_m[:, None]) * V + offs_v[None, :]
+    p_z = i_bh.to(tl.int64) * M + offs_m
+    mask_S = mask_m[:, None] & mask_v[None, :]
+
+    # -- sweep 1, forward in time: the state again, and dq ------------------------------------------
+    b_S = tl.zeros([BM, BV], dtype=tl.float32)
+    b_z = tl.zeros([BM], dtype=tl.float32)
+    b_c0 = tl.load(c0 + i_bh)
+    b_crun = b_c0
+    if HAS_H0:
+        b_S += tl.load(h0 + p_S, mask=mask_S, other=0.0)
+        b_z += tl.load(z0 + p_z, mask=mask_m, other=0.0)
+    b_cT = tl.load(c + (row0 + T - 1) * H + i_h)
+    if not CAUSAL:
+        b_dec = tl.exp(b_crun - b_cT)
+        b_S, b_z = b_S * b_dec, b_z * b_dec
+        for i_t in range(NT):
+            offs_t = i_t * BT + tl.arange(0, BT)
+            mask_t = offs_t < T
+            p_t = (row0 + offs_t) * H + i_h
+            _, b_l = _exponents(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+            b_k = tl.where(mask_t[:, None], tl.exp(b_l - b_cT), 0.0) * b_rm[None, :]
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
+                          other=0.0).to(tl.float32)
+            b_S += tl.dot(tl.trans(b_k), b_v)
+            b_z += tl.sum(b_k, 0)
+    b_dS_ = tl.zeros([BM, BV], dtype=tl.float32)  # the gradient of the state, for sweep 2
+    b_dz_ = tl.zeros([BM], dtype=tl.float32)
+    if HAS_DHT:
+        b_dS_ += tl.load(dht + p_S, mask=mask_S, other=0.0)
+        b_dz_ += tl.load(dzt + p_z, mask=mask_m, other=0.0)
+
+    for i_t in range(NT):
+        offs_t = i_t * BT + tl.arange(0, BT)
+        mask_t = offs_t < T
+        p_t = (row0 + offs_t) * H + i_h
+        b_uq, b_l = _exponents(q, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+        b_q = tl.exp(b_l - tl.load(a_q + p_t, mask=mask_t, other=0.0)[:, None]) * b_rm[None, :]
+        b_dn = tl.load(dnum + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+        b_dd = tl.load(dden + p_t, mask=mask_t, other=0.0)
+        if CAUSAL:
+            b_c = tl.load(c + p_t, mask=mask_t, other=0.0)
+            _, b_l = _exponents(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+            b_k = tl.where(mask_t[:, None], tl.exp(b_l - b_c[:, None]), 0.0) * b_rm[None, :]
+            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
+                          other=0.0).to(tl.float32)
+            mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
+            b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
+            b_dA = (tl.dot(b_dn, tl.trans(b_v)) + b_dd[:, None]) * b_G  # (ĝ_t·ṽ_j) Γ_tj
+            b_dec = tl.where(mask_t, tl.exp(b_crun - b_c), 0.0)
+            b_dq = tl.dot(b_dA, b_k) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_S)) + b_dd[:, None] * b_z[None, :])
+            b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
+            b_gl = tl.where(mask_t, tl.exp(b_c - b_clast), 0.0)
+            b_dS = tl.exp(b_crun - b_clast)
+            b_S = b_S * b_dS + tl.dot(tl.trans(b_k * b_gl[:, None]), b_v)
+            b_z = b_z * b_dS + tl.sum(b_k * b_gl[:, None], 0)
+            b_crun = b_clast
+        else:
+            b_dq = tl.dot(b_dn, tl.trans(b_S)) + b_dd[:, None] * b_z[None, :]
+            b_dS_ += tl.dot(tl.trans(b_q), b_dn)  # Σ_t φ̂(q_t) dnum_tᵀ, at the final scale
+            b_dz_ += tl.sum(b_q * b_dd[:, None], 0)
+        # through φ̂(q) = exp(θ − ‖u‖²/2 − a_q)/√M: dℓ = dφ̂·φ̂, du = dℓ Ω − (Σ_r dℓ_r) u
+        b_dl = b_dq * b_q
+        b_du = tl.dot(b_dl, b_omega, input_precision="ieee") - tl.sum(b_dl, 1)[:, None] * b_uq
+        tl.atomic_add(dq + p_t[:, None] * K + offs_k[None, :], s_u * b_du, mask=mask_t[:, None] & mask_k[None, :])
+        b_domega += tl.dot(tl.trans(b_dl), b_uq, input_precision="ieee")
+
+    # -- sweep 2, backward in time: dk, dv (causal: dS carried at the chunk end's scale) ------------
+    for i_r in range(NT):
+        i_t = NT - 1 - i_r
+        offs_t = i_t * BT + tl.arange(0, BT)
+        mask_t = offs_t < T
+        p_t = (row0 + offs_t) * H + i_h
+        b_uk, b_lk = _exponents(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+        b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
+                      other=0.0).to(tl.float32)
+        if CAUSAL:
+            b_c = tl.load(c + p_t, mask=mask_t, other=0.0)
+            b_k = tl.where(mask_t[:, None], tl.exp(b_lk - b_c[:, None]), 0.0) * b_rm[None, :]
+            _, b_l = _exponents(q, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+            b_q = tl.exp(b_l - tl.load(a_q + p_t, mask=mask_t, other=0.0)[:, None]) * b_rm[None, :]
+            b_dn = tl.load(dnum + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
+                           other=0.0)
+            b_dd = tl.load(dden + p_t, mask=mask_t, other=0.0)
+            mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
+            b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
+            b_dA = (tl.dot(b_dn, tl.trans(b_v)) + b_dd[:, None]) * b_G
+            b_A = tl.dot(b_q, tl.trans(b_k)) * b_G
+            b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
+            b_gl = tl.where(mask_t, tl.exp(b_c - b_clast), 0.0)
+            b_dk = tl.dot(tl.trans(b_dA), b_q) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dS_)) + b_dz_[None, :])
+            b_dv = tl.dot(tl.trans(b_A), b_dn) + b_gl[:, None] * tl.dot(b_k, b_dS_)
+            # carry dS to the scale of the previous chunk's end (c0 before the first chunk)
+            p_prev = (row0 + tl.maximum(i_t * BT - 1, 0)) * H + i_h
+            b_cprev = tl.where(i_t > 0, tl.load(c + p_prev), b_c0)
+            b_gq = tl.where(mask_t, tl.exp(b_cprev - b_c), 0.0)
+            b_dS = tl.exp(b_cprev - b_clast)
+            b_dS_ = b_dS_ * b_dS + tl.dot(tl.trans(b_q * b_gq[:, None]), b_dn)
+            b_dz_ = b_dz_ * b_dS + tl.sum(b_q * (b_gq * b_dd)[:, None], 0)
+        else:
+            b_k = tl.where(mask_t[:, None], tl.exp(b_lk - b_cT), 0.0) * b_rm[None, :]
+            b_dk = tl.dot(b_v, tl.trans(b_dS_)) + b_dz_[None, :]
+            b_dv = tl.dot(b_k, b_dS_)
+        # through φ̄_k = exp(θ − ‖u‖²/2 − c_j)/√M, as for the queries
+        b_dl = b_dk * b_k
+        b_du = tl.dot(b_dl, b_omega, input_precision="ieee") - tl.sum(b_dl, 1)[:, None] * b_uk
+        tl.atomic_add(dk + p_t[:, None] * K + offs_k[None, :], s_u * b_du, mask=mask_t[:, None] & mask_k[None, :])
+        tl.atomic_add(dv + p_t[:, None] * V + offs_v[None, :], b_dv, mask=mask_t[:, None] & mask_v[None, :])
+        b_domega += tl.dot(tl.trans(b_dl), b_uk, input_precision="ieee")
+
+    # -- dΩ rows of this tile, and the initial state's gradient ------------------------------------
+    tl.store(domega + (i_bh.to(tl.int64) * M + offs_m[:, None]) * K + offs_k[None, :], b_domega,
+             mask=mask_m[:, None] & mask_k[None, :])
+    if HAS_H0:
+        if not CAUSAL:  # the initial state entered at weight e^{c0 − c_T}
+            b_dec = tl.exp(b_c0 - b_cT)
+            b_dS_, b_dz_ = b_dS_ * b_dec, b_dz_ * b_dec
+        tl.store(dh0 + p_S, b_dS_, mask=mask_S)
+        tl.store(dz0 + p_z, b_dz_, mask=mask_m)
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "STORE_HT": lambda args: args["ht"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _performer_recurrent_fwd_kernel(
+    q, k, v, omega, a_q, c, num, den, h0, z0, c0, ht, zt,
+    s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    """Token by token (zoo (4)): c_t = max(c_{t−1}, a_t), S_t = e^{c_{t−1}−c_t} S_{t−1} + φ̄(k_t) v_tᵀ."""
+    # -- map the program to a frequency tile of one (batch, head) ----------------------------------
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)
+    offs_k, offs_v, offs_m = tl.arange(0, BK), tl.arange(0, BV), i_m * BM + tl.arange(0, BM)
+    mask_k, mask_v, mask_m = offs_k < K, offs_v < V, offs_m < M
+    b_rm = tl.where(mask_m, r_m, 0.0)
+    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
+                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+    row0 = i_b.to(tl.int64) * T
+
+    # -- the state slice, fp32 ---------------------------------------------------------------------
+    p_S = (i_bh.to(tl.int64) * M + offs_m[:, None]) * V + offs_v[None, :]
+    p_z = i_bh.to(tl.int64) * M + offs_m
+    mask_S = mask_m[:, None] & mask_v[None, :]
+    b_S = tl.zeros([BM, BV], dtype=tl.float32)
+    b_z = tl.zeros([BM], dtype=tl.float32)
+    b_crun = tl.load(c0 + i_bh)
+    if HAS_H0:
+        b_S += tl.load(h0 + p_S, mask=mask_S, other=0.0)
+        b_z += tl.load(z0 + p_z, mask=mask_m, other=0.0)
+
+    # -- the token loop (non-causal: two loops, the first builds the state) ------------------------
+    for i_pass in range(1 if CAUSAL else 0, 2):
+        for t in range(T):
+            p_t = (row0 + t) * H + i_h
+            if i_pass == 0 or CAUSAL:
+                b_uk = s_u * tl.load(k + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+                b_l = tl.sum(b_omega * b_uk[None, :], 1) - 0.5 * tl.sum(b_uk * b_uk, 0)  # [BM]
+                b_c = tl.load(c + p_t)
+                b_dec = tl.exp(b_crun - b_c)
+                b_k = tl.exp(b_l - b_c) * b_rm
+                b_v = tl.load(v + p_t * V + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+                b_S = b_S * b_dec + b_k[:, None] * b_v[None, :]  # (4)
+                b_z = b_z * b_dec + b_k
+                b_crun = b_c
+            if i_pass == 1:
+                b_uq = s_u * tl.load(q + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+                b_l = tl.sum(b_omega * b_uq[None, :], 1) - 0.5 * tl.sum(b_uq * b_uq, 0)
+                b_q = tl.exp(b_l - tl.load(a_q + p_t)) * b_rm
+                tl.atomic_add(num + p_t * V + offs_v, tl.sum(b_q[:, None] * b_S, 0), mask=mask_v)  # (4) φ̂ᵀS
+                tl.atomic_add(den + p_t, tl.sum(b_q * b_z, 0))
+
+    # -- the final state ---------------------------------------------------------------------------
+    if STORE_HT:
+        tl.store(ht + p_S, b_S, mask=mask_S)
+        tl.store(zt + p_z, b_z, mask=mask_m)
+
+
+# ------------------------------------------------------------------------------------------------
+# Host launchers
+# ------------------------------------------------------------------------------------------------
+def _launch_row_max(x, omega, s_u):
+    B, T, H, K = x.shape
+    M = omega.shape[1]
+    BK, _, _, num_warps, _ = _tile_rule(K, 16, M)
+    BM = max(16, min(triton.next_power_of_2(M), 128))
+    out = torch.empty(B, T, H, device=x.device, dtype=torch.float32)
+    _performer_row_max_kernel[(triton.cdiv(T, ROW_MAX_BT), B * H)](x, omega, out, s_u, T, H, K=K, M=M,
+                                                                  BT=ROW_MAX_BT, BK=BK, BM=BM, num_warps=num_warps)
+    return out
+
+
+def _launch_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size):
+    """num [B, T, H, V], den [B, T, H] (fp32) and the final state (ht, zt) or Nones."""
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], omega.shape[1]
+    BK, BV, BM, num_warps, num_stages = _tile_rule(K, V, M)
+    NM = triton.cdiv(M, BM)
+    atomic = NM > 1 or chunk_size is None  # the recurrent kernel always adds
+    f32 = dict(device=q.device, dtype=torch.float32)
+    alloc = torch.zeros if atomic else torch.empty
+    num, den = alloc(B, T, H, V, **f32), alloc(B, T, H, **f32)
+    ht = torch.empty(B, H, M, V, **f32) if output_final_state else None
+    zt = torch.empty(B, H, M, **f32) if output_final_state else None
+    args = (q, k, v, omega, a_q, c, num, den, h0, z0, c0, ht, zt, s_u, M ** -0.5, T, H)
+    if chunk_size is None:
+        _performer_recurrent_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BK=BK, BV=BV, BM=BM, CAUSAL=causal,
+                                                      num_warps=num_warps)
+    else:
+        _performer_chunk_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BT=chunk_size, BK=BK, BV=BV, BM=BM,
+                                                  CAUSAL=causal, ATOMIC=atomic, num_warps=num_warps,
+                                                  num_stages=num_stages)
+    return num, den, ht, zt
+
+
+def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, chunk_size):
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], omega.shape[1]
+    BK, BV, BM, num_warps, num_stages = _tile_rule(K, V, M)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dq, dk, dv = torch.zeros(B, T, H, K, **f32), torch.zeros(B, T, H, K, **f32), torch.zeros(B, T, H, V, **f32)
+    domega = torch.empty(B, H, M, K, **f32)
+    dh0 = torch.empty(B, H, M, V, **f32) if h0 is not None else None
+    dz0 = torch.empty(B, H, M, **f32) if h0 is not None else None
+    _performer_chunk_bwd_kernel[(triton.cdiv(M, BM), B * H)](
+        q, k, v, omega, a_q, c, dnum, dden, h0, z0, c0, dht, dzt, dq, dk, dv, domega, dh0, dz0,
+        s_u, M ** -0.5, T, H, K=K, V=V, M=M, BT=chunk_size, BK=BK, BV=BV, BM=BM, CAUSAL=causal,
+        num_warps=num_warps, num_stages=num_stages)
+    return dq, dk, dv, domega.sum(0), dh0, dz0
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom ops: what torch.compile(fullgraph=True) sees (the kernels stay opaque to it)
+# ------------------------------------------------------------------------------------------------
+def _or_empty(x, ref):
+    return ref.new_empty(0) if x is None else x
+
+
+def _or_none(x):
+    return None if x is None or x.numel() == 0 else x
+
+
+def _contig(*xs):
+    return tuple(None if x is None else x.contiguous() for x in xs)
+
+
+@torch.library.custom_op("zoo::performer_row_max", mutates_args=())
+def _row_max_op(x: torch.Tensor, omega: torch.Tensor, s_u: float) -> torch.Tensor:
+    return _launch_row_max(x.contiguous(), omega.contiguous(), s_u)
+
+
+@_row_max_op.register_fake
+def _(x, omega, s_u):
+    return x.new_empty(x.shape[:3], dtype=torch.float32)
+
+
+def _fwd_like(q, v, omega, output_final_state):
+    B, T, H, _ = q.shape
+    V, M = v.shape[-1], omega.shape[1]
+    f32 = dict(dtype=torch.float32)
+    e = q.new_empty(0, **f32)
+    st = (q.new_empty(B, H, M, V, **f32), q.new_empty(B, H, M, **f32))
+    return (q.new_empty(B, T, H, V, **f32), q.new_empty(B, T, H, **f32), *(st if output_final_state else (e, e)))
+
+
+_FWD_SIG = ("(Tensor q, Tensor k, Tensor v, Tensor omega, Tensor a_q, Tensor c, Tensor? h0, Tensor? z0, "
+            "Tensor c0, float s_u, bool causal, bool output_final_state, int chunk_size) "
+            "-> (Tensor, Tensor, Tensor, Tensor)")
+
+
+@torch.library.custom_op("zoo::performer_chunk_fwd", mutates_args=(), schema=_FWD_SIG)
+def _chunk_fwd_op(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size):
+    q, k, v, omega, a_q, c, h0, z0, c0 = _contig(q, k, v, omega, a_q, c, h0, z0, c0)
+    out = _launch_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size)
+    return tuple(_or_empty(x, c) for x in out)
+
+
+@_chunk_fwd_op.register_fake
+def _(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size):
+    return _fwd_like(q, v, omega, output_final_state)
+
+
+@torch.library.custom_op("zoo::performer_recurrent_fwd", mutates_args=(), schema=_FWD_SIG)
+def _recurrent_fwd_op(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size):
+    q, k, v, omega, a_q, c, h0, z0, c0 = _contig(q, k, v, omega, a_q, c, h0, z0, c0)
+    out = _launch_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, None)
+    return tuple(_or_empty(x, c) for x in out)
+
+
+@_recurrent_fwd_op.register_fake
+def _(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size):
+    return _fwd_like(q, v, omega, output_final_state)
+
+
+@torch.library.custom_op("zoo::performer_chunk_bwd", mutates_args=())
+def _chunk_bwd_op(dnum: torch.Tensor, dden: torch.Tensor, dht: torch.Tensor | None, dzt: torch.Tensor | None,
+                  q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, a_q: torch.Tensor,
+                  c: torch.Tensor, h0: torch.Tensor | None, z0: torch.Tensor | None, c0: torch.Tensor,
+                  s_u: float, causal: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                      torch.Tensor, torch.Tensor, torch.Tensor]:
+    dnum, dden, dht, dzt, h0, z0 = _contig(dnum, dden, dht, dzt, h0, z0)
+    dq, dk, dv, domega, dh0, dz0 = _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u,
+                                               causal, chunk_size)
+    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), domega.to(omega.dtype), _or_empty(dh0, c),
+            _or_empty(dz0, c))
+
+
+@_chunk_bwd_op.register_fake
+def _(dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, chunk_size):
+    e = c.new_empty(0)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(omega),
+            e if h0 is None else torch.empty_like(h0), e if z0 is None else torch.empty_like(z0))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, _, chunk_size = inputs
+    ctx.save_for_backward(q, k, v, omega, a_q, c, h0, z0, c0)
+    ctx.opts = (s_u, causal, chunk_size if chunk_size > 0 else 64)
+
+
+def _backward(ctx, dnum, dden, dht, dzt):
+    q, k, v, omega, a_q, c, h0, z0, c0 = ctx.saved_tensors
+    s_u, causal, chunk_size = ctx.opts
+    dht, dzt = _or_none(dht), _or_none(dzt)
+    if dht is not None or dzt is not None:  # a half of the state without a cotangent gets zeros
+        B, H, M = q.shape[0], q.shape[2], omega.shape[1]
+        dht = q.new_zeros(B, H, M, v.shape[-1], dtype=torch.float32) if dht is None else dht
+        dzt = q.new_zeros(B, H, M, dtype=torch.float32) if dzt is None else dzt
+    dnum = c.new_zeros(*c.shape, v.shape[-1]) if dnum is None else dnum
+    dden = torch.zeros_like(c) if dden is None else dden
+    dq, dk, dv, domega, dh0, dz0 = torch.ops.zoo.performer_chunk_bwd(
+        dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, chunk_size)
+    return (dq, dk, dv, domega, None, None, _or_none(dh0), _or_none(dz0), None, None, None, None, None)
+
+
+torch.library.register_autograd("zoo::performer_chunk_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("zoo::performer_recurrent_fwd", _backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public ops: the zoo's names and signatures
+# ------------------------------------------------------------------------------------------------
+def _check_fast(q, k, v, omega, initial_state, chunk_size=None):
+    """The zoo's checks, then what the kernels add."""
+    _check_inputs(q, k, v, omega, initial_state, chunk_size)
+    if q.device.type == "cpu" and not INTERPRET:
+        raise ValueError("fast.performer got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 before "
+                         "importing fast.performer to run the kernels in Triton's interpreter")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"q, k, v must be float16, bfloat16 or float32 for the Triton kernels, got {q.dtype} "
+                        "(zoo.performer computes in any float dtype)")
+    if v.shape[-1] > MAX_V:
+        raise ValueError(f"v's head dim V = {v.shape[-1]}: the kernels take V <= {MAX_V}")
+    if chunk_size is not None and chunk_size < MIN_CHUNK:
+        raise ValueError(f"chunk_size must be a power of two >= {MIN_CHUNK} for tl.dot, got {chunk_size}")
+
+
+def _run(op, q, k, v, omega, scale, causal, eps, initial_state, output_final_state, chunk_size):
+    B, T, H, K = q.shape
+    scale = K ** -0.5 if scale is None else scale
+    s_u = float(scale ** 0.5)
+    omega32 = omega.float()
+    # (2) the stabilisers, constants to autograd: the query shift a_q and the keys' prefix max c_t
+    a_q = torch.ops.zoo.performer_row_max(q.detach(), omega32.detach(), s_u)  # [B, T, H]
+    a_k = torch.ops.zoo.performer_row_max(k.detach(), omega32.detach(), s_u)
+    if initial_state is None:
+        h0 = z0 = None
+        c0 = a_k.new_full((B, H), EMPTY_SCALE)
+    else:
+        h0, z0, c0 = initial_state[0].float(), initial_state[1].float(), initial_state[2].detach().float()
+    c = torch.cummax(a_k, 1).values if causal else a_k.amax(1, keepdim=True).expand_as(a_k).contiguous()
+    c = torch.maximum(c, c0[:, None])  # [B, T, H]
+    num, den, ht, zt = op(q, k, v, omega32, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size)
+    o = (num / den.clamp_min(eps)[..., None]).to(v.dtype)  # (3), the floor
+    return o, ((ht, zt, c[:, -1]) if output_final_state else None)
+
+
+def performer_chunk(q, k, v, omega, *, scale=None, causal=True, eps=EPS_DENOMINATOR, initial_state=None,
+                    output_final_state=False, chunk_size=64):
+    """zoo.performer.performer_chunk in Triton, forward and backward, feature map fused. Returns
+    (o [B, T, H, V] in v's dtype, final_state (S, z, c) in float32, or None)."""
+    _check_fast(q, k, v, omega, initial_state, chunk_size)
+    return _run(torch.ops.zoo.performer_chunk_fwd, q, k, v, omega, scale, causal, eps, initial_state,
+                output_final_state, chunk_size)
+
+
+def performer_recurrent(q, k, v, omega, *, scale=None, causal=True, eps=EPS_DENOMINATOR, initial_state=None,
+                        output_final_state=False):
+    """zoo.performer.performer_recurrent in Triton: a token loop for decoding (forward kernel; its
+    gradient runs the chunk backward). Returns (o, final_state or None)."""
+    _check_fast(q, k, v, omega, initial_state)
+    return _run(torch.ops.zoo.performer_recurrent_fwd, q, k, v, omega, scale, causal, eps, initial_state,
+                output_final_state, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The layer: the zoo layer with the ops swapped (same parameters, same state dict)
+# ------------------------------------------------------------------------------------------------
+class PerformerAttention(_ZooLayer):
+    """zoo.performer.PerformerAttention running the Triton chunk and recurrent ops
+    (form="parallel" keeps the zoo's parallel form: there is no kernel for the oracle)."""
+
+    chunk_op = staticmethod(performer_chunk)
+    recurrent_op = staticmethod(performer_recurrent)
+
+
+orthogonal_random_features = zperf.orthogonal_random_features
+favor_feature_map = zperf.favor_feature_map
+__all__ = ["performer_chunk", "performer_recurrent", "PerformerAttention", "orthogonal_random_features",
+           "favor_feature_map"]
