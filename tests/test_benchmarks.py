@@ -136,13 +136,13 @@ def test_every_spec_times_the_function_it_checks(spec):
 
     dev = torch.device("cpu")
     for causal in spec.causal_modes:
-        x = spec.make_inputs(2, 8, 2, 4, torch.float64, dev, causal, 0)
+        x = spec.make_inputs(2, 8, 2, 8, torch.float64, dev, causal, 0)
         assert all(t.abs().sum() > 0 for t in x.values() if isinstance(t, torch.Tensor)), "inputs are zeros"
-        fn = impls.build(spec, "zoo-eager", dev, causal, (2, 8, 2, 4))
+        fn = impls.build(spec, "zoo-eager", dev, causal, (2, 8, 2, 8))
         o, ref = fn(x, causal), impls.reference(spec)(x, causal)
         assert o.shape[:3] == (2, 8, 2) and measure.rel_rms(o, ref) < 1e-10
         for d in specs.DIRECTIONS:
-            assert spec.flops(2, 8, 2, 4, causal, d) > 0 and spec.bytes(2, 8, 2, 4, causal, d, 2) > 0
+            assert spec.flops(2, 8, 2, 8, causal, d) > 0 and spec.bytes(2, 8, 2, 8, causal, d, 2) > 0
 
 
 def test_roofline_floor_matches_the_issue():
