@@ -20,7 +20,8 @@ are themselves linear attentions (with s = scale, S_0 = h0, dS_T = dht):
     dq = s · sweep(q=do, k=v,  v=k,  h0=S_0ᵀ)                  forwards in time
     dk =     sweep(q=v,  k=do, v=q,  h0=dS_Tᵀ, s_k=s)          backwards (REVERSE); final state = dS_0ᵀ
     dv =     sweep(q=k,  k=q,  v=do, h0=dS_T,  s_k=s)          backwards (REVERSE)
-Nothing but q, k, v (and the initial state) is saved for backward; S is recomputed by the sweeps.
+Backward keeps q, k, v and the initial state (plus o and den when normalised); the states S
+are recomputed by the sweeps, never stored.
 
 normalize=True. The normaliser is the numerator with a column of ones appended to v:
 den_t = s_q·q_tᵀ(z_0 + Σ k_u) + ε = (A 1)_t + s_q·q_t·z + ε, so the forward sweep carries the key
@@ -38,18 +39,29 @@ Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = V = 128, causal, n
     bytes, forward: q, k, v read + o written = 4 × 134 MB = 537 MB; at 3.0 TB/s: 0.18 ms (the floor).
         (q, k are read once per V-tile, V/BV = 2 times; the second read mostly hits L2.)
     FLOPs, forward: per token and head 2·BT·K (q kᵀ) + 2·BT·V (A v) + 2·K·V (q S) + 2·K·V (kᵀ v)
-        = 98 k; × 524 k token-heads = 52 GFLOP (A counted on the full BT × BT block):
-        ~0.1 ms at 500 TFLOP/s, so the forward is bound by memory, not by the tensor cores.
+        = 98 k, + 2·BT·K for q kᵀ recomputed by the second V-tile = 115 k; × 524 k token-heads
+        = 60 GFLOP (A counted on the full BT × BT block): ~0.12 ms at 500 TFLOP/s, so the forward
+        is bound by memory (0.18 ms) and by the chunk-to-chunk latency of one sweep, not by FLOPs.
     backward: three sweeps, each 3 tensors read + 1 written = 12 × 134 MB = 1.6 GB: floor 0.54 ms;
         FLOPs 3 × 52 G. So forward + backward ≥ 0.72 ms from memory traffic.
-    first call: one compiled kernel for the forward; the backward adds at most two more variants.
+    first call: one compiled kernel for the forward (~1-3 s to compile for sm_90 on a CPU); the
+        backward adds one or two more variants (REVERSE; the dq sweep may reuse the forward's).
 
 Tile rule (no autotuning, nothing keyed on T or B): the contraction dim K sits in one tile (BK =
-next power of two ≥ 16; up to 256), because S needs every row of k to update. BV takes the rest
-of a register budget of 8192 fp32 state elements per program (64 registers a thread at 4 warps),
-capped at 64 so K = V = 128 gives two V-tiles: B·H·2 programs (128 at the headline size, about
-one per H100 SM). num_stages: as many loads in flight as a 128 KB shared-memory budget holds
-(3 for bf16 at BT = 64, K = 128; Hopper has 228 KB, and the rest is the A and S layout buffers).
+next power of two >= 16, up to 256), because S needs every row of k to update. BV takes the rest
+of a budget of 8192 fp32 state elements per program (64 registers a thread at 4 warps), capped
+at 64 so K = V = 128 gives two V-tiles: B·H·2 programs (128 at the headline size, about one per
+H100 SM). 4 warps, 8 where the tile is full and the sweep also carries z or u, is fp32, or has
+K = 256; 2 stages of q, k, v loads when they fit 128 KB of shared memory, else 1. Checked by
+compiling ahead of time for sm_90 (Triton 3.9, no GPU; cuobjdump -res-usage), bf16, K = V = 128:
+    plain sweep (forward, dq, dk, dv when normalize=False)  4 warps: 220 registers, no spill, 98 KB
+    non-causal                                              4 warps: 217 registers, no spill
+    normalised forward (carries z)   8 warps: 56 B of stack (4 warps: 128 B)
+    normalised backward (carries u)  8 warps: no spill      (4 warps: 104 B)
+    K = V = 64: 4 warps, no spill either way; K = V = 256: 8 warps, the plain sweep does not spill.
+    fp32 inputs spill (80-300 B at 8 warps): they are for checking, not speed.
+The rule is a guess from those counts, not a measurement: `python -m fast.linear_attention` on the
+GPU times the forward under other tiles beside it.
 T is in do_not_specialize, so a new length never recompiles.
 
 Naming legend (fla's prefixes, STYLE rule 29):
@@ -81,13 +93,16 @@ MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
 # ------------------------------------------------------------------------------------------------
 # Tile rule
 # ------------------------------------------------------------------------------------------------
-def _tile_rule(DK: int, DV: int, BT: int, element_size: int):
-    """(BK, BV, num_warps, num_stages) from the head dims alone (see the card)."""
+def _tile_rule(DK: int, DV: int, BT: int, element_size: int, carries: bool = False):
+    """(BK, BV, num_warps, num_stages) from the head dims, the dtype and whether the sweep carries
+    the normaliser z or the extra row u (`carries`). See the card for the register counts."""
     BK = max(16, triton.next_power_of_2(DK))
     BV = max(16, min(triton.next_power_of_2(DV), MAX_BV, STATE_ELEMENTS // BK))
+    big = BK * BV >= STATE_ELEMENTS  # a full state tile: [128, 64] or [256, 32]
+    num_warps = 8 if big and (carries or element_size == 4 or BK > 128) else 4
     stage_bytes = BT * (2 * BK + BV) * element_size  # one chunk of q, k and v
-    num_stages = max(1, min(3, SMEM_BUDGET // stage_bytes))
-    return BK, BV, 4, num_stages
+    num_stages = 2 if 2 * stage_bytes <= SMEM_BUDGET else 1
+    return BK, BV, num_warps, num_stages
 
 
 # ------------------------------------------------------------------------------------------------
@@ -295,11 +310,13 @@ def _linear_attention_recurrent_fwd_kernel(
 # Host launchers
 # ------------------------------------------------------------------------------------------------
 def _sweep(q, k, v, *, h0=None, z0=None, a=None, b=None, u0=None, s_q=1.0, s_k=1.0, causal=True,
-           reverse=False, normalize=False, store_final=False, chunk_size=64):
-    """Launch one sweep (see the card). Returns (o, den, ht, zt, ut), None where not computed."""
+           reverse=False, normalize=False, store_final=False, chunk_size=64, tiles=None):
+    """Launch one sweep (see the card). Returns (o, den, ht, zt, ut), None where not computed.
+    `tiles` = (BK, BV, num_warps, num_stages) overrides the rule (for the benchmark below only)."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    BK, BV, num_warps, num_stages = _tile_rule(DK, DV, chunk_size, q.element_size())
+    BK, BV, num_warps, num_stages = tiles or _tile_rule(DK, DV, chunk_size, q.element_size(),
+                                                        normalize or a is not None)
     f32 = dict(device=q.device, dtype=torch.float32)
     o = torch.empty(B, T, H, DV, device=q.device, dtype=v.dtype)
     den = torch.empty(B, T, H, **f32) if normalize else None
@@ -354,15 +371,16 @@ def _linear_attention_chunk_bwd(do, dht, dzt, q, k, v, o, den, h0, z0, scale, ca
 def _linear_attention_recurrent_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state):
     B, T, H, K = q.shape
     V = v.shape[-1]
-    BK, BV, num_warps, _ = _tile_rule(K, V, 1, q.element_size())
+    BK, BV, _, _ = _tile_rule(K, V, 1, q.element_size())
+    num_warps = 4  # a [BK, BV] state and [BK], [BV] vectors: 115-122 registers, no spill (sm_90)
     f32 = dict(device=q.device, dtype=torch.float32)
     o = torch.empty_like(v)
     den = torch.empty(B, T, H, **f32) if normalize else None
     ht = torch.empty(B, H, K, V, **f32) if output_final_state else None
     zt = torch.empty(B, H, K, **f32) if output_final_state and normalize else None
     _linear_attention_recurrent_fwd_kernel[(triton.cdiv(V, BV), B * H)](
-        q, k, v, o, h0, ht, z0, zt, den, scale, T, H, K=K, V=V, BK=BK, BV=BV, EPS=zla.EPS,
-        CAUSAL=causal, num_warps=num_warps)
+        q, k, v, o, h0, ht, z0, zt, den, float(scale), T, H, K=K, V=V, BK=BK, BV=BV, EPS=zla.EPS,
+        CAUSAL=causal, num_warps=num_warps, num_stages=1)
     return o, ht, zt, den
 
 
@@ -528,3 +546,56 @@ class LinearAttention(zla.LinearAttention):
 
 
 __all__ = ["linear_attention_chunk", "linear_attention_recurrent", "LinearAttention"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Benchmark (GPU): python -m fast.linear_attention
+# ------------------------------------------------------------------------------------------------
+def _benchmark(B=4, T=8192, H=16, D=128, dtype=torch.bfloat16, causal=True, normalize=False):
+    """The headline numbers for the rule's tiles (first call, forward, forward + backward, fla beside
+    them when it imports), then the forward under other tiles, so the rule can be checked."""
+    import time
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, do = (torch.randn(B, T, H, D, device="cuda", dtype=dtype, generator=g) for _ in range(4))
+    q, k = zla.elu_feature_map(q), zla.elu_feature_map(k)
+    kw = dict(causal=causal, normalize=normalize)
+    start = time.perf_counter()
+    linear_attention_chunk(q, k, v, **kw)
+    torch.cuda.synchronize()
+    first_fwd = time.perf_counter() - start
+    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+    start = time.perf_counter()
+    torch.autograd.backward(linear_attention_chunk(qg, kg, vg, **kw)[0], do)
+    torch.cuda.synchronize()
+    first_bwd = time.perf_counter() - start
+    bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=200)  # noqa: E731
+    fwd = bench(lambda: linear_attention_chunk(q, k, v, **kw))
+    fwdbwd = bench(lambda: torch.autograd.backward(linear_attention_chunk(qg, kg, vg, **kw)[0], do))
+    floor = 4 * q.numel() * q.element_size() / 3.0e12 * 1e3  # q, k, v read and o written at 3.0 TB/s
+    print(f"B={B} T={T} H={H} D={D} {dtype} causal={causal} normalize={normalize}; floor {floor:.3f} ms; "
+          f"tiles {_tile_rule(D, D, 64, q.element_size(), normalize)}")
+    print(f"fast  fwd {fwd:.3f} ms  fwd+bwd {fwdbwd:.3f} ms  first call fwd {first_fwd:.2f} s, +bwd {first_bwd:.2f} s")
+    try:
+        from fla.ops.linear_attn import chunk_linear_attn
+    except ImportError:
+        chunk_linear_attn = None
+    if chunk_linear_attn is not None:
+        fla_fwd = bench(lambda: chunk_linear_attn(q, k, v, normalize=normalize))
+        fla_fwdbwd = bench(lambda: torch.autograd.backward(chunk_linear_attn(qg, kg, vg, normalize=normalize)[0], do))
+        print(f"fla   fwd {fla_fwd:.3f} ms  fwd+bwd {fla_fwdbwd:.3f} ms")
+    o_rule = _sweep(q, k, v, s_q=D ** -0.5, normalize=normalize, causal=causal)[0]
+    BK = max(16, triton.next_power_of_2(D))
+    for BV, num_warps, num_stages in [(64, 4, 2), (64, 4, 3), (64, 8, 2), (32, 4, 2), (32, 4, 3), (32, 8, 2),
+                                      (128, 8, 2), (64, 4, 1)]:
+        tiles = (BK, BV, num_warps, num_stages)
+        fn = lambda: _sweep(q, k, v, s_q=D ** -0.5, normalize=normalize, causal=causal, tiles=tiles)  # noqa: E731
+        err = (fn()[0].float() - o_rule.float()).abs().max().item()
+        print(f"  fwd BV={BV:3d} warps={num_warps} stages={num_stages}: {bench(fn):.3f} ms (diff vs rule {err:.1e})")
+
+
+if __name__ == "__main__":
+    _benchmark()
+    _benchmark(normalize=True)
+    _benchmark(causal=False)
+    _benchmark(D=64)
