@@ -230,7 +230,7 @@ def run(cfg: Config | dict) -> dict:
                               f"another out_dir (nothing was overwritten)")
 
     data = build_data(cfg)  # a missing corpus raises here
-    model = build_model(cfg, data.vocab_size).to(device)  # an unknown mixer raises here
+    model = build_model(cfg, data.vocab_size).to(device)  # bad mixer_kwargs raise here
 
     amp_dtype = resolve_precision(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda")
@@ -264,7 +264,6 @@ def run(cfg: Config | dict) -> dict:
     step, t_start, timed_tokens, timed_s = start, time.perf_counter(), 0.0, 0.0
     end = cfg.steps if not cfg.stop_after_steps else min(cfg.steps, start + cfg.stop_after_steps)
     bar = _bar(cfg, main, start, cfg.steps)
-    pieces = cfg.grad_accum * world  # micro-batches per optimizer step, over all processes
 
     def save():
         if main:
