@@ -38,6 +38,8 @@ Pitfalls: exp of raw scores overflows: always subtract the running max first (3)
        NaN in q, k or v comes out as NaN in every output that sees it, and so does an infinite
        query, an infinite score (∞ − ∞) and an infinite value (as ±inf or NaN). The one finite
        case is a score of −∞ from an infinite key: that key gets weight 0, the exact limit.
+       An infinite value at a future position reaches earlier rows as NaN (weight 0 · ∞), here,
+       in the kernel and in SDPA alike: causality holds for finite inputs.
 """
 
 import torch
