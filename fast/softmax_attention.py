@@ -512,6 +512,10 @@ def _check_fast(q: torch.Tensor, v: torch.Tensor) -> None:
     if q.device.type != "cuda" and not INTERPRET:
         raise ValueError(f"fast softmax attention got tensors on {q.device}: pass CUDA tensors, or "
                          f"set TRITON_INTERPRET=1 before importing fast/ to run the kernels on the CPU")
+    T, H, D = max(q.shape[1], v.shape[1]), q.shape[2], max(q.shape[-1], v.shape[-1])
+    if T * H * D >= 2**31:  # offsets within one sequence are int32 in the kernels
+        raise ValueError(f"one sequence of q or k, v holds T·H·D = {T * H * D} elements; the fast "
+                         f"kernel takes fewer than 2**31 (got q {tuple(q.shape)}, v {tuple(v.shape)})")
     if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"the fast kernel takes head dims K, V <= {MAX_HEAD_DIM}, got q "
                          f"[B, T, H, K] = {tuple(q.shape)}, v [B, Tk, H, V] = {tuple(v.shape)}")
