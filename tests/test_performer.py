@@ -2,9 +2,10 @@
 
 1. forms agree: recurrent and chunk equal the parallel definition in float64 (o and the final
    state (S, z, c)), causal or not, with and without an initial state;
-2. fast equals zoo: the Triton chunk and recurrent ops in fp32 under the interpreter, bf16 on a GPU;
+2. fast equals zoo: the Triton chunk and recurrent ops in fp32 under the interpreter, bf16/fp16 on a
+   GPU (and no NaN for ‖x‖ = 30 in bf16);
 3. gradients agree: q, k, v, Ω and the initial state through random cotangents on o and the final
-   state, zoo chunk and recurrent vs parallel in float64;
+   state, zoo chunk and recurrent vs parallel in float64, fast vs zoo in fp32 / bf16 (GPU);
 4. causality: perturbing tokens after t leaves outputs up to t bit-identical (the key stabiliser is
    a prefix max, not the paper code's max over the whole sequence);
 5. state carry: two calls chained by the state equal one call; prefill then decode equals forward;
@@ -23,7 +24,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from strategies import TOL, Shape, assert_close, edge_examples, randn, seeds, shapes
+from strategies import (TOL, Shape, assert_close, device, edge_examples, grad_tol, has_cuda, randn, seeds, shapes,
+                        tol_for)
+import fast.performer as fast
 import zoo.performer as perf
 
 F64 = torch.float64
@@ -87,6 +90,60 @@ def test_forms_agree_for_any_scale_and_floor_and_return_no_state_unless_asked(sh
 
 
 # ------------------------------------------------------------------------------------------------
+# 2. Fast equals zoo (fp32 under the interpreter on CPU; bf16 on a GPU)
+# ------------------------------------------------------------------------------------------------
+def _c64(state):
+    return None if state is None else tuple(x.float() for x in state)
+
+
+@settings(max_examples=4)
+@given(shape=shapes(max_T=45, max_H=2, max_K=9, max_V=9), M=st.sampled_from([3, 16, 40]), causal=st.booleans(),
+       with_state=st.booleans(), L=st.sampled_from([16, 32]), seed=seeds)
+@edge_examples(chunk_size=16, M=7, causal=True, with_state=True, L=16)
+def test_fast_chunk_and_recurrent_equal_zoo_in_float32(shape, M, causal, with_state, L, seed):
+    dev = device()
+    q, k, v, omega = make(seed, shape, M, dtype=torch.float32, device=dev)
+    s0 = state(seed, shape, M, device=dev) if with_state else None
+    kw = dict(causal=causal, output_final_state=True)
+    ref = flat(*perf.performer_parallel(*(x.double() for x in (q, k, v, omega)), initial_state=s0, **kw))
+    tol = tol_for(torch.float32, dev)
+    got = flat(*fast.performer_chunk(q, k, v, omega, chunk_size=L, initial_state=_c64(s0), **kw))
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
+    assert_all_close(got, ref, tol)
+    assert_all_close(flat(*fast.performer_recurrent(q, k, v, omega, initial_state=_c64(s0), **kw)), ref, tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("T,causal,M,D", [(1, True, 256, 64), (300, True, 256, 64), (2000, True, 256, 64),
+                                          (1000, False, 256, 64), (777, True, 100, 128), (500, False, 64, 32)])
+def test_fast_equals_zoo_in_half_precision_on_gpu(dtype, T, causal, M, D):
+    s = Shape(2, T, 3, D, D)
+    q, k, v, omega = make(11, s, M, dtype=dtype, device="cuda")
+    omega = omega.float()
+    s0 = state(11, s, M, device="cuda")
+    kw = dict(causal=causal, output_final_state=True)
+    ref = flat(*perf.performer_chunk(*(x.double() for x in (q, k, v, omega)), initial_state=s0, **kw))
+    got = flat(*fast.performer_chunk(q, k, v, omega, initial_state=_c64(s0), **kw))
+    assert got[0].dtype == dtype
+    assert_all_close(got, ref, tol_for(dtype, "cuda"))
+    n = min(T, 64)
+    ref_r = perf.performer_chunk(*(x[:, :n].double() for x in (q, k, v)), omega.double(), initial_state=s0, **kw)[0]
+    got_r = fast.performer_recurrent(q[:, :n], k[:, :n], v[:, :n], omega, initial_state=_c64(s0), **kw)[0]
+    assert_close(got_r, ref_r, tol_for(dtype, "cuda"), "recurrent o")
+
+
+@pytest.mark.gpu
+def test_fast_has_no_nan_for_inputs_of_norm_up_to_30_in_bf16_on_gpu():
+    s = Shape(2, 1000, 4, 64, 64)
+    q, k, v, omega = make(2, s, 256, dtype=torch.float32, device="cuda")
+    q, k = (30 * x / x.norm(dim=-1, keepdim=True) for x in (q, k))
+    for causal in (True, False):
+        o = fast.performer_chunk(q.bfloat16(), k.bfloat16(), v.bfloat16(), omega, causal=causal)[0]
+        assert torch.isfinite(o).all()
+
+
+# ------------------------------------------------------------------------------------------------
 # 3. Gradients agree (zoo forms; the fast ops' gradients are checked in section 2 of the fast part)
 # ------------------------------------------------------------------------------------------------
 def _loss(op, cot, **kw):
@@ -122,6 +179,45 @@ def test_chunk_and_recurrent_gradients_equal_parallel_in_float64(shape, M, causa
                 assert_close(g, r, TOL["f64"], f"{op.__name__} d{name}")
 
 
+def _fast_grads(op, dtype, dev, shape, M, seed, causal, **kw):
+    """Gradients of q, k, v, Ω and the initial state (S0, z0) through all cotangents, for the
+    fast op in `dtype` and the zoo parallel form in float64 on the same (rounded) inputs."""
+    q, k, v, omega = make(seed, shape, M, dtype=dtype, device=dev)
+    omega = omega.float()
+    S0, z0, c0 = state(seed, shape, M, device=dev)
+    B, T, H, K, V = shape
+    cot = [randn(seed + 5, B, T, H, V, device=dev), randn(seed + 6, B, H, M, V, device=dev),
+           randn(seed + 7, B, H, M, device=dev)]
+    low = [x.detach().clone().requires_grad_() for x in (q, k, v, omega)] + \
+          [x.detach().clone().requires_grad_() for x in _c64((S0, z0))]
+    high = [x.detach().to(F64).requires_grad_() for x in low]
+    _loss(op, cot, causal=causal, **kw)(*low, c0.float()).backward()
+    _loss(perf.performer_parallel, cot, causal=causal)(*high, c0).backward()
+    names = ("q", "k", "v", "omega", "S0", "z0")
+    return [(n, x.grad, y.grad) for n, x, y in zip(names, low, high)]
+
+
+@settings(max_examples=3)
+@given(shape=shapes(max_T=40, max_H=2, max_K=9, max_V=9), M=st.sampled_from([5, 24]), causal=st.booleans(),
+       seed=seeds)
+@edge_examples(chunk_size=16, M=5, causal=True)
+def test_fast_gradients_equal_zoo_in_float32(shape, M, causal, seed):
+    dev = device()
+    tol = grad_tol(tol_for(torch.float32, dev))
+    for op, kw in ((fast.performer_chunk, dict(chunk_size=16)), (fast.performer_recurrent, {})):
+        for name, g, r in _fast_grads(op, torch.float32, dev, shape, M, seed, causal, **kw):
+            assert g.dtype == torch.float32, name
+            assert_close(g, r, tol, f"{op.__name__} d{name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T,causal", [(300, True), (1500, True), (700, False)])
+def test_fast_gradients_equal_zoo_in_bf16_on_gpu(T, causal):
+    tol = grad_tol(tol_for(torch.bfloat16, "cuda"))
+    for name, g, r in _fast_grads(fast.performer_chunk, torch.bfloat16, "cuda", Shape(2, T, 2, 64, 64), 256, 3, causal):
+        assert_close(g, r, tol, f"d{name}")
+
+
 # ------------------------------------------------------------------------------------------------
 # 4. Causality
 # ------------------------------------------------------------------------------------------------
@@ -145,6 +241,18 @@ def test_layer_future_tokens_do_not_change_the_past():
     x2 = x.clone()
     x2[:, 11:] = randn(1, 2, 19, 12)
     assert torch.equal(layer(x)[:, :11], layer(x2)[:, :11])
+
+
+@pytest.mark.parametrize("op", [fast.performer_chunk, fast.performer_recurrent])
+def test_fast_future_tokens_do_not_change_the_past(op):
+    dev, s, t = device(), Shape(1, 40, 2, 16, 8), 20
+    q, k, v, omega = make(9, s, 20, dtype=torch.float32, device=dev)
+    q2, k2, v2 = (x.clone() for x in (q, k, v))
+    for x in (q2, k2, v2):
+        x[:, t + 1:] = 7.0  # large keys: a leaking stabiliser would rescale the prefix
+    o, o2 = op(q, k, v, omega)[0], op(q2, k2, v2, omega)[0]
+    assert torch.equal(o[:, :t + 1], o2[:, :t + 1])
+    assert not torch.equal(o[:, t + 1:], o2[:, t + 1:])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -175,6 +283,23 @@ def test_prefill_then_decode_equals_forward(form):
     _, cache0 = layer.step(x[:, 0], None)  # an empty cache starts from nothing
     assert_close(layer.step(x[:, 0], None)[0], y_ref[:, 0], TOL["f64"], "first step")
     assert sum(t.numel() for t in cache0.values()) == 2 * layer.state_size(21)
+
+
+def test_fast_layer_decodes_like_its_forward_and_like_the_zoo_layer():
+    torch.manual_seed(0)
+    ref = perf.PerformerAttention(32, 2, 24, causal=True, chunk_size=16)
+    layer = fast.PerformerAttention(32, 2, 24, causal=True, chunk_size=16).to(device())
+    layer.load_state_dict(ref.state_dict())
+    x = randn(3, 2, 37, 32, dtype=torch.float32)
+    y_ref = ref(x)
+    xd = x.to(device())
+    assert_close(layer(xd), y_ref, tol_for(torch.float32, device()), "fast forward vs zoo")
+    y, cache = layer.prefill(xd[:, :20])
+    ys = [y]
+    for t in range(20, 23):
+        y_t, cache = layer.step(xd[:, t], cache)
+        ys.append(y_t[:, None])
+    assert_close(torch.cat(ys, 1), y_ref[:, :23], tol_for(torch.float32, device()), "prefill + step")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,6 +496,21 @@ def test_layer_rejects_bad_arguments_and_inputs():
         layer(torch.randn(1, 3, 12))
 
 
+def test_fast_ops_reject_what_the_kernels_cannot_take(monkeypatch):
+    q, k, v, omega = make(0, Shape(1, 5, 1, 4, 3), 6, dtype=torch.float32)
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        fast.performer_chunk(q.double(), k.double(), v.double(), omega)
+    with pytest.raises(ValueError, match="chunk_size must be a power of two >= 16"):
+        fast.performer_chunk(q, k, v, omega, chunk_size=8)
+    with pytest.raises(ValueError, match="V <= 256"):
+        fast.performer_chunk(q, k, torch.randn(1, 5, 1, 300), omega)
+    with pytest.raises(TypeError, match="q must be a real floating"):
+        fast.performer_chunk(q.to(torch.complex64), k, v, omega)
+    monkeypatch.setattr(fast, "INTERPRET", False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        fast.performer_chunk(q, k, v, omega)
+
+
 # ------------------------------------------------------------------------------------------------
 # 8. torch.compile(fullgraph=True)
 # ------------------------------------------------------------------------------------------------
@@ -402,3 +542,22 @@ def test_zoo_chunk_compiles_with_inductor():
     compiled = torch.compile(perf.performer_chunk, fullgraph=True)
     assert_close(compiled(q, k, v, omega, chunk_size=8)[0], perf.performer_chunk(q, k, v, omega, chunk_size=8)[0],
                  TOL["f32-interpret"], "inductor")
+
+
+def test_fast_ops_compile_forward_and_backward():
+    torch._dynamo.reset()
+    dev = device()
+    q, k, v, omega = make(1, Shape(1, 20, 1, 8, 4), 12, dtype=torch.float32, device=dev)
+    q.requires_grad_()
+
+    def fn(q, k, v, omega):
+        o, (S, z, c) = fast.performer_chunk(q, k, v, omega, chunk_size=16, output_final_state=True)
+        return o.sum() + S.sum() + z.sum()
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    ref = fn(q, k, v, omega)
+    (g_ref,) = torch.autograd.grad(ref, q)
+    out = compiled(q, k, v, omega)
+    (g,) = torch.autograd.grad(out, q)
+    assert_close(out, ref, tol_for(torch.float32, dev), "compiled loss")
+    assert_close(g, g_ref, grad_tol(tol_for(torch.float32, dev)), "compiled dq")
