@@ -9,6 +9,7 @@ from zoo import hrc_la, performer
 from zoo import softmax_attention
 from zoo import linear_attention
 from zoo import deltanet, gated_deltanet, deltaproduct
+from zoo import based, sliding_window_attention
 
 METHODS = {
     "softmax_attention": softmax_attention,
@@ -18,6 +19,8 @@ METHODS = {
     "deltanet": deltanet,
     "gated_deltanet": gated_deltanet,
     "deltaproduct": deltaproduct,
+    "based": based,
+    "sliding_window_attention": sliding_window_attention,
 }
 
 LAYERS = {
@@ -28,6 +31,8 @@ LAYERS = {
     "deltanet": deltanet.DeltaNet,
     "gated_deltanet": gated_deltanet.GatedDeltaNet,
     "deltaproduct": deltaproduct.GatedDeltaProduct,
+    "based": based.BasedLinearAttention,
+    "sliding_window_attention": sliding_window_attention.SlidingWindowAttention,
 }
 
 __all__ = ["METHODS", "LAYERS"]
