@@ -47,8 +47,8 @@ import triton.language as tl
 import zoo.sliding_window_attention as zw
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as @triton.jit does
-LOG2E: tl.constexpr = 1.4426950408889634  # 1/ln 2: e^x = 2^(x·LOG2E), and exp2 is the fast path
-LN2: tl.constexpr = 0.6931471805599453  # ln 2: turns the log2-unit lse back into a natural log
+LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2: e^x = 2^(x·LOG2E), and exp2 is the fast path
+LN2 = tl.constexpr(0.6931471805599453)  # ln 2: turns the log2-unit lse back into a natural log
 MAX_HEAD_DIM = 256  # past this one head's q, acc and a key block no longer fit in registers
 
 

@@ -90,3 +90,45 @@ def test_fast_mirror_has_the_zoo_names_and_signatures(name):
         elif callable(z):
             assert inspect.signature(f) == inspect.signature(z), \
                 f"{n}: fast signature {inspect.signature(f)} != zoo {inspect.signature(z)}"
+
+
+FAST_FILES = sorted(p for p in (ROOT / "fast").glob("*.py") if not p.name.startswith("_"))
+
+
+def _is_constexpr_call(node) -> bool:
+    """`tl.constexpr(...)` / `triton.language.constexpr(...)`: the only globals a compiled kernel may read."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "constexpr")
+
+
+def _is_jit(fn: ast.FunctionDef) -> bool:
+    for d in fn.decorator_list:
+        d = d.func if isinstance(d, ast.Call) else d
+        if getattr(d, "attr", getattr(d, "id", None)) == "jit":
+            return True
+    return False
+
+
+@pytest.mark.parametrize("path", FAST_FILES, ids=lambda p: p.stem)
+def test_kernels_read_no_plain_globals(path):
+    """Triton's interpreter lets a kernel read any module global; the GPU compiler accepts only
+    globals made with `tl.constexpr(...)` and fails with NameError at the first launch. This
+    difference cost a GPU run once: catch it here, on the CPU."""
+    tree = ast.parse(path.read_text())
+    plain = set()
+    for node in tree.body:
+        targets, value = [], None
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        if value is not None and not _is_constexpr_call(value):
+            plain |= {t.id for t in targets if isinstance(t, ast.Name)}
+    bad = []
+    for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and _is_jit(n)):
+        local = {a.arg for a in fn.args.args + fn.args.kwonlyargs}
+        local |= {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+        used = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        bad += [f"{fn.name} reads {name}" for name in sorted((used & plain) - local)]
+    assert not bad, (f"{path.name}: kernels read plain module globals, which compile only under the "
+                     f"interpreter; make them `NAME = tl.constexpr(value)` or pass them in: {bad}")
