@@ -6,7 +6,8 @@
 #
 #   OUT=/some/dir bash benchmarks/gpu_run.sh
 #
-# Knobs (environment): TOTAL_S (540), GPU_TEST_S (200; 0 skips the tests), HYPOTHESIS_PROFILE (ci),
+# Knobs (environment): TOTAL_S (540), GPU_TEST_S (200; 0 skips the tests), GPU_TEST_WORKERS (6),
+# HYPOTHESIS_PROFILE (ci),
 # BENCH_ARGS / OTHERS_ARGS (the two benchmark steps' arguments; --budget-s and --out are added),
 # OTHERS=0 (skip the step for methods beyond issue 2's).
 #
@@ -40,8 +41,11 @@ if [ "$GPU_TEST_S" -gt 0 ]; then
     log "pytest -m gpu (limit ${GPU_TEST_S}s)"
     # pyproject's addopts name nbmake, which the GPU image lacks: drop them there (notebooks are CPU work).
     NB_OPTS=(); python3 -c "import nbmake" 2> /dev/null || NB_OPTS=(-o "addopts=")
+    # Kernel compilation is CPU work: spread the test files over GPU_TEST_WORKERS processes
+    # (pytest-xdist, present on the GPU image) sharing the one GPU.
+    XDIST=(); python3 -c "import xdist" 2> /dev/null && [ "${GPU_TEST_WORKERS:-6}" -gt 1 ] && XDIST=(-n "${GPU_TEST_WORKERS:-6}" --dist loadfile)
     HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci} timeout -s INT -k 20 "$GPU_TEST_S" \
-        python3 -m pytest ${NB_OPTS[@]+"${NB_OPTS[@]}"} -m gpu -q -rfEs --durations=15 -p no:cacheprovider \
+        python3 -m pytest ${NB_OPTS[@]+"${NB_OPTS[@]}"} ${XDIST[@]+"${XDIST[@]}"} -m gpu -q -rfEs --durations=15 -p no:cacheprovider \
         --junitxml="$OUT/gpu-tests.xml" > "$OUT/gpu-tests.log" 2>&1
     log "pytest exit code $? (0 = all passed, 1 = failures, 5 = none collected, 2/130 = cut off)"
     tail -n 5 "$OUT/gpu-tests.log" | tee -a "$OUT/gpu_run.log"
