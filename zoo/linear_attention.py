@@ -2,8 +2,8 @@
 
 Paper: Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention.
        Katharopoulos, Vyas, Pappas, Fleuret. ICML 2020. arXiv:2006.16236.
-       Code read: idiap/fast-transformers (attention/{linear,causal_linear}_attention.py);
-       fla-org/flash-linear-attention ops/linear_attn (chunk.py, naive.py) for the op convention.
+       Code checked: fla-org/flash-linear-attention ops/linear_attn (chunk.py, naive.py, utils.py)
+       for the op convention; idiap/fast-transformers (the paper's code) through our reference notes.
 Idea:  With a positive feature map φ (here elu(x) + 1), similarity is φ(q)·φ(k), and the
        attention sum reassociates: Σ_s (φ(q_t)·φ(k_s)) v_s = φ(q_t)ᵀ (Σ_s φ(k_s) v_sᵀ). The bracket
        is a K×V state that grows by one outer product per token, so causal attention is an RNN:
@@ -29,8 +29,8 @@ Forms: linear_attention_parallel (definition, the oracle) · linear_attention_re
 Fast:  fast/linear_attention.py — chunk fwd+bwd (causal or not, normalize or not, state in/out),
        recurrent (decode) fwd with the chunk backward.
 Pitfalls: normalize=False is fla's chunk_linear_attn(q, k, v, scale, normalize=False), the same
-          q, k, v, scale. fla's normalize=True differs: ε = 1e-10, and (fla 0.6.0) its key sum
-          restarts at each call (no z in the state), so chained calls do not equal one call.
+          q, k, v, scale. fla's normalize=True differs: ε = 1e-10, and in the chunk.py read its
+          key sum covers only the call's own tokens (no z in the state; newer fla adds one).
           The normaliser needs positive features: elu + 1 > 0; raw q, k can make it cross zero.
           Un-normalised outputs grow like T: accumulate in fp32, and fp16 can overflow.
           NaN/inf inputs give NaN/inf outputs wherever they are read, never finite garbage.
