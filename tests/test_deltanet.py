@@ -2,7 +2,7 @@
 
 1. forms agree: recurrent and chunk equal the parallel definition in float64 (o and final state),
    from an initial state or not, β ∈ (0, 1) or (0, 2);
-2. fast equals zoo (fast/deltanet.py's tests);
+2. fast equals zoo: tests/test_deltanet_fast.py (with fast/deltanet.py);
 3. gradients agree: chunk and parallel, q, k, v, beta and the initial state, through random
    cotangents on o and the final state;
 4. causality: perturbing tokens after t leaves outputs up to t bit-identical;
@@ -70,7 +70,7 @@ def test_half_inputs_accumulate_in_float32_and_return_the_input_dtype():
 
 
 # ------------------------------------------------------------------------------------------------
-# 2. Fast equals zoo: see the fast section below (written with fast/deltanet.py)
+# 2. Fast equals zoo: tests/test_deltanet_fast.py (written with fast/deltanet.py)
 # ------------------------------------------------------------------------------------------------
 
 

@@ -2,7 +2,7 @@
 
 1. forms agree: recurrent and chunk equal the parallel definition in float64 (o and final state),
    with and without the forget gate, n_h = 1..3, β ∈ (0, 2), chunks splitting tokens;
-2. fast equals zoo (fast/deltaproduct.py's tests);
+2. fast equals zoo: tests/test_deltaproduct_fast.py (with fast/deltaproduct.py);
 3. gradients agree: chunk and parallel, q, k, v, g, beta and the initial state;
 4. causality: perturbing tokens after t (all their micro-steps) leaves outputs up to t bit-identical;
 5. state carry: two chained calls equal one call; the layer's prefill then decode equals forward;
@@ -77,7 +77,7 @@ def test_half_inputs_accumulate_in_float32_and_return_the_input_dtype():
 
 
 # ------------------------------------------------------------------------------------------------
-# 2. Fast equals zoo: see the fast section below (written with fast/deltaproduct.py)
+# 2. Fast equals zoo: tests/test_deltaproduct_fast.py (written with fast/deltaproduct.py)
 # ------------------------------------------------------------------------------------------------
 
 

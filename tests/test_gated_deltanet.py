@@ -2,7 +2,7 @@
 
 1. forms agree: recurrent and chunk equal the parallel definition in float64 (o and final state),
    from an initial state or not, for gentle and for very strong decays (e^{Γ} underflowing to 0);
-2. fast equals zoo (fast/gated_deltanet.py's tests);
+2. fast equals zoo: tests/test_gated_deltanet_fast.py (with fast/gated_deltanet.py);
 3. gradients agree: chunk and parallel, q, k, v, g, beta and the initial state;
 4. causality: perturbing tokens after t leaves outputs up to t bit-identical;
 5. state carry: two chained calls equal one call; the layer's prefill then decode equals forward,
@@ -71,7 +71,7 @@ def test_half_inputs_accumulate_in_float32_and_return_the_input_dtype():
 
 
 # ------------------------------------------------------------------------------------------------
-# 2. Fast equals zoo: see the fast section below (written with fast/gated_deltanet.py)
+# 2. Fast equals zoo: tests/test_gated_deltanet_fast.py (written with fast/gated_deltanet.py)
 # ------------------------------------------------------------------------------------------------
 
 
