@@ -33,8 +33,9 @@ Tile rule (head dims only; T is never a compile key: it is in do_not_specialize)
   BT = 64 always (the chunk_size option is checked and accepted; the result does not depend on it
   beyond rounding). BK = next power of two ≥ K, whole K in one tile (K, V ≤ 256). BV = 32 for the
   sequential kernels when K ≥ 128 (S is a [BK, BV] fp32 register tile: 4K floats), else 64;
-  num_warps 4 (8 for the WY backward, which holds [BT, BK] fp32 tiles), num_stages 2 (Hopper:
-  loads of chunk n+1 overlap the dots of chunk n in the sequential loops).
+  num_warps 8 when K ≥ 128, else 4 (register counts from ptxas for sm_90 in _tiles); num_stages 2.
+  No row masks: the host pads T to a multiple of 64 (see _pad_to_chunk); head dims are masked
+  against constexpr K, V, which costs nothing when they are powers of two.
 
 Numerics: every accumulator is fp32 (the state, the dots' outputs). The 16×16 inverses and
 their merges run in fp32 with exact (ieee) dots: the solve is the precision-sensitive step. Other
@@ -87,7 +88,11 @@ def _pow2(n: int) -> int:
 def _tiles(K: int, V: int) -> dict:
     """The tile rule: a function of the head dims only (never of B or T)."""
     BK, BVF = _pow2(K), _pow2(V)
-    return dict(BK=BK, BVF=BVF, BV=min(BVF, 32 if BK >= 128 else 64), BKS=min(BK, 64))
+    # num_warps: at K = 128 every chunk kernel holds several [64, 128] tiles; with 4 warps ptxas
+    # (sm_90) gives them all 255 registers and spills (up to 632 bytes a thread); with 8 warps the
+    # spills vanish or shrink to < 140 bytes.
+    return dict(BK=BK, BVF=BVF, BV=min(BVF, 32 if BK >= 128 else 64), BKS=min(BK, 64),
+                NW=8 if BK >= 128 else 4)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -353,23 +358,23 @@ def _chunk_state_bwd_kernel(q, k, w, gam, do, dht, dh, dv_new, dh0, scale, T, H:
         b_w = tl.load(w + o_k + t0 * H * K, mask=mask_tk, other=0.)
         b_do = tl.load(do + o_v + t0 * H * V, mask=mask_tv, other=0.)  # [BT, BV]
         # ---------------------------------------------------------- dV_new
-        b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale  # sQKᵀ  [BT, BT]
+        b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # QKᵀ  [BT, BT]
         mask_c = offs_r[:, None] >= offs_r[None, :]
-        b_qs = b_q.to(tl.float32) * scale  # sQ  [BT, BK]
         b_dSk = tl.dot(b_k, b_dS.to(DT), input_precision=PREC)  # K dS  [BT, BV]
+        b_dos = b_do.to(tl.float32) * scale  # (e^Γ⊙sQ)ᵀdO = Qᵀ(s e^Γ⊙dO): scale the small tile  [BT, BV]
         if USE_G:
             b_g = tl.load(gam + (t0 + offs_r) * H)
             b_g_last = tl.load(gam + (t0 + BT - 1) * H)
             b_A = b_A * tl.exp(tl.where(mask_c, b_g[:, None] - b_g[None, :], float('-inf')))
             b_dSk = b_dSk * tl.exp(b_g_last - b_g)[:, None]
-            b_qs = b_qs * tl.exp(b_g)[:, None]
-        b_A = tl.where(mask_c, b_A, 0.)
+            b_dos = b_dos * tl.exp(b_g)[:, None]
+        b_A = tl.where(mask_c, b_A * scale, 0.)  # sQKᵀ ⊙ D
         b_dv = tl.dot(tl.trans(b_A).to(DT), b_do, input_precision=PREC) + b_dSk  # [BT, BV]
         tl.store(dv_new + o_v + t0 * H * V, b_dv.to(dv_new.dtype.element_ty), mask=mask_tv)
         # ---------------------------------------------------------- dS of the state entering the chunk
         if USE_G:
             b_dS = b_dS * tl.exp(b_g_last)
-        b_dS += tl.dot(tl.trans(b_qs).to(DT), b_do, input_precision=PREC)
+        b_dS += tl.dot(tl.trans(b_q), b_dos.to(DT), input_precision=PREC)
         b_dS -= tl.dot(tl.trans(b_w), b_dv.to(DT), input_precision=PREC)
     tl.store(dh0 + i_bh.to(tl.int64) * K * V + offs_kv, b_dS, mask=mask_kv)
 
@@ -578,7 +583,7 @@ def _chunk_wy_fwd(k, v, beta, g, store_X: bool):
     gam = k.new_empty(B, T, H, dtype=torch.float32) if g is not None else w
     _chunk_wy_fwd_kernel[(NT, B * H)](
         k, v, beta, g if g is not None else beta, w, u, X, gam, T, H, K, V, CHUNK, t["BK"], t["BVF"],
-        USE_G=g is not None, STORE_X=store_X, PREC=_precision(k.dtype), num_warps=4,
+        USE_G=g is not None, STORE_X=store_X, PREC=_precision(k.dtype), num_warps=t["NW"],
         num_stages=1)
     return w, u, (X if store_X else None), (gam if g is not None else None)
 
@@ -595,7 +600,7 @@ def _chunk_state_fwd(q, k, w, u, gam, h0, scale, compute_o: bool):
     _chunk_state_fwd_kernel[(triton.cdiv(V, t["BV"]), B * H)](
         q, k, w, u, gam if gam is not None else u, h0 if h0 is not None else ht, o, ht, h, v_new,
         scale, T, H, K, V, CHUNK, t["BK"], t["BV"], USE_G=gam is not None, USE_H0=h0 is not None,
-        COMPUTE_O=compute_o, STORE_H=not compute_o, PREC=_precision(k.dtype), num_warps=4,
+        COMPUTE_O=compute_o, STORE_H=not compute_o, PREC=_precision(k.dtype), num_warps=t["NW"],
         num_stages=NUM_STAGES)
     return (o, ht) if compute_o else (h, v_new, ht)
 
@@ -638,14 +643,14 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale):
     _chunk_state_bwd_kernel[(triton.cdiv(V, t["BV"]), B * H)](
         q, k, w, gam if gam is not None else dh0, do, dht if dht is not None else dh0, dh, dv_new,
         dh0, scale, T, H, K, V, CHUNK, t["BK"], t["BV"], USE_G=gam is not None,
-        USE_DHT=dht is not None, PREC=prec, num_warps=4, num_stages=NUM_STAGES)
+        USE_DHT=dht is not None, PREC=prec, num_warps=t["NW"], num_stages=NUM_STAGES)
     # step 4
     dq = torch.empty_like(q)
     dk_part, dw = torch.empty_like(k), torch.empty_like(k)  # input dtype: half the bytes of fp32
     dgam = k.new_empty(NK, B, T, H, dtype=torch.float32) if g is not None else dw
     _chunk_bwd_dqkw_kernel[(NK, NT, B * H)](
         q, k, gam if gam is not None else dw, h, dh, v_new, do, dv_new, dq, dk_part, dw, dgam,
-        scale, T, H, K, V, CHUNK, t["BKS"], t["BV"], USE_G=g is not None, PREC=prec, num_warps=4,
+        scale, T, H, K, V, CHUNK, t["BKS"], t["BV"], USE_G=g is not None, PREC=prec, num_warps=t["NW"],
         num_stages=NUM_STAGES)
     # step 5
     dk, dv = torch.empty_like(k), torch.empty_like(v)
@@ -654,7 +659,7 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale):
     _chunk_wy_bwd_kernel[(NT, B * H)](
         k, v, beta, gam if gam is not None else dw, X, dw, dv_new, dk_part, dgam, dk, dv, dbeta,
         dg if g is not None else dbeta, T, H, K, V, CHUNK, t["BK"], t["BV"], NK,
-        USE_G=g is not None, PREC=prec, num_warps=8, num_stages=NUM_STAGES)
+        USE_G=g is not None, PREC=prec, num_warps=t["NW"], num_stages=NUM_STAGES)
     if T != T0:  # drop the padding
         dq, dk, dv, dbeta = (x[:, :T0].contiguous() for x in (dq, dk, dv, dbeta))
         dg = dg[:, :T0].contiguous() if g is not None else dg
