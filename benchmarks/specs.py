@@ -318,9 +318,122 @@ DELTAPRODUCT = MethodSpec(
 
 
 # ------------------------------------------------------------------------------------------------
+# based (issue 4): Taylor linear attention. q, k are feature_dim = 16 wide (the layer's proj_q,
+# proj_k), v and o are D wide; normalised (the layer's default, and fla's use_norm=True). fla's
+# parallel_based and fused_chunk_based compute the same function (kernel 1 + s + s²/2 with
+# s = q·k/√16, o / (z + 1e-6)); the second is timed under its own entry, fla rows only.
+# ------------------------------------------------------------------------------------------------
+BASED_FEATURE_DIM = 16
+BASED_CHUNK = 64  # the zoo's default chunk length L
+BASED_M = 1 + BASED_FEATURE_DIM + BASED_FEATURE_DIM ** 2  # the Taylor map's width, 273
+
+
+def based_inputs(B, T, H, D, dtype, device, causal, seed):
+    """q, k ~ N(0, 1) [B, T, H, 16]; v ~ N(0, 1) [B, T, H, D]."""
+    g = generator(device, seed)
+    q, k = (randn(g, (B, T, H, BASED_FEATURE_DIM), dtype, device) for _ in range(2))
+    return {"q": q, "k": k, "v": randn(g, (B, T, H, D), dtype, device)}
+
+
+# Forward, per head and token, the chunk algorithm (K = 16, M = 273, V = D): intra-chunk q kᵀ and
+# A v on full L × L tiles (2·L·K + 2·L·V), the readout φ(q) S and the state update φ(k)ᵀ v
+# (2·M·V each); non-causal only the last two. Backward: every matmul has two input gradients,
+# counted as 2 × the forward, so 3 × in all.
+def based_flops(B, T, H, D, causal, direction) -> float:
+    per_token = 4.0 * BASED_M * D + (2.0 * BASED_CHUNK * (BASED_FEATURE_DIM + D) if causal else 0.0)
+    fwd = B * H * T * per_token
+    return fwd if direction == "fwd" else 3.0 * fwd
+
+
+# Minimum traffic: forward reads q, k (16 wide) and v, writes o (D wide); forward + backward also
+# reads do and writes dq, dk, dv: twice that.
+def based_bytes(B, T, H, D, causal, direction, elt) -> float:
+    fwd = stream_bytes(B, T, H, BASED_FEATURE_DIM, elt, 2) + stream_bytes(B, T, H, D, elt, 2)
+    return fwd if direction == "fwd" else 2.0 * fwd
+
+
+def _fla_based(fn, x, causal):
+    o = fn(x["q"], x["k"], x["v"], scale=BASED_FEATURE_DIM ** -0.5, use_norm=True)
+    return o[0] if isinstance(o, tuple) else o
+
+
+def _only_fla(impl, B, T, H, D, causal, device_type):
+    return None if impl == "fla" else "timed under method 'based': this entry holds fla's fused_chunk_based only"
+
+
+BASED = MethodSpec(
+    name="based",
+    chunk_op="based_chunk",
+    reference_op="based_parallel",
+    make_inputs=based_inputs,
+    call=lambda op, x, causal: op(x["q"], x["k"], x["v"], causal=causal)[0],
+    flops=based_flops,
+    bytes=based_bytes,
+    causal_modes=(True,),
+    fla=FlaRef("fla.ops.based", "parallel_based", _fla_based, causal_only=True),
+    approximates_softmax=True,
+    variant=f"feature_dim={BASED_FEATURE_DIM}, normalize=True",
+)
+
+BASED_FLA_FUSED_CHUNK = dataclasses.replace(
+    BASED, name="based_fla_fused_chunk", zoo_module="zoo.based", fast_module="fast.based",
+    fla=FlaRef("fla.ops.based", "fused_chunk_based", _fla_based, causal_only=True), skip=_only_fla,
+    approximates_softmax=False,
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# sliding_window_attention (issue 4): causal softmax over the last W keys, W = 64 and W = 512 (one
+# entry each). SDPA (full causal flash) is the bar: compare the `tflops` column, which for both
+# counts only the (query, key) pairs actually attended, i.e. throughput on the tokens attended.
+# ------------------------------------------------------------------------------------------------
+def _swa_pairs(T, W) -> float:
+    """Σ_i min(i + 1, W): the (query, key) pairs a causal window of W keys attends."""
+    W = min(W, T)
+    return W * (W + 1) / 2 + (T - W) * W
+
+
+def _swa_flops(W):
+    # 4·D per attended pair forward (q kᵀ and P v), as the softmax entry; fwd+bwd 3.5 ×.
+    def flops(B, T, H, D, causal, direction) -> float:
+        fwd = 4.0 * B * H * D * _swa_pairs(T, W)
+        return fwd if direction == "fwd" else 3.5 * fwd
+    return flops
+
+
+def _swa_skip(impl, B, T, H, D, causal, device_type):
+    if impl == "fla":
+        return "fla has no sliding-window op"
+    return None
+
+
+def _swa_spec(W, name):
+    return MethodSpec(
+        name=name,
+        chunk_op="sliding_window_attention_chunk",
+        reference_op="sliding_window_attention_parallel",
+        make_inputs=qkv_inputs,
+        call=lambda op, x, causal: op(x["q"], x["k"], x["v"], window=W),
+        flops=_swa_flops(W),
+        bytes=qkv_o_bytes,
+        causal_modes=(True,),
+        approximates_softmax=True,  # err_vs_softmax: what the window forgets, against full attention
+        variant=f"window={W}",
+        skip=_swa_skip,
+        zoo_module="zoo.sliding_window_attention",
+        fast_module="fast.sliding_window_attention",
+    )
+
+
+SLIDING_WINDOW_64 = _swa_spec(64, "sliding_window_attention")
+SLIDING_WINDOW_512 = _swa_spec(512, "sliding_window_attention_w512")
+
+
+# ------------------------------------------------------------------------------------------------
 # The table
 # ------------------------------------------------------------------------------------------------
-SPECS: list[MethodSpec] = [SOFTMAX_ATTENTION, LINEAR_ATTENTION, DELTANET, GATED_DELTANET, DELTAPRODUCT]
+SPECS: list[MethodSpec] = [SOFTMAX_ATTENTION, LINEAR_ATTENTION, DELTANET, GATED_DELTANET, DELTAPRODUCT,
+                           BASED, BASED_FLA_FUSED_CHUNK, SLIDING_WINDOW_64, SLIDING_WINDOW_512]
 
 
 def all_specs() -> dict[str, MethodSpec]:

@@ -33,11 +33,12 @@ backward, since both forms compute the same function.
 Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = d' = 16, V = 128, BT = 64, causal):
     bytes, forward: q, k (2 × 16.8 MB) + v, o (2 × 134 MB) = 302 MB: 0.10 ms at 3 TB/s.
     FLOPs, forward, per token and head and V-tile of 32: 2·BT·K (s) + 2·BT·BV (A v)
-        + 2·2·BK²·BV (q⊗q S², S² update) + 2·2·BK·BV (order 1) = 2 k + 4 k + 65.5 k + 4 k
-        ≈ 76 k, × 4 V-tiles × 524 k token-heads = 160 GFLOP (the s dot is repeated per tile):
-        0.4 ms at 400 TFLOP/s. The floor is the tensor cores on the d'²·V state term, not bytes
-        (fla's parallel_based spends O(T) per token instead: 2.83 ms here).
-    backward: (a) ≈ 1.1×, (b) ≈ 2× the forward's FLOPs: floor ≈ 1.3 ms; fwd+bwd ≈ 1.7 ms.
+        + 2·2·BK²·BV (q⊗q S², S² update) + 2·2·BK·BV (order 1) = 2 k + 4 k + 32.8 k + 2 k
+        ≈ 41 k, × 4 V-tiles × 524 k token-heads = 86 GFLOP (the s dot is repeated per tile):
+        0.2 ms at 400 TFLOP/s. So the floor is the tensor cores on the d'²·V state term, about
+        2× the bytes' 0.1 ms (fla's parallel_based spends O(T) per token instead: 2.83 ms here).
+        In practice a sweep is latency-bound: 128 dependent chunk steps per program, 256 programs.
+    backward: (a) ≈ 1.2×, (b) ≈ 2× the forward's FLOPs: floor ≈ 0.65 ms; fwd+bwd ≥ 0.85 ms.
 Tile rule: BK = 16 (feature_dim ≤ 16, zero-padded), S² is BK² = 256 rows, BV from a budget
 of 8192 fp32 state elements per program (BV = 32: 4 V-tiles at V = 128, B·H·4 = 256 programs),
 8 warps so the [BT, BK²] q⊗q block and S² together stay under ~160 registers a thread.
@@ -64,7 +65,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @tri
 MAX_FEATURE_DIM = 16  # S² is feature_dim² rows: 16 → 256 rows, what one program's registers hold
 STATE_ELEMENTS = 8192  # fp32 elements of S² per program (BK² · BV)
 MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
-INV_SQRT2: tl.constexpr = 0.7071067811865476  # 1/√2, the second order's weight c/√2
+INV_SQRT2 = tl.constexpr(0.7071067811865476)  # 1/√2, the second order's weight c/√2
 
 
 # ------------------------------------------------------------------------------------------------
