@@ -5,7 +5,7 @@ Kernel plan
 One kernel does the training work: a *sweep* over the chunks of one (batch, head), computing
 the zoo's chunk form (4) in the forward's names,
 
-    o_t = s_q · q_tᵀ (h0 + s_k · Σ_{u ≤ t} k_u v_uᵀ)                  (u ≥ t when REVERSE)
+    o_t = s_q · q_tᵀ (h0 + s_k · Σ_{j ≤ t} k_j v_jᵀ)                  (j ≥ t when REVERSE)
 
 with the running state S [K, BV] in fp32 registers for the whole sweep: it is never written to
 memory per chunk (fla's chunk op writes every S_n to HBM and reads it back; that traffic is what
@@ -24,7 +24,7 @@ Backward keeps q, k, v and the initial state (plus o and den when normalised); t
 are recomputed by the sweeps, never stored.
 
 normalize=True. The normaliser is the numerator with a column of ones appended to v:
-den_t = s_q·q_tᵀ(z_0 + Σ k_u) + ε = (A 1)_t + s_q·q_t·z + ε, so the forward sweep carries the key
+den_t = s_q·q_tᵀ(z_0 + Σ k_j) + ε = (A 1)_t + s_q·q_t·z + ε, so the forward sweep carries the key
 sum z [K] beside S and stores den [B, T, H] (fp32) for backward. Backward of o = n / den:
 dn = do / den and dd = −(do·o) / den (one small kernel), and the ones column moves into the
 contraction: dq's query becomes [dn | dd] against keys [v | 1], dk's query [v | 1] against keys
@@ -126,7 +126,7 @@ def _linear_attention_chunk_kernel(
     CAUSAL: tl.constexpr, REVERSE: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, NORMALIZE: tl.constexpr, AUGMENT: tl.constexpr,
 ):
-    """o_t = s_q·q_tᵀ(h0 + s_k Σ_{u ≤ t} k_u v_uᵀ) chunk by chunk (zoo (4)); ÷ den when NORMALIZE."""
+    """o_t = s_q·q_tᵀ(h0 + s_k Σ_{j ≤ t} k_j v_jᵀ) chunk by chunk (zoo (4)); ÷ den when NORMALIZE."""
     # -- map the program to a V-tile of one (batch, head) ------------------------------------------
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -189,11 +189,11 @@ def _linear_attention_chunk_kernel(
             b_A = tl.dot(b_q, tl.trans(b_k))  # [BT, BT] fp32
             if AUGMENT:
                 b_b = tl.load(b + p_t, mask=mask_t, other=0.0)
-                b_A += b_a[:, None] * b_b[None, :]  # the extra coordinate's a_t·b_u
+                b_A += b_a[:, None] * b_b[None, :]  # the extra coordinate's a_t·b_j
             if REVERSE:
-                mask_A = offs_t[:, None] <= offs_t[None, :]  # u ≥ t
+                mask_A = offs_t[:, None] <= offs_t[None, :]  # j ≥ t
             else:
-                mask_A = offs_t[:, None] >= offs_t[None, :]  # u ≤ t
+                mask_A = offs_t[:, None] >= offs_t[None, :]  # j ≤ t
             b_A = tl.where(mask_A, (s_q * s_k) * b_A, 0.0)  # where, not ×: inf·0 would be NaN
             b_o += tl.dot(b_A.to(b_v.dtype), b_v)
             if NORMALIZE:
