@@ -88,10 +88,7 @@ def _prologue(q, k, v, beta, scale, initial_state, chunk_size=None):
     scale = K ** -0.5 if scale is None else scale
     q, k, v = (x.to(dtype).transpose(1, 2) for x in (q, k, v))  # [B, H, T, ·]
     beta = beta.to(dtype).transpose(1, 2)  # [B, H, T]
-    if initial_state is None:
-        S = q.new_zeros(B, H, K, v.shape[-1])  # [B, H, K, V]
-    else:
-        S = initial_state.to(dtype)
+    S = q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else initial_state.to(dtype)  # [B, H, K, V]
     return q * scale, k, v, beta, S
 
 
