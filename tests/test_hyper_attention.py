@@ -1,0 +1,333 @@
+"""HyperAttention: the spec, in DESIGN.md's law order.
+
+1. forms agree: the chunk algorithm (sorted blocks + sampled keys + lse merge) equals the dense
+   log-weight oracle in float64 (o, lse and gradients), causal and not, any T (padding included);
+2. fast equals zoo: the Triton kernels in fp32 under the interpreter (same proj, same samples),
+   bf16/fp16 on a GPU;
+3. gradients agree: q, k, v through random cotangents on o and lse;
+4. causality: perturbing keys and values after t leaves outputs up to t bit-identical (the card
+   says why future *queries* may still move a past query to another block);
+5. state carry: none (no recurrent form: the method needs all keys at once);
+6. own laws: one block covering T with no samples is exact attention; T < min_seq_len is exact
+   attention (T ≤ min_seq_len causal); the lse merge of two disjoint key sets is attention over
+   their union; the Gray rank orders buckets one bit apart; error against exact attention falls
+   as block_size and sample_size grow on clustered keys; the same seed reproduces;
+7. bad inputs raise clear errors;
+8. torch.compile(fullgraph=True): both forms and the module with aot_eager, the chunk form with
+   inductor, the fast op under the interpreter.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from strategies import (TOL, Shape, assert_close, edge_examples, grads, randn, rel_rms, seeds, shapes)
+import zoo.hyper_attention as zh
+
+F64 = torch.float64
+block_sizes = st.sampled_from([1, 3, 4, 8, 16])
+sample_sizes = st.sampled_from([0, 1, 5, 16])
+min_seq_lens = st.sampled_from([1, 4, 9, 1000])
+projs = st.integers(1, 5)
+
+
+def qkv(seed, s: Shape, dtype=F64, device="cpu"):
+    return (randn(seed, s.B, s.T, s.H, s.K, dtype=dtype, device=device),
+            randn(seed + 1, s.B, s.T, s.H, s.K, dtype=dtype, device=device),
+            randn(seed + 2, s.B, s.T, s.H, s.V, dtype=dtype, device=device))
+
+
+def proj_for(K, r, seed=0, dtype=F64):
+    return zh.lsh_projections(K, r, seed=seed, dtype=dtype)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def exact(q, k, v, causal=False, scale=None):
+    """SDPA in float64 on [B, T, H, *]: an oracle that shares no code with the zoo file."""
+    return F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), is_causal=causal,
+                                          scale=scale).transpose(1, 2)
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Forms agree
+# ------------------------------------------------------------------------------------------------
+@given(shape=shapes(max_T=40), causal=st.booleans(), b=block_sizes, s=sample_sizes,
+       min_len=min_seq_lens, r=projs, seed=seeds)
+@edge_examples(chunk_size=8, causal=True, b=4, s=5, min_len=1, r=3)
+@edge_examples(chunk_size=8, causal=False, b=4, s=5, min_len=1, r=3)
+def test_chunk_equals_the_dense_log_weight_oracle_in_float64(shape, causal, b, s, min_len, r, seed):
+    q, k, v = qkv(seed, shape)
+    kw = dict(proj=proj_for(shape.K, r, seed), causal=causal, block_size=b, sample_size=s,
+              min_seq_len=min_len, return_lse=True)
+    o_ref, lse_ref = zh.hyper_attention_parallel(q, k, v, generator=gen(seed), **kw)
+    o, lse = zh.hyper_attention_chunk(q, k, v, generator=gen(seed), **kw)
+    assert_close(o, o_ref, TOL["f64"], "o")
+    assert_close(lse, lse_ref, TOL["f64"], "lse")
+
+
+@settings(max_examples=4)
+@given(shape=shapes(max_T=24, max_B=1, max_H=2, max_K=6, max_V=6), causal=st.booleans(), seed=seeds)
+def test_chunk_gradients_equal_the_oracle_in_float64(shape, causal, seed):
+    q, k, v = qkv(seed, shape)
+    kw = dict(proj=proj_for(shape.K, 3, seed), causal=causal, block_size=4, sample_size=6,
+              min_seq_len=2, return_lse=True)
+    cot = [randn(seed + 5, *q.shape[:3], v.shape[-1]), randn(seed + 6, *q.shape[:3])]
+    inputs = {"q": q.requires_grad_(), "k": k.requires_grad_(), "v": v.requires_grad_()}
+    g_ref = grads(lambda **x: zh.hyper_attention_parallel(**x, generator=gen(seed), **kw), inputs, cot)
+    g = grads(lambda **x: zh.hyper_attention_chunk(**x, generator=gen(seed), **kw), inputs, cot)
+    for name in ("q", "k", "v"):
+        assert_close(g[name], g_ref[name], TOL["f64"], f"d{name}")
+
+
+def test_module_is_the_chunk_op_on_heads_first_tensors():
+    B, H, T, D = 1, 2, 50, 8
+    q, k, v = (randn(i, B, H, T, D) for i in range(3))
+    attn = zh.HyperAttention(input_dim=D, lsh_num_projs=4, block_size=8, sample_size=8, min_seq_len=16, seed=3)
+    o, lse = attn(q, k, v, causal=True, return_lse=True, generator=gen(1))
+    o_ref, lse_ref = zh.hyper_attention_chunk(*(x.transpose(1, 2) for x in (q, k, v)), proj=attn.proj.double(),
+                                              causal=True, block_size=8, sample_size=8, min_seq_len=16,
+                                              return_lse=True, generator=gen(1))
+    assert o.shape == (B, H, T, D) and lse.shape == (B, H, T, 1)
+    assert_close(o, o_ref.transpose(1, 2), TOL["f64"], "o")
+    assert_close(lse[..., 0], lse_ref.transpose(1, 2), TOL["f64"], "lse")
+    assert attn.state_dict() == {} or all(not t.numel() for t in attn.state_dict().values())
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Causality
+# ------------------------------------------------------------------------------------------------
+@given(shape=shapes(max_T=48, min_K=2), t=st.integers(0, 47), b=block_sizes, seed=seeds)
+@edge_examples(chunk_size=8, t=0, b=4)
+def test_future_keys_and_values_do_not_change_the_past(shape, t, b, seed):
+    t = min(t, shape.T - 1)
+    q, k, v = qkv(seed, shape)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, t + 1:] = randn(seed + 7, *k2[:, t + 1:].shape)
+    v2[:, t + 1:] = randn(seed + 8, *v2[:, t + 1:].shape)
+    kw = dict(proj=proj_for(shape.K, 3, seed), causal=True, block_size=b, sample_size=5, min_seq_len=4,
+              return_lse=True)
+    o, lse = zh.hyper_attention_chunk(q, k, v, generator=gen(seed), **kw)
+    o2, lse2 = zh.hyper_attention_chunk(q, k2, v2, generator=gen(seed), **kw)
+    assert torch.equal(o[:, :t + 1], o2[:, :t + 1]), "a future key or value reached the past"
+    assert torch.equal(lse[:, :t + 1], lse2[:, :t + 1])
+
+
+def test_gradients_never_flow_to_future_keys_and_values():
+    B, T, H, D = 1, 40, 2, 6
+    q, k, v = (randn(i, B, T, H, D).requires_grad_() for i in range(3))
+    o = zh.hyper_attention_chunk(q, k, v, proj=proj_for(D, 3), causal=True, block_size=4, sample_size=6,
+                                 min_seq_len=4, generator=gen())
+    t = 17
+    o[:, t].sum().backward()
+    assert k.grad[:, t + 1:].abs().max() == 0 and v.grad[:, t + 1:].abs().max() == 0
+    assert q.grad[:, t + 1:].abs().max() == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. The method's own laws
+# ------------------------------------------------------------------------------------------------
+@given(shape=shapes(max_T=40), causal=st.booleans(), extra=st.integers(0, 5), r=projs, seed=seeds)
+@edge_examples(chunk_size=8, causal=True, extra=0, r=2)
+def test_one_block_covering_T_without_samples_is_exact_attention(shape, causal, extra, r, seed):
+    q, k, v = qkv(seed, shape)
+    o = zh.hyper_attention_chunk(q, k, v, proj=proj_for(shape.K, r, seed), causal=causal,
+                                 block_size=shape.T + extra, sample_size=0, min_seq_len=1)
+    assert_close(o, exact(q, k, v, causal), TOL["f64"], "o")
+
+
+@given(shape=shapes(max_T=40), causal=st.booleans(), seed=seeds)
+@edge_examples(chunk_size=8, causal=False)
+def test_shorter_than_min_seq_len_is_exact_attention(shape, causal, seed):
+    q, k, v = qkv(seed, shape)
+    min_len = shape.T if causal else shape.T + 1  # causal: T ≤ min_seq_len; else T < min_seq_len
+    o, lse = zh.hyper_attention_chunk(q, k, v, proj=proj_for(shape.K, 3), causal=causal, block_size=2,
+                                      sample_size=3, min_seq_len=min_len, return_lse=True)
+    assert_close(o, exact(q, k, v, causal), TOL["f64"], "o")
+    s = torch.einsum("bihd,bjhd->bhij", q, k) * shape.K ** -0.5
+    if causal:
+        s = s.masked_fill(torch.ones(shape.T, shape.T, dtype=torch.bool).triu(1), float("-inf"))
+    assert_close(lse, torch.logsumexp(s, -1).transpose(1, 2), TOL["f64"], "lse")
+
+
+@given(shape=shapes(max_T=30), seed=seeds)
+@edge_examples(chunk_size=8)
+def test_lse_merge_of_two_disjoint_key_sets_is_attention_over_their_union(shape, seed):
+    q, k, v = (x.transpose(1, 2) for x in qkv(seed, shape))  # [B, H, T, *]
+    first = torch.rand(shape.T, generator=gen(seed)) < 0.5
+    first[0], scale = True, 0.7  # key 0 in the first set, the last key (if another) in the second
+    first[-1] = shape.T == 1
+    second = ~first
+    o1, lse1 = zh.attention_with_lse(q, k[:, :, first], v[:, :, first], scale)
+    if second.any():
+        o2, lse2 = zh.attention_with_lse(q, k[:, :, second], v[:, :, second], scale)
+        o1, lse1 = zh.merge_partial_attention(o1, lse1, o2, lse2)
+    o, lse = zh.attention_with_lse(q, k, v, scale)
+    assert_close(o1, o, TOL["f64"], "merged o")
+    assert_close(lse1, lse, TOL["f64"], "merged lse")
+
+
+def test_a_partial_softmax_with_finfo_min_lse_gets_zero_weight():
+    o1, lse1 = torch.randn(2, 5, 3, dtype=F64), torch.randn(2, 5, dtype=F64)
+    o2, lse2 = torch.randn(2, 5, 3, dtype=F64), torch.full((2, 5), torch.finfo(F64).min, dtype=F64)
+    o, lse = zh.merge_partial_attention(o1, lse1, o2, lse2)
+    assert torch.equal(o, o1) and torch.equal(lse, lse1)
+
+
+def test_gray_rank_orders_buckets_one_bit_apart():
+    for r in (1, 3, 8, 16):
+        buckets = torch.arange(2 ** r)
+        rank = zh.gray_code_rank(buckets)
+        assert torch.equal(rank.sort().values, buckets), "the rank is a permutation of the buckets"
+        order = torch.empty_like(rank).scatter(0, rank, buckets)  # bucket at each rank
+        flips = order[1:] ^ order[:-1]
+        assert torch.all((flips & (flips - 1)) == 0) and torch.all(flips > 0), f"r={r}: not one bit apart"
+
+
+def test_sorting_puts_equal_codes_together_stably():
+    x = randn(0, 1, 1, 200, 6)
+    proj = proj_for(6, 3)
+    perm, _ = zh.sort_lsh(x, x, proj)
+    codes = zh.lsh_codes(x, proj).gather(-1, perm)
+    assert torch.all(codes[..., 1:] >= codes[..., :-1])
+    for c in codes.unique():  # stable: equal codes keep token order
+        assert torch.all(perm[codes == c].diff() > 0)
+
+
+def clustered(seed, B, T, H, D, clusters=16, spread=0.15, norm=4.0):
+    """Queries and keys near a few shared directions: the heavy scores HyperAttention is for."""
+    centres = F.normalize(randn(seed, clusters, H, D), dim=-1) * norm
+    g = gen(seed)
+    cq, ck = (torch.randint(0, clusters, (B, T), generator=g) for _ in range(2))
+    h = torch.arange(H)
+    q = centres[cq[..., None], h] + spread * randn(seed + 1, B, T, H, D) * norm
+    k = centres[ck[..., None], h] + spread * randn(seed + 2, B, T, H, D) * norm
+    return q, k, randn(seed + 3, B, T, H, D)
+
+
+def test_error_falls_as_block_size_and_sample_size_grow_on_clustered_keys():
+    B, T, H, D = 1, 512, 2, 16
+
+    def err(b, s):
+        errs = []
+        for seed in range(4):
+            q, k, v = clustered(10 * seed, B, T, H, D)
+            o = zh.hyper_attention_chunk(q, k, v, proj=proj_for(D, 6, seed), block_size=b, sample_size=s,
+                                         min_seq_len=1, generator=gen(seed))
+            errs.append(rel_rms(o, exact(q, k, v)))
+        return sum(errs) / len(errs)
+
+    by_block = [err(b, 32) for b in (16, 64, 256)]
+    by_samples = [err(32, s) for s in (8, 64, 256)]
+    assert by_block[0] > by_block[1] > by_block[2], f"error vs block_size 16/64/256: {by_block}"
+    assert by_samples[0] > by_samples[1] > by_samples[2], f"error vs sample_size 8/64/256: {by_samples}"
+    assert err(T, 0) < 1e-12  # one block: exact
+
+
+def test_the_same_seed_and_generator_reproduce_the_result():
+    q, k, v = qkv(0, Shape(1, 64, 2, 8, 8))
+    a = zh.HyperAttention(input_dim=8, block_size=8, sample_size=8, min_seq_len=16, seed=5)
+    b = zh.HyperAttention(input_dim=8, block_size=8, sample_size=8, min_seq_len=16, seed=5)
+    assert torch.equal(a.proj, b.proj)
+    args = [x.transpose(1, 2) for x in (q, k, v)]
+    assert torch.equal(a(*args, generator=gen(2)), b(*args, generator=gen(2)))
+    assert not torch.equal(a(*args, generator=gen(2)), a(*args, generator=gen(3)))
+
+
+def test_no_nan_for_any_length_in_half_and_single_precision():
+    for T in (1, 2, 3, 17, 64, 65):
+        for dtype in (torch.float32, torch.bfloat16):
+            q, k, v = qkv(T, Shape(1, T, 2, 8, 8), dtype=dtype)
+            for causal in (False, True):
+                o = zh.hyper_attention_chunk(q, k, v, proj=proj_for(8, 4, dtype=torch.float32), causal=causal,
+                                             block_size=4, sample_size=4, min_seq_len=2, generator=gen(T))
+                assert o.dtype == dtype and not torch.isnan(o).any(), (T, dtype, causal)
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Bad inputs
+# ------------------------------------------------------------------------------------------------
+def _call(**over):
+    q, k, v = qkv(0, Shape(1, 8, 2, 4, 4))
+    kw = dict(q=q, k=k, v=v, proj=proj_for(4, 3), block_size=4, sample_size=4, min_seq_len=2)
+    kw.update(over)
+    return zh.hyper_attention_chunk(kw.pop("q"), kw.pop("k"), kw.pop("v"), **kw)
+
+
+@pytest.mark.parametrize("over, match", [
+    (dict(block_size=0), "block_size"),
+    (dict(block_size=-3), "block_size"),
+    (dict(block_size=2.0), "block_size"),
+    (dict(sample_size=-1), "sample_size"),
+    (dict(min_seq_len=0), "min_seq_len"),
+    (dict(proj=torch.randn(4, 17, dtype=F64)), "1..16"),
+    (dict(proj=torch.randn(4, 0, dtype=F64)), "1..16"),
+    (dict(proj=torch.randn(5, 3, dtype=F64)), r"proj .*K = 4"),
+    (dict(k=randn(1, 1, 9, 2, 4)), "same B, T, H"),
+    (dict(v=randn(1, 1, 7, 2, 4)), "same B, T, H"),
+    (dict(k=randn(1, 1, 8, 2, 5)), "head dim K"),
+    (dict(q=randn(1, 8, 2, 4)), "4 dims"),
+])
+def test_bad_inputs_raise_clear_errors(over, match):
+    with pytest.raises(ValueError, match=match):
+        _call(**over)
+
+
+def test_bad_dtypes_and_module_options_raise_clear_errors():
+    with pytest.raises(TypeError, match="floating"):
+        _call(q=torch.ones(1, 8, 2, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="one dtype"):
+        _call(v=randn(1, 1, 8, 2, 4, dtype=torch.float32))
+    for bad in (dict(lsh_num_projs=0), dict(lsh_num_projs=17)):
+        with pytest.raises(ValueError, match="lsh_num_projs"):
+            zh.HyperAttention(**bad)
+    for bad in (dict(block_size=0), dict(sample_size=-1), dict(min_seq_len=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            zh.HyperAttention(**bad)
+    with pytest.raises(ValueError, match="smooth_block"):
+        zh.HyperAttention(smooth_block=True)
+    with pytest.raises(ValueError, match="heads-first"):
+        zh.HyperAttention()(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.randn(2, 3, 4))
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. torch.compile
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["hyper_attention_chunk", "hyper_attention_parallel"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_forms_compile_fullgraph_with_aot_eager(name, causal):
+    # No generator argument: dynamo traces torch.randint on the global generator, and sort,
+    # gather and scatter are ordinary ops, so the whole method is one graph.
+    torch._dynamo.reset()
+    q, k, v = qkv(1, Shape(1, 21, 2, 5, 3))
+    op = getattr(zh, name)
+    kw = dict(proj=proj_for(5, 3), causal=causal, block_size=4, sample_size=5, min_seq_len=4, return_lse=True)
+    torch.manual_seed(0)
+    ref = op(q, k, v, **kw)
+    torch.manual_seed(0)
+    got = torch.compile(op, fullgraph=True, backend="aot_eager")(q, k, v, **kw)
+    for a, b in zip(got, ref):
+        assert_close(a, b, TOL["f64"], name)
+
+
+def test_module_compiles_fullgraph_with_aot_eager():
+    torch._dynamo.reset()
+    attn = zh.HyperAttention(input_dim=5, lsh_num_projs=3, block_size=4, sample_size=5, min_seq_len=4, seed=0)
+    q, k, v = (x.transpose(1, 2).float() for x in qkv(2, Shape(1, 19, 2, 5, 5)))
+    torch.manual_seed(0)
+    ref = attn(q, k, v, causal=True)
+    torch.manual_seed(0)
+    got = torch.compile(attn, fullgraph=True, backend="aot_eager")(q, k, v, causal=True)
+    assert_close(got, ref, TOL["f32-interpret"], "module")
+
+
+def test_chunk_form_compiles_with_inductor():
+    torch._dynamo.reset()
+    q, k, v = qkv(3, Shape(1, 24, 2, 4, 4), dtype=torch.float32)
+    kw = dict(proj=proj_for(4, 3, dtype=torch.float32), block_size=8, sample_size=0, min_seq_len=4)
+    ref = zh.hyper_attention_chunk(q, k, v, **kw)
+    got = torch.compile(zh.hyper_attention_chunk, fullgraph=True)(q, k, v, **kw)
+    assert_close(got, ref, TOL["f32-interpret"], "inductor")
