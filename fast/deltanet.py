@@ -129,10 +129,12 @@ def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["T"])
-def _chunk_wy_fwd_kernel(k, v, beta, g, w, u, X, gam, T, H: tl.constexpr, K: tl.constexpr,
-                         V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BVF: tl.constexpr,
-                         USE_G: tl.constexpr, STORE_X: tl.constexpr, PREC: tl.constexpr):
-    """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V for one chunk (zoo (4))."""
+def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.constexpr,
+                         K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                         BVF: tl.constexpr, USE_G: tl.constexpr, STORE_X: tl.constexpr,
+                         PREC: tl.constexpr):
+    """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V, and the output's mixing
+    matrix R = sQKᵀ ⊙ D (diagonal included) for one chunk (zoo (4))."""
     # -------------------------------------------------------------- map program -> (chunk, head)
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -144,8 +146,8 @@ def _chunk_wy_fwd_kernel(k, v, beta, g, w, u, X, gam, T, H: tl.constexpr, K: tl.
     mask_k, mask_v = offs_k < K, offs_v < V
     # pointers to this (batch, head)'s first row: the only 64-bit offsets; the tiles' are int32
     o_bh = i_b * T * H + i_h
-    k, w, v, u, X = k + o_bh * K, w + o_bh * K, v + o_bh * V, u + o_bh * V, X + o_bh * BT
-    beta, g, gam = beta + o_bh, g + o_bh, gam + o_bh
+    q, k, w, v, u = q + o_bh * K, k + o_bh * K, w + o_bh * K, v + o_bh * V, u + o_bh * V
+    X, Aqk, beta, g, gam = X + o_bh * BT, Aqk + o_bh * BT, beta + o_bh, g + o_bh, gam + o_bh
     o_k = offs_s[:, None] * (H * K) + offs_k[None, :]  # one slab  [BS, BK]
     o_v = offs_s[:, None] * (H * V) + offs_v[None, :]
     o_x = offs_s[:, None] * (H * BT) + offs_s[None, :]
@@ -173,6 +175,62 @@ def _chunk_wy_fwd_kernel(k, v, beta, g, w, u, X, gam, T, H: tl.constexpr, K: tl.
         tl.store(gam + o_s + (t0 + BS) * H, b_g1)
         tl.store(gam + o_s + (t0 + 2 * BS) * H, b_g2)
         tl.store(gam + o_s + (t0 + 3 * BS) * H, b_g3)
+
+    # -------------------------------------------------------------- (4) R = sQKᵀ ⊙ D, diagonal included
+    # (stored for steps 2 and 3, which would otherwise recompute it once per V-tile: measured with
+    # ptxas for sm_90, computing it inside the sequential loop costs ~100 registers and spills)
+    mask_d = offs_s[:, None] >= offs_s[None, :]
+    b_q0 = tl.load(q + o_k + t0 * H * K, mask=mask_sk, other=0.)  # [BS, BK]
+    b_R = tl.dot(b_q0, tl.trans(b_k0), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(tl.where(mask_d, b_g0[:, None] - b_g0[None, :], float('-inf')))
+    tl.store(Aqk + o_x + t0 * H * BT, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
+    b_zero = tl.zeros([BS, BS], dtype=DT)
+    tl.store(Aqk + o_x + t0 * H * BT + BS, b_zero)
+    tl.store(Aqk + o_x + t0 * H * BT + 2 * BS, b_zero)
+    tl.store(Aqk + o_x + t0 * H * BT + 3 * BS, b_zero)
+    b_q1 = tl.load(q + o_k + (t0 + BS) * H * K, mask=mask_sk, other=0.)
+    b_R = tl.dot(b_q1, tl.trans(b_k0), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(b_g1[:, None] - b_g0[None, :])
+    tl.store(Aqk + o_x + (t0 + BS) * H * BT, (b_R * scale).to(DT))
+    b_R = tl.dot(b_q1, tl.trans(b_k1), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(tl.where(mask_d, b_g1[:, None] - b_g1[None, :], float('-inf')))
+    tl.store(Aqk + o_x + (t0 + BS) * H * BT + BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
+    tl.store(Aqk + o_x + (t0 + BS) * H * BT + 2 * BS, b_zero)
+    tl.store(Aqk + o_x + (t0 + BS) * H * BT + 3 * BS, b_zero)
+    b_q2 = tl.load(q + o_k + (t0 + 2 * BS) * H * K, mask=mask_sk, other=0.)
+    b_R = tl.dot(b_q2, tl.trans(b_k0), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(b_g2[:, None] - b_g0[None, :])
+    tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT, (b_R * scale).to(DT))
+    b_R = tl.dot(b_q2, tl.trans(b_k1), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(b_g2[:, None] - b_g1[None, :])
+    tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + BS, (b_R * scale).to(DT))
+    b_R = tl.dot(b_q2, tl.trans(b_k2), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(tl.where(mask_d, b_g2[:, None] - b_g2[None, :], float('-inf')))
+    tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + 2 * BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
+    tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + 3 * BS, b_zero)
+    b_q3 = tl.load(q + o_k + (t0 + 3 * BS) * H * K, mask=mask_sk, other=0.)
+    b_R = tl.dot(b_q3, tl.trans(b_k0), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(b_g3[:, None] - b_g0[None, :])
+    tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT, (b_R * scale).to(DT))
+    b_R = tl.dot(b_q3, tl.trans(b_k1), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(b_g3[:, None] - b_g1[None, :])
+    tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT + BS, (b_R * scale).to(DT))
+    b_R = tl.dot(b_q3, tl.trans(b_k2), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(b_g3[:, None] - b_g2[None, :])
+    tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT + 2 * BS, (b_R * scale).to(DT))
+    b_R = tl.dot(b_q3, tl.trans(b_k3), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(tl.where(mask_d, b_g3[:, None] - b_g3[None, :], float('-inf')))
+    tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT + 3 * BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
 
     # -------------------------------------------------------------- (4) A = diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}, strictly lower
     b_A00 = tl.dot(b_k0, tl.trans(b_k0), input_precision=PREC) * b_b0[:, None]  # diagonal blocks  [BS, BS]
@@ -264,11 +322,12 @@ def _chunk_wy_fwd_kernel(k, v, beta, g, w, u, X, gam, T, H: tl.constexpr, K: tl.
 
 
 @triton.jit(do_not_specialize=["T"])
-def _chunk_state_fwd_kernel(q, k, w, u, gam, h0, o, ht, h, v_new, scale, T, H: tl.constexpr,
+def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T, H: tl.constexpr,
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
                             COMPUTE_O: tl.constexpr, STORE_H: tl.constexpr, PREC: tl.constexpr):
-    """Step 2: V_new = U − W S; o = e^Γ⊙sQS + (sQKᵀ⊙D)V_new; S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new."""
+    """Step 2: V_new = U − W S; o = e^Γ⊙sQS + R V_new (R = sQKᵀ⊙D from step 1);
+    S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new."""
     # -------------------------------------------------------------- map program -> (V tile, head)
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -280,7 +339,8 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, h0, o, ht, h, v_new, scale, T, H: t
     o_k = offs_r[:, None] * (H * K) + offs_k[None, :]  # chunk tile, int32  [BT, BK]
     o_v = offs_r[:, None] * (H * V) + offs_v[None, :]  # chunk tile, int32  [BT, BV]
     q, k, w, u, o, v_new = q + o_bh * K, k + o_bh * K, w + o_bh * K, u + o_bh * V, o + o_bh * V, v_new + o_bh * V
-    gam = gam + o_bh
+    gam, Aqk = gam + o_bh, Aqk + o_bh * BT
+    o_a = offs_r[:, None] * (H * BT) + offs_r[None, :]  # the chunk's R  [BT, BT]
     mask_kv = mask_k[:, None] & mask_v[None, :]
     mask_tk, mask_tv = mask_k[None, :], mask_v[None, :]  # head dims only: T is a multiple of BT
     offs_kv = offs_k[:, None] * V + offs_v[None, :]
@@ -303,18 +363,15 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, h0, o, ht, h, v_new, scale, T, H: t
         if USE_G:
             b_g = tl.load(gam + (t0 + offs_r) * H)  # Γ  [BT]
             b_g_last = tl.load(gam + (t0 + BT - 1) * H)  # Γ_L
-        # ---------------------------------------------------------- (4) o = e^Γ⊙sQS + (sQKᵀ⊙D)V_new
+        # ---------------------------------------------------------- (4) o = e^Γ⊙sQS + R V_new
         if COMPUTE_O:
             b_q = tl.load(q + o_k + t0 * H * K, mask=mask_tk, other=0.)  # [BT, BK]
-            b_o = tl.dot(b_q, b_S.to(DT), input_precision=PREC)  # [BT, BV]
-            b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # QKᵀ  [BT, BT]
-            mask_c = offs_r[:, None] >= offs_r[None, :]  # causal, diag incl.
+            b_o = tl.dot(b_q, b_S.to(DT), input_precision=PREC) * scale  # [BT, BV]
             if USE_G:
                 b_o = b_o * tl.exp(b_g)[:, None]
-                b_A = b_A * tl.exp(tl.where(mask_c, b_g[:, None] - b_g[None, :], float('-inf')))
-            b_A = tl.where(mask_c, b_A, 0.)
-            b_o += tl.dot(b_A.to(DT), b_v_new.to(DT), input_precision=PREC)
-            tl.store(o + o_v + t0 * H * V, (b_o * scale).to(o.dtype.element_ty), mask=mask_tv)
+            b_R = tl.load(Aqk + o_a + t0 * H * BT)  # sQKᵀ ⊙ D from step 1  [BT, BT]
+            b_o += tl.dot(b_R, b_v_new.to(DT), input_precision=PREC)
+            tl.store(o + o_v + t0 * H * V, b_o.to(o.dtype.element_ty), mask=mask_tv)
         # ---------------------------------------------------------- (4) S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new
         if USE_G:
             b_v_new = b_v_new * tl.exp(b_g_last - b_g)[:, None]
@@ -324,11 +381,11 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, h0, o, ht, h, v_new, scale, T, H: t
 
 
 @triton.jit(do_not_specialize=["T"])
-def _chunk_state_bwd_kernel(q, k, w, gam, do, dht, dh, dv_new, dh0, scale, T, H: tl.constexpr,
+def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, T, H: tl.constexpr,
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
                             PREC: tl.constexpr):
-    """Step 3, chunks in reverse: dV_new = (sQKᵀ⊙D)ᵀdO + (e^{Γ_L−Γ}⊙K) dS;
+    """Step 3, chunks in reverse: dV_new = RᵀdO + (e^{Γ_L−Γ}⊙K) dS (R = sQKᵀ⊙D from step 1);
     dS ← e^{Γ_L} dS + (e^Γ⊙sQ)ᵀ dO − Wᵀ dV_new. dS is the gradient of the state leaving the chunk."""
     # -------------------------------------------------------------- map program -> (V tile, head)
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
@@ -341,6 +398,8 @@ def _chunk_state_bwd_kernel(q, k, w, gam, do, dht, dh, dv_new, dh0, scale, T, H:
     o_k = offs_r[:, None] * (H * K) + offs_k[None, :]  # chunk tile, int32  [BT, BK]
     o_v = offs_r[:, None] * (H * V) + offs_v[None, :]  # chunk tile, int32  [BT, BV]
     q, k, w, do, dv_new, gam = q + o_bh * K, k + o_bh * K, w + o_bh * K, do + o_bh * V, dv_new + o_bh * V, gam + o_bh
+    Aqk = Aqk + o_bh * BT
+    o_a = offs_r[:, None] * (H * BT) + offs_r[None, :]  # the chunk's R  [BT, BT]
     mask_kv = mask_k[:, None] & mask_v[None, :]
     mask_tk, mask_tv = mask_k[None, :], mask_v[None, :]  # head dims only: T is a multiple of BT
     offs_kv = offs_k[:, None] * V + offs_v[None, :]
@@ -358,18 +417,15 @@ def _chunk_state_bwd_kernel(q, k, w, gam, do, dht, dh, dv_new, dh0, scale, T, H:
         b_w = tl.load(w + o_k + t0 * H * K, mask=mask_tk, other=0.)
         b_do = tl.load(do + o_v + t0 * H * V, mask=mask_tv, other=0.)  # [BT, BV]
         # ---------------------------------------------------------- dV_new
-        b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # QKᵀ  [BT, BT]
-        mask_c = offs_r[:, None] >= offs_r[None, :]
+        b_R = tl.load(Aqk + o_a + t0 * H * BT)  # sQKᵀ ⊙ D from step 1  [BT, BT]
         b_dSk = tl.dot(b_k, b_dS.to(DT), input_precision=PREC)  # K dS  [BT, BV]
         b_dos = b_do.to(tl.float32) * scale  # (e^Γ⊙sQ)ᵀdO = Qᵀ(s e^Γ⊙dO): scale the small tile  [BT, BV]
         if USE_G:
             b_g = tl.load(gam + (t0 + offs_r) * H)
             b_g_last = tl.load(gam + (t0 + BT - 1) * H)
-            b_A = b_A * tl.exp(tl.where(mask_c, b_g[:, None] - b_g[None, :], float('-inf')))
             b_dSk = b_dSk * tl.exp(b_g_last - b_g)[:, None]
             b_dos = b_dos * tl.exp(b_g)[:, None]
-        b_A = tl.where(mask_c, b_A * scale, 0.)  # sQKᵀ ⊙ D
-        b_dv = tl.dot(tl.trans(b_A).to(DT), b_do, input_precision=PREC) + b_dSk  # [BT, BV]
+        b_dv = tl.dot(tl.trans(b_R), b_do, input_precision=PREC) + b_dSk  # [BT, BV]
         tl.store(dv_new + o_v + t0 * H * V, b_dv.to(dv_new.dtype.element_ty), mask=mask_tv)
         # ---------------------------------------------------------- dS of the state entering the chunk
         if USE_G:
@@ -573,22 +629,23 @@ def _recurrent_fwd_kernel(q, k, v, g, beta, h0, o, ht, scale, T, H: tl.constexpr
 # ================================================================================================
 # Host launchers
 # ================================================================================================
-def _chunk_wy_fwd(k, v, beta, g, store_X: bool):
+def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool):
     B, T, H, K = k.shape
     V = v.shape[-1]
     t = _tiles(K, V)
     NT = triton.cdiv(T, CHUNK)
     w, u = torch.empty_like(k), torch.empty_like(v)
+    Aqk = k.new_empty(B, T, H, CHUNK)  # R = sQKᵀ ⊙ D per chunk, input dtype (a dot operand)
     X = k.new_empty(B, T, H, CHUNK, dtype=torch.float32) if store_X else w
     gam = k.new_empty(B, T, H, dtype=torch.float32) if g is not None else w
     _chunk_wy_fwd_kernel[(NT, B * H)](
-        k, v, beta, g if g is not None else beta, w, u, X, gam, T, H, K, V, CHUNK, t["BK"], t["BVF"],
-        USE_G=g is not None, STORE_X=store_X, PREC=_precision(k.dtype), num_warps=t["NW"],
-        num_stages=1)
-    return w, u, (X if store_X else None), (gam if g is not None else None)
+        q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, scale, T, H, K, V, CHUNK,
+        t["BK"], t["BVF"], USE_G=g is not None, STORE_X=store_X, PREC=_precision(k.dtype),
+        num_warps=t["NW"], num_stages=1)
+    return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
 
 
-def _chunk_state_fwd(q, k, w, u, gam, h0, scale, compute_o: bool):
+def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool):
     B, T, H, K = k.shape
     V = u.shape[-1]
     t = _tiles(K, V)
@@ -598,7 +655,7 @@ def _chunk_state_fwd(q, k, w, u, gam, h0, scale, compute_o: bool):
     h = k.new_empty(B, NT, H, K, V) if not compute_o else u
     v_new = torch.empty_like(u) if not compute_o else u
     _chunk_state_fwd_kernel[(triton.cdiv(V, t["BV"]), B * H)](
-        q, k, w, u, gam if gam is not None else u, h0 if h0 is not None else ht, o, ht, h, v_new,
+        q, k, w, u, gam if gam is not None else u, Aqk, h0 if h0 is not None else ht, o, ht, h, v_new,
         scale, T, H, K, V, CHUNK, t["BK"], t["BV"], USE_G=gam is not None, USE_H0=h0 is not None,
         COMPUTE_O=compute_o, STORE_H=not compute_o, PREC=_precision(k.dtype), num_warps=t["NW"],
         num_stages=NUM_STAGES)
@@ -620,8 +677,8 @@ def _pad_to_chunk(*xs):
 def _chunk_fwd(q, k, v, g, beta, h0, scale):
     T = q.shape[1]
     q, k, v, g, beta = _pad_to_chunk(q, k, v, g, beta)
-    w, u, _, gam = _chunk_wy_fwd(k, v, beta, g, store_X=False)
-    o, ht = _chunk_state_fwd(q, k, w, u, gam, h0, scale, compute_o=True)
+    w, u, Aqk, _, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=False)
+    o, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True)
     return (o if o.shape[1] == T else o[:, :T].contiguous()), ht
 
 
@@ -635,13 +692,13 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale):
     NK = triton.cdiv(K, t["BKS"])
     prec = _precision(k.dtype)
     # recompute step 1 (with X) and step 2 (storing the chunk-entry states and V_new)
-    w, u, X, gam = _chunk_wy_fwd(k, v, beta, g, store_X=True)
-    h, v_new, _ = _chunk_state_fwd(q, k, w, u, gam, h0, scale, compute_o=False)
+    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=True)
+    h, v_new, _ = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=False)
     # step 3
     dh, dv_new = torch.empty_like(h), torch.empty_like(v)
     dh0 = k.new_empty(B, H, K, V, dtype=torch.float32)
     _chunk_state_bwd_kernel[(triton.cdiv(V, t["BV"]), B * H)](
-        q, k, w, gam if gam is not None else dh0, do, dht if dht is not None else dh0, dh, dv_new,
+        q, k, w, gam if gam is not None else dh0, Aqk, do, dht if dht is not None else dh0, dh, dv_new,
         dh0, scale, T, H, K, V, CHUNK, t["BK"], t["BV"], USE_G=gam is not None,
         USE_DHT=dht is not None, PREC=prec, num_warps=t["NW"], num_stages=NUM_STAGES)
     # step 4
@@ -872,10 +929,11 @@ def _benchmark(B=4, T=8192, H=16, D=128, dtype=torch.bfloat16):
 
     for gate in (None, g):
         tag = "gated" if gate is not None else "delta"
-        w, u, X, gam = _chunk_wy_fwd(k, v, beta, gate, store_X=True)
-        bench(f"{tag}: 1 wy fwd (W, U)", lambda: _chunk_wy_fwd(k, v, beta, gate, store_X=False))
-        bench(f"{tag}: 2 state fwd + output", lambda: _chunk_state_fwd(q, k, w, u, gam, None, scale, True))
-        bench(f"{tag}: 2' state fwd storing h, V_new", lambda: _chunk_state_fwd(q, k, w, u, gam, None, scale, False))
+        w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, gate, scale, store_X=True)
+        bench(f"{tag}: 1 wy fwd (W, U, R)", lambda: _chunk_wy_fwd(q, k, v, beta, gate, scale, store_X=False))
+        bench(f"{tag}: 2 state fwd + output", lambda: _chunk_state_fwd(q, k, w, u, gam, Aqk, None, scale, True))
+        bench(f"{tag}: 2' state fwd storing h, V_new",
+              lambda: _chunk_state_fwd(q, k, w, u, gam, Aqk, None, scale, False))
         bench(f"{tag}: forward", lambda: _chunk_fwd(q, k, v, gate, beta, None, scale))
         bench(f"{tag}: backward (1, 2', 3, 4, 5)", lambda: _chunk_bwd(q, k, v, gate, beta, None, do, None, scale))
         bench(f"{tag}: recurrent fwd (T = 256)", lambda: _recurrent_fwd(
