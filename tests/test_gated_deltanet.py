@@ -199,19 +199,29 @@ def _fla_or_skip(fn):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("opts", LAYER_OPTIONS[:2], ids=["default", "gva-negeig"])
-@pytest.mark.parametrize("T", [40, 150])  # fla switches to its recurrent kernel for T <= 64 in eval
-def test_layer_state_dict_round_trip_and_output_equal_fla(opts, T):
+@pytest.mark.parametrize("opts", LAYER_OPTIONS, ids=["default", "gva-negeig", "noconv-expandv"])
+def test_layer_state_dict_loads_both_ways_with_fla(opts):
     fla_layers = pytest.importorskip("fla.layers")
-    torch.manual_seed(0)
-    ours = zg.GatedDeltaNet(64, head_dim=16, num_heads=2, **opts).cuda()
-    theirs = fla_layers.GatedDeltaNet(hidden_size=64, head_dim=16, num_heads=2, **opts).cuda()
+    ours = zg.GatedDeltaNet(64, head_dim=16, num_heads=2, **opts)
+    theirs = fla_layers.GatedDeltaNet(hidden_size=64, head_dim=16, num_heads=2, **opts)
     assert {n: p.shape for n, p in ours.state_dict().items()} == {n: p.shape for n, p in theirs.state_dict().items()}
     theirs.load_state_dict(ours.state_dict())
     ours.load_state_dict(theirs.state_dict())
+
+
+@pytest.mark.gpu
+def test_layer_output_equals_fla():
+    # One configuration, T = 150 (> 64: fla's chunk kernels, which its layers use in training): each
+    # new shape costs fla a Triton compile and autotune, and the GPU run's test budget is shared.
+    fla_layers = pytest.importorskip("fla.layers")
+    torch.manual_seed(0)
+    opts = LAYER_OPTIONS[1]
+    ours = zg.GatedDeltaNet(64, head_dim=16, num_heads=2, **opts).cuda()
+    theirs = fla_layers.GatedDeltaNet(hidden_size=64, head_dim=16, num_heads=2, **opts).cuda()
+    theirs.load_state_dict(ours.state_dict())
     # fla's kernels refuse fp32. fp16, not bf16: a whole layer rounds ~8 times, which in bf16 costs
     # ~1e-2 relative RMS (the zoo layer on a CPU: 0.6-1.1e-2), half the bf16 bound; in fp16 ~1e-3.
-    x = randn(1, 2, T, 64, device="cuda", scale=0.5)
+    x = randn(1, 2, 150, 64, device="cuda", scale=0.5)
     with torch.no_grad():
         y_ref = ours.double()(x.double())
         y_fla = _fla_or_skip(lambda: theirs.eval().half()(x.half())[0])
