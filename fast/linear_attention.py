@@ -52,14 +52,17 @@ next power of two >= 16, up to 256), because S needs every row of k to update. B
 of a budget of 8192 fp32 state elements per program (64 registers a thread at 4 warps), capped
 at 64 so K = V = 128 gives two V-tiles: B·H·2 programs (128 at the headline size, about one per
 H100 SM). 4 warps, 8 where the tile is full and the sweep also carries z or u, is fp32, or has
-K = 256; 2 stages of q, k, v loads when they fit 128 KB of shared memory, else 1. Checked by
-compiling ahead of time for sm_90 (Triton 3.9, no GPU; cuobjdump -res-usage), bf16, K = V = 128:
-    plain sweep (forward, dq, dk, dv when normalize=False)  4 warps: 220 registers, no spill, 98 KB
-    non-causal                                              4 warps: 217 registers, no spill
-    normalised forward (carries z)   8 warps: 56 B of stack (4 warps: 128 B)
-    normalised backward (carries u)  8 warps: no spill      (4 warps: 104 B)
-    K = V = 64: 4 warps, no spill either way; K = V = 256: 8 warps, the plain sweep does not spill.
-    fp32 inputs spill (80-300 B at 8 warps): they are for checking, not speed.
+K = 256; as many stages of q, k, v loads (up to 3) as fit 128 KB of shared memory: 3 for bf16 at
+K = V = 128 (one program per SM, so loads in flight are what hides memory latency). Checked by
+compiling ahead of time for sm_90 (Triton 3.9, no GPU; cuobjdump -res-usage), bf16, K = V = 128,
+3 stages, 139 KB of shared memory at most:
+    plain sweep (forward; dq, dk, dv when normalize=False)  4 warps: 238 registers, no spill
+    non-causal                                              4 warps: 249 registers, no spill
+    normalised forward (carries z)                          8 warps: 246 registers, no spill
+    normalised backward sweeps (carry u)                    8 warps: 250 registers, no spill
+    (at 4 warps the last two spill 168-192 bytes; at 2 stages the normalised forward spills 56)
+    K = V = 64: 4 warps, 160 registers; K = V = 256: 8 warps, 1 stage, the plain sweep does not
+    spill. fp32 inputs spill (80-300 B at 8 warps): they are for checking, not for speed.
 The rule is a guess from those counts, not a measurement: `python -m fast.linear_attention` on the
 GPU times the forward under other tiles beside it.
 T is in do_not_specialize, so a new length never recompiles.
@@ -101,7 +104,7 @@ def _tile_rule(DK: int, DV: int, BT: int, element_size: int, carries: bool = Fal
     big = BK * BV >= STATE_ELEMENTS  # a full state tile: [128, 64] or [256, 32]
     num_warps = 8 if big and (carries or element_size == 4 or BK > 128) else 4
     stage_bytes = BT * (2 * BK + BV) * element_size  # one chunk of q, k and v
-    num_stages = 2 if 2 * stage_bytes <= SMEM_BUDGET else 1
+    num_stages = max(1, min(3, SMEM_BUDGET // stage_bytes))
     return BK, BV, num_warps, num_stages
 
 
