@@ -446,7 +446,8 @@ def _chunk_bwd_op(do: torch.Tensor, dht: torch.Tensor | None, dzt: torch.Tensor 
                   k: torch.Tensor, v: torch.Tensor, o: torch.Tensor | None, den: torch.Tensor, h0: torch.Tensor | None,
                   z0: torch.Tensor | None, scale: float, causal: bool, normalize: bool,
                   chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    do, dht, dzt, h0, z0 = (None if x is None else x.contiguous() for x in (do, dht, dzt, h0, z0))
+    # The saved q, k, v are the caller's tensors (any strides); the kernels index them densely.
+    do, dht, dzt, q, k, v, h0, z0 = (None if x is None else x.contiguous() for x in (do, dht, dzt, q, k, v, h0, z0))
     dq, dk, dv, dh0, dz0 = _linear_attention_chunk_bwd(do, dht, dzt, q, k, v, o, den, h0, z0, scale, causal,
                                                        normalize, chunk_size)
     dh0 = q.new_empty(0) if dh0 is None else dh0.to(h0.dtype)

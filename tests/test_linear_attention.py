@@ -271,6 +271,23 @@ def test_fast_gradients_with_only_the_output_or_only_z_used():
             assert_close(g, r, grad_tol(tol_for(torch.float32, dev)), f"d{n}")
 
 
+def test_fast_takes_non_contiguous_inputs_forward_and_backward():
+    # Head-first tensors seen as [B, T, H, D] (a transpose, not a copy), and an expanded cotangent.
+    dev, s = device(), Shape(2, 20, 3, 5, 4)
+    q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in qkv(8, s, dtype=torch.float32, device=dev))
+    assert not q.is_contiguous()
+    for normalize in (True, False):
+        inputs = dict(q=q, k=k, v=v)
+        inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
+        for x in inputs.values():
+            x.requires_grad_()
+        cot = [torch.ones(1, 1, 1, 1, device=dev).expand(2, 20, 3, 4)]
+        ref = grads(_as_op(zla.linear_attention_parallel, normalize), inputs64, cot)
+        got = grads(_as_op(fla_fast.linear_attention_chunk, normalize, chunk_size=16), inputs, cot)
+        for n in ref:
+            assert_close(got[n], ref[n], grad_tol(tol_for(torch.float32, dev)), f"d{n}")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,D,T,causal,normalize", [c for c in HALF_CASES if c[2] != 1])
 def test_fast_gradients_equal_zoo_in_half_precision_on_gpu(dtype, D, T, causal, normalize):
