@@ -555,23 +555,24 @@ __all__ = ["linear_attention_chunk", "linear_attention_recurrent", "LinearAttent
 # ------------------------------------------------------------------------------------------------
 # Benchmark (GPU): python -m fast.linear_attention
 # ------------------------------------------------------------------------------------------------
-def _benchmark(B=4, T=8192, H=16, D=128, dtype=torch.bfloat16, causal=True, normalize=False):
+def _benchmark(B=4, T=8192, H=16, D=128, dtype=torch.bfloat16, causal=True, normalize=False, device="cuda"):
     """The headline numbers for the rule's tiles (first call, forward, forward + backward, fla beside
     them when it imports), then the forward under other tiles, so the rule can be checked."""
     import time
 
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, do = (torch.randn(B, T, H, D, device="cuda", dtype=dtype, generator=g) for _ in range(4))
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k, v, do = (torch.randn(B, T, H, D, device=device, dtype=dtype, generator=g) for _ in range(4))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     q, k = zla.elu_feature_map(q), zla.elu_feature_map(k)
     kw = dict(causal=causal, normalize=normalize)
     start = time.perf_counter()
     linear_attention_chunk(q, k, v, **kw)
-    torch.cuda.synchronize()
+    sync()
     first_fwd = time.perf_counter() - start
     qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
     start = time.perf_counter()
     torch.autograd.backward(linear_attention_chunk(qg, kg, vg, **kw)[0], do)
-    torch.cuda.synchronize()
+    sync()
     first_bwd = time.perf_counter() - start
     bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=200)  # noqa: E731
     fwd = bench(lambda: linear_attention_chunk(q, k, v, **kw))
