@@ -1,0 +1,640 @@
+"""Triton mirror of zoo/hyper_attention.py; the math (equations (1)–(7)) and shapes are there.
+
+Kernel plan:
+- Hash (1): one program per (BM rows, batch·head) loads the rows once, projects them on the r ≤ 16
+  directions with one fp32 dot (IEEE, not tf32: a sign decides the bucket), packs the sign bits
+  and turns the bucket into its Gray rank with four shift-XORs. q and k: one launch each. The
+  stable sort of the codes and the sample draw stay in torch (zoo's draw_samples, so the same
+  generator gives the same samples as the zoo).
+- Forward (3)–(5) fused: one program per (BM sorted queries, batch·head). It gathers its query
+  rows through π_q (no sorted copy of q, k or v is ever written), walks the key block(s) of its
+  rows in sorted order, gathering k and v through π_k, then the s sampled keys, and keeps one
+  online softmax (running max m, normaliser l, fp32 accumulator acc) over both sets. The N/s
+  weight is log(N/s) added to the sampled scores, the overlap mask is −∞ on a sampled key of
+  the row's own block; so the one online softmax is exactly the zoo's merge (5), and no
+  per-block score matrix reaches memory. It scatters o and lse back to token order through π_q.
+  Scores are in log2 units (exp2 is the native exponential).
+- The same kernel with no permutation, one block covering T, no samples and CAUSAL is exact
+  (causal) attention: the min_seq_len fall-back (6) and the leaves of the causal recursion (7).
+  The recursion itself is the zoo's causal_recursion, driven with these kernels (torch reshapes,
+  pads and lse merges between levels).
+- Backward recomputes P from q, k and the saved lse (fp32), with delta_i = Σ o_i·do_i − dlse_i
+  (dlse is lse's own gradient, which the causal merges need):
+  (a) dq: one program per sorted query tile, the forward's two loops, dq = scale·Σ ds·k;
+  (b) dk, dv of the block keys: one program per sorted key tile, looping over the queries of
+      its block; every key belongs to one block, so each row is written once, no atomics;
+  (c) dk, dv of the sampled keys: every query may touch every sample, so one program per
+      (sample tile, query split, batch·head) sums over its split of queries (in token order: no
+      gather) into fp32 partials [BH, splits, s, D]; torch sums the splits and index_adds them
+      to dk, dv (index_add: a key sampled twice gets both).
+- Tiles from a rule on the head dims (`_tiles`), never autotuned on T; T, S and block_size are
+  do_not_specialize. Head dims pad to a power of two ≥ 16 (tl.dot's minimum) through masks.
+  When block_size is a multiple of the query tile, a tile lies in one block and needs no block
+  mask; otherwise (small blocks, tests) rows are masked by block id.
+- Cost at the headline shape (B = 1, H = 32, T = 131072, D = 64, b = s = 256), non-causal
+  forward: 4·T·(b + s)·D·H = 0.55 TFLOP (≈ 1.2 ms at 450 TFLOP/s) and, at the minimum, q, k, v
+  read once and o written once, 4·T·H·D·2 B = 2.1 GB (≈ 0.65 ms at 3.35 TB/s), plus the hash
+  (reads q, k again: 1.1 GB) and two segmented sorts of T·H int32 codes. Floor ≈ 1.5–2 ms.
+
+Legend (fla's prefixes): i_ program ids, p_ pointers, b_ on-chip blocks, offs_ offsets, mask_
+masks, rows_ token indices gathered through a permutation; BM/BN query/key tile sizes, BK/BV/BR
+padded head dims and projection count; m_i/l_i/acc the running max, normaliser and output.
+"""
+
+import contextlib
+import math
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from zoo import hyper_attention as zh
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as @triton.jit does
+LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2: e^x = 2^(x·LOG2E), and exp2 is the fast path
+LN2 = tl.constexpr(0.6931471805599453)  # ln 2: the log2-unit lse back to a natural log
+MAX_HEAD_DIM = 256  # past this one head's q and acc no longer fit in registers
+
+
+# ------------------------------------------------------------------------------------------------
+# Tile rule
+# ------------------------------------------------------------------------------------------------
+class Tiles(NamedTuple):
+    BK: int  # K padded to a power of two >= 16
+    BV: int  # V padded likewise
+    BM: int  # forward and dq: sorted queries per program
+    BN: int  # forward and dq: keys per loop step
+    BM1: int  # dk/dv kernels: queries per loop step
+    BN1: int  # dk/dv kernels: keys per program
+    QSPLIT: int  # sampled dk/dv: queries per split (the split count is cdiv(T, QSPLIT))
+    warps: int
+    stages: int
+    bwd_warps: int
+
+
+def _tiles(K: int, V: int, dtype: torch.dtype) -> Tiles:
+    """Block sizes from the head dims and dtype. The forward holds q [BM, BK] and acc [BM, BV]
+    in registers and streams gathered k/v rows [BN, *]; fp16/bf16 at D ≤ 64 take FlashAttention-2's
+    BM = 128, BN = 64 over 4 warps (the project's softmax kernel's rule at that size). Queries per
+    sampled-dk/dv split: 8192, so T = 131072 gives 16 splits × 4 sample tiles × H programs."""
+    BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
+    if INTERPRET:  # programs run one after another: small tiles so small tests cross tile edges
+        return Tiles(BK, BV, 16, 16, 16, 16, 32, 1, 1, 1)
+    D = max(BK, BV)
+    if dtype == torch.float32 or D > 128:
+        return Tiles(BK, BV, 64, 32, 32, 64, 8192, 4, 2, 4)
+    if D <= 64:
+        return Tiles(BK, BV, 128, 64, 64, 64, 8192, 4, 3, 4)
+    return Tiles(BK, BV, 128, 64, 64, 64, 8192, 8, 2, 8)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+# ------------------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["T"])
+def _hyper_attention_lsh_kernel(x, proj, codes, sx_b, sx_h, sx_t, H, T, K: tl.constexpr,
+                                R: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr,
+                                BM: tl.constexpr):
+    """codes = gray_rank(Σ_ℓ 2^ℓ [x·p_ℓ > 0]) for BM rows (zoo (1))."""
+    # ---- map program -> rows
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    offs_m = i_m * BM + tl.arange(0, BM)
+    offs_k = tl.arange(0, BK)
+    offs_r = tl.arange(0, BR)
+    # ---- load (fp32: the sign must match the zoo's fp32 product)
+    p_x = x + i_b.to(tl.int64) * sx_b + i_h.to(tl.int64) * sx_h + offs_m[:, None].to(tl.int64) * sx_t + offs_k[None, :]
+    b_x = tl.load(p_x, mask=(offs_m[:, None] < T) & (offs_k[None, :] < K), other=0.0).to(tl.float32)
+    b_p = tl.load(proj + offs_k[:, None] * R + offs_r[None, :],
+                  mask=(offs_k[:, None] < K) & (offs_r[None, :] < R), other=0.0).to(tl.float32)
+    # ---- compute: signs -> bucket -> Gray rank
+    b_proj = tl.dot(b_x, b_p, input_precision="ieee")  # [BM, BR]
+    b_bits = ((b_proj > 0) & (offs_r[None, :] < R)).to(tl.int32)
+    b_bucket = tl.sum(b_bits << offs_r[None, :], 1)  # [BM]
+    b_rank = b_bucket ^ (b_bucket >> 1)
+    b_rank = b_rank ^ (b_rank >> 2)
+    b_rank = b_rank ^ (b_rank >> 4)
+    b_rank = b_rank ^ (b_rank >> 8)
+    # ---- store
+    tl.store(codes + i_bh.to(tl.int64) * T + offs_m, b_rank, mask=offs_m < T)
+
+
+@triton.jit
+def _gather_rows(p_base, rows, mask_rows, stride_t, offs_d, D: tl.constexpr, UPCAST: tl.constexpr):
+    """Rows `rows` of one head's [T, D] matrix (0 where masked)."""
+    b_x = tl.load(p_base + rows[:, None].to(tl.int64) * stride_t + offs_d[None, :],
+                  mask=mask_rows[:, None] & (offs_d[None, :] < D), other=0.0)
+    if UPCAST:  # interpreter: bf16 dots are wrong there, so dot in fp32
+        b_x = b_x.to(tl.float32)
+    return b_x
+
+
+@triton.jit
+def _online_update(b_s, b_v, m_i, l_i, acc):
+    """Zoo softmax (5)–(7) for one tile of scores b_s (log2 units, −∞ where masked)."""
+    m_new = tl.maximum(m_i, tl.max(b_s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing seen yet
+    b_p = tl.math.exp2(b_s - m_safe[:, None])  # <= 1, 0 where masked
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(b_p, 1)
+    acc = tl.dot(b_p.to(b_v.dtype), b_v, acc * alpha[:, None])  # P in the input dtype, as FA2
+    return m_new, l_i, acc
+
+
+@triton.jit(do_not_specialize=["T", "S", "block_size"])
+def _hyper_attention_fwd_kernel(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk,
+                                sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
+                                H, T, S, block_size, scale, log_w,
+                                K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                                BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                                GATHER: tl.constexpr, SAMPLES: tl.constexpr, CAUSAL: tl.constexpr,
+                                BLOCK_MASK: tl.constexpr, UPCAST: tl.constexpr):
+    """o, lse of BM sorted queries over their key block and the sampled keys (zoo (3)–(5))."""
+    # ---- map program -> sorted query tile
+    i_m = tl.program_id(0)
+    if CAUSAL:  # heaviest tiles first
+        i_m = tl.num_programs(0) - 1 - i_m
+    i_bh = tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    start_m = i_m * BM
+    offs_m = start_m + tl.arange(0, BM)  # sorted positions
+    mask_m = offs_m < T
+    offs_k = tl.arange(0, BK)
+    offs_v = tl.arange(0, BV)
+    row0 = i_bh.to(tl.int64) * T  # this head's row in perm / lse / o
+    if GATHER:
+        rows_q = tl.load(perm_q + row0 + offs_m, mask=mask_m, other=0)
+    else:
+        rows_q = offs_m
+    p_qb = q + i_b.to(tl.int64) * sq_b + i_h.to(tl.int64) * sq_h
+    p_kb = k + i_b.to(tl.int64) * sk_b + i_h.to(tl.int64) * sk_h
+    p_vb = v + i_b.to(tl.int64) * sv_b + i_h.to(tl.int64) * sv_h
+    # ---- load the query rows once
+    b_q = _gather_rows(p_qb, rows_q, mask_m, sq_t, offs_k, K, UPCAST)
+    qk_scale = scale * LOG2E
+    m_i = tl.full([BM], float("-inf"), tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, BV], tl.float32)  # fp32 accumulator
+    # ---- (3) the block-diagonal part: keys of the blocks this tile's rows lie in
+    row_blk = offs_m // block_size
+    lo = (start_m // block_size) * block_size
+    hi = tl.minimum((tl.minimum(start_m + BM, T) - 1) // block_size * block_size + block_size, T)
+    if CAUSAL:
+        hi = tl.minimum(hi, start_m + BM)
+    for start_n in range(lo, hi, BN):
+        offs_n = start_n + tl.arange(0, BN)
+        mask_n = offs_n < hi
+        if GATHER:
+            rows_k = tl.load(perm_k + row0 + offs_n, mask=mask_n, other=0)
+        else:
+            rows_k = offs_n
+        b_k = _gather_rows(p_kb, rows_k, mask_n, sk_t, offs_k, K, UPCAST)
+        b_v = _gather_rows(p_vb, rows_k, mask_n, sv_t, offs_v, V, UPCAST)
+        b_s = tl.dot(b_q, tl.trans(b_k)) * qk_scale  # [BM, BN]
+        mask_s = mask_n[None, :]
+        if BLOCK_MASK:
+            mask_s = mask_s & ((offs_n // block_size)[None, :] == row_blk[:, None])
+        if CAUSAL:
+            mask_s = mask_s & (offs_n[None, :] <= offs_m[:, None])
+        b_s = tl.where(mask_s, b_s, float("-inf"))
+        m_i, l_i, acc = _online_update(b_s, b_v, m_i, l_i, acc)
+    # ---- (4) the sampled keys, weighted N/s, masked inside the row's own block; one softmax = (5)
+    if SAMPLES:
+        log_w2 = log_w * LOG2E
+        for start_s in range(0, S, BN):
+            offs_s = start_s + tl.arange(0, BN)
+            mask_s1 = offs_s < S
+            rows_s = tl.load(smp_k + i_bh.to(tl.int64) * S + offs_s, mask=mask_s1, other=0)
+            blk_s = tl.load(smp_blk + i_bh.to(tl.int64) * S + offs_s, mask=mask_s1, other=-1)
+            b_k = _gather_rows(p_kb, rows_s, mask_s1, sk_t, offs_k, K, UPCAST)
+            b_v = _gather_rows(p_vb, rows_s, mask_s1, sv_t, offs_v, V, UPCAST)
+            b_s = tl.dot(b_q, tl.trans(b_k)) * qk_scale + log_w2
+            mask_s = mask_s1[None, :] & (blk_s[None, :] != row_blk[:, None])
+            b_s = tl.where(mask_s, b_s, float("-inf"))
+            m_i, l_i, acc = _online_update(b_s, b_v, m_i, l_i, acc)
+    # ---- store o, lse in token order
+    b_o = acc / l_i[:, None]
+    b_lse = (m_i + tl.math.log2(l_i)) * LN2
+    p_o = o + (row0 + rows_q.to(tl.int64))[:, None] * V + offs_v[None, :]
+    tl.store(p_o, b_o.to(o.dtype.element_ty), mask=mask_m[:, None] & (offs_v[None, :] < V))
+    tl.store(lse + row0 + rows_q, b_lse, mask=mask_m)
+
+
+@triton.jit(do_not_specialize=["T", "S", "block_size"])
+def _hyper_attention_bwd_dq_kernel(q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk,
+                                   sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
+                                   H, T, S, block_size, scale, log_w,
+                                   K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                                   BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                                   GATHER: tl.constexpr, SAMPLES: tl.constexpr,
+                                   CAUSAL: tl.constexpr, BLOCK_MASK: tl.constexpr,
+                                   UPCAST: tl.constexpr):
+    """dq = scale·Σⱼ ds_ij k_j, ds = P (do·v − delta), over the forward's two key sets."""
+    # ---- map program -> sorted query tile
+    i_m = tl.program_id(0)
+    if CAUSAL:
+        i_m = tl.num_programs(0) - 1 - i_m
+    i_bh = tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    start_m = i_m * BM
+    offs_m = start_m + tl.arange(0, BM)
+    mask_m = offs_m < T
+    offs_k = tl.arange(0, BK)
+    offs_v = tl.arange(0, BV)
+    row0 = i_bh.to(tl.int64) * T
+    if GATHER:
+        rows_q = tl.load(perm_q + row0 + offs_m, mask=mask_m, other=0)
+    else:
+        rows_q = offs_m
+    p_kb = k + i_b.to(tl.int64) * sk_b + i_h.to(tl.int64) * sk_h
+    p_vb = v + i_b.to(tl.int64) * sv_b + i_h.to(tl.int64) * sv_h
+    # ---- load q, do, lse, delta of these rows
+    b_q = _gather_rows(q + i_b.to(tl.int64) * sq_b + i_h.to(tl.int64) * sq_h, rows_q, mask_m, sq_t,
+                       offs_k, K, UPCAST)
+    b_do = _gather_rows(do + row0 * V, rows_q, mask_m, V, offs_v, V, UPCAST)
+    b_lse = tl.load(lse + row0 + rows_q, mask=mask_m, other=0.0) * LOG2E
+    b_delta = tl.load(delta + row0 + rows_q, mask=mask_m, other=0.0)
+    qk_scale = scale * LOG2E
+    b_dq = tl.zeros([BM, BK], tl.float32)  # fp32 accumulator
+    row_blk = offs_m // block_size
+    lo = (start_m // block_size) * block_size
+    hi = tl.minimum((tl.minimum(start_m + BM, T) - 1) // block_size * block_size + block_size, T)
+    if CAUSAL:
+        hi = tl.minimum(hi, start_m + BM)
+    # ---- (3) block keys
+    for start_n in range(lo, hi, BN):
+        offs_n = start_n + tl.arange(0, BN)
+        mask_n = offs_n < hi
+        if GATHER:
+            rows_k = tl.load(perm_k + row0 + offs_n, mask=mask_n, other=0)
+        else:
+            rows_k = offs_n
+        b_k = _gather_rows(p_kb, rows_k, mask_n, sk_t, offs_k, K, UPCAST)
+        b_v = _gather_rows(p_vb, rows_k, mask_n, sv_t, offs_v, V, UPCAST)
+        mask_s = mask_n[None, :]
+        if BLOCK_MASK:
+            mask_s = mask_s & ((offs_n // block_size)[None, :] == row_blk[:, None])
+        if CAUSAL:
+            mask_s = mask_s & (offs_n[None, :] <= offs_m[:, None])
+        b_p = tl.where(mask_s, tl.math.exp2(tl.dot(b_q, tl.trans(b_k)) * qk_scale - b_lse[:, None]), 0.0)
+        b_ds = b_p * (tl.dot(b_do, tl.trans(b_v)) - b_delta[:, None])
+        b_dq = tl.dot(b_ds.to(b_k.dtype), b_k, b_dq)
+    # ---- (4) sampled keys
+    if SAMPLES:
+        log_w2 = log_w * LOG2E
+        for start_s in range(0, S, BN):
+            offs_s = start_s + tl.arange(0, BN)
+            mask_s1 = offs_s < S
+            rows_s = tl.load(smp_k + i_bh.to(tl.int64) * S + offs_s, mask=mask_s1, other=0)
+            blk_s = tl.load(smp_blk + i_bh.to(tl.int64) * S + offs_s, mask=mask_s1, other=-1)
+            b_k = _gather_rows(p_kb, rows_s, mask_s1, sk_t, offs_k, K, UPCAST)
+            b_v = _gather_rows(p_vb, rows_s, mask_s1, sv_t, offs_v, V, UPCAST)
+            mask_s = mask_s1[None, :] & (blk_s[None, :] != row_blk[:, None])
+            b_s = tl.dot(b_q, tl.trans(b_k)) * qk_scale + log_w2 - b_lse[:, None]
+            b_p = tl.where(mask_s, tl.math.exp2(b_s), 0.0)
+            b_ds = b_p * (tl.dot(b_do, tl.trans(b_v)) - b_delta[:, None])
+            b_dq = tl.dot(b_ds.to(b_k.dtype), b_k, b_dq)
+    # ---- store in token order
+    p_dq = dq + (row0 + rows_q.to(tl.int64))[:, None] * K + offs_k[None, :]
+    tl.store(p_dq, (b_dq * scale).to(dq.dtype.element_ty), mask=mask_m[:, None] & (offs_k[None, :] < K))
+
+
+@triton.jit(do_not_specialize=["T", "block_size"])
+def _hyper_attention_bwd_dkdv_block_kernel(q, k, v, do, lse, delta, dk, dv, perm_q, perm_k,
+                                           sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
+                                           H, T, block_size, scale,
+                                           K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                                           BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                                           GATHER: tl.constexpr, CAUSAL: tl.constexpr,
+                                           BLOCK_MASK: tl.constexpr, UPCAST: tl.constexpr):
+    """dv = Σᵢ P_ij do_i, dk = scale·Σᵢ ds_ij q_i for BN sorted keys, over the queries of their block."""
+    # ---- map program -> sorted key tile
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    start_n = i_n * BN
+    offs_n = start_n + tl.arange(0, BN)
+    mask_n = offs_n < T
+    offs_k = tl.arange(0, BK)
+    offs_v = tl.arange(0, BV)
+    row0 = i_bh.to(tl.int64) * T
+    if GATHER:
+        rows_k = tl.load(perm_k + row0 + offs_n, mask=mask_n, other=0)
+    else:
+        rows_k = offs_n
+    # ---- load the key tile once
+    b_k = _gather_rows(k + i_b.to(tl.int64) * sk_b + i_h.to(tl.int64) * sk_h, rows_k, mask_n, sk_t,
+                       offs_k, K, UPCAST)
+    b_v = _gather_rows(v + i_b.to(tl.int64) * sv_b + i_h.to(tl.int64) * sv_h, rows_k, mask_n, sv_t,
+                       offs_v, V, UPCAST)
+    p_qb = q + i_b.to(tl.int64) * sq_b + i_h.to(tl.int64) * sq_h
+    qk_scale = scale * LOG2E
+    b_dk = tl.zeros([BN, BK], tl.float32)  # fp32 accumulators
+    b_dv = tl.zeros([BN, BV], tl.float32)
+    key_blk = offs_n // block_size
+    lo = (start_n // block_size) * block_size
+    hi = tl.minimum((tl.minimum(start_n + BN, T) - 1) // block_size * block_size + block_size, T)
+    if CAUSAL:
+        lo = tl.maximum(lo, start_n)
+    # ---- the queries of these keys' block(s)
+    for start_m in range(lo, hi, BM):
+        offs_m = start_m + tl.arange(0, BM)
+        mask_m = offs_m < hi
+        if GATHER:
+            rows_q = tl.load(perm_q + row0 + offs_m, mask=mask_m, other=0)
+        else:
+            rows_q = offs_m
+        b_q = _gather_rows(p_qb, rows_q, mask_m, sq_t, offs_k, K, UPCAST)
+        b_do = _gather_rows(do + row0 * V, rows_q, mask_m, V, offs_v, V, UPCAST)
+        b_lse = tl.load(lse + row0 + rows_q, mask=mask_m, other=0.0) * LOG2E
+        b_delta = tl.load(delta + row0 + rows_q, mask=mask_m, other=0.0)
+        mask_t = mask_m[None, :] & mask_n[:, None]
+        if BLOCK_MASK:
+            mask_t = mask_t & ((offs_m // block_size)[None, :] == key_blk[:, None])
+        if CAUSAL:
+            mask_t = mask_t & (offs_m[None, :] >= offs_n[:, None])
+        b_pT = tl.where(mask_t, tl.math.exp2(tl.dot(b_k, tl.trans(b_q)) * qk_scale - b_lse[None, :]), 0.0)
+        b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv)
+        b_dsT = b_pT * (tl.dot(b_v, tl.trans(b_do)) - b_delta[None, :])
+        b_dk = tl.dot(b_dsT.to(b_q.dtype), b_q, b_dk)
+    # ---- store in token order (each key lies in one block: written once)
+    p_dk = dk + (row0 + rows_k.to(tl.int64))[:, None] * K + offs_k[None, :]
+    p_dv = dv + (row0 + rows_k.to(tl.int64))[:, None] * V + offs_v[None, :]
+    tl.store(p_dk, (b_dk * scale).to(dk.dtype.element_ty), mask=mask_n[:, None] & (offs_k[None, :] < K))
+    tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=mask_n[:, None] & (offs_v[None, :] < V))
+
+
+@triton.jit(do_not_specialize=["T", "S", "block_size"])
+def _hyper_attention_bwd_dkdv_sample_kernel(q, k, v, do, lse, delta, dk_part, dv_part, rank_q,
+                                            smp_k, smp_blk, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
+                                            sv_b, sv_h, sv_t, H, T, S, block_size, scale, log_w,
+                                            QSPLIT, K: tl.constexpr, V: tl.constexpr,
+                                            BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
+                                            BN: tl.constexpr, UPCAST: tl.constexpr):
+    """Partial dk, dv of BN sampled keys from one split of the queries (token order)."""
+    # ---- map program -> (sample tile, query split, head)
+    i_s, i_split, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    offs_s = i_s * BN + tl.arange(0, BN)
+    mask_s = offs_s < S
+    offs_k = tl.arange(0, BK)
+    offs_v = tl.arange(0, BV)
+    row0 = i_bh.to(tl.int64) * T
+    rows_s = tl.load(smp_k + i_bh.to(tl.int64) * S + offs_s, mask=mask_s, other=0)
+    blk_s = tl.load(smp_blk + i_bh.to(tl.int64) * S + offs_s, mask=mask_s, other=-1)
+    # ---- load the sampled keys once
+    b_k = _gather_rows(k + i_b.to(tl.int64) * sk_b + i_h.to(tl.int64) * sk_h, rows_s, mask_s, sk_t,
+                       offs_k, K, UPCAST)
+    b_v = _gather_rows(v + i_b.to(tl.int64) * sv_b + i_h.to(tl.int64) * sv_h, rows_s, mask_s, sv_t,
+                       offs_v, V, UPCAST)
+    p_qb = q + i_b.to(tl.int64) * sq_b + i_h.to(tl.int64) * sq_h
+    qk_scale = scale * LOG2E
+    log_w2 = log_w * LOG2E
+    b_dk = tl.zeros([BN, BK], tl.float32)  # fp32 accumulators
+    b_dv = tl.zeros([BN, BV], tl.float32)
+    lo = i_split * QSPLIT
+    hi = tl.minimum(lo + QSPLIT, T)
+    for start_m in range(lo, hi, BM):
+        offs_m = start_m + tl.arange(0, BM)  # token order
+        mask_m = offs_m < hi
+        b_q = _gather_rows(p_qb, offs_m, mask_m, sq_t, offs_k, K, UPCAST)
+        b_do = _gather_rows(do + row0 * V, offs_m, mask_m, V, offs_v, V, UPCAST)
+        b_lse = tl.load(lse + row0 + offs_m, mask=mask_m, other=0.0) * LOG2E
+        b_delta = tl.load(delta + row0 + offs_m, mask=mask_m, other=0.0)
+        q_blk = tl.load(rank_q + row0 + offs_m, mask=mask_m, other=0) // block_size
+        mask_t = mask_m[None, :] & mask_s[:, None] & (blk_s[:, None] != q_blk[None, :])
+        b_sT = tl.dot(b_k, tl.trans(b_q)) * qk_scale + log_w2 - b_lse[None, :]
+        b_pT = tl.where(mask_t, tl.math.exp2(b_sT), 0.0)
+        b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv)
+        b_dsT = b_pT * (tl.dot(b_v, tl.trans(b_do)) - b_delta[None, :])
+        b_dk = tl.dot(b_dsT.to(b_q.dtype), b_q, b_dk)
+    # ---- store fp32 partials [BH, splits, S, *]
+    part = (i_bh.to(tl.int64) * tl.num_programs(1) + i_split) * S
+    tl.store(dk_part + (part + offs_s)[:, None] * K + offs_k[None, :], b_dk * scale,
+             mask=mask_s[:, None] & (offs_k[None, :] < K))
+    tl.store(dv_part + (part + offs_s)[:, None] * V + offs_v[None, :], b_dv,
+             mask=mask_s[:, None] & (offs_v[None, :] < V))
+
+
+# ------------------------------------------------------------------------------------------------
+# Host launchers
+# ------------------------------------------------------------------------------------------------
+def _on_device(x: torch.Tensor):
+    """Launch on the tensors' GPU, not the current one (a no-op on the CPU)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def _strides(x: torch.Tensor):
+    """(batch, head, token) strides of a heads-first [B, H, T, D] view whose last dim is contiguous."""
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _unit_last_dim(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _lsh_codes(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """zoo lsh_codes: x [B, H, T, d] (any strides), proj [d, r] -> int32 codes [B, H, T]."""
+    B, H, T, K = x.shape
+    R = proj.shape[1]
+    x = _unit_last_dim(x)
+    codes = torch.empty(B, H, T, dtype=torch.int32, device=x.device)
+    BM = 16 if INTERPRET else 128
+    with _on_device(x):
+        _hyper_attention_lsh_kernel[(triton.cdiv(T, BM), B * H)](
+            x, proj.float().contiguous(), codes, *_strides(x), H, T, K=K, R=R,
+            BK=max(16, triton.next_power_of_2(K)), BR=16, BM=BM, num_warps=4)
+    return codes
+
+
+def _flags(perm_q: torch.Tensor, smp_k: torch.Tensor, T: int, block_size: int, tile: int):
+    gather, samples = perm_q.numel() > 0, smp_k.numel() > 0
+    block_mask = block_size < T and block_size % tile != 0  # a tile may straddle two blocks
+    return gather, samples, block_mask
+
+
+def _hyper_attention_fwd(q, k, v, perm_q, perm_k, smp_k, smp_blk, block_size: int, scale: float,
+                         log_w: float, causal: bool):
+    B, H, T, K = q.shape
+    V = v.shape[-1]
+    q, k, v = (_unit_last_dim(x) for x in (q, k, v))
+    t = _tiles(K, V, q.dtype)
+    gather, samples, block_mask = _flags(perm_q, smp_k, T, block_size, t.BM)
+    o = torch.empty(B, H, T, V, dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
+    with _on_device(q):
+        _hyper_attention_fwd_kernel[(triton.cdiv(T, t.BM), B * H)](
+            q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, *_strides(q), *_strides(k), *_strides(v),
+            H, T, smp_k.shape[-1] if samples else 0, block_size, scale, log_w, K=K, V=V, BK=t.BK,
+            BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather, SAMPLES=samples, CAUSAL=causal,
+            BLOCK_MASK=block_mask, UPCAST=INTERPRET, num_warps=t.warps, num_stages=t.stages)
+    return o, lse
+
+
+def _hyper_attention_bwd(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk,
+                         block_size: int, scale: float, log_w: float, causal: bool):
+    B, H, T, K = q.shape
+    V = v.shape[-1]
+    q, k, v = (_unit_last_dim(x) for x in (q, k, v))
+    do = do.contiguous()
+    t = _tiles(K, V, q.dtype)
+    delta = ((o.float() * do.float()).sum(-1) - dlse.float()).contiguous()  # [B, H, T]
+    dq = torch.empty(B, H, T, K, dtype=q.dtype, device=q.device)
+    dk = torch.empty(B, H, T, K, dtype=q.dtype, device=q.device)
+    dv = torch.empty(B, H, T, V, dtype=q.dtype, device=q.device)
+    gather, samples, block_mask = _flags(perm_q, smp_k, T, block_size, t.BM)
+    S = smp_k.shape[-1] if samples else 0
+    strides = (*_strides(q), *_strides(k), *_strides(v))
+    with _on_device(q):
+        _hyper_attention_bwd_dq_kernel[(triton.cdiv(T, t.BM), B * H)](
+            q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk, *strides, H, T, S,
+            block_size, scale, log_w, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather,
+            SAMPLES=samples, CAUSAL=causal, BLOCK_MASK=block_mask, UPCAST=INTERPRET,
+            num_warps=t.bwd_warps, num_stages=t.stages)
+        _hyper_attention_bwd_dkdv_block_kernel[(triton.cdiv(T, t.BN1), B * H)](
+            q, k, v, do, lse, delta, dk, dv, perm_q, perm_k, *strides, H, T, block_size, scale,
+            K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM1, BN=t.BN1, GATHER=gather, CAUSAL=causal,
+            BLOCK_MASK=_flags(perm_q, smp_k, T, block_size, t.BN1)[2], UPCAST=INTERPRET,
+            num_warps=t.bwd_warps, num_stages=t.stages)
+        if samples:
+            splits = triton.cdiv(T, t.QSPLIT)
+            dk_part = torch.empty(B * H, splits, S, K, dtype=torch.float32, device=q.device)
+            dv_part = torch.empty(B * H, splits, S, V, dtype=torch.float32, device=q.device)
+            rank_q = torch.empty_like(perm_q).scatter_(
+                -1, perm_q.long(), torch.arange(T, device=q.device, dtype=perm_q.dtype).expand_as(perm_q))
+            _hyper_attention_bwd_dkdv_sample_kernel[(triton.cdiv(S, t.BN1), splits, B * H)](
+                q, k, v, do, lse, delta, dk_part, dv_part, rank_q, smp_k, smp_blk, *strides, H, T, S,
+                block_size, scale, log_w, t.QSPLIT, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM1, BN=t.BN1,
+                UPCAST=INTERPRET, num_warps=t.bwd_warps, num_stages=t.stages)
+    if samples:  # a key sampled c times gets c contributions; index_add sums duplicates
+        at = (torch.arange(B * H, device=q.device)[:, None] * T + smp_k.view(B * H, S).long()).view(-1)
+        dk = dk.view(B * H * T, K).index_add(0, at, dk_part.sum(1).view(-1, K).to(dk.dtype)).view(B, H, T, K)
+        dv = dv.view(B * H * T, V).index_add(0, at, dv_part.sum(1).view(-1, V).to(dv.dtype)).view(B, H, T, V)
+    return dq, dk, dv
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom ops (torch.compile sees one opaque op with a fake and an autograd formula)
+# ------------------------------------------------------------------------------------------------
+@torch.library.custom_op("zoo::hyper_attention_fwd", mutates_args=())
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, perm_q: torch.Tensor,
+            perm_k: torch.Tensor, smp_k: torch.Tensor, smp_blk: torch.Tensor, block_size: int,
+            scale: float, log_w: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o [B, H, T, V], lse [B, H, T] fp32) on heads-first q, k, v. Empty perm_*: identity
+    order; empty smp_*: no sampled part."""
+    return _hyper_attention_fwd(q, k, v, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, causal)
+
+
+@_fwd_op.register_fake
+def _(q, k, v, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, causal):
+    B, H, T, _ = q.shape
+    return q.new_empty(B, H, T, v.shape[-1]), q.new_empty(B, H, T, dtype=torch.float32)
+
+
+@torch.library.custom_op("zoo::hyper_attention_bwd", mutates_args=())
+def _bwd_op(do: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+            v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, perm_q: torch.Tensor,
+            perm_k: torch.Tensor, smp_k: torch.Tensor, smp_blk: torch.Tensor, block_size: int,
+            scale: float, log_w: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _hyper_attention_bwd(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk,
+                                block_size, scale, log_w, causal)
+
+
+@_bwd_op.register_fake
+def _(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, causal):
+    B, H, T, K = q.shape
+    return q.new_empty(B, H, T, K), q.new_empty(B, H, T, K), q.new_empty(B, H, T, v.shape[-1])
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, causal = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], perm_q, perm_k, smp_k, smp_blk)
+    ctx.args = (block_size, scale, log_w, causal)
+
+
+def _backward(ctx, do, dlse):
+    q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk = ctx.saved_tensors
+    do = torch.zeros_like(o) if do is None else do
+    dlse = torch.zeros_like(lse) if dlse is None else dlse
+    dq, dk, dv = _bwd_op(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# The method: the zoo's steps with the kernels in place of the torch ones
+# ------------------------------------------------------------------------------------------------
+def _check_fast(q: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"the fast kernels take float16, bfloat16 or float32 q, k, v, got {q.dtype}; "
+                        f"use zoo.hyper_attention for float64")
+    if q.device.type != "cuda" and not INTERPRET:
+        raise ValueError(f"fast HyperAttention got tensors on {q.device}: pass CUDA tensors, or set "
+                         f"TRITON_INTERPRET=1 before importing fast/ to run the kernels on the CPU")
+    if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"the fast kernels take head dims K, V <= {MAX_HEAD_DIM}, got q "
+                         f"[B, T, H, K] = {tuple(q.shape)}, v [B, T, H, V] = {tuple(v.shape)}")
+    if q.shape[1] >= 2**31:
+        raise ValueError(f"T = {q.shape[1]} does not fit the kernels' int32 token indices")
+
+
+def _noncausal(q, k, v, proj, scale, block_size, sample_size, min_seq_len, generator):
+    """zoo _noncausal_chunk: hash and sort, draw samples, one fused attention kernel."""
+    B, H, T, _ = q.shape
+    none = torch.empty(0, dtype=torch.int32, device=q.device)
+    if T < min_seq_len:  # (6): one block of every key, no permutation, no samples
+        return _fwd_op(q, k, v, none, none, none, none, T, scale, 0.0, False)
+    perm_q = torch.sort(_lsh_codes(q, proj), dim=-1, stable=True).indices  # (1) [B, H, T]
+    perm_k = torch.sort(_lsh_codes(k, proj), dim=-1, stable=True).indices
+    smp_k = smp_blk = none
+    log_w = 0.0
+    if sample_size > 0 and T > block_size:
+        samples = zh.draw_samples(B, H, T, sample_size, generator, q.device)  # (4) sorted positions
+        smp_k = perm_k.gather(-1, samples).to(torch.int32)  # the tokens they are
+        smp_blk = (samples // block_size).to(torch.int32)  # the blocks they lie in
+        log_w = math.log(T / sample_size)
+    return _fwd_op(q, k, v, perm_q.to(torch.int32), perm_k.to(torch.int32), smp_k, smp_blk,
+                   block_size, scale, log_w, False)
+
+
+def _exact_causal(q, k, v, scale):
+    none = torch.empty(0, dtype=torch.int32, device=q.device)
+    return _fwd_op(q, k, v, none, none, none, none, q.shape[2], scale, 0.0, True)
+
+
+def hyper_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                          proj: torch.Tensor, causal: bool = False, scale: float | None = None,
+                          return_lse: bool = False, block_size: int = 256, sample_size: int = 256,
+                          min_seq_len: int = 2048, generator: torch.Generator | None = None):
+    """zoo.hyper_attention.hyper_attention_chunk with Triton kernels (hash, fused block + sampled
+    attention forward and backward). Same arguments and results; the same proj and generator
+    state give the same samples as the zoo, so the two agree to rounding."""
+    zh._check_inputs(q, k, v, proj, scale, block_size, sample_size, min_seq_len)
+    _check_fast(q, v)
+    dtype = q.dtype
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    q_, k_, v_ = (x.transpose(1, 2) for x in (q, k, v))  # heads-first views [B, H, T, *]
+    proj_ = proj.to(device=q.device, dtype=torch.float32)
+
+    def noncausal(q, k, v):
+        return _noncausal(q, k, v, proj_, scale, block_size, sample_size, min_seq_len, generator)
+
+    if causal:
+        o, lse = zh.causal_recursion(q_, k_, v_, noncausal=noncausal, min_seq_len=min_seq_len,
+                                     exact_causal=lambda q, k, v: _exact_causal(q, k, v, scale))
+    else:
+        o, lse = noncausal(q_, k_, v_)
+    o = o.transpose(1, 2).to(dtype)  # [B, T, H, V]
+    return (o, lse.transpose(1, 2)) if return_lse else o
+
+
+class HyperAttention(zh.HyperAttention):
+    """zoo.hyper_attention.HyperAttention with the Triton op; same buffers, same calls."""
+
+    chunk_op = staticmethod(hyper_attention_chunk)
+
+
+__all__ = ["hyper_attention_chunk", "HyperAttention"]
