@@ -30,18 +30,21 @@ dq and dk contract over all of V (through dN·v and S dN), so each V-tile writes
 The recurrent (decode) op is a token-loop kernel, forward only; its gradient runs the chunk
 backward, since both forms compute the same function.
 
-Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = d' = 16, V = 128, BT = 64, causal):
+Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = d' = 16, V = 128, causal):
     bytes, forward: q, k (2 × 16.8 MB) + v, o (2 × 134 MB) = 302 MB: 0.10 ms at 3 TB/s.
-    FLOPs, forward, per token and head and V-tile of 32: 2·BT·K (s) + 2·BT·BV (A v)
+    FLOPs, forward, per token and head and V-tile of 32 (at BT = 64): 2·BT·K (s) + 2·BT·BV (A v)
         + 2·2·BK²·BV (q⊗q S², S² update) + 2·2·BK·BV (order 1) = 2 k + 4 k + 32.8 k + 2 k
         ≈ 41 k, × 4 V-tiles × 524 k token-heads = 86 GFLOP (the s dot is repeated per tile):
         0.2 ms at 400 TFLOP/s. So the floor is the tensor cores on the d'²·V state term, about
         2× the bytes' 0.1 ms (fla's parallel_based spends O(T) per token instead: 2.83 ms here).
-        In practice a sweep is latency-bound: 128 dependent chunk steps per program, 256 programs.
+        In practice a sweep is latency-bound: T/BT = 256 dependent steps per program, 256 programs.
     backward: (a) ≈ 1.2×, (b) ≈ 2× the forward's FLOPs: floor ≈ 0.65 ms; fwd+bwd ≥ 0.85 ms.
 Tile rule: BK = 16 (feature_dim ≤ 16, zero-padded), S² is BK² = 256 rows, BV from a budget
 of 8192 fp32 state elements per program (BV = 32: 4 V-tiles at V = 128, B·H·4 = 256 programs),
-8 warps so the [BT, BK²] q⊗q block and S² together stay under ~160 registers a thread.
+BT = min(chunk_size, 32) rows per step, 8 warps. Chosen from sm_90 compiles (Triton 3.9,
+cuobjdump register counts): at BT = 64 the [BT, BK²] q⊗q block beside S² spills (forward 240 B
+of stack at 8 warps, dk/dv 1.3 KB); at BT = 32, 8 warps the forward and dq kernels spill
+nothing and dk/dv 200 B. The result differs from chunk_size's only by rounding.
 T is in do_not_specialize: a new length never recompiles.
 
 Naming legend (fla's prefixes, STYLE rule 29):
@@ -65,19 +68,21 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @tri
 MAX_FEATURE_DIM = 16  # S² is feature_dim² rows: 16 → 256 rows, what one program's registers hold
 STATE_ELEMENTS = 8192  # fp32 elements of S² per program (BK² · BV)
 MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
+MAX_BT = 32  # chunk rows per step: at 64 the [BT, BK²] q⊗q block and S² spill registers (see card)
 INV_SQRT2 = tl.constexpr(0.7071067811865476)  # 1/√2, the second order's weight c/√2
 
 
 # ------------------------------------------------------------------------------------------------
 # Tile rule
 # ------------------------------------------------------------------------------------------------
-def _tile_rule(V: int, BT: int):
-    """(BK, BV, num_warps, num_stages) from the head dims alone (see the card)."""
+def _tile_rule(V: int, chunk_size: int):
+    """(BT, BK, BV, num_warps, num_stages) from the head dims alone (see the card)."""
+    BT = min(chunk_size, MAX_BT)
     BK = MAX_FEATURE_DIM
     BV = max(16, min(triton.next_power_of_2(V), STATE_ELEMENTS // (BK * BK)))
     if INTERPRET:
-        return BK, BV, 1, 1
-    return BK, BV, (8 if BT >= 64 else 4), 2
+        return BT, BK, BV, 1, 1
+    return BT, BK, BV, 8, 2
 
 
 # ------------------------------------------------------------------------------------------------
@@ -568,14 +573,14 @@ def _based_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_sta
     """Forward: one sweep. Returns (o, ht, zt, den), None where not computed."""
     B, T, H, K = q.shape
     V, M = v.shape[-1], zb.feature_count(K)
-    BK, BV, num_warps, num_stages = _tile_rule(V, chunk_size)
+    BT, BK, BV, num_warps, num_stages = _tile_rule(V, chunk_size)
     f32 = dict(device=q.device, dtype=torch.float32)
     o = torch.empty_like(v)
     den = torch.empty(B, T, H, **f32) if normalize else None
     ht = torch.empty(B, H, M, V, **f32) if output_final_state else None
     zt = torch.empty(B, H, M, **f32) if output_final_state else None
     _based_chunk_fwd_kernel[(triton.cdiv(V, BV), B * H)](
-        q, k, v, o, h0, ht, z0, zt, den, scale, T, H, K=K, V=V, M=M, BT=chunk_size, BK=BK, BV=BV,
+        q, k, v, o, h0, ht, z0, zt, den, scale, T, H, K=K, V=V, M=M, BT=BT, BK=BK, BV=BV,
         EPS=zb.EPS, CAUSAL=causal, num_warps=num_warps, num_stages=num_stages)
     return o, ht, zt, den
 
@@ -584,7 +589,7 @@ def _based_chunk_bwd(do, dht, dzt, q, k, v, o, den, h0, z0, scale, causal, norma
     """Backward: dD, then the dq sweep and the dk/dv sweep of the card. Returns (dq, dk, dv, dh0, dz0)."""
     B, T, H, K = q.shape
     V, M = v.shape[-1], zb.feature_count(K)
-    BK, BV, num_warps, num_stages = _tile_rule(V, chunk_size)
+    BT, BK, BV, num_warps, num_stages = _tile_rule(V, chunk_size)
     NV = triton.cdiv(V, BV)
     f32 = dict(device=q.device, dtype=torch.float32)
     dd = None
@@ -607,10 +612,10 @@ def _based_chunk_bwd(do, dht, dzt, q, k, v, o, den, h0, z0, scale, causal, norma
     dz0 = torch.empty(B, H, M, **f32) if h0 is not None else None
     grid = (NV, B * H)
     _based_chunk_bwd_dq_kernel[grid](q, k, v, do, den, dd, dq, h0s, z0s, scale, T, H, K=K, V=V, M=M,
-                                     BT=chunk_size, BK=BK, BV=BV, CAUSAL=causal,
+                                     BT=BT, BK=BK, BV=BV, CAUSAL=causal,
                                      num_warps=num_warps, num_stages=num_stages)
     _based_chunk_bwd_dkv_kernel[grid](q, k, v, do, den, dd, dk, dv, dhts, dzts, dh0, dz0, scale, T, H,
-                                      K=K, V=V, M=M, BT=chunk_size, BK=BK, BV=BV, CAUSAL=causal,
+                                      K=K, V=V, M=M, BT=BT, BK=BK, BV=BV, CAUSAL=causal,
                                       num_warps=num_warps, num_stages=num_stages)
     if dh0 is not None and dht is not None:
         # the kernel started from the symmetrised dS_T; the antisymmetric rest passes straight to dS₀
@@ -622,7 +627,8 @@ def _based_chunk_bwd(do, dht, dzt, q, k, v, o, den, h0, z0, scale, causal, norma
 def _based_recurrent_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state):
     B, T, H, K = q.shape
     V, M = v.shape[-1], zb.feature_count(K)
-    BK, BV, num_warps, _ = _tile_rule(V, 1)
+    _, BK, BV, _, _ = _tile_rule(V, MIN_CHUNK)
+    num_warps = 1 if INTERPRET else 4
     f32 = dict(device=q.device, dtype=torch.float32)
     o = torch.empty_like(v)
     den = torch.empty(B, T, H, **f32) if normalize else None
@@ -757,8 +763,9 @@ def _state_args(initial_state):
 
 def based_chunk(q, k, v, *, causal=True, normalize=True, scale=None, initial_state=None,
                 output_final_state=False, chunk_size=64):
-    """zoo.based.based_chunk in Triton, forward and backward, φ never in memory.
-    Returns (o [B, T, H, V], (S, z) float32 or None)."""
+    """zoo.based.based_chunk in Triton, forward and backward, φ never in memory. The kernels step
+    through min(chunk_size, 32) tokens at a time (the tile rule); results differ from the zoo's
+    chunk_size only by rounding. Returns (o [B, T, H, V], (S, z) float32 or None)."""
     scale = _check_fast(q, k, v, scale, initial_state, chunk_size)
     h0, z0 = _state_args(initial_state)
     o, ht, zt, _ = torch.ops.zoo.based_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state,
