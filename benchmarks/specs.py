@@ -430,10 +430,90 @@ SLIDING_WINDOW_512 = _swa_spec(512, "sliding_window_attention_w512")
 
 
 # ------------------------------------------------------------------------------------------------
+# Random-feature attention (issue 5): hrc_la (complex / trigonometric features) and performer
+# (FAVOR+, positive features), M = 256 features, non-causal and causal. One Ω [M, D] shared by the
+# heads, passed inside a tuple so the harness neither casts it nor slices it into (b, h) pairs. The
+# float64 reference is the zoo chunk form (equal to the [T, T] parallel form to 1e-10,
+# tests/test_hrc_la.py, tests/test_performer.py): the parallel one needs 16 bytes × T² per pair.
+# err_vs_softmax is the estimator's own error against exact softmax on N(0, 1) inputs.
+# ------------------------------------------------------------------------------------------------
+RF_M = 256  # random features (the issue's target size)
+RF_CHUNK = 64  # the zoo's default chunk length L
+RF_COMPILE_MAX_CHUNKS = 16  # the zoo chunk form's Python loop unrolls under torch.compile
+
+
+def _rf_inputs(module):
+    def make(B, T, H, D, dtype, device, causal, seed):
+        x = qkv_inputs(B, T, H, D, dtype, device, causal, seed)
+        gen = torch.Generator().manual_seed(seed)  # Ω is drawn on the CPU from its own seed
+        x["omega"] = (importlib.import_module(module).orthogonal_random_features(RF_M, D, generator=gen)
+                      .to(device),)
+        return x
+    return make
+
+
+def _rf_call(op, x, causal):
+    q = x["q"]
+    omega = x["omega"][0].expand(q.shape[2], *x["omega"][0].shape)  # [H, M, D], one Ω for every head
+    return op(q, x["k"], x["v"], omega, causal=causal)[0]
+
+
+# Forward, per head and token (V = D), the chunk algorithm with F real features per token (hrc_la:
+# F = 2M, cos and sin; performer: F = M): the phases u Ωᵀ for q and k (2·2·D·M), the intra-chunk
+# φ_q φ_kᵀ and A v on full L × L tiles (2·L·F + 2·L·D, causal only), the read-out φ_q S and the
+# state update φ_kᵀ v (2·F·D each). Backward: every matmul has two input gradients, 3 × in all.
+def _rf_flops(F_per_M):
+    def flops(B, T, H, D, causal, direction) -> float:
+        Fw = F_per_M * RF_M
+        per_token = 4.0 * D * RF_M + 4.0 * Fw * D + (2.0 * RF_CHUNK * (Fw + D) if causal else 0.0)
+        fwd = B * H * T * per_token
+        return fwd if direction == "fwd" else 3.0 * fwd
+    return flops
+
+
+def _rf_skip(impl, B, T, H, D, causal, device_type):
+    if impl == "fla":
+        return "fla has no random-feature attention op"
+    chunks = -(-T // RF_CHUNK)
+    if impl == "zoo-compile" and chunks > RF_COMPILE_MAX_CHUNKS:
+        return (f"not compiled: the chunk form's Python loop unrolls {chunks} chunks "
+                f"(> {RF_COMPILE_MAX_CHUNKS}); compile time grows with T")
+    return None
+
+
+HRC_LA = MethodSpec(
+    name="hrc_la",
+    chunk_op="hrc_la_chunk",
+    reference_op="hrc_la_chunk",
+    make_inputs=_rf_inputs("zoo.hrc_la"),
+    call=_rf_call,
+    flops=_rf_flops(2),
+    bytes=qkv_o_bytes,
+    approximates_softmax=True,
+    variant=f"M={RF_M} (orthogonal, chi lengths), eps=0.01",
+    skip=_rf_skip,
+)
+
+PERFORMER = MethodSpec(
+    name="performer",
+    chunk_op="performer_chunk",
+    reference_op="performer_chunk",
+    make_inputs=_rf_inputs("zoo.performer"),
+    call=_rf_call,
+    flops=_rf_flops(1),
+    bytes=qkv_o_bytes,
+    approximates_softmax=True,
+    variant=f"M={RF_M} (FAVOR+, orthogonal, chi lengths)",
+    skip=_rf_skip,
+)
+
+
+# ------------------------------------------------------------------------------------------------
 # The table
 # ------------------------------------------------------------------------------------------------
 SPECS: list[MethodSpec] = [SOFTMAX_ATTENTION, LINEAR_ATTENTION, DELTANET, GATED_DELTANET, DELTAPRODUCT,
-                           BASED, BASED_FLA_FUSED_CHUNK, SLIDING_WINDOW_64, SLIDING_WINDOW_512]
+                           BASED, BASED_FLA_FUSED_CHUNK, SLIDING_WINDOW_64, SLIDING_WINDOW_512,
+                           HRC_LA, PERFORMER]
 
 
 def all_specs() -> dict[str, MethodSpec]:

@@ -588,6 +588,7 @@ def _chunk_bwd_op(dnum: torch.Tensor, dden: torch.Tensor, dht: torch.Tensor | No
                                                                       torch.Tensor, torch.Tensor, torch.Tensor,
                                                                       torch.Tensor]:
     dnum, dden, dht, dzt, h0, z0 = _contig(dnum, dden, dht, dzt, h0, z0)
+    q, k, v, omega, a, c, c0 = _contig(q, k, v, omega, a, c, c0)  # saved inputs may be views (an expanded Ω)
     dq, dk, dv, da, domega, dh0, dz0 = _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u,
                                                    causal, chunk_size)
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), da, domega.to(omega.dtype), _or_empty(dh0, a),

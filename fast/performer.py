@@ -537,6 +537,7 @@ def _chunk_bwd_op(dnum: torch.Tensor, dden: torch.Tensor, dht: torch.Tensor | No
                   s_u: float, causal: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                       torch.Tensor, torch.Tensor, torch.Tensor]:
     dnum, dden, dht, dzt, h0, z0 = _contig(dnum, dden, dht, dzt, h0, z0)
+    q, k, v, omega, a_q, c, c0 = _contig(q, k, v, omega, a_q, c, c0)  # saved inputs may be views (an expanded Ω)
     dq, dk, dv, domega, dh0, dz0 = _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u,
                                                causal, chunk_size)
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), domega.to(omega.dtype), _or_empty(dh0, c),

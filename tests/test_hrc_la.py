@@ -228,6 +228,23 @@ def test_fast_gradients_equal_zoo_in_bf16_on_gpu(T, causal):
         assert_close(g, r, tol, f"d{name}")
 
 
+def test_fast_gradients_with_one_omega_expanded_over_the_heads():
+    # Ω as a stride-0 view [H, M, K] of one [M, K]: the backward must not read it as contiguous.
+    dev = device()
+    q, k, v, _ = make(6, Shape(1, 40, 3, 8, 4), 16, dtype=torch.float32, device=dev)
+    om = hrc.orthogonal_random_features(16, 8, generator=torch.Generator().manual_seed(0)).to(dev)
+    got = _grads_qkv(fast.hrc_la_chunk, q, k, v, om.expand(3, 16, 8))
+    ref = _grads_qkv(hrc.hrc_la_parallel, *(x.double() for x in (q, k, v)), om.double().expand(3, 16, 8))
+    for name, g, r in zip("qkv", got, ref):
+        assert_close(g, r, grad_tol(tol_for(torch.float32, dev)), f"d{name}")
+
+
+def _grads_qkv(op, q, k, v, omega):
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    o = op(q, k, v, omega)[0]
+    o.backward(randn(1, *o.shape, dtype=o.dtype, device=o.device))
+    return q.grad, k.grad, v.grad
+
 # ------------------------------------------------------------------------------------------------
 # 4. Causality
 # ------------------------------------------------------------------------------------------------
