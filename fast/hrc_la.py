@@ -5,7 +5,7 @@ Kernel plan
 The complex feature exp(iΩu)/√M is kept as its real pair [cos Ωu, sin Ωu]/√M (Re(φ̂_q·conj φ̂_k)
 = cos_q·cos_k + sin_q·sin_k), so the complex state S = S_c − i·S_s is two real [M, V] blocks.
 The feature map is fused: a program loads q and k ([BT, K], what the layer produced), computes the
-phases θ = u Ωᵀ on chip (an fp32 dot, "ieee" precision: a tf32 phase error of 1e-3·|θ| would
+phases θ = u Ωᵀ on chip (a "tf32x3" dot, fp32-accurate: a tf32 phase error of 1e-3·|θ| would
 already move cos θ), and never writes a feature to memory.
 
 Launch grid: one program per (feature tile of BM frequencies, batch·head). Each program walks the
@@ -42,7 +42,8 @@ state) ≈ 0.26 MFLOP: ~140 GFLOP in all, tensor-core work of ~0.3 ms at tf32 ra
 
 Tile rule (no autotuning; nothing keyed on T or B): V sits in one tile (BV = next power of two
 >= 16, V <= 256), the frequencies take the rest of a register budget of 8192 fp32 state elements
-(S_c and S_s: 2·BM·BV): BM = 64 at V = 64. BT = chunk_size (64). num_warps 4, num_stages 2.
+(S_c and S_s: 2·BM·BV): BM = 64 at V = 64. BT = chunk_size (64). num_warps 8 (the state and four [BT, BM] feature
+blocks live in registers), num_stages 2.
 
 Naming legend (fla's prefixes, STYLE rule 29):
     i_   program ids and loop indices (i_m frequency tile, i_bh batch·head, i_t chunk)
@@ -67,6 +68,10 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @tri
 STATE_ELEMENTS = 8192  # fp32 state elements per program (S_c and S_s): 64 registers a thread at 4 warps
 MAX_V = 256  # V sits in one tile
 MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
+# Phases θ = u Ωᵀ (and their gradients) at fp32 accuracy: plain tf32 (10-bit mantissa) would move
+# cos θ by ~1e-3·|θ|. tf32x3 splits each operand into two tf32 parts (three tensor-core products),
+# close to fp32 and much faster than "ieee" (CUDA-core FMAs). The interpreter computes fp32 exactly.
+PHASE_PRECISION = tl.constexpr("tf32x3")
 EMPTY_SCALE = torch.finfo(torch.float32).min  # the log-scale of an empty state, as in the zoo
 
 
@@ -78,7 +83,7 @@ def _tile_rule(K: int, V: int, M: int):
     BK = max(16, triton.next_power_of_2(K))
     BV = max(16, triton.next_power_of_2(V))
     BM = max(16, min(triton.next_power_of_2(M), STATE_ELEMENTS // (2 * BV)))
-    return BK, BV, BM, 4, 2
+    return BK, BV, BM, 8, 2  # 8 warps: the state and four [BT, BM] feature blocks live in registers
 
 
 # ------------------------------------------------------------------------------------------------
@@ -86,10 +91,10 @@ def _tile_rule(K: int, V: int, M: int):
 # ------------------------------------------------------------------------------------------------
 @triton.jit
 def _phases(x, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K: tl.constexpr):
-    """u = s_u·x for the chunk's rows [BT, BK] and θ = u Ωᵀ [BT, BM] (fp32, ieee: no tf32)."""
+    """u = s_u·x for the chunk's rows [BT, BK] and θ = u Ωᵀ [BT, BM] (fp32-accurate, PHASE_PRECISION)."""
     b_u = s_u * tl.load(x + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :],
                         other=0.0).to(tl.float32)
-    return b_u, tl.dot(b_u, tl.trans(b_omega), input_precision="ieee")
+    return b_u, tl.dot(b_u, tl.trans(b_omega), input_precision=PHASE_PRECISION)
 
 
 @triton.heuristics({
@@ -330,9 +335,9 @@ def _hrc_la_chunk_bwd_kernel(
             b_dzs += tl.sum(b_sq * b_dd[:, None], 0)
         # through φ̂(q) = (cos θ, sin θ)/√M and θ = u Ωᵀ
         b_dth = (b_cos * b_dsq - b_sin * b_dcq) * b_rm[None, :]  # [BT, BM]
-        tl.atomic_add(dq + p_t[:, None] * K + offs_k[None, :], s_u * tl.dot(b_dth, b_omega, input_precision="ieee"),
+        tl.atomic_add(dq + p_t[:, None] * K + offs_k[None, :], s_u * tl.dot(b_dth, b_omega, input_precision=PHASE_PRECISION),
                       mask=mask_t[:, None] & mask_k[None, :])
-        b_domega += tl.dot(tl.trans(b_dth), b_uq, input_precision="ieee")
+        b_domega += tl.dot(tl.trans(b_dth), b_uq, input_precision=PHASE_PRECISION)
 
     # -- sweep 2, backward in time: dk, dv, da (causal: dS carried at the chunk end's scale) -------
     for i_r in range(NT):
@@ -383,10 +388,10 @@ def _hrc_la_chunk_bwd_kernel(
         # through φ_k = e^{a − c}(cos θ, sin θ)/√M: the weight gives da, the phases dθ
         b_dth = (b_cos * b_dsk - b_sin * b_dck) * b_e[:, None] * b_rm[None, :]
         tl.atomic_add(da + p_t, tl.sum(b_dck * b_ck + b_dsk * b_sk, 1), mask=mask_t)
-        tl.atomic_add(dk + p_t[:, None] * K + offs_k[None, :], s_u * tl.dot(b_dth, b_omega, input_precision="ieee"),
+        tl.atomic_add(dk + p_t[:, None] * K + offs_k[None, :], s_u * tl.dot(b_dth, b_omega, input_precision=PHASE_PRECISION),
                       mask=mask_t[:, None] & mask_k[None, :])
         tl.atomic_add(dv + p_t[:, None] * V + offs_v[None, :], b_dv, mask=mask_t[:, None] & mask_v[None, :])
-        b_domega += tl.dot(tl.trans(b_dth), b_uk, input_precision="ieee")
+        b_domega += tl.dot(tl.trans(b_dth), b_uk, input_precision=PHASE_PRECISION)
 
     # -- dΩ rows of this tile, and the initial state's gradient ------------------------------------
     tl.store(domega + (i_bh.to(tl.int64) * M + offs_m[:, None]) * K + offs_k[None, :], b_domega,

@@ -3,8 +3,8 @@
 Kernel plan
 -----------
 The positive feature φ̂(u)_r = exp(ω_rᵀu − ‖u‖²/2 − a)/√M is computed on chip from q and k
-([BT, K], what the layer produced): the exponents θ = u Ωᵀ come from an fp32 dot at "ieee"
-precision (a tf32 error of 1e-3·|θ| inside an exp is a 1e-3·|θ| relative error of the feature),
+([BT, K], what the layer produced): the exponents θ = u Ωᵀ come from a "tf32x3" dot, fp32-accurate
+(a tf32 error of 1e-3·|θ| inside an exp is a 1e-3·|θ| relative error of the feature),
 and no feature is ever written to memory.
 
 The stabilisers need maxima over all M frequencies, and each frequency tile must use the same
@@ -28,7 +28,8 @@ The recurrent op (decoding) has a token-loop kernel, forward only; its gradient 
 
 Tile rule (no autotuning; nothing keyed on T or B): V in one tile (BV = next power of two >= 16,
 V <= 256), BM from a register budget of 8192 fp32 state elements (BM·BV): BM = 128 at V = 64.
-BT = chunk_size (64). num_warps 4, num_stages 2.
+BT = chunk_size (64). num_warps 8 (the state and four [BT, BM] feature
+blocks live in registers), num_stages 2.
 
 Naming legend (fla's prefixes, STYLE rule 29):
     i_   program ids and loop indices (i_m frequency tile, i_bh batch·head, i_t chunk)
@@ -52,6 +53,10 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @tri
 STATE_ELEMENTS = 8192  # fp32 state elements per program: 64 registers a thread at 4 warps
 MAX_V = 256  # V sits in one tile
 MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
+# Phases θ = u Ωᵀ (and their gradients) at fp32 accuracy: plain tf32 (10-bit mantissa) would move
+# cos θ by ~1e-3·|θ|. tf32x3 splits each operand into two tf32 parts (three tensor-core products),
+# close to fp32 and much faster than "ieee" (CUDA-core FMAs). The interpreter computes fp32 exactly.
+PHASE_PRECISION = tl.constexpr("tf32x3")
 ROW_MAX_BT = 64  # tokens per program of the row-max kernel
 EMPTY_SCALE = torch.finfo(torch.float32).min  # the log-scale of an empty state, as in the zoo
 
@@ -64,7 +69,7 @@ def _tile_rule(K: int, V: int, M: int):
     BK = max(16, triton.next_power_of_2(K))
     BV = max(16, triton.next_power_of_2(V))
     BM = max(16, min(triton.next_power_of_2(M), STATE_ELEMENTS // BV))
-    return BK, BV, BM, 4, 2
+    return BK, BV, BM, 8, 2  # 8 warps: the state and four [BT, BM] feature blocks live in registers
 
 
 # ------------------------------------------------------------------------------------------------
@@ -72,11 +77,11 @@ def _tile_rule(K: int, V: int, M: int):
 # ------------------------------------------------------------------------------------------------
 @triton.jit
 def _exponents(x, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K: tl.constexpr):
-    """u = s_u·x [BT, BK], ℓ = u Ωᵀ − ‖u‖²/2 [BT, BM] (fp32, ieee: no tf32) and ‖u‖²/2 [BT]."""
+    """u = s_u·x [BT, BK], ℓ = u Ωᵀ − ‖u‖²/2 [BT, BM] (fp32-accurate, PHASE_PRECISION)."""
     b_u = s_u * tl.load(x + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :],
                         other=0.0).to(tl.float32)
     b_h = 0.5 * tl.sum(b_u * b_u, 1)
-    return b_u, tl.dot(b_u, tl.trans(b_omega), input_precision="ieee") - b_h[:, None]
+    return b_u, tl.dot(b_u, tl.trans(b_omega), input_precision=PHASE_PRECISION) - b_h[:, None]
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -100,7 +105,7 @@ def _performer_row_max_kernel(x, omega, out, s_u, T, H, K: tl.constexpr, M: tl.c
         mask_m = offs_m < M
         b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
                           mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
-        b_th = tl.dot(b_u, tl.trans(b_omega), input_precision="ieee")
+        b_th = tl.dot(b_u, tl.trans(b_omega), input_precision=PHASE_PRECISION)
         b_max = tl.maximum(b_max, tl.max(tl.where(mask_m[None, :], b_th, float("-inf")), 1))
     tl.store(out + p_t, b_max - 0.5 * tl.sum(b_u * b_u, 1), mask=mask_t)
 
@@ -295,9 +300,9 @@ def _performer_chunk_bwd_kernel(
             b_dz_ += tl.sum(b_q * b_dd[:, None], 0)
         # through φ̂(q) = exp(θ − ‖u‖²/2 − a_q)/√M: dℓ = dφ̂·φ̂, du = dℓ Ω − (Σ_r dℓ_r) u
         b_dl = b_dq * b_q
-        b_du = tl.dot(b_dl, b_omega, input_precision="ieee") - tl.sum(b_dl, 1)[:, None] * b_uq
+        b_du = tl.dot(b_dl, b_omega, input_precision=PHASE_PRECISION) - tl.sum(b_dl, 1)[:, None] * b_uq
         tl.atomic_add(dq + p_t[:, None] * K + offs_k[None, :], s_u * b_du, mask=mask_t[:, None] & mask_k[None, :])
-        b_domega += tl.dot(tl.trans(b_dl), b_uq, input_precision="ieee")
+        b_domega += tl.dot(tl.trans(b_dl), b_uq, input_precision=PHASE_PRECISION)
 
     # -- sweep 2, backward in time: dk, dv (causal: dS carried at the chunk end's scale) ------------
     for i_r in range(NT):
@@ -337,10 +342,10 @@ def _performer_chunk_bwd_kernel(
             b_dv = tl.dot(b_k, b_dS_)
         # through φ̄_k = exp(θ − ‖u‖²/2 − c_j)/√M, as for the queries
         b_dl = b_dk * b_k
-        b_du = tl.dot(b_dl, b_omega, input_precision="ieee") - tl.sum(b_dl, 1)[:, None] * b_uk
+        b_du = tl.dot(b_dl, b_omega, input_precision=PHASE_PRECISION) - tl.sum(b_dl, 1)[:, None] * b_uk
         tl.atomic_add(dk + p_t[:, None] * K + offs_k[None, :], s_u * b_du, mask=mask_t[:, None] & mask_k[None, :])
         tl.atomic_add(dv + p_t[:, None] * V + offs_v[None, :], b_dv, mask=mask_t[:, None] & mask_v[None, :])
-        b_domega += tl.dot(tl.trans(b_dl), b_uk, input_precision="ieee")
+        b_domega += tl.dot(tl.trans(b_dl), b_uk, input_precision=PHASE_PRECISION)
 
     # -- dΩ rows of this tile, and the initial state's gradient ------------------------------------
     tl.store(domega + (i_bh.to(tl.int64) * M + offs_m[:, None]) * K + offs_k[None, :], b_domega,
