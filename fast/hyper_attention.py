@@ -434,8 +434,10 @@ def _unit_last_dim(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+@torch.library.custom_op("zoo::hyper_attention_lsh", mutates_args=())
 def _lsh_codes(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
-    """zoo lsh_codes: x [B, H, T, d] (any strides), proj [d, r] -> int32 codes [B, H, T]."""
+    """zoo lsh_codes: x [B, H, T, d] (any strides), proj [d, r] -> int32 codes [B, H, T].
+    A custom op (integer output, no gradient), so torch.compile does not trace the launch."""
     B, H, T, K = x.shape
     R = proj.shape[1]
     x = _unit_last_dim(x)
@@ -446,6 +448,11 @@ def _lsh_codes(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
             x, proj.float().contiguous(), codes, *_strides(x), H, T, K=K, R=R,
             BK=max(16, triton.next_power_of_2(K)), BR=16, BM=BM, num_warps=4)
     return codes
+
+
+@_lsh_codes.register_fake
+def _(x, proj):
+    return x.new_empty(x.shape[:3], dtype=torch.int32)
 
 
 def _flags(perm_q: torch.Tensor, smp_k: torch.Tensor, T: int, block_size: int, tile: int):

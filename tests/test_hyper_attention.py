@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from strategies import (TOL, Shape, assert_close, edge_examples, grads, randn, rel_rms, seeds, shapes)
+from strategies import (TOL, Shape, assert_close, device, edge_examples, grad_tol, grads, has_cuda,
+                        interpreting, randn, rel_rms, seeds, shapes, tol_for)
 import zoo.hyper_attention as zh
+import fast.hyper_attention as fh
 
 F64 = torch.float64
 block_sizes = st.sampled_from([1, 3, 4, 8, 16])
@@ -55,6 +57,7 @@ def exact(q, k, v, causal=False, scale=None):
 # ------------------------------------------------------------------------------------------------
 # 1. Forms agree
 # ------------------------------------------------------------------------------------------------
+@settings(max_examples=10)
 @given(shape=shapes(max_T=40), causal=st.booleans(), b=block_sizes, s=sample_sizes,
        min_len=min_seq_lens, r=projs, seed=seeds)
 @edge_examples(chunk_size=8, causal=True, b=4, s=5, min_len=1, r=3)
@@ -98,8 +101,92 @@ def test_module_is_the_chunk_op_on_heads_first_tensors():
 
 
 # ------------------------------------------------------------------------------------------------
+# 2. Fast equals zoo (same proj, same generator state: the same samples)
+# ------------------------------------------------------------------------------------------------
+def _fast_vs_zoo(shape, causal, b, s, min_len, r, seed, dtype=torch.float32, dev=None, with_grads=False):
+    dev = dev or device()
+    q, k, v = qkv(seed, shape, dtype=dtype, device=dev)
+    kw = dict(proj=proj_for(shape.K, r, seed, dtype=torch.float32), causal=causal, block_size=b,
+              sample_size=s, min_seq_len=min_len, return_lse=True)
+    if not with_grads:
+        o, lse = fh.hyper_attention_chunk(q, k, v, generator=gen(seed), **kw)
+        o_ref, lse_ref = zh.hyper_attention_chunk(q.float(), k.float(), v.float(), generator=gen(seed), **kw)
+        return (o, o_ref), (lse, lse_ref)
+    inputs = {"q": q.requires_grad_(), "k": k.requires_grad_(), "v": v.requires_grad_()}
+    cot = [randn(seed + 5, *q.shape[:3], shape.V, dtype=dtype, device=dev),
+           randn(seed + 6, *q.shape[:3], dtype=torch.float32, device=dev)]
+    g = grads(lambda **x: fh.hyper_attention_chunk(**x, generator=gen(seed), **kw), inputs, cot)
+    ref_inputs = {n: x.detach().float().requires_grad_() for n, x in inputs.items()}
+    g_ref = grads(lambda **x: zh.hyper_attention_chunk(**x, generator=gen(seed), **kw), ref_inputs, cot)
+    return g, g_ref
+
+
+fast_blocks = st.sampled_from([5, 16, 32, 48])  # multiples of the interpreter's 16-row tile and not
+
+
+@settings(max_examples=5)
+@given(shape=shapes(max_T=60, max_H=2), causal=st.booleans(), b=fast_blocks, s=sample_sizes,
+       min_len=st.sampled_from([1, 20, 1000]), seed=seeds)
+@edge_examples(chunk_size=16, causal=False, b=16, s=16, min_len=1)
+@edge_examples(chunk_size=16, causal=True, b=5, s=5, min_len=4)
+def test_fast_equals_zoo_in_float32(shape, causal, b, s, min_len, seed):
+    (o, o_ref), (lse, lse_ref) = _fast_vs_zoo(shape, causal, b, s, min_len, 3, seed)
+    assert o.dtype == torch.float32 and lse.dtype == torch.float32
+    assert_close(o, o_ref, tol_for(torch.float32, o.device.type), "o")
+    assert_close(lse, lse_ref, tol_for(torch.float32, o.device.type), "lse")
+
+
+@settings(max_examples=4)
+@given(shape=shapes(max_T=60, max_H=2, max_K=12, max_V=12), causal=st.booleans(), b=fast_blocks,
+       seed=seeds)
+@edge_examples(chunk_size=16, causal=True, b=16)
+@edge_examples(chunk_size=16, causal=False, b=5)
+def test_fast_gradients_equal_zoo_in_float32(shape, causal, b, seed):
+    g, g_ref = _fast_vs_zoo(shape, causal, b, 7, 4, 3, seed, with_grads=True)
+    tol = grad_tol(tol_for(torch.float32, device()))
+    for name in ("q", "k", "v"):
+        assert_close(g[name], g_ref[name], tol, f"d{name}")
+
+
+GPU_CASES = [(dt, D, T, causal) for dt in (torch.bfloat16, torch.float16) for D in (64, 128)
+             for T, causal in ((1, False), (1000, False), (4096, False), (4099, True), (4096, True))]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,D,T,causal", GPU_CASES)
+def test_fast_equals_zoo_in_half_precision_on_gpu(dtype, D, T, causal):
+    shape = Shape(1, T, 3, D, D)
+    (o, o_ref), (lse, lse_ref) = _fast_vs_zoo(shape, causal, 256, 256, 512, 8, 11, dtype=dtype, dev="cuda")
+    assert o.dtype == dtype and lse.dtype == torch.float32
+    assert_close(o, o_ref, tol_for(dtype, "cuda"), "o")
+    assert_close(lse, lse_ref, tol_for(torch.float32, "cuda"), "lse")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,causal", [(torch.bfloat16, False), (torch.bfloat16, True), (torch.float16, True)])
+def test_fast_gradients_equal_zoo_in_half_precision_on_gpu(dtype, causal):
+    g, g_ref = _fast_vs_zoo(Shape(1, 3000, 2, 64, 64), causal, 256, 256, 512, 8, 3, dtype=dtype,
+                            dev="cuda", with_grads=True)
+    for name in ("q", "k", "v"):
+        assert_close(g[name], g_ref[name], grad_tol(tol_for(dtype, "cuda")), f"d{name}")
+
+
+def test_fast_module_equals_zoo_module():
+    attn, fast_attn = (m.HyperAttention(input_dim=8, lsh_num_projs=4, block_size=16, sample_size=16,
+                                        min_seq_len=8, seed=1) for m in (zh, fh))
+    assert torch.equal(attn.proj, fast_attn.proj)
+    q, k, v = (randn(i, 1, 2, 45, 8, dtype=torch.float32, device=device()) for i in range(3))
+    attn, fast_attn = attn.to(device()), fast_attn.to(device())
+    o, lse = fast_attn(q, k, v, causal=True, return_lse=True, generator=gen(4))
+    o_ref, lse_ref = attn(q, k, v, causal=True, return_lse=True, generator=gen(4))
+    assert_close(o, o_ref, tol_for(torch.float32, q.device.type), "o")
+    assert_close(lse, lse_ref, tol_for(torch.float32, q.device.type), "lse")
+
+
+# ------------------------------------------------------------------------------------------------
 # 4. Causality
 # ------------------------------------------------------------------------------------------------
+@settings(max_examples=8)
 @given(shape=shapes(max_T=48, min_K=2), t=st.integers(0, 47), b=block_sizes, seed=seeds)
 @edge_examples(chunk_size=8, t=0, b=4)
 def test_future_keys_and_values_do_not_change_the_past(shape, t, b, seed):
@@ -127,9 +214,22 @@ def test_gradients_never_flow_to_future_keys_and_values():
     assert q.grad[:, t + 1:].abs().max() == 0
 
 
+def test_fast_future_keys_and_values_do_not_change_the_past():
+    dev, t = device(), 23
+    q, k, v = qkv(5, Shape(1, 50, 2, 8, 8), dtype=torch.float32, device=dev)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, t + 1:] += 1.0
+    v2[:, t + 1:] -= 2.0
+    kw = dict(proj=proj_for(8, 3, dtype=torch.float32), causal=True, block_size=16, sample_size=16, min_seq_len=8)
+    o = fh.hyper_attention_chunk(q, k, v, generator=gen(), **kw)
+    o2 = fh.hyper_attention_chunk(q, k2, v2, generator=gen(), **kw)
+    assert torch.equal(o[:, :t + 1], o2[:, :t + 1])
+
+
 # ------------------------------------------------------------------------------------------------
 # 6. The method's own laws
 # ------------------------------------------------------------------------------------------------
+@settings(max_examples=8)
 @given(shape=shapes(max_T=40), causal=st.booleans(), extra=st.integers(0, 5), r=projs, seed=seeds)
 @edge_examples(chunk_size=8, causal=True, extra=0, r=2)
 def test_one_block_covering_T_without_samples_is_exact_attention(shape, causal, extra, r, seed):
@@ -139,6 +239,7 @@ def test_one_block_covering_T_without_samples_is_exact_attention(shape, causal, 
     assert_close(o, exact(q, k, v, causal), TOL["f64"], "o")
 
 
+@settings(max_examples=8)
 @given(shape=shapes(max_T=40), causal=st.booleans(), seed=seeds)
 @edge_examples(chunk_size=8, causal=False)
 def test_shorter_than_min_seq_len_is_exact_attention(shape, causal, seed):
@@ -153,6 +254,7 @@ def test_shorter_than_min_seq_len_is_exact_attention(shape, causal, seed):
     assert_close(lse, torch.logsumexp(s, -1).transpose(1, 2), TOL["f64"], "lse")
 
 
+@settings(max_examples=8)
 @given(shape=shapes(max_T=30), seed=seeds)
 @edge_examples(chunk_size=8)
 def test_lse_merge_of_two_disjoint_key_sets_is_attention_over_their_union(shape, seed):
@@ -293,6 +395,23 @@ def test_bad_dtypes_and_module_options_raise_clear_errors():
         zh.HyperAttention()(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.randn(2, 3, 4))
 
 
+@pytest.mark.skipif(has_cuda() or interpreting(), reason="only without a GPU and without the interpreter")
+def test_fast_op_on_cpu_without_the_interpreter_says_so():
+    q, k, v = qkv(0, Shape(1, 4, 1, 4, 4), dtype=torch.float32)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        fh.hyper_attention_chunk(q, k, v, proj=proj_for(4, 2))
+
+
+def test_fast_op_rejects_float64_and_head_dims_above_256_and_checks_like_the_zoo():
+    q, k, v = qkv(0, Shape(1, 2, 1, 300, 4), dtype=torch.float32, device=device())
+    with pytest.raises(ValueError, match="256"):
+        fh.hyper_attention_chunk(q, k, v, proj=proj_for(300, 2))
+    with pytest.raises(TypeError, match="float64"):
+        fh.hyper_attention_chunk(*(x[..., :4].double() for x in (q, k, v)), proj=proj_for(4, 2))
+    with pytest.raises(ValueError, match="block_size"):
+        fh.hyper_attention_chunk(*(x[..., :4] for x in (q, k, v)), proj=proj_for(4, 2), block_size=0)
+
+
 # ------------------------------------------------------------------------------------------------
 # 8. torch.compile
 # ------------------------------------------------------------------------------------------------
@@ -331,3 +450,20 @@ def test_chunk_form_compiles_with_inductor():
     ref = zh.hyper_attention_chunk(q, k, v, **kw)
     got = torch.compile(zh.hyper_attention_chunk, fullgraph=True)(q, k, v, **kw)
     assert_close(got, ref, TOL["f32-interpret"], "inductor")
+
+
+def test_fast_op_compiles_fullgraph_forward_and_backward():
+    torch._dynamo.reset()
+    dev = device()
+    q, k, v = qkv(2, Shape(1, 40, 2, 8, 8), dtype=torch.float32, device=dev)
+    inputs = dict(q=q.requires_grad_(), k=k.requires_grad_(), v=v.requires_grad_())
+    cot = [randn(3, *v.shape, dtype=torch.float32, device=dev), randn(4, 1, 40, 2, dtype=torch.float32, device=dev)]
+    kw = dict(proj=proj_for(8, 3, dtype=torch.float32), causal=True, block_size=16, sample_size=8,
+              min_seq_len=8, return_lse=True)
+    compiled = torch.compile(fh.hyper_attention_chunk, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(0)
+    got = grads(lambda **a: compiled(**a, **kw), inputs, cot)
+    torch.manual_seed(0)
+    ref = grads(lambda **a: fh.hyper_attention_chunk(**a, **kw), inputs, cot)
+    for n in ref:
+        assert_close(got[n], ref[n], TOL["f32-interpret"], f"d{n}")
