@@ -19,6 +19,7 @@ lengths and the unconjugated normaliser + 1e-6, re-derived from methods.md §1.4
     python -m benchmarks.hrc_seed                       # CPU: N = 1024..4096, accuracy test
     python -m benchmarks.hrc_seed --N 1024 2048 4096 8192 16384 65536 --d-model 1024 --heads 16 --m 256
     python -m benchmarks.hrc_seed --accuracy-only
+    python -m benchmarks.hrc_seed --targets             # CUDA: the issue's speed targets only
 
 Writes <out>/hrc_seed-<device>.json (records), .md (tables) and .png (time and MSE against N).
 Non-causal throughout, as the seed (its layer has no causal form).
@@ -234,11 +235,80 @@ def _fixed_rows(layer):
 
 
 # ------------------------------------------------------------------------------------------------
+# The issue's speed targets (CUDA): fast HRC-LA fwd vs the fast linear attention on precomputed
+# features of the same size, and vs SDPA at T = 65536
+# ------------------------------------------------------------------------------------------------
+def _time_cuda(fn, reps=10, warmup=3):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def targets_table(args):
+    """B·T = 32768, H = 16, D = 64, M = 256, T = 8192, bf16 inputs, causal, forward (no grad)."""
+    import fast.hrc_la as fh
+    import fast.performer as fp
+    dev, bf16 = torch.device("cuda"), torch.bfloat16
+    H, D, M = 16, 64, 256
+    records = []
+
+    def rec(name, T, B, ms, note=""):
+        r = dict(table="targets", impl=name, T=T, B=B, H=H, D=D, M=M, ms=ms, note=note)
+        records.append(r)
+        print(f"| {name:44s} | {T:6d} | {B:3d} | {'—' if ms is None else f'{ms:9.3f}'} | {note}", flush=True)
+        return ms
+
+    g = torch.Generator(device=dev).manual_seed(0)
+    omega = torch.stack([zh.orthogonal_random_features(M, D) for _ in range(H)]).to(dev)
+    for T in (8192, 65536):
+        B = max(1, 32768 // T)
+        q, k, v = (torch.randn(B, T, H, D, device=dev, generator=g).to(bf16) for _ in range(3))
+        with torch.no_grad():
+            t_hrc = rec("fast hrc_la_chunk fwd (feature map fused)", T, B,
+                        _time_cuda(lambda: fh.hrc_la_chunk(q, k, v, omega)))
+            rec("fast performer_chunk fwd (feature map fused)", T, B, _time_cuda(lambda: fp.performer_chunk(q, k, v, omega)))
+            qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # [B, H, T, D] for SDPA
+            t_sdpa = rec("sdpa causal fwd", T, B, _time_cuda(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)))
+            rec("  ratio sdpa / fast hrc_la", T, B, None, f"{t_sdpa / t_hrc:.2f}x (issue: >= 5x at T = 65536)")
+            if T == 8192:
+                try:
+                    import fast.linear_attention as fla_fast
+                    for K in (2 * M, M):
+                        try:
+                            fq = torch.rand(B, T, H, K, device=dev, generator=g).to(bf16)  # precomputed features
+                            fk = torch.rand(B, T, H, K, device=dev, generator=g).to(bf16)
+                            t_la = _time_cuda(lambda: fla_fast.linear_attention_chunk(fq, fk, v, normalize=True))
+                            rec(f"fast linear_attention_chunk fwd, K = {K} features", T, B, t_la,
+                                f"hrc_la / linear = {t_hrc / t_la:.2f}x (issue: <= 1.5x at K = 2M = {2 * M})")
+                        except Exception as e:
+                            rec(f"fast linear_attention_chunk fwd, K = {K} features", T, B, None, f"{type(e).__name__}: {e}")
+                except ImportError as e:
+                    rec("fast linear_attention", T, B, None, f"does not import: {e}")
+            del q, k, v, qt, kt, vt
+    # forward + backward, for the record
+    T, B = 8192, 4
+    q, k, v = (torch.randn(B, T, H, D, device=dev, generator=g).to(bf16).requires_grad_() for _ in range(3))
+    do = torch.randn(B, T, H, D, device=dev, generator=g).to(bf16)
+    for name, op in (("fast hrc_la_chunk fwd+bwd", fh.hrc_la_chunk), ("fast performer_chunk fwd+bwd", fp.performer_chunk)):
+        rec(name, T, B, _time_cuda(lambda: op(q, k, v, omega)[0].backward(do), reps=5, warmup=2))
+    return records
+
+
+# ------------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------------
-def write(records, args, device):
+def write(records, args, device, suffix=""):
     os.makedirs(args.out, exist_ok=True)
-    name = f"hrc_seed-{device.type}"
+    name = f"hrc_seed-{device.type}{suffix}"
     meta = {"method": "meta", "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
             or platform.machine(), "torch": torch.__version__, "command": " ".join(["python -m benchmarks.hrc_seed"]
                                                                               + sys.argv[1:])}
@@ -257,6 +327,12 @@ def write(records, args, device):
                   "`mha` was skipped; MSE against the standard output with copied weights", "",
                   "| N | impl | ms | peak MB | speed-up | mem. saving | MSE | note |",
                   "|---|---|---|---|---|---|---|---|"] + [_row(r) for r in speed] + [""]
+    tgt = [r for r in records if r["table"] == "targets"]
+    if tgt:
+        lines += ["## Speed targets (bf16 inputs, causal, H = 16, D = 64, M = 256, forward unless said)", "",
+                  "| measurement | T | B | ms | note |", "|---|---|---|---|---|"]
+        ms = lambda r: "—" if r["ms"] is None else f"{r['ms']:.3f}"
+        lines += [f"| {r['impl']} | {r['T']} | {r['B']} | {ms(r)} | {r['note']} |" for r in tgt] + [""]
     acc = [r for r in records if r["table"] == "accuracy"]
     if acc:
         lines += ["## The public accuracy test (d_model 64, 4 heads, M = 128, weights copied; public bar "
@@ -305,11 +381,16 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--accuracy-only", action="store_true")
     p.add_argument("--speed-only", action="store_true")
+    p.add_argument("--targets", action="store_true", help="CUDA: only the issue's speed targets")
     p.add_argument("--out", default="bench-out")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     records = []
+    if args.targets:
+        print("| measurement | T | B | ms | note |")
+        write(targets_table(args), args, device, suffix="-targets")
+        return
     if not args.accuracy_only:
         print("| N | impl | ms | peak MB | speed-up | mem. saving | MSE | note |")
         records += speed_table(args, device, dtype)
