@@ -687,8 +687,9 @@ def _run(op, q, k, v, omega, scale, causal, eps, initial_state, output_final_sta
     return o, (S, z, nt, c[:, -1])
 
 
-def hrc_la_chunk(q, k, v, omega, *, scale=None, causal=True, eps=EPS_DENOMINATOR, initial_state=None,
-                 output_final_state=False, chunk_size=64):
+def hrc_la_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, *,
+                 scale: float | None = None, causal: bool = True, eps: float = EPS_DENOMINATOR, initial_state=None,
+                 output_final_state: bool = False, chunk_size: int = 64):
     """zoo.hrc_la.hrc_la_chunk in Triton, forward and backward, feature map fused. Returns
     (o [B, T, H, V] in v's dtype, final_state (S, z, n, c) in complex64/float32, or None)."""
     _check_fast(q, k, v, omega, initial_state, chunk_size)
@@ -696,8 +697,9 @@ def hrc_la_chunk(q, k, v, omega, *, scale=None, causal=True, eps=EPS_DENOMINATOR
                 output_final_state, chunk_size)
 
 
-def hrc_la_recurrent(q, k, v, omega, *, scale=None, causal=True, eps=EPS_DENOMINATOR, initial_state=None,
-                     output_final_state=False):
+def hrc_la_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, *,
+                     scale: float | None = None, causal: bool = True, eps: float = EPS_DENOMINATOR,
+                     initial_state=None, output_final_state: bool = False):
     """zoo.hrc_la.hrc_la_recurrent in Triton: a token loop for decoding (forward kernel; its
     gradient runs the chunk backward). Returns (o, final_state or None)."""
     _check_fast(q, k, v, omega, initial_state)

@@ -619,8 +619,9 @@ def _run(op, q, k, v, omega, scale, causal, eps, initial_state, output_final_sta
     return o, ((ht, zt, c[:, -1]) if output_final_state else None)
 
 
-def performer_chunk(q, k, v, omega, *, scale=None, causal=True, eps=EPS_DENOMINATOR, initial_state=None,
-                    output_final_state=False, chunk_size=64):
+def performer_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, *,
+                    scale: float | None = None, causal: bool = True, eps: float = EPS_DENOMINATOR, initial_state=None,
+                    output_final_state: bool = False, chunk_size: int = 64):
     """zoo.performer.performer_chunk in Triton, forward and backward, feature map fused. Returns
     (o [B, T, H, V] in v's dtype, final_state (S, z, c) in float32, or None)."""
     _check_fast(q, k, v, omega, initial_state, chunk_size)
@@ -628,8 +629,9 @@ def performer_chunk(q, k, v, omega, *, scale=None, causal=True, eps=EPS_DENOMINA
                 output_final_state, chunk_size)
 
 
-def performer_recurrent(q, k, v, omega, *, scale=None, causal=True, eps=EPS_DENOMINATOR, initial_state=None,
-                        output_final_state=False):
+def performer_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, *,
+                        scale: float | None = None, causal: bool = True, eps: float = EPS_DENOMINATOR,
+                        initial_state=None, output_final_state: bool = False):
     """zoo.performer.performer_recurrent in Triton: a token loop for decoding (forward kernel; its
     gradient runs the chunk backward). Returns (o, final_state or None)."""
     _check_fast(q, k, v, omega, initial_state)
