@@ -150,8 +150,10 @@ def test_fast_gradients_equal_zoo_in_float32(shape, window, with_lse, seed):
         assert got[n].dtype == torch.float32
         if ref[n].abs().max() == 0:
             # One visible key (W = 1 or T = 1) and no lse cotangent: P ≡ 1, so dq = dk = 0 exactly,
-            # while the kernel's P = exp(s − lse) is 1 only to fp32 rounding: bound it at that.
-            assert got[n].abs().max() <= 1e-5 * ref["v"].abs().max(), f"d{n} should vanish"
+            # while the kernel's ds = P·(do·v − o·do) cancels only to rounding (tf32 dots on a GPU).
+            # A wrong mask would give ds of the size of |do||v|: bound the residue well below it.
+            unit = ref["v"].abs().max() * inputs["v"].abs().max() * inputs["k" if n == "q" else "q"].abs().max()
+            assert got[n].abs().max() <= grad_tol(tol_for(torch.float32, dev)).worst * unit, f"d{n} should vanish"
             continue
         assert_close(got[n], ref[n], grad_tol(tol_for(torch.float32, dev)), f"d{n}")
 
