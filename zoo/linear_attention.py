@@ -35,7 +35,8 @@ Pitfalls: normalize=False is fla's chunk_linear_attn(q, k, v, scale, normalize=F
           Un-normalised outputs grow like T: accumulate in fp32, and fp16 can overflow.
           NaN/inf inputs give NaN/inf outputs wherever they are read, never finite garbage.
 Dtype: computed in the input dtype (float64 tests are exact); fp16/bf16 inputs are computed in
-       float32 and the output cast back; the final state stays float32.
+       float32 and the output cast back (the chunk form keeps matmul operands in the input dtype,
+       with fp32 sums, as fast/ does); the final state stays float32.
 """
 
 import torch
@@ -95,13 +96,16 @@ def check_inputs(q, k, v, initial_state=None, *, normalize=True, chunk_size=None
     return B, T, H, K, V
 
 
-def _prologue(q, k, v, scale, initial_state, normalize, chunk_size=None):
-    """Checks; s·q; float32 for half inputs; the state (S_0, z_0), zero when none is given."""
+def _prologue(q, k, v, scale, initial_state, normalize, chunk_size=None, upcast=True):
+    """Checks; s·q; float32 for half inputs (unless `upcast=False`: then q, k, v keep their dtype
+    and only the state is float32); the state (S_0, z_0), zero when none is given."""
     B, T, H, K, V = check_inputs(q, k, v, initial_state, normalize=normalize, chunk_size=chunk_size)
     scale = K ** -0.5 if scale is None else scale
     dt = torch.promote_types(q.dtype, torch.float32)  # fp16/bf16 -> float32; float64 stays
-    q, k, v = scale * q.to(dt), k.to(dt), v.to(dt)  # the scale lives on q from here on
-    S0, z0 = q.new_zeros(B, H, K, V), q.new_zeros(B, H, K)
+    if upcast:
+        q, k, v = q.to(dt), k.to(dt), v.to(dt)
+    q = scale * q  # the scale lives on q from here on
+    S0, z0 = q.new_zeros(B, H, K, V, dtype=dt), q.new_zeros(B, H, K, dtype=dt)
     if initial_state is not None:
         S0, z0 = (initial_state[0].to(dt), initial_state[1].to(dt)) if normalize else (initial_state.to(dt), z0)
     return q, k, v, S0, z0
@@ -110,7 +114,7 @@ def _prologue(q, k, v, scale, initial_state, normalize, chunk_size=None):
 def _epilogue(o, den, S, z, normalize, output_final_state, dtype):
     """(2) divide by the normaliser when asked; output in the caller's dtype; pack the state."""
     if normalize:
-        o = o / (den + EPS).unsqueeze(-1)
+        o = o / (den + EPS).unsqueeze(-1)  # [B, T, H, V]
     final = None
     if output_final_state:
         final = (S, z) if normalize else S
@@ -176,9 +180,13 @@ def linear_attention_recurrent(q, k, v, *, scale=None, causal=True, normalize=Tr
 def linear_attention_chunk(q, k, v, *, scale=None, causal=True, normalize=True, initial_state=None,
                            output_final_state=False, chunk_size=64):
     """(4) Chunkwise: the masked matrix inside a chunk of L tokens, the state across chunks. What
-    training uses and fast/ implements. Returns (o [B, T, H, V], final_state or None)."""
+    training uses and fast/ implements. Returns (o [B, T, H, V], final_state or None).
+    Half-precision inputs: the matmuls take q, k, v as they are (tensor cores; each product sums in
+    fp32 inside the matmul) and everything summed across chunks, the state, is fp32: the same
+    rounding points as fast/, and what makes this form fast under torch.compile."""
     dtype = q.dtype
-    q, k, v, S0, z0 = _prologue(q, k, v, scale, initial_state, normalize, chunk_size)
+    q, k, v, S0, z0 = _prologue(q, k, v, scale, initial_state, normalize, chunk_size, upcast=False)
+    acc = S0.dtype  # float32 for half inputs, else the input dtype: where sums accumulate
     B, T, H, K = q.shape
     L = chunk_size
     N = -(-T // L)
@@ -189,28 +197,32 @@ def linear_attention_chunk(q, k, v, *, scale=None, causal=True, normalize=True, 
     q_c, k_c, v_c = (x.view(B, N, L, H, x.shape[-1]) for x in (q, k, v))  # [B, N, L, H, *]
 
     # state pass, (4) S_n = S_{n-1} + K_nᵀ V_n: one outer-product sum per chunk, then a prefix sum.
-    dS = torch.einsum("bnlhk,bnlhv->bnhkv", k_c, v_c)  # K_nᵀ V_n [B, N, H, K, V]
-    dz = k_c.sum(2)  # K_nᵀ 1 [B, N, H, K]
+    dS = torch.einsum("bnlhk,bnlhv->bnhkv", k_c, v_c).to(acc)  # K_nᵀ V_n [B, N, H, K, V]
+    dz = k_c.sum(2, dtype=acc)  # K_nᵀ 1 [B, N, H, K]
     S, z = S0 + dS.sum(1), z0 + dz.sum(1)  # the final state [B, H, K, V], [B, H, K]
+    den = None
     if not causal:  # no mask: every chunk reads the state after the whole sequence
-        o = torch.einsum("bnlhk,bhkv->bnlhv", q_c, S)  # [B, N, L, H, V]
-        den = torch.einsum("bnlhk,bhk->bnlh", q_c, z)  # [B, N, L, H]
+        o = torch.einsum("bnlhk,bhkv->bnlhv", q_c, S.to(q.dtype)).to(acc)  # [B, N, L, H, V]
+        if normalize:
+            den = torch.einsum("bnlhk,bhk->bnlh", q_c.to(acc), z)  # [B, N, L, H]
     else:
         # S_{n-1}: the exclusive prefix sum (chunk n sees every earlier chunk, not itself). Shift
         # the inclusive sum by one chunk; cumsum − dS would be the same in exact arithmetic, but its
         # rounding depends on chunk n's later tokens, and causality must hold to the last bit.
         S_c = S0.unsqueeze(1) + F.pad(torch.cumsum(dS, 1)[:, :-1], (0, 0, 0, 0, 0, 0, 1, 0))  # [B, N, H, K, V]
-        z_c = z0.unsqueeze(1) + F.pad(torch.cumsum(dz, 1)[:, :-1], (0, 0, 0, 0, 1, 0))  # [B, N, H, K]
         # intra-chunk, (4) A_n = s·Q_n K_nᵀ ⊙ M_L: the parallel form (3) on the diagonal block.
         A = torch.einsum("bnlhk,bnmhk->bnhlm", q_c, k_c).masked_fill(~causal_mask(L, q.device), 0)  # [B, N, H, L, L]
         o_intra = torch.einsum("bnhlm,bnmhv->bnlhv", A, v_c)  # A_n V_n [B, N, L, H, V]
-        den_intra = A.sum(-1).transpose(2, 3)  # A_n 1 [B, N, L, H]
-        # inter-chunk, (4) s·Q_n S_{n-1}: what all earlier chunks left in the state.
-        o_inter = torch.einsum("bnlhk,bnhkv->bnlhv", q_c, S_c)  # [B, N, L, H, V]
-        den_inter = torch.einsum("bnlhk,bnhk->bnlh", q_c, z_c)  # [B, N, L, H]
-        o, den = o_intra + o_inter, den_intra + den_inter
+        # inter-chunk, (4) s·Q_n S_{n-1}: what all earlier chunks left in the state (rounded to the
+        # operand dtype for the matmul, as fast/ does).
+        o_inter = torch.einsum("bnlhk,bnhkv->bnlhv", q_c, S_c.to(q.dtype))  # [B, N, L, H, V]
+        o = o_intra.to(acc) + o_inter.to(acc)
+        if normalize:  # (4) the same two pieces with a column of ones for V and z for S
+            z_c = z0.unsqueeze(1) + F.pad(torch.cumsum(dz, 1)[:, :-1], (0, 0, 0, 0, 1, 0))  # [B, N, H, K]
+            den = A.sum(-1, dtype=acc).transpose(2, 3) + torch.einsum("bnlhk,bnhk->bnlh", q_c.to(acc), z_c)  # [B, N, L, H]
     o = o.reshape(B, N * L, H, -1)[:, :T]  # [B, T, H, V]
-    den = den.reshape(B, N * L, H)[:, :T]  # [B, T, H]
+    if normalize:
+        den = den.reshape(B, N * L, H)[:, :T]  # [B, T, H]
     return _epilogue(o, den, S, z, normalize, output_final_state, dtype)
 
 
