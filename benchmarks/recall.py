@@ -9,6 +9,7 @@ grows with T). Writes <out>.json (one record per mixer plus a meta record with t
 
     python -m benchmarks.recall                                  # every registered mixer
     python -m benchmarks.recall --mixers based,deltanet --merge  # add rows to an earlier run
+    python -m benchmarks.recall --mixers hrc_la --merge lr=1e-3  # another learning rate: a new row
     python -m benchmarks.recall --config train/configs/mqar-paper.yaml --out benchmarks/results/recall-gpu
 """
 
@@ -71,15 +72,21 @@ def table(records: list[dict]) -> str:
     rows = sorted((r for r in records if r.get("mixer") != "meta"), key=lambda r: -r["accuracy"])
     slices = sorted({k for r in rows for k in r["slices"]}, key=lambda k: int(k.split("kv")[-1]))
     head = ["mixer", "layer kwargs", "state size (floats)", "accuracy"] + \
-           [f"kv={k.split('kv')[-1]}" for k in slices] + ["steps", "time (s)"]
+           [f"kv={k.split('kv')[-1]}" for k in slices] + ["lr", "steps", "time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         kw = ", ".join(f"{k}={v}" for k, v in r["layer_kwargs"].items()) or "defaults"
         cells = [r["mixer"], kw, f"{r['state_size']:,}", f"{100 * r['accuracy']:.1f}%"] + \
                 [f"{100 * r['slices'][k]:.1f}%" if k in r["slices"] else "" for k in slices] + \
-                [str(r["steps"]), f"{r['seconds']:.0f}"]
+                [f"{r['config']['lr']:g}", str(r["steps"]), f"{r['seconds']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def label(r: dict, rows: list[dict]) -> str:
+    """The mixer's name, with its learning rate where the mixer has rows at several."""
+    several = sum(x["mixer"] == r["mixer"] for x in rows) > 1
+    return f"{r['mixer']} (lr {r['config']['lr']:g})" if several else r["mixer"]
 
 
 def plot(records: list[dict], path: pathlib.Path):
@@ -92,7 +99,7 @@ def plot(records: list[dict], path: pathlib.Path):
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for r in rows:
         ax.scatter(r["state_size"], 100 * r["accuracy"], s=40)
-        ax.annotate(r["mixer"], (r["state_size"], 100 * r["accuracy"]), textcoords="offset points",
+        ax.annotate(label(r, rows), (r["state_size"], 100 * r["accuracy"]), textcoords="offset points",
                     xytext=(5, 3), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("recall layer state size at T = 64 (floats per sequence)")
@@ -123,7 +130,8 @@ def main(argv=None) -> int:
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(out.with_suffix(".json").read_text()) if args.merge and out.with_suffix(".json").exists() else []
-    records = [r for r in old if r.get("mixer") not in names and r.get("mixer") != "meta"]
+    lr = load(args.config, args.overrides).lr  # a row is (mixer, lr): other learning rates stay
+    records = [r for r in old if r.get("mixer") != "meta" and (r["mixer"] not in names or r["config"]["lr"] != lr)]
     commands = [r["command"] for r in old if r.get("mixer") == "meta"]
     commands = (commands[0] if commands else []) + ["python -m benchmarks.recall " + shlex.join(sys.argv[1:] if argv is None else argv)]
     with tempfile.TemporaryDirectory() as tmp:
