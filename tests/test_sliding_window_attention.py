@@ -14,6 +14,7 @@
    inductor, the fast op on the CPU under the interpreter.
 """
 
+import os
 import re
 
 import pytest
@@ -445,3 +446,72 @@ def test_fast_op_compiles_fullgraph_forward_and_backward():
     ref = grads(lambda **a: fw.sliding_window_attention_chunk(**a, window=9, return_lse=True), inputs, cot)
     for n in ref:
         assert_close(got[n], ref[n], TOL["f32-interpret"], f"d{n}")
+
+
+# Run in a fresh process: under TRITON_INTERPRET=1 (this process) Triton is set up for the
+# interpreter and cannot feed the GPU compiler.
+AOT_SCRIPT = r"""
+import json, os, re, subprocess, tempfile
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import fast.sliding_window_attention as fw
+
+torch.cuda.get_device_capability = lambda device=None: (9, 0)  # the tile rule asks: an H100
+
+
+def stack_bytes(kernel, ptrs, consts, num_warps, num_stages):
+    # As the JIT compiles it for bf16 at the headline size: 16-byte-aligned pointers, H % 16 == 0.
+    fn = kernel
+    while not isinstance(fn, triton.runtime.jit.JITFunction):
+        fn = fn.fn
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32" if n in ("T", "H", "W") else "fp32")
+           for n in fn.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*") or n == "H"}
+    compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=num_warps, num_stages=num_stages))
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+    return int(re.search(r"STACK:(\d+)", usage).group(1))
+
+
+bf, f32 = "*bf16", "*fp32"
+out = {}
+for W in (64, 512):
+    t = fw._tiles(128, 128, W, torch.bfloat16, "cuda")
+    dims = dict(K=128, V=128, BK=t.BK, BV=t.BV, UPCAST=False)
+    io = dict(q=bf, k=bf, v=bf, lse=f32, delta=f32)
+    out[f"fwd{W}"] = stack_bytes(fw._sliding_window_attention_chunk_fwd_kernel, dict(io, o=bf),
+                                 dict(dims, BM=t.BM, BN=t.BN), t.warps, t.stages)
+    out[f"dkdv{W}"] = stack_bytes(fw._sliding_window_attention_chunk_bwd_dkdv_kernel, dict(io, do=bf, dk=bf, dv=bf),
+                                  dict(dims, BM=t.BM1, BN=t.BN1), t.bwd_warps, t.stages)
+    out[f"dq{W}"] = stack_bytes(fw._sliding_window_attention_chunk_bwd_dq_kernel, dict(io, do=bf, dq=bf),
+                                dict(dims, BM=t.BM2, BN=t.BN2), t.bwd_warps, t.stages)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(has_cuda(), reason="on a GPU the kernels compile for real in the GPU tests")
+def test_kernels_compile_for_an_h100_without_spilling():
+    # The interpreter never compiles: this catches what only the GPU compiler rejects, and register
+    # spills, on a CPU. Triton ships ptxas; without it the test skips.
+    import json
+    import subprocess
+    import sys
+
+    import triton
+
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("this Triton has no bundled ptxas")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stack = json.loads(run.stdout.strip().splitlines()[-1])
+    assert all(v == 0 for v in stack.values()), stack
