@@ -117,6 +117,24 @@ def test_fast_equals_zoo_in_float32(shape, causal, normalize, with_state, L, see
         assert_close(z, z_ref, tol, f"{name} z")
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_fast_equals_zoo_with_several_value_tiles(causal):
+    # V = 70 is three V-tiles of 32: dq and dk are sums of per-tile partials, and only the first
+    # tile adds the normaliser's terms. Smaller V (one tile) would not exercise either.
+    dev, shape = device(), Shape(1, 45, 2, 16, 70)
+    inputs, cot = _grad_case(5, shape, torch.float32, dev, True)
+    inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
+    tol = tol_for(torch.float32, dev)
+    o, S, z = _with_state(fb.based_chunk, causal=causal, chunk_size=32)(**inputs)
+    o_ref, S_ref, z_ref = _with_state(zb.based_parallel, causal=causal)(**inputs64)
+    for name, x, ref in (("o", o, o_ref), ("S", S, S_ref), ("z", z, z_ref)):
+        assert_close(x, ref, tol, name)
+    ref = grads(_with_state(zb.based_parallel, causal=causal), inputs64, cot)
+    got = grads(_with_state(fb.based_chunk, causal=causal, chunk_size=32), inputs, cot)
+    for n in ref:
+        assert_close(got[n], ref[n], grad_tol(tol), f"d{n}")
+
+
 HALF_CASES = [(dt, T, causal) for dt in (torch.bfloat16, torch.float16)
               for T, causal in ((1, True), (100, True), (1000, True), (333, False))]
 
