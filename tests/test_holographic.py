@@ -1,0 +1,323 @@
+"""Holographic attention (LongAttention): the spec, in DESIGN.md's law order.
+
+1. forms agree: recurrent and chunk equal the parallel cumsum in float64 (o and final state),
+   with and without an initial state;
+2. fast equals zoo: the Triton chunk op in fp32 under the interpreter (strided inputs included),
+   bf16 on a GPU;
+3. gradients agree: all four inputs and the initial state through random cotangents on o and the
+   final state, zoo chunk/recurrent vs parallel in float64, fast vs zoo in fp32 and bf16 (GPU);
+4. causality: perturbing tokens after t leaves outputs up to t bit-identical;
+5. state carry: two calls chained by the state equal one call; prefill then decode equals forward;
+   the decode cache does not grow with T;
+6. own laws: binding then unbinding with the exact position phasor recovers the content with
+   crosstalk E|ĉ − c|² = (t − 1)/hd_dim (the bound √(t/hd_dim)); the scan at t = 10⁵ in fp32 equals
+   a float64 cumsum and its phases equal float64 t·ω mod 2π (where fp32 t·ω is off by > 10⁻³ rad);
+   bf16 inputs scan in fp32; the 1/√(t+1) scale keeps E|r_t|² = E|c|²·E|q|² at every t;
+7. bad inputs raise clear errors;
+8. torch.compile(fullgraph=True): every zoo form and the layer (aot_eager), the layer with inductor.
+"""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from strategies import (TOL, Shape, assert_close, edge_examples, grads, rand, randn, seeds, shapes)
+import zoo.holographic as zh
+
+F64 = torch.float64
+FORMS = [zh.holographic_parallel, zh.holographic_recurrent, zh.holographic_chunk]
+zoo_chunk_sizes = st.sampled_from([1, 4, 16, 64])  # the zoo takes any power of two
+
+
+def inputs(seed, s: Shape, dtype=F64, device="cpu"):
+    """a_phase, a_mag, q_re, q_im [B, T, H, D] (D = s.K) and integer frequencies [H, D]."""
+    xs = [randn(seed + i, s.B, s.T, s.H, s.K, dtype=dtype, device=device, scale=2.0) for i in range(4)]
+    return xs + [zh.random_frequencies(s.H, s.K, seed).to(device)]
+
+
+def state(seed, s: Shape, dtype=F64, device="cpu"):
+    """An initial state: M [B, H, D, 2] and positions t [B] (different per sequence, some large)."""
+    M = randn(seed + 7, s.B, s.H, s.K, 2, dtype=dtype, device=device, scale=3.0)
+    t = torch.randint(0, 10**6, (s.B,), generator=torch.Generator().manual_seed(seed)).to(device)
+    return M, t
+
+
+def flat(o, final):
+    return (o,) if final is None else (o, final[0])
+
+
+def run(op, xs, **kw):
+    return flat(*op(*xs, **kw))
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Forms agree
+# ------------------------------------------------------------------------------------------------
+@given(shape=shapes(), with_state=st.booleans(), L=zoo_chunk_sizes, seed=seeds)
+@edge_examples(chunk_size=16, with_state=True, L=16)
+def test_recurrent_and_chunk_equal_parallel_in_float64(shape, with_state, L, seed):
+    xs = inputs(seed, shape)
+    init = state(seed, shape) if with_state else None
+    ref = zh.holographic_parallel(*xs, initial_state=init, output_final_state=True)
+    for op, kw in ((zh.holographic_recurrent, {}), (zh.holographic_chunk, {"chunk_size": L})):
+        o, (M, t) = op(*xs, initial_state=init, output_final_state=True, **kw)
+        assert_close(o, ref[0], TOL["f64"], f"{op.__name__} o")
+        assert_close(M, ref[1][0], TOL["f64"], f"{op.__name__} M")
+        assert torch.equal(t, ref[1][1])
+    assert o.shape == (shape.B, shape.T, shape.H, 2 * shape.K)
+    t0 = torch.zeros(shape.B, dtype=torch.int64) if init is None else init[1]
+    assert torch.equal(ref[1][1], t0 + shape.T)
+
+
+def test_forms_return_no_state_unless_asked():
+    xs = inputs(0, Shape(1, 5, 1, 3, 3))
+    for op in FORMS:
+        assert op(*xs)[1] is None
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Gradients agree (zoo forms)
+# ------------------------------------------------------------------------------------------------
+@settings(max_examples=6)
+@given(shape=shapes(max_T=40, max_K=6), with_state=st.booleans(), L=zoo_chunk_sizes, seed=seeds)
+@edge_examples(chunk_size=16, K=3, with_state=True, L=16)
+def test_chunk_and_recurrent_gradients_equal_parallel_in_float64(shape, with_state, L, seed):
+    xs = inputs(seed, shape)
+    names = ["a_phase", "a_mag", "q_re", "q_im", "freqs"]
+    args = {n: x.requires_grad_(x.is_floating_point()) for n, x in zip(names, xs)}
+    M0, t0 = state(seed, shape)
+    if with_state:
+        args["M0"] = M0.requires_grad_()
+    cot = [randn(seed + 11, shape.B, shape.T, shape.H, 2 * shape.K), randn(seed + 12, shape.B, shape.H, shape.K, 2)]
+
+    def call(op, **kw):
+        def fn(a_phase, a_mag, q_re, q_im, freqs, M0=None):
+            init = None if M0 is None else (M0, t0)
+            return run(op, (a_phase, a_mag, q_re, q_im, freqs), initial_state=init, output_final_state=True, **kw)
+        return fn
+
+    ref = grads(call(zh.holographic_parallel), args, cot)
+    assert set(ref) == {"a_phase", "a_mag", "q_re", "q_im"} | ({"M0"} if with_state else set())
+    for op, kw in ((zh.holographic_recurrent, {}), (zh.holographic_chunk, {"chunk_size": L})):
+        got = grads(call(op, **kw), args, cot)
+        for n in ref:
+            assert_close(got[n], ref[n], TOL["f64"], f"{op.__name__} d{n}")
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Causality
+# ------------------------------------------------------------------------------------------------
+@given(shape=shapes(max_T=40), t=st.integers(0, 39), seed=seeds)
+def test_future_tokens_do_not_change_the_past(shape, t, seed):
+    t = min(t, shape.T - 1)
+    xs = inputs(seed, shape)
+    ys = [x.clone() for x in xs]
+    for y in ys[:4]:
+        y[:, t + 1:] = randn(seed + 5, *y[:, t + 1:].shape)
+    for op in (zh.holographic_parallel, zh.holographic_chunk):
+        a, b = op(*xs)[0], op(*ys)[0]
+        assert torch.equal(a[:, :t + 1], b[:, :t + 1]), op.__name__
+
+
+def test_layer_future_tokens_do_not_change_the_past():
+    torch.manual_seed(0)
+    m = zh.LongAttention(12, 2, hd_dim=8).double()
+    x = torch.randn(2, 30, 12, dtype=F64)
+    y = x.clone()
+    y[:, 17:] = torch.randn(2, 13, 12, dtype=F64)
+    assert torch.equal(m(x)[:, :17], m(y)[:, :17])
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. State carry, decoding
+# ------------------------------------------------------------------------------------------------
+@given(shape=shapes(max_T=60), split=st.floats(0.0, 1.0), with_state=st.booleans(), L=zoo_chunk_sizes, seed=seeds)
+def test_two_chained_calls_equal_one_call(shape, split, with_state, L, seed):
+    cut = max(1, min(shape.T - 1, int(split * shape.T))) if shape.T > 1 else 1
+    xs = inputs(seed, shape)
+    init = state(seed, shape) if with_state else None
+    o, (M, t) = zh.holographic_chunk(*xs, initial_state=init, output_final_state=True, chunk_size=L)
+    if shape.T == 1:
+        return
+    o1, s1 = zh.holographic_chunk(*[x[:, :cut] for x in xs[:4]], xs[4], initial_state=init,
+                                  output_final_state=True, chunk_size=L)
+    o2, (M2, t2) = zh.holographic_recurrent(*[x[:, cut:] for x in xs[:4]], xs[4], initial_state=s1,
+                                            output_final_state=True)
+    assert_close(torch.cat([o1, o2], 1), o, TOL["f64"], "o")
+    assert_close(M2, M, TOL["f64"], "M")
+    assert torch.equal(t2, t)
+
+
+@settings(max_examples=5)
+@given(T=st.integers(1, 20), t=st.integers(0, 20), form=st.sampled_from(["chunk", "recurrent", "parallel"]),
+       seed=seeds)
+def test_prefill_then_decode_equals_forward(T, t, form, seed):
+    t = min(t, T)
+    torch.manual_seed(seed % 1000)
+    m = zh.LongAttention(12, 2, hd_dim=10, form=form).double()
+    x = randn(seed, 2, T, 12)
+    y = m(x)
+    outs, cache = [], None
+    if t:
+        y0, cache = m.prefill(x[:, :t])
+        outs.append(y0)
+    for i in range(t, T):
+        yi, cache = m.step(x[:, i], cache)
+        outs.append(yi[:, None])
+    assert_close(torch.cat(outs, 1), y, TOL["f64"], "decoded y")
+    assert torch.equal(cache["t"], torch.full((2,), T))
+
+
+def test_decode_cache_does_not_grow_with_the_sequence():
+    m = zh.LongAttention(8, 1, hd_dim=6).double()
+    x = randn(0, 1, 50, 8)
+    sizes, cache = [], None
+    for i in range(50):
+        _, cache = m.step(x[:, i], cache)
+        sizes.append(sum(v.numel() for v in cache.values()))
+    assert set(sizes) == {2 * 6 + 1} and m.state_size(1) == m.state_size(10**6) == 2 * 6 + 1
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. The method's own laws
+# ------------------------------------------------------------------------------------------------
+def test_unbinding_with_the_position_phasor_recovers_the_content_up_to_sqrt_t_over_hd_crosstalk():
+    """Store t unit-magnitude contents with random phases; unbind item k with conj(p_k) and
+    project on c_k: ĉ = (1/D) Σ_d (M ⊙ conj(p_k))_d conj(c_k,d) = 1 + crosstalk, with
+    E|crosstalk|² = (t − 1)/D exactly for independent phases. Measured over many k, the RMS
+    crosstalk must sit on √((t−1)/D) (within the sampling error), so it shrinks like √(t/hd_dim)."""
+    ratios = {}
+    for t, D in [(16, 64), (64, 64), (256, 64), (64, 1024), (256, 1024)]:
+        a_phase = randn(t * D, 8, t, 1, D)  # 8 independent memories
+        a_mag = torch.full_like(a_phase, 40.0)  # σ(40) = 1 − 4e-18: unit magnitude
+        zero = torch.zeros_like(a_phase)
+        freqs = zh.random_frequencies(1, D, t + D)
+        _, (M, _) = zh.holographic_parallel(a_phase, a_mag, zero, zero, freqs, output_final_state=True)
+        M = torch.view_as_complex(M)[:, 0]  # [8, D]
+        c = torch.polar(torch.ones_like(a_phase), math.pi * torch.tanh(a_phase))[:, :, 0]  # (1) [8, t, D]
+        p = torch.polar(torch.ones(t, D, dtype=F64), zh.position_phase(torch.arange(t)[None], freqs)[0, :, 0])  # (2) [t, D]
+        c_hat = (M[:, None] * p.conj() * c.conj()).mean(-1)  # [8, t]
+        rms = (c_hat - 1).abs().pow(2).mean().sqrt().item()
+        bound = math.sqrt((t - 1) / D)
+        ratios[(t, D)] = rms / bound
+        assert 0.85 < rms / bound < 1.15, f"t={t}, D={D}: RMS crosstalk {rms:.4f} vs √((t−1)/D) = {bound:.4f}"
+    assert ratios  # every (t, D) measured
+
+
+def test_phases_keep_their_precision_at_t_1e5_where_float32_t_omega_does_not():
+    freqs = zh.random_frequencies(1, 64, 3)
+    t = torch.arange(10**5 - 50, 10**5)[None]  # [1, 50]
+    got = zh.position_phase(t, freqs).float()  # what the compute dtype sees
+    omega = freqs.double() * (2 * math.pi / zh.TURN)  # [1, 64]
+    exact = torch.remainder(t[0, :, None].double() * omega + math.pi, 2 * math.pi) - math.pi  # float64 [50, 64]
+    err = (got[0, :, 0].double() - exact).abs()
+    err = torch.minimum(err, 2 * math.pi - err).max().item()
+    naive = t[0, :, None].float() * omega.float()  # v1: t·ω in fp32
+    naive_err = (torch.remainder(naive.double() - exact, 2 * math.pi))
+    naive_err = torch.minimum(naive_err, 2 * math.pi - naive_err).max().item()
+    assert err < 1e-6 and naive_err > 1e-3, (err, naive_err)
+
+
+def test_the_float32_scan_at_t_1e5_equals_a_float64_cumsum():
+    T, D = 10**5, 4
+    s = Shape(1, T, 1, D, D)
+    xs32 = inputs(1, s, dtype=torch.float32)
+    o, (M, t) = zh.holographic_chunk(*xs32, output_final_state=True)
+    ref, (M_ref, _) = zh.holographic_parallel(*[x.double() if x.is_floating_point() else x for x in xs32],
+                                              output_final_state=True)
+    assert M.dtype == torch.float32 and int(t) == T
+    assert_close(M, M_ref, TOL["f32-interpret"], "M_T")
+    assert_close(o, ref, TOL["f32-interpret"], "o")
+
+
+def test_bf16_inputs_are_scanned_in_float32():
+    s = Shape(1, 4096, 1, 8, 8)
+    xs = inputs(2, s, dtype=torch.bfloat16)
+    o, (M, _) = zh.holographic_chunk(*xs, output_final_state=True)
+    _, (M_ref, _) = zh.holographic_parallel(*[x.double() if x.is_floating_point() else x for x in xs],
+                                            output_final_state=True)
+    assert o.dtype == torch.bfloat16 and M.dtype == torch.float32
+    assert_close(M, M_ref, TOL["f32-interpret"], "M_T from bf16 inputs")  # a bf16 scan is ~1e-2 off
+
+
+def test_the_read_out_scale_keeps_the_retrieval_at_unit_size_at_every_t():
+    """(5): with uniform random content phases, E|M_t|² = (t+1)·E|c|², so E|r_t|² = E|c|²·E|q|² at every t;
+    without the 1/√(t+1) it would grow like t."""
+    T, D = 512, 256
+    s = Shape(4, T, 1, D, D)
+    xs = inputs(3, s)
+    xs[0] = torch.atanh(rand(4, 4, T, 1, D, low=-1.0, high=1.0))  # (1) content phase uniform in (-π, π)
+    o = zh.holographic_parallel(*xs)[0]  # [4, T, 1, 2D]
+    c2 = torch.sigmoid(xs[1]).pow(2).mean().item()
+    q2 = (xs[2] ** 2 + xs[3] ** 2).mean().item()
+    r2 = o.pow(2).view(4, T, D, 2).sum(-1).mean(dim=(0, 2))  # E|r_t|² per t [T]
+    for window in (slice(0, 8), slice(60, 68), slice(T - 8, T)):
+        ratio = r2[window].mean().item() / (c2 * q2)
+        assert 0.8 < ratio < 1.25, (window, ratio)
+
+
+# ------------------------------------------------------------------------------------------------
+# 7. Bad inputs
+# ------------------------------------------------------------------------------------------------
+def test_bad_inputs_raise_clear_errors():
+    s = Shape(2, 5, 1, 3, 3)
+    xs = inputs(0, s)
+    op = zh.holographic_chunk
+    with pytest.raises(ValueError, match="a_mag must be"):
+        op(xs[0], xs[1][:, :4], *xs[2:])
+    with pytest.raises(ValueError, match=r"\[B, T, H, D\]"):
+        op(xs[0][0], *xs[1:])
+    with pytest.raises(TypeError, match="floating"):
+        op(xs[0].long(), *xs[1:])
+    with pytest.raises(TypeError, match="one dtype"):
+        op(xs[0].float(), *xs[1:])
+    with pytest.raises(ValueError, match="freqs must be int64"):
+        op(*xs[:4], xs[4].double())
+    with pytest.raises(ValueError, match="freqs must be int64"):
+        op(*xs[:4], xs[4][:, :2])
+    with pytest.raises(ValueError, match="power of two"):
+        op(*xs, chunk_size=12)
+    with pytest.raises(TypeError, match="initial_state"):
+        op(*xs, initial_state=torch.zeros(2, 1, 3, 2))
+    with pytest.raises(ValueError, match=r"initial_state\[0\]"):
+        op(*xs, initial_state=(torch.zeros(2, 1, 3), torch.zeros(2, dtype=torch.int64)))
+    with pytest.raises(ValueError, match=r"initial_state\[1\]"):
+        op(*xs, initial_state=(torch.zeros(2, 1, 3, 2), torch.zeros(2)))
+    for hd in (0, -4):
+        with pytest.raises(ValueError, match="hd_dim must be a positive int"):
+            zh.LongAttention(8, 1, hd_dim=hd)
+    with pytest.raises(ValueError, match="multiple of num_heads"):
+        zh.LongAttention(8, 3, hd_dim=8)
+    with pytest.raises(ValueError, match="form must be"):
+        zh.LongAttention(8, 1, hd_dim=8, form="fft")
+    with pytest.raises(ValueError, match=r"x must be \[B, T, C\]"):
+        zh.LongAttention(8, 1, hd_dim=8)(torch.randn(2, 5, 7))
+
+
+def test_nan_in_a_token_reaches_only_that_token_and_later():
+    xs = inputs(0, Shape(1, 10, 1, 4, 4))
+    xs[1][0, 6, 0, 2] = float("nan")
+    o = zh.holographic_chunk(*xs, chunk_size=4)[0]
+    assert not o[:, :6].isnan().any() and o[:, 6:, 0, 4:6].isnan().all()
+
+
+# ------------------------------------------------------------------------------------------------
+# 8. torch.compile(fullgraph=True)
+# ------------------------------------------------------------------------------------------------
+def test_every_form_compiles_without_graph_breaks():
+    xs = inputs(0, Shape(2, 21, 2, 5, 5))
+    init = state(0, Shape(2, 21, 2, 5, 5))
+    for op in FORMS:
+        ref = op(*xs, initial_state=init, output_final_state=True)
+        got = torch.compile(op, fullgraph=True, backend="aot_eager")(*xs, initial_state=init, output_final_state=True)
+        assert_close(got[0], ref[0], TOL["f64"], op.__name__)
+        assert_close(got[1][0], ref[1][0], TOL["f64"], op.__name__ + " M")
+
+
+def test_the_layer_compiles_with_inductor():
+    torch.manual_seed(0)
+    m = zh.LongAttention(16, 2, hd_dim=8)
+    x = torch.randn(2, 19, 16)
+    assert_close(torch.compile(m, fullgraph=True)(x), m(x), TOL["f32-interpret"], "inductor layer")
