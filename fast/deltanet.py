@@ -31,16 +31,17 @@ Kernel plan (chunk L = BT = 64 rows; Γ = chunk-local cumsum of g; X = (I + A)�
 
 Tile rule (head dims only; T is never a compile key: it is in do_not_specialize):
   BT = 64 always (the chunk_size option is checked and accepted; the result does not depend on it
-  beyond rounding). BK = next power of two ≥ K, whole K in one tile (K, V ≤ 256). BV = 32 for the
-  sequential kernels when K ≥ 128 (S is a [BK, BV] fp32 register tile: 4K floats), else 64;
-  num_warps 8 when K ≥ 128, else 4 (register counts from ptxas for sm_90 in _tiles); num_stages 2.
+  beyond rounding). BK = next power of two ≥ K, whole K in one tile (K, V ≤ 256). BV = 32 (S is a
+  [BK, 32] fp32 register tile; at B·H = 64, K = V = 128 the sequential kernels run 256 programs,
+  two per SM); num_warps 8 when K ≥ 64, else 4 (register counts from ptxas for sm_90 in _tiles);
+  num_stages 2. H is a runtime argument like T (a new head count does not recompile either).
   No row masks: the host pads T to a multiple of 64 (see _pad_to_chunk); head dims are masked
   against constexpr K, V, which costs nothing when they are powers of two.
 
 Numerics: every accumulator is fp32 (the state, the dots' outputs). The 16×16 inverses and
 their merges run in fp32 with exact (ieee) dots: the solve is the precision-sensitive step. Other
-dots take operands in the input dtype (bf16/fp16 tensor cores; fp32 inputs use exact fp32 dots,
-so fp32 results match the zoo to rounding). The final state is fp32.
+dots take operands in the input dtype (bf16/fp16 tensor cores; fp32 inputs use tf32x3, see
+_precision). The final state is fp32.
 
 Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = V = D = 128; one [B, T, H, D]
 bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one head):
@@ -88,17 +89,18 @@ def _pow2(n: int) -> int:
 def _tiles(K: int, V: int) -> dict:
     """The tile rule: a function of the head dims only (never of B or T)."""
     BK, BVF = _pow2(K), _pow2(V)
-    # num_warps: at K = 128 every chunk kernel holds several [64, 128] tiles; with 4 warps ptxas
-    # (sm_90) gives them all 255 registers and spills (up to 632 bytes a thread); with 8 warps the
-    # spills vanish or shrink to < 140 bytes.
-    return dict(BK=BK, BVF=BVF, BV=min(BVF, 32 if BK >= 128 else 64), BKS=min(BK, 64),
-                NW=8 if BK >= 128 else 4)
+    # Measured with ptxas for sm_90 (bf16, K = V = 64 and 128): with 4 warps the chunk kernels
+    # take 255 registers and spill up to 1.8 KB a thread; with 8 warps and BV = 32 the forward
+    # kernels do not spill and the backward ones spill < 130 bytes.
+    return dict(BK=BK, BVF=BVF, BV=min(BVF, 32), BKS=min(BK, 64), NW=8 if BK >= 64 else 4)
 
 
 def _precision(dtype: torch.dtype) -> str:
-    """fp32 inputs: exact fp32 dots (the zoo's numbers). 16-bit inputs: operands are 16-bit, so
-    tf32 only touches the fp32-operand dots of the WY backward."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """Dots on fp32 operands. fp32 inputs: tf32x3 (three tf32 products, about fp32 accuracy, still
+    on tensor cores; "ieee" made ptxas unroll FMA loops with 13 KB of spills and 40 s compiles).
+    16-bit inputs: operands are 16-bit, and tf32 only touches the WY backward's fp32-operand dots.
+    The 16×16 solve always runs in exact fp32 ("ieee"). The interpreter computes every dot exactly."""
+    return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
 # ================================================================================================
@@ -128,8 +130,8 @@ def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
     return b_y0 + b_eye, b_y1 + b_eye, b_y2 + b_eye, b_y3 + b_eye
 
 
-@triton.jit(do_not_specialize=["T"])
-def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "H"])
+def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BVF: tl.constexpr, USE_G: tl.constexpr, STORE_X: tl.constexpr,
                          PREC: tl.constexpr):
@@ -321,8 +323,8 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     tl.store(u + o_v + (t0 + 3 * BS) * H * V, b_u.to(DT), mask=mask_sv)
 
 
-@triton.jit(do_not_specialize=["T"])
-def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T, H: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "H"])
+def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T, H,
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
                             COMPUTE_O: tl.constexpr, STORE_H: tl.constexpr, PREC: tl.constexpr):
@@ -380,8 +382,8 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T,
     tl.store(ht + i_bh.to(tl.int64) * K * V + offs_kv, b_S, mask=mask_kv)
 
 
-@triton.jit(do_not_specialize=["T"])
-def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, T, H: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "H"])
+def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, T, H,
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
                             PREC: tl.constexpr):
@@ -435,9 +437,9 @@ def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, 
     tl.store(dh0 + i_bh.to(tl.int64) * K * V + offs_kv, b_dS, mask=mask_kv)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "H"])
 def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam, scale, T,
-                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                           H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                            BKS: tl.constexpr, BV: tl.constexpr, USE_G: tl.constexpr,
                            PREC: tl.constexpr):
     """Step 4, one K slice of one chunk: dq = s(e^Γ⊙dO Sᵀ + dR K), dk = s dRᵀQ + e^{Γ_L−Γ}⊙V_new dS_outᵀ,
@@ -515,9 +517,9 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
         tl.store(p_dgam + offs_t * H, b_dg)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "H"])
 def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, dbeta, dg, T,
-                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                         H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                          BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
                          USE_G: tl.constexpr, PREC: tl.constexpr):
     """Step 5: back through W = X diag(β e^Γ) K, U = X diag(β) V and X = (I + A)⁻¹ (dA = −Xᵀ dX Xᵀ)."""
@@ -592,8 +594,8 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
         tl.store(dg + o_g, b_dg.to(dg.dtype.element_ty))
 
 
-@triton.jit(do_not_specialize=["T"])
-def _recurrent_fwd_kernel(q, k, v, g, beta, h0, o, ht, scale, T, H: tl.constexpr, K: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "H"])
+def _recurrent_fwd_kernel(q, k, v, g, beta, h0, o, ht, scale, T, H, K: tl.constexpr,
                           V: tl.constexpr, NH: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                           USE_G: tl.constexpr, USE_H0: tl.constexpr):
     """Decode: per token S ← e^{g_t}S, then NH times S ← S + k(β(v − Sᵀk))ᵀ; o_t = Sᵀ(s q_t)."""

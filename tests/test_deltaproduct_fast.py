@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import example, given, settings, strategies as st
 
-from strategies import Shape, assert_close, device, grad_tol, grads, rand, randn, rel_rms, seeds, shapes, tol_for
+from strategies import Shape, assert_close, device, grad_tol, grads, rand, randn, rel_rms, seeds, tol_for
 import zoo.deltaproduct as zp
 import fast.gated_deltanet as fg
 import fast.deltaproduct as fp
@@ -29,7 +29,11 @@ import fast.deltaproduct as fp
 F64, F32 = torch.float64, torch.float32
 DEV = device()
 TOL32 = tol_for(F32, DEV)
-small = shapes(max_B=2, max_T=40, max_H=2, K_values=(16, 32), max_V=32)  # T·n_h ≤ 120 micro-steps
+# B·H ≤ 4, T·n_h ≤ 120 micro-steps (interpreter time); head dims from a small set, because K and V are compile-time
+# constants of the kernels: on a GPU every new (K, V) compiles the kernels again (odd dims come
+# from the pinned examples).
+small = st.builds(Shape, st.integers(1, 2), st.integers(1, 40), st.integers(1, 2), st.sampled_from((16, 32)),
+                  st.sampled_from((16, 32)))
 
 
 def inputs(seed, s: Shape, n, dtype=F64, dev="cpu", gate=True, beta_max=2.0):

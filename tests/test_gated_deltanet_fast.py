@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from hypothesis import example, given, settings, strategies as st
 
 from strategies import (Shape, assert_close, device, edge_examples, grad_tol, grads, rand, randn, rel_rms, seeds,
-                        shapes, tol_for)
+                        tol_for)
 import zoo.gated_deltanet as zg
 import fast.deltanet as fd
 import fast.gated_deltanet as fg
@@ -30,7 +30,11 @@ import fast.gated_deltanet as fg
 F64, F32 = torch.float64, torch.float32
 DEV = device()
 TOL32 = tol_for(F32, DEV)
-small = shapes(max_B=2, max_T=80, max_H=2, K_values=(16, 32), max_V=32)  # B·H ≤ 4: interpreter time
+# B·H ≤ 4 (interpreter time); head dims from a small set, because K and V are compile-time
+# constants of the kernels: on a GPU every new (K, V) compiles the kernels again (odd dims come
+# from the pinned examples).
+small = st.builds(Shape, st.integers(1, 2), st.integers(1, 80), st.integers(1, 2), st.sampled_from((16, 32)),
+                  st.sampled_from((16, 32)))
 
 
 def inputs(seed, s: Shape, dtype=F64, dev="cpu", g_max=1.0):
@@ -65,8 +69,7 @@ def test_fast_chunk_equals_zoo_in_float32(shape, with_state, g_max, seed):
 
 
 @settings(max_examples=4)
-@given(shape=shapes(max_B=2, max_T=30, max_H=2, K_values=(16, 32), max_V=32), with_state=st.booleans(),
-       seed=seeds)
+@given(shape=small.filter(lambda s: s.T <= 30), with_state=st.booleans(), seed=seeds)
 @edge_examples(chunk_size=16, with_state=True)
 def test_fast_recurrent_equals_zoo_in_float32(shape, with_state, seed):
     q, k, v, g, beta = inputs(seed, shape, F32, DEV)
@@ -204,7 +207,7 @@ def test_fast_future_tokens_do_not_change_the_past(op):
 # 5. State carry
 # ------------------------------------------------------------------------------------------------
 @settings(max_examples=3)
-@given(shape=shapes(max_B=2, max_T=80, max_H=2, K_values=(16,), max_V=16), split=st.floats(0.0, 1.0), seed=seeds)
+@given(shape=small, split=st.floats(0.0, 1.0), seed=seeds)
 def test_fast_chained_calls_equal_one_call(shape, split, seed):
     x = inputs(seed, shape, F32, DEV)
     t = int(split * shape.T)
