@@ -9,22 +9,23 @@ zoo/gated_deltanet.py (4): the chunk form; with g ≡ 0 they are zoo/deltanet.py
 Kernel plan (chunk L = BT = 64 rows; Γ = chunk-local cumsum of g; X = (I + A)⁻¹):
   forward   1. _chunk_wy_fwd_kernel, grid (NT, B·H), parallel over chunks:
                A = strict_tril(diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}); X by blocked forward substitution on
-               16×16 blocks (fp32, exact dots); W = X diag(β e^Γ) K, U = X diag(β) V. Stores W, U
-               (input dtype) and Γ (fp32).
+               16×16 blocks (fp32, exact dots); W = X diag(β e^Γ) K, U = X diag(β) V; and the
+               output's mixing matrix R = sQKᵀ ⊙ D (diagonal included). Stores W, U, R (input
+               dtype) and Γ (fp32).
             2. _chunk_state_fwd_kernel, grid (V/BV, B·H), sequential over chunks, S in fp32
-               registers: V_new = U − W S; o = e^Γ ⊙ sQS + (sQKᵀ ⊙ D) V_new;
+               registers: V_new = U − W S; o = e^Γ ⊙ sQS + R V_new;
                S ← e^{Γ_L} S + (e^{Γ_L−Γ} ⊙ K)ᵀ V_new. The output is read on the way, so the
                per-chunk states are never written in the forward.
   backward  recomputes 1 (now also storing X) and 2 (now storing the chunk-entry states h and
             V_new instead of o), then
             3. _chunk_state_bwd_kernel, grid (V/BV, B·H), sequential over chunks in reverse:
-               dV_new = (sQKᵀ⊙D)ᵀ dO + (e^{Γ_L−Γ}⊙K) dS,  dS ← e^{Γ_L} dS + (e^Γ⊙sQ)ᵀ dO − Wᵀ dV_new.
+               dV_new = Rᵀ dO + (e^{Γ_L−Γ}⊙K) dS,  dS ← e^{Γ_L} dS + (e^Γ⊙sQ)ᵀ dO − Wᵀ dV_new.
             4. _chunk_bwd_dqkw_kernel, grid (K/BKS, NT, B·H): dq (final), the dk and dw terms that
                come through the state and the output, and the gate terms of dΓ.
             5. _chunk_wy_bwd_kernel, grid (NT, B·H): back through W, U and X = (I + A)⁻¹
                (dA = −Xᵀ dX Xᵀ): dk (final), dv, dβ, and dg = reverse cumsum of dΓ in the chunk.
   Stored by the forward for the backward: only the inputs (q, k, v, g, β, h0). Recomputed in
-  the backward: W, U, X, Γ, the chunk-entry states h [B, NT, H, K, V] and V_new.
+  the backward: W, U, R, X, Γ, the chunk-entry states h [B, NT, H, K, V] and V_new.
   decode    _recurrent_fwd_kernel, grid (V/BV, B·H): token loop with S in registers (fla's
             fused_recurrent scheme), n_h micro-steps per token for DeltaProduct. Its gradient is the
             chunk backward (same function), so the recurrent op has forward and backward.
@@ -45,22 +46,24 @@ _precision). The final state is fp32.
 
 Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = V = D = 128; one [B, T, H, D]
 bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one head):
-  FLOPs, forward: step 1: the 10 lower 16×16 blocks of K Kᵀ, W and U: 3·10·16²·D = 0.98 M FMA,
-    plus 81 k FMA of fp32 solve (forward substitution and merges, CUDA cores); step 2: W S, sQS and
-    Kᵀ V_new (L·D² each), (sQKᵀ) V_new (L²·D) and sQKᵀ (L²·D, recomputed per V-tile: 4×):
-    3.1 M + 0.52 M + 2.1 M FMA. Total 6.8 M FMA = 13.7 MFLOP per chunk-head, × 8192 chunk-heads
-    = 112 GFLOP (90 without the redundant sQKᵀ): ~0.15 ms at 750 TFLOP/s, so not the bound.
+  FLOPs, forward: step 1: the 10 lower 16×16 blocks of K Kᵀ and of Q Kᵀ, W and U: 4·10·16²·D =
+    1.3 M FMA, plus 81 k FMA of fp32 solve (forward substitution and merges, CUDA cores); step 2:
+    W S, sQS and Kᵀ V_new (L·D² each) and R V_new (L²·D): 3.7 M FMA. Total 5.1 M FMA = 10 MFLOP
+    per chunk-head, × 8192 chunk-heads = 83 GFLOP: ~0.11 ms at 750 TFLOP/s, so not the bound.
   bytes, forward: floor (q, k, v, β read once, o written once) = 4X = 537 MB: 0.18 ms at 3 TB/s.
-    This plan: step 1 reads k, v and writes W, U (4X); step 2 reads q, k, W, U and writes o (5X,
-    counting the V-tile programs of one head as one read: they run side by side and share L2):
-    9X = 1.2 GB, 0.40 ms at 3 TB/s, 2.25× the floor. (fla 0.6.0's forward also writes and reads
-    A, X, the chunk states h and V_new: ≈ 20X.)
-  bytes, backward: 1 (5X, X in fp32), 2' (6X: h is 2X), 3 (7X), 4 (12–15X), 5 (8X): ≈ 38X =
-    5.1 GB, 1.7 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
+    This plan: step 1 reads q, k, v and writes W, U and R (5.5X); step 2 reads q, k, W, U, R and
+    writes o (5.5X, counting the V-tile programs of one head as one read: they run side by side
+    and share L2): 11X = 1.5 GB, 0.49 ms at 3 TB/s, 2.75× the floor. (fla 0.6.0's forward writes
+    and reads A, X, W, U, the chunk states h and V_new: ≈ 20X.)
+  bytes, backward: 1 (6.5X, X in fp32), 2' (6.5X: h is 2X), 3 (7.5X), 4 (12–15X), 5 (8X): ≈ 42X
+    = 5.6 GB, 1.9 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
     read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
-    recomputation of steps 1 and 2 (11X of the 38X); saving W, U, h, V_new instead would cost the
-    forward 5X more writes and the training step memory 5X per layer.
-  first call: five kernels (two variants each of steps 1 and 2) compile once; T never recompiles.
+    recomputation of steps 1 and 2 (13X of the 42X); saving W, U, R, h, V_new instead would cost
+    the forward 5.5X more writes and the training step that much memory per layer.
+  first call: five kernels (two variants each of steps 1 and 2) compile once; T and H never
+    recompile (ptxas on this CPU: 1–7 s per kernel for sm_90).
+  registers (ptxas, sm_90, bf16, K = V = 128): step 1 174–246, step 2 200–255, no spills; steps
+    3 and 5 spill 70–100 bytes a thread, step 4 none.
 
 Legend: i_ program ids · p_ pointers · b_ on-chip blocks (b_S, b_A, b_X, b_w, b_u, b_v_new ...
 names as in the zoo) · offs_ index vectors · mask_ masks · BT BK BV tile sizes · NT number of
