@@ -644,4 +644,10 @@ class HyperAttention(zh.HyperAttention):
     chunk_op = staticmethod(hyper_attention_chunk)
 
 
-__all__ = ["hyper_attention_chunk", "HyperAttention"]
+class HyperAttentionLayer(zh.HyperAttentionLayer):
+    """zoo.hyper_attention.HyperAttentionLayer with the Triton op; same parameters, same state dict."""
+
+    chunk_op = staticmethod(hyper_attention_chunk)
+
+
+__all__ = ["hyper_attention_chunk", "HyperAttention", "HyperAttentionLayer"]

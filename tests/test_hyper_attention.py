@@ -183,6 +183,25 @@ def test_fast_module_equals_zoo_module():
     assert_close(lse, lse_ref, tol_for(torch.float32, q.device.type), "lse")
 
 
+def test_layer_is_the_causal_op_around_projections_and_fast_layer_matches():
+    torch.manual_seed(0)
+    layer = zh.HyperAttentionLayer(16, 2, lsh_num_projs=3, block_size=8, sample_size=0, min_seq_len=4, seed=0)
+    fast_layer = fh.HyperAttentionLayer(16, 2, lsh_num_projs=3, block_size=8, sample_size=0, min_seq_len=4, seed=0)
+    fast_layer.load_state_dict(layer.state_dict())
+    assert set(layer.state_dict()) == {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"}
+    x = torch.randn(2, 30, 16)
+    y = layer(x)
+    q, k, v = (p(x).view(2, 30, 2, 8) for p in (layer.q_proj, layer.k_proj, layer.v_proj))
+    o = zh.hyper_attention_chunk(q, k, v, proj=layer.proj, causal=True, block_size=8, sample_size=0, min_seq_len=4)
+    assert_close(y, layer.o_proj(o.reshape(2, 30, 16)), TOL["f32-interpret"], "layer")
+    layer, fast_layer = layer.to(device()), fast_layer.to(device())
+    x = x.to(device())
+    assert_close(fast_layer(x), layer(x), tol_for(torch.float32, x.device.type), "fast layer")
+    assert layer.state_size(10) == 2 * 10 * 16
+    with pytest.raises(ValueError, match=r"\[B, T, C\] with C = 16"):
+        layer(torch.randn(2, 5, 15, device=device()))
+
+
 # ------------------------------------------------------------------------------------------------
 # 4. Causality
 # ------------------------------------------------------------------------------------------------

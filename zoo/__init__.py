@@ -10,6 +10,7 @@ from zoo import softmax_attention
 from zoo import linear_attention
 from zoo import deltanet, gated_deltanet, deltaproduct
 from zoo import based, sliding_window_attention
+from zoo import hyper_attention
 
 METHODS = {
     "softmax_attention": softmax_attention,
@@ -21,6 +22,7 @@ METHODS = {
     "deltaproduct": deltaproduct,
     "based": based,
     "sliding_window_attention": sliding_window_attention,
+    "hyper_attention": hyper_attention,
 }
 
 LAYERS = {
@@ -33,6 +35,7 @@ LAYERS = {
     "deltaproduct": deltaproduct.GatedDeltaProduct,
     "based": based.BasedLinearAttention,
     "sliding_window_attention": sliding_window_attention.SlidingWindowAttention,
+    "hyper_attention": hyper_attention.HyperAttentionLayer,
 }
 
 __all__ = ["METHODS", "LAYERS"]

@@ -37,7 +37,8 @@ Cost:  hashing O(N·d·r), sorting O(N log N), attention O(N·(b + s)·(d + dv))
        at once (decoding keeps a full KV cache, as exact attention).
 Forms: hyper_attention_parallel (the estimator as one dense [N, N] log-weight matrix w per piece:
        the oracle) · hyper_attention_chunk (sorted blocks + sampled keys + lse merge: the
-       algorithm) · HyperAttention (the module). Steps, each a function: lsh_projections,
+       algorithm) · HyperAttention (the module, the official API) · HyperAttentionLayer (the zoo's
+       layer API, x [B, T, C] -> y, causal: what train/ builds). Steps, each a function: lsh_projections,
        lsh_codes, sort_lsh, draw_samples, attention_with_lse, block_diagonal_attention,
        sampled_residual_attention, merge_partial_attention, causal_recursion.
 Fast:  fast/hyper_attention.py — Triton kernels for the hash and for block-diagonal + sampled
@@ -418,7 +419,50 @@ class HyperAttention(nn.Module):
                 f"{self.block_size}, sample_size={self.sample_size}, min_seq_len={self.min_seq_len}")
 
 
+class HyperAttentionLayer(nn.Module):
+    """Causal multi-head self-attention with HyperAttention as its kernel, the zoo's layer API
+    (what train/ and the registry build): x [B, T, C] -> q, k, v [B, T, H, D] (D = C / H)
+    -> hyper_attention_chunk(causal=True) -> o_proj -> y [B, T, C]. At T ≤ min_seq_len it is
+    exact causal attention. No recurrent form: decoding would keep a full KV cache, 2·T·C floats.
+    The LSH directions are a non-persistent buffer drawn from `seed`, shared by all heads."""
+
+    chunk_op = staticmethod(hyper_attention_chunk)  # fast/hyper_attention.py swaps only this
+
+    def __init__(self, hidden_size: int, num_heads: int, lsh_num_projs: int = 8, block_size: int = 256,
+                 sample_size: int = 256, min_seq_len: int = 2048, seed: int | None = None):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads})")
+        _check_int("block_size", block_size, 1)
+        _check_int("sample_size", sample_size, 0)
+        _check_int("min_seq_len", min_seq_len, 1)
+        self.hidden_size, self.num_heads = hidden_size, num_heads
+        self.head_dim = hidden_size // num_heads
+        self.block_size, self.sample_size, self.min_seq_len = block_size, sample_size, min_seq_len
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.o_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.register_buffer("proj", lsh_projections(self.head_dim, lsh_num_projs, seed=seed), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, C] -> y: [B, T, C], causal."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.hidden_size:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must have shape [B, T, C] with C = {self.hidden_size}, got {got}")
+        B, T, _ = x.shape
+        shape = (B, T, self.num_heads, self.head_dim)
+        q, k, v = (p(x).view(shape) for p in (self.q_proj, self.k_proj, self.v_proj))  # [B, T, H, D]
+        o = self.chunk_op(q, k, v, proj=self.proj, causal=True, block_size=self.block_size,
+                          sample_size=self.sample_size, min_seq_len=self.min_seq_len)  # [B, T, H, D]
+        return self.o_proj(o.reshape(B, T, self.hidden_size))
+
+    def state_size(self, seq_len: int) -> int:
+        """Floats per sequence a decoder would cache: keys and values, 2·T·C (no recurrent form)."""
+        return 2 * seq_len * self.hidden_size
+
+
 __all__ = ["lsh_projections", "gray_code_rank", "lsh_codes", "sort_lsh", "draw_samples",
            "attention_with_lse", "block_diagonal_attention", "sampled_residual_attention",
            "merge_partial_attention", "causal_recursion", "hyper_attention_parallel",
-           "hyper_attention_chunk", "HyperAttention"]
+           "hyper_attention_chunk", "HyperAttention", "HyperAttentionLayer"]
