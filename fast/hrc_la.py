@@ -22,7 +22,8 @@ The stabiliser's per-token numbers are computed on the host, from k alone: a_t =
 (differentiable: its gradient flows back through torch) and the prefix max c_t (a constant).
 Non-causal: a first sweep builds the whole state, a second reads it out.
 
-Backward, per program (same grid): sweep 1 forward in time recomputes the state and gives
+Backward, per program (the same grid with half the frequencies a tile: it also holds dS): sweep 1
+forward in time recomputes the state and gives
     dcos_q = (dA ⊙ Γ) cos_k + e^{c⁻−c_t} (dnum S_cᵀ + dden z_cᵀ),   dA = dnum vᵀ + dden 1ᵀ,
 then dθ_q = (cos·dsin − sin·dcos)/√M, dq += √scale · dθ_q Ω, dΩ += dθ_qᵀ u_q; sweep 2 backward
 in time carries dS (the gradient of the state, [BM, V] twice) and gives dcos_k, dsin_k, dv, the
@@ -518,6 +519,7 @@ def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, cau
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
     BK, BV, BM, num_warps, num_stages = _tile_rule(K, V, M)
+    BM = max(16, BM // 2)  # the backward holds the state and its gradient: half the frequencies a tile
     f32 = dict(device=q.device, dtype=torch.float32)
     dq, dk = torch.zeros(B, T, H, K, **f32), torch.zeros(B, T, H, K, **f32)
     dv, da = torch.zeros(B, T, H, V, **f32), torch.zeros(B, T, H, **f32)
@@ -664,8 +666,7 @@ def _run(op, q, k, v, omega, scale, causal, eps, initial_state, output_final_sta
     s_u = scale ** 0.5
     omega32 = omega.float()
     # (2) the stabiliser's per-token numbers, from k alone: a_t (differentiable) and c_t (a constant)
-    u_k = k.float() * s_u
-    a = 0.5 * (u_k * u_k).sum(-1)  # [B, T, H]
+    a = (0.5 * s_u * s_u) * torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32) ** 2  # ‖u‖²/2 [B, T, H]
     if initial_state is None:
         h0 = z0 = n0 = None
         c0 = a.new_full((B, H), EMPTY_SCALE)

@@ -20,7 +20,8 @@ BT tokens holding its slice S [BM, V] of the state in fp32 registers and adds it
 into fp32 buffers (tl.atomic_add; a plain store when one tile holds all M). o = num / max(den, eps)
 is one torch line after the kernel. Non-causal: a first sweep builds the state, a second reads it.
 
-Backward (same grid): sweep 1 forward in time gives dφ̂_q, sweep 2 backward in time carries dS and
+Backward (the same grid with half the frequencies a tile: it also holds dS): sweep 1 forward in
+time gives dφ̂_q, sweep 2 backward in time carries dS and
 gives dφ̄_k and dv; through the exponential, dℓ = dφ·φ, so dθ = dℓ and du = dℓ Ω − (Σ_r dℓ_r)·u
 (the −‖u‖²/2 term). dq, dk, dv are shared by the tiles (atomics); dΩ is written per (batch, head,
 tile) and summed over the batch on the host. Nothing but the inputs is saved for backward.
@@ -460,6 +461,7 @@ def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u, c
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
     BK, BV, BM, num_warps, num_stages = _tile_rule(K, V, M)
+    BM = max(16, BM // 2)  # the backward holds the state and its gradient: half the frequencies a tile
     f32 = dict(device=q.device, dtype=torch.float32)
     dq, dk, dv = torch.zeros(B, T, H, K, **f32), torch.zeros(B, T, H, K, **f32), torch.zeros(B, T, H, V, **f32)
     domega = torch.empty(B, H, M, K, **f32)
