@@ -529,6 +529,7 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
     # -------------------------------------------------------------- map program -> (chunk, head)
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    DT = k.dtype.element_ty
     t0 = i_t * BT
     offs_r = tl.arange(0, BT)
     offs_t = t0 + offs_r
@@ -548,12 +549,13 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
     if USE_G:
         b_g = tl.load(gam + o_g)
         b_bg = b_beta * tl.exp(b_g)
+    b_Xd = b_X.to(DT)  # X as a 16-bit dot operand where it meets [BT, BK] or [BT, BV] tiles
     b_kd = tl.load(k + o_k, mask=mask_tk, other=0.)  # input dtype: exact products in the dots  [BT, BK]
     b_dwd = tl.load(dw + o_k, mask=mask_tk, other=0.)
-    b_k, b_dw = b_kd.to(tl.float32), b_dwd.to(tl.float32)
+    b_k = b_kd.to(tl.float32)
     # -------------------------------------------------------------- W = X (β e^Γ ⊙ K)
     b_dX = tl.dot(b_dwd, tl.trans(b_kd), input_precision=PREC) * b_bg[None, :]  # dW (β e^Γ K)ᵀ  [BT, BT]
-    b_dB = tl.dot(tl.trans(b_X), b_dw, input_precision=PREC)  # Xᵀ dW  [BT, BK]
+    b_dB = tl.dot(tl.trans(b_Xd), b_dwd, input_precision=PREC)  # Xᵀ dW  [BT, BK]
     b_dk = tl.load(dk_in + o_k, mask=mask_tk, other=0.).to(tl.float32) + b_dB * b_bg[:, None]
     b_kdB = tl.sum(b_k * b_dB, 1)  # [BT]
     b_dbeta = b_kdB  # dβ = e^Γ (k·dB)
@@ -568,7 +570,7 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
         b_vd = tl.load(v + o_v, mask=mask_tv, other=0.)  # [BT, BV]
         b_dud = tl.load(dv_new + o_v, mask=mask_tv, other=0.)
         b_dX += tl.dot(b_dud, tl.trans(b_vd), input_precision=PREC) * b_beta[None, :]  # dU (β V)ᵀ
-        b_dC = tl.dot(tl.trans(b_X), b_dud.to(tl.float32), input_precision=PREC)  # Xᵀ dU  [BT, BV]
+        b_dC = tl.dot(tl.trans(b_Xd), b_dud, input_precision=PREC)  # Xᵀ dU  [BT, BV]
         tl.store(dv + o_v, (b_dC * b_beta[:, None]).to(dv.dtype.element_ty), mask=mask_tv)
         b_dbeta += tl.sum(b_vd.to(tl.float32) * b_dC, 1)
     # -------------------------------------------------------------- X = (I + A)⁻¹: dA = −Xᵀ dX Xᵀ
@@ -584,7 +586,7 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
     b_dAE = b_dA * b_E
     b_dbeta += tl.sum(b_dAE * b_G, 1)
     b_dG = b_dAE * b_beta[:, None]
-    b_dk += tl.dot(b_dG + tl.trans(b_dG), b_k, input_precision=PREC)
+    b_dk += tl.dot((b_dG + tl.trans(b_dG)).to(DT), b_kd, input_precision=PREC)
     tl.store(dk + o_k, b_dk.to(dk.dtype.element_ty), mask=mask_tk)
     tl.store(dbeta + o_g, b_dbeta.to(dbeta.dtype.element_ty))
     if USE_G:
