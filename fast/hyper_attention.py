@@ -16,8 +16,12 @@ Kernel plan:
   Scores are in log2 units (exp2 is the native exponential).
 - The same kernel with no permutation, one block covering T, no samples and CAUSAL is exact
   (causal) attention: the min_seq_len fall-back (6) and the leaves of the causal recursion (7).
-  The recursion itself is the zoo's causal_recursion, driven with these kernels (torch reshapes,
-  pads and lse merges between levels).
+- Causal (7): the zoo's recursion step for step (same sample draws in the same order), with one
+  change: the lower-left kernel starts its online softmax from the diagonal half's (o, lse)
+  (m = lse, l = 1, acc = o), so the merge (5) is fused and o stays in the input dtype between
+  levels. Its backward is the same kernels with the final o and lse, plus (5)'s derivative for
+  the merged-in part: d o0 = α·do, d lse0 = α·(do·o0 − delta), α = e^(lse0 − lse) (torch,
+  elementwise). The reshapes ([B, H, T] halves as [B, 2H, T/2]) are views of contiguous q, k, v.
 - Backward recomputes P from q, k and the saved lse (fp32), with delta_i = Σ o_i·do_i − dlse_i
   (dlse is lse's own gradient, which the causal merges need):
   (a) dq: one program per sorted query tile, the forward's two loops, dq = scale·Σ ds·k;
@@ -35,6 +39,10 @@ Kernel plan:
   forward: 4·T·(b + s)·D·H = 0.55 TFLOP (≈ 1.2 ms at 450 TFLOP/s) and, at the minimum, q, k, v
   read once and o written once, 4·T·H·D·2 B = 2.1 GB (≈ 0.65 ms at 3.35 TB/s), plus the hash
   (reads q, k again: 1.1 GB) and two segmented sorts of T·H int32 codes. Floor ≈ 1.5–2 ms.
+  Causal: log₂(T/min_seq_len) = 6 levels of T/2 lower-left queries × (b + s) keys (1.65 TFLOP)
+  plus the exact causal leaves of 2048 tokens (1.1 TFLOP at 4·D per unmasked pair), 2.75 TFLOP
+  (benchmarks/specs.py counts it), ≈ 6 ms at 450 TFLOP/s, plus 12 sorts of T/2 codes and one
+  copy of o per level. Forward + backward: 3.5 × the forward's FLOPs.
 
 Legend (fla's prefixes): i_ program ids, p_ pointers, b_ on-chip blocks, offs_ offsets, mask_
 masks, rows_ token indices gathered through a permutation; BM/BN query/key tile sizes, BK/BV/BR
@@ -144,14 +152,15 @@ def _online_update(b_s, b_v, m_i, l_i, acc):
 
 
 @triton.jit(do_not_specialize=["T", "S", "block_size"])
-def _hyper_attention_fwd_kernel(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk,
+def _hyper_attention_fwd_kernel(q, k, v, o, lse, o0, lse0, perm_q, perm_k, smp_k, smp_blk,
                                 sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
                                 H, T, S, block_size, scale, log_w,
                                 K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                                 BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                                 GATHER: tl.constexpr, SAMPLES: tl.constexpr, CAUSAL: tl.constexpr,
-                                BLOCK_MASK: tl.constexpr, UPCAST: tl.constexpr):
-    """o, lse of BM sorted queries over their key block and the sampled keys (zoo (3)–(5))."""
+                                BLOCK_MASK: tl.constexpr, INIT: tl.constexpr, UPCAST: tl.constexpr):
+    """o, lse of BM sorted queries over their key block and the sampled keys (zoo (3)–(5)),
+    starting, with INIT, from a partial softmax (o0, lse0) over other keys: the merge (5) fused."""
     # ---- map program -> sorted query tile
     i_m = tl.program_id(0)
     if CAUSAL:  # heaviest tiles first
@@ -174,9 +183,15 @@ def _hyper_attention_fwd_kernel(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk,
     # ---- load the query rows once
     b_q = _gather_rows(p_qb, rows_q, mask_m, sq_t, offs_k, K, UPCAST)
     qk_scale = scale * LOG2E
-    m_i = tl.full([BM], float("-inf"), tl.float32)
-    l_i = tl.zeros([BM], tl.float32)
-    acc = tl.zeros([BM, BV], tl.float32)  # fp32 accumulator
+    if INIT:  # a partial softmax (o0, lse0) is the state (m = lse0, l = 1, acc = o0)
+        m_i = tl.load(lse0 + row0 + rows_q, mask=mask_m, other=float("-inf")) * LOG2E
+        l_i = tl.full([BM], 1.0, tl.float32)
+        acc = tl.load(o0 + (row0 + rows_q.to(tl.int64))[:, None] * V + offs_v[None, :],
+                      mask=mask_m[:, None] & (offs_v[None, :] < V), other=0.0).to(tl.float32)
+    else:
+        m_i = tl.full([BM], float("-inf"), tl.float32)
+        l_i = tl.zeros([BM], tl.float32)
+        acc = tl.zeros([BM, BV], tl.float32)  # fp32 accumulator
     # ---- (3) the block-diagonal part: keys of the blocks this tile's rows lie in
     row_blk = offs_m // block_size
     lo = (start_m // block_size) * block_size
@@ -461,8 +476,8 @@ def _flags(perm_q: torch.Tensor, smp_k: torch.Tensor, T: int, block_size: int, t
     return gather, samples, block_mask
 
 
-def _hyper_attention_fwd(q, k, v, perm_q, perm_k, smp_k, smp_blk, block_size: int, scale: float,
-                         log_w: float, causal: bool):
+def _hyper_attention_fwd(q, k, v, o0, lse0, perm_q, perm_k, smp_k, smp_blk, block_size: int,
+                         scale: float, log_w: float, causal: bool):
     B, H, T, K = q.shape
     V = v.shape[-1]
     q, k, v = (_unit_last_dim(x) for x in (q, k, v))
@@ -470,12 +485,14 @@ def _hyper_attention_fwd(q, k, v, perm_q, perm_k, smp_k, smp_blk, block_size: in
     gather, samples, block_mask = _flags(perm_q, smp_k, T, block_size, t.BM)
     o = torch.empty(B, H, T, V, dtype=q.dtype, device=q.device)
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
+    init = o0.numel() > 0
+    o0, lse0 = o0.contiguous(), lse0.float().contiguous()  # [B, H, T, V], [B, H, T] or empty
     with _on_device(q):
         _hyper_attention_fwd_kernel[(triton.cdiv(T, t.BM), B * H)](
-            q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, *_strides(q), *_strides(k), *_strides(v),
-            H, T, smp_k.shape[-1] if samples else 0, block_size, scale, log_w, K=K, V=V, BK=t.BK,
-            BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather, SAMPLES=samples, CAUSAL=causal,
-            BLOCK_MASK=block_mask, UPCAST=INTERPRET, num_warps=t.warps, num_stages=t.stages)
+            q, k, v, o, lse, o0, lse0, perm_q, perm_k, smp_k, smp_blk, *_strides(q), *_strides(k),
+            *_strides(v), H, T, smp_k.shape[-1] if samples else 0, block_size, scale, log_w, K=K, V=V,
+            BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather, SAMPLES=samples, CAUSAL=causal,
+            BLOCK_MASK=block_mask, INIT=init, UPCAST=INTERPRET, num_warps=t.warps, num_stages=t.stages)
     return o, lse
 
 
@@ -525,16 +542,19 @@ def _hyper_attention_bwd(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_b
 # Custom ops (torch.compile sees one opaque op with a fake and an autograd formula)
 # ------------------------------------------------------------------------------------------------
 @torch.library.custom_op("zoo::hyper_attention_fwd", mutates_args=())
-def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, perm_q: torch.Tensor,
-            perm_k: torch.Tensor, smp_k: torch.Tensor, smp_blk: torch.Tensor, block_size: int,
-            scale: float, log_w: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o0: torch.Tensor, lse0: torch.Tensor,
+            perm_q: torch.Tensor, perm_k: torch.Tensor, smp_k: torch.Tensor, smp_blk: torch.Tensor,
+            block_size: int, scale: float, log_w: float,
+            causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(o [B, H, T, V], lse [B, H, T] fp32) on heads-first q, k, v. Empty perm_*: identity
-    order; empty smp_*: no sampled part."""
-    return _hyper_attention_fwd(q, k, v, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, causal)
+    order; empty smp_*: no sampled part; o0 [B, H, T, V], lse0 [B, H, T] (or empty): a partial
+    softmax over other keys, merged in (5)."""
+    return _hyper_attention_fwd(q, k, v, o0, lse0, perm_q, perm_k, smp_k, smp_blk, block_size, scale,
+                                log_w, causal)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, causal):
+def _(q, k, v, o0, lse0, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, causal):
     B, H, T, _ = q.shape
     return q.new_empty(B, H, T, v.shape[-1]), q.new_empty(B, H, T, dtype=torch.float32)
 
@@ -555,17 +575,27 @@ def _(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_size, sca
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, causal = inputs
-    ctx.save_for_backward(q, k, v, output[0], output[1], perm_q, perm_k, smp_k, smp_blk)
+    q, k, v, o0, lse0, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, causal = inputs
+    ctx.save_for_backward(q, k, v, o0, lse0, output[0], output[1], perm_q, perm_k, smp_k, smp_blk)
     ctx.args = (block_size, scale, log_w, causal)
 
 
 def _backward(ctx, do, dlse):
-    q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk = ctx.saved_tensors
+    """The kernels' keys through the Triton backward, with the final o and lse; the merged-in
+    partial softmax by (5)'s derivative: with α = e^(lse0 − lse) and delta = do·o − dlse,
+    d o0 = α·do and d lse0 = α·(do·o0 − delta)."""
+    q, k, v, o0, lse0, o, lse, perm_q, perm_k, smp_k, smp_blk = ctx.saved_tensors
     do = torch.zeros_like(o) if do is None else do
     dlse = torch.zeros_like(lse) if dlse is None else dlse
     dq, dk, dv = _bwd_op(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None, None, None
+    do0 = dlse0 = None
+    if o0.numel() > 0:
+        alpha = torch.exp(lse0.float() - lse)  # [B, H, T]
+        do_f = do.float()
+        delta = (do_f * o.float()).sum(-1) - dlse.float()
+        do0 = (alpha[..., None] * do_f).to(o0.dtype)
+        dlse0 = (alpha * ((do_f * o0.float()).sum(-1) - delta)).to(lse0.dtype)
+    return dq, dk, dv, do0, dlse0, None, None, None, None, None, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -588,12 +618,15 @@ def _check_fast(q: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"T = {q.shape[1]} does not fit the kernels' int32 token indices")
 
 
-def _noncausal(q, k, v, proj, scale, block_size, sample_size, min_seq_len, generator):
-    """zoo _noncausal_chunk: hash and sort, draw samples, one fused attention kernel."""
+def _noncausal(q, k, v, proj, scale, block_size, sample_size, min_seq_len, generator, o0=None, lse0=None):
+    """zoo _noncausal_chunk: hash and sort, draw samples, one fused attention kernel; with
+    (o0, lse0) the kernel also merges that partial softmax in (5)."""
     B, H, T, _ = q.shape
     none = torch.empty(0, dtype=torch.int32, device=q.device)
+    if o0 is None:
+        o0, lse0 = q.new_empty(0), q.new_empty(0, dtype=torch.float32)
     if T < min_seq_len:  # (6): one block of every key, no permutation, no samples
-        return _fwd_op(q, k, v, none, none, none, none, T, scale, 0.0, False)
+        return _fwd_op(q, k, v, o0, lse0, none, none, none, none, T, scale, 0.0, False)
     perm_q = torch.sort(_lsh_codes(q, proj), dim=-1, stable=True).indices  # (1) [B, H, T]
     perm_k = torch.sort(_lsh_codes(k, proj), dim=-1, stable=True).indices
     smp_k = smp_blk = none
@@ -603,13 +636,35 @@ def _noncausal(q, k, v, proj, scale, block_size, sample_size, min_seq_len, gener
         smp_k = perm_k.gather(-1, samples).to(torch.int32)  # the tokens they are
         smp_blk = (samples // block_size).to(torch.int32)  # the blocks they lie in
         log_w = math.log(T / sample_size)
-    return _fwd_op(q, k, v, perm_q.to(torch.int32), perm_k.to(torch.int32), smp_k, smp_blk,
+    return _fwd_op(q, k, v, o0, lse0, perm_q.to(torch.int32), perm_k.to(torch.int32), smp_k, smp_blk,
                    block_size, scale, log_w, False)
 
 
 def _exact_causal(q, k, v, scale):
     none = torch.empty(0, dtype=torch.int32, device=q.device)
-    return _fwd_op(q, k, v, none, none, none, none, q.shape[2], scale, 0.0, True)
+    return _fwd_op(q, k, v, q.new_empty(0), q.new_empty(0, dtype=torch.float32), none, none, none, none,
+                   q.shape[2], scale, 0.0, True)
+
+
+def _causal(q, k, v, noncausal, scale, min_seq_len):
+    """zoo causal_recursion (7), step for step (so the samples are drawn in the same order), but
+    the lower-left kernel starts from the diagonal half's (o, lse): the merge is fused, and o
+    stays in the input dtype between levels. q, k, v contiguous [B, H, T, *]."""
+    B, H, T, _ = q.shape
+    if T <= min_seq_len:  # (6)
+        return _exact_causal(q, k, v, scale)
+    pad = T % 2  # one zero token at the end: after every real query, so causally masked away
+    if pad:
+        q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, 1)) for x in (q, k, v))
+    half = (T + pad) // 2
+    o_d, lse_d = _causal(*(x.reshape(B, 2 * H, half, x.shape[-1]) for x in (q, k, v)),
+                         noncausal, scale, min_seq_len)  # the two diagonal halves as 2H heads
+    o_d, lse_d = o_d.reshape(B, H, 2 * half, -1), lse_d.reshape(B, H, 2 * half)
+    o_bot, lse_bot = noncausal(q[:, :, half:], k[:, :, :half], v[:, :, :half],
+                               o0=o_d[:, :, half:], lse0=lse_d[:, :, half:])  # lower-left, merged
+    o = torch.cat([o_d[:, :, :half], o_bot], dim=2)[:, :, :T]  # [B, H, T, V]
+    lse = torch.cat([lse_d[:, :, :half], lse_bot], dim=2)[:, :, :T]  # [B, H, T]
+    return o, lse
 
 
 def hyper_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -626,12 +681,11 @@ def hyper_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     q_, k_, v_ = (x.transpose(1, 2) for x in (q, k, v))  # heads-first views [B, H, T, *]
     proj_ = proj.to(device=q.device, dtype=torch.float32)
 
-    def noncausal(q, k, v):
-        return _noncausal(q, k, v, proj_, scale, block_size, sample_size, min_seq_len, generator)
+    def noncausal(q, k, v, o0=None, lse0=None):
+        return _noncausal(q, k, v, proj_, scale, block_size, sample_size, min_seq_len, generator, o0, lse0)
 
     if causal:
-        o, lse = zh.causal_recursion(q_, k_, v_, noncausal=noncausal, min_seq_len=min_seq_len,
-                                     exact_causal=lambda q, k, v: _exact_causal(q, k, v, scale))
+        o, lse = _causal(*(x.contiguous() for x in (q_, k_, v_)), noncausal, scale, min_seq_len)
     else:
         o, lse = noncausal(q_, k_, v_)
     o = o.transpose(1, 2).to(dtype)  # [B, T, H, V]
