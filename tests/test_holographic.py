@@ -321,3 +321,63 @@ def test_the_layer_compiles_with_inductor():
     m = zh.LongAttention(16, 2, hd_dim=8)
     x = torch.randn(2, 19, 16)
     assert_close(torch.compile(m, fullgraph=True)(x), m(x), TOL["f32-interpret"], "inductor layer")
+
+
+# ------------------------------------------------------------------------------------------------
+# The hybrid model (zoo/holo_transformer.py): decode equals forward, constant holographic cache, errors
+# ------------------------------------------------------------------------------------------------
+from zoo.holo_transformer import HoloConfig, HoloTransformer  # noqa: E402
+
+
+def tiny_model(**kw):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=29, dim=16, n_layers=4, n_heads=2, hd_dim=24, max_seq_len=40)
+    return HoloTransformer(HoloConfig(**{**cfg, **kw})).double()
+
+
+def test_model_prefill_then_step_equals_forward_and_generate_follows_the_forward_argmax():
+    m = tiny_model()
+    assert [type(b.mixer).__name__ for b in m.layers] == ["LongAttention"] + ["RotaryAttention"] * 3
+    m = tiny_model(attn_layers=(2,))
+    idx = torch.randint(29, (2, 13), generator=torch.Generator().manual_seed(1))
+    full = m(idx)
+    assert full.shape == (2, 13, 29) and m.head.weight is m.emb.weight
+    logits, caches = m.prefill(idx[:, :5])
+    outs, sizes = [logits], []
+    for t in range(5, 13):
+        step_logits, caches = m.step(idx[:, t], caches)
+        outs.append(step_logits[:, None])
+        sizes.append(m.cache_sizes(caches))
+    assert_close(torch.cat(outs, 1), full, TOL["f64"], "decoded logits")
+    # holographic caches keep one size (2·hd_dim + 1 per sequence); the KV cache grows by 2·C per token
+    for i, layer in enumerate(m.layers):
+        col = [s[i] for s in sizes]
+        if i == 2:
+            assert col == [2 * (6 + j) * 16 * 2 for j in range(8)]
+        else:
+            assert set(col) == {2 * (2 * 24 + 1)}
+    gen = m.generate(idx[:, :5], 8)
+    assert torch.equal(gen[:, :5], idx[:, :5])
+    assert torch.equal(m(gen[:, :-1]).argmax(-1)[:, 4:], gen[:, 5:])  # each token = the forward's argmax
+    sampled = m.generate(idx[:, :5], 4, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert sampled.shape == (2, 9)
+
+
+def test_model_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="hd_dim must be a positive int"):
+        HoloConfig(vocab_size=10, dim=8, n_layers=2, n_heads=2, hd_dim=0, max_seq_len=8)
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        HoloConfig(vocab_size=10, dim=10, n_layers=2, n_heads=3, hd_dim=8, max_seq_len=8)
+    with pytest.raises(ValueError, match="attn_layers"):
+        HoloConfig(vocab_size=10, dim=8, n_layers=2, n_heads=2, hd_dim=8, max_seq_len=8, attn_layers=(5,))
+    m = tiny_model(max_seq_len=10)
+    with pytest.raises(ValueError, match=r"token ids must lie in \[0, vocab_size = 29\)"):
+        m(torch.tensor([[1, 29]]))
+    with pytest.raises(ValueError, match=r"token ids must lie"):
+        m(torch.tensor([[-1, 2]]))
+    with pytest.raises(ValueError, match="exceeds max_seq_len = 10"):
+        m(torch.zeros(1, 11, dtype=torch.int64))
+    with pytest.raises(ValueError, match="exceeds max_seq_len = 10"):
+        m.generate(torch.zeros(1, 8, dtype=torch.int64), 3)
+    with pytest.raises(ValueError, match="idx must be int64"):
+        m(torch.zeros(1, 4))
