@@ -407,6 +407,21 @@ def _hrc_la_chunk_bwd_kernel(
         tl.store(dz0 + p_zc + M, b_dzs, mask=mask_m)
 
 
+@triton.jit
+def _hrc_la_recurrent_update(k, v, a, c, b_omega, b_rm, Sc, Ss, zc, zs, n, crun, p_t, s_u, offs_k, mask_k,
+                             offs_v, mask_v, K: tl.constexpr, V: tl.constexpr):
+    """(4) for one token: S = e^{c_{t−1}−c_t} S + e^{a_t−c_t} conj φ̂(k_t) v_tᵀ (as [cos, sin]); z, n likewise."""
+    b_uk = s_u * tl.load(k + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    b_th = tl.sum(b_omega * b_uk[None, :], 1)  # θ = Ω u [BM]
+    b_c = tl.load(c + p_t)
+    b_dec = tl.exp(crun - b_c)
+    b_w = tl.exp(tl.load(a + p_t) - b_c)  # e^{a_t − c_t} <= 1
+    b_v = tl.load(v + p_t * V + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+    b_ck, b_sk = tl.cos(b_th) * b_rm * b_w, tl.sin(b_th) * b_rm * b_w  # [BM]
+    return (Sc * b_dec + b_ck[:, None] * b_v[None, :], Ss * b_dec + b_sk[:, None] * b_v[None, :],
+            zc * b_dec + b_ck, zs * b_dec + b_sk, n * b_dec + b_w, b_c)
+
+
 @triton.heuristics({
     "HAS_H0": lambda args: args["h0"] is not None,
     "STORE_HT": lambda args: args["ht"] is not None,
@@ -449,34 +464,29 @@ def _hrc_la_recurrent_fwd_kernel(
         b_zs += tl.load(z0 + p_zc + M, mask=mask_m, other=0.0)
         b_n += tl.load(n0 + i_bh)
 
-    # -- the token loop (non-causal: two loops, the first builds the state) ------------------------
-    for i_pass in range(1 if CAUSAL else 0, 2):
+    # -- non-causal: a first loop builds the state from every key ----------------------------------
+    if not CAUSAL:
         for t in range(T):
-            p_t = (row0 + t) * H + i_h
-            if i_pass == 0 or CAUSAL:
-                b_uk = s_u * tl.load(k + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-                b_th = tl.sum(b_omega * b_uk[None, :], 1)  # θ = Ω u [BM]
-                b_c = tl.load(c + p_t)
-                b_dec = tl.exp(b_crun - b_c)
-                b_w = tl.exp(tl.load(a + p_t) - b_c)  # e^{a_t − c_t} <= 1
-                b_v = tl.load(v + p_t * V + offs_v, mask=mask_v, other=0.0).to(tl.float32)
-                b_ck, b_sk = tl.cos(b_th) * b_rm * b_w, tl.sin(b_th) * b_rm * b_w  # [BM]
-                b_Sc = b_Sc * b_dec + b_ck[:, None] * b_v[None, :]  # (4)
-                b_Ss = b_Ss * b_dec + b_sk[:, None] * b_v[None, :]
-                b_zc = b_zc * b_dec + b_ck
-                b_zs = b_zs * b_dec + b_sk
-                b_n = b_n * b_dec + b_w
-                b_crun = b_c
-            if i_pass == 1:
-                b_uq = s_u * tl.load(q + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-                b_th = tl.sum(b_omega * b_uq[None, :], 1)
-                b_cq, b_sq = tl.cos(b_th) * b_rm, tl.sin(b_th) * b_rm
-                b_o = tl.sum(b_cq[:, None] * b_Sc + b_sq[:, None] * b_Ss, 0)  # (4) Re(φ̂ᵀS) [BV]
-                b_d = tl.sum(b_cq * b_zc + b_sq * b_zs, 0)
-                tl.atomic_add(num + p_t * V + offs_v, b_o, mask=mask_v)
-                tl.atomic_add(den + p_t, b_d)
-                if first:
-                    tl.store(mass + p_t, b_n)
+            b_Sc, b_Ss, b_zc, b_zs, b_n, b_crun = _hrc_la_recurrent_update(
+                k, v, a, c, b_omega, b_rm, b_Sc, b_Ss, b_zc, b_zs, b_n, b_crun, (row0 + t) * H + i_h, s_u,
+                offs_k, mask_k, offs_v, mask_v, K, V)
+
+    # -- the token loop ----------------------------------------------------------------------------
+    for t in range(T):
+        p_t = (row0 + t) * H + i_h
+        if CAUSAL:
+            b_Sc, b_Ss, b_zc, b_zs, b_n, b_crun = _hrc_la_recurrent_update(
+                k, v, a, c, b_omega, b_rm, b_Sc, b_Ss, b_zc, b_zs, b_n, b_crun, p_t, s_u,
+                offs_k, mask_k, offs_v, mask_v, K, V)
+        b_uq = s_u * tl.load(q + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        b_th = tl.sum(b_omega * b_uq[None, :], 1)
+        b_cq, b_sq = tl.cos(b_th) * b_rm, tl.sin(b_th) * b_rm
+        b_o = tl.sum(b_cq[:, None] * b_Sc + b_sq[:, None] * b_Ss, 0)  # (4) Re(φ̂ᵀS) [BV]
+        b_d = tl.sum(b_cq * b_zc + b_sq * b_zs, 0)
+        tl.atomic_add(num + p_t * V + offs_v, b_o, mask=mask_v)
+        tl.atomic_add(den + p_t, b_d)
+        if first:
+            tl.store(mass + p_t, b_n)
 
     # -- the final state ---------------------------------------------------------------------------
     if STORE_HT:

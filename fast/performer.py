@@ -359,6 +359,19 @@ def _performer_chunk_bwd_kernel(
         tl.store(dz0 + p_z, b_dz_, mask=mask_m)
 
 
+@triton.jit
+def _performer_recurrent_update(k, v, c, b_omega, b_rm, S, z, crun, p_t, s_u, offs_k, mask_k, offs_v, mask_v,
+                                K: tl.constexpr, V: tl.constexpr):
+    """(4) for one token: c_t = max(c_{t−1}, a_t) (given), S = e^{c_{t−1}−c_t} S + φ̄(k_t) v_tᵀ, z likewise."""
+    b_uk = s_u * tl.load(k + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    b_l = tl.sum(b_omega * b_uk[None, :], 1) - 0.5 * tl.sum(b_uk * b_uk, 0)  # [BM]
+    b_c = tl.load(c + p_t)
+    b_dec = tl.exp(crun - b_c)
+    b_k = tl.exp(b_l - b_c) * b_rm
+    b_v = tl.load(v + p_t * V + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+    return S * b_dec + b_k[:, None] * b_v[None, :], z * b_dec + b_k, b_c
+
+
 @triton.heuristics({
     "HAS_H0": lambda args: args["h0"] is not None,
     "STORE_HT": lambda args: args["ht"] is not None,
@@ -393,26 +406,24 @@ def _performer_recurrent_fwd_kernel(
         b_S += tl.load(h0 + p_S, mask=mask_S, other=0.0)
         b_z += tl.load(z0 + p_z, mask=mask_m, other=0.0)
 
-    # -- the token loop (non-causal: two loops, the first builds the state) ------------------------
-    for i_pass in range(1 if CAUSAL else 0, 2):
+    # -- non-causal: a first loop builds the state from every key ----------------------------------
+    if not CAUSAL:
         for t in range(T):
-            p_t = (row0 + t) * H + i_h
-            if i_pass == 0 or CAUSAL:
-                b_uk = s_u * tl.load(k + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-                b_l = tl.sum(b_omega * b_uk[None, :], 1) - 0.5 * tl.sum(b_uk * b_uk, 0)  # [BM]
-                b_c = tl.load(c + p_t)
-                b_dec = tl.exp(b_crun - b_c)
-                b_k = tl.exp(b_l - b_c) * b_rm
-                b_v = tl.load(v + p_t * V + offs_v, mask=mask_v, other=0.0).to(tl.float32)
-                b_S = b_S * b_dec + b_k[:, None] * b_v[None, :]  # (4)
-                b_z = b_z * b_dec + b_k
-                b_crun = b_c
-            if i_pass == 1:
-                b_uq = s_u * tl.load(q + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-                b_l = tl.sum(b_omega * b_uq[None, :], 1) - 0.5 * tl.sum(b_uq * b_uq, 0)
-                b_q = tl.exp(b_l - tl.load(a_q + p_t)) * b_rm
-                tl.atomic_add(num + p_t * V + offs_v, tl.sum(b_q[:, None] * b_S, 0), mask=mask_v)  # (4) φ̂ᵀS
-                tl.atomic_add(den + p_t, tl.sum(b_q * b_z, 0))
+            b_S, b_z, b_crun = _performer_recurrent_update(k, v, c, b_omega, b_rm, b_S, b_z, b_crun,
+                                                           (row0 + t) * H + i_h, s_u, offs_k, mask_k, offs_v,
+                                                           mask_v, K, V)
+
+    # -- the token loop ----------------------------------------------------------------------------
+    for t in range(T):
+        p_t = (row0 + t) * H + i_h
+        if CAUSAL:
+            b_S, b_z, b_crun = _performer_recurrent_update(k, v, c, b_omega, b_rm, b_S, b_z, b_crun, p_t, s_u,
+                                                           offs_k, mask_k, offs_v, mask_v, K, V)
+        b_uq = s_u * tl.load(q + p_t * K + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        b_l = tl.sum(b_omega * b_uq[None, :], 1) - 0.5 * tl.sum(b_uq * b_uq, 0)
+        b_q = tl.exp(b_l - tl.load(a_q + p_t)) * b_rm
+        tl.atomic_add(num + p_t * V + offs_v, tl.sum(b_q[:, None] * b_S, 0), mask=mask_v)  # (4) φ̂ᵀS
+        tl.atomic_add(den + p_t, tl.sum(b_q * b_z, 0))
 
     # -- the final state ---------------------------------------------------------------------------
     if STORE_HT:
