@@ -23,7 +23,7 @@ Kernel plan:
   the merged-in part: d o0 = α·do, d lse0 = α·(do·o0 − delta), α = e^(lse0 − lse) (torch,
   elementwise). The reshapes ([B, H, T] halves as [B, 2H, T/2]) are views of contiguous q, k, v.
 - Backward recomputes P from q, k and the saved lse (fp32), with delta_i = Σ o_i·do_i − dlse_i
-  (dlse is lse's own gradient, which the causal merges need):
+  (dlse is lse's own gradient, which the causal merges need; one small kernel computes it):
   (a) dq: one program per sorted query tile, the forward's two loops, dq = scale·Σ ds·k;
   (b) dk, dv of the block keys: one program per sorted key tile, looping over the queries of
       its block; every key belongs to one block, so each row is written once, no atomics;
@@ -235,6 +235,20 @@ def _hyper_attention_fwd_kernel(q, k, v, o, lse, o0, lse0, perm_q, perm_k, smp_k
     p_o = o + (row0 + rows_q.to(tl.int64))[:, None] * V + offs_v[None, :]
     tl.store(p_o, b_o.to(o.dtype.element_ty), mask=mask_m[:, None] & (offs_v[None, :] < V))
     tl.store(lse + row0 + rows_q, b_lse, mask=mask_m)
+
+
+@triton.jit(do_not_specialize=["n_rows"])
+def _hyper_attention_bwd_preprocess_kernel(o, do, dlse, delta, n_rows, V: tl.constexpr,
+                                           BV: tl.constexpr, BM: tl.constexpr):
+    """delta_i = Σ_v o_iv·do_iv − dlse_i for BM rows of the contiguous [B·H·T, V] o and do."""
+    offs_m = tl.program_id(0) * BM + tl.arange(0, BM)
+    offs_v = tl.arange(0, BV)
+    mask = (offs_m[:, None] < n_rows) & (offs_v[None, :] < V)
+    p = offs_m[:, None].to(tl.int64) * V + offs_v[None, :]
+    b_o = tl.load(o + p, mask=mask, other=0.0).to(tl.float32)
+    b_do = tl.load(do + p, mask=mask, other=0.0).to(tl.float32)
+    b_dlse = tl.load(dlse + offs_m, mask=offs_m < n_rows, other=0.0).to(tl.float32)
+    tl.store(delta + offs_m, tl.sum(b_o * b_do, 1) - b_dlse, mask=offs_m < n_rows)
 
 
 @triton.jit(do_not_specialize=["T", "S", "block_size"])
@@ -503,7 +517,8 @@ def _hyper_attention_bwd(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_b
     q, k, v = (_unit_last_dim(x) for x in (q, k, v))
     do = do.contiguous()
     t = _tiles(K, V, q.dtype)
-    delta = ((o.float() * do.float()).sum(-1) - dlse.float()).contiguous()  # [B, H, T]
+    o, dlse = o.contiguous(), dlse.float().contiguous()
+    delta = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     dq = torch.empty(B, H, T, K, dtype=q.dtype, device=q.device)
     dk = torch.empty(B, H, T, K, dtype=q.dtype, device=q.device)
     dv = torch.empty(B, H, T, V, dtype=q.dtype, device=q.device)
@@ -511,6 +526,8 @@ def _hyper_attention_bwd(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_b
     S = smp_k.shape[-1] if samples else 0
     strides = (*_strides(q), *_strides(k), *_strides(v))
     with _on_device(q):
+        _hyper_attention_bwd_preprocess_kernel[(triton.cdiv(B * H * T, t.BM),)](
+            o, do, dlse, delta, B * H * T, V=V, BV=t.BV, BM=t.BM)
         _hyper_attention_bwd_dq_kernel[(triton.cdiv(T, t.BM), B * H)](
             q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk, *strides, H, T, S,
             block_size, scale, log_w, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather,
