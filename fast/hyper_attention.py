@@ -77,16 +77,20 @@ class Tiles(NamedTuple):
     BM1: int  # dk/dv kernels: queries per loop step
     BN1: int  # dk/dv kernels: keys per program
     QSPLIT: int  # sampled dk/dv: queries per split (the split count is cdiv(T, QSPLIT))
-    warps: int
+    warps: int  # forward and dq
     stages: int
-    bwd_warps: int
+    bwd_warps: int  # dk/dv kernels
 
 
 def _tiles(K: int, V: int, dtype: torch.dtype) -> Tiles:
     """Block sizes from the head dims and dtype. The forward holds q [BM, BK] and acc [BM, BV]
     in registers and streams gathered k/v rows [BN, *]; fp16/bf16 at D ≤ 64 take FlashAttention-2's
-    BM = 128, BN = 64 over 4 warps (the project's softmax kernel's rule at that size). Queries per
-    sampled-dk/dv split: 8192, so T = 131072 gives 16 splits × 4 sample tiles × H programs."""
+    BM = 128, BN = 64. A gathered tile needs a [BN, BK] tensor of 64-bit pointers (64 registers per
+    thread at 4 warps), so the forward and dq run 8 warps: compiled ahead of time for sm_90
+    (Triton 3.9, cuobjdump -res-usage), 4 warps spill (8–96 bytes of stack), 8 warps do not
+    (210 and 184 registers); the dk/dv kernels hold [64, 64] tiles and fit 4 warps (≤ 229
+    registers, no spill). Not yet timed on the GPU. Queries per sampled-dk/dv split: 8192, so
+    T = 131072 gives 16 splits × 4 sample tiles × H programs."""
     BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
     if INTERPRET:  # programs run one after another: small tiles so small tests cross tile edges
         return Tiles(BK, BV, 16, 16, 16, 16, 32, 1, 1, 1)
@@ -94,7 +98,7 @@ def _tiles(K: int, V: int, dtype: torch.dtype) -> Tiles:
     if dtype == torch.float32 or D > 128:
         return Tiles(BK, BV, 64, 32, 32, 64, 8192, 4, 2, 4)
     if D <= 64:
-        return Tiles(BK, BV, 128, 64, 64, 64, 8192, 4, 3, 4)
+        return Tiles(BK, BV, 128, 64, 64, 64, 8192, 8, 3, 4)
     return Tiles(BK, BV, 128, 64, 64, 64, 8192, 8, 2, 8)
 
 
@@ -532,7 +536,7 @@ def _hyper_attention_bwd(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_b
             q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk, *strides, H, T, S,
             block_size, scale, log_w, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather,
             SAMPLES=samples, CAUSAL=causal, BLOCK_MASK=block_mask, UPCAST=INTERPRET,
-            num_warps=t.bwd_warps, num_stages=t.stages)
+            num_warps=t.warps, num_stages=t.stages)
         _hyper_attention_bwd_dkdv_block_kernel[(triton.cdiv(T, t.BN1), B * H)](
             q, k, v, do, lse, delta, dk, dv, perm_q, perm_k, *strides, H, T, block_size, scale,
             K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM1, BN=t.BN1, GATHER=gather, CAUSAL=causal,

@@ -17,6 +17,8 @@
    inductor, the fast op under the interpreter.
 """
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -498,3 +500,79 @@ def test_fast_op_compiles_fullgraph_forward_and_backward():
     ref = grads(lambda **a: fh.hyper_attention_chunk(**a, **kw), inputs, cot)
     for n in ref:
         assert_close(got[n], ref[n], TOL["f32-interpret"], f"d{n}")
+
+
+# Run in a fresh process: under TRITON_INTERPRET=1 (this process) Triton is set up for the
+# interpreter and cannot feed the GPU compiler.
+AOT_SCRIPT = r"""
+import json, os, re, subprocess, tempfile
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import fast.hyper_attention as fh
+
+I32 = {"perm_q", "perm_k", "smp_k", "smp_blk", "codes", "rank_q"}
+F32 = {"lse", "lse0", "delta", "dlse", "proj", "dk_part", "dv_part"}
+HALF = {"q", "k", "v", "o", "o0", "do", "dq", "dk", "dv", "x"}
+
+
+def stack_bytes(kernel, consts, num_warps, num_stages):
+    # As the JIT compiles it for bf16: 16-byte-aligned pointers, int32 sizes and strides.
+    fn = kernel
+    while not isinstance(fn, triton.runtime.jit.JITFunction):
+        fn = fn.fn
+    sig = {n: "constexpr" if n in consts else "*i32" if n in I32 else "*fp32" if n in F32 else
+           "*bf16" if n in HALF else "fp32" if n in ("scale", "log_w") else "i32" for n in fn.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*")}
+    compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=num_warps, num_stages=num_stages))
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+    return int(re.search(r"STACK:(\d+)", usage).group(1))
+
+
+out = {}
+out["lsh"] = stack_bytes(fh._hyper_attention_lsh_kernel, dict(K=64, R=8, BK=64, BR=16, BM=128), 4, 1)
+for D in (64, 128):
+    t = fh._tiles(D, D, torch.bfloat16)
+    dims = dict(K=D, V=D, BK=t.BK, BV=t.BV, UPCAST=False)
+    hyper = dict(GATHER=True, CAUSAL=False, BLOCK_MASK=False)
+    leaf = dict(GATHER=False, CAUSAL=True, BLOCK_MASK=False)
+    for name, flags in (("hyper", hyper), ("leaf", leaf)):
+        samples = name == "hyper"
+        out[f"fwd {name} D={D}"] = stack_bytes(fh._hyper_attention_fwd_kernel, dict(
+            dims, BM=t.BM, BN=t.BN, SAMPLES=samples, INIT=samples, **flags), t.warps, t.stages)
+        out[f"dq {name} D={D}"] = stack_bytes(fh._hyper_attention_bwd_dq_kernel, dict(
+            dims, BM=t.BM, BN=t.BN, SAMPLES=samples, **flags), t.warps, t.stages)
+        out[f"dkdv {name} D={D}"] = stack_bytes(fh._hyper_attention_bwd_dkdv_block_kernel, dict(
+            dims, BM=t.BM1, BN=t.BN1, **flags), t.bwd_warps, t.stages)
+    out[f"dkdv samples D={D}"] = stack_bytes(fh._hyper_attention_bwd_dkdv_sample_kernel, dict(
+        dims, BM=t.BM1, BN=t.BN1), t.bwd_warps, t.stages)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(has_cuda(), reason="on a GPU the kernels compile for real in the GPU tests")
+def test_kernels_compile_for_an_h100_without_spilling():
+    # The interpreter never compiles: this catches what only the GPU compiler rejects, and register
+    # spills, on a CPU. Triton ships ptxas; without it the test skips.
+    import json
+    import subprocess
+    import sys
+
+    import triton
+
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("this Triton has no bundled ptxas")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stack = json.loads(run.stdout.strip().splitlines()[-1])
+    assert all(v == 0 for v in stack.values()), stack
