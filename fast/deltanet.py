@@ -404,6 +404,8 @@ def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, 
     o_v = offs_r[:, None] * (H * V) + offs_v[None, :]  # chunk tile, int32  [BT, BV]
     q, k, w, do, dv_new, gam = q + o_bh * K, k + o_bh * K, w + o_bh * K, do + o_bh * V, dv_new + o_bh * V, gam + o_bh
     Aqk = Aqk + o_bh * BT
+    o_kT = offs_k[:, None] + offs_r[None, :] * (H * K)  # the transposed chunk tile  [BK, BT]
+    mask_kt = mask_k[:, None]
     o_a = offs_r[:, None] * (H * BT) + offs_r[None, :]  # the chunk's R  [BT, BT]
     mask_kv = mask_k[:, None] & mask_v[None, :]
     mask_tk, mask_tv = mask_k[None, :], mask_v[None, :]  # head dims only: T is a multiple of BT
@@ -417,9 +419,9 @@ def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, 
         p_dh = dh + ((i_b * NT + i_t) * H + i_h) * K * V
         tl.store(p_dh + offs_kv, b_dS.to(p_dh.dtype.element_ty), mask=mask_kv)
         # ---------------------------------------------------------- load
-        b_q = tl.load(q + o_k + t0 * H * K, mask=mask_tk, other=0.)  # [BT, BK]
-        b_k = tl.load(k + o_k + t0 * H * K, mask=mask_tk, other=0.)
-        b_w = tl.load(w + o_k + t0 * H * K, mask=mask_tk, other=0.)
+        b_k = tl.load(k + o_k + t0 * H * K, mask=mask_tk, other=0.)  # [BT, BK]
+        b_qT = tl.load(q + o_kT + t0 * H * K, mask=mask_kt, other=0.)  # Qᵀ, loaded transposed  [BK, BT]
+        b_wT = tl.load(w + o_kT + t0 * H * K, mask=mask_kt, other=0.)  # Wᵀ  [BK, BT]
         b_do = tl.load(do + o_v + t0 * H * V, mask=mask_tv, other=0.)  # [BT, BV]
         # ---------------------------------------------------------- dV_new
         b_R = tl.load(Aqk + o_a + t0 * H * BT)  # sQKᵀ ⊙ D from step 1  [BT, BT]
@@ -435,8 +437,8 @@ def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, 
         # ---------------------------------------------------------- dS of the state entering the chunk
         if USE_G:
             b_dS = b_dS * tl.exp(b_g_last)
-        b_dS += tl.dot(tl.trans(b_q), b_dos.to(DT), input_precision=PREC)
-        b_dS -= tl.dot(tl.trans(b_w), b_dv.to(DT), input_precision=PREC)
+        b_dS += tl.dot(b_qT, b_dos.to(DT), input_precision=PREC)
+        b_dS -= tl.dot(b_wT, b_dv.to(DT), input_precision=PREC)
     tl.store(dh0 + i_bh.to(tl.int64) * K * V + offs_kv, b_dS, mask=mask_kv)
 
 
