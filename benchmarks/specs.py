@@ -576,11 +576,63 @@ HYPER_ATTENTION = MethodSpec(
 
 
 # ------------------------------------------------------------------------------------------------
+# holographic (issue 7): LongAttention's fused scan. Its lanes are element-wise, so a "head" only
+# tiles them; v1 sizes hd_dim = 4 × the model width, so each head here gets 4·D lanes: at the
+# harness's H = 16, D = 128 that is hd_dim = 8192 (the issue's headline, B·T = 32768). Inputs are
+# a_phase, a_mag, q_re, q_im [B, T, H, 4D] (N(0, 1)); one row of integer frequencies [1, 4D],
+# inside a tuple (not cast, not sliced), expanded to every head. Output o [B, T, H, 8D].
+# ------------------------------------------------------------------------------------------------
+HOLO_LANES_PER_D = 4
+
+
+def _holo_inputs(B, T, H, D, dtype, device, causal, seed):
+    g = generator(device, seed)
+    x = {n: randn(g, (B, T, H, HOLO_LANES_PER_D * D), dtype, device) for n in ("a_phase", "a_mag", "q_re", "q_im")}
+    x["freqs"] = (importlib.import_module("zoo.holographic").random_frequencies(1, HOLO_LANES_PER_D * D, seed)
+                  .to(device),)
+    return x
+
+
+def _holo_call(op, x, causal):
+    H = x["a_phase"].shape[2]
+    return op(x["a_phase"], x["a_mag"], x["q_re"], x["q_im"], x["freqs"][0].expand(H, -1))[0]
+
+
+# Counted per token-lane: the complex arithmetic only, binding 2 (|b|·cos, |b|·sin), scan 2,
+# retrieval 6, scale 2: 12 forward; backward ~3 ×. (σ, tanh, sin, cos are not counted.)
+def _holo_flops(B, T, H, D, causal, direction) -> float:
+    fwd = 12.0 * B * T * H * HOLO_LANES_PER_D * D
+    return fwd if direction == "fwd" else 4.0 * fwd
+
+
+# Minimum traffic in [B, T, H, 4D] arrays: forward reads 4 and writes o (2 arrays' worth); the
+# backward reads the 4 inputs and do (2) and writes 4 gradients: 6 forward, 6 + 10 = 16 in all.
+def _holo_bytes(B, T, H, D, causal, direction, elt) -> float:
+    return stream_bytes(B, T, H, HOLO_LANES_PER_D * D, elt, 6 if direction == "fwd" else 16)
+
+
+HOLOGRAPHIC = MethodSpec(
+    name="holographic",
+    chunk_op="holographic_chunk",
+    reference_op="holographic_parallel",
+    make_inputs=_holo_inputs,
+    call=_holo_call,
+    flops=_holo_flops,
+    bytes=_holo_bytes,
+    grad_inputs=("a_phase", "a_mag", "q_re", "q_im"),
+    causal_modes=(True,),
+    variant="hd_dim = 4·H·D lanes, chunk_size=64",
+    skip=lambda impl, B, T, H, D, causal, device_type: (
+        {"fla": "fla has no holographic op", "sdpa": "no q, k, v: SDPA is not a speed bar for it"}.get(impl)),
+)
+
+
+# ------------------------------------------------------------------------------------------------
 # The table
 # ------------------------------------------------------------------------------------------------
 SPECS: list[MethodSpec] = [SOFTMAX_ATTENTION, LINEAR_ATTENTION, DELTANET, GATED_DELTANET, DELTAPRODUCT,
                            BASED, BASED_FLA_FUSED_CHUNK, SLIDING_WINDOW_64, SLIDING_WINDOW_512,
-                           HRC_LA, PERFORMER, HYPER_ATTENTION]
+                           HRC_LA, PERFORMER, HYPER_ATTENTION, HOLOGRAPHIC]
 
 
 def all_specs() -> dict[str, MethodSpec]:

@@ -23,8 +23,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from strategies import (TOL, Shape, assert_close, edge_examples, grads, rand, randn, seeds, shapes)
+from strategies import (TOL, Shape, assert_close, edge_examples, grad_tol, grads, has_cuda, rand, randn, seeds,
+                        shapes, tol_for)
 import zoo.holographic as zh
+import fast.holographic as fh
 
 F64 = torch.float64
 FORMS = [zh.holographic_parallel, zh.holographic_recurrent, zh.holographic_chunk]
@@ -75,6 +77,89 @@ def test_forms_return_no_state_unless_asked():
     xs = inputs(0, Shape(1, 5, 1, 3, 3))
     for op in FORMS:
         assert op(*xs)[1] is None
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. Fast equals zoo (Triton; the interpreter on a CPU)
+# ------------------------------------------------------------------------------------------------
+def projected(seed, s: Shape, dtype=torch.float32, device="cpu"):
+    """The four inputs as the layer makes them: [B, T, H, D] views of one [B, T, 4·H·D] projection
+    (strided, shared strides), plus integer frequencies."""
+    x = randn(seed, s.B, s.T, 4 * s.H * s.K, dtype=dtype, device=device, scale=2.0)
+    return [z.view(s.B, s.T, s.H, s.K) for z in x.chunk(4, dim=-1)] + [zh.random_frequencies(s.H, s.K, seed).to(device)]
+
+
+def fast_vs_zoo(xs, init, L, tol, cot_seed=None):
+    """Forward (and, with cot_seed, gradients) of the fast chunk op against the zoo's parallel
+    form in float64 on the same (rounded) inputs."""
+    names = ["a_phase", "a_mag", "q_re", "q_im", "freqs", "M0"]
+    args = dict(zip(names, xs + [init[0] if init else None]))
+    t0 = init[1] if init else None
+    s = xs[0].shape
+
+    def call(op, **kw):
+        def fn(a_phase, a_mag, q_re, q_im, freqs, M0=None):
+            return run(op, (a_phase, a_mag, q_re, q_im, freqs), initial_state=None if M0 is None else (M0, t0),
+                       output_final_state=True, **kw)
+        return fn
+
+    as64 = {n: (x.double() if x is not None and x.is_floating_point() else x) for n, x in args.items()}
+    ref = call(zh.holographic_parallel)(**as64)
+    got = call(fh.holographic_chunk, chunk_size=L)(**args)
+    assert got[0].dtype == xs[0].dtype and got[1].dtype == torch.float32
+    assert_close(got[0], ref[0], tol, "fast o")
+    assert_close(got[1], ref[1], tol, "fast M_T")
+    if cot_seed is None:
+        return
+    cot = [randn(cot_seed, *got[0].shape, device=xs[0].device, dtype=xs[0].dtype),
+           randn(cot_seed + 1, *got[1].shape, device=xs[0].device)]
+    for n in names:
+        if args[n] is not None and args[n].is_floating_point():
+            args[n].requires_grad_(True)
+            as64[n] = as64[n].detach().requires_grad_(True)
+    g_ref = grads(call(zh.holographic_parallel), {k: v for k, v in as64.items() if v is not None}, cot)
+    g = grads(call(fh.holographic_chunk, chunk_size=L), {k: v for k, v in args.items() if v is not None}, cot)
+    assert set(g) == set(g_ref) and len(g) == 4 + (init is not None)
+    for n in g_ref:
+        assert g[n].dtype == args[n].dtype
+        assert_close(g[n], g_ref[n], grad_tol(tol), f"fast d{n}")
+
+
+@settings(max_examples=4)
+@given(shape=shapes(max_T=70, max_H=2, max_K=40), with_state=st.booleans(), L=st.sampled_from([16, 32, 64]),
+       seed=seeds)
+@edge_examples(chunk_size=16, K=5, with_state=True, L=16)
+def test_fast_chunk_equals_zoo_in_float32_forward_and_backward(shape, with_state, L, seed):
+    xs = projected(seed, shape)
+    init = state(seed, shape, dtype=torch.float32) if with_state else None
+    fast_vs_zoo(xs, init, L, tol_for(torch.float32, xs[0].device.type), cot_seed=seed + 20)
+
+
+def test_fast_takes_contiguous_inputs_and_separate_strides():
+    s = Shape(2, 21, 2, 6, 6)
+    xs = inputs(3, s, dtype=torch.float32)  # four separate contiguous tensors
+    xs[2] = xs[2].transpose(1, 2).contiguous().transpose(1, 2)  # different strides: copied, still right
+    fast_vs_zoo(xs, state(3, s, dtype=torch.float32), 16, TOL["f32-interpret"], cot_seed=5)
+
+
+GPU_CASES = [(torch.bfloat16, 1000, 2, 64, 64), (torch.float16, 333, 1, 200, 32), (torch.bfloat16, 4099, 1, 96, 16),
+             (torch.float32, 700, 3, 48, 64)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,T,H,D,L", GPU_CASES)
+def test_fast_equals_zoo_in_half_precision_on_gpu(dtype, T, H, D, L):
+    s = Shape(2, T, H, D, D)
+    xs = projected(0, s, dtype=dtype, device="cuda")
+    init = state(0, s, dtype=torch.float32, device="cuda")
+    fast_vs_zoo(xs, init, L, tol_for(dtype, "cuda"), cot_seed=9)
+
+
+@pytest.mark.gpu
+def test_fast_scan_at_t_1e5_on_gpu():
+    s = Shape(1, 10**5, 1, 16, 16)
+    xs = projected(1, s, dtype=torch.bfloat16, device="cuda")
+    fast_vs_zoo(xs, None, 64, tol_for(torch.bfloat16, "cuda"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,6 +215,16 @@ def test_layer_future_tokens_do_not_change_the_past():
     assert torch.equal(m(x)[:, :17], m(y)[:, :17])
 
 
+def test_fast_future_tokens_do_not_change_the_past():
+    s = Shape(1, 40, 1, 8, 8)
+    xs = inputs(4, s, dtype=torch.float32)
+    ys = [x.clone() for x in xs]
+    for y in ys[:4]:
+        y[:, 21:] = randn(9, *y[:, 21:].shape, dtype=torch.float32)
+    a, b = fh.holographic_chunk(*xs, chunk_size=16)[0], fh.holographic_chunk(*ys, chunk_size=16)[0]
+    assert torch.equal(a[:, :21], b[:, :21])
+
+
 # ------------------------------------------------------------------------------------------------
 # 5. State carry, decoding
 # ------------------------------------------------------------------------------------------------
@@ -178,6 +273,30 @@ def test_decode_cache_does_not_grow_with_the_sequence():
         _, cache = m.step(x[:, i], cache)
         sizes.append(sum(v.numel() for v in cache.values()))
     assert set(sizes) == {2 * 6 + 1} and m.state_size(1) == m.state_size(10**6) == 2 * 6 + 1
+
+
+def test_fast_chained_calls_equal_one_call_and_the_fast_layer_decodes_like_the_zoo_layer():
+    s = Shape(2, 45, 1, 7, 7)
+    xs = inputs(6, s, dtype=torch.float32)
+    o, (M, t) = fh.holographic_chunk(*xs, output_final_state=True, chunk_size=16)
+    o1, s1 = fh.holographic_chunk(*[x[:, :19] for x in xs[:4]], xs[4], output_final_state=True, chunk_size=16)
+    o2, (M2, t2) = fh.holographic_chunk(*[x[:, 19:] for x in xs[:4]], xs[4], initial_state=s1,
+                                        output_final_state=True, chunk_size=16)
+    assert_close(torch.cat([o1, o2], 1), o, TOL["f32-interpret"], "chained o")
+    assert_close(M2, M, TOL["f32-interpret"], "chained M")
+    assert torch.equal(t2, t)
+    torch.manual_seed(0)
+    ref = zh.LongAttention(12, 2, hd_dim=20)
+    fast = fh.LongAttention(12, 2, hd_dim=20)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 23, 12)
+    assert_close(fast(x), ref(x), TOL["f32-interpret"], "fast layer")
+    y, cache = fast.prefill(x[:, :15])
+    ys = [y]
+    for i in range(15, 23):
+        yi, cache = fast.step(x[:, i], cache)
+        ys.append(yi[:, None])
+    assert_close(torch.cat(ys, 1), ref(x), TOL["f32-interpret"], "fast prefill + zoo-recurrent steps")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,6 +422,17 @@ def test_nan_in_a_token_reaches_only_that_token_and_later():
     assert not o[:, :6].isnan().any() and o[:, 6:, 0, 4:6].isnan().all()
 
 
+def test_fast_bad_inputs_raise_clear_errors():
+    xs = inputs(0, Shape(1, 5, 1, 3, 3))
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        fh.holographic_chunk(*xs)  # float64: the zoo's, not the kernel's
+    xs32 = inputs(0, Shape(1, 5, 1, 3, 3), dtype=torch.float32)
+    with pytest.raises(ValueError, match="chunk_size must be a power of two in"):
+        fh.holographic_chunk(*xs32, chunk_size=8)
+    with pytest.raises(ValueError, match="a_mag must be"):
+        fh.holographic_chunk(xs32[0], xs32[1][:, :3], *xs32[2:])
+
+
 # ------------------------------------------------------------------------------------------------
 # 8. torch.compile(fullgraph=True)
 # ------------------------------------------------------------------------------------------------
@@ -381,3 +511,80 @@ def test_model_bad_inputs_raise_clear_errors():
         m.generate(torch.zeros(1, 8, dtype=torch.int64), 3)
     with pytest.raises(ValueError, match="idx must be int64"):
         m(torch.zeros(1, 4))
+
+
+def test_fast_op_compiles_without_graph_breaks_forward_and_backward():
+    s = Shape(1, 20, 1, 6, 6)
+    xs = [x.requires_grad_(x.is_floating_point()) for x in inputs(2, s, dtype=torch.float32)]
+
+    def loss(a_phase, a_mag, q_re, q_im, freqs):
+        o, (M, _) = fh.holographic_chunk(a_phase, a_mag, q_re, q_im, freqs, output_final_state=True, chunk_size=16)
+        return o.square().sum() + M.sum()
+
+    ref = torch.autograd.grad(loss(*xs), xs[:4])
+    got = torch.autograd.grad(torch.compile(loss, fullgraph=True, backend="aot_eager")(*xs), xs[:4])
+    for g, r in zip(got, ref):
+        assert_close(g, r, TOL["f32-interpret"], "compiled fast grad")
+
+
+AOT_SCRIPT = r"""
+import json, os, re, subprocess, tempfile
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+import fast.holographic as fh
+
+
+def usage(direction, BT):
+    # As the JIT compiles it for the layer: bf16, hd_dim 8192, 16-byte-aligned pointers and strides.
+    BD, num_warps = fh._tile_rule(8192, BT)
+    bf = "*bf16"
+    if direction == "fwd":
+        kern, ptrs = fh._holographic_chunk_fwd_kernel, dict(ap=bf, am=bf, qr=bf, qi=bf, freqs="*i32", t0="*i64",
+                                                             h0="*fp32", o=bf, ht="*fp32", ck="*fp32")
+        const = dict(BT=BT, BD=BD, HAS_H0=True, STORE_HT=True)
+    else:
+        kern, ptrs = fh._holographic_chunk_bwd_kernel, dict(ap=bf, am=bf, qr=bf, qi=bf, freqs="*i32", t0="*i64",
+                                                             ck="*fp32", do=bf, dht="*fp32", dap=bf, dam=bf, dqr=bf,
+                                                             dqi=bf, dh0="*fp32")
+        const = dict(BT=BT, BD=BD, HAS_DHT=True, STORE_DH0=True)
+    sig = dict(ptrs, stride_b="i32", stride_t="i32", stride_h="i32", T="i32", H="i32", D="i32")
+    sig.update({n: "constexpr" for n in const})
+    names = list(sig)
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
+             if sig[n].startswith("*") or n in ("stride_b", "stride_t", "D")}
+    kernel = triton.compile(ASTSource(kern.fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
+                            options=dict(num_warps=num_warps))
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+    return int(re.search(r"STACK:(\d+)", out).group(1))
+
+
+print(json.dumps({f"{d}{BT}": usage(d, BT) for d in ("fwd", "bwd") for BT in (32, 64)}))
+"""
+
+
+@pytest.mark.skipif(has_cuda(), reason="on a GPU the kernels compile for real in the GPU tests")
+def test_kernels_compile_for_an_h100_without_spilling():
+    """The interpreter never compiles: this catches what only the GPU compiler rejects (plain
+    globals, unsupported ops) and register spills, on a CPU, with Triton's bundled ptxas."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import triton
+
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
+        pytest.skip("this Triton has no bundled ptxas")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stack = json.loads(run.stdout.strip().splitlines()[-1])
+    assert all(v == 0 for v in stack.values()), stack

@@ -11,6 +11,7 @@ from zoo import linear_attention
 from zoo import deltanet, gated_deltanet, deltaproduct
 from zoo import based, sliding_window_attention
 from zoo import hyper_attention
+from zoo import holographic
 
 METHODS = {
     "softmax_attention": softmax_attention,
@@ -23,6 +24,7 @@ METHODS = {
     "based": based,
     "sliding_window_attention": sliding_window_attention,
     "hyper_attention": hyper_attention,
+    "holographic": holographic,
 }
 
 LAYERS = {
@@ -36,6 +38,7 @@ LAYERS = {
     "based": based.BasedLinearAttention,
     "sliding_window_attention": sliding_window_attention.SlidingWindowAttention,
     "hyper_attention": hyper_attention.HyperAttentionLayer,
+    "holographic": holographic.LongAttention,
 }
 
 __all__ = ["METHODS", "LAYERS"]

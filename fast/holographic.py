@@ -1,0 +1,411 @@
+"""Triton mirror of zoo/holographic.py; the math, shapes and equation numbers (1)-(7) are there.
+
+Kernel plan
+-----------
+Everything in the zoo's chunk form (7) is element-wise in (H, D) except the prefix sum over time,
+so one kernel fuses it all: one program per (D-tile of BD lanes, batch·head) walks the NT chunks
+of BT tokens in order, and per chunk
+    loads a_phase, a_mag, q_re, q_im [BT, BD] (bf16/fp16/fp32; fp32 from here on),
+    (1)-(3) b = σ(a_mag)·e^{i(π·tanh(a_phase) + t·ω)}, the phase from the integer frequencies:
+        t·n_k mod 2³² is an int32 product that wraps (exact), times 2π/2³² in fp32;
+    (7) M = M_carry + cumsum_t(b) (tl.cumsum over the chunk), M_carry += Σ_t b;
+    (5)-(6) r = M ⊙ conj(q) / √(t+1), interleaved (tl.join) and stored as one [BT, 2BD] tile.
+The carried memory M [BD] complex stays in fp32 registers for the whole walk; nothing [T, D]-sized
+is written but o. The forward also stores M_carry at the start of every chunk (fp32, [NT, 2, D]
+per batch·head: 8 bytes per BT tokens per lane, 1/96 of the traffic at BT = 64, bf16).
+
+Backward (one kernel, the chunks in reverse; g_x = ∂L/∂Re x + i ∂L/∂Im x for a complex x):
+    M inside chunk n = the stored M_carry(n) + cumsum(b)  (recomputed, bit-identical to forward)
+    g_r = s·(do_re + i·do_im), s = 1/√(t+1)
+    dq = M ⊙ conj(g_r)                                  -> dq_re, dq_im
+    g_M = g_r ⊙ q;  g_b_t = Σ_{t' ≥ t} g_M_t' + dM_T      (reverse cumsum + carry, fp32)
+    w = g_b ⊙ e^{-iφ} (φ = arg b):  ∂L/∂|b| = Re w,  ∂L/∂φ = |b|·Im w
+    d a_mag = Re w·σ(1 − σ),   d a_phase = |b|·Im w·π·(1 − tanh²)
+    dM_{-1} = the final carry (the gradient of the initial state).
+Saved for backward: the four inputs, the checkpoints, the initial state; nothing else.
+
+Cost at the headline size (bf16, B = 4, T = 8192, H = 1, hd_dim D = 8192; B·T = 32768 tokens,
+2.7·10⁸ token-lanes):
+    forward bytes: 4 inputs × 2 B read + o 2 × 2 B written = 12 B per token-lane = 3.22 GB;
+        checkpoints 8 B per 64 tokens (+0.1%). Floor at 3.35 TB/s (H100 SXM HBM3): 0.96 ms.
+    backward bytes: 4 inputs + do (2 × 2 B) read, 4 gradients written = 20 B = 5.37 GB: 1.6 ms.
+    math per token-lane: 2 exp, 2 reciprocals, sin, cos (arguments within ±2π) and ~30 FMAs
+        forward, ~60 backward: compute stays under the memory time.
+    Target: within 1.5× of the floor (forward ≤ 1.44 ms); the GPU run measures it.
+    first call: two kernels to compile; T is not specialised, so a new length never recompiles.
+
+Tile rule (no autotuning): BT = chunk_size (default 64). BD = 1024 // BT lanes, within [16, 64]
+(and no wider than D needs; D is masked, so any D works): a [BT, BD] tile of 1024 elements is
+8 fp32 registers a thread at 4 warps. Compiled ahead of time for sm_90 (Triton 3.9, bf16, no GPU;
+cuobjdump -res-usage), forward / backward registers per thread, no spill in any:
+    BT 64, BD 16: 117 / 168      BT 32, BD 32: 114 / 168      BT 16, BD 64: 115 / 167
+    (2048-element tiles: BT 64, BD 32 at 4 warps: 180 / 255 with a 32-byte spill in backward;
+    at 8 warps 103 / 241.) So 4 programs (16 warps) per SM forward, 3 backward, by registers.
+At the headline size with the default chunk: 16 lanes × 64 tokens, 512 D-tiles × 4 sequences =
+2048 programs. Which of the three 1024-element shapes is fastest is for the GPU to say:
+`python -m fast.holographic` times the forward at chunk_size 16, 32 and 64.
+
+Naming legend (fla's prefixes, STYLE rule 29):
+    i_   program ids and loop indices (i_d D-tile, i_bh batch·head, i_t chunk)
+    p_   pointers          b_   blocks held on chip (b_M_re, b_q_re ... zoo names after the prefix)
+    offs_ offsets          mask_ masks (mask_t rows inside T, mask_d lanes inside D)
+    BT   chunk length (the zoo's L)    BD   tile of D lanes    NT  number of chunks
+    h0, ht  initial and final memory M [B, H, D, 2];  t0 [B] the initial positions
+    ck   the chunk-start checkpoints of M, [B, H, NT, 2, D] fp32
+"""
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+import zoo.holographic as zh
+from zoo.holographic import check_inputs
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
+MAX_TILE = 1024  # elements per [BT, BD] tile: 8 fp32 registers a thread at 4 warps (card)
+MAX_BD = 64  # 64 bf16 lanes = one 128-byte line per row
+MIN_CHUNK, MAX_CHUNK = 16, 128  # tiles of BT rows: below 16 too thin, above 128 BD = 16 overflows MAX_TILE
+PI = tl.constexpr(math.pi)  # (1) the content phase is π·tanh(a_phase)
+RAD_PER_UNIT = tl.constexpr(2 * math.pi / 2**32)  # (2) one unit of t·n_k mod 2³², in radians
+
+
+# ------------------------------------------------------------------------------------------------
+# Tile rule
+# ------------------------------------------------------------------------------------------------
+def _tile_rule(D: int, BT: int):
+    """(BD, num_warps): see the card."""
+    BD = max(16, min(MAX_BD, max(16, triton.next_power_of_2(D)), MAX_TILE // BT))
+    return BD, 4
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernels
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _bound_token(b_ap, b_am, b_pos, b_n):
+    """(1)-(3): |b| = σ(a_mag), tanh(a_phase), and φ = π·tanh(a_phase) + t·ω (t·n_k wraps mod 2³²)."""
+    b_m = tl.sigmoid(b_am)
+    b_tanh = 2 * tl.sigmoid(2 * b_ap) - 1
+    b_units = b_pos[:, None] * b_n[None, :]  # int32: t·n_k mod 2³², the angle in [-π, π) [BT, BD]
+    b_phi = PI * b_tanh + b_units.to(tl.float32) * RAD_PER_UNIT
+    return b_m, b_tanh, b_phi
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "STORE_HT": lambda args: args["ht"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _holographic_chunk_fwd_kernel(
+    ap, am, qr, qi, freqs, t0, h0, o, ht, ck,
+    stride_b, stride_t, stride_h, T, H, D,
+    BT: tl.constexpr, BD: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    """o_t = [Re, Im] of (M_carry + cumsum b)_t ⊙ conj(q_t) / √(t+1), chunk by chunk."""
+    # -------------------------------------------------------------- map program -> lanes of (b, h)
+    i_d, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    offs_d = i_d * BD + tl.arange(0, BD)
+    mask_d = offs_d < D
+    offs_t = tl.arange(0, BT)
+    offs_o = i_d * 2 * BD + tl.arange(0, 2 * BD)  # interleaved (Re, Im) lanes of o
+    mask_o = offs_o < 2 * D
+    b_n = tl.load(freqs + i_h * D + offs_d, mask=mask_d, other=0)  # int32 bit pattern of n_k [BD]
+    b_t0 = tl.load(t0 + i_b).to(tl.int32)
+    p_base = i_b.to(tl.int64) * stride_b + i_h * stride_h
+    # ------------------------------------------------------------------ the carried memory, fp32
+    b_M_re = tl.zeros([BD], dtype=tl.float32)
+    b_M_im = tl.zeros([BD], dtype=tl.float32)
+    p_state = (i_bh * D + offs_d) * 2
+    if HAS_H0:
+        b_M_re = tl.load(h0 + p_state, mask=mask_d, other=0.0)
+        b_M_im = tl.load(h0 + p_state + 1, mask=mask_d, other=0.0)
+    for i_t in range(0, NT):
+        # ------------------------------------------------------------------------------- load
+        rows = i_t * BT + offs_t
+        mask_t = rows < T
+        mask = mask_t[:, None] & mask_d[None, :]
+        p_x = p_base + rows.to(tl.int64)[:, None] * stride_t + offs_d[None, :]
+        b_ap = tl.load(ap + p_x, mask=mask, other=0.0).to(tl.float32)
+        b_am = tl.load(am + p_x, mask=mask, other=0.0).to(tl.float32)
+        b_q_re = tl.load(qr + p_x, mask=mask, other=0.0).to(tl.float32)
+        b_q_im = tl.load(qi + p_x, mask=mask, other=0.0).to(tl.float32)
+        p_ck = ((i_bh * NT + i_t) * 2) * D + offs_d
+        tl.store(ck + p_ck, b_M_re, mask=mask_d)  # checkpoint: M before chunk i_t
+        tl.store(ck + p_ck + D, b_M_im, mask=mask_d)
+        # -------------------------------------------------------------------- (1)-(3) binding
+        b_pos = b_t0 + rows  # absolute positions [BT]
+        b_m, b_tanh, b_phi = _bound_token(b_ap, b_am, b_pos, b_n)
+        b_m = tl.where(mask, b_m, 0.0)  # rows past T add nothing to the memory
+        b_b_re = b_m * tl.cos(b_phi)
+        b_b_im = b_m * tl.sin(b_phi)
+        # ------------------------------------------------- (7) local cumsum + carried memory
+        b_Mt_re = b_M_re[None, :] + tl.cumsum(b_b_re, axis=0)  # [BT, BD]
+        b_Mt_im = b_M_im[None, :] + tl.cumsum(b_b_im, axis=0)
+        b_M_re += tl.sum(b_b_re, axis=0)
+        b_M_im += tl.sum(b_b_im, axis=0)
+        # ------------------------------------------- (5)-(6) retrieval, scale, interleave, store
+        b_s = 1.0 / tl.sqrt(b_pos.to(tl.float32) + 1.0)  # [BT]
+        b_r_re = (b_Mt_re * b_q_re + b_Mt_im * b_q_im) * b_s[:, None]
+        b_r_im = (b_Mt_im * b_q_re - b_Mt_re * b_q_im) * b_s[:, None]
+        b_o = tl.reshape(tl.join(b_r_re, b_r_im), [BT, 2 * BD])  # [Re r_1, Im r_1, ...]
+        p_o = (i_b.to(tl.int64) * T + rows.to(tl.int64))[:, None] * (H * 2 * D) + i_h * 2 * D + offs_o[None, :]
+        tl.store(o + p_o, b_o.to(o.dtype.element_ty), mask=mask_t[:, None] & mask_o[None, :])
+    if STORE_HT:
+        tl.store(ht + p_state, b_M_re, mask=mask_d)
+        tl.store(ht + p_state + 1, b_M_im, mask=mask_d)
+
+
+@triton.heuristics({
+    "HAS_DHT": lambda args: args["dht"] is not None,
+    "STORE_DH0": lambda args: args["dh0"] is not None,
+})
+@triton.jit(do_not_specialize=["T"])
+def _holographic_chunk_bwd_kernel(
+    ap, am, qr, qi, freqs, t0, ck, do, dht, dap, dam, dqr, dqi, dh0,
+    stride_b, stride_t, stride_h, T, H, D,
+    BT: tl.constexpr, BD: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+):
+    """Gradients of a_phase, a_mag, q_re, q_im (and of M_{-1}): the chunks in reverse (card)."""
+    # -------------------------------------------------------------- map program -> lanes of (b, h)
+    i_d, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    NT = tl.cdiv(T, BT)
+    offs_d = i_d * BD + tl.arange(0, BD)
+    mask_d = offs_d < D
+    offs_t = tl.arange(0, BT)
+    offs_o = i_d * 2 * BD + tl.arange(0, 2 * BD)
+    mask_o = offs_o < 2 * D
+    b_n = tl.load(freqs + i_h * D + offs_d, mask=mask_d, other=0)
+    b_t0 = tl.load(t0 + i_b).to(tl.int32)
+    p_base = i_b.to(tl.int64) * stride_b + i_h * stride_h
+    p_state = (i_bh * D + offs_d) * 2
+    # ----------------------------------------------- the carried gradient of M, from dM_T, fp32
+    b_gM_re = tl.zeros([BD], dtype=tl.float32)
+    b_gM_im = tl.zeros([BD], dtype=tl.float32)
+    if HAS_DHT:
+        b_gM_re = tl.load(dht + p_state, mask=mask_d, other=0.0)
+        b_gM_im = tl.load(dht + p_state + 1, mask=mask_d, other=0.0)
+    for i in range(0, NT):
+        i_t = NT - 1 - i
+        # ------------------------------------------------------------------------------- load
+        rows = i_t * BT + offs_t
+        mask_t = rows < T
+        mask = mask_t[:, None] & mask_d[None, :]
+        p_x = p_base + rows.to(tl.int64)[:, None] * stride_t + offs_d[None, :]
+        b_ap = tl.load(ap + p_x, mask=mask, other=0.0).to(tl.float32)
+        b_am = tl.load(am + p_x, mask=mask, other=0.0).to(tl.float32)
+        b_q_re = tl.load(qr + p_x, mask=mask, other=0.0).to(tl.float32)
+        b_q_im = tl.load(qi + p_x, mask=mask, other=0.0).to(tl.float32)
+        p_o = (i_b.to(tl.int64) * T + rows.to(tl.int64))[:, None] * (H * 2 * D) + i_h * 2 * D + offs_o[None, :]
+        b_do = tl.load(do + p_o, mask=mask_t[:, None] & mask_o[None, :], other=0.0).to(tl.float32)
+        b_do_re, b_do_im = tl.split(tl.reshape(b_do, [BT, BD, 2]))  # de-interleave (6)
+        p_ck = ((i_bh * NT + i_t) * 2) * D + offs_d
+        b_Mc_re = tl.load(ck + p_ck, mask=mask_d, other=0.0)
+        b_Mc_im = tl.load(ck + p_ck + D, mask=mask_d, other=0.0)
+        # ------------------------------------------------ recompute (1)-(3) and (7), as forward
+        b_pos = b_t0 + rows
+        b_m, b_tanh, b_phi = _bound_token(b_ap, b_am, b_pos, b_n)
+        b_m = tl.where(mask, b_m, 0.0)
+        b_cos, b_sin = tl.cos(b_phi), tl.sin(b_phi)
+        b_Mt_re = b_Mc_re[None, :] + tl.cumsum(b_m * b_cos, axis=0)  # [BT, BD]
+        b_Mt_im = b_Mc_im[None, :] + tl.cumsum(b_m * b_sin, axis=0)
+        # --------------------------------------------------- (5) g_r, dq = M ⊙ conj(g_r)
+        b_s = 1.0 / tl.sqrt(b_pos.to(tl.float32) + 1.0)
+        b_g_re = b_do_re * b_s[:, None]
+        b_g_im = b_do_im * b_s[:, None]
+        b_dq_re = b_Mt_re * b_g_re + b_Mt_im * b_g_im
+        b_dq_im = b_Mt_im * b_g_re - b_Mt_re * b_g_im
+        # ------------------------------ (4)/(7) g_M = g_r ⊙ q; g_b = reverse cumsum + carry
+        b_gMt_re = b_g_re * b_q_re - b_g_im * b_q_im
+        b_gMt_im = b_g_re * b_q_im + b_g_im * b_q_re
+        b_gb_re = b_gM_re[None, :] + tl.cumsum(b_gMt_re, axis=0, reverse=True)
+        b_gb_im = b_gM_im[None, :] + tl.cumsum(b_gMt_im, axis=0, reverse=True)
+        b_gM_re += tl.sum(b_gMt_re, axis=0)
+        b_gM_im += tl.sum(b_gMt_im, axis=0)
+        # ------------------------------------ (1)-(3) through b = |b|·e^{iφ}: w = g_b ⊙ e^{-iφ}
+        b_w_re = b_gb_re * b_cos + b_gb_im * b_sin
+        b_w_im = b_gb_im * b_cos - b_gb_re * b_sin
+        b_dam = b_w_re * b_m * (1 - b_m)
+        b_dap = b_m * b_w_im * PI * (1 - b_tanh * b_tanh)
+        # ------------------------------------------------------------------------------ store
+        dt = dap.dtype.element_ty
+        p_g = (i_b.to(tl.int64) * T + rows.to(tl.int64))[:, None] * (H * D) + i_h * D + offs_d[None, :]
+        tl.store(dap + p_g, b_dap.to(dt), mask=mask)
+        tl.store(dam + p_g, b_dam.to(dt), mask=mask)
+        tl.store(dqr + p_g, b_dq_re.to(dt), mask=mask)
+        tl.store(dqi + p_g, b_dq_im.to(dt), mask=mask)
+    if STORE_DH0:
+        tl.store(dh0 + p_state, b_gM_re, mask=mask_d)
+        tl.store(dh0 + p_state + 1, b_gM_im, mask=mask_d)
+
+
+# ------------------------------------------------------------------------------------------------
+# Host launchers
+# ------------------------------------------------------------------------------------------------
+def _shared_strides(xs):
+    """The four inputs are usually views of one projection (same strides, unit lane stride); else copy."""
+    s = xs[0].stride()
+    if s[3] == 1 and all(x.stride() == s for x in xs):
+        return xs, s
+    xs = [x.contiguous() for x in xs]
+    return xs, xs[0].stride()
+
+
+def _freqs_int32(freqs):
+    """n_k in [0, 2³²) as the int32 with the same low 32 bits: the kernel's product wraps mod 2³²."""
+    return ((freqs + 2**31) % 2**32 - 2**31).to(torch.int32).contiguous()
+
+
+def _holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, output_final_state, chunk_size):
+    (ap, am, qr, qi), (sb, st, sh, _) = _shared_strides([ap, am, qr, qi])
+    B, T, H, D = ap.shape
+    BT = chunk_size
+    BD, num_warps = _tile_rule(D, BT)
+    NT = triton.cdiv(T, BT)
+    o = ap.new_empty(B, T, H, 2 * D)
+    ht = ap.new_empty(B, H, D, 2, dtype=torch.float32) if output_final_state else None
+    ck = ap.new_empty(B, H, NT, 2, D, dtype=torch.float32)
+    grid = (triton.cdiv(D, BD), B * H)
+    _holographic_chunk_fwd_kernel[grid](ap, am, qr, qi, _freqs_int32(freqs), t0, h0, o, ht, ck, sb, st, sh,
+                                        T, H, D, BT=BT, BD=BD, num_warps=num_warps)
+    return o, ht, ck
+
+
+def _holographic_chunk_bwd(do, dht, ap, am, qr, qi, freqs, t0, ck, has_h0, chunk_size):
+    (ap, am, qr, qi), (sb, st, sh, _) = _shared_strides([ap, am, qr, qi])
+    B, T, H, D = ap.shape
+    BT = chunk_size
+    BD, num_warps = _tile_rule(D, BT)
+    dap, dam, dqr, dqi = (torch.empty(B, T, H, D, dtype=ap.dtype, device=ap.device) for _ in range(4))
+    dh0 = ap.new_empty(B, H, D, 2, dtype=torch.float32) if has_h0 else None
+    grid = (triton.cdiv(D, BD), B * H)
+    _holographic_chunk_bwd_kernel[grid](ap, am, qr, qi, _freqs_int32(freqs), t0, ck, do.contiguous(), dht, dap, dam,
+                                        dqr, dqi, dh0, sb, st, sh, T, H, D, BT=BT, BD=BD, num_warps=num_warps)
+    return dap, dam, dqr, dqi, dh0
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom ops (torch.compile sees one op each way) and autograd
+# ------------------------------------------------------------------------------------------------
+@torch.library.custom_op("zoo::holographic_chunk_fwd", mutates_args=())
+def _chunk_fwd_op(ap: torch.Tensor, am: torch.Tensor, qr: torch.Tensor, qi: torch.Tensor, freqs: torch.Tensor,
+                  t0: torch.Tensor, h0: torch.Tensor | None, output_final_state: bool,
+                  chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    h0 = None if h0 is None else h0.float().contiguous()
+    o, ht, ck = _holographic_chunk_fwd(ap, am, qr, qi, freqs, t0.contiguous(), h0, output_final_state, chunk_size)
+    return o, (ap.new_empty(0, dtype=torch.float32) if ht is None else ht), ck
+
+
+@_chunk_fwd_op.register_fake
+def _(ap, am, qr, qi, freqs, t0, h0, output_final_state, chunk_size):
+    B, T, H, D = ap.shape
+    ht = ap.new_empty(B, H, D, 2, dtype=torch.float32) if output_final_state else ap.new_empty(0, dtype=torch.float32)
+    ck = ap.new_empty(B, H, -(-T // chunk_size), 2, D, dtype=torch.float32)
+    return ap.new_empty(B, T, H, 2 * D), ht, ck
+
+
+@torch.library.custom_op("zoo::holographic_chunk_bwd", mutates_args=())
+def _chunk_bwd_op(do: torch.Tensor, dht: torch.Tensor | None, ap: torch.Tensor, am: torch.Tensor, qr: torch.Tensor,
+                  qi: torch.Tensor, freqs: torch.Tensor, t0: torch.Tensor, ck: torch.Tensor, has_h0: bool,
+                  chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dht = None if dht is None else dht.float().contiguous()
+    dap, dam, dqr, dqi, dh0 = _holographic_chunk_bwd(do, dht, ap, am, qr, qi, freqs, t0.contiguous(), ck, has_h0,
+                                                     chunk_size)
+    return dap, dam, dqr, dqi, (ap.new_empty(0, dtype=torch.float32) if dh0 is None else dh0)
+
+
+@_chunk_bwd_op.register_fake
+def _(do, dht, ap, am, qr, qi, freqs, t0, ck, has_h0, chunk_size):
+    B, T, H, D = ap.shape
+    dh0 = ap.new_empty(B, H, D, 2, dtype=torch.float32) if has_h0 else ap.new_empty(0, dtype=torch.float32)
+    return tuple(ap.new_empty(B, T, H, D) for _ in range(4)) + (dh0,)
+
+
+def _setup_context(ctx, inputs, output):
+    ap, am, qr, qi, freqs, t0, h0, _, chunk_size = inputs
+    ctx.save_for_backward(ap, am, qr, qi, freqs, t0, output[2])
+    ctx.has_h0, ctx.h0_dtype, ctx.chunk_size = h0 is not None, None if h0 is None else h0.dtype, chunk_size
+
+
+def _backward(ctx, do, dht, dck):
+    ap, am, qr, qi, freqs, t0, ck = ctx.saved_tensors
+    dht = None if dht is None or dht.numel() == 0 else dht
+    dap, dam, dqr, dqi, dh0 = torch.ops.zoo.holographic_chunk_bwd(do, dht, ap, am, qr, qi, freqs, t0, ck,
+                                                                  ctx.has_h0, ctx.chunk_size)
+    dh0 = dh0.to(ctx.h0_dtype) if ctx.has_h0 else None
+    return dap, dam, dqr, dqi, None, None, dh0, None, None
+
+
+torch.library.register_autograd("zoo::holographic_chunk_fwd", _backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public op: the zoo's name and signature
+# ------------------------------------------------------------------------------------------------
+def holographic_chunk(a_phase, a_mag, q_re, q_im, freqs, *, initial_state=None, output_final_state=False,
+                      chunk_size=64):
+    """zoo.holographic.holographic_chunk in Triton, forward and backward. Returns (o [B, T, H, 2D]
+    in the input dtype, final_state (M [B, H, D, 2] float32, t [B] int64) or None)."""
+    B, T, H, D = check_inputs(a_phase, a_mag, q_re, q_im, freqs, initial_state, chunk_size)
+    if a_phase.device.type == "cpu" and not INTERPRET:
+        raise ValueError("fast.holographic got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 "
+                         "before importing fast.holographic to run the kernels in Triton's interpreter")
+    if a_phase.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"a_phase, a_mag, q_re, q_im must be float16, bfloat16 or float32 for the Triton "
+                        f"kernels, got {a_phase.dtype} (zoo.holographic computes in any float dtype)")
+    if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
+        raise ValueError(f"chunk_size must be a power of two in [{MIN_CHUNK}, {MAX_CHUNK}], got {chunk_size}")
+    if initial_state is None:
+        h0, t0 = None, torch.zeros(B, dtype=torch.int64, device=a_phase.device)
+    else:
+        h0, t0 = initial_state
+    o, ht, _ = torch.ops.zoo.holographic_chunk_fwd(a_phase, a_mag, q_re, q_im, freqs, t0, h0, output_final_state,
+                                                   chunk_size)
+    return o, ((ht, t0 + T) if output_final_state else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The layer: the zoo layer with the op swapped (same parameters, same state dict)
+# ------------------------------------------------------------------------------------------------
+class LongAttention(zh.LongAttention):
+    """zoo.holographic.LongAttention running the Triton chunk op (decoding keeps the zoo's
+    recurrent form: one token is a handful of element-wise ops; form="parallel" keeps the oracle)."""
+
+    chunk_op = staticmethod(holographic_chunk)
+
+
+__all__ = ["holographic_chunk", "LongAttention"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Benchmark (GPU): python -m fast.holographic
+# ------------------------------------------------------------------------------------------------
+def _benchmark(B=4, T=8192, H=1, D=8192, dtype=torch.bfloat16, device="cuda"):
+    """Forward and forward + backward at the headline size against the memory floor."""
+    from triton.testing import do_bench
+
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(B, T, 4 * H * D, device=device, dtype=dtype, generator=g)
+    ap, am, qr, qi = (z.view(B, T, H, D) for z in x.chunk(4, dim=-1))  # a projection's views, as in the layer
+    freqs = zh.random_frequencies(H, D, 0).to(device)
+    elt = torch.finfo(dtype).bits // 8
+    floor = (4 + 2) * B * T * H * D * elt / 3.35e12 * 1e3
+    for L in (16, 32, 64):
+        ms = do_bench(lambda: holographic_chunk(ap, am, qr, qi, freqs, chunk_size=L))
+        print(f"forward, chunk {L}: {ms:.3f} ms; floor (12 B per token-lane at 3.35 TB/s) {floor:.3f} ms: "
+              f"{ms / floor:.2f}x")
+    leaves = [z.detach().requires_grad_() for z in (ap, am, qr, qi)]
+    o, _ = holographic_chunk(*leaves, freqs)
+    do = torch.randn_like(o)
+    ms_b = do_bench(lambda: torch.autograd.grad(o, leaves, do, retain_graph=True))
+    floor_b = (4 + 2 + 4) * B * T * H * D * elt / 3.35e12 * 1e3
+    print(f"backward {ms_b:.3f} ms; floor (20 B per token-lane) {floor_b:.3f} ms: {ms_b / floor_b:.2f}x")
+
+
+if __name__ == "__main__":
+    _benchmark()
