@@ -35,16 +35,17 @@ The recurrent op (decoding) has its own token-loop kernel, forward only; its gra
 backward, since both forms compute the same function.
 
 Cost at the target size (bf16, B·T = 32768, H = 16, D = 64, M = 256, causal): inputs q, k, v and
-the output: 4 × 67 MB; atomics: M/BM = 4 programs add [T, V] fp32 shares (4 × 134 MB of
-read-modify-write, mostly in L2 since the four programs of one head run together). FLOPs per
-token and head: 2·(2·D·BM)·NM (phases) + 2·BT·2M (A) + 2·BT·V (A v) + 2·2M·V·2 (read-out and
-state) ≈ 0.26 MFLOP: ~140 GFLOP in all, tensor-core work of ~0.3 ms at tf32 rates; plus
-2·T·M cos/sin pairs per head on the SFUs.
+the output: 4 × 67 MB; atomics: M/BM = 8 programs add [T, V] fp32 shares (8 × 134 MB of
+read-modify-write, mostly in L2 since the programs of one head run together: the price of keeping
+the state slice in registers). FLOPs per token and head: 2·(2·D·M) for the phases (three tf32
+passes each), 2·BT·2M (A), 2·BT·V (A v), 2·2M·V·2 (read-out and state): ~0.2 MFLOP, ~110 GFLOP in
+all; plus 2·T·M cos/sin pairs per head on the SFUs.
 
 Tile rule (no autotuning; nothing keyed on T or B): V sits in one tile (BV = next power of two
->= 16, V <= 256), the frequencies take the rest of a register budget of 8192 fp32 state elements
-(S_c and S_s: 2·BM·BV): BM = 64 at V = 64. BT = chunk_size (64). num_warps 8 (the state and four [BT, BM] feature
-blocks live in registers), num_stages 2.
+>= 16, V <= 256), the frequencies take the rest of a register budget of 4096 fp32 state elements
+(S_c and S_s: 2·BM·BV): BM = 32 at V = 64 (16 in the backward, which also holds dS).
+BT = min(chunk_size, 32): see MAX_BT for the ptxas register counts that chose it. num_warps 8,
+num_stages 2.
 
 Naming legend (fla's prefixes, STYLE rule 29):
     i_   program ids and loop indices (i_m frequency tile, i_bh batch·head, i_t chunk)
@@ -66,7 +67,12 @@ import zoo.hrc_la as zhrc
 from zoo.hrc_la import EPS_DENOMINATOR, HRCMultiheadAttention as _ZooLayer, _check_inputs
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
-STATE_ELEMENTS = 8192  # fp32 state elements per program (S_c and S_s): 64 registers a thread at 4 warps
+STATE_ELEMENTS = 4096  # fp32 state elements per program (S_c and S_s): 16 registers a thread at 8 warps
+# The kernels' chunk is at most 32 tokens, whatever chunk_size asks (the result is the same function;
+# only the summation order moves). ptxas for sm_90 (Triton 3.9, V = 64): at 64 the [BT, BT] and
+# [BT, BM] blocks beside the state take 255 registers and spill 1-3 KB a thread; at 32 the forward
+# fits (HRC-LA 240 registers, no spill; FAVOR+ 48 bytes of spill), the backward spills ~0.5 KB.
+MAX_BT = 32
 MAX_V = 256  # V sits in one tile
 MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
 # Phases θ = u Ωᵀ (and their gradients) at fp32 accuracy: plain tf32 (10-bit mantissa) would move
@@ -185,14 +191,14 @@ def _hrc_la_chunk_fwd_kernel(
             b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))  # mask, then exp
             b_A = (tl.dot(b_cq, tl.trans(b_ck)) + tl.dot(b_sq, tl.trans(b_sk))) * b_G  # [BT, BT]
             # (5) inter-chunk: the state at scale c⁻, brought to c_t
-            b_dec = tl.where(mask_t, tl.exp(b_crun - b_c), 0.0)  # [BT]
+            b_dec = tl.exp(tl.where(mask_t, b_crun - b_c, float("-inf")))  # [BT]
             b_o = tl.dot(b_A, b_v) + b_dec[:, None] * (tl.dot(b_cq, b_Sc) + tl.dot(b_sq, b_Ss))
             b_d = tl.sum(b_A, 1) + b_dec * (tl.sum(b_cq * b_zc[None, :], 1) + tl.sum(b_sq * b_zs[None, :], 1))
             if first:
                 tl.store(mass + p_t, tl.sum(b_G * b_e[None, :], 1) + b_dec * b_n, mask=mask_t)
             # (4) state pass: to the scale of the chunk's last token
             b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
-            b_gl = tl.where(mask_t, tl.exp(b_c - b_clast), 0.0)  # e^{c_j − c_last} [BT]
+            b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))  # e^{c_j − c_last} [BT]
             b_dS = tl.exp(b_crun - b_clast)
             b_Sc = b_Sc * b_dS + tl.dot(tl.trans(b_ck * b_gl[:, None]), b_v)
             b_Ss = b_Ss * b_dS + tl.dot(tl.trans(b_sk * b_gl[:, None]), b_v)
@@ -316,11 +322,11 @@ def _hrc_la_chunk_bwd_kernel(
             mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
             b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
             b_dA = (tl.dot(b_dn, tl.trans(b_v)) + b_dd[:, None]) * b_G  # (ĝ_t·ṽ_j) Γ_tj
-            b_dec = tl.where(mask_t, tl.exp(b_crun - b_c), 0.0)
+            b_dec = tl.exp(tl.where(mask_t, b_crun - b_c, float("-inf")))
             b_dcq = tl.dot(b_dA, b_ck) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_Sc)) + b_dd[:, None] * b_zc[None, :])
             b_dsq = tl.dot(b_dA, b_sk) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_Ss)) + b_dd[:, None] * b_zs[None, :])
             b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
-            b_gl = tl.where(mask_t, tl.exp(b_c - b_clast), 0.0)
+            b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))
             b_dS = tl.exp(b_crun - b_clast)
             b_Sc = b_Sc * b_dS + tl.dot(tl.trans(b_ck * b_gl[:, None]), b_v)
             b_Ss = b_Ss * b_dS + tl.dot(tl.trans(b_sk * b_gl[:, None]), b_v)
@@ -366,14 +372,14 @@ def _hrc_la_chunk_bwd_kernel(
             b_dA = (tl.dot(b_dn, tl.trans(b_v)) + b_dd[:, None]) * b_G
             b_A = (tl.dot(b_cq, tl.trans(b_ck)) + tl.dot(b_sq, tl.trans(b_sk))) * b_G
             b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
-            b_gl = tl.where(mask_t, tl.exp(b_c - b_clast), 0.0)  # keys' weight at the chunk end's scale
+            b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))  # keys' weight at the chunk end's scale
             b_dck = tl.dot(tl.trans(b_dA), b_cq) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dSc)) + b_dzc[None, :])
             b_dsk = tl.dot(tl.trans(b_dA), b_sq) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dSs)) + b_dzs[None, :])
             b_dv = tl.dot(tl.trans(b_A), b_dn) + b_gl[:, None] * (tl.dot(b_ck, b_dSc) + tl.dot(b_sk, b_dSs))
             # carry dS to the scale of the previous chunk's end (c0 before the first chunk)
             p_prev = (row0 + tl.maximum(i_t * BT - 1, 0)) * H + i_h
             b_cprev = tl.where(i_t > 0, tl.load(c + p_prev), b_c0)
-            b_gq = tl.where(mask_t, tl.exp(b_cprev - b_c), 0.0)
+            b_gq = tl.exp(tl.where(mask_t, b_cprev - b_c, float("-inf")))
             b_dS = tl.exp(b_cprev - b_clast)
             b_dSc = b_dSc * b_dS + tl.dot(tl.trans(b_cq * b_gq[:, None]), b_dn)
             b_dSs = b_dSs * b_dS + tl.dot(tl.trans(b_sq * b_gq[:, None]), b_dn)
@@ -519,7 +525,7 @@ def _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_
         _hrc_la_recurrent_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BK=BK, BV=BV, BM=BM, CAUSAL=causal,
                                                    num_warps=num_warps)
     else:
-        _hrc_la_chunk_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BT=chunk_size, BK=BK, BV=BV, BM=BM,
+        _hrc_la_chunk_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM,
                                                CAUSAL=causal, ATOMIC=atomic, num_warps=num_warps,
                                                num_stages=num_stages)
     return num, den, mass, ht, zt, nt
@@ -538,7 +544,7 @@ def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, cau
     dz0 = torch.empty(B, H, 2 * M, **f32) if h0 is not None else None
     _hrc_la_chunk_bwd_kernel[(triton.cdiv(M, BM), B * H)](
         q, k, v, omega, a, c, dnum, dden, h0, z0, c0, dht, dzt, dq, dk, dv, da, domega, dh0, dz0,
-        s_u, M ** -0.5, T, H, K=K, V=V, M=M, BT=chunk_size, BK=BK, BV=BV, BM=BM, CAUSAL=causal,
+        s_u, M ** -0.5, T, H, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM, CAUSAL=causal,
         num_warps=num_warps, num_stages=num_stages)
     return dq, dk, dv, da, domega.sum(0), dh0, dz0
 

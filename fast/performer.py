@@ -28,9 +28,9 @@ tile) and summed over the batch on the host. Nothing but the inputs is saved for
 The recurrent op (decoding) has a token-loop kernel, forward only; its gradient is the chunk backward.
 
 Tile rule (no autotuning; nothing keyed on T or B): V in one tile (BV = next power of two >= 16,
-V <= 256), BM from a register budget of 8192 fp32 state elements (BM·BV): BM = 128 at V = 64.
-BT = chunk_size (64). num_warps 8 (the state and four [BT, BM] feature
-blocks live in registers), num_stages 2.
+V <= 256), BM from a register budget of 4096 fp32 state elements (BM·BV): BM = 64 at V = 64 (32
+in the backward, which also holds dS). BT = min(chunk_size, 32): see MAX_BT for the ptxas register
+counts that chose it. num_warps 8, num_stages 2.
 
 Naming legend (fla's prefixes, STYLE rule 29):
     i_   program ids and loop indices (i_m frequency tile, i_bh batch·head, i_t chunk)
@@ -51,7 +51,12 @@ import zoo.performer as zperf
 from zoo.performer import EPS_DENOMINATOR, PerformerAttention as _ZooLayer, _check_inputs
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
-STATE_ELEMENTS = 8192  # fp32 state elements per program: 64 registers a thread at 4 warps
+STATE_ELEMENTS = 4096  # fp32 state elements per program: 16 registers a thread at 8 warps
+# The kernels' chunk is at most 32 tokens, whatever chunk_size asks (the result is the same function;
+# only the summation order moves). ptxas for sm_90 (Triton 3.9, V = 64): at 64 the [BT, BT] and
+# [BT, BM] blocks beside the state take 255 registers and spill 1-3 KB a thread; at 32 the forward
+# fits (HRC-LA 240 registers, no spill; FAVOR+ 48 bytes of spill), the backward spills ~0.5 KB.
+MAX_BT = 32
 MAX_V = 256  # V sits in one tile
 MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
 # Phases θ = u Ωᵀ (and their gradients) at fp32 accuracy: plain tf32 (10-bit mantissa) would move
@@ -184,12 +189,12 @@ def _performer_chunk_fwd_kernel(
             b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))  # mask, then exp
             b_A = tl.dot(b_q, tl.trans(b_k)) * b_G  # [BT, BT]
             # (5) inter-chunk: the state at scale c⁻, brought to c_t
-            b_dec = tl.where(mask_t, tl.exp(b_crun - b_c), 0.0)
+            b_dec = tl.exp(tl.where(mask_t, b_crun - b_c, float("-inf")))
             b_o = tl.dot(b_A, b_v) + b_dec[:, None] * tl.dot(b_q, b_S)
             b_d = tl.sum(b_A, 1) + b_dec * tl.sum(b_q * b_z[None, :], 1)
             # (4) state pass: to the scale of the chunk's last token
             b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
-            b_gl = tl.where(mask_t, tl.exp(b_c - b_clast), 0.0)
+            b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))
             b_dS = tl.exp(b_crun - b_clast)
             b_S = b_S * b_dS + tl.dot(tl.trans(b_k * b_gl[:, None]), b_v)
             b_z = b_z * b_dS + tl.sum(b_k * b_gl[:, None], 0)
@@ -287,10 +292,10 @@ def _performer_chunk_bwd_kernel(
             mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
             b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
             b_dA = (tl.dot(b_dn, tl.trans(b_v)) + b_dd[:, None]) * b_G  # (ĝ_t·ṽ_j) Γ_tj
-            b_dec = tl.where(mask_t, tl.exp(b_crun - b_c), 0.0)
+            b_dec = tl.exp(tl.where(mask_t, b_crun - b_c, float("-inf")))
             b_dq = tl.dot(b_dA, b_k) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_S)) + b_dd[:, None] * b_z[None, :])
             b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
-            b_gl = tl.where(mask_t, tl.exp(b_c - b_clast), 0.0)
+            b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))
             b_dS = tl.exp(b_crun - b_clast)
             b_S = b_S * b_dS + tl.dot(tl.trans(b_k * b_gl[:, None]), b_v)
             b_z = b_z * b_dS + tl.sum(b_k * b_gl[:, None], 0)
@@ -327,13 +332,13 @@ def _performer_chunk_bwd_kernel(
             b_dA = (tl.dot(b_dn, tl.trans(b_v)) + b_dd[:, None]) * b_G
             b_A = tl.dot(b_q, tl.trans(b_k)) * b_G
             b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
-            b_gl = tl.where(mask_t, tl.exp(b_c - b_clast), 0.0)
+            b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))
             b_dk = tl.dot(tl.trans(b_dA), b_q) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dS_)) + b_dz_[None, :])
             b_dv = tl.dot(tl.trans(b_A), b_dn) + b_gl[:, None] * tl.dot(b_k, b_dS_)
             # carry dS to the scale of the previous chunk's end (c0 before the first chunk)
             p_prev = (row0 + tl.maximum(i_t * BT - 1, 0)) * H + i_h
             b_cprev = tl.where(i_t > 0, tl.load(c + p_prev), b_c0)
-            b_gq = tl.where(mask_t, tl.exp(b_cprev - b_c), 0.0)
+            b_gq = tl.exp(tl.where(mask_t, b_cprev - b_c, float("-inf")))
             b_dS = tl.exp(b_cprev - b_clast)
             b_dS_ = b_dS_ * b_dS + tl.dot(tl.trans(b_q * b_gq[:, None]), b_dn)
             b_dz_ = b_dz_ * b_dS + tl.sum(b_q * (b_gq * b_dd)[:, None], 0)
@@ -462,7 +467,7 @@ def _launch_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_st
         _performer_recurrent_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BK=BK, BV=BV, BM=BM, CAUSAL=causal,
                                                       num_warps=num_warps)
     else:
-        _performer_chunk_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BT=chunk_size, BK=BK, BV=BV, BM=BM,
+        _performer_chunk_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM,
                                                   CAUSAL=causal, ATOMIC=atomic, num_warps=num_warps,
                                                   num_stages=num_stages)
     return num, den, ht, zt
@@ -480,7 +485,7 @@ def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u, c
     dz0 = torch.empty(B, H, M, **f32) if h0 is not None else None
     _performer_chunk_bwd_kernel[(triton.cdiv(M, BM), B * H)](
         q, k, v, omega, a_q, c, dnum, dden, h0, z0, c0, dht, dzt, dq, dk, dv, domega, dh0, dz0,
-        s_u, M ** -0.5, T, H, K=K, V=V, M=M, BT=chunk_size, BK=BK, BV=BV, BM=BM, CAUSAL=causal,
+        s_u, M ** -0.5, T, H, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM, CAUSAL=causal,
         num_warps=num_warps, num_stages=num_stages)
     return dq, dk, dv, domega.sum(0), dh0, dz0
 
