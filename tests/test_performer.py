@@ -235,6 +235,19 @@ def _grads_qkv(op, q, k, v, omega):
     o.backward(randn(1, *o.shape, dtype=o.dtype, device=o.device))
     return q.grad, k.grad, v.grad
 
+@pytest.mark.gpu
+def test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu():
+    torch.manual_seed(0)
+    ref = perf.PerformerAttention(256, 4, 256, causal=True).cuda()
+    layer = fast.PerformerAttention(256, 4, 256, causal=True).cuda()
+    layer.load_state_dict(ref.state_dict())
+    x = randn(1, 2, 300, 256, dtype=torch.float32, device="cuda")
+    dy = randn(2, 2, 300, 256, dtype=torch.float32, device="cuda")
+    (ref(x) * dy).sum().backward()
+    (layer(x) * dy).sum().backward()
+    for (n, p), (_, pf) in zip(ref.named_parameters(), layer.named_parameters()):
+        assert_close(pf.grad, p.grad, grad_tol(TOL["f32-gpu"]), n)
+
 # ------------------------------------------------------------------------------------------------
 # 4. Causality
 # ------------------------------------------------------------------------------------------------
