@@ -45,6 +45,10 @@ MATCHED = {
     "based": {"feature_dim": 8},  # (1 + 8 + 8²)·(D + 1) = 4745 Taylor features
     "sliding_window_attention": {"window": 32},  # 2·window·C = 4096
     "softmax_attention": {},  # 2·T·C = 8192 at T = 64: the cache grows with T
+    "hyper_attention": {},  # a KV cache like softmax's; at T = 64 < block_size it is exact attention
+    # Holographic's state is 2·hd_dim + 1; matching 4k would take hd_dim = 2048, a 64 -> 8192
+    # projection too slow for the CPU config, so it runs at its default hd_dim = 4·C (state 513).
+    "holographic": {},
 }
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
