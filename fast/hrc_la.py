@@ -93,6 +93,13 @@ def _tile_rule(K: int, V: int, M: int):
     return BK, BV, BM, 8, 2  # 8 warps: the state and four [BT, BM] feature blocks live in registers
 
 
+def _dot_precision(q):
+    """The chunk kernels' tl.dot precision: fp32 inputs get tf32x3 (fp32-accurate: a trigonometric
+    normaliser cancels, and plain tf32 would leave ~1e-2 relative errors there); fp16/bf16 inputs,
+    already rounded to 8-11 bits, get plain tf32."""
+    return "tf32x3" if q.dtype == torch.float32 else "tf32"
+
+
 # ------------------------------------------------------------------------------------------------
 # Kernels
 # ------------------------------------------------------------------------------------------------
@@ -116,6 +123,7 @@ def _hrc_la_chunk_fwd_kernel(
     s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
     CAUSAL: tl.constexpr, ATOMIC: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     """This tile's share of num_t = Re(φ̂_tᵀS_t), den_t = Re(φ̂_tᵀz_t) (zoo (5)); n_t from tile 0."""
     # -- map the program to a frequency tile of one (batch, head) ----------------------------------
@@ -165,8 +173,8 @@ def _hrc_la_chunk_fwd_kernel(
             b_sk = tl.sin(b_th) * b_w[:, None] * b_rm[None, :]
             b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
                           other=0.0).to(tl.float32)
-            b_Sc += tl.dot(tl.trans(b_ck), b_v)  # (4) Σ_j w_j conj φ̂(k_j) v_jᵀ, real part
-            b_Ss += tl.dot(tl.trans(b_sk), b_v)  # minus the imaginary part
+            b_Sc += tl.dot(tl.trans(b_ck), b_v, input_precision=DOT)  # (4) Σ_j w_j conj φ̂(k_j) v_jᵀ, real part
+            b_Ss += tl.dot(tl.trans(b_sk), b_v, input_precision=DOT)  # minus the imaginary part
             b_zc += tl.sum(b_ck, 0)
             b_zs += tl.sum(b_sk, 0)
             b_n += tl.sum(b_w, 0)
@@ -189,10 +197,10 @@ def _hrc_la_chunk_fwd_kernel(
             # (3) intra-chunk: Γ_tj = e^{c_j − c_t} for j <= t, so A_tj = Re(φ̂_t conj φ̂_j)·e^{a_j − c_t}
             mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
             b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))  # mask, then exp
-            b_A = (tl.dot(b_cq, tl.trans(b_ck)) + tl.dot(b_sq, tl.trans(b_sk))) * b_G  # [BT, BT]
+            b_A = (tl.dot(b_cq, tl.trans(b_ck), input_precision=DOT) + tl.dot(b_sq, tl.trans(b_sk), input_precision=DOT)) * b_G  # [BT, BT]
             # (5) inter-chunk: the state at scale c⁻, brought to c_t
             b_dec = tl.exp(tl.where(mask_t, b_crun - b_c, float("-inf")))  # [BT]
-            b_o = tl.dot(b_A, b_v) + b_dec[:, None] * (tl.dot(b_cq, b_Sc) + tl.dot(b_sq, b_Ss))
+            b_o = tl.dot(b_A, b_v, input_precision=DOT) + b_dec[:, None] * (tl.dot(b_cq, b_Sc, input_precision=DOT) + tl.dot(b_sq, b_Ss, input_precision=DOT))
             b_d = tl.sum(b_A, 1) + b_dec * (tl.sum(b_cq * b_zc[None, :], 1) + tl.sum(b_sq * b_zs[None, :], 1))
             if first:
                 tl.store(mass + p_t, tl.sum(b_G * b_e[None, :], 1) + b_dec * b_n, mask=mask_t)
@@ -200,14 +208,14 @@ def _hrc_la_chunk_fwd_kernel(
             b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
             b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))  # e^{c_j − c_last} [BT]
             b_dS = tl.exp(b_crun - b_clast)
-            b_Sc = b_Sc * b_dS + tl.dot(tl.trans(b_ck * b_gl[:, None]), b_v)
-            b_Ss = b_Ss * b_dS + tl.dot(tl.trans(b_sk * b_gl[:, None]), b_v)
+            b_Sc = b_Sc * b_dS + tl.dot(tl.trans(b_ck * b_gl[:, None]), b_v, input_precision=DOT)
+            b_Ss = b_Ss * b_dS + tl.dot(tl.trans(b_sk * b_gl[:, None]), b_v, input_precision=DOT)
             b_zc = b_zc * b_dS + tl.sum(b_ck * b_gl[:, None], 0)
             b_zs = b_zs * b_dS + tl.sum(b_sk * b_gl[:, None], 0)
             b_n = b_n * b_dS + tl.sum(b_e * b_gl, 0)
             b_crun = b_clast
         else:
-            b_o = tl.dot(b_cq, b_Sc) + tl.dot(b_sq, b_Ss)
+            b_o = tl.dot(b_cq, b_Sc, input_precision=DOT) + tl.dot(b_sq, b_Ss, input_precision=DOT)
             b_d = tl.sum(b_cq * b_zc[None, :], 1) + tl.sum(b_sq * b_zs[None, :], 1)
             if first:
                 tl.store(mass + p_t, tl.zeros([BT], dtype=tl.float32) + b_n, mask=mask_t)
@@ -241,7 +249,7 @@ def _hrc_la_chunk_bwd_kernel(
     dq, dk, dv, da, domega, dh0, dz0,  # fp32: [B, T, H, K] ×2, [B, T, H, V], [B, T, H] zeroed; [B, H, M, K]; ...
     s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, DOT: tl.constexpr,
 ):
     """This tile's share of dq, dk, dv, da, and its rows of dΩ, dh0, dz0 (the card's two sweeps)."""
     # -- map the program, as in the forward ----------------------------------------------------------
@@ -287,8 +295,8 @@ def _hrc_la_chunk_bwd_kernel(
             b_sk = tl.sin(b_th) * b_w[:, None] * b_rm[None, :]
             b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
                           other=0.0).to(tl.float32)
-            b_Sc += tl.dot(tl.trans(b_ck), b_v)
-            b_Ss += tl.dot(tl.trans(b_sk), b_v)
+            b_Sc += tl.dot(tl.trans(b_ck), b_v, input_precision=DOT)
+            b_Ss += tl.dot(tl.trans(b_sk), b_v, input_precision=DOT)
             b_zc += tl.sum(b_ck, 0)
             b_zs += tl.sum(b_sk, 0)
     # the gradient of the state, for sweep 2 (non-causal: every query's, summed here)
@@ -321,23 +329,23 @@ def _hrc_la_chunk_bwd_kernel(
                           other=0.0).to(tl.float32)
             mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
             b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
-            b_dA = (tl.dot(b_dn, tl.trans(b_v)) + b_dd[:, None]) * b_G  # (ĝ_t·ṽ_j) Γ_tj
+            b_dA = (tl.dot(b_dn, tl.trans(b_v), input_precision=DOT) + b_dd[:, None]) * b_G  # (ĝ_t·ṽ_j) Γ_tj
             b_dec = tl.exp(tl.where(mask_t, b_crun - b_c, float("-inf")))
-            b_dcq = tl.dot(b_dA, b_ck) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_Sc)) + b_dd[:, None] * b_zc[None, :])
-            b_dsq = tl.dot(b_dA, b_sk) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_Ss)) + b_dd[:, None] * b_zs[None, :])
+            b_dcq = tl.dot(b_dA, b_ck, input_precision=DOT) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_Sc), input_precision=DOT) + b_dd[:, None] * b_zc[None, :])
+            b_dsq = tl.dot(b_dA, b_sk, input_precision=DOT) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_Ss), input_precision=DOT) + b_dd[:, None] * b_zs[None, :])
             b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
             b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))
             b_dS = tl.exp(b_crun - b_clast)
-            b_Sc = b_Sc * b_dS + tl.dot(tl.trans(b_ck * b_gl[:, None]), b_v)
-            b_Ss = b_Ss * b_dS + tl.dot(tl.trans(b_sk * b_gl[:, None]), b_v)
+            b_Sc = b_Sc * b_dS + tl.dot(tl.trans(b_ck * b_gl[:, None]), b_v, input_precision=DOT)
+            b_Ss = b_Ss * b_dS + tl.dot(tl.trans(b_sk * b_gl[:, None]), b_v, input_precision=DOT)
             b_zc = b_zc * b_dS + tl.sum(b_ck * b_gl[:, None], 0)
             b_zs = b_zs * b_dS + tl.sum(b_sk * b_gl[:, None], 0)
             b_crun = b_clast
         else:
-            b_dcq = tl.dot(b_dn, tl.trans(b_Sc)) + b_dd[:, None] * b_zc[None, :]
-            b_dsq = tl.dot(b_dn, tl.trans(b_Ss)) + b_dd[:, None] * b_zs[None, :]
-            b_dSc += tl.dot(tl.trans(b_cq), b_dn)  # Σ_t φ̂(q_t) dnum_tᵀ, at the final scale
-            b_dSs += tl.dot(tl.trans(b_sq), b_dn)
+            b_dcq = tl.dot(b_dn, tl.trans(b_Sc), input_precision=DOT) + b_dd[:, None] * b_zc[None, :]
+            b_dsq = tl.dot(b_dn, tl.trans(b_Ss), input_precision=DOT) + b_dd[:, None] * b_zs[None, :]
+            b_dSc += tl.dot(tl.trans(b_cq), b_dn, input_precision=DOT)  # Σ_t φ̂(q_t) dnum_tᵀ, at the final scale
+            b_dSs += tl.dot(tl.trans(b_sq), b_dn, input_precision=DOT)
             b_dzc += tl.sum(b_cq * b_dd[:, None], 0)
             b_dzs += tl.sum(b_sq * b_dd[:, None], 0)
         # through φ̂(q) = (cos θ, sin θ)/√M and θ = u Ωᵀ
@@ -369,29 +377,29 @@ def _hrc_la_chunk_bwd_kernel(
             b_dd = tl.load(dden + p_t, mask=mask_t, other=0.0)
             mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
             b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
-            b_dA = (tl.dot(b_dn, tl.trans(b_v)) + b_dd[:, None]) * b_G
-            b_A = (tl.dot(b_cq, tl.trans(b_ck)) + tl.dot(b_sq, tl.trans(b_sk))) * b_G
+            b_dA = (tl.dot(b_dn, tl.trans(b_v), input_precision=DOT) + b_dd[:, None]) * b_G
+            b_A = (tl.dot(b_cq, tl.trans(b_ck), input_precision=DOT) + tl.dot(b_sq, tl.trans(b_sk), input_precision=DOT)) * b_G
             b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
             b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))  # keys' weight at the chunk end's scale
-            b_dck = tl.dot(tl.trans(b_dA), b_cq) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dSc)) + b_dzc[None, :])
-            b_dsk = tl.dot(tl.trans(b_dA), b_sq) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dSs)) + b_dzs[None, :])
-            b_dv = tl.dot(tl.trans(b_A), b_dn) + b_gl[:, None] * (tl.dot(b_ck, b_dSc) + tl.dot(b_sk, b_dSs))
+            b_dck = tl.dot(tl.trans(b_dA), b_cq, input_precision=DOT) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dSc), input_precision=DOT) + b_dzc[None, :])
+            b_dsk = tl.dot(tl.trans(b_dA), b_sq, input_precision=DOT) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dSs), input_precision=DOT) + b_dzs[None, :])
+            b_dv = tl.dot(tl.trans(b_A), b_dn, input_precision=DOT) + b_gl[:, None] * (tl.dot(b_ck, b_dSc, input_precision=DOT) + tl.dot(b_sk, b_dSs, input_precision=DOT))
             # carry dS to the scale of the previous chunk's end (c0 before the first chunk)
             p_prev = (row0 + tl.maximum(i_t * BT - 1, 0)) * H + i_h
             b_cprev = tl.where(i_t > 0, tl.load(c + p_prev), b_c0)
             b_gq = tl.exp(tl.where(mask_t, b_cprev - b_c, float("-inf")))
             b_dS = tl.exp(b_cprev - b_clast)
-            b_dSc = b_dSc * b_dS + tl.dot(tl.trans(b_cq * b_gq[:, None]), b_dn)
-            b_dSs = b_dSs * b_dS + tl.dot(tl.trans(b_sq * b_gq[:, None]), b_dn)
+            b_dSc = b_dSc * b_dS + tl.dot(tl.trans(b_cq * b_gq[:, None]), b_dn, input_precision=DOT)
+            b_dSs = b_dSs * b_dS + tl.dot(tl.trans(b_sq * b_gq[:, None]), b_dn, input_precision=DOT)
             b_dzc = b_dzc * b_dS + tl.sum(b_cq * (b_gq * b_dd)[:, None], 0)
             b_dzs = b_dzs * b_dS + tl.sum(b_sq * (b_gq * b_dd)[:, None], 0)
         else:
             b_e = tl.exp(b_a - b_cT)
             b_ck = b_cos * b_e[:, None] * b_rm[None, :]
             b_sk = b_sin * b_e[:, None] * b_rm[None, :]
-            b_dck = tl.dot(b_v, tl.trans(b_dSc)) + b_dzc[None, :]
-            b_dsk = tl.dot(b_v, tl.trans(b_dSs)) + b_dzs[None, :]
-            b_dv = tl.dot(b_ck, b_dSc) + tl.dot(b_sk, b_dSs)
+            b_dck = tl.dot(b_v, tl.trans(b_dSc), input_precision=DOT) + b_dzc[None, :]
+            b_dsk = tl.dot(b_v, tl.trans(b_dSs), input_precision=DOT) + b_dzs[None, :]
+            b_dv = tl.dot(b_ck, b_dSc, input_precision=DOT) + tl.dot(b_sk, b_dSs, input_precision=DOT)
         # through φ_k = e^{a − c}(cos θ, sin θ)/√M: the weight gives da, the phases dθ
         b_dth = (b_cos * b_dsk - b_sin * b_dck) * b_e[:, None] * b_rm[None, :]
         tl.atomic_add(da + p_t, tl.sum(b_dck * b_ck + b_dsk * b_sk, 1), mask=mask_t)
@@ -526,7 +534,7 @@ def _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_
                                                    num_warps=num_warps)
     else:
         _hrc_la_chunk_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM,
-                                               CAUSAL=causal, ATOMIC=atomic, num_warps=num_warps,
+                                               CAUSAL=causal, ATOMIC=atomic, DOT=_dot_precision(q), num_warps=num_warps,
                                                num_stages=num_stages)
     return num, den, mass, ht, zt, nt
 
@@ -545,7 +553,7 @@ def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, cau
     _hrc_la_chunk_bwd_kernel[(triton.cdiv(M, BM), B * H)](
         q, k, v, omega, a, c, dnum, dden, h0, z0, c0, dht, dzt, dq, dk, dv, da, domega, dh0, dz0,
         s_u, M ** -0.5, T, H, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM, CAUSAL=causal,
-        num_warps=num_warps, num_stages=num_stages)
+        DOT=_dot_precision(q), num_warps=num_warps, num_stages=num_stages)
     return dq, dk, dv, da, domega.sum(0), dh0, dz0
 
 

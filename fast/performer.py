@@ -78,6 +78,13 @@ def _tile_rule(K: int, V: int, M: int):
     return BK, BV, BM, 8, 2  # 8 warps: the state and four [BT, BM] feature blocks live in registers
 
 
+def _dot_precision(q):
+    """The chunk kernels' tl.dot precision: fp32 inputs get tf32x3 (fp32-accurate: a trigonometric
+    normaliser cancels, and plain tf32 would leave ~1e-2 relative errors there); fp16/bf16 inputs,
+    already rounded to 8-11 bits, get plain tf32."""
+    return "tf32x3" if q.dtype == torch.float32 else "tf32"
+
+
 # ------------------------------------------------------------------------------------------------
 # Kernels
 # ------------------------------------------------------------------------------------------------
@@ -128,6 +135,7 @@ def _performer_chunk_fwd_kernel(
     s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
     CAUSAL: tl.constexpr, ATOMIC: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     """This tile's share of num_t = φ̂_tᵀS_t and den_t = φ̂_tᵀz_t (zoo (5))."""
     # -- map the program to a frequency tile of one (batch, head) ----------------------------------
@@ -167,7 +175,7 @@ def _performer_chunk_fwd_kernel(
             b_k = tl.where(mask_t[:, None], tl.exp(b_l - b_cT), 0.0) * b_rm[None, :]  # φ̄_k [BT, BM]
             b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
                           other=0.0).to(tl.float32)
-            b_S += tl.dot(tl.trans(b_k), b_v)  # (4) Σ_j w_j φ̂(k_j) v_jᵀ
+            b_S += tl.dot(tl.trans(b_k), b_v, input_precision=DOT)  # (4) Σ_j w_j φ̂(k_j) v_jᵀ
             b_z += tl.sum(b_k, 0)
 
     # -- the sweep, chunk by chunk -----------------------------------------------------------------
@@ -187,20 +195,20 @@ def _performer_chunk_fwd_kernel(
             # (3) intra-chunk: Γ_tj = e^{c_j − c_t} for j <= t
             mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
             b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))  # mask, then exp
-            b_A = tl.dot(b_q, tl.trans(b_k)) * b_G  # [BT, BT]
+            b_A = tl.dot(b_q, tl.trans(b_k), input_precision=DOT) * b_G  # [BT, BT]
             # (5) inter-chunk: the state at scale c⁻, brought to c_t
             b_dec = tl.exp(tl.where(mask_t, b_crun - b_c, float("-inf")))
-            b_o = tl.dot(b_A, b_v) + b_dec[:, None] * tl.dot(b_q, b_S)
+            b_o = tl.dot(b_A, b_v, input_precision=DOT) + b_dec[:, None] * tl.dot(b_q, b_S, input_precision=DOT)
             b_d = tl.sum(b_A, 1) + b_dec * tl.sum(b_q * b_z[None, :], 1)
             # (4) state pass: to the scale of the chunk's last token
             b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
             b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))
             b_dS = tl.exp(b_crun - b_clast)
-            b_S = b_S * b_dS + tl.dot(tl.trans(b_k * b_gl[:, None]), b_v)
+            b_S = b_S * b_dS + tl.dot(tl.trans(b_k * b_gl[:, None]), b_v, input_precision=DOT)
             b_z = b_z * b_dS + tl.sum(b_k * b_gl[:, None], 0)
             b_crun = b_clast
         else:
-            b_o = tl.dot(b_q, b_S)
+            b_o = tl.dot(b_q, b_S, input_precision=DOT)
             b_d = tl.sum(b_q * b_z[None, :], 1)
         p_o = p_t[:, None] * V + offs_v[None, :]
         mask_o = mask_t[:, None] & mask_v[None, :]
@@ -228,7 +236,7 @@ def _performer_chunk_bwd_kernel(
     dq, dk, dv, domega, dh0, dz0,  # fp32: [B, T, H, K] ×2, [B, T, H, V] zeroed; [B, H, M, K]; ...
     s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
-    CAUSAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, DOT: tl.constexpr,
 ):
     """This tile's share of dq, dk, dv, and its rows of dΩ, dh0, dz0 (the card's two sweeps)."""
     # -- map the program, as in the forward ----------------------------------------------------------
@@ -267,7 +275,7 @@ def _performer_chunk_bwd_kernel(
             b_k = tl.where(mask_t[:, None], tl.exp(b_l - b_cT), 0.0) * b_rm[None, :]
             b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
                           other=0.0).to(tl.float32)
-            b_S += tl.dot(tl.trans(b_k), b_v)
+            b_S += tl.dot(tl.trans(b_k), b_v, input_precision=DOT)
             b_z += tl.sum(b_k, 0)
     b_dS_ = tl.zeros([BM, BV], dtype=tl.float32)  # the gradient of the state, for sweep 2
     b_dz_ = tl.zeros([BM], dtype=tl.float32)
@@ -291,18 +299,18 @@ def _performer_chunk_bwd_kernel(
                           other=0.0).to(tl.float32)
             mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
             b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
-            b_dA = (tl.dot(b_dn, tl.trans(b_v)) + b_dd[:, None]) * b_G  # (ĝ_t·ṽ_j) Γ_tj
+            b_dA = (tl.dot(b_dn, tl.trans(b_v), input_precision=DOT) + b_dd[:, None]) * b_G  # (ĝ_t·ṽ_j) Γ_tj
             b_dec = tl.exp(tl.where(mask_t, b_crun - b_c, float("-inf")))
-            b_dq = tl.dot(b_dA, b_k) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_S)) + b_dd[:, None] * b_z[None, :])
+            b_dq = tl.dot(b_dA, b_k, input_precision=DOT) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_S), input_precision=DOT) + b_dd[:, None] * b_z[None, :])
             b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
             b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))
             b_dS = tl.exp(b_crun - b_clast)
-            b_S = b_S * b_dS + tl.dot(tl.trans(b_k * b_gl[:, None]), b_v)
+            b_S = b_S * b_dS + tl.dot(tl.trans(b_k * b_gl[:, None]), b_v, input_precision=DOT)
             b_z = b_z * b_dS + tl.sum(b_k * b_gl[:, None], 0)
             b_crun = b_clast
         else:
-            b_dq = tl.dot(b_dn, tl.trans(b_S)) + b_dd[:, None] * b_z[None, :]
-            b_dS_ += tl.dot(tl.trans(b_q), b_dn)  # Σ_t φ̂(q_t) dnum_tᵀ, at the final scale
+            b_dq = tl.dot(b_dn, tl.trans(b_S), input_precision=DOT) + b_dd[:, None] * b_z[None, :]
+            b_dS_ += tl.dot(tl.trans(b_q), b_dn, input_precision=DOT)  # Σ_t φ̂(q_t) dnum_tᵀ, at the final scale
             b_dz_ += tl.sum(b_q * b_dd[:, None], 0)
         # through φ̂(q) = exp(θ − ‖u‖²/2 − a_q)/√M: dℓ = dφ̂·φ̂, du = dℓ Ω − (Σ_r dℓ_r) u
         b_dl = b_dq * b_q
@@ -329,23 +337,23 @@ def _performer_chunk_bwd_kernel(
             b_dd = tl.load(dden + p_t, mask=mask_t, other=0.0)
             mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
             b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
-            b_dA = (tl.dot(b_dn, tl.trans(b_v)) + b_dd[:, None]) * b_G
-            b_A = tl.dot(b_q, tl.trans(b_k)) * b_G
+            b_dA = (tl.dot(b_dn, tl.trans(b_v), input_precision=DOT) + b_dd[:, None]) * b_G
+            b_A = tl.dot(b_q, tl.trans(b_k), input_precision=DOT) * b_G
             b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
             b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))
-            b_dk = tl.dot(tl.trans(b_dA), b_q) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dS_)) + b_dz_[None, :])
-            b_dv = tl.dot(tl.trans(b_A), b_dn) + b_gl[:, None] * tl.dot(b_k, b_dS_)
+            b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=DOT) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dS_), input_precision=DOT) + b_dz_[None, :])
+            b_dv = tl.dot(tl.trans(b_A), b_dn, input_precision=DOT) + b_gl[:, None] * tl.dot(b_k, b_dS_, input_precision=DOT)
             # carry dS to the scale of the previous chunk's end (c0 before the first chunk)
             p_prev = (row0 + tl.maximum(i_t * BT - 1, 0)) * H + i_h
             b_cprev = tl.where(i_t > 0, tl.load(c + p_prev), b_c0)
             b_gq = tl.exp(tl.where(mask_t, b_cprev - b_c, float("-inf")))
             b_dS = tl.exp(b_cprev - b_clast)
-            b_dS_ = b_dS_ * b_dS + tl.dot(tl.trans(b_q * b_gq[:, None]), b_dn)
+            b_dS_ = b_dS_ * b_dS + tl.dot(tl.trans(b_q * b_gq[:, None]), b_dn, input_precision=DOT)
             b_dz_ = b_dz_ * b_dS + tl.sum(b_q * (b_gq * b_dd)[:, None], 0)
         else:
             b_k = tl.where(mask_t[:, None], tl.exp(b_lk - b_cT), 0.0) * b_rm[None, :]
-            b_dk = tl.dot(b_v, tl.trans(b_dS_)) + b_dz_[None, :]
-            b_dv = tl.dot(b_k, b_dS_)
+            b_dk = tl.dot(b_v, tl.trans(b_dS_), input_precision=DOT) + b_dz_[None, :]
+            b_dv = tl.dot(b_k, b_dS_, input_precision=DOT)
         # through φ̄_k = exp(θ − ‖u‖²/2 − c_j)/√M, as for the queries
         b_dl = b_dk * b_k
         b_du = tl.dot(b_dl, b_omega, input_precision=PHASE_PRECISION) - tl.sum(b_dl, 1)[:, None] * b_uk
@@ -468,7 +476,7 @@ def _launch_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_st
                                                       num_warps=num_warps)
     else:
         _performer_chunk_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM,
-                                                  CAUSAL=causal, ATOMIC=atomic, num_warps=num_warps,
+                                                  CAUSAL=causal, ATOMIC=atomic, DOT=_dot_precision(q), num_warps=num_warps,
                                                   num_stages=num_stages)
     return num, den, ht, zt
 
@@ -486,7 +494,7 @@ def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u, c
     _performer_chunk_bwd_kernel[(triton.cdiv(M, BM), B * H)](
         q, k, v, omega, a_q, c, dnum, dden, h0, z0, c0, dht, dzt, dq, dk, dv, domega, dh0, dz0,
         s_u, M ** -0.5, T, H, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM, CAUSAL=causal,
-        num_warps=num_warps, num_stages=num_stages)
+        DOT=_dot_precision(q), num_warps=num_warps, num_stages=num_stages)
     return dq, dk, dv, domega.sum(0), dh0, dz0
 
 
