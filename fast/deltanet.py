@@ -35,7 +35,8 @@ Tile rule (head dims only; T is never a compile key: it is in do_not_specialize)
   beyond rounding). BK = next power of two ≥ K, whole K in one tile (K, V ≤ 256). BV = 32 (S is a
   [BK, 32] fp32 register tile; at B·H = 64, K = V = 128 the sequential kernels run 256 programs,
   two per SM); num_warps 8 when K ≥ 64, else 4 (register counts from ptxas for sm_90 in _tiles);
-  num_stages 2. H is a runtime argument like T (a new head count does not recompile either).
+  num_stages 2. H stays a compile-time constant (with a runtime H the row strides H·K are not
+  constants, and ptxas for sm_90 spills ~550 bytes a thread in the sequential kernels).
   No row masks: the host pads T to a multiple of 64 (see _pad_to_chunk); head dims are masked
   against constexpr K, V, which costs nothing when they are powers of two.
 
@@ -133,8 +134,8 @@ def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
     return b_y0 + b_eye, b_y1 + b_eye, b_y2 + b_eye, b_y3 + b_eye
 
 
-@triton.jit(do_not_specialize=["T", "H"])
-def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H,
+@triton.jit(do_not_specialize=["T"])
+def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BVF: tl.constexpr, USE_G: tl.constexpr, STORE_X: tl.constexpr,
                          PREC: tl.constexpr):
@@ -326,8 +327,8 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H,
     tl.store(u + o_v + (t0 + 3 * BS) * H * V, b_u.to(DT), mask=mask_sv)
 
 
-@triton.jit(do_not_specialize=["T", "H"])
-def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T, H,
+@triton.jit(do_not_specialize=["T"])
+def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T, H: tl.constexpr,
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
                             COMPUTE_O: tl.constexpr, STORE_H: tl.constexpr, PREC: tl.constexpr):
@@ -385,8 +386,8 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T,
     tl.store(ht + i_bh.to(tl.int64) * K * V + offs_kv, b_S, mask=mask_kv)
 
 
-@triton.jit(do_not_specialize=["T", "H"])
-def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, T, H,
+@triton.jit(do_not_specialize=["T"])
+def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, T, H: tl.constexpr,
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
                             PREC: tl.constexpr):
@@ -442,9 +443,9 @@ def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, 
     tl.store(dh0 + i_bh.to(tl.int64) * K * V + offs_kv, b_dS, mask=mask_kv)
 
 
-@triton.jit(do_not_specialize=["T", "H"])
+@triton.jit(do_not_specialize=["T"])
 def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam, scale, T,
-                           H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                            BKS: tl.constexpr, BV: tl.constexpr, USE_G: tl.constexpr,
                            PREC: tl.constexpr):
     """Step 4, one K slice of one chunk: dq = s(e^Γ⊙dO Sᵀ + dR K), dk = s dRᵀQ + e^{Γ_L−Γ}⊙V_new dS_outᵀ,
@@ -522,9 +523,9 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
         tl.store(p_dgam + offs_t * H, b_dg)
 
 
-@triton.jit(do_not_specialize=["T", "H"])
+@triton.jit(do_not_specialize=["T"])
 def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, dbeta, dg, T,
-                         H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                          BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
                          USE_G: tl.constexpr, PREC: tl.constexpr):
     """Step 5: back through W = X diag(β e^Γ) K, U = X diag(β) V and X = (I + A)⁻¹ (dA = −Xᵀ dX Xᵀ)."""
@@ -601,8 +602,8 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
         tl.store(dg + o_g, b_dg.to(dg.dtype.element_ty))
 
 
-@triton.jit(do_not_specialize=["T", "H"])
-def _recurrent_fwd_kernel(q, k, v, g, beta, h0, o, ht, scale, T, H, K: tl.constexpr,
+@triton.jit(do_not_specialize=["T"])
+def _recurrent_fwd_kernel(q, k, v, g, beta, h0, o, ht, scale, T, H: tl.constexpr, K: tl.constexpr,
                           V: tl.constexpr, NH: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                           USE_G: tl.constexpr, USE_H0: tl.constexpr):
     """Decode: per token S ← e^{g_t}S, then NH times S ← S + k(β(v − Sᵀk))ᵀ; o_t = Sᵀ(s q_t)."""
