@@ -61,10 +61,11 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
     recomputation of steps 1 and 2 (13X of the 42X); saving W, U, R, h, V_new instead would cost
     the forward 5.5X more writes and the training step that much memory per layer.
-  first call: five kernels (two variants each of steps 1 and 2) compile once; T and H never
-    recompile (ptxas on this CPU: 1–7 s per kernel for sm_90).
-  registers (ptxas, sm_90, bf16, K = V = 128): step 1 174–246, step 2 200–255, no spills; steps
-    3 and 5 spill 70–100 bytes a thread, step 4 none.
+  first call: five kernels (two variants each of steps 1 and 2) compile once per (H, K, V, dtype,
+    gate); T never recompiles. Compiled for sm_90 on a busy 2-core CPU with Triton 3.6: step 1
+    3–5 s, every other kernel ≤ 1.5 s.
+  registers (ptxas, Triton 3.6, sm_90, bf16, K = V = 128, 8 warps): step 1 255 and 40–120 bytes
+    of spill a thread; steps 2–5 198–255, no spills. At K = V = 64: 128–248, no spills.
 
 Legend: i_ program ids · p_ pointers · b_ on-chip blocks (b_S, b_A, b_X, b_w, b_u, b_v_new ...
 names as in the zoo) · offs_ index vectors · mask_ masks · BT BK BV tile sizes · NT number of
