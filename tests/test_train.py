@@ -228,6 +228,17 @@ def test_fast_impl_gives_the_zoo_model_under_the_interpreter(name):
     assert_close(fast(x), ref(x), TOL["f32-interpret"], f"{name} logits")
 
 
+@pytest.mark.skipif("softmax_attention" not in zoo.LAYERS, reason="softmax_attention not registered")
+def test_sdpa_impl_gives_the_zoo_softmax_model():
+    torch.manual_seed(0)
+    ref = LM(32, 32, 2, 2, "softmax_attention", mlp_ratio=0)
+    sdpa = LM(32, 32, 2, 2, "softmax_attention", mlp_ratio=0, impl="sdpa")
+    sdpa.load_state_dict(ref.state_dict())
+    assert type(sdpa.blocks[0].mixer).__name__ == "SDPASoftmaxAttention"
+    x = torch.randint(32, (2, 19))
+    assert_close(sdpa(x), ref(x), TOL["f32-interpret"], "SDPA logits")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", FAST)
 def test_fast_impl_gives_the_zoo_model_on_a_gpu(name):

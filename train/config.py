@@ -44,7 +44,7 @@ class Config:
     num_heads: int = 1
     mixer: str | list = "softmax_attention"  # one name, or one per layer
     mixer_kwargs: dict = field(default_factory=dict)  # {mixer name: {constructor kwargs}}
-    impl: str = "zoo"  # zoo | fast
+    impl: str = "zoo"  # zoo | fast (Triton) | sdpa (softmax_attention via PyTorch SDPA)
     mlp_ratio: float = 4.0  # SwiGLU width / d_model; 0 = no MLP (Zoology's MQAR models)
     max_position_embeddings: int = 0  # 0 = no learned positions
     # ---- optimisation
@@ -123,8 +123,8 @@ def _check_values(c: Config):
         bad("task", f"must be one of {TASKS}")
     if c.precision not in PRECISIONS:
         bad("precision", f"must be one of {PRECISIONS}")
-    if c.impl not in ("zoo", "fast"):
-        bad("impl", "must be 'zoo' or 'fast'")
+    if c.impl not in ("zoo", "fast", "sdpa"):
+        bad("impl", "must be 'zoo', 'fast' or 'sdpa'")
     if c.device not in ("auto", "cpu", "cuda"):
         bad("device", "must be auto, cpu or cuda")
     for key in ("steps", "batch_size", "grad_accum", "d_model", "n_layers", "num_heads", "seq_len",

@@ -10,7 +10,8 @@ Each layer's mixer is named: one name for every layer, or a list with one name p
 hybrid (Based: `[base_conv, based, base_conv, sliding_window_attention, ...]`; Holo: softmax
 every k-th layer). Names come from the zoo registry (`zoo.LAYERS`), plus `base_conv`, the gated
 short convolution of Based and Zoology that lives here. `impl="fast"` takes the layer of the same
-class name from `fast/<name>.py` (imported only then), whose state dict equals the zoo layer's.
+class name from `fast/<name>.py` (imported only then), whose state dict equals the zoo layer's;
+`impl="sdpa"` runs softmax attention through PyTorch's fused SDPA (the baseline to time against).
 
 Every zoo layer is built from (hidden_size, num_heads, **kwargs) by keyword (see build_mixer:
 constructors differ in order and in the name of the width). Only the backbone's own weights are initialised here (N(0, 0.02), as
@@ -88,10 +89,28 @@ def known_mixers() -> list[str]:
     return sorted({"base_conv", *zoo.LAYERS})
 
 
+def sdpa_op(q, k, v, *, causal: bool = True, scale=None, **_):
+    """PyTorch's fused attention (flash / memory-efficient kernels on a GPU) in the zoo's
+    [B, T, H, D] layout: the reference the zoo's softmax layers are timed against."""
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                       is_causal=causal, scale=scale)  # [B, H, T, D]
+    return o.transpose(1, 2)  # [B, T, H, D]
+
+
+def sdpa_layer(cls):
+    """The zoo softmax layer with its ops swapped for SDPA (same weights, same state dict)."""
+    return type(f"SDPA{cls.__name__}", (cls,), {"chunk_op": staticmethod(sdpa_op),
+                                                "parallel_op": staticmethod(sdpa_op)})
+
+
+IMPLS = ("zoo", "fast", "sdpa")  # sdpa: softmax_attention through PyTorch SDPA; other mixers zoo
+
+
 def mixer_class(name: str, impl: str = "zoo"):
-    """The layer class for `name`: zoo.LAYERS[name], or its fast twin for impl="fast"."""
-    if impl not in ("zoo", "fast"):
-        raise ValueError(f"impl must be 'zoo' or 'fast', got {impl!r}")
+    """The layer class for `name`: zoo.LAYERS[name], its fast twin for impl="fast", or (for
+    softmax_attention only) the zoo layer running PyTorch SDPA for impl="sdpa"."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if name == "base_conv":
         return BaseConv
     import zoo
@@ -99,6 +118,8 @@ def mixer_class(name: str, impl: str = "zoo"):
     if name not in zoo.LAYERS:
         raise ValueError(f"unknown mixer {name!r}; known mixers: {', '.join(known_mixers())}")
     cls = zoo.LAYERS[name]
+    if impl == "sdpa":
+        return sdpa_layer(cls) if name == "softmax_attention" else cls
     if impl == "fast":
         fast_module = importlib.import_module(f"fast.{name}")  # Triton, imported only when asked
         cls = getattr(fast_module, cls.__name__)
