@@ -40,7 +40,8 @@ DEFINITIONS = {
     "peak_mb": "CUDA only: torch.cuda.max_memory_allocated during one call minus memory_allocated just before it "
                "(inputs and cotangent excluded; outputs, saved tensors, workspace and input grads included), MiB",
     "first_call_s": "wall time of the first call in a fresh process with empty TRITON_CACHE_DIR and "
-                    "TORCHINDUCTOR_CACHE_DIR (compile and autotune included; imports and CUDA start-up excluded), "
+                    "TORCHINDUCTOR_CACHE_DIR (compile and autotune included; imports, CUDA start-up and Triton's "
+                    "one-time driver build, done by one unrelated trivial kernel first, excluded), "
                     "measured at one shape per method/impl/direction (the first T and causal mode of the run)",
     "err": "relative RMS error ||x - ref|| / ||ref|| against the method's own float64 definition (the zoo "
            "reference_op, e.g. the parallel form, on the same rounded inputs), on (batch 0, head 0) and "
