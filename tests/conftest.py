@@ -26,7 +26,8 @@ settings.register_profile("gpu", max_examples=40, **_COMMON)
 _default = "ci" if os.environ.get("CI") else ("gpu" if torch.cuda.is_available() else "dev")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default))
 
-torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+# One thread per pytest-xdist worker (workers already fill the cores); otherwise up to 4.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(4, os.cpu_count() or 1)))
 
 
 def pytest_collection_modifyitems(config, items):
