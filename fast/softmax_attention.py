@@ -12,11 +12,11 @@ Kernel plan (FlashAttention-2, Dao 2023, arXiv:2307.08691):
   last, ragged block masks keys >= Tk. Causal programs start with the heaviest query blocks
   (the last ones) so the short blocks fill the tail of the launch.
 - Backward stores nothing beyond o and lse: P is recomputed from q, k and lse.
-  (a) preprocess: delta_i = Σ o_i·do_i − dlse_i, one program per query block;
-  (b) dk/dv kernel: one program per (key block, batch·head), holding k, v, dk, dv and looping
-      over the query blocks that see its keys;
-  (c) dq kernel: one program per (query block, batch·head), holding q, do, dq and looping over
-      the key blocks it sees.
+  (a) dq kernel: one program per (query block, batch·head), holding q, do, dq and looping over
+      the key blocks it sees; it first computes delta_i = Σ o_i·do_i − dlse_i for its rows and
+      stores it (a separate preprocess kernel would cost one more compile on first call);
+  (b) dk/dv kernel, launched after it: one program per (key block, batch·head), holding k, v,
+      dk, dv and looping over the query blocks that see its keys.
   With ds_ij = P_ij·(dp_ij − delta_i), dp_ij = do_i·v_j: dv = Pᵀdo, dk = scale·dsᵀq,
   dq = scale·ds·k. The −dlse_i in delta is lse's own gradient: ∂lse_i/∂s_ij = P_ij.
   Why two kernels rather than FlashAttention-2's single pass with atomic adds into dq: every
@@ -40,6 +40,7 @@ import os
 from typing import NamedTuple
 
 import torch
+import torch._dynamo  # noqa: F401  a custom op's first call imports it lazily (~2 s): pay it here, at import
 import triton
 import triton.language as tl
 
@@ -236,22 +237,6 @@ def _softmax_attention_chunk_fwd_kernel(q, k, v, o, lse, H, T, TK, scale,
     tl.store(lse + i_bh.to(tl.int64) * T + offs_m, b_lse, mask=offs_m < T)
 
 
-@triton.jit(do_not_specialize=["T"])
-def _softmax_attention_chunk_bwd_preprocess_kernel(o, do, dlse, delta, H, T, V: tl.constexpr,
-                                                   BV: tl.constexpr, BM: tl.constexpr):
-    """delta_i = Σ_v o_iv·do_iv − dlse_i, the row term of ds (see the kernel plan)."""
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    offs_m = i_m * BM + tl.arange(0, BM)
-    offs_v = tl.arange(0, BV)
-    offs = (i_b.to(tl.int64) * T * H + i_h) * V + offs_m[:, None] * (H * V) + offs_v[None, :]
-    b_o = _load_tile(o + offs, offs_m, T, offs_v, V, True, BV != V).to(tl.float32)
-    b_do = _load_tile(do + offs, offs_m, T, offs_v, V, True, BV != V).to(tl.float32)
-    p_row = i_bh.to(tl.int64) * T + offs_m
-    b_dlse = tl.load(dlse + p_row, mask=offs_m < T, other=0.0).to(tl.float32)
-    tl.store(delta + p_row, tl.sum(b_o * b_do, 1) - b_dlse, mask=offs_m < T)
-
-
 @triton.jit
 def _bwd_dkdv_query_blocks(b_dk, b_dv, b_k, b_v, p_q, p_do, lse, delta, offs_n, lo, hi, T,
                            stride_q, stride_do, qk_scale, K: tl.constexpr, V: tl.constexpr,
@@ -360,11 +345,11 @@ def _bwd_dq_key_blocks(b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, offs_m, lo, hi
 
 
 @triton.jit(do_not_specialize=["T", "TK"])
-def _softmax_attention_chunk_bwd_dq_kernel(q, k, v, do, lse, delta, dq, H, T, TK, scale,
+def _softmax_attention_chunk_bwd_dq_kernel(q, k, v, o, do, lse, dlse, delta, dq, H, T, TK, scale,
                                            K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                                            BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                                            CAUSAL: tl.constexpr, UPCAST: tl.constexpr):
-    """dq = scale·ds·k for one query block."""
+    """delta = Σ o·do − dlse (stored for the dk/dv kernel) and dq = scale·ds·k, one query block."""
     tl.static_assert(BM % BN == 0)  # the causal split falls on whole key blocks
     # -- map program -> (query block, batch, head); causal: the heaviest (last) blocks first
     i_m = tl.program_id(0)
@@ -380,17 +365,21 @@ def _softmax_attention_chunk_bwd_dq_kernel(q, k, v, do, lse, delta, dq, H, T, TK
     stride_q, stride_k, stride_v = H * K, H * K, H * V
     base_q = i_b.to(tl.int64) * T * H + i_h
     base_kv = i_b.to(tl.int64) * TK * H + i_h
-    # -- load this block's q, do, lse, delta once
+    # -- load this block's q, do, lse once
     b_q = _load_tile(q + base_q * K + offs_m[:, None] * stride_q + offs_k[None, :], offs_m, T,
                      offs_k, K, True, BK != K)
-    b_do = _load_tile(do + base_q * V + offs_m[:, None] * stride_v + offs_v[None, :], offs_m, T,
-                      offs_v, V, True, BV != V)
+    p_ov = base_q * V + offs_m[:, None] * stride_v + offs_v[None, :]  # o and do share a layout
+    b_do = _load_tile(do + p_ov, offs_m, T, offs_v, V, True, BV != V)
     if UPCAST:
         b_q = b_q.to(tl.float32)
         b_do = b_do.to(tl.float32)
     p_row = i_bh.to(tl.int64) * T + offs_m
     b_lse = tl.load(lse + p_row, mask=offs_m < T, other=float("inf")) * LOG2E
-    b_delta = tl.load(delta + p_row, mask=offs_m < T, other=0.0)
+    # -- delta_i = Σ_v o_iv·do_iv − dlse_i, the row term of ds; stored, the dk/dv kernel reads it
+    b_o = _load_tile(o + p_ov, offs_m, T, offs_v, V, True, BV != V).to(tl.float32)
+    b_dlse = tl.load(dlse + p_row, mask=offs_m < T, other=0.0)
+    b_delta = tl.sum(b_o * b_do.to(tl.float32), 1) - b_dlse
+    tl.store(delta + p_row, b_delta, mask=offs_m < T)
     p_k = k + base_kv * K + offs_n[:, None] * stride_k + offs_k[None, :]
     p_v = v + base_kv * V + offs_n[:, None] * stride_v + offs_v[None, :]
     qk_scale = scale * LOG2E
@@ -443,15 +432,14 @@ def _softmax_attention_chunk_bwd(do, dlse, q, k, v, o, lse, causal: bool, scale:
     delta = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     with _on_device(q):
-        _softmax_attention_chunk_bwd_preprocess_kernel[(triton.cdiv(T, t.BM2), B * H)](
-            o, do, dlse, delta, H, T, V=V, BV=t.BV, BM=t.BM2)
+        # dq first: it also computes delta for every query row, which the dk/dv kernel reads
+        _softmax_attention_chunk_bwd_dq_kernel[(triton.cdiv(T, t.BM2), B * H)](
+            q, k, v, o, do, lse, dlse, delta, dq, H, T, TK, scale, K=K, V=V, BK=t.BK, BV=t.BV,
+            BM=t.BM2, BN=t.BN2, CAUSAL=causal, UPCAST=INTERPRET, num_warps=t.bwd_warps,
+            num_stages=t.bwd_stages)
         _softmax_attention_chunk_bwd_dkdv_kernel[(triton.cdiv(TK, t.BN1), B * H)](
             q, k, v, do, lse, delta, dk, dv, H, T, TK, scale, K=K, V=V, BK=t.BK, BV=t.BV,
             BM=t.BM1, BN=t.BN1, CAUSAL=causal, UPCAST=INTERPRET, num_warps=t.bwd_warps,
-            num_stages=t.bwd_stages)
-        _softmax_attention_chunk_bwd_dq_kernel[(triton.cdiv(T, t.BM2), B * H)](
-            q, k, v, do, lse, delta, dq, H, T, TK, scale, K=K, V=V, BK=t.BK, BV=t.BV,
-            BM=t.BM2, BN=t.BN2, CAUSAL=causal, UPCAST=INTERPRET, num_warps=t.bwd_warps,
             num_stages=t.bwd_stages)
     return dq, dk, dv
 

@@ -500,7 +500,7 @@ print(json.dumps({
                         dict(q=P, k=P, v=P, do=P, lse="*fp32", delta="*fp32", dk=P, dv=P, **scalars),
                         dict(bwd, BM=t.BM1, BN=t.BN1), t.bwd_warps, t.bwd_stages),
     "dq": stack_bytes(f._softmax_attention_chunk_bwd_dq_kernel,
-                      dict(q=P, k=P, v=P, do=P, lse="*fp32", delta="*fp32", dq=P, **scalars),
+                      dict(q=P, k=P, v=P, o=P, do=P, lse="*fp32", dlse="*fp32", delta="*fp32", dq=P, **scalars),
                       dict(bwd, BM=t.BM2, BN=t.BN2), t.bwd_warps, t.bwd_stages),
 }))
 """
