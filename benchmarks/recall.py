@@ -93,6 +93,25 @@ def label(r: dict, rows: list[dict]) -> str:
     return f"{r['mixer']} (lr {r['config']['lr']:g})" if several else r["mixer"]
 
 
+def draw(ax, rows: list[dict]):
+    """Accuracy against state size, one marker per row, named in a legend beside the axes."""
+    markers = "osD^v<>PX*hp"
+    for i, r in enumerate(sorted(rows, key=lambda r: -r["accuracy"])):
+        ax.scatter(r["state_size"], 100 * r["accuracy"], s=45, marker=markers[i % len(markers)],
+                   label=f"{label(r, rows)}: {100 * r['accuracy']:.1f}%")
+    ax.set_xscale("log")
+    ticks = [t for t in (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+             if min(r["state_size"] for r in rows) / 2 <= t <= 2 * max(r["state_size"] for r in rows)]
+    ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("recall layer state size at T = 64 (floats per sequence)")
+    ax.set_ylabel("MQAR accuracy (%)")
+    ax.set_title("MQAR (L = 64, 4-16 key-value pairs), CPU config")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
+
+
 def plot(records: list[dict], path: pathlib.Path):
     import matplotlib
 
@@ -100,17 +119,8 @@ def plot(records: list[dict], path: pathlib.Path):
     import matplotlib.pyplot as plt
 
     rows = [r for r in records if r.get("mixer") != "meta"]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for r in rows:
-        ax.scatter(r["state_size"], 100 * r["accuracy"], s=40)
-        ax.annotate(label(r, rows), (r["state_size"], 100 * r["accuracy"]), textcoords="offset points",
-                    xytext=(5, 3), fontsize=8)
-    ax.set_xscale("log")
-    ax.set_xlabel("recall layer state size at T = 64 (floats per sequence)")
-    ax.set_ylabel("MQAR accuracy (%)")
-    ax.set_title("MQAR (L = 64, 4-16 key-value pairs) after the CPU config")
-    ax.set_ylim(0, 102)
-    ax.grid(alpha=0.3)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    draw(ax, rows)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
