@@ -267,11 +267,12 @@ def _bwd_dkdv_query_blocks(b_dk, b_dv, b_k, b_v, p_q, p_do, lse, delta, offs_n, 
 
 
 @triton.jit(do_not_specialize=["T", "TK"])
-def _softmax_attention_chunk_bwd_dkdv_kernel(q, k, v, do, lse, delta, dk, dv, H, T, TK, scale,
+def _softmax_attention_chunk_bwd_dkdv_kernel(q, k, v, o, do, lse, dlse, delta, dq, dk, dv, H, T, TK, scale,
                                              K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                                              BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                                              CAUSAL: tl.constexpr, UPCAST: tl.constexpr):
-    """dk = scale·dsᵀq and dv = Pᵀdo for one key block."""
+    """dk = scale·dsᵀq and dv = Pᵀdo for one key block. (The dq kernel's argument list, o, dlse
+    and dq unused: the same argument types share one compiled launcher on first call.)"""
     tl.static_assert(BN % BM == 0)  # the diagonal falls on whole query blocks
     # -- map program -> (key block, batch, head); causal: the first key blocks have most queries
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
@@ -345,7 +346,7 @@ def _bwd_dq_key_blocks(b_dq, b_q, b_do, b_lse, b_delta, p_k, p_v, offs_m, lo, hi
 
 
 @triton.jit(do_not_specialize=["T", "TK"])
-def _softmax_attention_chunk_bwd_dq_kernel(q, k, v, o, do, lse, dlse, delta, dq, H, T, TK, scale,
+def _softmax_attention_chunk_bwd_dq_kernel(q, k, v, o, do, lse, dlse, delta, dq, dk, dv, H, T, TK, scale,
                                            K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                                            BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                                            CAUSAL: tl.constexpr, UPCAST: tl.constexpr):
@@ -434,12 +435,12 @@ def _softmax_attention_chunk_bwd(do, dlse, q, k, v, o, lse, causal: bool, scale:
     with _on_device(q):
         # dq first: it also computes delta for every query row, which the dk/dv kernel reads
         _softmax_attention_chunk_bwd_dq_kernel[(triton.cdiv(T, t.BM2), B * H)](
-            q, k, v, o, do, lse, dlse, delta, dq, H, T, TK, scale, K=K, V=V, BK=t.BK, BV=t.BV,
-            BM=t.BM2, BN=t.BN2, CAUSAL=causal, UPCAST=INTERPRET, num_warps=t.bwd_warps,
+            q, k, v, o, do, lse, dlse, delta, dq, dk, dv, H, T, TK, scale, K=K, V=V, BK=t.BK,
+            BV=t.BV, BM=t.BM2, BN=t.BN2, CAUSAL=causal, UPCAST=INTERPRET, num_warps=t.bwd_warps,
             num_stages=t.bwd_stages)
         _softmax_attention_chunk_bwd_dkdv_kernel[(triton.cdiv(TK, t.BN1), B * H)](
-            q, k, v, do, lse, delta, dk, dv, H, T, TK, scale, K=K, V=V, BK=t.BK, BV=t.BV,
-            BM=t.BM1, BN=t.BN1, CAUSAL=causal, UPCAST=INTERPRET, num_warps=t.bwd_warps,
+            q, k, v, o, do, lse, dlse, delta, dq, dk, dv, H, T, TK, scale, K=K, V=V, BK=t.BK,
+            BV=t.BV, BM=t.BM1, BN=t.BN1, CAUSAL=causal, UPCAST=INTERPRET, num_warps=t.bwd_warps,
             num_stages=t.bwd_stages)
     return dq, dk, dv
 

@@ -497,10 +497,12 @@ print(json.dumps({
     "fwd_tma": stack_bytes(f._softmax_attention_chunk_fwd_kernel, dict(q=P, k=TD, v=TD, o=P, lse="*fp32", **scalars),
                            dict(fwd, TMA=True), t.warps, t.stages),
     "dkdv": stack_bytes(f._softmax_attention_chunk_bwd_dkdv_kernel,
-                        dict(q=P, k=P, v=P, do=P, lse="*fp32", delta="*fp32", dk=P, dv=P, **scalars),
+                        dict(q=P, k=P, v=P, o=P, do=P, lse="*fp32", dlse="*fp32", delta="*fp32", dq=P, dk=P, dv=P,
+                             **scalars),
                         dict(bwd, BM=t.BM1, BN=t.BN1), t.bwd_warps, t.bwd_stages),
     "dq": stack_bytes(f._softmax_attention_chunk_bwd_dq_kernel,
-                      dict(q=P, k=P, v=P, o=P, do=P, lse="*fp32", dlse="*fp32", delta="*fp32", dq=P, **scalars),
+                      dict(q=P, k=P, v=P, o=P, do=P, lse="*fp32", dlse="*fp32", delta="*fp32", dq=P, dk=P, dv=P,
+                           **scalars),
                       dict(bwd, BM=t.BM2, BN=t.BN2), t.bwd_warps, t.bwd_stages),
 }))
 """
