@@ -31,6 +31,11 @@ Kernel plan (FlashAttention-2, Dao 2023, arXiv:2307.08691):
 - Negative scales: the kernels need scale >= 0 (the row max of scale·s is scale·max s); the
   public op negates q instead, which autograd differentiates for free.
 
+Measured (H100, torch 2.11, Triton 3.6, bf16, B=4, T=8192, H=16, D=128, the tile rule's TMA
+path): causal forward 2.15 ms = 511 TFLOP/s against SDPA's 1.75 ms (0.82×); non-causal forward
+570 TFLOP/s; causal forward + backward 12.75 ms against SDPA's 7.12 ms (the backward is the
+slow part). `python -m fast.softmax_attention` sweeps the forward's tiles on a GPU.
+
 Legend (fla's prefixes): i_ program ids, p_ pointers, b_ on-chip blocks, offs_ offsets,
 mask_ masks; BM/BN query/key block sizes, BK/BV padded head dims; m_i/l_i/acc the zoo's m/l/acc.
 """
