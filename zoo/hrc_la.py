@@ -138,7 +138,8 @@ def hrc_feature_map(x: torch.Tensor, omega: torch.Tensor, *, scale: float | None
     M, K = omega.shape[1], x.shape[-1]
     scale = K ** -0.5 if scale is None else scale
     u = x * scale ** 0.5  # split √scale between q and k: uᵀu' = scale·qᵀk
-    theta = torch.einsum('bthk,hmk->bthm', u, omega.to(u.dtype))  # [B, T, H, M]
+    with torch.autocast(x.device.type, enabled=False):  # phases in full precision, also under autocast
+        theta = torch.einsum('bthk,hmk->bthm', u, omega.to(u.dtype))  # [B, T, H, M]
     phi_hat = torch.polar(torch.full_like(theta, M ** -0.5), theta)  # Euler: (cos θ + i sin θ)/√M
     a = 0.5 * (u * u).sum(-1)  # [B, T, H]
     return phi_hat, a

@@ -180,11 +180,13 @@ def rotary(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
     """Rotary position embedding on the whole head dim, non-interleaved (rotate-half, GPT-NeoX and
     flash-attn's default): pairs (x_a, x_{a+D/2}) turn by pos·base^(−2a/D). x [B, T, H, D], pos [T]."""
     D = x.shape[-1]
-    inv_freq = base ** (-torch.arange(0, D, 2, device=x.device, dtype=x.dtype) / D)  # [D/2]
-    angle = pos.to(x.dtype)[:, None] * inv_freq[None, :]  # [T, D/2]
+    dt = torch.promote_types(x.dtype, torch.float32)  # angles in fp32 at least: bf16 rounds pos > 256
+    inv_freq = base ** (-torch.arange(0, D, 2, device=x.device, dtype=dt) / D)  # [D/2]
+    angle = pos.to(dt)[:, None] * inv_freq[None, :]  # [T, D/2]
     cos, sin = angle.cos()[None, :, None, :], angle.sin()[None, :, None, :]  # [1, T, 1, D/2]
-    x1, x2 = x[..., : D // 2], x[..., D // 2:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # [B, T, H, D]
+    x1, x2 = x[..., : D // 2].to(dt), x[..., D // 2:].to(dt)
+    # Back to x's dtype: q, k and v must share one dtype (also under autocast, where cos is fp32).
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)  # [B, T, H, D]
 
 
 class SlidingWindowAttention(nn.Module):
