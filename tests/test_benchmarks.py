@@ -138,7 +138,10 @@ def test_every_spec_times_the_function_it_checks(spec):
     for causal in spec.causal_modes:
         x = spec.make_inputs(2, 8, 2, 8, torch.float64, dev, causal, 0)
         assert all(t.abs().sum() > 0 for t in x.values() if isinstance(t, torch.Tensor)), "inputs are zeros"
-        fn = impls.build(spec, "zoo-eager", dev, causal, (2, 8, 2, 8))
+        try:
+            fn = impls.build(spec, "zoo-eager", dev, causal, (2, 8, 2, 8))
+        except impls.Skip as e:  # an entry that only holds a reference (e.g. a second fla op)
+            pytest.skip(str(e))
         o, ref = fn(x, causal), impls.reference(spec)(x, causal)
         assert o.shape[:3] == (2, 8, 2) and measure.rel_rms(o, ref) < 1e-10
         for d in specs.DIRECTIONS:
@@ -179,8 +182,10 @@ def test_targets_met_not_met_not_measured():
         _rec("softmax_attention", "sdpa", "fwd", 1.9),
         _rec("linear_attention", "fast", "fwd", 0.1, T=1024, B=32),  # another shape: ignored
     ]
-    status = {r["target"]: r["status"] for r in targets.evaluate(recs)}
-    by_what = {t.what: t for t in targets.TARGETS}
+    # The foundation issue's targets (other issues add theirs to the same table).
+    foundation = {t.what for t in targets.TARGETS if t.issue == 2}
+    status = {r["target"]: r["status"] for r in targets.evaluate(recs) if r["target"] in foundation}
+    by_what = {t.what: t for t in targets.TARGETS if t.issue == 2}
     expect = {
         "fast linear attention fwd ≤ 0.30 ms (normalize=False)": "met",
         "fast linear attention fwd+bwd ≤ 1.4 ms (normalize=False)": "NOT met",
