@@ -44,9 +44,10 @@ TARGETS = [
     Target(2, "zoo linear_attention_chunk compiled within 4× of fast, fwd+bwd", "linear_attention",
            "zoo-compile", "fwdbwd", HEADLINE, vs="fast", max_ratio=4.0),
     # issue 7: within 1.5× of the memory floor, 12 B per token-lane at hd_dim 8192 (specs.py's
-    # holographic entry, 4·D lanes per head): 3.22 GB at 3.35 TB/s = 0.96 ms, × 1.5.
-    Target(7, "fast holographic scan fwd within 1.5× of the memory floor (≤ 1.44 ms)", "holographic", "fast",
-           "fwd", HEADLINE, max_ms=1.44),
+    # holographic entry, 4·D lanes per head): 3.22 GB at the 3.0 TB/s measured on the project's
+    # H100 (the same ceiling as every other floor here) = 1.07 ms, × 1.5.
+    Target(7, "fast holographic scan fwd within 1.5× of the memory floor (≤ 1.61 ms)", "holographic", "fast",
+           "fwd", HEADLINE, max_ms=1.61),
 ]
 
 
