@@ -52,9 +52,9 @@ next power of two >= 16, up to 256), because S needs every row of k to update. B
 of a budget of 8192 fp32 state elements per program (64 registers a thread at 4 warps), capped
 at 64 so K = V = 128 gives two V-tiles: B·H·2 programs (128 at the headline size, about one per
 H100 SM). 4 warps, 8 where the tile is full and the sweep also carries z or u, is fp32, or has
-K = 256; as many stages of q, k, v loads as fit 128 KB of shared memory, up to 2 for plain sweeps
-and 3 for sweeps that carry z or u (one program per SM, so loads in flight are what hides memory
-latency; 3 stages made the plain reverse sweeps slower on the H100, see _tile_rule). Checked by
+K = 256; as many stages of q, k, v loads (up to 3) as fit 128 KB of shared memory: 3 for bf16 at
+K = V = 128 (one program per SM, so loads in flight are what hides memory latency; measured on
+the H100, see _tile_rule). Checked by
 compiling ahead of time for sm_90 (Triton 3.9, no GPU; cuobjdump -res-usage), bf16, K = V = 128,
 3 stages, 139 KB of shared memory at most:
     plain sweep (forward; dq, dk, dv when normalize=False)  4 warps: 238 registers, no spill
@@ -105,10 +105,10 @@ def _tile_rule(DK: int, DV: int, BT: int, element_size: int, carries: bool = Fal
     big = BK * BV >= STATE_ELEMENTS  # a full state tile: [128, 64] or [256, 32]
     num_warps = 8 if big and (carries or element_size == 4 or BK > 128) else 4
     stage_bytes = BT * (2 * BK + BV) * element_size  # one chunk of q, k and v
-    # Plain sweeps: 2 stages. Measured on the H100 (bf16, B·T = 32768, H = 16, D = 128): forward
-    # 0.204 ms either way, but forward + backward 0.807 ms at 2 stages against 1.42 ms at 3 (the
-    # reverse sweeps). Sweeps that carry z or u keep 3: at 2 the normalised forward spills.
-    num_stages = max(1, min(3 if carries else 2, SMEM_BUDGET // stage_bytes))
+    # Up to 3 stages. Measured on the H100 (bf16, B·T = 32768, H = 16, D = 128, causal): forward
+    # 0.203-0.204 ms at 3 stages (two runs) against 0.314 ms at 2 for the plain sweep; and at 2 the
+    # normalised forward spills.
+    num_stages = max(1, min(3, SMEM_BUDGET // stage_bytes))
     return BK, BV, num_warps, num_stages
 
 
