@@ -454,9 +454,9 @@ def test_the_layer_compiles_with_inductor():
 
 
 # ------------------------------------------------------------------------------------------------
-# The hybrid model (zoo/holo_transformer.py): decode equals forward, constant holographic cache, errors
+# The hybrid model (train/holo_transformer.py): decode equals forward, constant holographic cache, errors
 # ------------------------------------------------------------------------------------------------
-from zoo.holo_transformer import HoloConfig, HoloTransformer  # noqa: E402
+from train.holo_transformer import HoloConfig, HoloTransformer  # noqa: E402
 
 
 def tiny_model(**kw):

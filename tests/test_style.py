@@ -51,16 +51,10 @@ def code_lines(path: pathlib.Path) -> int:
     return len(lines)
 
 
-# Model files an issue allows to build on zoo layers (not methods: unregistered, no mirrored files).
-# holo_transformer.py: issue 7's hybrid model imports zoo.holographic and zoo.softmax_attention.
-MODEL_FILES = {"holo_transformer.py": {"zoo"}}
-
-
 @pytest.mark.parametrize("path", ZOO_FILES, ids=lambda p: p.stem)
 def test_zoo_file_imports_only_torch_and_the_standard_library(path):
     tree = ast.parse(path.read_text())
-    allowed = MODEL_FILES.get(path.name, set())
-    bad = [m for m in module_level_imports(tree) if m != "torch" and m not in STDLIB and m not in allowed]
+    bad = [m for m in module_level_imports(tree) if m != "torch" and m not in STDLIB]
     assert not bad, f"{path.name} imports {bad}: a zoo file may import only torch and the standard library"
 
 

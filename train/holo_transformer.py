@@ -235,7 +235,7 @@ __all__ = ["HoloConfig", "HoloTransformer", "RotaryAttention", "rope"]
 
 
 # ------------------------------------------------------------------------------------------------
-# The seed's claims, as claims: python -m zoo.holo_transformer [steps] [cuda] [fast]
+# The seed's claims, as claims: python -m train.holo_transformer [steps] [cuda] [fast]
 # ------------------------------------------------------------------------------------------------
 def _recall_claims(steps: int = 150, device: str = "cpu", fast: bool = False, batch: int = 16, hd_dim: int = 128):
     """Train small models (dim 64, 2 layers) on train/data.py's MQAR, reversal and needle tasks,
