@@ -172,6 +172,21 @@ def test_fast_equals_zoo_in_half_precision_on_gpu(dtype, D, T, causal, normalize
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("normalize", [True, False])
+def test_fast_equals_zoo_at_the_widest_keys_on_gpu(normalize):
+    # K = 256 (the widest the kernels take: BK 256, BV 32, 8 warps, 1 stage) with V = 64, the
+    # shape of random-feature attention's precomputed features. On the H100 on 2026-11-23 this
+    # configuration (normalised, B·T = 32768, H = 16) raised "illegal memory access"; under the
+    # interpreter it agrees with the zoo. Kept here so the next GPU run shows whether it still does.
+    s = Shape(4, 2048, 16, 256, 64)
+    q, k, v = qkv(13, s, dtype=torch.bfloat16, device="cuda")
+    got = fla_fast.linear_attention_chunk(q, k, v, normalize=normalize)[0]
+    torch.cuda.synchronize()
+    ref = zla.linear_attention_chunk(*(x[:1, :, :2].double() for x in (q, k, v)), normalize=normalize)[0]
+    assert_close(got[:1, :, :2], ref, tol_for(torch.bfloat16, "cuda"), "o")
+
+
+@pytest.mark.gpu
 def test_normalize_false_equals_fla_chunk_linear_attn_on_gpu():
     fla_ops = pytest.importorskip("fla.ops.linear_attn")
     s = Shape(2, 500, 4, 64, 64)
