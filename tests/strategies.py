@@ -202,3 +202,31 @@ def grads(fn: Callable, inputs: dict[str, torch.Tensor], cotangents: list[torch.
 @functools.lru_cache(maxsize=None)
 def has_cuda() -> bool:
     return torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------------------------------------
+# Compiling kernels for the H100 on a CPU
+# ------------------------------------------------------------------------------------------------
+def run_aot_script(script: str, timeout: float = 600) -> dict:
+    """Run `script` in a fresh Python with Triton's interpreter off, so its `triton.compile(...,
+    target=GPUTarget("cuda", 90, 32))` calls build real sm_90 code with the ptxas Triton ships,
+    and return the JSON object the script prints last (e.g. stack bytes, i.e. register spills,
+    per kernel). The interpreter never compiles: this catches what only the GPU compiler rejects,
+    on a CPU. Skips when this Triton has no bundled ptxas."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    import pytest
+    import triton
+
+    if not (pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this Triton has no bundled ptxas")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"  # the default Triton 3.6 compiles with (3.9 warns)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=timeout)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])

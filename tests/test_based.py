@@ -22,7 +22,7 @@ import pytest
 import torch
 from hypothesis import assume, given, settings, strategies as st
 
-from strategies import (TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol,
+from strategies import (run_aot_script, TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol,
                         grads, has_cuda, interpreting, randn, seeds, shapes, tol_for)
 import zoo.based as zb
 import fast.based as fb
@@ -533,20 +533,6 @@ print(json.dumps(out))
 def test_kernels_compile_for_an_h100_and_the_forward_does_not_spill():
     # The interpreter never compiles: this catches what only the GPU compiler rejects, and register
     # spills, on a CPU. Triton ships ptxas; without it the test skips.
-    import json
-    import subprocess
-    import sys
-
-    import triton
-
-    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
-        pytest.skip("this Triton has no bundled ptxas")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    stack = json.loads(run.stdout.strip().splitlines()[-1])
+    stack = run_aot_script(AOT_SCRIPT, timeout=600)
     assert stack["fwd"] == 0 and stack["dq"] == 0 and stack["decode"] == 0, stack
     assert stack["dkv"] <= 256, stack  # the dk/dv sweep carries the most: a small spill, measured 200 B

@@ -23,7 +23,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from strategies import (TOL, Shape, assert_close, edge_examples, grad_tol, grads, has_cuda, rand, randn, seeds,
+from strategies import (run_aot_script, TOL, Shape, assert_close, edge_examples, grad_tol, grads, has_cuda, rand, randn, seeds,
                         shapes, tol_for)
 import zoo.holographic as zh
 import fast.holographic as fh
@@ -571,20 +571,5 @@ print(json.dumps({f"{d}{BT}": usage(d, BT) for d in ("fwd", "bwd") for BT in (32
 def test_kernels_compile_for_an_h100_without_spilling():
     """The interpreter never compiles: this catches what only the GPU compiler rejects (plain
     globals, unsupported ops) and register spills, on a CPU, with Triton's bundled ptxas."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    import triton
-
-    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
-        pytest.skip("this Triton has no bundled ptxas")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    stack = json.loads(run.stdout.strip().splitlines()[-1])
+    stack = run_aot_script(AOT_SCRIPT, timeout=300)
     assert all(v == 0 for v in stack.values()), stack

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from strategies import (TOL, Shape, assert_close, device, edge_examples, grad_tol, grads, has_cuda,
+from strategies import (run_aot_script, TOL, Shape, assert_close, device, edge_examples, grad_tol, grads, has_cuda,
                         interpreting, randn, rel_rms, seeds, shapes, tol_for)
 import zoo.hyper_attention as zh
 import fast.hyper_attention as fh
@@ -560,19 +560,5 @@ print(json.dumps(out))
 def test_kernels_compile_for_an_h100_without_spilling():
     # The interpreter never compiles: this catches what only the GPU compiler rejects, and register
     # spills, on a CPU. Triton ships ptxas; without it the test skips.
-    import json
-    import subprocess
-    import sys
-
-    import triton
-
-    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
-        pytest.skip("this Triton has no bundled ptxas")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    stack = json.loads(run.stdout.strip().splitlines()[-1])
+    stack = run_aot_script(AOT_SCRIPT, timeout=600)
     assert all(v == 0 for v in stack.values()), stack

@@ -24,7 +24,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from strategies import (TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol, grads, has_cuda,
+from strategies import (run_aot_script, TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol, grads, has_cuda,
                         interpreting, rand, randn, seeds, shapes, tol_for)
 import zoo.linear_attention as zla
 import fast.linear_attention as fla_fast
@@ -712,21 +712,7 @@ print(json.dumps(dict(plain=stack_bytes(), dk_normalized=stack_bytes(augment=Tru
 def test_chunk_sweep_compiles_for_an_h100_without_spilling():
     # The interpreter never compiles: this catches what only the GPU compiler rejects, and register
     # spills, on a CPU. Triton ships ptxas; without it the test skips.
-    import json
-    import subprocess
-    import sys
-
-    import triton
-
-    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
-        pytest.skip("this Triton has no bundled ptxas")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    stack = json.loads(run.stdout.strip().splitlines()[-1])
+    stack = run_aot_script(AOT_SCRIPT, timeout=300)
     assert stack["plain"] == 0, stack  # the forward and the dq, dk, dv sweeps of normalize=False
     assert stack["dk_normalized"] == 0, stack  # the normalised dk sweep (carries u)
     assert stack["fwd_normalized"] == 0, stack  # the normalised forward (carries z)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from strategies import (TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol,
+from strategies import (run_aot_script, TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol,
                         grads, randn, seeds, shapes, tol_for)
 import zoo.softmax_attention as zsa
 import fast.softmax_attention as fsa
@@ -513,22 +513,7 @@ def test_kernels_compile_for_an_h100_without_spilling():
     # The interpreter never compiles: this catches what only the GPU compiler rejects (it caught a
     # non-constexpr global), and register spills, on a CPU, for the headline bf16 D = 128 causal
     # forward (pointer and TMA loads) and backward. Triton ships ptxas; without it the test skips.
-    import json
-    import os
-    import subprocess
-    import sys
-
-    import triton
-
-    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")):
-        pytest.skip("this Triton has no bundled ptxas")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    run = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, cwd=root, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    stack = json.loads(run.stdout.strip().splitlines()[-1])
+    stack = run_aot_script(AOT_SCRIPT, timeout=300)
     assert stack == {"fwd": 0, "fwd_tma": 0, "dkdv": 0, "dq": 0}, f"stack bytes (spills): {stack}"
 
 
