@@ -51,9 +51,9 @@ Tile rule (no autotuning, nothing keyed on T or B): the contraction dim K sits i
 next power of two >= 16, up to 256), because S needs every row of k to update. BV takes the rest
 of a budget of 8192 fp32 state elements per program (64 registers a thread at 4 warps), capped
 at 64 so K = V = 128 gives two V-tiles: B·H·2 programs (128 at the headline size, about one per
-H100 SM). 4 warps, 8 where the tile is full and the sweep also carries z or u, is fp32, or has
-K = 256; as many stages of q, k, v loads (up to 3) as fit 128 KB of shared memory: 3 for bf16 at
-K = V = 128 (one program per SM, so loads in flight are what hides memory latency; measured on
+H100 SM). 4 warps, 8 where the tile is full and the sweep also carries z or u, or is fp32
+(never at K = 256: see _tile_rule); as many stages of q, k, v loads (up to 3) as fit 128 KB of
+shared memory: 3 for bf16 at K = V = 128 (one program per SM, so loads in flight are what hides memory latency; measured on
 the H100, see _tile_rule). Checked by
 compiling ahead of time for sm_90 (Triton 3.9, no GPU; cuobjdump -res-usage), bf16, K = V = 128,
 3 stages, 139 KB of shared memory at most:
@@ -62,8 +62,9 @@ compiling ahead of time for sm_90 (Triton 3.9, no GPU; cuobjdump -res-usage), bf
     normalised forward (carries z)                          8 warps: 246 registers, no spill
     normalised backward sweeps (carry u)                    8 warps: 250 registers, no spill
     (at 4 warps the last two spill 168-192 bytes; at 2 stages the normalised forward spills 56)
-    K = V = 64: 4 warps, 160 registers; K = V = 256: 8 warps, 1 stage, the plain sweep does not
-    spill. fp32 inputs spill (80-300 B at 8 warps): they are for checking, not for speed.
+    K = V = 64: 4 warps, 160 registers; K = 256: [256, 32] tiles at 4 warps, 1 stage, spill 104
+    bytes (248 normalised): at 8 warps they would not, but that build faulted on the H100.
+    fp32 inputs spill (80-300 B at 8 warps): they are for checking, not for speed.
 The rule is a guess from those counts, not a measurement: `python -m fast.linear_attention` on the
 GPU times the forward under other tiles beside it.
 T is in do_not_specialize, so a new length never recompiles.
@@ -102,8 +103,14 @@ def _tile_rule(DK: int, DV: int, BT: int, element_size: int, carries: bool = Fal
     the normaliser z or the extra row u (`carries`). See the card for the register counts."""
     BK = max(16, triton.next_power_of_2(DK))
     BV = max(16, min(triton.next_power_of_2(DV), MAX_BV, STATE_ELEMENTS // BK))
-    big = BK * BV >= STATE_ELEMENTS  # a full state tile: [128, 64] or [256, 32]
-    num_warps = 8 if big and (carries or element_size == 4 or BK > 128) else 4
+    if BK == 256:
+        # [256, 32] at 4 warps, 1 stage. Not 8 warps: on the H100 (Triton 3.6) [256, 16] and
+        # [256, 32] tiles at 8 warps read shared memory out of bounds in q·S (compute-sanitizer,
+        # 2026-11-23); at 4 warps they agree with the zoo. The price is a spill (sm_90 compile:
+        # 104 bytes plain, 248 normalised; [256, 64] at 8 warps spills 208 / 336).
+        return BK, 32, 4, 1
+    big = BK * BV >= STATE_ELEMENTS  # a full state tile: [128, 64]
+    num_warps = 8 if big and (carries or element_size == 4) else 4
     stage_bytes = BT * (2 * BK + BV) * element_size  # one chunk of q, k and v
     # Up to 3 stages. Measured on the H100 (bf16, B·T = 32768, H = 16, D = 128, causal): forward
     # 0.203-0.204 ms at 3 stages (two runs) against 0.314 ms at 2 for the plain sweep; and at 2 the

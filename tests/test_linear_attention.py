@@ -676,9 +676,9 @@ from triton.compiler import ASTSource
 import fast.linear_attention as fl
 
 
-def stack_bytes(normalize=False, augment=False, reverse=False):
-    # As the JIT would compile it for bf16, K = V = 128, 16-byte-aligned pointers, H % 16 == 0.
-    BK, BV, num_warps, num_stages = fl._tile_rule(128, 128, 64, 2, normalize or augment)
+def stack_bytes(normalize=False, augment=False, reverse=False, K=128, V=128):
+    # As the JIT would compile it for bf16, 16-byte-aligned pointers, H % 16 == 0.
+    BK, BV, num_warps, num_stages = fl._tile_rule(K, V, 64, 2, normalize or augment)
     on = dict(h0=True, ht=True, z0=normalize, zt=normalize, den=normalize, a=augment, b=augment,
               u0=augment, ut=augment)
     sig, const = {n: "*bf16" for n in ("q", "k", "v", "o")}, {}
@@ -687,7 +687,7 @@ def stack_bytes(normalize=False, augment=False, reverse=False):
         if not used:
             const[n] = None
     sig.update(s_q="fp32", s_k="fp32", T="i32", H="i32")
-    const.update(K=128, V=128, BT=64, BK=BK, BV=BV, EPS=1e-6, CAUSAL=True, REVERSE=reverse, HAS_H0=True,
+    const.update(K=K, V=V, BT=64, BK=BK, BV=BV, EPS=1e-6, CAUSAL=True, REVERSE=reverse, HAS_H0=True,
                  STORE_HT=True, NORMALIZE=normalize, AUGMENT=augment)
     sig.update({n: "constexpr" for n in const if n not in sig})
     names = list(sig)
@@ -704,7 +704,10 @@ def stack_bytes(normalize=False, augment=False, reverse=False):
 
 
 print(json.dumps(dict(plain=stack_bytes(), dk_normalized=stack_bytes(augment=True, reverse=True),
-                      fwd_normalized=stack_bytes(normalize=True))))
+                      fwd_normalized=stack_bytes(normalize=True),
+                      # K = 256 (random features), where 4 warps replaced the 8 that faulted on the H100
+                      wide_plain=stack_bytes(K=256, V=64), wide_normalized=stack_bytes(normalize=True, K=256, V=64),
+                      wide_dq_normalized=stack_bytes(augment=True, K=64, V=256))))
 """
 
 
@@ -716,3 +719,7 @@ def test_chunk_sweep_compiles_for_an_h100_without_spilling():
     assert stack["plain"] == 0, stack  # the forward and the dq, dk, dv sweeps of normalize=False
     assert stack["dk_normalized"] == 0, stack  # the normalised dk sweep (carries u)
     assert stack["fwd_normalized"] == 0, stack  # the normalised forward (carries z)
+    assert stack["wide_dq_normalized"] == 0, stack  # K = 64, V = 256: the dq sweep of a wide value
+    # K = 256 spills at 4 warps (fast/linear_attention.py's card: the 8-warp build that does not
+    # faulted on the H100); bounded here so a change that makes it worse shows.
+    assert stack["wide_plain"] <= 104 and stack["wide_normalized"] <= 248, stack
