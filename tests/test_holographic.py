@@ -142,6 +142,27 @@ def test_fast_takes_contiguous_inputs_and_separate_strides():
     fast_vs_zoo(xs, state(3, s, dtype=torch.float32), 16, TOL["f32-interpret"], cot_seed=5)
 
 
+@pytest.mark.parametrize("tiles", [(16, 64, 4), (32, 32, 4), (16, 128, 8)])
+def test_fast_tiles_other_than_the_rule_give_the_rules_result_forward_and_backward(tiles):
+    # The GPU benchmark (python -m fast.holographic) times other tiles than the rule's: each must
+    # compute the same o and the same gradients, whatever the rows per step and the lanes per program.
+    s = Shape(2, 45, 2, 70, 70)  # D = 70: lanes masked in the last tile; T = 45: a partial chunk
+    ap, am, qr, qi, freqs = projected(4, s)
+    t0 = torch.tensor([0, 3])
+    h0 = state(4, s, dtype=torch.float32)[0]
+    do = randn(5, (s.B, s.T, s.H, 2 * s.K), dtype=torch.float32)
+    dht = randn(6, (s.B, s.H, s.K, 2), dtype=torch.float32)
+    rule = fh._holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, True, 16)
+    other = fh._holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, True, tiles[0], tiles=tiles)
+    tol = TOL["f32-interpret"]
+    assert_close(other[0], rule[0], tol, "o")
+    assert_close(other[1], rule[1], tol, "final memory")
+    g_rule = fh._holographic_chunk_bwd(do, dht, ap, am, qr, qi, freqs, t0, rule[2], True, 16)
+    g_other = fh._holographic_chunk_bwd(do, dht, ap, am, qr, qi, freqs, t0, other[2], True, tiles[0], tiles=tiles)
+    for name, a, b in zip(("d a_phase", "d a_mag", "d q_re", "d q_im", "d h0"), g_other, g_rule):
+        assert_close(a, b, grad_tol(tol), name)
+
+
 GPU_CASES = [(torch.bfloat16, 1000, 2, 64, 64), (torch.float16, 333, 1, 200, 32), (torch.bfloat16, 4099, 1, 96, 16),
              (torch.float32, 700, 3, 48, 64)]
 
