@@ -121,6 +121,48 @@ def test_fast_equals_zoo_on_every_block_range(T, window, K, V):
         assert_close(g[n], g_ref[n], grad_tol(tol), f"d{n}")
 
 
+@pytest.mark.skipif(has_cuda() and torch.cuda.get_device_capability()[0] < 9, reason="TMA needs sm_90+")
+@pytest.mark.parametrize("loops,tma", [(2, True), (2, False), (1, True), (1, False), (3, True), (3, False)])
+def test_fast_forward_every_loop_structure_and_load_path_equals_zoo(loops, tma):
+    # The forward's loop structures (1: one masked loop; 2, the op's: interior unmasked then both
+    # edges masked; 3: edge, interior, diagonal) and load paths (TMA boxes of a [B·T, H·D] view,
+    # run by the interpreter too, or pointers) on every kind of block range. Sequence 1 is all NaN:
+    # the boxes of sequence 0's last diagonal block reach into it, and must not let it leak.
+    dev = device()
+    for T, window in [(150, 60), (130, 47), (90, 1), (40, 40), (100, 33), (64, 64)]:
+        q, k, v = qkv(5, Shape(2, T, 2, 16, 16), dtype=torch.float32, device=dev)
+        k[1], v[1] = float("nan"), float("nan")
+        t = fw._tiles(16, 16, window, torch.float32, q.device)
+        o, lse = fw._sliding_window_attention_chunk_fwd(q, k, v, window, 0.25, t, loops, tma)
+        o_ref, lse_ref = zw.sliding_window_attention_parallel(q[:1].double(), k[:1].double(), v[:1].double(),
+                                                              window=window, scale=0.25, return_lse=True)
+        assert_close(o[:1], o_ref, tol_for(torch.float32, dev), f"o T={T} W={window}")
+        assert_close(lse[:1].transpose(1, 2), lse_ref, tol_for(torch.float32, dev), f"lse T={T} W={window}")
+        assert torch.isnan(o[1]).all()
+
+
+@pytest.mark.parametrize("scale", [-0.6, 0.0])
+def test_fast_takes_negative_and_zero_scales(scale):
+    # The kernel's unmasked loop takes the row max before scaling (needs scale >= 0); the op
+    # negates q for a negative scale, and autograd carries the sign into dq.
+    dev = device()
+    q, k, v = qkv(9, Shape(1, 70, 2, 16, 16), dtype=torch.float32, device=dev)
+    inputs = dict(q=q.requires_grad_(), k=k.requires_grad_(), v=v.requires_grad_())
+    inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
+    cot = [randn(3, *v.shape, dtype=torch.float32, device=dev), randn(4, 1, 70, 2, dtype=torch.float32, device=dev)]
+    kw = dict(window=40, scale=scale, return_lse=True)
+    ref = grads(lambda **a: zw.sliding_window_attention_parallel(**a, **kw), inputs64, cot)
+    got = grads(lambda **a: fw.sliding_window_attention_chunk(**a, **kw), inputs, cot)
+    tol = tol_for(torch.float32, dev)
+    assert_close(fw.sliding_window_attention_chunk(q, k, v, **kw)[0],
+                 zw.sliding_window_attention_parallel(*inputs64.values(), **kw)[0], tol, "o")
+    for n in ref:
+        if ref[n].abs().max() == 0:  # scale = 0: dq = dk = 0 exactly in the reference
+            assert got[n].abs().max() <= 1e-5, f"d{n} should vanish"
+            continue
+        assert_close(got[n], ref[n], grad_tol(tol), f"d{n}")
+
+
 # (dtype, D, T, W) on the GPU's tiles: W = 64 (no unmasked interior), 129 (a band past one block),
 # 512 (an interior); T = 1, ragged, and long enough to cross many blocks. Few, so the GPU run
 # compiles a handful of kernel variants.
@@ -496,8 +538,12 @@ for W in (64, 512):
     t = fw._tiles(128, 128, W, torch.bfloat16, "cuda")
     dims = dict(K=128, V=128, BK=t.BK, BV=t.BV, UPCAST=False)
     io = dict(q=bf, k=bf, v=bf, lse=f32, delta=f32)
-    out[f"fwd{W}"] = stack_bytes(fw._sliding_window_attention_chunk_fwd_kernel, dict(io, o=bf),
-                                 dict(dims, BM=t.BM, BN=t.BN), t.warps, t.stages)
+    td = f"tensordesc<bf16[{t.BN},{t.BK}]>"
+    for loops, tma in ((2, True), (2, False), (1, True), (3, False)):  # the op's path first
+        kv = dict(k=td, v=td) if tma else {}
+        out[f"fwd{W}_loops{loops}_tma{int(tma)}"] = stack_bytes(
+            fw._sliding_window_attention_chunk_fwd_kernel, dict(io, o=bf, **kv),
+            dict(dims, BM=t.BM, BN=t.BN, LOOPS=loops, TMA=tma), t.warps, t.stages)
     out[f"dkdv{W}"] = stack_bytes(fw._sliding_window_attention_chunk_bwd_dkdv_kernel, dict(io, do=bf, dk=bf, dv=bf),
                                   dict(dims, BM=t.BM1, BN=t.BN1), t.bwd_warps, t.stages)
     out[f"dq{W}"] = stack_bytes(fw._sliding_window_attention_chunk_bwd_dq_kernel, dict(io, do=bf, dq=bf),
