@@ -12,6 +12,10 @@ Per chunk of BT tokens:
     intra   s = c·q kᵀ, A = (1 + s + s²/2) ⊙ M on the fly from one [BT, K]·[K, BT] dot   (4)
     inter   o += S⁰ + √c·q S¹ + (c/√2)·(q⊗q) S²   with q⊗q built in registers [BT, BK²]   (5)
     state   S¹ += √c kᵀv, S² += (c/√2)(k⊗k)ᵀ v  (after the chunk has read the old state)   (2)
+q⊗q is (q E_a) ⊙ (q E_b) with 0/1 selection matrices E_a[i, a·BK + b] = [i = a], E_b = [i = b]
+(and (k⊗k)ᵀ = (E_aᵀkᵀ) ⊙ (E_bᵀkᵀ)): two tiny dots whose products are exactly the outer
+product's, landing in the accumulator layout the next dot reads (FEATURES_BY_DOT; the backward
+still builds them by broadcast and reshape, _outer).
 Launch grid: one program per (V-tile, batch·head). Without the causal mask the program first
 sweeps k, v to build the whole state, then reads it out.
 
@@ -41,10 +45,20 @@ Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = d' = 16, V = 128, 
     backward: (a) ≈ 1.2×, (b) ≈ 2× the forward's FLOPs: floor ≈ 0.65 ms; fwd+bwd ≥ 0.85 ms.
 Tile rule: BK = 16 (feature_dim ≤ 16, zero-padded), S² is BK² = 256 rows, BV from a budget
 of 8192 fp32 state elements per program (BV = 32: 4 V-tiles at V = 128, B·H·4 = 256 programs),
-BT = min(chunk_size, 32) rows per step, 8 warps. Chosen from sm_90 compiles (Triton 3.9,
-cuobjdump register counts): at BT = 64 the [BT, BK²] q⊗q block beside S² spills (forward 240 B
-of stack at 8 warps, dk/dv 1.3 KB); at BT = 32, 8 warps the forward and dq kernels spill
-nothing and dk/dv 200 B. The result differs from chunk_size's only by rounding.
+BT = min(chunk_size, 32) rows per step, 8 warps, 2 load stages. Chosen from sm_90 compiles
+(Triton 3.9, cuobjdump register counts): at BT = 64 the [BT, BK²] q⊗q block beside S² spills
+(forward 240 B of stack at 8 warps, dk/dv 1.3 KB); at BT = 32, 8 warps the forward and dq
+kernels spill nothing and dk/dv 200 B. The result differs from chunk_size's only by rounding.
+Measured on the H100 with the reshape-built features: forward 2.79 ms, fwd+bwd 11.0 ms, about
+5 µs per chunk step (255 registers at 8 warps: one program per SM, 256 programs in two waves),
+so the sweep is bound by the instructions and barriers of one step, not by FLOPs or bytes.
+The forward (bf16, BT = 32, BV = 32, 8 warps, 2 stages, sm_90) as compiled, by how φ's second
+order is built:    registers  spill   SASS lines  shuffles  shared loads / stores  barriers
+    reshape (_outer)         255      0       1976        298      213 / 96            51
+    selection dots           255      0       1352         70       91 / 88            43
+so the forward takes the dots (FEATURES_BY_DOT) on these counts; not yet timed. At BT = 64 the
+dots spill too (800 B). `python -m fast.based` on the GPU times the forward under both and
+other tiles (BENCH_VARIANTS, with each one's compile counts) beside the rule.
 T is in do_not_specialize: a new length never recompiles.
 
 Naming legend (fla's prefixes, STYLE rule 29):
@@ -69,6 +83,7 @@ MAX_FEATURE_DIM = 16  # S² is feature_dim² rows: 16 → 256 rows, what one pro
 STATE_ELEMENTS = 8192  # fp32 elements of S² per program (BK² · BV)
 MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
 MAX_BT = 32  # chunk rows per step: at 64 the [BT, BK²] q⊗q block and S² spill registers (see card)
+FEATURES_BY_DOT = True  # forward: q⊗q, k⊗k by selection dots (_outer_dot), not a reshape (see card)
 INV_SQRT2 = tl.constexpr(0.7071067811865476)  # 1/√2, the second order's weight c/√2
 
 
@@ -92,6 +107,35 @@ def _tile_rule(V: int, chunk_size: int):
 def _outer(x, BT: tl.constexpr, BK: tl.constexpr):
     """[BT, BK] -> [BT, BK²]: each row's x⊗x, flattened row-major (index a·BK + b)."""
     return tl.reshape(x[:, :, None] * x[:, None, :], (BT, BK * BK))
+
+
+@triton.jit
+def _selectors(BK: tl.constexpr, dtype: tl.constexpr):
+    """0/1 matrices that pick φ's second-order factors by a dot (FEAT_DOT): with f = a·BK + b,
+    E_a[i, f] = [i = a], E_b[i, f] = [i = b] ([BK, BK²]) and their transposes ([BK², BK])."""
+    offs_k = tl.arange(0, BK)
+    offs_f = tl.arange(0, BK * BK)
+    E_a = (offs_k[:, None] == offs_f[None, :] // BK).to(dtype)
+    E_b = (offs_k[:, None] == offs_f[None, :] % BK).to(dtype)
+    ET_a = (offs_f[:, None] // BK == offs_k[None, :]).to(dtype)
+    ET_b = (offs_f[:, None] % BK == offs_k[None, :]).to(dtype)
+    return E_a, E_b, ET_a, ET_b
+
+
+@triton.jit
+def _outer_dot(x, E_a, E_b, PREC: tl.constexpr):
+    """[BT, BK] -> [BT, BK²]: x⊗x as (x E_a) ⊙ (x E_b). Each dot copies one entry of x (weights
+    0/1, fp32 sums, "ieee" for fp32 inputs), so the products are _outer's exactly; the result sits
+    in the tensor cores' accumulator layout, which the next dot takes as its A operand directly
+    instead of through the reshape's shuffles and a shared-memory round trip."""
+    return tl.dot(x, E_a, input_precision=PREC) * tl.dot(x, E_b, input_precision=PREC)
+
+
+@triton.jit
+def _outer_dot_t(x, ET_a, ET_b, PREC: tl.constexpr):
+    """[BT, BK] -> [BK², BT]: (x⊗x)ᵀ as (E_aᵀ xᵀ) ⊙ (E_bᵀ xᵀ), the A operand of the state update."""
+    xt = tl.trans(x)
+    return tl.dot(ET_a, xt, input_precision=PREC) * tl.dot(ET_b, xt, input_precision=PREC)
 
 
 @triton.jit
@@ -123,9 +167,11 @@ def _based_chunk_fwd_kernel(
     den,  # [B, T, H] fp32 (normalize) or None
     scale, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, EPS: tl.constexpr, CAUSAL: tl.constexpr,
+    FEAT_DOT: tl.constexpr, PREC: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, NORMALIZE: tl.constexpr,
 ):
-    """o = [A V + φ(Q) S] / [A 1 + φ(Q) z + ε] chunk by chunk, φ never formed (zoo (4)-(5))."""
+    """o = [A V + φ(Q) S] / [A 1 + φ(Q) z + ε] chunk by chunk, φ never formed (zoo (4)-(5)).
+    FEAT_DOT builds q⊗q and (k⊗k)ᵀ with selection dots (_outer_dot) instead of a reshape."""
     # -- map the program to a V-tile of one (batch, head) ------------------------------------------
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -137,6 +183,7 @@ def _based_chunk_fwd_kernel(
     mask_v = offs_v < V
     row0 = i_b.to(tl.int64) * T  # first token of this sequence; int64: B·T·H·V may pass 2³¹
     NT = tl.cdiv(T, BT)
+    E_a, E_b, ET_a, ET_b = _selectors(BK, q.dtype.element_ty)  # used only under FEAT_DOT
 
     # -- the state by order, fp32 accumulators for the whole sweep --------------------------------
     b_S0 = tl.zeros([BV], dtype=tl.float32)
@@ -164,13 +211,18 @@ def _based_chunk_fwd_kernel(
             b_k = tl.load(k + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
             b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
             b_kf = b_k.to(tl.float32)
-            b_kk = s2 * _outer(b_kf, BT, BK)  # (1) φ(k)'s second order [BT, BK²]
             b_S0 += tl.sum(b_v.to(tl.float32), 0)  # (2) summed over every token
             b_S1 += tl.dot(tl.trans((s1 * b_kf).to(b_v.dtype)), b_v)
-            b_S2 += tl.dot(tl.trans(b_kk.to(b_v.dtype)), b_v)
+            if FEAT_DOT:
+                b_kkT = s2 * _outer_dot_t(b_k, ET_a, ET_b, PREC)  # (1) φ(k)'s second order, [BK², BT]
+                b_S2 += tl.dot(b_kkT.to(b_v.dtype), b_v)
+                b_z2 += tl.sum(b_kkT, 1)
+            else:
+                b_kk = s2 * _outer(b_kf, BT, BK)  # (1) φ(k)'s second order [BT, BK²]
+                b_S2 += tl.dot(tl.trans(b_kk.to(b_v.dtype)), b_v)
+                b_z2 += tl.sum(b_kk, 0)
             b_z0 += tl.sum(mask_t.to(tl.float32), 0)  # φ(k)'s 1, for real tokens only
             b_z1 += s1 * tl.sum(b_kf, 0)
-            b_z2 += tl.sum(b_kk, 0)
 
     # -- the sweep: chunk by chunk in time order ----------------------------------------------------
     for i_t in range(NT):
@@ -180,7 +232,10 @@ def _based_chunk_fwd_kernel(
         b_q = tl.load(q + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :], other=0.0)
         b_qf = b_q.to(tl.float32)
         b_q1 = s1 * b_qf  # φ(q)'s first order [BT, BK]
-        b_qq = s2 * _outer(b_qf, BT, BK)  # φ(q)'s second order [BT, BK²], registers only
+        if FEAT_DOT:
+            b_qq = s2 * _outer_dot(b_q, E_a, E_b, PREC)  # φ(q)'s second order [BT, BK²], registers only
+        else:
+            b_qq = s2 * _outer(b_qf, BT, BK)
 
         # (5) inter-chunk: φ(q)ᵀ S = S⁰ + √c q S¹ + (c/√2)(q⊗q) S². The state is rounded to q's
         # dtype so the dots run on tensor cores (fla does the same); accumulation stays fp32.
@@ -198,13 +253,18 @@ def _based_chunk_fwd_kernel(
             b_den += tl.sum(b_A, 1)
             # (2) state pass, after the chunk has read the state of the chunks before it.
             b_kf = b_k.to(tl.float32)
-            b_kk = s2 * _outer(b_kf, BT, BK)
             b_S0 += tl.sum(b_v.to(tl.float32), 0)
             b_S1 += tl.dot(tl.trans((s1 * b_kf).to(b_v.dtype)), b_v)
-            b_S2 += tl.dot(tl.trans(b_kk.to(b_v.dtype)), b_v)
+            if FEAT_DOT:
+                b_kkT = s2 * _outer_dot_t(b_k, ET_a, ET_b, PREC)
+                b_S2 += tl.dot(b_kkT.to(b_v.dtype), b_v)
+                b_z2 += tl.sum(b_kkT, 1)
+            else:
+                b_kk = s2 * _outer(b_kf, BT, BK)
+                b_S2 += tl.dot(tl.trans(b_kk.to(b_v.dtype)), b_v)
+                b_z2 += tl.sum(b_kk, 0)
             b_z0 += tl.sum(mask_t.to(tl.float32), 0)  # padded keys are not neutral (φ(0)₀ = 1)
             b_z1 += s1 * tl.sum(b_kf, 0)
-            b_z2 += tl.sum(b_kk, 0)
 
         if NORMALIZE:
             b_den += EPS  # (3) stored for backward
@@ -569,11 +629,16 @@ def _symmetrize(x: torch.Tensor, K: int) -> torch.Tensor:
     return torch.cat([x[:, :, :1 + K], x2.reshape(B, H, K * K, *x.shape[3:])], 2).contiguous()
 
 
-def _based_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state, chunk_size):
-    """Forward: one sweep. Returns (o, ht, zt, den), None where not computed."""
+def _based_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state, chunk_size, tiles=None,
+                     feat_dot=FEATURES_BY_DOT):
+    """Forward: one sweep. Returns (o, ht, zt, den), None where not computed. `tiles` = (BT, BV,
+    num_warps, num_stages) overrides the rule and `feat_dot` picks how q⊗q and k⊗k are built
+    (selection dots or the reshape), for the benchmark below only."""
     B, T, H, K = q.shape
     V, M = v.shape[-1], zb.feature_count(K)
     BT, BK, BV, num_warps, num_stages = _tile_rule(V, chunk_size)
+    if tiles is not None:
+        BT, BV, num_warps, num_stages = tiles
     f32 = dict(device=q.device, dtype=torch.float32)
     o = torch.empty_like(v)
     den = torch.empty(B, T, H, **f32) if normalize else None
@@ -581,7 +646,8 @@ def _based_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_sta
     zt = torch.empty(B, H, M, **f32) if output_final_state else None
     _based_chunk_fwd_kernel[(triton.cdiv(V, BV), B * H)](
         q, k, v, o, h0, ht, z0, zt, den, scale, T, H, K=K, V=V, M=M, BT=BT, BK=BK, BV=BV,
-        EPS=zb.EPS, CAUSAL=causal, num_warps=num_warps, num_stages=num_stages)
+        EPS=zb.EPS, CAUSAL=causal, FEAT_DOT=feat_dot, PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=num_warps, num_stages=num_stages)
     return o, ht, zt, den
 
 
@@ -795,3 +861,63 @@ class BasedLinearAttention(zb.BasedLinearAttention):
 
 
 __all__ = ["based_chunk", "based_recurrent", "BasedLinearAttention"]
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU benchmark: python -m fast.based (about 30-60 s on an H100, mostly compiling)
+# ------------------------------------------------------------------------------------------------
+# Forward variants timed beside the rule: (name, (BT, BV, num_warps, num_stages), feat_dot).
+# sm_90 compiles (Triton 3.9, bf16, causal, normalised; registers / stack bytes of spill):
+#   dot  = q⊗q and (k⊗k)ᵀ by selection dots;  reshape = _outer's broadcast and reshape (the old rule)
+BENCH_VARIANTS = [
+    ("reshape 32/32 8w 2st (old rule)", (32, 32, 8, 2), False),  # 255 regs, no spill, 1976 SASS lines
+    ("reshape 16/32 4w 2st", (16, 32, 4, 2), False),  # 250 regs, no spill: 2 programs fit an SM
+    ("dot 32/32 8w 1st", (32, 32, 8, 1), True),  # 255, 8 B spill
+    ("dot 32/32 8w 3st", (32, 32, 8, 3), True),  # 255, no spill
+    ("dot 16/32 8w 2st", (16, 32, 8, 2), True),  # 242, no spill, 1024 SASS lines
+    ("dot 16/32 4w 2st", (16, 32, 4, 2), True),  # 255, 24 B spill: 2 programs fit an SM
+    ("dot 32/32 4w 2st", (32, 32, 4, 2), True),  # 255, 248 B spill
+    ("dot 32/16 8w 2st", (32, 16, 8, 2), True),  # 255, 88 B spill; 8 V-tiles: 512 programs
+    ("dot 16/64 8w 2st", (16, 64, 8, 2), True),  # 255, no spill; 2 V-tiles: 128 programs, one wave
+]
+
+
+def _benchmark(B=4, T=8192, H=16, K=16, V=128, dtype=torch.bfloat16, causal=True, normalize=True, device="cuda",
+               backward=True):
+    """The rule's forward (and forward + backward), then the forward under BENCH_VARIANTS, each with
+    its max abs difference from the rule's output. A variant that fails prints its error and the
+    rest go on."""
+    import time
+
+    g = torch.Generator(device=device).manual_seed(0)
+    q, k = (torch.randn(B, T, H, K, device=device, dtype=dtype, generator=g) for _ in range(2))
+    v, do = (torch.randn(B, T, H, V, device=device, dtype=dtype, generator=g) for _ in range(2))
+    scale = K ** -0.5
+    bench = lambda fn: triton.testing.do_bench(fn, warmup=10, rep=60)  # noqa: E731
+    start = time.perf_counter()
+    rule = _tile_rule(V, 64)
+    fwd = lambda **kw: _based_chunk_fwd(q, k, v, None, None, scale, causal, normalize, False, 64, **kw)[0]  # noqa: E731
+    o_rule = fwd()
+    torch.cuda.synchronize()
+    print(f"B={B} T={T} H={H} K={K} V={V} {dtype} causal={causal} normalize={normalize}; rule (BT, BK, BV, "
+          f"warps, stages) = {rule}, feat_dot={FEATURES_BY_DOT}; first call {time.perf_counter() - start:.1f} s")
+    print(f"  fwd rule: {bench(fwd):.3f} ms")
+    if backward:
+        try:
+            qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+            step = lambda: torch.autograd.backward(based_chunk(qg, kg, vg, causal=causal, normalize=normalize)[0], do)  # noqa: E731
+            print(f"  fwd+bwd rule: {bench(step):.3f} ms")
+        except Exception as e:  # noqa: BLE001 (a benchmark line, not a test)
+            print(f"  fwd+bwd rule: FAILED {type(e).__name__}: {str(e)[:200]}")
+    for name, tiles, feat_dot in BENCH_VARIANTS:
+        try:
+            fn = lambda: fwd(tiles=tiles, feat_dot=feat_dot)  # noqa: E731
+            err = (fn().float() - o_rule.float()).abs().max().item()
+            print(f"  fwd {name:34s} (BT, BV, warps, stages) = {tiles}: {bench(fn):.3f} ms  (diff vs rule {err:.1e})")
+        except Exception as e:  # noqa: BLE001
+            print(f"  fwd {name:34s} FAILED {type(e).__name__}: {str(e)[:200]}")
+    print(f"total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    _benchmark()
