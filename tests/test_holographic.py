@@ -563,12 +563,12 @@ def usage(direction, BT):
     if direction == "fwd":
         kern, ptrs = fh._holographic_chunk_fwd_kernel, dict(ap=bf, am=bf, qr=bf, qi=bf, freqs="*i32", t0="*i64",
                                                              h0="*fp32", o=bf, ht="*fp32", ck="*fp32")
-        const = dict(BT=BT, BD=BD, HAS_H0=True, STORE_HT=True)
+        const = dict(BT=BT, BD=BD, HAS_H0=True, STORE_HT=True, FAST=True)
     else:
         kern, ptrs = fh._holographic_chunk_bwd_kernel, dict(ap=bf, am=bf, qr=bf, qi=bf, freqs="*i32", t0="*i64",
                                                              ck="*fp32", do=bf, dht="*fp32", dap=bf, dam=bf, dqr=bf,
                                                              dqi=bf, dh0="*fp32")
-        const = dict(BT=BT, BD=BD, HAS_DHT=True, STORE_DH0=True)
+        const = dict(BT=BT, BD=BD, HAS_DHT=True, STORE_DH0=True, FAST=True)
     sig = dict(ptrs, stride_b="i32", stride_t="i32", stride_h="i32", T="i32", H="i32", D="i32")
     sig.update({n: "constexpr" for n in const})
     names = list(sig)
