@@ -56,9 +56,13 @@ The forward (bf16, BT = 32, BV = 32, 8 warps, 2 stages, sm_90) as compiled, by h
 order is built:    registers  spill   SASS lines  shuffles  shared loads / stores  barriers
     reshape (_outer)         255      0       1976        298      213 / 96            51
     selection dots           255      0       1352         70       91 / 88            43
-so the forward takes the dots (FEATURES_BY_DOT) on these counts; not yet timed. At BT = 64 the
-dots spill too (800 B). `python -m fast.based` on the GPU times the forward under both and
-other tiles (BENCH_VARIANTS, with each one's compile counts) beside the rule.
+At BT = 64 the dots spill too (800 B). `python -m fast.based` on the GPU times the forward under
+both and other tiles (BENCH_VARIANTS, with each one's compile counts) beside the rule. Measured
+on the H100 (2026-11-23, bf16, the headline shape, forward): reshape 32/32 8 warps 2.77 ms,
+dots 32/32 8 warps 1.91 ms, dots 32/32 4 warps 1.76 ms (the fastest of ten variants, although at
+4 warps the forward spills 248 bytes: two programs share an SM), reshape 16/32 4 warps 1.80 ms.
+So the forward runs the dots at 4 warps (FWD_WARPS); the backward keeps 8 (at 4 it spills more).
+fwd+bwd 10.5 ms. Both stay above the issue's targets (1.2 ms, 5 ms).
 T is in do_not_specialize: a new length never recompiles.
 
 Naming legend (fla's prefixes, STYLE rule 29):
@@ -84,6 +88,7 @@ STATE_ELEMENTS = 8192  # fp32 elements of S² per program (BK² · BV)
 MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
 MAX_BT = 32  # chunk rows per step: at 64 the [BT, BK²] q⊗q block and S² spill registers (see card)
 FEATURES_BY_DOT = True  # forward: q⊗q, k⊗k by selection dots (_outer_dot), not a reshape (see card)
+FWD_WARPS = 4  # the forward's warps (the backward keeps the rule's 8): fastest measured, see card
 INV_SQRT2 = tl.constexpr(0.7071067811865476)  # 1/√2, the second order's weight c/√2
 
 
@@ -637,6 +642,8 @@ def _based_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_sta
     B, T, H, K = q.shape
     V, M = v.shape[-1], zb.feature_count(K)
     BT, BK, BV, num_warps, num_stages = _tile_rule(V, chunk_size)
+    if not INTERPRET:
+        num_warps = FWD_WARPS
     if tiles is not None:
         BT, BV, num_warps, num_stages = tiles
     f32 = dict(device=q.device, dtype=torch.float32)

@@ -32,8 +32,11 @@ Cost at the headline size (bf16, B = 4, T = 8192, H = 1, hd_dim D = 8192; B·T =
     backward bytes: 4 inputs + do (2 × 2 B) read, 4 gradients written = 20 B = 5.37 GB: 1.6 ms.
     math per token-lane: 2 exp, 2 reciprocals, sin, cos (arguments within ±2π) and ~30 FMAs
         forward, ~60 backward: compute stays under the memory time.
-    Target: within 1.5× of the floor (forward ≤ 1.61 ms). Measured 2026-11-23 (benchmark
-        harness, chunk 64, BD 16): 2.45 ms, 2.28× the floor: not met with that tile.
+    Target: within 1.5× of the floor (forward ≤ 1.61 ms). Measured 2026-11-23 on the H100:
+        forward 2.45-2.53 ms (2.3-2.4× the floor) under every tile of 1024 and 2048 elements
+        (16-64 lanes × 16-64 rows; 2048-element tiles at 8 warps are slower, 3.0 ms), with exact
+        or approximate trigonometry: NOT met, and the bound is not the tiling. Backward 6.54 ms
+        with approximate trigonometry (3.7× its 1.79 ms floor).
     first call: two kernels to compile; T is not specialised, so a new length never recompiles.
 
 Tile rule (no autotuning): BT = chunk_size (default 64). BD = 1024 // BT lanes, within [16, 64]
@@ -92,11 +95,12 @@ def _tile_rule(D: int, BT: int):
 def _bound_token(b_ap, b_am, b_pos, b_n, FAST: tl.constexpr):
     """(1)-(3): |b| = σ(a_mag), tanh(a_phase), and e^{iφ} = (cos φ, sin φ) with
     φ = π·tanh(a_phase) + t·ω (t·n_k wraps mod 2³²).
-    FAST (every GPU build; the interpreter has no fast path): the hardware's approximate divide,
+    FAST (the GPU backward; the interpreter has no fast path): the hardware's approximate divide,
     sine and cosine (div.approx, sin.approx, cos.approx: a few instructions each, absolute error
-    about 1e-6 on [-π, π], far below bf16's 4e-3) instead of the exact library routines, whose
-    argument reduction and division fix-ups made the kernel bound by instruction issue, not by
-    memory (2.45 ms against a 1.07 ms floor on the H100). φ is first brought into [-π, π]."""
+    about 1e-6 on [-π, π], far below bf16's 4e-3) instead of the exact library routines, with φ
+    first brought into [-π, π]. Measured on the H100 (2026-11-23, headline shape): backward 9.66 ->
+    6.54 ms, but forward 2.53 -> 3.18 ms (cause not found; the sm_90 build has a third of the
+    instructions), so the forward keeps the exact routines."""
     b_units = b_pos[:, None] * b_n[None, :]  # int32: t·n_k mod 2³², the angle in [-π, π) [BT, BD]
     if FAST:
         b_m = libdevice.fast_dividef(1.0, 1.0 + tl.exp(-b_am))  # σ(a_mag)
@@ -279,7 +283,7 @@ def _freqs_int32(freqs):
 
 
 def _holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, output_final_state, chunk_size, tiles=None,
-                           fast=not INTERPRET):
+                           fast=False):
     """`tiles` = (BT, BD, num_warps) overrides the rule and `fast` the approximate math (for the
     benchmark below only; the backward must then get the same tiles)."""
     (ap, am, qr, qi), (sb, st, sh, _) = _shared_strides([ap, am, qr, qi])

@@ -40,11 +40,14 @@ Cost at the headline size (bf16, B = 4, T = 8192, H = 16, D = 128):
     structures and neighbouring tiles on a GPU (under a minute).
     backward: q, k, v, o, do read, dq, dk, dv written (+ lse, delta): ≥ 8 × 134 MB = 0.36 ms.
 Tile rule (`_tiles`, no autotuning, nothing keyed on T or B): from the head dims, the dtype, the
-GPU and the window: BM = 128 rows when the window is wide enough to fill them (W > 128), else 64
-so the band's bounding box (BM + W − 1 keys for W real ones) wastes less. Not yet chosen by
-measurement: BM = 64 at 4 warps (2–3 programs per SM, which hide each other's short pipelines)
-is in the benchmark beside it. Every benchmarked tile compiles for sm_90 without spills except
-BM = 128 at 4 warps (248 bytes of stack), which is left out.
+GPU: BM = 64 query rows, BN = 32 keys a step, 4 warps, 3 stages, whatever the window. Chosen by
+measurement on the H100 (2026-11-23, bf16, B = 4, T = 8192, H = 16, D = 128, forward,
+`python -m fast.sliding_window_attention`): W = 64: 0.217 ms (the earlier BM = 128 build 0.25-0.33);
+W = 512: 0.453 ms against 0.547 at BM = 128, BN = 64, 8 warps (2–3 programs share an SM and hide
+each other's short pipelines, and the band's bounding box, BM + W − 1 keys for W real ones,
+wastes less). Both stay above the issue's 0.7 × SDPA pair-rate target (0.039 and 0.303 ms; at
+W = 64 the memory floor, 0.18 ms, already exceeds it). Every benchmarked tile compiles for sm_90
+without spills except BM = 128 at 4 warps (248 bytes of stack), which is left out.
 T is in do_not_specialize; the window is a runtime argument (a new W does not recompile).
 
 Legend (fla's prefixes): i_ program ids, p_ pointers, b_ on-chip blocks, offs_ offsets,
@@ -94,9 +97,8 @@ def _tiles(K: int, V: int, window: int, dtype: torch.dtype, device: torch.device
     stages = 3 if hopper else 2
     if dtype == torch.float32 or D > 128:  # 4-byte tiles or wide heads: half the rows fit
         return Tiles(BK, BV, 64, 32, 16, 64, 64, 16, 4, 2, 4 if D <= 64 else 8)
-    BM = 128 if window > 128 else 64  # a narrow band wastes less of a shorter block
-    warps = 8 if (D > 64 and BM == 128) else 4
-    return Tiles(BK, BV, BM, 64 if window > 64 else 32, 32, 64, 64, 32, warps, stages, 4 if D <= 64 else 8)
+    # BM = 64, BN = 32, 4 warps for every window: fastest measured at W = 64 and 512 (card)
+    return Tiles(BK, BV, 64, 32, 32, 64, 64, 32, 4, stages, 4 if D <= 64 else 8)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -534,7 +534,9 @@ shape = dict(K=16, V=128, M=273, BT=BT, BK=BK, BV=BV, CAUSAL=True, NORMALIZE=Tru
 fwd_consts = dict(h0=None, ht=None, z0=None, zt=None, EPS=1e-6, HAS_H0=False, STORE_HT=False, PREC="tf32", **shape)
 out = dict(
     fwd=stack_bytes(fb._based_chunk_fwd_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32),
-                    dict(FEAT_DOT=fb.FEATURES_BY_DOT, **fwd_consts), warps, stages),
+                    dict(FEAT_DOT=fb.FEATURES_BY_DOT, **fwd_consts), fb.FWD_WARPS, stages),
+    fwd_8_warps=stack_bytes(fb._based_chunk_fwd_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32),
+                            dict(FEAT_DOT=fb.FEATURES_BY_DOT, **fwd_consts), warps, stages),
     fwd_other=stack_bytes(fb._based_chunk_fwd_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32),
                           dict(FEAT_DOT=not fb.FEATURES_BY_DOT, **fwd_consts), warps, stages),
     dq=stack_bytes(fb._based_chunk_bwd_dq_kernel, dict(q=bf, k=bf, v=bf, do=bf, den=f32, dd=f32, dq=f32),
@@ -552,9 +554,11 @@ print(json.dumps(out))
 
 
 @pytest.mark.skipif(has_cuda(), reason="on a GPU the kernels compile for real in the GPU tests")
-def test_kernels_compile_for_an_h100_and_the_forward_does_not_spill():
+def test_kernels_compile_for_an_h100_and_spill_no_more_than_the_card_says():
     # The interpreter never compiles: this catches what only the GPU compiler rejects, and register
     # spills, on a CPU. Triton ships ptxas; without it the test skips.
     stack = run_aot_script(AOT_SCRIPT, timeout=600)
-    assert stack["fwd"] == 0 and stack["fwd_other"] == 0 and stack["dq"] == 0 and stack["decode"] == 0, stack
+    assert stack["fwd_8_warps"] == 0 and stack["fwd_other"] == 0 and stack["dq"] == 0 and stack["decode"] == 0, stack
+    # The forward runs at 4 warps, where it spills (248 B), because it measured fastest so (card).
+    assert stack["fwd"] <= 248, stack
     assert stack["dkv"] <= 256, stack  # the dk/dv sweep carries the most: a small spill, measured 200 B

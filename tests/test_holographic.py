@@ -563,7 +563,7 @@ def usage(direction, BT):
     if direction == "fwd":
         kern, ptrs = fh._holographic_chunk_fwd_kernel, dict(ap=bf, am=bf, qr=bf, qi=bf, freqs="*i32", t0="*i64",
                                                              h0="*fp32", o=bf, ht="*fp32", ck="*fp32")
-        const = dict(BT=BT, BD=BD, HAS_H0=True, STORE_HT=True, FAST=True)
+        const = dict(BT=BT, BD=BD, HAS_H0=True, STORE_HT=True, FAST=False)
     else:
         kern, ptrs = fh._holographic_chunk_bwd_kernel, dict(ap=bf, am=bf, qr=bf, qi=bf, freqs="*i32", t0="*i64",
                                                              ck="*fp32", do=bf, dht="*fp32", dap=bf, dam=bf, dqr=bf,
