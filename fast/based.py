@@ -77,6 +77,7 @@ Naming legend (fla's prefixes, STYLE rule 29):
 import os
 
 import torch
+import torch._dynamo  # noqa: F401  a custom op's first call imports it lazily (~1-2 s): pay it here, at import
 import triton
 import triton.language as tl
 

@@ -63,6 +63,7 @@ import math
 import os
 
 import torch
+import torch._dynamo  # noqa: F401  a custom op's first call imports it lazily (~1-2 s): pay it here, at import
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice

@@ -59,6 +59,7 @@ import os
 from typing import NamedTuple
 
 import torch
+import torch._dynamo  # noqa: F401  a custom op's first call imports it lazily (~1-2 s): pay it here, at import
 import triton
 import triton.language as tl
 
