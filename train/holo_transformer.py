@@ -233,48 +233,4 @@ class HoloTransformer(nn.Module):
 
 __all__ = ["HoloConfig", "HoloTransformer", "RotaryAttention", "rope"]
 
-
-# ------------------------------------------------------------------------------------------------
-# The seed's claims, as claims: python -m train.holo_transformer [steps] [cuda] [fast]
-# ------------------------------------------------------------------------------------------------
-def _recall_claims(steps: int = 150, device: str = "cpu", fast: bool = False, batch: int = 16, hd_dim: int = 128):
-    """Train small models (dim 64, 2 layers) on train/data.py's MQAR, reversal and needle tasks,
-    holographic-only and hybrid (layer 1 rotary softmax), and print held-out accuracy."""
-    from train.data import IGNORE, multiquery_ar, needle_task, reversal_task  # the repo's task generators
-    import time
-
-    tasks = {"mqar (V=128, T=64, 8 pairs)": (lambda n, s: multiquery_ar(128, n, 64, s, num_kv_pairs=8), 128),
-             "reversal (V=16, T=33)": (lambda n, s: reversal_task(16, n, 33, s), 16),
-             "needle (V=32, T=64)": (lambda n, s: needle_task(32, n, 64, s), 32)}
-    for task, (make, V) in tasks.items():
-        (x_tr, y_tr), (x_te, y_te) = ([t.to(device) for t in make(n, seed)] for n, seed in ((4096, 0), (256, 1)))
-        for variant, attn in (("holographic only", ()), ("hybrid (layer 1 softmax)", (1,))):
-            torch.manual_seed(0)
-            model = HoloTransformer(HoloConfig(vocab_size=V, dim=64, n_layers=2, n_heads=4, hd_dim=hd_dim,
-                                               max_seq_len=128, attn_layers=attn)).to(device)
-            if fast:
-                import fast.holographic as fh
-                for layer in model.layers:
-                    if isinstance(layer.mixer, LongAttention):
-                        layer.mixer.chunk_op = fh.holographic_chunk
-            opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-            g, t0 = torch.Generator().manual_seed(0), time.time()
-            for _ in range(steps):
-                idx = torch.randint(0, x_tr.shape[0], (batch,), generator=g).to(device)
-                loss = F.cross_entropy(model(x_tr[idx]).flatten(0, 1), y_tr[idx].flatten(), ignore_index=IGNORE)
-                opt.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-            with torch.no_grad():
-                scored = y_te != IGNORE
-                acc = (model(x_te)[scored].argmax(-1) == y_te[scored]).double().mean().item()
-            print(f"{task:28s} {variant:26s} steps {steps}  train loss {loss.item():.3f}  held-out acc {acc:.3f}  "
-                  f"({time.time() - t0:.0f} s)", flush=True)
-
-
-if __name__ == "__main__":
-    import sys
-
-    _recall_claims(int(sys.argv[1]) if len(sys.argv) > 1 else 150, *(sys.argv[2:3] or ["cpu"]),
-                   fast="fast" in sys.argv[3:])
+# The seed's claims (recall, reversal, needle) are trained and reported by benchmarks/holo_claims.py.
