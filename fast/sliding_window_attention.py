@@ -64,6 +64,9 @@ import triton
 import triton.language as tl
 
 import zoo.sliding_window_attention as zw
+# Hopper: TMA loads of k and v in the forward, with fast/softmax_attention.py's helpers (when a
+# whole [BN, D] box is one copy: sm_90+, BK == K, BV == V, 16-byte aligned rows; else pointers).
+from fast.softmax_attention import _kv_descriptors, _load_tile, _use_tma
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as @triton.jit does
 LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2: e^x = 2^(x·LOG2E), and exp2 is the fast path
@@ -109,21 +112,6 @@ def _tiles(K: int, V: int, window: int, dtype: torch.dtype, device: torch.device
 def _band(offs_m, offs_n, T, W):
     """(1) query i sees key j iff i − W < j ≤ i (and j is a real token)."""
     return (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] > offs_m[:, None] - W) & (offs_n[None, :] < T)
-
-
-@triton.jit
-def _load_tile(p, offs_row, n_rows, offs_col, n_cols, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr):
-    """Load a [rows, cols] tile, masking only what can be out of range (0 where masked). The
-    choice is a constexpr, so a tile that needs no mask compiles to a plain vectorised load."""
-    if CHECK_ROWS and CHECK_COLS:
-        b_x = tl.load(p, mask=(offs_row[:, None] < n_rows) & (offs_col[None, :] < n_cols), other=0.0)
-    elif CHECK_ROWS:
-        b_x = tl.load(p, mask=offs_row[:, None] < n_rows, other=0.0)
-    elif CHECK_COLS:
-        b_x = tl.load(p, mask=offs_col[None, :] < n_cols, other=0.0)
-    else:
-        b_x = tl.load(p)
-    return b_x
 
 
 @triton.jit
@@ -535,38 +523,6 @@ class SlidingWindowAttention(zw.SlidingWindowAttention):
 
 
 __all__ = ["sliding_window_attention_chunk", "SlidingWindowAttention"]
-
-
-# ------------------------------------------------------------------------------------------------
-# Hopper section: TMA loads of k and v in the forward, as in fast/softmax_attention.py. The
-# tensor-memory accelerator copies a whole [BN, D] box to shared memory in one instruction, with
-# no per-thread address arithmetic or registers spent on it. The same kernel and the same tests
-# run it (under the interpreter too); only the loads differ. It needs sm_90+, a head dim that
-# fills the box exactly (BK == K, BV == V: a wider box would read the next head) and 16-byte
-# aligned rows; otherwise the pointer path runs.
-# ------------------------------------------------------------------------------------------------
-try:
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # Triton < 3.4
-    TensorDescriptor = None
-
-
-def _use_tma(k: torch.Tensor, v: torch.Tensor, t: Tiles) -> bool:
-    if TensorDescriptor is None or INTERPRET or not k.is_cuda:
-        return False
-    if torch.cuda.get_device_capability(k.device)[0] < 9:
-        return False
-    H, K, V = k.shape[2], k.shape[3], v.shape[3]
-    rows_aligned = (H * K * k.element_size()) % 16 == 0 and (H * V * v.element_size()) % 16 == 0
-    return t.BK == K and t.BV == V and rows_aligned and k.data_ptr() % 16 == 0 and v.data_ptr() % 16 == 0
-
-
-def _kv_descriptors(k: torch.Tensor, v: torch.Tensor, t: Tiles):
-    """k, v [B, T, H, D] contiguous, seen as [B·T, H·D]: a box [BN, D] at (b·T + j, h·D)."""
-    B, T, H, K = k.shape
-    V = v.shape[-1]
-    return (TensorDescriptor(k, [B * T, H * K], [H * K, 1], [t.BN, t.BK]),
-            TensorDescriptor(v, [B * T, H * V], [H * V, 1], [t.BN, t.BV]))
 
 
 # ------------------------------------------------------------------------------------------------
