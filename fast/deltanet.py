@@ -35,7 +35,7 @@ Tile rule (head dims only; T is never a compile key: it is in do_not_specialize)
   beyond rounding). BK = next power of two ≥ K, whole K in one tile (K, V ≤ 256). BV = 32 (S is a
   [BK, 32] fp32 register tile; at B·H = 64, K = V = 128 the sequential kernels run 256 programs,
   two per SM); num_warps 8 when K ≥ 64, else 4 (register counts from ptxas for sm_90 in _tiles);
-  num_stages 2. The forward launches its two kernels at 4 warps instead (FWD_WARPS): measured
+  num_stages 2. The forward launches its two kernels at 4 warps instead (NW_FWD): measured
   on the H100 it runs 1.20 ms against 1.94 at 8 (spills and all); the 8-warp rule was chosen
   from ptxas counts, before a GPU could time it. H stays a compile-time constant (with a runtime H the row strides H·K are not
   constants, and ptxas for sm_90 spills ~550 bytes a thread in the sequential kernels).
@@ -90,9 +90,6 @@ MAX_HEAD_DIM = 256  # whole K (and V in step 1) in one register tile
 NUM_STAGES = 2
 
 
-FWD_WARPS = 4  # the forward kernels' warps (see _chunk_fwd); the rule's NW is for the backward
-
-
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
@@ -103,7 +100,10 @@ def _tiles(K: int, V: int) -> dict:
     # Measured with ptxas for sm_90 (bf16, K = V = 64 and 128): with 4 warps the chunk kernels
     # take 255 registers and spill up to 1.8 KB a thread; with 8 warps and BV = 32 the forward
     # kernels do not spill and the backward ones spill < 130 bytes.
-    return dict(BK=BK, BVF=BVF, BV=min(BVF, 32), BKS=min(BK, 64), NW=8 if BK >= 64 else 4)
+    # The forward's two kernels run at NW_FWD = 4 instead (measured on the H100: 1.20 against
+    # 1.94 ms at 8, spills and all; see _chunk_fwd); the backward, its recomputation of them
+    # included, keeps NW (not timed at 4).
+    return dict(BK=BK, BVF=BVF, BV=min(BVF, 32), BKS=min(BK, 64), NW=8 if BK >= 64 else 4, NW_FWD=4)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -647,7 +647,7 @@ def _recurrent_fwd_kernel(q, k, v, g, beta, h0, o, ht, scale, T, H: tl.constexpr
 # Host launchers
 # ================================================================================================
 def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, num_warps=None):
-    """`num_warps` overrides the rule (for the benchmark only)."""
+    """`num_warps`: the rule's NW unless the caller says (the forward passes NW_FWD)."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     t = _tiles(K, V)
@@ -664,7 +664,7 @@ def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, num_warps=None):
 
 
 def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, num_warps=None):
-    """`num_warps` overrides the rule (for the benchmark only)."""
+    """`num_warps`: the rule's NW unless the caller says (the forward passes NW_FWD)."""
     B, T, H, K = k.shape
     V = u.shape[-1]
     t = _tiles(K, V)
@@ -696,12 +696,12 @@ def _pad_to_chunk(*xs):
 def _chunk_fwd(q, k, v, g, beta, h0, scale):
     T = q.shape[1]
     q, k, v, g, beta = _pad_to_chunk(q, k, v, g, beta)
-    # The forward's two kernels at 4 warps, whatever K: measured on the H100 (2026-11-23, bf16,
-    # B = 4, T = 8192, H = 16, K = V = 128) step 1 1.21 -> 0.63 ms, step 2 0.73 -> 0.58 ms
-    # (gated: 2.07 -> 1.35 ms in all), outputs bit-identical, although ptxas spills at 4 warps
-    # (see _tiles). The backward keeps the rule's warps: its kernels were not timed at 4.
-    w, u, Aqk, _, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=False, num_warps=FWD_WARPS)
-    o, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True, num_warps=FWD_WARPS)
+    # The forward's two kernels at the rule's NW_FWD warps: measured on the H100 (2026-11-23, bf16,
+    # B = 4, T = 8192, H = 16, K = V = 128) step 1 1.21 -> 0.63 ms, step 2 0.73 -> 0.58 ms against
+    # 8 warps (gated: 2.07 -> 1.35 ms in all), outputs bit-identical.
+    nw = _tiles(k.shape[-1], v.shape[-1])["NW_FWD"]
+    w, u, Aqk, _, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=False, num_warps=nw)
+    o, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True, num_warps=nw)
     return (o if o.shape[1] == T else o[:, :T].contiguous()), ht
 
 
