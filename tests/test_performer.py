@@ -16,320 +16,67 @@
    up to 30 (fp32, bf16); the non-causal output is the causal output of the last token;
 7. bad inputs raise clear errors;
 8. torch.compile(fullgraph=True): every zoo form and the layer (aot_eager), the chunk form with inductor.
-"""
 
-import statistics
+The tests Performer shares with HRC-LA live in random_features_cases.py and are bound here by
+name; what only FAVOR+ has (positive features, redraw_features) is written out below.
+"""
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
 
-from strategies import (TOL, Shape, assert_close, device, edge_examples, grad_tol, has_cuda, randn, seeds, shapes,
-                        tol_for)
+import random_features_cases as cases
+from random_features_cases import F64
+from strategies import Shape
 import fast.performer as fast
 import zoo.performer as perf
 
-F64 = torch.float64
-FORMS = [perf.performer_parallel, perf.performer_recurrent, perf.performer_chunk]
-zoo_chunk_sizes = st.sampled_from([1, 4, 16, 64])
-features = st.integers(1, 20)
-
-
-def make(seed, s: Shape, M, dtype=F64, device="cpu", scaling="chi"):
-    q = randn(seed, s.B, s.T, s.H, s.K, dtype=dtype, device=device)
-    k = randn(seed + 1, s.B, s.T, s.H, s.K, dtype=dtype, device=device)
-    v = randn(seed + 2, s.B, s.T, s.H, s.V, dtype=dtype, device=device)
-    g = torch.Generator().manual_seed(seed)
-    omega = torch.stack([perf.orthogonal_random_features(M, s.K, generator=g, scaling=scaling, dtype=dtype)
-                         for _ in range(s.H)]).to(device)
-    return q, k, v, omega
-
-
-def state(seed, s: Shape, M, dtype=F64, device="cpu"):
-    """A state as a previous call would leave it: (S, z, c) from a short random prefix."""
-    q, k, v, omega = make(seed + 11, Shape(s.B, 5, s.H, s.K, s.V), M, dtype=dtype)
-    _, st_ = perf.performer_parallel(q, k, v, omega, output_final_state=True)
-    return tuple(x.to(device) for x in st_)
-
-
-def flat(o, final):
-    return (o,) if final is None else (o, *final)
-
-
-def assert_all_close(got, ref, tol):
-    assert len(got) == len(ref)
-    for g, r, n in zip(got, ref, ("o", "S", "z", "c")):
-        assert_close(g, r, tol, n)
-
+PERF = cases.Method(parallel=perf.performer_parallel, recurrent=perf.performer_recurrent, chunk=perf.performer_chunk,
+                    orthogonal_random_features=perf.orthogonal_random_features, Layer=perf.PerformerAttention,
+                    fast=fast, fast_chunk=fast.performer_chunk, fast_recurrent=fast.performer_recurrent,
+                    FastLayer=fast.PerformerAttention, state_names=("S", "z", "c"))
+make = PERF.make
 
 # ------------------------------------------------------------------------------------------------
 # 1. Forms agree
 # ------------------------------------------------------------------------------------------------
-@given(shape=shapes(max_T=70), M=features, causal=st.booleans(), with_state=st.booleans(),
-       L=zoo_chunk_sizes, seed=seeds)
-@edge_examples(chunk_size=16, M=7, causal=True, with_state=True, L=16)
-@edge_examples(chunk_size=16, M=3, causal=False, with_state=False, L=16)
-def test_recurrent_and_chunk_equal_parallel_in_float64(shape, M, causal, with_state, L, seed):
-    q, k, v, omega = make(seed, shape, M)
-    kw = dict(causal=causal, output_final_state=True,
-              initial_state=state(seed, shape, M) if with_state else None)
-    ref = flat(*perf.performer_parallel(q, k, v, omega, **kw))
-    assert_all_close(flat(*perf.performer_recurrent(q, k, v, omega, **kw)), ref, TOL["f64"])
-    assert_all_close(flat(*perf.performer_chunk(q, k, v, omega, chunk_size=L, **kw)), ref, TOL["f64"])
-
-
-@given(shape=shapes(max_T=30), scale=st.floats(0.05, 2.0), eps=st.sampled_from([1e-6, 1e-2, 0.3]), seed=seeds)
-def test_forms_agree_for_any_scale_and_floor_and_return_no_state_unless_asked(shape, scale, eps, seed):
-    q, k, v, omega = make(seed, shape, 6)
-    ref, none = perf.performer_parallel(q, k, v, omega, scale=scale, eps=eps)
-    assert none is None
-    for op in FORMS[1:]:
-        o, final = op(q, k, v, omega, scale=scale, eps=eps)
-        assert final is None
-        assert_close(o, ref, TOL["f64"], op.__name__)
-
+test_recurrent_and_chunk_equal_parallel_in_float64 = cases.recurrent_and_chunk_equal_parallel_in_float64(PERF)
+test_forms_agree_for_any_scale_and_floor_and_return_no_state_unless_asked = \
+    cases.forms_agree_for_any_scale_and_floor_and_return_no_state_unless_asked(PERF)
 
 # ------------------------------------------------------------------------------------------------
 # 2. Fast equals zoo (fp32 under the interpreter on CPU; bf16 on a GPU)
 # ------------------------------------------------------------------------------------------------
-def _c64(state):
-    return None if state is None else tuple(x.float() for x in state)
-
-
-@settings(max_examples=4)
-@given(shape=shapes(max_T=45, max_H=2, max_K=9, max_V=9), M=st.sampled_from([3, 16, 40]), causal=st.booleans(),
-       with_state=st.booleans(), L=st.sampled_from([16, 32]), seed=seeds)
-@edge_examples(chunk_size=16, M=7, causal=True, with_state=True, L=16)
-def test_fast_chunk_and_recurrent_equal_zoo_in_float32(shape, M, causal, with_state, L, seed):
-    dev = device()
-    q, k, v, omega = make(seed, shape, M, dtype=torch.float32, device=dev)
-    s0 = state(seed, shape, M, device=dev) if with_state else None
-    kw = dict(causal=causal, output_final_state=True)
-    ref = flat(*perf.performer_parallel(*(x.double() for x in (q, k, v, omega)), initial_state=s0, **kw))
-    tol = tol_for(torch.float32, dev)
-    got = flat(*fast.performer_chunk(q, k, v, omega, chunk_size=L, initial_state=_c64(s0), **kw))
-    assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
-    assert_all_close(got, ref, tol)
-    assert_all_close(flat(*fast.performer_recurrent(q, k, v, omega, initial_state=_c64(s0), **kw)), ref, tol)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("T,causal,M,D", [(1, True, 256, 64), (300, True, 256, 64), (2000, True, 256, 64),
-                                          (1000, False, 256, 64), (777, True, 100, 128), (500, False, 64, 32)])
-def test_fast_equals_zoo_in_half_precision_on_gpu(dtype, T, causal, M, D):
-    s = Shape(2, T, 3, D, D)
-    q, k, v, omega = make(11, s, M, dtype=dtype, device="cuda")
-    omega = omega.float()
-    s0 = state(11, s, M, device="cuda")
-    kw = dict(causal=causal, output_final_state=True)
-    ref = flat(*perf.performer_chunk(*(x.double() for x in (q, k, v, omega)), initial_state=s0, **kw))
-    got = flat(*fast.performer_chunk(q, k, v, omega, initial_state=_c64(s0), **kw))
-    assert got[0].dtype == dtype
-    assert_all_close(got, ref, tol_for(dtype, "cuda"))
-    n = min(T, 64)
-    ref_r = perf.performer_chunk(*(x[:, :n].double() for x in (q, k, v)), omega.double(), initial_state=s0, **kw)[0]
-    got_r = fast.performer_recurrent(q[:, :n], k[:, :n], v[:, :n], omega, initial_state=_c64(s0), **kw)[0]
-    assert_close(got_r, ref_r, tol_for(dtype, "cuda"), "recurrent o")
-
-
-@pytest.mark.gpu
-def test_fast_has_no_nan_for_inputs_of_norm_up_to_30_in_bf16_on_gpu():
-    s = Shape(2, 1000, 4, 64, 64)
-    q, k, v, omega = make(2, s, 256, dtype=torch.float32, device="cuda")
-    q, k = (30 * x / x.norm(dim=-1, keepdim=True) for x in (q, k))
-    for causal in (True, False):
-        o = fast.performer_chunk(q.bfloat16(), k.bfloat16(), v.bfloat16(), omega, causal=causal)[0]
-        assert torch.isfinite(o).all()
-
+test_fast_chunk_and_recurrent_equal_zoo_in_float32 = cases.fast_chunk_and_recurrent_equal_zoo_in_float32(PERF)
+test_fast_equals_zoo_in_half_precision_on_gpu = cases.fast_equals_zoo_in_half_precision_on_gpu(PERF)
+test_fast_has_no_nan_for_inputs_of_norm_up_to_30_in_bf16_on_gpu = \
+    cases.fast_has_no_nan_for_inputs_of_norm_up_to_30_in_bf16_on_gpu(PERF)
 
 # ------------------------------------------------------------------------------------------------
 # 3. Gradients agree (zoo forms; the fast ops' gradients are checked in section 2 of the fast part)
 # ------------------------------------------------------------------------------------------------
-def _loss(op, cot, **kw):
-    """Σ o·do + Σ S·dS + Σ z·dz."""
-    def fn(q, k, v, omega, S0, z0, c0):
-        o, (S, z, _) = op(q, k, v, omega, initial_state=(S0, z0, c0), output_final_state=True, **kw)
-        outs = (o, S, z)
-        return sum((x * c).sum() for x, c in zip(outs, cot))
-    return fn
-
-
-@settings(max_examples=6)
-@given(shape=shapes(max_T=40), M=features, causal=st.booleans(), L=zoo_chunk_sizes, seed=seeds)
-@edge_examples(chunk_size=16, M=5, causal=True, L=16)
-def test_chunk_and_recurrent_gradients_equal_parallel_in_float64(shape, M, causal, L, seed):
-    q, k, v, omega = make(seed, shape, M)
-    S0, z0, c0 = state(seed, shape, M)
-    B, T, H, K, V = shape
-    cot = [randn(seed + 5, B, T, H, V), randn(seed + 6, B, H, M, V), randn(seed + 7, B, H, M)]
-    inputs = [x.clone().requires_grad_() for x in (q, k, v, omega, S0, z0)] + [c0]
-
-    def grads_of(op, **kw):
-        leaves = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
-        _loss(op, cot, causal=causal, **kw)(*leaves).backward()
-        return [x.grad for x in leaves[:-1]]
-
-    ref = grads_of(perf.performer_parallel)
-    for op, kw in ((perf.performer_chunk, dict(chunk_size=L)), (perf.performer_recurrent, {})):
-        for g, r, name in zip(grads_of(op, **kw), ref, ("q", "k", "v", "omega", "S0", "z0")):
-            if r.norm() < 1e-12:  # a gradient that is zero up to rounding (T = 1: o = v whatever q is)
-                assert g.norm() < 1e-12, f"{op.__name__} d{name}: {g.norm():.3g}"
-            else:
-                assert_close(g, r, TOL["f64"], f"{op.__name__} d{name}")
-
-
-def _fast_grads(op, dtype, dev, shape, M, seed, causal, **kw):
-    """Gradients of q, k, v, Ω and the initial state (S0, z0) through all cotangents, for the
-    fast op in `dtype` and the zoo parallel form in float64 on the same (rounded) inputs."""
-    q, k, v, omega = make(seed, shape, M, dtype=dtype, device=dev)
-    omega = omega.float()
-    S0, z0, c0 = state(seed, shape, M, device=dev)
-    B, T, H, K, V = shape
-    cot = [randn(seed + 5, B, T, H, V, device=dev), randn(seed + 6, B, H, M, V, device=dev),
-           randn(seed + 7, B, H, M, device=dev)]
-    low = [x.detach().clone().requires_grad_() for x in (q, k, v, omega)] + \
-          [x.detach().clone().requires_grad_() for x in _c64((S0, z0))]
-    high = [x.detach().to(F64).requires_grad_() for x in low]
-    _loss(op, cot, causal=causal, **kw)(*low, c0.float()).backward()
-    _loss(perf.performer_parallel, cot, causal=causal)(*high, c0).backward()
-    names = ("q", "k", "v", "omega", "S0", "z0")
-    return [(n, x.grad, y.grad) for n, x, y in zip(names, low, high)]
-
-
-@settings(max_examples=3)
-@given(shape=shapes(max_T=40, max_H=2, max_K=9, max_V=9), M=st.sampled_from([5, 24]), causal=st.booleans(),
-       seed=seeds)
-@edge_examples(chunk_size=16, M=5, causal=True)
-def test_fast_gradients_equal_zoo_in_float32(shape, M, causal, seed):
-    dev = device()
-    tol = grad_tol(tol_for(torch.float32, dev))
-    for op, kw in ((fast.performer_chunk, dict(chunk_size=16)), (fast.performer_recurrent, {})):
-        for name, g, r in _fast_grads(op, torch.float32, dev, shape, M, seed, causal, **kw):
-            assert g.dtype == torch.float32, name
-            assert_close(g, r, tol, f"{op.__name__} d{name}")
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("T,causal", [(300, True), (1500, True), (700, False)])
-def test_fast_gradients_equal_zoo_in_bf16_on_gpu(T, causal):
-    tol = grad_tol(tol_for(torch.bfloat16, "cuda"))
-    for name, g, r in _fast_grads(fast.performer_chunk, torch.bfloat16, "cuda", Shape(2, T, 2, 64, 64), 256, 3, causal):
-        assert_close(g, r, tol, f"d{name}")
-
-
-def test_fast_gradients_with_one_omega_expanded_over_the_heads():
-    # Ω as a stride-0 view [H, M, K] of one [M, K]: the backward must not read it as contiguous.
-    dev = device()
-    q, k, v, _ = make(6, Shape(1, 40, 3, 8, 4), 16, dtype=torch.float32, device=dev)
-    om = perf.orthogonal_random_features(16, 8, generator=torch.Generator().manual_seed(0)).to(dev)
-    got = _grads_qkv(fast.performer_chunk, q, k, v, om.expand(3, 16, 8))
-    ref = _grads_qkv(perf.performer_parallel, *(x.double() for x in (q, k, v)), om.double().expand(3, 16, 8))
-    for name, g, r in zip("qkv", got, ref):
-        assert_close(g, r, grad_tol(tol_for(torch.float32, dev)), f"d{name}")
-
-
-def _grads_qkv(op, q, k, v, omega):
-    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
-    o = op(q, k, v, omega)[0]
-    o.backward(randn(1, *o.shape, dtype=o.dtype, device=o.device))
-    return q.grad, k.grad, v.grad
-
-@pytest.mark.gpu
-def test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu():
-    torch.manual_seed(0)
-    ref = perf.PerformerAttention(256, 4, 256, causal=True).cuda()
-    layer = fast.PerformerAttention(256, 4, 256, causal=True).cuda()
-    layer.load_state_dict(ref.state_dict())
-    x = randn(1, 2, 300, 256, dtype=torch.float32, device="cuda")
-    dy = randn(2, 2, 300, 256, dtype=torch.float32, device="cuda")
-    (ref(x) * dy).sum().backward()
-    (layer(x) * dy).sum().backward()
-    for (n, p), (_, pf) in zip(ref.named_parameters(), layer.named_parameters()):
-        assert_close(pf.grad, p.grad, grad_tol(TOL["f32-gpu"]), n)
+test_chunk_and_recurrent_gradients_equal_parallel_in_float64 = \
+    cases.chunk_and_recurrent_gradients_equal_parallel_in_float64(PERF)
+test_fast_gradients_equal_zoo_in_float32 = cases.fast_gradients_equal_zoo_in_float32(PERF)
+test_fast_gradients_equal_zoo_in_bf16_on_gpu = cases.fast_gradients_equal_zoo_in_bf16_on_gpu(PERF)
+test_fast_gradients_with_one_omega_expanded_over_the_heads = \
+    cases.fast_gradients_with_one_omega_expanded_over_the_heads(PERF)
+test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu = \
+    cases.fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu(PERF)
 
 # ------------------------------------------------------------------------------------------------
 # 4. Causality
 # ------------------------------------------------------------------------------------------------
-@given(shape=shapes(max_T=40), t=st.integers(0, 39), seed=seeds)
-def test_future_tokens_do_not_change_the_past(shape, t, seed):
-    t = min(t, shape.T - 1)
-    q, k, v, omega = make(seed, shape, 8)
-    q2, k2, v2 = (x.clone() for x in (q, k, v))
-    for x in (q2, k2, v2):  # large keys after t: a global max stabiliser would move the prefix
-        x[:, t + 1:] = 5 * randn(seed + 7, *x[:, t + 1:].shape)
-    for op in FORMS:
-        kw = dict(chunk_size=16) if op is perf.performer_chunk else {}
-        o, o2 = op(q, k, v, omega, **kw)[0], op(q2, k2, v2, omega, **kw)[0]
-        assert torch.equal(o[:, :t + 1], o2[:, :t + 1]), op.__name__
-
-
-def test_layer_future_tokens_do_not_change_the_past():
-    torch.manual_seed(0)
-    layer = perf.PerformerAttention(12, 3, 16, causal=True).double()
-    x = randn(0, 2, 30, 12)
-    x2 = x.clone()
-    x2[:, 11:] = randn(1, 2, 19, 12)
-    assert torch.equal(layer(x)[:, :11], layer(x2)[:, :11])
-
-
-@pytest.mark.parametrize("op", [fast.performer_chunk, fast.performer_recurrent])
-def test_fast_future_tokens_do_not_change_the_past(op):
-    dev, s, t = device(), Shape(1, 40, 2, 16, 8), 20
-    q, k, v, omega = make(9, s, 20, dtype=torch.float32, device=dev)
-    q2, k2, v2 = (x.clone() for x in (q, k, v))
-    for x in (q2, k2, v2):
-        x[:, t + 1:] = 7.0  # large keys: a leaking stabiliser would rescale the prefix
-    o, o2 = op(q, k, v, omega)[0], op(q2, k2, v2, omega)[0]
-    assert torch.equal(o[:, :t + 1], o2[:, :t + 1])
-    assert not torch.equal(o[:, t + 1:], o2[:, t + 1:])
-
+test_future_tokens_do_not_change_the_past = cases.future_tokens_do_not_change_the_past(PERF)
+test_layer_future_tokens_do_not_change_the_past = cases.layer_future_tokens_do_not_change_the_past(PERF)
+test_fast_future_tokens_do_not_change_the_past = cases.fast_future_tokens_do_not_change_the_past(PERF)
 
 # ------------------------------------------------------------------------------------------------
 # 5. State carry
 # ------------------------------------------------------------------------------------------------
-@given(shape=shapes(max_T=60), split=st.floats(0.0, 1.0), causal=st.booleans(), L=zoo_chunk_sizes, seed=seeds)
-def test_two_chained_calls_equal_one_call(shape, split, causal, L, seed):
-    q, k, v, omega = make(seed, shape, 6)
-    t = int(split * shape.T)
-    o_ref, s_ref = perf.performer_parallel(q, k, v, omega, causal=True, output_final_state=True)
-    o1, s1 = perf.performer_chunk(q[:, :t], k[:, :t], v[:, :t], omega, chunk_size=L, output_final_state=True)
-    o2, s2 = perf.performer_recurrent(q[:, t:], k[:, t:], v[:, t:], omega, initial_state=s1, output_final_state=True)
-    assert_all_close((torch.cat([o1, o2], 1), *s2), (o_ref, *s_ref), TOL["f64"])
-
-
-@pytest.mark.parametrize("form", ["chunk", "recurrent", "parallel"])
-def test_prefill_then_decode_equals_forward(form):
-    torch.manual_seed(0)
-    layer = perf.PerformerAttention(12, 3, 10, causal=True, form=form, chunk_size=8).double()
-    x = randn(3, 2, 21, 12)
-    y_ref = layer(x)
-    y, cache = layer.prefill(x[:, :9])
-    ys = [y]
-    for t in range(9, 21):
-        y_t, cache = layer.step(x[:, t], cache)
-        ys.append(y_t[:, None])
-    assert_close(torch.cat(ys, 1), y_ref, TOL["f64"], "prefill + step")
-    _, cache0 = layer.step(x[:, 0], None)  # an empty cache starts from nothing
-    assert_close(layer.step(x[:, 0], None)[0], y_ref[:, 0], TOL["f64"], "first step")
-    assert sum(t.numel() for t in cache0.values()) == 2 * layer.state_size(21)
-
-
-def test_fast_layer_decodes_like_its_forward_and_like_the_zoo_layer():
-    torch.manual_seed(0)
-    ref = perf.PerformerAttention(32, 2, 24, causal=True, chunk_size=16)
-    layer = fast.PerformerAttention(32, 2, 24, causal=True, chunk_size=16).to(device())
-    layer.load_state_dict(ref.state_dict())
-    x = randn(3, 2, 37, 32, dtype=torch.float32)
-    y_ref = ref(x)
-    xd = x.to(device())
-    assert_close(layer(xd), y_ref, tol_for(torch.float32, device()), "fast forward vs zoo")
-    y, cache = layer.prefill(xd[:, :20])
-    ys = [y]
-    for t in range(20, 23):
-        y_t, cache = layer.step(xd[:, t], cache)
-        ys.append(y_t[:, None])
-    assert_close(torch.cat(ys, 1), y_ref[:, :23], tol_for(torch.float32, device()), "prefill + step")
+test_two_chained_calls_equal_one_call = cases.two_chained_calls_equal_one_call(PERF)
+test_prefill_then_decode_equals_forward = cases.prefill_then_decode_equals_forward(PERF)
+test_fast_layer_decodes_like_its_forward_and_like_the_zoo_layer = \
+    cases.fast_layer_decodes_like_its_forward_and_like_the_zoo_layer(PERF)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -370,87 +117,23 @@ def test_features_and_normaliser_are_positive_and_the_output_a_convex_combinatio
     assert (torch.einsum('bthm,bhm->bth', phi, z) > 0).all()
 
 
-def _softmax_error(M, seed, scaling="chi", T=48, K=8, V=4):
-    q, k, v, omega = make(seed, Shape(1, T, 1, K, V), M, scaling=scaling)
-    q, k = 0.5 * q, 0.5 * k  # FAVOR+'s variance grows like e^{‖q‖²+‖k‖²}: moderate activations
-    o = perf.performer_parallel(q, k, v, omega, causal=False)[0]
-    ref = torch.softmax(torch.einsum('bthk,bjhk->bhtj', q, k) * K ** -0.5, -1)
-    ref = torch.einsum('bhtj,bjhv->bthv', ref, v)
-    return ((o - ref).norm() / ref.norm()).item()
-
-
-def test_error_against_softmax_falls_as_features_grow():
-    medians = [statistics.median(_softmax_error(M, s) for s in range(10)) for M in (16, 64, 256, 1024)]
-    assert all(a > b for a, b in zip(medians, medians[1:])), medians
-    assert medians[-1] < 0.5 * medians[1], medians  # ~1/√M: 16x the features, 4x less error
-
-
-def test_orthogonal_features_are_seeded_orthogonal_and_chi_or_fixed_length():
-    g = lambda: torch.Generator().manual_seed(3)
-    a = perf.orthogonal_random_features(20, 8, generator=g(), dtype=F64)
-    assert torch.equal(a, perf.orthogonal_random_features(20, 8, generator=g(), dtype=F64))
-    assert not torch.equal(a, perf.orthogonal_random_features(20, 8, generator=torch.Generator().manual_seed(4),
-                                                              dtype=F64))
-    unit = a / a.norm(dim=1, keepdim=True)
-    for blk in (unit[:8], unit[8:16], unit[16:]):  # rows inside a block are orthonormal
-        assert_close(blk @ blk.T, torch.eye(len(blk), dtype=F64), TOL["f64"], "block gram")
-    assert a.norm(dim=1).std() > 0.1  # chi lengths vary
-    f = perf.orthogonal_random_features(20, 8, generator=g(), scaling="fixed", dtype=F64)
-    assert_close(f.norm(dim=1), torch.full((20,), 8 ** 0.5, dtype=F64), TOL["f64"], "fixed lengths")
-    # every row's direction is uniform and its length chi(8): E‖ω‖² = 8
-    big = perf.orthogonal_random_features(4096, 8, generator=g(), dtype=F64)
-    assert abs(big.pow(2).sum(1).mean().item() - 8) < 3 * (16 / 4096) ** 0.5
-
-
-def test_the_stabiliser_leaves_the_estimate_unchanged():
-    # the plain estimator (1) without any shift, at sizes where it does not overflow
-    s = Shape(2, 25, 2, 6, 3)
-    q, k, v, omega = make(5, s, 12)
-    M = omega.shape[1]
-    u_q, u_k = q * 6 ** -0.25, k * 6 ** -0.25
-    phi = lambda u: (torch.exp(torch.einsum('bthk,hmk->bthm', u, omega) - 0.5 * u.pow(2).sum(-1, keepdim=True))
-                     * M ** -0.5)
-    A = torch.einsum('bthm,bjhm->bhtj', phi(u_q), phi(u_k)).tril()
-    ref = torch.einsum('bhtj,bjhv->bthv', A, v) / A.sum(-1).transpose(1, 2)[..., None]
-    got = perf.performer_parallel(q, k, v, omega, eps=0.0)[0]  # no floor: the bare ratio
-    assert_close(got, ref, TOL["f64"], "stabilised vs plain")
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_no_nan_or_inf_for_inputs_of_norm_up_to_30(dtype):
-    s = Shape(1, 70, 2, 16, 8)
-    q, k, v, omega = make(2, s, 64, dtype=torch.float32)
-    q, k = (30 * x / x.norm(dim=-1, keepdim=True) for x in (q, k))  # ‖x‖ = 30: e^{‖u‖²/2} = e^{112}
-    q, k, v = (x.to(dtype) for x in (q, k, v))
-    for op in FORMS:
-        for causal in (True, False):
-            o = op(q, k, v, omega, causal=causal)[0]
-            assert o.dtype == dtype and torch.isfinite(o).all(), (op.__name__, causal)
-
-
-@given(shape=shapes(max_T=40), seed=seeds)
-def test_non_causal_output_is_the_causal_output_of_the_last_token(shape, seed):
-    q, k, v, omega = make(seed, shape, 5)
-    o_nc = perf.performer_parallel(q, k, v, omega, causal=False)[0]
-    for t in (0, shape.T - 1):  # the last token's causal output sees every key
-        qt = q[:, t:t + 1].expand_as(q)
-        o = perf.performer_parallel(qt, k, v, omega, causal=True)[0][:, -1]
-        assert_close(o, o_nc[:, t], TOL["f64"], f"token {t}")
-
-
-def test_public_hrc_la_accuracy_test_median_mse_is_ten_times_under_its_bar():
-    # The HRC-LA repository's test (d_model 64, 4 heads, M = 128, weights copied from
-    # nn.MultiheadAttention, bar MSE < 0.05), passed by FAVOR+ as the reference point.
-    mses = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        mha = torch.nn.MultiheadAttention(64, 4, batch_first=True)
-        layer = perf.PerformerAttention(64, 4, 128, causal=False)
-        layer.copy_weights_from(mha)
-        x = torch.randn(1, 512, 64)
-        with torch.no_grad():
-            mses.append(((layer(x) - mha(x, x, x, need_weights=False)[0]) ** 2).mean().item())
-    assert statistics.median(mses) <= 0.005, mses
+# FAVOR+'s variance grows like e^{‖q‖²+‖k‖²}: moderate activations (q, k halved)
+test_error_against_softmax_falls_as_features_grow = cases.error_against_softmax_falls_as_features_grow(
+    PERF, activation=0.5)
+test_orthogonal_features_are_seeded_orthogonal_and_chi_or_fixed_length = \
+    cases.orthogonal_features_are_seeded_orthogonal_and_chi_or_fixed_length(PERF)
+# (1) unshifted: φ(u) = e^{Ωu − ‖u‖²/2} M^{-1/2}; eps = 0 turns the floor off
+test_the_stabiliser_leaves_the_estimate_unchanged = cases.the_stabiliser_leaves_the_estimate_unchanged(
+    PERF, lambda u, omega, M: (torch.exp(torch.einsum('bthk,hmk->bthm', u, omega)
+                                         - 0.5 * u.pow(2).sum(-1, keepdim=True)) * M ** -0.5),
+    no_floor=0.0)
+test_no_nan_or_inf_for_inputs_of_norm_up_to_30 = cases.no_nan_or_inf_for_inputs_of_norm_up_to_30(PERF)
+test_non_causal_output_is_the_causal_output_of_the_last_token = \
+    cases.non_causal_output_is_the_causal_output_of_the_last_token(PERF)
+# The HRC-LA repository's test (d_model 64, 4 heads, M = 128, weights copied from
+# nn.MultiheadAttention, bar MSE < 0.05), passed by FAVOR+ as the reference point.
+test_public_hrc_la_accuracy_test_median_mse_is_ten_times_under_its_bar = \
+    cases.public_hrc_la_accuracy_test_median_mse_is_ten_times_under_its_bar(PERF, causal=False)
 
 
 def test_seed_fixes_omega_and_redraw_changes_it():
@@ -466,128 +149,28 @@ def test_seed_fixes_omega_and_redraw_changes_it():
     assert torch.equal(a.omega, b_.omega)
 
 
-def test_layer_copies_nn_multihead_attention_weights_and_handles_batch_first_false():
-    torch.manual_seed(1)
-    mha = torch.nn.MultiheadAttention(16, 2, batch_first=False).double()
-    layer = perf.PerformerAttention(16, 2, 32, causal=False, batch_first=False, form="parallel").double()
-    layer.copy_weights_from(mha)
-    assert torch.equal(layer.q_proj.weight, mha.in_proj_weight[:16])
-    x = randn(0, 10, 3, 16)  # [T, B, C]
-    y = layer(x)
-    assert y.shape == x.shape
-    assert_close(y, layer.__class__.forward(layer, x), TOL["f64"], "deterministic")
-    yb = perf.PerformerAttention(16, 2, 32, causal=False, form="parallel").double()
-    yb.load_state_dict(layer.state_dict())
-    assert_close(yb(x.transpose(0, 1)).transpose(0, 1), y, TOL["f64"], "batch_first")
-
+test_layer_copies_nn_multihead_attention_weights_and_handles_batch_first_false = \
+    cases.layer_copies_nn_multihead_attention_weights_and_handles_batch_first_false(PERF, causal=False)
 
 # ------------------------------------------------------------------------------------------------
 # 7. Bad inputs
 # ------------------------------------------------------------------------------------------------
-def test_bad_inputs_raise_clear_errors():
-    s = Shape(1, 5, 2, 4, 3)
-    q, k, v, omega = make(0, s, 6)
-    for op in FORMS:
-        with pytest.raises(TypeError, match="q must be a real floating"):
-            op(q.to(torch.complex128), k, v, omega)
-        with pytest.raises(TypeError, match="k must be a real floating"):
-            op(q, k.long(), v, omega)
-        with pytest.raises(ValueError, match=r"q must be \[B, T, H, K\]"):
-            op(q[0], k, v, omega)
-        with pytest.raises(ValueError, match="k must be"):
-            op(q, k[:, :4], v, omega)
-        with pytest.raises(ValueError, match="v must be"):
-            op(q, k, v[:, :, :1], omega)
-        with pytest.raises(ValueError, match="omega must be"):
-            op(q, k, v, omega[:, :, :3])
-        with pytest.raises(TypeError, match="initial_state"):
-            op(q, k, v, omega, initial_state=(1, 2))
-    with pytest.raises(ValueError, match="chunk_size must be a power of two"):
-        perf.performer_chunk(q, k, v, omega, chunk_size=12)
-    with pytest.raises(ValueError, match="m and d must be"):
-        perf.orthogonal_random_features(0, 4)
-    with pytest.raises(ValueError, match="scaling"):
-        perf.orthogonal_random_features(4, 4, scaling="unit")
+test_bad_inputs_raise_clear_errors = cases.bad_inputs_raise_clear_errors(PERF)
 
 
 def test_layer_rejects_bad_arguments_and_inputs():
-    with pytest.raises(ValueError, match="m_features must be >= 1"):
-        perf.PerformerAttention(16, 2, 0)
-    with pytest.raises(ValueError, match="divisible by num_heads"):
-        perf.PerformerAttention(15, 2)
-    with pytest.raises(ValueError, match="form"):
-        perf.PerformerAttention(16, 2, form="fast")
-    layer = perf.PerformerAttention(16, 2, 8, causal=False)
-    with pytest.raises(RuntimeError, match="causal=True"):
-        layer.prefill(torch.randn(1, 3, 16))
-    with pytest.raises(TypeError, match="x must be a real floating"):
-        layer(torch.ones(1, 3, 16, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"x must be \[B, T, C\]"):
-        layer(torch.randn(1, 3, 12))
+    cases.check_layer_rejects_bad_arguments_and_inputs(PERF, causal=False)
 
 
-def test_fast_ops_reject_what_the_kernels_cannot_take(monkeypatch):
-    q, k, v, omega = make(0, Shape(1, 5, 1, 4, 3), 6, dtype=torch.float32)
-    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
-        fast.performer_chunk(q.double(), k.double(), v.double(), omega)
-    with pytest.raises(ValueError, match="chunk_size must be a power of two >= 16"):
-        fast.performer_chunk(q, k, v, omega, chunk_size=8)
-    with pytest.raises(ValueError, match="V <= 256"):
-        fast.performer_chunk(q, k, torch.randn(1, 5, 1, 300), omega)
-    with pytest.raises(TypeError, match="q must be a real floating"):
-        fast.performer_chunk(q.to(torch.complex64), k, v, omega)
-    monkeypatch.setattr(fast, "INTERPRET", False)
-    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
-        fast.performer_chunk(q, k, v, omega)
-
+test_fast_ops_reject_what_the_kernels_cannot_take = cases.fast_ops_reject_what_the_kernels_cannot_take(PERF)
 
 # ------------------------------------------------------------------------------------------------
 # 8. torch.compile(fullgraph=True)
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("op", FORMS)
-def test_zoo_forms_compile_without_graph_breaks(op):
-    torch._dynamo.reset()
-    q, k, v, omega = make(0, Shape(1, 20, 2, 4, 3), 6)
-    kw = dict(chunk_size=8) if op is perf.performer_chunk else {}
-    compiled = torch.compile(op, fullgraph=True, backend="aot_eager")
-    for causal in (True, False):
-        assert_all_close(flat(*compiled(q, k, v, omega, causal=causal, output_final_state=True, **kw)),
-                         flat(*op(q, k, v, omega, causal=causal, output_final_state=True, **kw)), TOL["f64"])
-
-
-def test_zoo_layer_compiles_without_graph_breaks_forward_and_decode():
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    layer = perf.PerformerAttention(12, 3, 8, causal=True)
-    x = torch.randn(2, 10, 12)
-    assert_close(torch.compile(layer, fullgraph=True, backend="aot_eager")(x), layer(x), TOL["f32-interpret"], "fwd")
-    step = torch.compile(layer.step, fullgraph=True, backend="aot_eager")
-    _, cache = layer.prefill(x)
-    assert_close(step(x[:, 0], cache)[0], layer.step(x[:, 0], cache)[0], TOL["f32-interpret"], "step")
-
-
-def test_zoo_chunk_compiles_with_inductor():
-    torch._dynamo.reset()
-    q, k, v, omega = make(0, Shape(1, 20, 2, 4, 3), 6, dtype=torch.float32)
-    compiled = torch.compile(perf.performer_chunk, fullgraph=True)
-    assert_close(compiled(q, k, v, omega, chunk_size=8)[0], perf.performer_chunk(q, k, v, omega, chunk_size=8)[0],
-                 TOL["f32-interpret"], "inductor")
-
-
-def test_fast_ops_compile_forward_and_backward():
-    torch._dynamo.reset()
-    dev = device()
-    q, k, v, omega = make(1, Shape(1, 20, 1, 8, 4), 12, dtype=torch.float32, device=dev)
-    q.requires_grad_()
-
-    def fn(q, k, v, omega):
-        o, (S, z, c) = fast.performer_chunk(q, k, v, omega, chunk_size=16, output_final_state=True)
-        return o.sum() + S.sum() + z.sum()
-
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    ref = fn(q, k, v, omega)
-    (g_ref,) = torch.autograd.grad(ref, q)
-    out = compiled(q, k, v, omega)
-    (g,) = torch.autograd.grad(out, q)
-    assert_close(out, ref, tol_for(torch.float32, dev), "compiled loss")
-    assert_close(g, g_ref, grad_tol(tol_for(torch.float32, dev)), "compiled dq")
+test_zoo_forms_compile_without_graph_breaks = cases.zoo_forms_compile_without_graph_breaks(PERF)
+test_zoo_layer_compiles_without_graph_breaks_forward_and_decode = \
+    cases.zoo_layer_compiles_without_graph_breaks_forward_and_decode(PERF)
+test_zoo_chunk_compiles_with_inductor = cases.zoo_chunk_compiles_with_inductor(PERF)
+# loss: o.sum() + S.sum() + z.sum()
+test_fast_ops_compile_forward_and_backward = cases.fast_ops_compile_forward_and_backward(
+    PERF, state_terms=lambda S, z, c: (S.sum(), z.sum()))
