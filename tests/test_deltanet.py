@@ -15,14 +15,13 @@
 8. torch.compile(fullgraph=True): every form and the layer (aot_eager), the chunk form with inductor.
 """
 
-import re
-
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import assume, given, settings, strategies as st
 
-from strategies import TOL, Shape, assert_close, chunk_sizes, edge_examples, grads, randn, rand, seeds, shapes
+import delta_cases as dc
+from strategies import TOL, Shape, assert_close, chunk_sizes, edge_examples, randn, rand, seeds, shapes
 import zoo.deltanet as zd
 
 F64 = torch.float64
@@ -51,22 +50,14 @@ def inputs(seed, s: Shape, dtype=F64, beta_max=1.0):
 def test_recurrent_and_chunk_equal_parallel_in_float64(shape, with_state, neg, L, seed):
     q, k, v, beta = inputs(seed, shape, beta_max=2.0 if neg else 1.0)
     S0 = randn(seed + 4, shape.B, shape.H, shape.K, shape.V) if with_state else None
-    kw = dict(initial_state=S0, output_final_state=True)
-    o_ref, S_ref = zd.delta_rule_parallel(q, k, v, beta, **kw)
-    for name, (o, S) in (("recurrent", zd.delta_rule_recurrent(q, k, v, beta, **kw)),
-                         ("chunk", zd.delta_rule_chunk(q, k, v, beta, chunk_size=L, **kw))):
-        assert_close(o, o_ref, TOL["f64"], f"{name} o")
-        assert_close(S, S_ref, TOL["f64"], f"{name} S")
+    dc.assert_recurrent_and_chunk_equal_parallel(zd.delta_rule_parallel, zd.delta_rule_recurrent, zd.delta_rule_chunk,
+                                                 (q, k, v, beta), L, initial_state=S0, output_final_state=True)
 
 
 def test_half_inputs_accumulate_in_float32_and_return_the_input_dtype():
-    s = Shape(1, 40, 2, 8, 8)
-    q, k, v, beta = inputs(5, s)
-    o_ref, S_ref = zd.delta_rule_parallel(q, k, v, beta, output_final_state=True)
-    o, S = zd.delta_rule_chunk(*(x.bfloat16() for x in (q, k, v, beta)), chunk_size=16, output_final_state=True)
-    assert o.dtype == torch.bfloat16 and S.dtype == torch.float32
-    assert_close(o, o_ref, TOL["bf16-gpu"], "bf16 o")
-    assert_close(S, S_ref, TOL["bf16-gpu"], "bf16 S")
+    x = inputs(5, Shape(1, 40, 2, 8, 8))
+    dc.assert_half_inputs_accumulate_in_float32(zd.delta_rule_parallel, zd.delta_rule_chunk, x,
+                                                [t.bfloat16() for t in x])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -86,13 +77,7 @@ def test_chunk_gradients_equal_parallel_in_float64(shape, L, seed):
     ins = dict(q=q, k=k, v=v, beta=beta, S0=S0)
     ins = {n: x.requires_grad_() for n, x in ins.items()}
     cot = [randn(seed + 5, *v.shape), randn(seed + 6, *S0.shape)]
-
-    def run(op, **kw):
-        return lambda q, k, v, beta, S0: op(q, k, v, beta, initial_state=S0, output_final_state=True, **kw)
-    ref = grads(run(zd.delta_rule_parallel), ins, cot)
-    got = grads(run(zd.delta_rule_chunk, chunk_size=L), ins, cot)
-    for n in ref:
-        assert_close(got[n], ref[n], TOL["f64"], f"d{n}")
+    dc.assert_chunk_gradients_equal_parallel(zd.delta_rule_parallel, zd.delta_rule_chunk, ins, cot, L)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,12 +86,7 @@ def test_chunk_gradients_equal_parallel_in_float64(shape, L, seed):
 @given(shape=small, t=st.integers(0, 69), seed=seeds)
 def test_future_tokens_do_not_change_the_past(shape, t, seed):
     t = min(t, shape.T - 1)
-    q, k, v, beta = inputs(seed, shape)
-    q2, k2, v2, beta2 = inputs(seed + 11, shape)
-    mix = [torch.cat([a[:, :t + 1], b[:, t + 1:]], 1) for a, b in ((q, q2), (k, k2), (v, v2), (beta, beta2))]
-    for name, op in FORMS.items():
-        o, o2 = op(q, k, v, beta)[0], op(*mix)[0]
-        assert torch.equal(o[:, :t + 1], o2[:, :t + 1]), name
+    dc.assert_future_tokens_do_not_change_the_past(FORMS, inputs(seed, shape), inputs(seed + 11, shape), t)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,14 +95,9 @@ def test_future_tokens_do_not_change_the_past(shape, t, seed):
 @given(shape=small, split=st.floats(0.0, 1.0), seed=seeds)
 def test_two_chained_calls_equal_one_call(shape, split, seed):
     assume(shape.T >= 2)
-    q, k, v, beta = inputs(seed, shape)
+    x = inputs(seed, shape)
     n = min(shape.T - 1, max(1, int(split * shape.T)))
-    for name, op in FORMS.items():
-        o, S = op(q, k, v, beta, output_final_state=True)
-        o1, S1 = op(q[:, :n], k[:, :n], v[:, :n], beta[:, :n], output_final_state=True)
-        o2, S2 = op(q[:, n:], k[:, n:], v[:, n:], beta[:, n:], initial_state=S1, output_final_state=True)
-        assert_close(torch.cat([o1, o2], 1), o, TOL["f64"], f"{name} o")
-        assert_close(S2, S, TOL["f64"], f"{name} S")
+    dc.assert_two_chained_calls_equal_one_call(FORMS, x, [t[:, :n] for t in x], [t[:, n:] for t in x])
 
 
 LAYER_OPTIONS = [
@@ -137,21 +112,8 @@ LAYER_OPTIONS = [
 @given(T=st.integers(1, 20), t=st.integers(0, 20), form=st.sampled_from(["chunk", "recurrent", "parallel"]),
        opts=st.sampled_from(range(len(LAYER_OPTIONS))), seed=seeds)
 def test_prefill_then_decode_equals_forward(T, t, form, opts, seed):
-    t = min(t, T)
-    torch.manual_seed(seed % 1000)
-    layer = zd.DeltaNet(16, 2, form=form, **LAYER_OPTIONS[opts]).double()
-    x = randn(seed, 2, T, 16)
-    y_ref = layer(x)
-    ys, cache = [], None
-    if t:
-        y, cache = layer.prefill(x[:, :t])
-        ys.append(y)
-    for i in range(t, T):
-        y_i, cache = layer.step(x[:, i], cache)
-        ys.append(y_i[:, None])
-    assert_close(torch.cat(ys, 1), y_ref, TOL["f64"], "y")
-    assert sum(c.numel() for c in cache.values()) == 2 * layer.state_size(T)  # B = 2
-    assert cache["S"].shape == (2, 2, layer.head_k_dim, layer.head_v_dim)
+    dc.assert_prefill_then_decode_equals_forward(lambda: zd.DeltaNet(16, 2, form=form, **LAYER_OPTIONS[opts]), T, t,
+                                                 seed, lambda layer: (2, 2, layer.head_k_dim, layer.head_v_dim))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,31 +164,12 @@ def test_unnormalised_keys_make_the_state_grow_without_bound():
 @pytest.mark.gpu
 @pytest.mark.parametrize("opts", LAYER_OPTIONS, ids=["default", "gate-negeig-expandv", "noconv-relu-sum", "elu-conv2"])
 def test_layer_state_dict_loads_both_ways_with_fla(opts):
-    fla_layers = pytest.importorskip("fla.layers")
-    ours = zd.DeltaNet(64, 2, **opts)
-    theirs = fla_layers.DeltaNet(hidden_size=64, num_heads=2, **opts)
-    assert {n: p.shape for n, p in ours.state_dict().items()} == {n: p.shape for n, p in theirs.state_dict().items()}
-    theirs.load_state_dict(ours.state_dict())
-    ours.load_state_dict(theirs.state_dict())
+    dc.assert_layer_state_dict_loads_both_ways_with_fla(zd.DeltaNet, "DeltaNet", opts)
 
 
 @pytest.mark.gpu
 def test_layer_output_equals_fla():
-    # One configuration, T = 150 (> 64: fla's chunk kernels, which its layers use in training): each
-    # new shape costs fla a Triton compile and autotune, and the GPU run's test budget is shared.
-    fla_layers = pytest.importorskip("fla.layers")
-    torch.manual_seed(0)
-    opts = LAYER_OPTIONS[1]
-    ours = zd.DeltaNet(64, 2, **opts).cuda()
-    theirs = fla_layers.DeltaNet(hidden_size=64, num_heads=2, **opts).cuda()
-    theirs.load_state_dict(ours.state_dict())
-    # fla's kernels refuse fp32. fp16, not bf16: a whole layer rounds ~8 times, which in bf16 costs
-    # ~1e-2 relative RMS (the zoo layer on a CPU: 0.6-1.1e-2), half the bf16 bound; in fp16 ~1e-3.
-    x = randn(1, 2, 150, 64, device="cuda", scale=0.5)
-    with torch.no_grad():
-        y_ref = ours.double()(x.double())
-        y_fla = theirs.eval().half()(x.half())[0]
-    assert_close(y_fla, y_ref, TOL["f16-gpu"], "fla DeltaNet (fp16) vs zoo (float64)")
+    dc.assert_layer_output_equals_fla(zd.DeltaNet, "DeltaNet", LAYER_OPTIONS[1])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,14 +194,10 @@ def _bad_cases():
     ], dict(q=q, k=k, v=v, beta=beta)
 
 
-@pytest.mark.parametrize("case", range(len(_bad_cases()[0])), ids=[c[0] for c in _bad_cases()[0]])
+@pytest.mark.parametrize("case", range(len(_bad_cases()[0])), ids=dc.bad_case_ids(_bad_cases()[0]))
 def test_bad_inputs_raise_clear_errors(case):
-    (name, changes, err, msg), good = _bad_cases()[0][case], _bad_cases()[1]
-    args = {**good, **changes}
-    ops = [zd.delta_rule_chunk] + ([zd.delta_rule_parallel, zd.delta_rule_recurrent] if "chunk_size" not in changes else [])
-    for op in ops:
-        with pytest.raises(err, match=re.escape(msg)):
-            op(**args)
+    cases, good = _bad_cases()
+    dc.assert_bad_input_raises(cases[case], good, zd.delta_rule_chunk, [zd.delta_rule_parallel, zd.delta_rule_recurrent])
 
 
 def test_nan_inputs_give_nan_outputs_not_silence():
@@ -266,9 +205,7 @@ def test_nan_inputs_give_nan_outputs_not_silence():
     # earlier tokens of its chunk: the causal mask multiplies by 0, and 0·NaN = NaN.)
     q, k, v, beta = inputs(0, Shape(1, 20, 1, 4, 4))
     v[0, 3, 0, 0] = float("nan")
-    for name, op in FORMS.items():
-        o = op(q, k, v, beta)[0]
-        assert torch.isnan(o[0, 3:]).any(-1).all(), name
+    dc.assert_nan_reaches_every_later_output(FORMS, (q, k, v, beta))
 
 
 def test_layer_rejects_bad_arguments_and_inputs():
@@ -289,32 +226,15 @@ def test_layer_rejects_bad_arguments_and_inputs():
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(FORMS))
 def test_forms_compile_fullgraph_with_aot_eager(name):
-    torch._dynamo.reset()
-    op = FORMS[name]
-    s = Shape(2, 19, 2, 4, 3)
-    q, k, v, beta = inputs(0, s, dtype=torch.float32)
-    S0 = randn(3, 2, 2, 4, 3, dtype=torch.float32)
-    o, S = torch.compile(op, fullgraph=True, backend="aot_eager")(q, k, v, beta, initial_state=S0,
-                                                                  output_final_state=True)
-    o_ref, S_ref = op(q, k, v, beta, initial_state=S0, output_final_state=True)
-    assert_close(o, o_ref, TOL["f32-interpret"], "o")
-    assert_close(S, S_ref, TOL["f32-interpret"], "S")
+    x = inputs(0, Shape(2, 19, 2, 4, 3), dtype=torch.float32)
+    dc.assert_form_compiles_with_aot_eager(FORMS[name], x, initial_state=randn(3, 2, 2, 4, 3, dtype=torch.float32))
 
 
 def test_layer_compiles_fullgraph_with_aot_eager_forward_and_step():
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    layer = zd.DeltaNet(16, 2, use_gate=True)
-    x = randn(0, 2, 19, 16, dtype=torch.float32)
-    y = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
-    assert_close(y, layer(x), TOL["f32-interpret"], "forward")
-    _, cache = layer.prefill(x[:, :18])
-    y_t, _ = torch.compile(layer.step, fullgraph=True, backend="aot_eager")(x[:, 18], cache)
-    assert_close(y_t, layer(x)[:, 18], TOL["f32-interpret"], "step")
+    dc.assert_layer_compiles_with_aot_eager_forward_and_step(lambda: zd.DeltaNet(16, 2, use_gate=True),
+                                                             randn(0, 2, 19, 16, dtype=torch.float32))
 
 
 def test_chunk_form_compiles_with_inductor():
-    torch._dynamo.reset()
-    q, k, v, beta = inputs(0, Shape(1, 40, 2, 4, 8), dtype=torch.float32)
-    o, _ = torch.compile(zd.delta_rule_chunk, fullgraph=True)(q, k, v, beta, chunk_size=16)
-    assert_close(o, zd.delta_rule_parallel(q, k, v, beta)[0], TOL["f32-interpret"], "o")
+    x = inputs(0, Shape(1, 40, 2, 4, 8), dtype=torch.float32)
+    dc.assert_chunk_compiles_with_inductor(zd.delta_rule_chunk, zd.delta_rule_parallel, x)

@@ -21,19 +21,14 @@ import torch
 import torch.nn.functional as F
 from hypothesis import example, given, settings, strategies as st
 
-from strategies import (Shape, assert_close, device, edge_examples, grad_tol, grads, rand, randn, rel_rms,
-                        seeds, tol_for)
+import delta_cases as dc
+from delta_cases import DEV, F32, TOL32
+from strategies import Shape, assert_close, edge_examples, rand, randn, seeds, tol_for
 import zoo.deltanet as zd
 import fast.deltanet as fd
 
-F64, F32 = torch.float64, torch.float32
-DEV = device()
-TOL32 = tol_for(F32, DEV)
-# B·H ≤ 4 (interpreter time); head dims from a small set, because K and V are compile-time
-# constants of the kernels: on a GPU every new (K, V) compiles the kernels again (odd dims come
-# from the pinned examples).
-small = st.builds(Shape, st.integers(1, 2), st.integers(1, 80), st.integers(1, 2), st.sampled_from((16, 32)),
-                  st.sampled_from((16, 32)))
+F64 = torch.float64
+small = dc.fast_shapes(max_T=80)  # B·H ≤ 4, head dims 16 or 32 (odd ones from the pinned examples)
 
 
 def inputs(seed, s: Shape, dtype=F64, dev="cpu", beta_max=1.0):
@@ -60,10 +55,9 @@ def test_fast_chunk_equals_zoo_in_float32(shape, with_state, neg, seed):
     q, k, v, beta = inputs(seed, shape, F32, DEV, beta_max=2.0 if neg else 1.0)
     S0 = state(seed, shape, F32, DEV) if with_state else None
     o, S = fd.delta_rule_chunk(q, k, v, beta, initial_state=S0, output_final_state=True)
-    o_ref, S_ref = zd.delta_rule_recurrent(q, k, v, beta, initial_state=S0, output_final_state=True)
     assert o.dtype == q.dtype and S.dtype == F32
-    assert_close(o, o_ref, TOL32, "o")
-    assert_close(S, S_ref, TOL32, "S")
+    dc.assert_o_S_close((o, S), zd.delta_rule_recurrent(q, k, v, beta, initial_state=S0, output_final_state=True),
+                        TOL32)
 
 
 @settings(max_examples=4)
@@ -72,10 +66,9 @@ def test_fast_chunk_equals_zoo_in_float32(shape, with_state, neg, seed):
 def test_fast_recurrent_equals_zoo_in_float32(shape, with_state, seed):
     q, k, v, beta = inputs(seed, shape, F32, DEV)
     S0 = state(seed, shape, F32, DEV) if with_state else None
-    o, S = fd.delta_rule_recurrent(q, k, v, beta, initial_state=S0, output_final_state=True)
-    o_ref, S_ref = zd.delta_rule_recurrent(q, k, v, beta, initial_state=S0, output_final_state=True)
-    assert_close(o, o_ref, TOL32, "o")
-    assert_close(S, S_ref, TOL32, "S")
+    kw = dict(initial_state=S0, output_final_state=True)
+    dc.assert_o_S_close(fd.delta_rule_recurrent(q, k, v, beta, **kw), zd.delta_rule_recurrent(q, k, v, beta, **kw),
+                        TOL32)
 
 
 def test_fast_returns_no_state_unless_asked_and_honours_scale():
@@ -97,16 +90,13 @@ def test_fast_equals_zoo_float64_in_half_precision_on_gpu(dtype, D, T):
     q, k, v, beta = inputs(7, s, dtype, "cuda")
     S0 = state(7, s, F32, "cuda")
     kw = dict(initial_state=S0, output_final_state=True)
-    o_ref, S_ref = zd.delta_rule_chunk(*(x.double() for x in (q, k, v, beta)), initial_state=S0.double(),
-                                       output_final_state=True)
+    ref = zd.delta_rule_chunk(*(x.double() for x in (q, k, v, beta)), initial_state=S0.double(),
+                              output_final_state=True)
     tol = tol_for(dtype, "cuda")
     o, S = fd.delta_rule_chunk(q, k, v, beta, **kw)
     assert o.dtype == dtype
-    assert_close(o, o_ref, tol, "chunk o")
-    assert_close(S, S_ref, tol, "chunk S")
-    o, S = fd.delta_rule_recurrent(q, k, v, beta, **kw)
-    assert_close(o, o_ref, tol, "recurrent o")
-    assert_close(S, S_ref, tol, "recurrent S")
+    dc.assert_o_S_close((o, S), ref, tol, "chunk")
+    dc.assert_o_S_close(fd.delta_rule_recurrent(q, k, v, beta, **kw), ref, tol, "recurrent")
 
 
 @pytest.mark.gpu
@@ -116,12 +106,8 @@ def test_fast_gradients_equal_zoo_float64_in_half_precision_on_gpu(dtype):
     q, k, v, beta = inputs(8, s, dtype, "cuda")
     S0 = state(8, s, F32, "cuda")
     cot = [randn(9, s.B, s.T, s.H, s.V, device="cuda"), randn(10, s.B, s.H, s.K, s.V, device="cuda")]
-    fn = lambda op: (lambda q, k, v, beta, S0: op(q, k, v, beta, initial_state=S0, output_final_state=True))
     x = dict(q=q, k=k, v=v, beta=beta, S0=S0)
-    got = grads(fn(fd.delta_rule_chunk), {n: t.requires_grad_() for n, t in x.items()}, cot)
-    ref = grads(fn(zd.delta_rule_chunk), {n: t.double().requires_grad_() for n, t in x.items()}, cot)
-    for n in x:
-        assert_close(got[n], ref[n], grad_tol(tol_for(dtype, "cuda")), f"d{n}")
+    dc.assert_half_gradients_equal_zoo_float64(_as_fn(fd.delta_rule_chunk), _as_fn(zd.delta_rule_chunk), x, cot, dtype)
 
 
 @pytest.mark.gpu
@@ -132,19 +118,10 @@ def test_fast_equals_fla_chunk_delta_rule_on_gpu():
     S0 = state(5, s, F32, "cuda")
     kw = dict(scale=s.K ** -0.5, initial_state=S0, output_final_state=True)
     o_fla, S_fla = fla_ops.chunk_delta_rule(q, k, v, beta, **kw)
-    o, S = fd.delta_rule_chunk(q, k, v, beta, **kw)
-    o_ref, S_ref = zd.delta_rule_chunk(*(x.double() for x in (q, k, v, beta)), scale=s.K ** -0.5,
-                                       initial_state=S0.double(), output_final_state=True)
-    tol = tol_for(torch.bfloat16, "cuda")
-    _assert_as_accurate_as_fla("o", o, o_fla, o_ref, tol)
-    _assert_as_accurate_as_fla("S", S, S_fla, S_ref, tol)
-
-
-def _assert_as_accurate_as_fla(what, fast, fla, ref, tol):
-    """fast within the tolerance of the float64 zoo, and not less accurate than fla (×1.5 + 1e-3)."""
-    assert_close(fast, ref, tol, f"fast {what} vs zoo")
-    e_fast, e_fla = rel_rms(fast, ref), rel_rms(fla, ref)
-    assert e_fast <= 1.5 * e_fla + 1e-3, f"{what}: fast's relative RMS error {e_fast:.3g}, fla's {e_fla:.3g}"
+    ref = zd.delta_rule_chunk(*(x.double() for x in (q, k, v, beta)), scale=s.K ** -0.5, initial_state=S0.double(),
+                              output_final_state=True)
+    dc.assert_fast_and_fla_as_accurate(fd.delta_rule_chunk(q, k, v, beta, **kw), (o_fla, S_fla), ref,
+                                       tol_for(torch.bfloat16, "cuda"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,14 +142,7 @@ def _as_fn(op):
 
 
 def _assert_grads_equal(op, x, cot, tol):
-    got = grads(_as_fn(op), {n: t.clone().requires_grad_() for n, t in x.items()}, cot)
-    ref = grads(_as_fn(zd.delta_rule_recurrent), {n: t.double().requires_grad_() for n, t in x.items()}, cot)
-    assert set(got) == set(x)
-    for n in x:
-        if ref[n] is None:  # no path from this input to the used outputs (q, when only S is used)
-            assert got[n] is None or not got[n].any(), f"d{n} should be zero"
-        else:
-            assert_close(got[n], ref[n], grad_tol(tol), f"d{n}")
+    dc.assert_grads_equal(_as_fn(op), _as_fn(zd.delta_rule_recurrent), x, cot, tol)
 
 
 @settings(max_examples=4)
@@ -218,47 +188,23 @@ def test_fast_future_tokens_do_not_change_the_past(op):
 @settings(max_examples=3)
 @given(shape=small, split=st.floats(0.0, 1.0), seed=seeds)
 def test_fast_chained_calls_equal_one_call(shape, split, seed):
-    q, k, v, beta = inputs(seed, shape, F32, DEV)
+    x = inputs(seed, shape, F32, DEV)
     t = int(split * shape.T)
-    o, S = fd.delta_rule_chunk(q, k, v, beta, output_final_state=True)
-    o1, S1 = fd.delta_rule_chunk(q[:, :t], k[:, :t], v[:, :t], beta[:, :t], output_final_state=True)
-    o2, S2 = fd.delta_rule_recurrent(q[:, t:], k[:, t:], v[:, t:], beta[:, t:], initial_state=S1,
-                                     output_final_state=True)
-    assert_close(torch.cat([o1, o2], 1), o, TOL32, "o")
-    assert_close(S2, S, TOL32, "S")
+    dc.assert_fast_chained_calls_equal_one_call(fd.delta_rule_chunk, fd.delta_rule_recurrent, x,
+                                                [y[:, :t] for y in x], [y[:, t:] for y in x])
 
 
 def _layers(seed=0, **kw):
-    torch.manual_seed(seed)
-    ref = zd.DeltaNet(hidden_size=32, num_heads=2, **kw)
-    fast = fd.DeltaNet(hidden_size=32, num_heads=2, **kw)
-    fast.load_state_dict(ref.state_dict())
-    return ref.to(DEV), fast.to(DEV)
+    return dc.same_weight_layers(zd.DeltaNet, fd.DeltaNet, seed, hidden_size=32, num_heads=2, **kw)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(use_gate=True, allow_neg_eigval=True, qk_activation="elu")])
 def test_fast_layer_equals_zoo_layer_with_the_same_weights(kw):
-    ref, fast = _layers(**kw)
-    x = randn(14, 2, 37, 32, dtype=F32, device=DEV)
-    y_ref, y = ref(x), fast(x)
-    assert_close(y, y_ref, TOL32, "y")
-    dy = randn(15, *y.shape, dtype=F32, device=DEV)
-    (y_ref * dy).sum().backward()
-    (y * dy).sum().backward()
-    for (n, p), p_ref in zip(fast.named_parameters(), ref.parameters()):
-        assert_close(p.grad, p_ref.grad, grad_tol(TOL32), f"d{n}")
+    dc.assert_fast_layer_equals_zoo_layer(*_layers(**kw), randn(14, 2, 37, 32, dtype=F32, device=DEV), dy_seed=15)
 
 
 def test_fast_layer_prefill_then_decode_equals_forward():
-    _, fast = _layers(1)
-    x = randn(16, 2, 9, 32, dtype=F32, device=DEV)
-    y = fast(x)
-    y_pre, cache = fast.prefill(x[:, :5])
-    steps = []
-    for t in range(5, 9):
-        y_t, cache = fast.step(x[:, t], cache)
-        steps.append(y_t)
-    assert_close(torch.cat([y_pre, torch.stack(steps, 1)], 1), y, TOL32, "prefill + decode")
+    dc.assert_fast_layer_decodes_like_forward(_layers(1)[1], randn(16, 2, 9, 32, dtype=F32, device=DEV))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -304,15 +250,8 @@ def test_fast_bad_inputs_raise_clear_errors(monkeypatch):
 @pytest.mark.parametrize("op", [fd.delta_rule_chunk, fd.delta_rule_recurrent])
 def test_fast_ops_compile_with_fullgraph_forward_and_backward(op):
     s = Shape(1, 20, 2, 16, 16)
-    x, cot = _grad_case(18, s, True)
-    eager = grads(_as_fn(op), {n: t.clone().requires_grad_() for n, t in x.items()}, cot)
-    compiled = grads(torch.compile(_as_fn(op), fullgraph=True, backend="aot_eager"),
-                     {n: t.clone().requires_grad_() for n, t in x.items()}, cot)
-    for n in x:
-        assert torch.equal(compiled[n], eager[n]), f"d{n} differs under torch.compile"
+    dc.assert_compiled_grads_equal_eager(_as_fn(op), *_grad_case(18, s, True))
 
 
 def test_fast_layer_compiles_with_fullgraph():
-    _, fast = _layers(2)
-    x = randn(19, 1, 12, 32, dtype=F32, device=DEV)
-    assert_close(torch.compile(fast, fullgraph=True, backend="aot_eager")(x), fast(x), TOL32, "compiled layer")
+    dc.assert_fast_layer_compiles(_layers(2)[1], randn(19, 1, 12, 32, dtype=F32, device=DEV))

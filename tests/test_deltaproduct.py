@@ -13,14 +13,13 @@
 8. torch.compile(fullgraph=True): every form and the layer (aot_eager), the chunk form with inductor.
 """
 
-import re
-
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import assume, given, settings, strategies as st
 
-from strategies import TOL, Shape, assert_close, chunk_sizes, edge_examples, grads, randn, rand, seeds, shapes
+import delta_cases as dc
+from strategies import TOL, Shape, assert_close, chunk_sizes, edge_examples, randn, rand, seeds, shapes
 import zoo.deltaproduct as zp
 import zoo.gated_deltanet as zg
 
@@ -58,22 +57,17 @@ def cut(x, n, a, b):
 def test_recurrent_and_chunk_equal_parallel_in_float64(shape, n, gate, with_state, L, seed):
     x = inputs(seed, shape, n, gate=gate)
     S0 = randn(seed + 5, shape.B, shape.H, shape.K, shape.V) if with_state else None
-    kw = dict(num_householder=n, initial_state=S0, output_final_state=True)
-    o_ref, S_ref = zp.gated_delta_product_parallel(*x, **kw)
-    for name, (o, S) in (("recurrent", zp.gated_delta_product_recurrent(*x, **kw)),
-                         ("chunk", zp.gated_delta_product_chunk(*x, chunk_size=L, **kw))):
-        assert_close(o, o_ref, TOL["f64"], f"{name} o")
-        assert_close(S, S_ref, TOL["f64"], f"{name} S")
+    dc.assert_recurrent_and_chunk_equal_parallel(zp.gated_delta_product_parallel, zp.gated_delta_product_recurrent,
+                                                 zp.gated_delta_product_chunk, x, L, num_householder=n,
+                                                 initial_state=S0, output_final_state=True)
 
 
 def test_half_inputs_accumulate_in_float32_and_return_the_input_dtype():
     q, k, v, g, beta = inputs(5, Shape(1, 20, 2, 8, 8), 2)
-    o_ref, S_ref = zp.gated_delta_product_parallel(q, k, v, g, beta, num_householder=2, output_final_state=True)
-    o, S = zp.gated_delta_product_chunk(*(x.bfloat16() for x in (q, k, v)), g.float(), beta.bfloat16(),
-                                        num_householder=2, chunk_size=16, output_final_state=True)
-    assert o.dtype == torch.bfloat16 and S.dtype == torch.float32
-    assert_close(o, o_ref, TOL["bf16-gpu"], "bf16 o")
-    assert_close(S, S_ref, TOL["bf16-gpu"], "bf16 S")
+    dc.assert_half_inputs_accumulate_in_float32(zp.gated_delta_product_parallel, zp.gated_delta_product_chunk,
+                                                (q, k, v, g, beta),
+                                                (q.bfloat16(), k.bfloat16(), v.bfloat16(), g.float(), beta.bfloat16()),
+                                                num_householder=2)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,14 +86,8 @@ def test_chunk_gradients_equal_parallel_in_float64(shape, n, L, seed):
     S0 = randn(seed + 5, shape.B, shape.H, shape.K, shape.V)
     ins = {m: x.requires_grad_() for m, x in dict(q=q, k=k, v=v, g=g, beta=beta, S0=S0).items()}
     cot = [randn(seed + 6, *q.shape[:3], shape.V), randn(seed + 7, *S0.shape)]
-
-    def run(op, **kw):
-        return lambda q, k, v, g, beta, S0: op(q, k, v, g, beta, num_householder=n, initial_state=S0,
-                                               output_final_state=True, **kw)
-    ref = grads(run(zp.gated_delta_product_parallel), ins, cot)
-    got = grads(run(zp.gated_delta_product_chunk, chunk_size=L), ins, cot)
-    for m in ref:
-        assert_close(got[m], ref[m], TOL["f64"], f"d{m}")
+    dc.assert_chunk_gradients_equal_parallel(zp.gated_delta_product_parallel, zp.gated_delta_product_chunk, ins, cot,
+                                             L, num_householder=n)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,12 +96,9 @@ def test_chunk_gradients_equal_parallel_in_float64(shape, n, L, seed):
 @given(shape=small, n=householders, t=st.integers(0, 29), seed=seeds)
 def test_future_tokens_do_not_change_the_past(shape, n, t, seed):
     t = min(t, shape.T - 1)
-    a, b = inputs(seed, shape, n), inputs(seed + 11, shape, n)
     cuts = (1, n, n, 1, n)  # micro-steps per token of (q, k, v, g, beta)
-    mix = [torch.cat([x[:, :(t + 1) * c], y[:, (t + 1) * c:]], 1) for x, y, c in zip(a, b, cuts)]
-    for name, op in FORMS.items():
-        o, o2 = op(*a, num_householder=n)[0], op(*mix, num_householder=n)[0]
-        assert torch.equal(o[:, :t + 1], o2[:, :t + 1]), name
+    dc.assert_future_tokens_do_not_change_the_past(FORMS, inputs(seed, shape, n), inputs(seed + 11, shape, n), t,
+                                                   cuts, num_householder=n)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,12 +109,7 @@ def test_two_chained_calls_equal_one_call(shape, n, gate, split, seed):
     assume(shape.T >= 2)
     x = inputs(seed, shape, n, gate=gate)
     m = min(shape.T - 1, max(1, int(split * shape.T)))
-    for name, op in FORMS.items():
-        o, S = op(*x, num_householder=n, output_final_state=True)
-        o1, S1 = op(*cut(x, n, 0, m), num_householder=n, output_final_state=True)
-        o2, S2 = op(*cut(x, n, m, shape.T), num_householder=n, initial_state=S1, output_final_state=True)
-        assert_close(torch.cat([o1, o2], 1), o, TOL["f64"], f"{name} o")
-        assert_close(S2, S, TOL["f64"], f"{name} S")
+    dc.assert_two_chained_calls_equal_one_call(FORMS, x, cut(x, n, 0, m), cut(x, n, m, shape.T), num_householder=n)
 
 
 LAYER_OPTIONS = [
@@ -144,21 +124,9 @@ LAYER_OPTIONS = [
 @given(T=st.integers(1, 14), t=st.integers(0, 14), form=st.sampled_from(["chunk", "recurrent", "parallel"]),
        opts=st.sampled_from(range(len(LAYER_OPTIONS))), seed=seeds)
 def test_prefill_then_decode_equals_forward(T, t, form, opts, seed):
-    t = min(t, T)
-    torch.manual_seed(seed % 1000)
-    layer = zp.GatedDeltaProduct(16, head_dim=4, num_heads=2, form=form, **LAYER_OPTIONS[opts]).double()
-    x = randn(seed, 2, T, 16)
-    y_ref = layer(x)
-    ys, cache = [], None
-    if t:
-        y, cache = layer.prefill(x[:, :t])
-        ys.append(y)
-    for i in range(t, T):
-        y_i, cache = layer.step(x[:, i], cache)
-        ys.append(y_i[:, None])
-    assert_close(torch.cat(ys, 1), y_ref, TOL["f64"], "y")
-    assert sum(c.numel() for c in cache.values()) == 2 * layer.state_size(T)  # B = 2
-    assert cache["S"].shape == (2, layer.num_v_heads, 4, layer.head_v_dim)
+    dc.assert_prefill_then_decode_equals_forward(
+        lambda: zp.GatedDeltaProduct(16, head_dim=4, num_heads=2, form=form, **LAYER_OPTIONS[opts]), T, t, seed,
+        lambda layer: (2, layer.num_v_heads, 4, layer.head_v_dim))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -168,11 +136,8 @@ def test_prefill_then_decode_equals_forward(T, t, form, opts, seed):
 def test_one_householder_step_is_gated_deltanet(shape, seed):
     q, k, v, g, beta = inputs(seed, shape, 1)
     S0 = randn(seed + 5, shape.B, shape.H, shape.K, shape.V)
-    o_ref, S_ref = zg.gated_delta_rule_recurrent(q, k, v, g, beta, initial_state=S0, output_final_state=True)
-    for name, op in FORMS.items():
-        o, S = op(q, k, v, g, beta, num_householder=1, initial_state=S0, output_final_state=True)
-        assert_close(o, o_ref, TOL["f64"], f"{name} o")
-        assert_close(S, S_ref, TOL["f64"], f"{name} S")
+    ref = zg.gated_delta_rule_recurrent(q, k, v, g, beta, initial_state=S0, output_final_state=True)
+    dc.assert_every_form_gives(FORMS, (q, k, v, g, beta), ref, num_householder=1, initial_state=S0)
 
 
 @given(shape=small, n=householders, seed=seeds)
@@ -234,36 +199,14 @@ FLA_OUTPUT_OPTIONS = dict(num_v_heads=4, allow_neg_eigval=False, conv_bias=True,
 @pytest.mark.gpu
 @pytest.mark.parametrize("opts", LAYER_OPTIONS, ids=["default", "gva-nogate-3", "noconv-1"])
 def test_layer_state_dict_loads_both_ways_with_fla(opts):
-    fla_layers = pytest.importorskip("fla.layers")
-    ours = zp.GatedDeltaProduct(64, head_dim=16, num_heads=2, **opts)
-    theirs = fla_layers.GatedDeltaProduct(hidden_size=64, head_dim=16, num_heads=2, **opts)
-    assert {n: p.shape for n, p in ours.state_dict().items()} == {n: p.shape for n, p in theirs.state_dict().items()}
-    theirs.load_state_dict(ours.state_dict())
-    ours.load_state_dict(theirs.state_dict())
+    dc.assert_layer_state_dict_loads_both_ways_with_fla(zp.GatedDeltaProduct, "GatedDeltaProduct", opts, head_dim=16)
 
 
 @pytest.mark.gpu
 def test_layer_output_equals_fla():
-    # One configuration, T = 150 (> 64: fla's chunk kernels, which its layers use in training): each
-    # new shape costs fla a Triton compile and autotune, and the GPU run's test budget is shared.
-    fla_layers = pytest.importorskip("fla.layers")
-    torch.manual_seed(0)
-    opts = FLA_OUTPUT_OPTIONS
-    ours = zp.GatedDeltaProduct(64, head_dim=16, num_heads=2, **opts).cuda()
-    theirs = fla_layers.GatedDeltaProduct(hidden_size=64, head_dim=16, num_heads=2, **opts).cuda()
-    theirs.load_state_dict(ours.state_dict())
-    # fla's kernels refuse fp32. fp16, not bf16: a whole layer rounds ~8 times, which in bf16 costs
-    # ~1e-2 relative RMS (the zoo layer on a CPU: 0.6-1.1e-2), half the bf16 bound; in fp16 ~1e-3.
-    x = randn(1, 2, 150, 64, device="cuda", scale=0.5)
-    with torch.no_grad():
-        y_ref = ours.double()(x.double())
-        try:
-            y_fla = theirs.eval().half()(x.half())[0]
-        except (RuntimeError, AssertionError) as e:  # fla 0.6.0 on Hopper asks for Triton >= 3.7.1
-            if "triton" in str(e).lower():
-                pytest.skip(f"fla refused: {e}")
-            raise
-    assert_close(y_fla, y_ref, TOL["f16-gpu"], "fla GatedDeltaProduct (fp16) vs zoo (float64)")
+    # fla 0.6.0 on Hopper asks for Triton >= 3.7.1: skip, saying so.
+    dc.assert_layer_output_equals_fla(zp.GatedDeltaProduct, "GatedDeltaProduct", FLA_OUTPUT_OPTIONS,
+                                      refused=(RuntimeError, AssertionError), head_dim=16)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -290,16 +233,11 @@ def _bad_cases():
     ], dict(q=q, k=k, v=v, g=g, beta=beta, num_householder=2)
 
 
-@pytest.mark.parametrize("case", range(len(_bad_cases()[0])), ids=[c[0] for c in _bad_cases()[0]])
+@pytest.mark.parametrize("case", range(len(_bad_cases()[0])), ids=dc.bad_case_ids(_bad_cases()[0]))
 def test_bad_inputs_raise_clear_errors(case):
-    (name, changes, err, msg), good = _bad_cases()[0][case], _bad_cases()[1]
-    args = {**good, **changes}
-    ops = [zp.gated_delta_product_chunk]
-    if "chunk_size" not in changes:
-        ops += [zp.gated_delta_product_parallel, zp.gated_delta_product_recurrent]
-    for op in ops:
-        with pytest.raises(err, match=re.escape(msg)):
-            op(**args)
+    cases, good = _bad_cases()
+    dc.assert_bad_input_raises(cases[case], good, zp.gated_delta_product_chunk,
+                               [zp.gated_delta_product_parallel, zp.gated_delta_product_recurrent])
 
 
 def test_layer_rejects_bad_arguments_and_inputs():
@@ -316,31 +254,18 @@ def test_layer_rejects_bad_arguments_and_inputs():
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(FORMS))
 def test_forms_compile_fullgraph_with_aot_eager(name):
-    torch._dynamo.reset()
-    op = FORMS[name]
     x = inputs(0, Shape(2, 9, 2, 4, 3), 2, dtype=torch.float32)
-    S0 = randn(3, 2, 2, 4, 3, dtype=torch.float32)
-    kw = dict(num_householder=2, initial_state=S0, output_final_state=True)
-    o, S = torch.compile(op, fullgraph=True, backend="aot_eager")(*x, **kw)
-    o_ref, S_ref = op(*x, **kw)
-    assert_close(o, o_ref, TOL["f32-interpret"], "o")
-    assert_close(S, S_ref, TOL["f32-interpret"], "S")
+    dc.assert_form_compiles_with_aot_eager(FORMS[name], x, num_householder=2,
+                                           initial_state=randn(3, 2, 2, 4, 3, dtype=torch.float32))
 
 
 def test_layer_compiles_fullgraph_with_aot_eager_forward_and_step():
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    layer = zp.GatedDeltaProduct(16, head_dim=4, num_heads=2, num_v_heads=4)
-    x = randn(0, 2, 11, 16, dtype=torch.float32)
-    y = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
-    assert_close(y, layer(x), TOL["f32-interpret"], "forward")
-    _, cache = layer.prefill(x[:, :10])
-    y_t, _ = torch.compile(layer.step, fullgraph=True, backend="aot_eager")(x[:, 10], cache)
-    assert_close(y_t, layer(x)[:, 10], TOL["f32-interpret"], "step")
+    dc.assert_layer_compiles_with_aot_eager_forward_and_step(
+        lambda: zp.GatedDeltaProduct(16, head_dim=4, num_heads=2, num_v_heads=4),
+        randn(0, 2, 11, 16, dtype=torch.float32))
 
 
 def test_chunk_form_compiles_with_inductor():
-    torch._dynamo.reset()
     x = inputs(0, Shape(1, 20, 2, 4, 8), 2, dtype=torch.float32)
-    o, _ = torch.compile(zp.gated_delta_product_chunk, fullgraph=True)(*x, num_householder=2, chunk_size=16)
-    assert_close(o, zp.gated_delta_product_parallel(*x, num_householder=2)[0], TOL["f32-interpret"], "o")
+    dc.assert_chunk_compiles_with_inductor(zp.gated_delta_product_chunk, zp.gated_delta_product_parallel, x,
+                                           num_householder=2)

@@ -21,19 +21,16 @@ import torch
 import torch.nn.functional as F
 from hypothesis import example, given, settings, strategies as st
 
-from strategies import Shape, assert_close, device, grad_tol, grads, rand, randn, rel_rms, seeds, tol_for
+import delta_cases as dc
+from delta_cases import DEV, F32, TOL32
+from strategies import Shape, assert_close, grad_tol, grads, rand, randn, seeds, tol_for
 import zoo.deltaproduct as zp
 import fast.gated_deltanet as fg
 import fast.deltaproduct as fp
 
-F64, F32 = torch.float64, torch.float32
-DEV = device()
-TOL32 = tol_for(F32, DEV)
-# B·H ≤ 4, T·n_h ≤ 120 micro-steps (interpreter time); head dims from a small set, because K and V are compile-time
-# constants of the kernels: on a GPU every new (K, V) compiles the kernels again (odd dims come
-# from the pinned examples).
-small = st.builds(Shape, st.integers(1, 2), st.integers(1, 40), st.integers(1, 2), st.sampled_from((16, 32)),
-                  st.sampled_from((16, 32)))
+F64 = torch.float64
+# B·H ≤ 4, T·n_h ≤ 120 micro-steps (interpreter time), head dims 16 or 32 (odd ones from the pinned examples).
+small = dc.fast_shapes(max_T=40)
 
 
 def inputs(seed, s: Shape, n, dtype=F64, dev="cpu", gate=True, beta_max=2.0):
@@ -64,12 +61,11 @@ def test_fast_ops_equal_zoo_in_float32(shape, n, gate, with_state, seed):
     q, k, v, g, beta = inputs(seed, shape, n, F32, DEV, gate)
     S0 = state(seed, shape, F32, DEV) if with_state else None
     kw = dict(num_householder=n, initial_state=S0, output_final_state=True)
-    o_ref, S_ref = zp.gated_delta_product_recurrent(q, k, v, g, beta, **kw)
+    ref = zp.gated_delta_product_recurrent(q, k, v, g, beta, **kw)
     for op in (fp.gated_delta_product_chunk, fp.gated_delta_product_recurrent):
         o, S = op(q, k, v, g, beta, **kw)
-        assert o.dtype == q.dtype and o.shape == o_ref.shape and S.dtype == F32
-        assert_close(o, o_ref, TOL32, f"{op.__name__} o")
-        assert_close(S, S_ref, TOL32, f"{op.__name__} S")
+        assert o.dtype == q.dtype and o.shape == ref[0].shape and S.dtype == F32
+        dc.assert_o_S_close((o, S), ref, TOL32, op.__name__)
 
 
 HALF_CASES = [(dt, D, T) for dt in (torch.float16, torch.bfloat16) for D, T in ((64, 1), (64, 500), (128, 1000))]
@@ -82,14 +78,12 @@ def test_fast_equals_zoo_float64_in_half_precision_on_gpu(dtype, D, T):
     q, k, v, g, beta = inputs(7, s, 2, dtype, "cuda")
     g = g * 0.5
     S0 = state(7, s, F32, "cuda")
-    o_ref, S_ref = zp.gated_delta_product_chunk(*(x.double() for x in (q, k, v, g, beta)), num_householder=2,
-                                                initial_state=S0.double(), output_final_state=True)
-    tol = tol_for(dtype, "cuda")
+    ref = zp.gated_delta_product_chunk(*(x.double() for x in (q, k, v, g, beta)), num_householder=2,
+                                       initial_state=S0.double(), output_final_state=True)
     for op in (fp.gated_delta_product_chunk, fp.gated_delta_product_recurrent):
         o, S = op(q, k, v, g, beta, num_householder=2, initial_state=S0, output_final_state=True)
         assert o.dtype == dtype
-        assert_close(o, o_ref, tol, f"{op.__name__} o")
-        assert_close(S, S_ref, tol, f"{op.__name__} S")
+        dc.assert_o_S_close((o, S), ref, tol_for(dtype, "cuda"), op.__name__)
 
 
 @pytest.mark.gpu
@@ -99,11 +93,8 @@ def test_fast_gradients_equal_zoo_float64_in_half_precision_on_gpu(dtype):
     q, k, v, g, beta = inputs(8, s, 2, dtype, "cuda")
     x = dict(q=q, k=k, v=v, g=g * 0.5, beta=beta, S0=state(8, s, F32, "cuda"))
     cot = [randn(9, s.B, s.T, s.H, s.V, device="cuda"), randn(10, s.B, s.H, s.K, s.V, device="cuda")]
-    got = grads(_as_fn(fp.gated_delta_product_chunk, 2), {m: t.requires_grad_() for m, t in x.items()}, cot)
-    ref = grads(_as_fn(zp.gated_delta_product_chunk, 2), {m: t.double().requires_grad_() for m, t in x.items()},
-                cot)
-    for m in x:
-        assert_close(got[m], ref[m], grad_tol(tol_for(dtype, "cuda")), f"d{m}")
+    dc.assert_half_gradients_equal_zoo_float64(_as_fn(fp.gated_delta_product_chunk, 2),
+                                               _as_fn(zp.gated_delta_product_chunk, 2), x, cot, dtype)
 
 
 @pytest.mark.gpu
@@ -118,19 +109,10 @@ def test_fast_equals_fla_chunk_gated_delta_product_on_gpu():
         o_fla, S_fla = fla_ops.chunk_gated_delta_product(q, k, v, g, beta, 2, **kw)
     except Exception as e:  # fla 0.6.0 refuses its gated kernels on Hopper with Triton < 3.7.1
         pytest.skip(f"fla's chunk_gated_delta_product refused to run here: {e}")
-    o, S = fp.gated_delta_product_chunk(q, k, v, g, beta, num_householder=2, **kw)
-    o_ref, S_ref = zp.gated_delta_product_chunk(*(x.double() for x in (q, k, v, g, beta)), num_householder=2,
-                                                scale=s.K ** -0.5, initial_state=S0.double(), output_final_state=True)
-    tol = tol_for(torch.bfloat16, "cuda")
-    _assert_as_accurate_as_fla("o", o, o_fla, o_ref, tol)
-    _assert_as_accurate_as_fla("S", S, S_fla, S_ref, tol)
-
-
-def _assert_as_accurate_as_fla(what, fast, fla, ref, tol):
-    """fast within the tolerance of the float64 zoo, and not less accurate than fla (×1.5 + 1e-3)."""
-    assert_close(fast, ref, tol, f"fast {what} vs zoo")
-    e_fast, e_fla = rel_rms(fast, ref), rel_rms(fla, ref)
-    assert e_fast <= 1.5 * e_fla + 1e-3, f"{what}: fast's relative RMS error {e_fast:.3g}, fla's {e_fla:.3g}"
+    ref = zp.gated_delta_product_chunk(*(x.double() for x in (q, k, v, g, beta)), num_householder=2,
+                                       scale=s.K ** -0.5, initial_state=S0.double(), output_final_state=True)
+    dc.assert_fast_and_fla_as_accurate(fp.gated_delta_product_chunk(q, k, v, g, beta, num_householder=2, **kw),
+                                       (o_fla, S_fla), ref, tol_for(torch.bfloat16, "cuda"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -189,46 +171,24 @@ def test_fast_future_tokens_do_not_change_the_past(op):
 def test_fast_chained_calls_equal_one_call():
     s, n, t = Shape(2, 37, 2, 16, 16), 2, 23
     q, k, v, g, beta = inputs(14, s, n, F32, DEV)
-    kw = dict(num_householder=n, output_final_state=True)
-    o, S = fp.gated_delta_product_chunk(q, k, v, g, beta, **kw)
-    o1, S1 = fp.gated_delta_product_chunk(q[:, :t], k[:, :n * t], v[:, :n * t], g[:, :t], beta[:, :n * t], **kw)
-    o2, S2 = fp.gated_delta_product_recurrent(q[:, t:], k[:, n * t:], v[:, n * t:], g[:, t:], beta[:, n * t:],
-                                              initial_state=S1, **kw)
-    assert_close(torch.cat([o1, o2], 1), o, TOL32, "o")
-    assert_close(S2, S, TOL32, "S")
+    dc.assert_fast_chained_calls_equal_one_call(
+        fp.gated_delta_product_chunk, fp.gated_delta_product_recurrent, (q, k, v, g, beta),
+        (q[:, :t], k[:, :n * t], v[:, :n * t], g[:, :t], beta[:, :n * t]),
+        (q[:, t:], k[:, n * t:], v[:, n * t:], g[:, t:], beta[:, n * t:]), num_householder=n)
 
 
 def _layers(seed=0, **kw):
-    kw = dict(hidden_size=32, head_dim=16, num_heads=2, expand_v=1, **kw)
-    torch.manual_seed(seed)
-    ref, fast = zp.GatedDeltaProduct(**kw), fp.GatedDeltaProduct(**kw)
-    fast.load_state_dict(ref.state_dict())
-    return ref.to(DEV), fast.to(DEV)
+    return dc.same_weight_layers(zp.GatedDeltaProduct, fp.GatedDeltaProduct, seed, hidden_size=32, head_dim=16,
+                                 num_heads=2, expand_v=1, **kw)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(use_forget_gate=False, num_householder=3, num_v_heads=4)])
 def test_fast_layer_equals_zoo_layer_with_the_same_weights(kw):
-    ref, fast = _layers(**kw)
-    x = randn(15, 2, 19, 32, dtype=F32, device=DEV)
-    y_ref, y = ref(x), fast(x)
-    assert_close(y, y_ref, TOL32, "y")
-    dy = randn(16, *y.shape, dtype=F32, device=DEV)
-    (y_ref * dy).sum().backward()
-    (y * dy).sum().backward()
-    for (m, p), p_ref in zip(fast.named_parameters(), ref.parameters()):
-        assert_close(p.grad, p_ref.grad, grad_tol(TOL32), f"d{m}")
+    dc.assert_fast_layer_equals_zoo_layer(*_layers(**kw), randn(15, 2, 19, 32, dtype=F32, device=DEV), dy_seed=16)
 
 
 def test_fast_layer_prefill_then_decode_equals_forward():
-    _, fast = _layers(1)
-    x = randn(17, 2, 9, 32, dtype=F32, device=DEV)
-    y = fast(x)
-    y_pre, cache = fast.prefill(x[:, :5])
-    steps = []
-    for t in range(5, 9):
-        y_t, cache = fast.step(x[:, t], cache)
-        steps.append(y_t)
-    assert_close(torch.cat([y_pre, torch.stack(steps, 1)], 1), y, TOL32, "prefill + decode")
+    dc.assert_fast_layer_decodes_like_forward(_layers(1)[1], randn(17, 2, 9, 32, dtype=F32, device=DEV))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -269,14 +229,8 @@ def test_fast_ops_compile_with_fullgraph_forward_and_backward(op):
     q, k, v, g, beta = inputs(19, s, 2, F32, DEV)
     x = dict(q=q, k=k, v=v, beta=beta, g=g, S0=state(19, s, F32, DEV))
     cot = [randn(20, s.B, s.T, s.H, s.V, device=DEV), randn(21, s.B, s.H, s.K, s.V, device=DEV)]
-    eager = grads(_as_fn(op, 2), {m: t.clone().requires_grad_() for m, t in x.items()}, cot)
-    compiled = grads(torch.compile(_as_fn(op, 2), fullgraph=True, backend="aot_eager"),
-                     {m: t.clone().requires_grad_() for m, t in x.items()}, cot)
-    for m in x:
-        assert torch.equal(compiled[m], eager[m]), f"d{m} differs under torch.compile"
+    dc.assert_compiled_grads_equal_eager(_as_fn(op, 2), x, cot)
 
 
 def test_fast_layer_compiles_with_fullgraph():
-    _, fast = _layers(2)
-    x = randn(22, 1, 8, 32, dtype=F32, device=DEV)
-    assert_close(torch.compile(fast, fullgraph=True, backend="aot_eager")(x), fast(x), TOL32, "compiled layer")
+    dc.assert_fast_layer_compiles(_layers(2)[1], randn(22, 1, 8, 32, dtype=F32, device=DEV))

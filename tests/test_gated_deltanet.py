@@ -13,14 +13,13 @@
 8. torch.compile(fullgraph=True): every form and the layer (aot_eager), the chunk form with inductor.
 """
 
-import re
-
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import assume, given, settings, strategies as st
 
-from strategies import TOL, Shape, assert_close, chunk_sizes, edge_examples, grads, randn, rand, seeds, shapes
+import delta_cases as dc
+from strategies import TOL, Shape, assert_close, chunk_sizes, edge_examples, randn, rand, seeds, shapes
 import zoo.deltanet as zd
 import zoo.gated_deltanet as zg
 
@@ -52,22 +51,16 @@ def inputs(seed, s: Shape, dtype=F64, beta_max=1.0, g_scale=1.0):
 def test_recurrent_and_chunk_equal_parallel_in_float64(shape, with_state, neg, g_scale, L, seed):
     q, k, v, g, beta = inputs(seed, shape, beta_max=2.0 if neg else 1.0, g_scale=g_scale)
     S0 = randn(seed + 5, shape.B, shape.H, shape.K, shape.V) if with_state else None
-    kw = dict(initial_state=S0, output_final_state=True)
-    o_ref, S_ref = zg.gated_delta_rule_parallel(q, k, v, g, beta, **kw)
-    for name, (o, S) in (("recurrent", zg.gated_delta_rule_recurrent(q, k, v, g, beta, **kw)),
-                         ("chunk", zg.gated_delta_rule_chunk(q, k, v, g, beta, chunk_size=L, **kw))):
-        assert_close(o, o_ref, TOL["f64"], f"{name} o")
-        assert_close(S, S_ref, TOL["f64"], f"{name} S")
+    dc.assert_recurrent_and_chunk_equal_parallel(zg.gated_delta_rule_parallel, zg.gated_delta_rule_recurrent,
+                                                 zg.gated_delta_rule_chunk, (q, k, v, g, beta), L, initial_state=S0,
+                                                 output_final_state=True)
 
 
 def test_half_inputs_accumulate_in_float32_and_return_the_input_dtype():
     q, k, v, g, beta = inputs(5, Shape(1, 40, 2, 8, 8))
-    o_ref, S_ref = zg.gated_delta_rule_parallel(q, k, v, g, beta, output_final_state=True)
-    o, S = zg.gated_delta_rule_chunk(*(x.bfloat16() for x in (q, k, v)), g.float(), beta.bfloat16(),
-                                     chunk_size=16, output_final_state=True)
-    assert o.dtype == torch.bfloat16 and S.dtype == torch.float32
-    assert_close(o, o_ref, TOL["bf16-gpu"], "bf16 o")
-    assert_close(S, S_ref, TOL["bf16-gpu"], "bf16 S")
+    dc.assert_half_inputs_accumulate_in_float32(zg.gated_delta_rule_parallel, zg.gated_delta_rule_chunk,
+                                                (q, k, v, g, beta),
+                                                (q.bfloat16(), k.bfloat16(), v.bfloat16(), g.float(), beta.bfloat16()))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -86,13 +79,7 @@ def test_chunk_gradients_equal_parallel_in_float64(shape, L, seed):
     S0 = randn(seed + 5, shape.B, shape.H, shape.K, shape.V)
     ins = {n: x.requires_grad_() for n, x in dict(q=q, k=k, v=v, g=g, beta=beta, S0=S0).items()}
     cot = [randn(seed + 6, *v.shape), randn(seed + 7, *S0.shape)]
-
-    def run(op, **kw):
-        return lambda q, k, v, g, beta, S0: op(q, k, v, g, beta, initial_state=S0, output_final_state=True, **kw)
-    ref = grads(run(zg.gated_delta_rule_parallel), ins, cot)
-    got = grads(run(zg.gated_delta_rule_chunk, chunk_size=L), ins, cot)
-    for n in ref:
-        assert_close(got[n], ref[n], TOL["f64"], f"d{n}")
+    dc.assert_chunk_gradients_equal_parallel(zg.gated_delta_rule_parallel, zg.gated_delta_rule_chunk, ins, cot, L)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,11 +88,7 @@ def test_chunk_gradients_equal_parallel_in_float64(shape, L, seed):
 @given(shape=small, t=st.integers(0, 69), seed=seeds)
 def test_future_tokens_do_not_change_the_past(shape, t, seed):
     t = min(t, shape.T - 1)
-    a, b = inputs(seed, shape), inputs(seed + 11, shape)
-    mix = [torch.cat([x[:, :t + 1], y[:, t + 1:]], 1) for x, y in zip(a, b)]
-    for name, op in FORMS.items():
-        o, o2 = op(*a)[0], op(*mix)[0]
-        assert torch.equal(o[:, :t + 1], o2[:, :t + 1]), name
+    dc.assert_future_tokens_do_not_change_the_past(FORMS, inputs(seed, shape), inputs(seed + 11, shape), t)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,12 +99,7 @@ def test_two_chained_calls_equal_one_call(shape, split, seed):
     assume(shape.T >= 2)
     x = inputs(seed, shape)
     n = min(shape.T - 1, max(1, int(split * shape.T)))
-    for name, op in FORMS.items():
-        o, S = op(*x, output_final_state=True)
-        o1, S1 = op(*(t[:, :n] for t in x), output_final_state=True)
-        o2, S2 = op(*(t[:, n:] for t in x), initial_state=S1, output_final_state=True)
-        assert_close(torch.cat([o1, o2], 1), o, TOL["f64"], f"{name} o")
-        assert_close(S2, S, TOL["f64"], f"{name} S")
+    dc.assert_two_chained_calls_equal_one_call(FORMS, x, [t[:, :n] for t in x], [t[:, n:] for t in x])
 
 
 LAYER_OPTIONS = [
@@ -135,21 +113,9 @@ LAYER_OPTIONS = [
 @given(T=st.integers(1, 20), t=st.integers(0, 20), form=st.sampled_from(["chunk", "recurrent", "parallel"]),
        opts=st.sampled_from(range(len(LAYER_OPTIONS))), seed=seeds)
 def test_prefill_then_decode_equals_forward(T, t, form, opts, seed):
-    t = min(t, T)
-    torch.manual_seed(seed % 1000)
-    layer = zg.GatedDeltaNet(16, head_dim=4, num_heads=2, form=form, **LAYER_OPTIONS[opts]).double()
-    x = randn(seed, 2, T, 16)
-    y_ref = layer(x)
-    ys, cache = [], None
-    if t:
-        y, cache = layer.prefill(x[:, :t])
-        ys.append(y)
-    for i in range(t, T):
-        y_i, cache = layer.step(x[:, i], cache)
-        ys.append(y_i[:, None])
-    assert_close(torch.cat(ys, 1), y_ref, TOL["f64"], "y")
-    assert sum(c.numel() for c in cache.values()) == 2 * layer.state_size(T)  # B = 2
-    assert cache["S"].shape == (2, layer.num_v_heads, 4, layer.head_v_dim)
+    dc.assert_prefill_then_decode_equals_forward(
+        lambda: zg.GatedDeltaNet(16, head_dim=4, num_heads=2, form=form, **LAYER_OPTIONS[opts]), T, t, seed,
+        lambda layer: (2, layer.num_v_heads, 4, layer.head_v_dim))
 
 
 def test_grouped_value_heads_share_query_and_key_heads():
@@ -171,11 +137,8 @@ def test_grouped_value_heads_share_query_and_key_heads():
 def test_zero_log_decay_is_the_plain_delta_rule(shape, seed):
     q, k, v, g, beta = inputs(seed, shape)
     S0 = randn(seed + 5, shape.B, shape.H, shape.K, shape.V)
-    o_ref, S_ref = zd.delta_rule_parallel(q, k, v, beta, initial_state=S0, output_final_state=True)
-    for name, op in FORMS.items():
-        o, S = op(q, k, v, torch.zeros_like(g), beta, initial_state=S0, output_final_state=True)
-        assert_close(o, o_ref, TOL["f64"], f"{name} o")
-        assert_close(S, S_ref, TOL["f64"], f"{name} S")
+    ref = zd.delta_rule_parallel(q, k, v, beta, initial_state=S0, output_final_state=True)
+    dc.assert_every_form_gives(FORMS, (q, k, v, torch.zeros_like(g), beta), ref, initial_state=S0)
 
 
 @given(shape=small, seed=seeds)
@@ -188,44 +151,17 @@ def test_beta_zero_leaves_only_the_decay(shape, seed):
         assert_close(S, decay * S0, TOL["f64"], name)
 
 
-def _fla_or_skip(fn):
-    """fla 0.6.0 refuses its gated kernels on Hopper under Triton < 3.7.1: skip, saying so."""
-    try:
-        return fn()
-    except (RuntimeError, AssertionError, ImportError) as e:
-        if "triton" in str(e).lower():
-            pytest.skip(f"fla refused: {e}")
-        raise
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("opts", LAYER_OPTIONS, ids=["default", "gva-negeig", "noconv-expandv"])
 def test_layer_state_dict_loads_both_ways_with_fla(opts):
-    fla_layers = pytest.importorskip("fla.layers")
-    ours = zg.GatedDeltaNet(64, head_dim=16, num_heads=2, **opts)
-    theirs = fla_layers.GatedDeltaNet(hidden_size=64, head_dim=16, num_heads=2, **opts)
-    assert {n: p.shape for n, p in ours.state_dict().items()} == {n: p.shape for n, p in theirs.state_dict().items()}
-    theirs.load_state_dict(ours.state_dict())
-    ours.load_state_dict(theirs.state_dict())
+    dc.assert_layer_state_dict_loads_both_ways_with_fla(zg.GatedDeltaNet, "GatedDeltaNet", opts, head_dim=16)
 
 
 @pytest.mark.gpu
 def test_layer_output_equals_fla():
-    # One configuration, T = 150 (> 64: fla's chunk kernels, which its layers use in training): each
-    # new shape costs fla a Triton compile and autotune, and the GPU run's test budget is shared.
-    fla_layers = pytest.importorskip("fla.layers")
-    torch.manual_seed(0)
-    opts = LAYER_OPTIONS[1]
-    ours = zg.GatedDeltaNet(64, head_dim=16, num_heads=2, **opts).cuda()
-    theirs = fla_layers.GatedDeltaNet(hidden_size=64, head_dim=16, num_heads=2, **opts).cuda()
-    theirs.load_state_dict(ours.state_dict())
-    # fla's kernels refuse fp32. fp16, not bf16: a whole layer rounds ~8 times, which in bf16 costs
-    # ~1e-2 relative RMS (the zoo layer on a CPU: 0.6-1.1e-2), half the bf16 bound; in fp16 ~1e-3.
-    x = randn(1, 2, 150, 64, device="cuda", scale=0.5)
-    with torch.no_grad():
-        y_ref = ours.double()(x.double())
-        y_fla = _fla_or_skip(lambda: theirs.eval().half()(x.half())[0])
-    assert_close(y_fla, y_ref, TOL["f16-gpu"], "fla GatedDeltaNet (fp16) vs zoo (float64)")
+    # fla 0.6.0 refuses its gated kernels on Hopper under Triton < 3.7.1: skip, saying so.
+    dc.assert_layer_output_equals_fla(zg.GatedDeltaNet, "GatedDeltaNet", LAYER_OPTIONS[1],
+                                      refused=(RuntimeError, AssertionError, ImportError), head_dim=16)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,24 +188,17 @@ def _bad_cases():
     ], dict(q=q, k=k, v=v, g=g, beta=beta)
 
 
-@pytest.mark.parametrize("case", range(len(_bad_cases()[0])), ids=[c[0] for c in _bad_cases()[0]])
+@pytest.mark.parametrize("case", range(len(_bad_cases()[0])), ids=dc.bad_case_ids(_bad_cases()[0]))
 def test_bad_inputs_raise_clear_errors(case):
-    (name, changes, err, msg), good = _bad_cases()[0][case], _bad_cases()[1]
-    args = {**good, **changes}
-    ops = [zg.gated_delta_rule_chunk]
-    if "chunk_size" not in changes:
-        ops += [zg.gated_delta_rule_parallel, zg.gated_delta_rule_recurrent]
-    for op in ops:
-        with pytest.raises(err, match=re.escape(msg)):
-            op(**args)
+    cases, good = _bad_cases()
+    dc.assert_bad_input_raises(cases[case], good, zg.gated_delta_rule_chunk,
+                               [zg.gated_delta_rule_parallel, zg.gated_delta_rule_recurrent])
 
 
 def test_nan_inputs_give_nan_outputs_not_silence():
     q, k, v, g, beta = inputs(0, Shape(1, 20, 1, 4, 4))
     g[0, 3, 0] = float("nan")
-    for name, op in FORMS.items():
-        o = op(q, k, v, g, beta)[0]
-        assert torch.isnan(o[0, 3:]).any(-1).all(), name
+    dc.assert_nan_reaches_every_later_output(FORMS, (q, k, v, g, beta))
 
 
 def test_layer_rejects_bad_arguments_and_inputs():
@@ -288,30 +217,15 @@ def test_layer_rejects_bad_arguments_and_inputs():
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(FORMS))
 def test_forms_compile_fullgraph_with_aot_eager(name):
-    torch._dynamo.reset()
-    op = FORMS[name]
     x = inputs(0, Shape(2, 19, 2, 4, 3), dtype=torch.float32)
-    S0 = randn(3, 2, 2, 4, 3, dtype=torch.float32)
-    o, S = torch.compile(op, fullgraph=True, backend="aot_eager")(*x, initial_state=S0, output_final_state=True)
-    o_ref, S_ref = op(*x, initial_state=S0, output_final_state=True)
-    assert_close(o, o_ref, TOL["f32-interpret"], "o")
-    assert_close(S, S_ref, TOL["f32-interpret"], "S")
+    dc.assert_form_compiles_with_aot_eager(FORMS[name], x, initial_state=randn(3, 2, 2, 4, 3, dtype=torch.float32))
 
 
 def test_layer_compiles_fullgraph_with_aot_eager_forward_and_step():
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    layer = zg.GatedDeltaNet(16, head_dim=4, num_heads=2, num_v_heads=4)
-    x = randn(0, 2, 19, 16, dtype=torch.float32)
-    y = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
-    assert_close(y, layer(x), TOL["f32-interpret"], "forward")
-    _, cache = layer.prefill(x[:, :18])
-    y_t, _ = torch.compile(layer.step, fullgraph=True, backend="aot_eager")(x[:, 18], cache)
-    assert_close(y_t, layer(x)[:, 18], TOL["f32-interpret"], "step")
+    dc.assert_layer_compiles_with_aot_eager_forward_and_step(
+        lambda: zg.GatedDeltaNet(16, head_dim=4, num_heads=2, num_v_heads=4), randn(0, 2, 19, 16, dtype=torch.float32))
 
 
 def test_chunk_form_compiles_with_inductor():
-    torch._dynamo.reset()
     x = inputs(0, Shape(1, 40, 2, 4, 8), dtype=torch.float32)
-    o, _ = torch.compile(zg.gated_delta_rule_chunk, fullgraph=True)(*x, chunk_size=16)
-    assert_close(o, zg.gated_delta_rule_parallel(*x)[0], TOL["f32-interpret"], "o")
+    dc.assert_chunk_compiles_with_inductor(zg.gated_delta_rule_chunk, zg.gated_delta_rule_parallel, x)

@@ -21,20 +21,15 @@ import torch
 import torch.nn.functional as F
 from hypothesis import example, given, settings, strategies as st
 
-from strategies import (Shape, assert_close, device, edge_examples, grad_tol, grads, rand, randn, rel_rms, seeds,
-                        tol_for)
+import delta_cases as dc
+from delta_cases import DEV, F32, TOL32
+from strategies import Shape, edge_examples, rand, randn, seeds, tol_for
 import zoo.gated_deltanet as zg
 import fast.deltanet as fd
 import fast.gated_deltanet as fg
 
-F64, F32 = torch.float64, torch.float32
-DEV = device()
-TOL32 = tol_for(F32, DEV)
-# B·H ≤ 4 (interpreter time); head dims from a small set, because K and V are compile-time
-# constants of the kernels: on a GPU every new (K, V) compiles the kernels again (odd dims come
-# from the pinned examples).
-small = st.builds(Shape, st.integers(1, 2), st.integers(1, 80), st.integers(1, 2), st.sampled_from((16, 32)),
-                  st.sampled_from((16, 32)))
+F64 = torch.float64
+small = dc.fast_shapes(max_T=80)  # B·H ≤ 4, head dims 16 or 32 (odd ones from the pinned examples)
 
 
 def inputs(seed, s: Shape, dtype=F64, dev="cpu", g_max=1.0):
@@ -61,11 +56,10 @@ def state(seed, s: Shape, dtype=F64, dev="cpu"):
 def test_fast_chunk_equals_zoo_in_float32(shape, with_state, g_max, seed):
     q, k, v, g, beta = inputs(seed, shape, F32, DEV, g_max)
     S0 = state(seed, shape, F32, DEV) if with_state else None
-    o, S = fg.gated_delta_rule_chunk(q, k, v, g, beta, initial_state=S0, output_final_state=True)
-    o_ref, S_ref = zg.gated_delta_rule_recurrent(q, k, v, g, beta, initial_state=S0, output_final_state=True)
+    kw = dict(initial_state=S0, output_final_state=True)
+    o, S = fg.gated_delta_rule_chunk(q, k, v, g, beta, **kw)
     assert o.dtype == q.dtype and S.dtype == F32
-    assert_close(o, o_ref, TOL32, "o")
-    assert_close(S, S_ref, TOL32, "S")
+    dc.assert_o_S_close((o, S), zg.gated_delta_rule_recurrent(q, k, v, g, beta, **kw), TOL32)
 
 
 @settings(max_examples=4)
@@ -74,10 +68,9 @@ def test_fast_chunk_equals_zoo_in_float32(shape, with_state, g_max, seed):
 def test_fast_recurrent_equals_zoo_in_float32(shape, with_state, seed):
     q, k, v, g, beta = inputs(seed, shape, F32, DEV)
     S0 = state(seed, shape, F32, DEV) if with_state else None
-    o, S = fg.gated_delta_rule_recurrent(q, k, v, g, beta, initial_state=S0, output_final_state=True)
-    o_ref, S_ref = zg.gated_delta_rule_recurrent(q, k, v, g, beta, initial_state=S0, output_final_state=True)
-    assert_close(o, o_ref, TOL32, "o")
-    assert_close(S, S_ref, TOL32, "S")
+    kw = dict(initial_state=S0, output_final_state=True)
+    dc.assert_o_S_close(fg.gated_delta_rule_recurrent(q, k, v, g, beta, **kw),
+                        zg.gated_delta_rule_recurrent(q, k, v, g, beta, **kw), TOL32)
 
 
 HALF_CASES = [(dt, D, T) for dt in (torch.float16, torch.bfloat16) for D, T in ((64, 1), (64, 777), (128, 2000))]
@@ -89,14 +82,12 @@ def test_fast_equals_zoo_float64_in_half_precision_on_gpu(dtype, D, T):
     s = Shape(2, T, 3, D, D)
     q, k, v, g, beta = inputs(7, s, dtype, "cuda", g_max=0.5)
     S0 = state(7, s, F32, "cuda")
-    o_ref, S_ref = zg.gated_delta_rule_chunk(*(x.double() for x in (q, k, v, g, beta)), initial_state=S0.double(),
-                                             output_final_state=True)
-    tol = tol_for(dtype, "cuda")
+    ref = zg.gated_delta_rule_chunk(*(x.double() for x in (q, k, v, g, beta)), initial_state=S0.double(),
+                                    output_final_state=True)
     for op in (fg.gated_delta_rule_chunk, fg.gated_delta_rule_recurrent):
         o, S = op(q, k, v, g, beta, initial_state=S0, output_final_state=True)
         assert o.dtype == dtype
-        assert_close(o, o_ref, tol, f"{op.__name__} o")
-        assert_close(S, S_ref, tol, f"{op.__name__} S")
+        dc.assert_o_S_close((o, S), ref, tol_for(dtype, "cuda"), op.__name__)
 
 
 @pytest.mark.gpu
@@ -106,10 +97,8 @@ def test_fast_gradients_equal_zoo_float64_in_half_precision_on_gpu(dtype):
     q, k, v, g, beta = inputs(8, s, dtype, "cuda", g_max=0.5)
     x = dict(q=q, k=k, v=v, g=g, beta=beta, S0=state(8, s, F32, "cuda"))
     cot = [randn(9, s.B, s.T, s.H, s.V, device="cuda"), randn(10, s.B, s.H, s.K, s.V, device="cuda")]
-    got = grads(_as_fn(fg.gated_delta_rule_chunk), {n: t.requires_grad_() for n, t in x.items()}, cot)
-    ref = grads(_as_fn(zg.gated_delta_rule_chunk), {n: t.double().requires_grad_() for n, t in x.items()}, cot)
-    for n in x:
-        assert_close(got[n], ref[n], grad_tol(tol_for(dtype, "cuda")), f"d{n}")
+    dc.assert_half_gradients_equal_zoo_float64(_as_fn(fg.gated_delta_rule_chunk), _as_fn(zg.gated_delta_rule_chunk), x,
+                                               cot, dtype)
 
 
 @pytest.mark.gpu
@@ -124,19 +113,10 @@ def test_fast_equals_fla_chunk_gated_delta_rule_on_gpu():
         o_fla, S_fla = fla_ops.chunk_gated_delta_rule(q, k, v, g, beta, **kw)
     except Exception as e:  # fla 0.6.0 refuses its gated kernels on Hopper with Triton < 3.7.1
         pytest.skip(f"fla's chunk_gated_delta_rule refused to run here: {e}")
-    o, S = fg.gated_delta_rule_chunk(q, k, v, g, beta, **kw)
-    o_ref, S_ref = zg.gated_delta_rule_chunk(*(x.double() for x in (q, k, v, g, beta)), scale=s.K ** -0.5,
-                                             initial_state=S0.double(), output_final_state=True)
-    tol = tol_for(torch.bfloat16, "cuda")
-    _assert_as_accurate_as_fla("o", o, o_fla, o_ref, tol)
-    _assert_as_accurate_as_fla("S", S, S_fla, S_ref, tol)
-
-
-def _assert_as_accurate_as_fla(what, fast, fla, ref, tol):
-    """fast within the tolerance of the float64 zoo, and not less accurate than fla (×1.5 + 1e-3)."""
-    assert_close(fast, ref, tol, f"fast {what} vs zoo")
-    e_fast, e_fla = rel_rms(fast, ref), rel_rms(fla, ref)
-    assert e_fast <= 1.5 * e_fla + 1e-3, f"{what}: fast's relative RMS error {e_fast:.3g}, fla's {e_fla:.3g}"
+    ref = zg.gated_delta_rule_chunk(*(x.double() for x in (q, k, v, g, beta)), scale=s.K ** -0.5,
+                                    initial_state=S0.double(), output_final_state=True)
+    dc.assert_fast_and_fla_as_accurate(fg.gated_delta_rule_chunk(q, k, v, g, beta, **kw), (o_fla, S_fla), ref,
+                                       tol_for(torch.bfloat16, "cuda"))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,14 +137,7 @@ def _as_fn(op):
 
 
 def _assert_grads_equal(op, x, cot, tol):
-    got = grads(_as_fn(op), {n: t.clone().requires_grad_() for n, t in x.items()}, cot)
-    ref = grads(_as_fn(zg.gated_delta_rule_recurrent), {n: t.double().requires_grad_() for n, t in x.items()}, cot)
-    assert set(got) == set(x)
-    for n in x:
-        if ref[n] is None:  # no path from this input to the used outputs (q, when only S is used)
-            assert got[n] is None or not got[n].any(), f"d{n} should be zero"
-        else:
-            assert_close(got[n], ref[n], grad_tol(tol), f"d{n}")
+    dc.assert_grads_equal(_as_fn(op), _as_fn(zg.gated_delta_rule_recurrent), x, cot, tol)
 
 
 @settings(max_examples=4)
@@ -211,44 +184,22 @@ def test_fast_future_tokens_do_not_change_the_past(op):
 def test_fast_chained_calls_equal_one_call(shape, split, seed):
     x = inputs(seed, shape, F32, DEV)
     t = int(split * shape.T)
-    o, S = fg.gated_delta_rule_chunk(*x, output_final_state=True)
-    o1, S1 = fg.gated_delta_rule_chunk(*(y[:, :t] for y in x), output_final_state=True)
-    o2, S2 = fg.gated_delta_rule_recurrent(*(y[:, t:] for y in x), initial_state=S1, output_final_state=True)
-    assert_close(torch.cat([o1, o2], 1), o, TOL32, "o")
-    assert_close(S2, S, TOL32, "S")
+    dc.assert_fast_chained_calls_equal_one_call(fg.gated_delta_rule_chunk, fg.gated_delta_rule_recurrent, x,
+                                                [y[:, :t] for y in x], [y[:, t:] for y in x])
 
 
 def _layers(seed=0, **kw):
-    kw = dict(hidden_size=32, head_dim=16, num_heads=2, expand_v=1, **kw)
-    torch.manual_seed(seed)
-    ref, fast = zg.GatedDeltaNet(**kw), fg.GatedDeltaNet(**kw)
-    fast.load_state_dict(ref.state_dict())
-    return ref.to(DEV), fast.to(DEV)
+    return dc.same_weight_layers(zg.GatedDeltaNet, fg.GatedDeltaNet, seed, hidden_size=32, head_dim=16, num_heads=2,
+                                 expand_v=1, **kw)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(num_v_heads=4, use_gate=False, allow_neg_eigval=True)])
 def test_fast_layer_equals_zoo_layer_with_the_same_weights(kw):
-    ref, fast = _layers(**kw)
-    x = randn(14, 2, 37, 32, dtype=F32, device=DEV)
-    y_ref, y = ref(x), fast(x)
-    assert_close(y, y_ref, TOL32, "y")
-    dy = randn(15, *y.shape, dtype=F32, device=DEV)
-    (y_ref * dy).sum().backward()
-    (y * dy).sum().backward()
-    for (n, p), p_ref in zip(fast.named_parameters(), ref.parameters()):
-        assert_close(p.grad, p_ref.grad, grad_tol(TOL32), f"d{n}")
+    dc.assert_fast_layer_equals_zoo_layer(*_layers(**kw), randn(14, 2, 37, 32, dtype=F32, device=DEV), dy_seed=15)
 
 
 def test_fast_layer_prefill_then_decode_equals_forward():
-    _, fast = _layers(1)
-    x = randn(16, 2, 9, 32, dtype=F32, device=DEV)
-    y = fast(x)
-    y_pre, cache = fast.prefill(x[:, :5])
-    steps = []
-    for t in range(5, 9):
-        y_t, cache = fast.step(x[:, t], cache)
-        steps.append(y_t)
-    assert_close(torch.cat([y_pre, torch.stack(steps, 1)], 1), y, TOL32, "prefill + decode")
+    dc.assert_fast_layer_decodes_like_forward(_layers(1)[1], randn(16, 2, 9, 32, dtype=F32, device=DEV))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -260,10 +211,8 @@ def test_fast_zero_gate_equals_the_fast_delta_rule():
     S0 = state(17, s, F32, DEV)
     for gated, plain in ((fg.gated_delta_rule_chunk, fd.delta_rule_chunk),
                          (fg.gated_delta_rule_recurrent, fd.delta_rule_recurrent)):
-        o, S = gated(q, k, v, torch.zeros_like(g), beta, initial_state=S0, output_final_state=True)
-        o_ref, S_ref = plain(q, k, v, beta, initial_state=S0, output_final_state=True)
-        assert_close(o, o_ref, TOL32, "o")
-        assert_close(S, S_ref, TOL32, "S")
+        dc.assert_o_S_close(gated(q, k, v, torch.zeros_like(g), beta, initial_state=S0, output_final_state=True),
+                            plain(q, k, v, beta, initial_state=S0, output_final_state=True), TOL32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -287,15 +236,8 @@ def test_fast_bad_inputs_raise_clear_errors():
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("op", [fg.gated_delta_rule_chunk, fg.gated_delta_rule_recurrent])
 def test_fast_ops_compile_with_fullgraph_forward_and_backward(op):
-    x, cot = _grad_case(18, Shape(1, 20, 2, 16, 16), True)
-    eager = grads(_as_fn(op), {n: t.clone().requires_grad_() for n, t in x.items()}, cot)
-    compiled = grads(torch.compile(_as_fn(op), fullgraph=True, backend="aot_eager"),
-                     {n: t.clone().requires_grad_() for n, t in x.items()}, cot)
-    for n in x:
-        assert torch.equal(compiled[n], eager[n]), f"d{n} differs under torch.compile"
+    dc.assert_compiled_grads_equal_eager(_as_fn(op), *_grad_case(18, Shape(1, 20, 2, 16, 16), True))
 
 
 def test_fast_layer_compiles_with_fullgraph():
-    _, fast = _layers(2)
-    x = randn(19, 1, 12, 32, dtype=F32, device=DEV)
-    assert_close(torch.compile(fast, fullgraph=True, backend="aot_eager")(x), fast(x), TOL32, "compiled layer")
+    dc.assert_fast_layer_compiles(_layers(2)[1], randn(19, 1, 12, 32, dtype=F32, device=DEV))
