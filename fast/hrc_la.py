@@ -67,38 +67,22 @@ import triton.language as tl
 import zoo.hrc_la as zhrc
 from zoo.hrc_la import EPS_DENOMINATOR, HRCMultiheadAttention as _ZooLayer, _check_inputs
 
+from fast._random_features import (
+    EMPTY_SCALE, MAX_BT, MAX_V, MIN_CHUNK, PHASE_PRECISION, STATE_ELEMENTS, causal_decay, chunk_end, chunk_rows,
+    frequency_tile, load_rows, state_or_zeros, state_ptrs, store_share, store_state,
+)
+from fast import _random_features as _rf
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
-STATE_ELEMENTS = 4096  # fp32 state elements per program (S_c and S_s): 16 registers a thread at 8 warps
-# The kernels' chunk is at most 32 tokens, whatever chunk_size asks (the result is the same function;
-# only the summation order moves). ptxas for sm_90 (Triton 3.9, V = 64): at 64 the [BT, BT] and
-# [BT, BM] blocks beside the state take 255 registers and spill 1-3 KB a thread; at 32 the forward
-# fits (HRC-LA 240 registers, no spill; FAVOR+ 48 bytes of spill), the backward spills ~0.5 KB.
-MAX_BT = 32
-MAX_V = 256  # V sits in one tile
-MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
-# Phases θ = u Ωᵀ (and their gradients) at fp32 accuracy: plain tf32 (10-bit mantissa) would move
-# cos θ by ~1e-3·|θ|. tf32x3 splits each operand into two tf32 parts (three tensor-core products),
-# close to fp32 and much faster than "ieee" (CUDA-core FMAs). The interpreter computes fp32 exactly.
-PHASE_PRECISION = tl.constexpr("tf32x3")
-EMPTY_SCALE = torch.finfo(torch.float32).min  # the log-scale of an empty state, as in the zoo
 
 
 # ------------------------------------------------------------------------------------------------
 # Tile rule
 # ------------------------------------------------------------------------------------------------
 def _tile_rule(K: int, V: int, M: int):
-    """(BK, BV, BM, num_warps, num_stages) from the head dims and M alone (see the card)."""
-    BK = max(16, triton.next_power_of_2(K))
-    BV = max(16, triton.next_power_of_2(V))
-    BM = max(16, min(triton.next_power_of_2(M), STATE_ELEMENTS // (2 * BV)))
-    return BK, BV, BM, 8, 2  # 8 warps: the state and four [BT, BM] feature blocks live in registers
-
-
-def _dot_precision(q):
-    """The chunk kernels' tl.dot precision: fp32 inputs get tf32x3 (fp32-accurate: a trigonometric
-    normaliser cancels, and plain tf32 would leave ~1e-2 relative errors there); fp16/bf16 inputs,
-    already rounded to 8-11 bits, get plain tf32."""
-    return "tf32x3" if q.dtype == torch.float32 else "tf32"
+    """(BK, BV, BM, num_warps, num_stages) from the head dims and M alone (see the card): the state
+    budget holds two blocks, S_c and S_s."""
+    return _rf.tile_rule(K, V, M, 2)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -107,9 +91,15 @@ def _dot_precision(q):
 @triton.jit
 def _phases(x, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K: tl.constexpr):
     """u = s_u·x for the chunk's rows [BT, BK] and θ = u Ωᵀ [BT, BM] (fp32-accurate, PHASE_PRECISION)."""
-    b_u = s_u * tl.load(x + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :],
-                        other=0.0).to(tl.float32)
+    b_u = s_u * load_rows(x, p_t, mask_t, offs_k, mask_k, K)
     return b_u, tl.dot(b_u, tl.trans(b_omega), input_precision=PHASE_PRECISION)
+
+
+@triton.jit
+def _key_features(k, p_t, mask_t, offs_k, mask_k, b_omega, b_rm, b_w, s_u, K: tl.constexpr):
+    """The keys' features pre-weighted by w_j = e^{a_j − c} [BT]: w·(cos θ, sin θ)/√M, [BT, BM] each."""
+    _, b_th = _phases(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+    return tl.cos(b_th) * b_w[:, None] * b_rm[None, :], tl.sin(b_th) * b_w[:, None] * b_rm[None, :]
 
 
 @triton.heuristics({
@@ -128,34 +118,19 @@ def _hrc_la_chunk_fwd_kernel(
 ):
     """This tile's share of num_t = Re(φ̂_tᵀS_t), den_t = Re(φ̂_tᵀz_t) (zoo (5)); n_t from tile 0."""
     # -- map the program to a frequency tile of one (batch, head) ----------------------------------
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)  # Inductor may pass fp64
-    offs_k, offs_v, offs_m = tl.arange(0, BK), tl.arange(0, BV), i_m * BM + tl.arange(0, BM)
-    mask_k, mask_v, mask_m = offs_k < K, offs_v < V, offs_m < M
-    b_rm = tl.where(mask_m, r_m, 0.0)  # 1/√M, and 0 for the padding frequencies (θ = 0 there: cos = 1)
-    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
-                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)  # [BM, BK]
-    row0 = i_b.to(tl.int64) * T
+    i_m, i_bh, i_h, row0, s_u, offs_k, offs_v, offs_m, mask_k, mask_v, mask_m, b_rm, b_omega = frequency_tile(
+        omega, s_u, r_m, T, H, K, V, M, BK, BV, BM)  # b_rm = 0 on padding frequencies (θ = 0 there: cos = 1)
     NT = tl.cdiv(T, BT)
     first = i_m == 0
 
     # -- the state slice: S_c, S_s [BM, BV], z_c, z_s [BM], mass n and log-scale c, fp32 -----------
-    p_Sc = (i_bh.to(tl.int64) * 2 * M + offs_m[:, None]) * V + offs_v[None, :]
-    p_Ss = p_Sc + M * V
-    p_zc = i_bh.to(tl.int64) * 2 * M + offs_m
-    mask_S = mask_m[:, None] & mask_v[None, :]
-    b_Sc = tl.zeros([BM, BV], dtype=tl.float32)
-    b_Ss = tl.zeros([BM, BV], dtype=tl.float32)
-    b_zc = tl.zeros([BM], dtype=tl.float32)
-    b_zs = tl.zeros([BM], dtype=tl.float32)
+    p_Sc, p_zc, mask_S = state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, 2 * M, V)  # rows [0, M): cos
+    p_Ss, p_zs = p_Sc + M * V, p_zc + M  # rows [M, 2M): sin
+    b_Sc, b_zc = state_or_zeros(h0, z0, p_Sc, p_zc, mask_S, mask_m, HAS_H0, BM, BV)
+    b_Ss, b_zs = state_or_zeros(h0, z0, p_Ss, p_zs, mask_S, mask_m, HAS_H0, BM, BV)
     b_n = tl.load(c0 + i_bh) * 0.0
     b_crun = tl.load(c0 + i_bh)  # the scale the state is kept at
     if HAS_H0:
-        b_Sc += tl.load(h0 + p_Sc, mask=mask_S, other=0.0)
-        b_Ss += tl.load(h0 + p_Ss, mask=mask_S, other=0.0)
-        b_zc += tl.load(z0 + p_zc, mask=mask_m, other=0.0)
-        b_zs += tl.load(z0 + p_zc + M, mask=mask_m, other=0.0)
         b_n += tl.load(n0 + i_bh)
 
     # -- non-causal: build the whole state first (every c_t is the global maximum) ----------------
@@ -165,15 +140,10 @@ def _hrc_la_chunk_fwd_kernel(
         b_Sc, b_Ss, b_zc, b_zs, b_n = b_Sc * b_dec, b_Ss * b_dec, b_zc * b_dec, b_zs * b_dec, b_n * b_dec
         b_crun = b_cT
         for i_t in range(NT):
-            offs_t = i_t * BT + tl.arange(0, BT)
-            mask_t = offs_t < T
-            p_t = (row0 + offs_t) * H + i_h
-            _, b_th = _phases(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+            offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
             b_w = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_cT)  # e^{a_j − c} [BT]
-            b_ck = tl.cos(b_th) * b_w[:, None] * b_rm[None, :]  # [BT, BM]
-            b_sk = tl.sin(b_th) * b_w[:, None] * b_rm[None, :]
-            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
-                          other=0.0).to(tl.float32)
+            b_ck, b_sk = _key_features(k, p_t, mask_t, offs_k, mask_k, b_omega, b_rm, b_w, s_u, K)  # [BT, BM]
+            b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
             b_Sc += tl.dot(tl.trans(b_ck), b_v, input_precision=DOT)  # (4) Σ_j w_j conj φ̂(k_j) v_jᵀ, real part
             b_Ss += tl.dot(tl.trans(b_sk), b_v, input_precision=DOT)  # minus the imaginary part
             b_zc += tl.sum(b_ck, 0)
@@ -182,22 +152,16 @@ def _hrc_la_chunk_fwd_kernel(
 
     # -- the sweep, chunk by chunk -----------------------------------------------------------------
     for i_t in range(NT):
-        offs_t = i_t * BT + tl.arange(0, BT)
-        mask_t = offs_t < T
-        p_t = (row0 + offs_t) * H + i_h
+        offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
         _, b_th = _phases(q, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
         b_cq, b_sq = tl.cos(b_th) * b_rm[None, :], tl.sin(b_th) * b_rm[None, :]  # φ̂(q): e^{a(q)} cancels (2)
         if CAUSAL:
             b_c = tl.load(c + p_t, mask=mask_t, other=0.0)  # c_t, the prefix max [BT]
             b_e = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_c)  # e^{a_j − c_j} <= 1
-            _, b_th = _phases(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
-            b_ck = tl.cos(b_th) * b_e[:, None] * b_rm[None, :]  # [BT, BM]
-            b_sk = tl.sin(b_th) * b_e[:, None] * b_rm[None, :]
-            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
-                          other=0.0).to(tl.float32)
+            b_ck, b_sk = _key_features(k, p_t, mask_t, offs_k, mask_k, b_omega, b_rm, b_e, s_u, K)  # [BT, BM]
+            b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
             # (3) intra-chunk: Γ_tj = e^{c_j − c_t} for j <= t, so A_tj = Re(φ̂_t conj φ̂_j)·e^{a_j − c_t}
-            mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
-            b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))  # mask, then exp
+            b_G = causal_decay(offs_t, mask_t, b_c)
             b_A = (tl.dot(b_cq, tl.trans(b_ck), input_precision=DOT) + tl.dot(b_sq, tl.trans(b_sk), input_precision=DOT)) * b_G  # [BT, BT]
             # (5) inter-chunk: the state at scale c⁻, brought to c_t
             b_dec = tl.exp(tl.where(mask_t, b_crun - b_c, float("-inf")))  # [BT]
@@ -206,8 +170,7 @@ def _hrc_la_chunk_fwd_kernel(
             if first:
                 tl.store(mass + p_t, tl.sum(b_G * b_e[None, :], 1) + b_dec * b_n, mask=mask_t)
             # (4) state pass: to the scale of the chunk's last token
-            b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
-            b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))  # e^{c_j − c_last} [BT]
+            b_clast, b_gl = chunk_end(b_c, mask_t)  # e^{c_j − c_last} [BT]
             b_dS = tl.exp(b_crun - b_clast)
             b_Sc = b_Sc * b_dS + tl.dot(tl.trans(b_ck * b_gl[:, None]), b_v, input_precision=DOT)
             b_Ss = b_Ss * b_dS + tl.dot(tl.trans(b_sk * b_gl[:, None]), b_v, input_precision=DOT)
@@ -220,21 +183,12 @@ def _hrc_la_chunk_fwd_kernel(
             b_d = tl.sum(b_cq * b_zc[None, :], 1) + tl.sum(b_sq * b_zs[None, :], 1)
             if first:
                 tl.store(mass + p_t, tl.zeros([BT], dtype=tl.float32) + b_n, mask=mask_t)
-        p_o = p_t[:, None] * V + offs_v[None, :]
-        mask_o = mask_t[:, None] & mask_v[None, :]
-        if ATOMIC:  # the tiles of one head add their frequencies' shares
-            tl.atomic_add(num + p_o, b_o, mask=mask_o)
-            tl.atomic_add(den + p_t, b_d, mask=mask_t)
-        else:
-            tl.store(num + p_o, b_o, mask=mask_o)
-            tl.store(den + p_t, b_d, mask=mask_t)
+        store_share(num, den, p_t, mask_t, offs_v, mask_v, b_o, b_d, V, ATOMIC)  # the tiles of one head add
 
     # -- the final state ---------------------------------------------------------------------------
     if STORE_HT:
-        tl.store(ht + p_Sc, b_Sc, mask=mask_S)
-        tl.store(ht + p_Ss, b_Ss, mask=mask_S)
-        tl.store(zt + p_zc, b_zc, mask=mask_m)
-        tl.store(zt + p_zc + M, b_zs, mask=mask_m)
+        store_state(ht, zt, p_Sc, p_zc, mask_S, mask_m, b_Sc, b_zc)
+        store_state(ht, zt, p_Ss, p_zs, mask_S, mask_m, b_Ss, b_zs)
         if first:
             tl.store(nt + i_bh, b_n)
 
@@ -254,88 +208,53 @@ def _hrc_la_chunk_bwd_kernel(
 ):
     """This tile's share of dq, dk, dv, da, and its rows of dΩ, dh0, dz0 (the card's two sweeps)."""
     # -- map the program, as in the forward ----------------------------------------------------------
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)
-    offs_k, offs_v, offs_m = tl.arange(0, BK), tl.arange(0, BV), i_m * BM + tl.arange(0, BM)
-    mask_k, mask_v, mask_m = offs_k < K, offs_v < V, offs_m < M
-    b_rm = tl.where(mask_m, r_m, 0.0)  # 1/√M, and 0 for the padding frequencies (θ = 0 there: cos = 1)
-    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
-                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+    i_m, i_bh, i_h, row0, s_u, offs_k, offs_v, offs_m, mask_k, mask_v, mask_m, b_rm, b_omega = frequency_tile(
+        omega, s_u, r_m, T, H, K, V, M, BK, BV, BM)
     b_domega = tl.zeros([BM, BK], dtype=tl.float32)
-    row0 = i_b.to(tl.int64) * T
     NT = tl.cdiv(T, BT)
-    p_Sc = (i_bh.to(tl.int64) * 2 * M + offs_m[:, None]) * V + offs_v[None, :]
-    p_Ss = p_Sc + M * V
-    p_zc = i_bh.to(tl.int64) * 2 * M + offs_m
-    mask_S = mask_m[:, None] & mask_v[None, :]
+    p_Sc, p_zc, mask_S = state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, 2 * M, V)  # rows [0, M): cos
+    p_Ss, p_zs = p_Sc + M * V, p_zc + M  # rows [M, 2M): sin
 
     # -- sweep 1, forward in time: the state again, and dq ------------------------------------------
-    b_Sc = tl.zeros([BM, BV], dtype=tl.float32)
-    b_Ss = tl.zeros([BM, BV], dtype=tl.float32)
-    b_zc = tl.zeros([BM], dtype=tl.float32)
-    b_zs = tl.zeros([BM], dtype=tl.float32)
+    b_Sc, b_zc = state_or_zeros(h0, z0, p_Sc, p_zc, mask_S, mask_m, HAS_H0, BM, BV)
+    b_Ss, b_zs = state_or_zeros(h0, z0, p_Ss, p_zs, mask_S, mask_m, HAS_H0, BM, BV)
     b_c0 = tl.load(c0 + i_bh)
     b_crun = b_c0
-    if HAS_H0:
-        b_Sc += tl.load(h0 + p_Sc, mask=mask_S, other=0.0)
-        b_Ss += tl.load(h0 + p_Ss, mask=mask_S, other=0.0)
-        b_zc += tl.load(z0 + p_zc, mask=mask_m, other=0.0)
-        b_zs += tl.load(z0 + p_zc + M, mask=mask_m, other=0.0)
     b_cT = tl.load(c + (row0 + T - 1) * H + i_h)  # the scale of the final state
     if not CAUSAL:
         b_dec = tl.exp(b_crun - b_cT)
         b_Sc, b_Ss, b_zc, b_zs = b_Sc * b_dec, b_Ss * b_dec, b_zc * b_dec, b_zs * b_dec
         for i_t in range(NT):
-            offs_t = i_t * BT + tl.arange(0, BT)
-            mask_t = offs_t < T
-            p_t = (row0 + offs_t) * H + i_h
-            _, b_th = _phases(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
+            offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
             b_w = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_cT)
-            b_ck = tl.cos(b_th) * b_w[:, None] * b_rm[None, :]
-            b_sk = tl.sin(b_th) * b_w[:, None] * b_rm[None, :]
-            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
-                          other=0.0).to(tl.float32)
+            b_ck, b_sk = _key_features(k, p_t, mask_t, offs_k, mask_k, b_omega, b_rm, b_w, s_u, K)
+            b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
             b_Sc += tl.dot(tl.trans(b_ck), b_v, input_precision=DOT)
             b_Ss += tl.dot(tl.trans(b_sk), b_v, input_precision=DOT)
             b_zc += tl.sum(b_ck, 0)
             b_zs += tl.sum(b_sk, 0)
     # the gradient of the state, for sweep 2 (non-causal: every query's, summed here)
-    b_dSc = tl.zeros([BM, BV], dtype=tl.float32)
-    b_dSs = tl.zeros([BM, BV], dtype=tl.float32)
-    b_dzc = tl.zeros([BM], dtype=tl.float32)
-    b_dzs = tl.zeros([BM], dtype=tl.float32)
-    if HAS_DHT:
-        b_dSc += tl.load(dht + p_Sc, mask=mask_S, other=0.0)
-        b_dSs += tl.load(dht + p_Ss, mask=mask_S, other=0.0)
-        b_dzc += tl.load(dzt + p_zc, mask=mask_m, other=0.0)
-        b_dzs += tl.load(dzt + p_zc + M, mask=mask_m, other=0.0)
+    b_dSc, b_dzc = state_or_zeros(dht, dzt, p_Sc, p_zc, mask_S, mask_m, HAS_DHT, BM, BV)
+    b_dSs, b_dzs = state_or_zeros(dht, dzt, p_Ss, p_zs, mask_S, mask_m, HAS_DHT, BM, BV)
 
     for i_t in range(NT):
-        offs_t = i_t * BT + tl.arange(0, BT)
-        mask_t = offs_t < T
-        p_t = (row0 + offs_t) * H + i_h
+        offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
         b_uq, b_th = _phases(q, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
         b_cos, b_sin = tl.cos(b_th), tl.sin(b_th)
         b_cq, b_sq = b_cos * b_rm[None, :], b_sin * b_rm[None, :]
-        b_dn = tl.load(dnum + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+        b_dn = load_rows(dnum, p_t, mask_t, offs_v, mask_v, V)
         b_dd = tl.load(dden + p_t, mask=mask_t, other=0.0)
         if CAUSAL:
             b_c = tl.load(c + p_t, mask=mask_t, other=0.0)
             b_e = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_c)
-            _, b_thk = _phases(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
-            b_ck = tl.cos(b_thk) * b_e[:, None] * b_rm[None, :]
-            b_sk = tl.sin(b_thk) * b_e[:, None] * b_rm[None, :]
-            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
-                          other=0.0).to(tl.float32)
-            mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
-            b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
+            b_ck, b_sk = _key_features(k, p_t, mask_t, offs_k, mask_k, b_omega, b_rm, b_e, s_u, K)
+            b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
+            b_G = causal_decay(offs_t, mask_t, b_c)
             b_dA = (tl.dot(b_dn, tl.trans(b_v), input_precision=DOT) + b_dd[:, None]) * b_G  # (ĝ_t·ṽ_j) Γ_tj
             b_dec = tl.exp(tl.where(mask_t, b_crun - b_c, float("-inf")))
             b_dcq = tl.dot(b_dA, b_ck, input_precision=DOT) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_Sc), input_precision=DOT) + b_dd[:, None] * b_zc[None, :])
             b_dsq = tl.dot(b_dA, b_sk, input_precision=DOT) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_Ss), input_precision=DOT) + b_dd[:, None] * b_zs[None, :])
-            b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
-            b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))
+            b_clast, b_gl = chunk_end(b_c, mask_t)
             b_dS = tl.exp(b_crun - b_clast)
             b_Sc = b_Sc * b_dS + tl.dot(tl.trans(b_ck * b_gl[:, None]), b_v, input_precision=DOT)
             b_Ss = b_Ss * b_dS + tl.dot(tl.trans(b_sk * b_gl[:, None]), b_v, input_precision=DOT)
@@ -358,13 +277,10 @@ def _hrc_la_chunk_bwd_kernel(
     # -- sweep 2, backward in time: dk, dv, da (causal: dS carried at the chunk end's scale) -------
     for i_r in range(NT):
         i_t = NT - 1 - i_r
-        offs_t = i_t * BT + tl.arange(0, BT)
-        mask_t = offs_t < T
-        p_t = (row0 + offs_t) * H + i_h
+        offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
         b_uk, b_th = _phases(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
         b_cos, b_sin = tl.cos(b_th), tl.sin(b_th)
-        b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
-                      other=0.0).to(tl.float32)
+        b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
         b_a = tl.load(a + p_t, mask=mask_t, other=float("-inf"))
         if CAUSAL:
             b_c = tl.load(c + p_t, mask=mask_t, other=0.0)
@@ -373,15 +289,12 @@ def _hrc_la_chunk_bwd_kernel(
             b_sk = b_sin * b_e[:, None] * b_rm[None, :]
             _, b_thq = _phases(q, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
             b_cq, b_sq = tl.cos(b_thq) * b_rm[None, :], tl.sin(b_thq) * b_rm[None, :]
-            b_dn = tl.load(dnum + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
-                           other=0.0)
+            b_dn = load_rows(dnum, p_t, mask_t, offs_v, mask_v, V)
             b_dd = tl.load(dden + p_t, mask=mask_t, other=0.0)
-            mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
-            b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
+            b_G = causal_decay(offs_t, mask_t, b_c)
             b_dA = (tl.dot(b_dn, tl.trans(b_v), input_precision=DOT) + b_dd[:, None]) * b_G
             b_A = (tl.dot(b_cq, tl.trans(b_ck), input_precision=DOT) + tl.dot(b_sq, tl.trans(b_sk), input_precision=DOT)) * b_G
-            b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
-            b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))  # keys' weight at the chunk end's scale
+            b_clast, b_gl = chunk_end(b_c, mask_t)  # keys' weight at the chunk end's scale
             b_dck = tl.dot(tl.trans(b_dA), b_cq, input_precision=DOT) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dSc), input_precision=DOT) + b_dzc[None, :])
             b_dsk = tl.dot(tl.trans(b_dA), b_sq, input_precision=DOT) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dSs), input_precision=DOT) + b_dzs[None, :])
             b_dv = tl.dot(tl.trans(b_A), b_dn, input_precision=DOT) + b_gl[:, None] * (tl.dot(b_ck, b_dSc, input_precision=DOT) + tl.dot(b_sk, b_dSs, input_precision=DOT))
@@ -416,10 +329,8 @@ def _hrc_la_chunk_bwd_kernel(
         if not CAUSAL:  # the initial state entered at weight e^{c0 − c_T}
             b_dec = tl.exp(b_c0 - b_cT)
             b_dSc, b_dSs, b_dzc, b_dzs = b_dSc * b_dec, b_dSs * b_dec, b_dzc * b_dec, b_dzs * b_dec
-        tl.store(dh0 + p_Sc, b_dSc, mask=mask_S)
-        tl.store(dh0 + p_Ss, b_dSs, mask=mask_S)
-        tl.store(dz0 + p_zc, b_dzc, mask=mask_m)
-        tl.store(dz0 + p_zc + M, b_dzs, mask=mask_m)
+        store_state(dh0, dz0, p_Sc, p_zc, mask_S, mask_m, b_dSc, b_dzc)
+        store_state(dh0, dz0, p_Ss, p_zs, mask_S, mask_m, b_dSs, b_dzs)
 
 
 @triton.jit
@@ -450,33 +361,18 @@ def _hrc_la_recurrent_fwd_kernel(
 ):
     """Token by token (zoo (4)): c_t = max(c_{t−1}, a_t), S_t = e^{c_{t−1}−c_t} S_{t−1} + e^{a_t−c_t} φ̄_k v_tᵀ."""
     # -- map the program to a frequency tile of one (batch, head) ----------------------------------
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)
-    offs_k, offs_v, offs_m = tl.arange(0, BK), tl.arange(0, BV), i_m * BM + tl.arange(0, BM)
-    mask_k, mask_v, mask_m = offs_k < K, offs_v < V, offs_m < M
-    b_rm = tl.where(mask_m, r_m, 0.0)  # 1/√M, and 0 for the padding frequencies (θ = 0 there: cos = 1)
-    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
-                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
-    row0 = i_b.to(tl.int64) * T
+    i_m, i_bh, i_h, row0, s_u, offs_k, offs_v, offs_m, mask_k, mask_v, mask_m, b_rm, b_omega = frequency_tile(
+        omega, s_u, r_m, T, H, K, V, M, BK, BV, BM)  # b_rm = 0 on padding frequencies (θ = 0 there: cos = 1)
     first = i_m == 0
 
     # -- the state slice, fp32 ---------------------------------------------------------------------
-    p_Sc = (i_bh.to(tl.int64) * 2 * M + offs_m[:, None]) * V + offs_v[None, :]
-    p_Ss = p_Sc + M * V
-    p_zc = i_bh.to(tl.int64) * 2 * M + offs_m
-    mask_S = mask_m[:, None] & mask_v[None, :]
-    b_Sc = tl.zeros([BM, BV], dtype=tl.float32)
-    b_Ss = tl.zeros([BM, BV], dtype=tl.float32)
-    b_zc = tl.zeros([BM], dtype=tl.float32)
-    b_zs = tl.zeros([BM], dtype=tl.float32)
+    p_Sc, p_zc, mask_S = state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, 2 * M, V)  # rows [0, M): cos
+    p_Ss, p_zs = p_Sc + M * V, p_zc + M  # rows [M, 2M): sin
+    b_Sc, b_zc = state_or_zeros(h0, z0, p_Sc, p_zc, mask_S, mask_m, HAS_H0, BM, BV)
+    b_Ss, b_zs = state_or_zeros(h0, z0, p_Ss, p_zs, mask_S, mask_m, HAS_H0, BM, BV)
     b_crun = tl.load(c0 + i_bh)
     b_n = b_crun * 0.0
     if HAS_H0:
-        b_Sc += tl.load(h0 + p_Sc, mask=mask_S, other=0.0)
-        b_Ss += tl.load(h0 + p_Ss, mask=mask_S, other=0.0)
-        b_zc += tl.load(z0 + p_zc, mask=mask_m, other=0.0)
-        b_zs += tl.load(z0 + p_zc + M, mask=mask_m, other=0.0)
         b_n += tl.load(n0 + i_bh)
 
     # -- non-causal: a first loop builds the state from every key ----------------------------------
@@ -505,10 +401,8 @@ def _hrc_la_recurrent_fwd_kernel(
 
     # -- the final state ---------------------------------------------------------------------------
     if STORE_HT:
-        tl.store(ht + p_Sc, b_Sc, mask=mask_S)
-        tl.store(ht + p_Ss, b_Ss, mask=mask_S)
-        tl.store(zt + p_zc, b_zc, mask=mask_m)
-        tl.store(zt + p_zc + M, b_zs, mask=mask_m)
+        store_state(ht, zt, p_Sc, p_zc, mask_S, mask_m, b_Sc, b_zc)
+        store_state(ht, zt, p_Ss, p_zs, mask_S, mask_m, b_Ss, b_zs)
         if first:
             tl.store(nt + i_bh, b_n)
 
@@ -520,9 +414,8 @@ def _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_
     """num [B, T, H, V], den, mass [B, T, H] (fp32) and the final state (ht, zt, nt) or Nones."""
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
-    BK, BV, BM, num_warps, num_stages = _tile_rule(K, V, M)
-    NM = triton.cdiv(M, BM)
-    atomic = NM > 1 or chunk_size is None  # the recurrent kernel always adds
+    tiles = _tile_rule(K, V, M)
+    atomic = triton.cdiv(M, tiles[2]) > 1 or chunk_size is None  # the recurrent kernel always adds
     f32 = dict(device=q.device, dtype=torch.float32)
     alloc = torch.zeros if atomic else torch.empty
     num, den, mass = alloc(B, T, H, V, **f32), alloc(B, T, H, **f32), torch.empty(B, T, H, **f32)
@@ -530,49 +423,29 @@ def _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_
     zt = torch.empty(B, H, 2 * M, **f32) if output_final_state else None
     nt = torch.empty(B, H, **f32) if output_final_state else None
     args = (q, k, v, omega, a, c, num, den, mass, h0, z0, n0, c0, ht, zt, nt, s_u, M ** -0.5, T, H)
-    if chunk_size is None:
-        _hrc_la_recurrent_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BK=BK, BV=BV, BM=BM, CAUSAL=causal,
-                                                   num_warps=num_warps)
-    else:
-        _hrc_la_chunk_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM,
-                                               CAUSAL=causal, ATOMIC=atomic, DOT=_dot_precision(q), num_warps=num_warps,
-                                               num_stages=num_stages)
+    _rf.launch_fwd(_hrc_la_chunk_fwd_kernel, _hrc_la_recurrent_fwd_kernel, args, q, V, M, tiles, atomic, causal,
+                   chunk_size)
     return num, den, mass, ht, zt, nt
 
 
 def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size):
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
-    BK, BV, BM, num_warps, num_stages = _tile_rule(K, V, M)
-    BM = max(16, BM // 2)  # the backward holds the state and its gradient: half the frequencies a tile
     f32 = dict(device=q.device, dtype=torch.float32)
     dq, dk = torch.zeros(B, T, H, K, **f32), torch.zeros(B, T, H, K, **f32)
     dv, da = torch.zeros(B, T, H, V, **f32), torch.zeros(B, T, H, **f32)
     domega = torch.empty(B, H, M, K, **f32)
     dh0 = torch.empty(B, H, 2 * M, V, **f32) if h0 is not None else None
     dz0 = torch.empty(B, H, 2 * M, **f32) if h0 is not None else None
-    _hrc_la_chunk_bwd_kernel[(triton.cdiv(M, BM), B * H)](
-        q, k, v, omega, a, c, dnum, dden, h0, z0, c0, dht, dzt, dq, dk, dv, da, domega, dh0, dz0,
-        s_u, M ** -0.5, T, H, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM, CAUSAL=causal,
-        DOT=_dot_precision(q), num_warps=num_warps, num_stages=num_stages)
+    args = (q, k, v, omega, a, c, dnum, dden, h0, z0, c0, dht, dzt, dq, dk, dv, da, domega, dh0, dz0,
+            s_u, M ** -0.5, T, H)
+    _rf.launch_bwd(_hrc_la_chunk_bwd_kernel, args, q, V, M, _tile_rule(K, V, M), causal, chunk_size)
     return dq, dk, dv, da, domega.sum(0), dh0, dz0
 
 
 # ------------------------------------------------------------------------------------------------
 # Custom ops: what torch.compile(fullgraph=True) sees (the kernels stay opaque to it)
 # ------------------------------------------------------------------------------------------------
-def _or_empty(x, ref):
-    return ref.new_empty(0) if x is None else x
-
-
-def _or_none(x):
-    return None if x is None or x.numel() == 0 else x
-
-
-def _contig(*xs):
-    return tuple(None if x is None else x.contiguous() for x in xs)
-
-
 def _fwd_like(q, v, omega, output_final_state):
     B, T, H, _ = q.shape
     V, M = v.shape[-1], omega.shape[1]
@@ -588,30 +461,6 @@ _FWD_SIG = ("(Tensor q, Tensor k, Tensor v, Tensor omega, Tensor a, Tensor c, Te
             "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 
 
-@torch.library.custom_op("zoo::hrc_la_chunk_fwd", mutates_args=(), schema=_FWD_SIG)
-def _chunk_fwd_op(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, chunk_size):
-    q, k, v, omega, a, c, h0, z0, n0, c0 = _contig(q, k, v, omega, a, c, h0, z0, n0, c0)
-    out = _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, chunk_size)
-    return tuple(_or_empty(x, a) for x in out)
-
-
-@_chunk_fwd_op.register_fake
-def _(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, chunk_size):
-    return _fwd_like(q, v, omega, output_final_state)
-
-
-@torch.library.custom_op("zoo::hrc_la_recurrent_fwd", mutates_args=(), schema=_FWD_SIG)
-def _recurrent_fwd_op(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, chunk_size):
-    q, k, v, omega, a, c, h0, z0, n0, c0 = _contig(q, k, v, omega, a, c, h0, z0, n0, c0)
-    out = _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, None)
-    return tuple(_or_empty(x, a) for x in out)
-
-
-@_recurrent_fwd_op.register_fake
-def _(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, chunk_size):
-    return _fwd_like(q, v, omega, output_final_state)
-
-
 @torch.library.custom_op("zoo::hrc_la_chunk_bwd", mutates_args=())
 def _chunk_bwd_op(dnum: torch.Tensor, dden: torch.Tensor, dht: torch.Tensor | None, dzt: torch.Tensor | None,
                   q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, a: torch.Tensor,
@@ -619,12 +468,12 @@ def _chunk_bwd_op(dnum: torch.Tensor, dden: torch.Tensor, dht: torch.Tensor | No
                   s_u: float, causal: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                       torch.Tensor, torch.Tensor, torch.Tensor,
                                                                       torch.Tensor]:
-    dnum, dden, dht, dzt, h0, z0 = _contig(dnum, dden, dht, dzt, h0, z0)
-    q, k, v, omega, a, c, c0 = _contig(q, k, v, omega, a, c, c0)  # saved inputs may be views (an expanded Ω)
+    dnum, dden, dht, dzt, h0, z0 = _rf.contig(dnum, dden, dht, dzt, h0, z0)
+    q, k, v, omega, a, c, c0 = _rf.contig(q, k, v, omega, a, c, c0)  # saved inputs may be views (an expanded Ω)
     dq, dk, dv, da, domega, dh0, dz0 = _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u,
                                                    causal, chunk_size)
-    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), da, domega.to(omega.dtype), _or_empty(dh0, a),
-            _or_empty(dz0, a))
+    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), da, domega.to(omega.dtype), _rf.or_empty(dh0, a),
+            _rf.or_empty(dz0, a))
 
 
 @_chunk_bwd_op.register_fake
@@ -644,26 +493,23 @@ def _backward(ctx, dnum, dden, dmass, dht, dzt, dnt):
     q, k, v, omega, a, c, h0, z0, c0 = ctx.saved_tensors
     s_u, causal, chunk_size, has_n0 = ctx.opts
     # The state is (S, z, n): a half without a cotangent gets zeros; n's cotangent is added on the host.
-    dht, dzt = _or_none(dht), _or_none(dzt)
-    if dht is not None or dzt is not None:
-        B, H, M2 = q.shape[0], q.shape[2], 2 * omega.shape[1]
-        dht = q.new_zeros(B, H, M2, v.shape[-1], dtype=torch.float32) if dht is None else dht
-        dzt = q.new_zeros(B, H, M2, dtype=torch.float32) if dzt is None else dzt
+    dht, dzt = _rf.state_cotangents(dht, dzt, q, 2 * omega.shape[1], v.shape[-1])
     dnum = torch.zeros_like(a)[..., None].expand(*a.shape, v.shape[-1]) if dnum is None else dnum
     dden = torch.zeros_like(a) if dden is None else dden
     dq, dk, dv, da, domega, dh0, dz0 = torch.ops.zoo.hrc_la_chunk_bwd(
         dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size)
     dn0 = None
-    dnt = _or_none(dnt)
+    dnt = _rf.or_none(dnt)
     if dnt is not None:  # n_T = n0·e^{c0 − c_T} + Σ_j e^{a_j − c_T}
         cT = c[:, -1]
         da = da + dnt[:, None] * torch.exp(a - cT[:, None])
         dn0 = dnt * torch.exp(c0 - cT) if has_n0 else None
-    return (dq, dk, dv, domega, da, None, _or_none(dh0), _or_none(dz0), dn0, None, None, None, None, None)
+    return (dq, dk, dv, domega, da, None, _rf.or_none(dh0), _rf.or_none(dz0), dn0, None, None, None, None, None)
 
 
-torch.library.register_autograd("zoo::hrc_la_chunk_fwd", _backward, setup_context=_setup_context)
-torch.library.register_autograd("zoo::hrc_la_recurrent_fwd", _backward, setup_context=_setup_context)
+_chunk_fwd_op, _recurrent_fwd_op = _rf.register_fwd_ops(
+    "hrc_la", _FWD_SIG, _launch_fwd, lambda *args: _fwd_like(args[0], args[2], args[3], args[-2]), _setup_context,
+    _backward)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -672,16 +518,7 @@ torch.library.register_autograd("zoo::hrc_la_recurrent_fwd", _backward, setup_co
 def _check_fast(q, k, v, omega, initial_state, chunk_size=None):
     """The zoo's checks, then what the kernels add."""
     _check_inputs(q, k, v, omega, initial_state, chunk_size)
-    if q.device.type == "cpu" and not INTERPRET:
-        raise ValueError("fast.hrc_la got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 before "
-                         "importing fast.hrc_la to run the kernels in Triton's interpreter")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"q, k, v must be float16, bfloat16 or float32 for the Triton kernels, got {q.dtype} "
-                        "(zoo.hrc_la computes in any float dtype)")
-    if v.shape[-1] > MAX_V:
-        raise ValueError(f"v's head dim V = {v.shape[-1]}: the kernels take V <= {MAX_V}")
-    if chunk_size is not None and chunk_size < MIN_CHUNK:
-        raise ValueError(f"chunk_size must be a power of two >= {MIN_CHUNK} for tl.dot, got {chunk_size}")
+    _rf.check_kernel_inputs("hrc_la", q, v, chunk_size, INTERPRET)
 
 
 def _run(op, q, k, v, omega, scale, causal, eps, initial_state, output_final_state, chunk_size):
@@ -700,9 +537,7 @@ def _run(op, q, k, v, omega, scale, causal, eps, initial_state, output_final_sta
         h0 = torch.cat([S0.real, -S0.imag], dim=2).float()  # [B, H, 2M, V]: S = S_c − i·S_s
         z0 = torch.cat([z0c.real, -z0c.imag], dim=2).float()
         n0, c0 = n0.float(), c0.detach().float()
-    a_d = a.detach()
-    c = (torch.cummax(a_d, 1).values if causal else a_d.amax(1, keepdim=True).expand_as(a_d).contiguous())
-    c = torch.maximum(c, c0[:, None])  # [B, T, H]
+    c = _rf.running_scale(a.detach(), c0, causal)  # [B, T, H]
     num, den, mass, ht, zt, nt = op(q, k, v, omega32, a, c, h0, z0, n0, c0, float(s_u), causal,
                                     output_final_state, chunk_size)
     o = (num / torch.maximum(den, eps * mass.detach())[..., None]).to(v.dtype)  # (3), the floor

@@ -51,39 +51,23 @@ import triton.language as tl
 import zoo.performer as zperf
 from zoo.performer import EPS_DENOMINATOR, PerformerAttention as _ZooLayer, _check_inputs
 
+from fast._random_features import (
+    EMPTY_SCALE, MAX_BT, MAX_V, MIN_CHUNK, PHASE_PRECISION, STATE_ELEMENTS, causal_decay, chunk_end, chunk_rows,
+    frequency_tile, load_rows, state_or_zeros, state_ptrs, store_share, store_state,
+)
+from fast import _random_features as _rf
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
-STATE_ELEMENTS = 4096  # fp32 state elements per program: 16 registers a thread at 8 warps
-# The kernels' chunk is at most 32 tokens, whatever chunk_size asks (the result is the same function;
-# only the summation order moves). ptxas for sm_90 (Triton 3.9, V = 64): at 64 the [BT, BT] and
-# [BT, BM] blocks beside the state take 255 registers and spill 1-3 KB a thread; at 32 the forward
-# fits (HRC-LA 240 registers, no spill; FAVOR+ 48 bytes of spill), the backward spills ~0.5 KB.
-MAX_BT = 32
-MAX_V = 256  # V sits in one tile
-MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
-# Phases θ = u Ωᵀ (and their gradients) at fp32 accuracy: plain tf32 (10-bit mantissa) would move
-# cos θ by ~1e-3·|θ|. tf32x3 splits each operand into two tf32 parts (three tensor-core products),
-# close to fp32 and much faster than "ieee" (CUDA-core FMAs). The interpreter computes fp32 exactly.
-PHASE_PRECISION = tl.constexpr("tf32x3")
 ROW_MAX_BT = 64  # tokens per program of the row-max kernel
-EMPTY_SCALE = torch.finfo(torch.float32).min  # the log-scale of an empty state, as in the zoo
 
 
 # ------------------------------------------------------------------------------------------------
 # Tile rule
 # ------------------------------------------------------------------------------------------------
 def _tile_rule(K: int, V: int, M: int):
-    """(BK, BV, BM, num_warps, num_stages) from the head dims and M alone (see the card)."""
-    BK = max(16, triton.next_power_of_2(K))
-    BV = max(16, triton.next_power_of_2(V))
-    BM = max(16, min(triton.next_power_of_2(M), STATE_ELEMENTS // BV))
-    return BK, BV, BM, 8, 2  # 8 warps: the state and four [BT, BM] feature blocks live in registers
-
-
-def _dot_precision(q):
-    """The chunk kernels' tl.dot precision: fp32 inputs get tf32x3 (fp32-accurate: a trigonometric
-    normaliser cancels, and plain tf32 would leave ~1e-2 relative errors there); fp16/bf16 inputs,
-    already rounded to 8-11 bits, get plain tf32."""
-    return "tf32x3" if q.dtype == torch.float32 else "tf32"
+    """(BK, BV, BM, num_warps, num_stages) from the head dims and M alone (see the card): the state
+    budget holds one block, S."""
+    return _rf.tile_rule(K, V, M, 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,8 +76,7 @@ def _dot_precision(q):
 @triton.jit
 def _exponents(x, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K: tl.constexpr):
     """u = s_u·x [BT, BK], ℓ = u Ωᵀ − ‖u‖²/2 [BT, BM] (fp32-accurate, PHASE_PRECISION)."""
-    b_u = s_u * tl.load(x + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :],
-                        other=0.0).to(tl.float32)
+    b_u = s_u * load_rows(x, p_t, mask_t, offs_k, mask_k, K)
     b_h = 0.5 * tl.sum(b_u * b_u, 1)
     return b_u, tl.dot(b_u, tl.trans(b_omega), input_precision=PHASE_PRECISION) - b_h[:, None]
 
@@ -110,8 +93,7 @@ def _performer_row_max_kernel(x, omega, out, s_u, T, H, K: tl.constexpr, M: tl.c
     offs_k = tl.arange(0, BK)
     mask_t, mask_k = offs_t < T, offs_k < K
     p_t = (i_b.to(tl.int64) * T + offs_t) * H + i_h
-    b_u = s_u * tl.load(x + p_t[:, None] * K + offs_k[None, :], mask=mask_t[:, None] & mask_k[None, :],
-                        other=0.0).to(tl.float32)
+    b_u = s_u * load_rows(x, p_t, mask_t, offs_k, mask_k, K)
     # -- the running max over frequency tiles ------------------------------------------------------
     b_max = tl.full([BT], float("-inf"), dtype=tl.float32)
     for i_m in range(tl.cdiv(M, BM)):
@@ -140,27 +122,14 @@ def _performer_chunk_fwd_kernel(
 ):
     """This tile's share of num_t = φ̂_tᵀS_t and den_t = φ̂_tᵀz_t (zoo (5))."""
     # -- map the program to a frequency tile of one (batch, head) ----------------------------------
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)  # Inductor may pass fp64
-    offs_k, offs_v, offs_m = tl.arange(0, BK), tl.arange(0, BV), i_m * BM + tl.arange(0, BM)
-    mask_k, mask_v, mask_m = offs_k < K, offs_v < V, offs_m < M
-    b_rm = tl.where(mask_m, r_m, 0.0)  # 1/√M, and 0 for the padding frequencies
-    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
-                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)  # [BM, BK]
-    row0 = i_b.to(tl.int64) * T
+    i_m, i_bh, i_h, row0, s_u, offs_k, offs_v, offs_m, mask_k, mask_v, mask_m, b_rm, b_omega = frequency_tile(
+        omega, s_u, r_m, T, H, K, V, M, BK, BV, BM)
     NT = tl.cdiv(T, BT)
 
     # -- the state slice: S [BM, BV], z [BM] at log-scale c, fp32 ----------------------------------
-    p_S = (i_bh.to(tl.int64) * M + offs_m[:, None]) * V + offs_v[None, :]
-    p_z = i_bh.to(tl.int64) * M + offs_m
-    mask_S = mask_m[:, None] & mask_v[None, :]
-    b_S = tl.zeros([BM, BV], dtype=tl.float32)
-    b_z = tl.zeros([BM], dtype=tl.float32)
+    p_S, p_z, mask_S = state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, M, V)
+    b_S, b_z = state_or_zeros(h0, z0, p_S, p_z, mask_S, mask_m, HAS_H0, BM, BV)
     b_crun = tl.load(c0 + i_bh)
-    if HAS_H0:
-        b_S += tl.load(h0 + p_S, mask=mask_S, other=0.0)
-        b_z += tl.load(z0 + p_z, mask=mask_m, other=0.0)
 
     # -- non-causal: build the whole state first (every c_t is the global maximum) ----------------
     if not CAUSAL:
@@ -169,21 +138,16 @@ def _performer_chunk_fwd_kernel(
         b_S, b_z = b_S * b_dec, b_z * b_dec
         b_crun = b_cT
         for i_t in range(NT):
-            offs_t = i_t * BT + tl.arange(0, BT)
-            mask_t = offs_t < T
-            p_t = (row0 + offs_t) * H + i_h
+            offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
             _, b_l = _exponents(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
             b_k = tl.where(mask_t[:, None], tl.exp(b_l - b_cT), 0.0) * b_rm[None, :]  # φ̄_k [BT, BM]
-            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
-                          other=0.0).to(tl.float32)
+            b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
             b_S += tl.dot(tl.trans(b_k), b_v, input_precision=DOT)  # (4) Σ_j w_j φ̂(k_j) v_jᵀ
             b_z += tl.sum(b_k, 0)
 
     # -- the sweep, chunk by chunk -----------------------------------------------------------------
     for i_t in range(NT):
-        offs_t = i_t * BT + tl.arange(0, BT)
-        mask_t = offs_t < T
-        p_t = (row0 + offs_t) * H + i_h
+        offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
         _, b_l = _exponents(q, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
         b_aq = tl.load(a_q + p_t, mask=mask_t, other=0.0)
         b_q = tl.exp(b_l - b_aq[:, None]) * b_rm[None, :]  # φ̂(q) <= 1/√M: e^{a(q)} cancels (2)
@@ -191,19 +155,16 @@ def _performer_chunk_fwd_kernel(
             b_c = tl.load(c + p_t, mask=mask_t, other=0.0)  # c_t, the prefix max [BT]
             _, b_l = _exponents(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
             b_k = tl.where(mask_t[:, None], tl.exp(b_l - b_c[:, None]), 0.0) * b_rm[None, :]  # <= 1/√M
-            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
-                          other=0.0).to(tl.float32)
+            b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
             # (3) intra-chunk: Γ_tj = e^{c_j − c_t} for j <= t
-            mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
-            b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))  # mask, then exp
+            b_G = causal_decay(offs_t, mask_t, b_c)
             b_A = tl.dot(b_q, tl.trans(b_k), input_precision=DOT) * b_G  # [BT, BT]
             # (5) inter-chunk: the state at scale c⁻, brought to c_t
             b_dec = tl.exp(tl.where(mask_t, b_crun - b_c, float("-inf")))
             b_o = tl.dot(b_A, b_v, input_precision=DOT) + b_dec[:, None] * tl.dot(b_q, b_S, input_precision=DOT)
             b_d = tl.sum(b_A, 1) + b_dec * tl.sum(b_q * b_z[None, :], 1)
             # (4) state pass: to the scale of the chunk's last token
-            b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
-            b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))
+            b_clast, b_gl = chunk_end(b_c, mask_t)
             b_dS = tl.exp(b_crun - b_clast)
             b_S = b_S * b_dS + tl.dot(tl.trans(b_k * b_gl[:, None]), b_v, input_precision=DOT)
             b_z = b_z * b_dS + tl.sum(b_k * b_gl[:, None], 0)
@@ -211,19 +172,11 @@ def _performer_chunk_fwd_kernel(
         else:
             b_o = tl.dot(b_q, b_S, input_precision=DOT)
             b_d = tl.sum(b_q * b_z[None, :], 1)
-        p_o = p_t[:, None] * V + offs_v[None, :]
-        mask_o = mask_t[:, None] & mask_v[None, :]
-        if ATOMIC:  # the tiles of one head add their frequencies' shares
-            tl.atomic_add(num + p_o, b_o, mask=mask_o)
-            tl.atomic_add(den + p_t, b_d, mask=mask_t)
-        else:
-            tl.store(num + p_o, b_o, mask=mask_o)
-            tl.store(den + p_t, b_d, mask=mask_t)
+        store_share(num, den, p_t, mask_t, offs_v, mask_v, b_o, b_d, V, ATOMIC)  # the tiles of one head add
 
     # -- the final state ---------------------------------------------------------------------------
     if STORE_HT:
-        tl.store(ht + p_S, b_S, mask=mask_S)
-        tl.store(zt + p_z, b_z, mask=mask_m)
+        store_state(ht, zt, p_S, p_z, mask_S, mask_m, b_S, b_z)
 
 
 @triton.heuristics({
@@ -241,70 +194,46 @@ def _performer_chunk_bwd_kernel(
 ):
     """This tile's share of dq, dk, dv, and its rows of dΩ, dh0, dz0 (the card's two sweeps)."""
     # -- map the program, as in the forward ----------------------------------------------------------
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)
-    offs_k, offs_v, offs_m = tl.arange(0, BK), tl.arange(0, BV), i_m * BM + tl.arange(0, BM)
-    mask_k, mask_v, mask_m = offs_k < K, offs_v < V, offs_m < M
-    b_rm = tl.where(mask_m, r_m, 0.0)
-    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
-                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+    i_m, i_bh, i_h, row0, s_u, offs_k, offs_v, offs_m, mask_k, mask_v, mask_m, b_rm, b_omega = frequency_tile(
+        omega, s_u, r_m, T, H, K, V, M, BK, BV, BM)
     b_domega = tl.zeros([BM, BK], dtype=tl.float32)
-    row0 = i_b.to(tl.int64) * T
     NT = tl.cdiv(T, BT)
-    p_S = (i_bh.to(tl.int64) * M + offs_m[:, None]) * V + offs_v[None, :]
-    p_z = i_bh.to(tl.int64) * M + offs_m
-    mask_S = mask_m[:, None] & mask_v[None, :]
+    p_S, p_z, mask_S = state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, M, V)
 
     # -- sweep 1, forward in time: the state again, and dq ------------------------------------------
-    b_S = tl.zeros([BM, BV], dtype=tl.float32)
-    b_z = tl.zeros([BM], dtype=tl.float32)
+    b_S, b_z = state_or_zeros(h0, z0, p_S, p_z, mask_S, mask_m, HAS_H0, BM, BV)
     b_c0 = tl.load(c0 + i_bh)
     b_crun = b_c0
-    if HAS_H0:
-        b_S += tl.load(h0 + p_S, mask=mask_S, other=0.0)
-        b_z += tl.load(z0 + p_z, mask=mask_m, other=0.0)
     b_cT = tl.load(c + (row0 + T - 1) * H + i_h)
     if not CAUSAL:
         b_dec = tl.exp(b_crun - b_cT)
         b_S, b_z = b_S * b_dec, b_z * b_dec
         for i_t in range(NT):
-            offs_t = i_t * BT + tl.arange(0, BT)
-            mask_t = offs_t < T
-            p_t = (row0 + offs_t) * H + i_h
+            offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
             _, b_l = _exponents(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
             b_k = tl.where(mask_t[:, None], tl.exp(b_l - b_cT), 0.0) * b_rm[None, :]
-            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
-                          other=0.0).to(tl.float32)
+            b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
             b_S += tl.dot(tl.trans(b_k), b_v, input_precision=DOT)
             b_z += tl.sum(b_k, 0)
-    b_dS_ = tl.zeros([BM, BV], dtype=tl.float32)  # the gradient of the state, for sweep 2
-    b_dz_ = tl.zeros([BM], dtype=tl.float32)
-    if HAS_DHT:
-        b_dS_ += tl.load(dht + p_S, mask=mask_S, other=0.0)
-        b_dz_ += tl.load(dzt + p_z, mask=mask_m, other=0.0)
+    # the gradient of the state, for sweep 2
+    b_dS_, b_dz_ = state_or_zeros(dht, dzt, p_S, p_z, mask_S, mask_m, HAS_DHT, BM, BV)
 
     for i_t in range(NT):
-        offs_t = i_t * BT + tl.arange(0, BT)
-        mask_t = offs_t < T
-        p_t = (row0 + offs_t) * H + i_h
+        offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
         b_uq, b_l = _exponents(q, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
         b_q = tl.exp(b_l - tl.load(a_q + p_t, mask=mask_t, other=0.0)[:, None]) * b_rm[None, :]
-        b_dn = tl.load(dnum + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+        b_dn = load_rows(dnum, p_t, mask_t, offs_v, mask_v, V)
         b_dd = tl.load(dden + p_t, mask=mask_t, other=0.0)
         if CAUSAL:
             b_c = tl.load(c + p_t, mask=mask_t, other=0.0)
             _, b_l = _exponents(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
             b_k = tl.where(mask_t[:, None], tl.exp(b_l - b_c[:, None]), 0.0) * b_rm[None, :]
-            b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
-                          other=0.0).to(tl.float32)
-            mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
-            b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
+            b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
+            b_G = causal_decay(offs_t, mask_t, b_c)
             b_dA = (tl.dot(b_dn, tl.trans(b_v), input_precision=DOT) + b_dd[:, None]) * b_G  # (ĝ_t·ṽ_j) Γ_tj
             b_dec = tl.exp(tl.where(mask_t, b_crun - b_c, float("-inf")))
             b_dq = tl.dot(b_dA, b_k, input_precision=DOT) + b_dec[:, None] * (tl.dot(b_dn, tl.trans(b_S), input_precision=DOT) + b_dd[:, None] * b_z[None, :])
-            b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
-            b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))
+            b_clast, b_gl = chunk_end(b_c, mask_t)
             b_dS = tl.exp(b_crun - b_clast)
             b_S = b_S * b_dS + tl.dot(tl.trans(b_k * b_gl[:, None]), b_v, input_precision=DOT)
             b_z = b_z * b_dS + tl.sum(b_k * b_gl[:, None], 0)
@@ -322,26 +251,20 @@ def _performer_chunk_bwd_kernel(
     # -- sweep 2, backward in time: dk, dv (causal: dS carried at the chunk end's scale) ------------
     for i_r in range(NT):
         i_t = NT - 1 - i_r
-        offs_t = i_t * BT + tl.arange(0, BT)
-        mask_t = offs_t < T
-        p_t = (row0 + offs_t) * H + i_h
+        offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
         b_uk, b_lk = _exponents(k, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
-        b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
-                      other=0.0).to(tl.float32)
+        b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
         if CAUSAL:
             b_c = tl.load(c + p_t, mask=mask_t, other=0.0)
             b_k = tl.where(mask_t[:, None], tl.exp(b_lk - b_c[:, None]), 0.0) * b_rm[None, :]
             _, b_l = _exponents(q, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K)
             b_q = tl.exp(b_l - tl.load(a_q + p_t, mask=mask_t, other=0.0)[:, None]) * b_rm[None, :]
-            b_dn = tl.load(dnum + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :],
-                           other=0.0)
+            b_dn = load_rows(dnum, p_t, mask_t, offs_v, mask_v, V)
             b_dd = tl.load(dden + p_t, mask=mask_t, other=0.0)
-            mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
-            b_G = tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))
+            b_G = causal_decay(offs_t, mask_t, b_c)
             b_dA = (tl.dot(b_dn, tl.trans(b_v), input_precision=DOT) + b_dd[:, None]) * b_G
             b_A = tl.dot(b_q, tl.trans(b_k), input_precision=DOT) * b_G
-            b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
-            b_gl = tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))
+            b_clast, b_gl = chunk_end(b_c, mask_t)
             b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=DOT) + b_gl[:, None] * (tl.dot(b_v, tl.trans(b_dS_), input_precision=DOT) + b_dz_[None, :])
             b_dv = tl.dot(tl.trans(b_A), b_dn, input_precision=DOT) + b_gl[:, None] * tl.dot(b_k, b_dS_, input_precision=DOT)
             # carry dS to the scale of the previous chunk's end (c0 before the first chunk)
@@ -369,8 +292,7 @@ def _performer_chunk_bwd_kernel(
         if not CAUSAL:  # the initial state entered at weight e^{c0 − c_T}
             b_dec = tl.exp(b_c0 - b_cT)
             b_dS_, b_dz_ = b_dS_ * b_dec, b_dz_ * b_dec
-        tl.store(dh0 + p_S, b_dS_, mask=mask_S)
-        tl.store(dz0 + p_z, b_dz_, mask=mask_m)
+        store_state(dh0, dz0, p_S, p_z, mask_S, mask_m, b_dS_, b_dz_)
 
 
 @triton.jit
@@ -399,26 +321,13 @@ def _performer_recurrent_fwd_kernel(
 ):
     """Token by token (zoo (4)): c_t = max(c_{t−1}, a_t), S_t = e^{c_{t−1}−c_t} S_{t−1} + φ̄(k_t) v_tᵀ."""
     # -- map the program to a frequency tile of one (batch, head) ----------------------------------
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)
-    offs_k, offs_v, offs_m = tl.arange(0, BK), tl.arange(0, BV), i_m * BM + tl.arange(0, BM)
-    mask_k, mask_v, mask_m = offs_k < K, offs_v < V, offs_m < M
-    b_rm = tl.where(mask_m, r_m, 0.0)
-    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
-                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
-    row0 = i_b.to(tl.int64) * T
+    i_m, i_bh, i_h, row0, s_u, offs_k, offs_v, offs_m, mask_k, mask_v, mask_m, b_rm, b_omega = frequency_tile(
+        omega, s_u, r_m, T, H, K, V, M, BK, BV, BM)
 
     # -- the state slice, fp32 ---------------------------------------------------------------------
-    p_S = (i_bh.to(tl.int64) * M + offs_m[:, None]) * V + offs_v[None, :]
-    p_z = i_bh.to(tl.int64) * M + offs_m
-    mask_S = mask_m[:, None] & mask_v[None, :]
-    b_S = tl.zeros([BM, BV], dtype=tl.float32)
-    b_z = tl.zeros([BM], dtype=tl.float32)
+    p_S, p_z, mask_S = state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, M, V)
+    b_S, b_z = state_or_zeros(h0, z0, p_S, p_z, mask_S, mask_m, HAS_H0, BM, BV)
     b_crun = tl.load(c0 + i_bh)
-    if HAS_H0:
-        b_S += tl.load(h0 + p_S, mask=mask_S, other=0.0)
-        b_z += tl.load(z0 + p_z, mask=mask_m, other=0.0)
 
     # -- non-causal: a first loop builds the state from every key ----------------------------------
     if not CAUSAL:
@@ -441,8 +350,7 @@ def _performer_recurrent_fwd_kernel(
 
     # -- the final state ---------------------------------------------------------------------------
     if STORE_HT:
-        tl.store(ht + p_S, b_S, mask=mask_S)
-        tl.store(zt + p_z, b_z, mask=mask_m)
+        store_state(ht, zt, p_S, p_z, mask_S, mask_m, b_S, b_z)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -463,57 +371,36 @@ def _launch_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_st
     """num [B, T, H, V], den [B, T, H] (fp32) and the final state (ht, zt) or Nones."""
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
-    BK, BV, BM, num_warps, num_stages = _tile_rule(K, V, M)
-    NM = triton.cdiv(M, BM)
-    atomic = NM > 1 or chunk_size is None  # the recurrent kernel always adds
+    tiles = _tile_rule(K, V, M)
+    atomic = triton.cdiv(M, tiles[2]) > 1 or chunk_size is None  # the recurrent kernel always adds
     f32 = dict(device=q.device, dtype=torch.float32)
     alloc = torch.zeros if atomic else torch.empty
     num, den = alloc(B, T, H, V, **f32), alloc(B, T, H, **f32)
     ht = torch.empty(B, H, M, V, **f32) if output_final_state else None
     zt = torch.empty(B, H, M, **f32) if output_final_state else None
     args = (q, k, v, omega, a_q, c, num, den, h0, z0, c0, ht, zt, s_u, M ** -0.5, T, H)
-    if chunk_size is None:
-        _performer_recurrent_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BK=BK, BV=BV, BM=BM, CAUSAL=causal,
-                                                      num_warps=num_warps)
-    else:
-        _performer_chunk_fwd_kernel[(NM, B * H)](*args, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM,
-                                                  CAUSAL=causal, ATOMIC=atomic, DOT=_dot_precision(q), num_warps=num_warps,
-                                                  num_stages=num_stages)
+    _rf.launch_fwd(_performer_chunk_fwd_kernel, _performer_recurrent_fwd_kernel, args, q, V, M, tiles, atomic,
+                   causal, chunk_size)
     return num, den, ht, zt
 
 
 def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, chunk_size):
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
-    BK, BV, BM, num_warps, num_stages = _tile_rule(K, V, M)
-    BM = max(16, BM // 2)  # the backward holds the state and its gradient: half the frequencies a tile
     f32 = dict(device=q.device, dtype=torch.float32)
     dq, dk, dv = torch.zeros(B, T, H, K, **f32), torch.zeros(B, T, H, K, **f32), torch.zeros(B, T, H, V, **f32)
     domega = torch.empty(B, H, M, K, **f32)
     dh0 = torch.empty(B, H, M, V, **f32) if h0 is not None else None
     dz0 = torch.empty(B, H, M, **f32) if h0 is not None else None
-    _performer_chunk_bwd_kernel[(triton.cdiv(M, BM), B * H)](
-        q, k, v, omega, a_q, c, dnum, dden, h0, z0, c0, dht, dzt, dq, dk, dv, domega, dh0, dz0,
-        s_u, M ** -0.5, T, H, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM, CAUSAL=causal,
-        DOT=_dot_precision(q), num_warps=num_warps, num_stages=num_stages)
+    args = (q, k, v, omega, a_q, c, dnum, dden, h0, z0, c0, dht, dzt, dq, dk, dv, domega, dh0, dz0,
+            s_u, M ** -0.5, T, H)
+    _rf.launch_bwd(_performer_chunk_bwd_kernel, args, q, V, M, _tile_rule(K, V, M), causal, chunk_size)
     return dq, dk, dv, domega.sum(0), dh0, dz0
 
 
 # ------------------------------------------------------------------------------------------------
 # Custom ops: what torch.compile(fullgraph=True) sees (the kernels stay opaque to it)
 # ------------------------------------------------------------------------------------------------
-def _or_empty(x, ref):
-    return ref.new_empty(0) if x is None else x
-
-
-def _or_none(x):
-    return None if x is None or x.numel() == 0 else x
-
-
-def _contig(*xs):
-    return tuple(None if x is None else x.contiguous() for x in xs)
-
-
 @torch.library.custom_op("zoo::performer_row_max", mutates_args=())
 def _row_max_op(x: torch.Tensor, omega: torch.Tensor, s_u: float) -> torch.Tensor:
     return _launch_row_max(x.contiguous(), omega.contiguous(), s_u)
@@ -538,42 +425,18 @@ _FWD_SIG = ("(Tensor q, Tensor k, Tensor v, Tensor omega, Tensor a_q, Tensor c, 
             "-> (Tensor, Tensor, Tensor, Tensor)")
 
 
-@torch.library.custom_op("zoo::performer_chunk_fwd", mutates_args=(), schema=_FWD_SIG)
-def _chunk_fwd_op(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size):
-    q, k, v, omega, a_q, c, h0, z0, c0 = _contig(q, k, v, omega, a_q, c, h0, z0, c0)
-    out = _launch_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size)
-    return tuple(_or_empty(x, c) for x in out)
-
-
-@_chunk_fwd_op.register_fake
-def _(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size):
-    return _fwd_like(q, v, omega, output_final_state)
-
-
-@torch.library.custom_op("zoo::performer_recurrent_fwd", mutates_args=(), schema=_FWD_SIG)
-def _recurrent_fwd_op(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size):
-    q, k, v, omega, a_q, c, h0, z0, c0 = _contig(q, k, v, omega, a_q, c, h0, z0, c0)
-    out = _launch_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, None)
-    return tuple(_or_empty(x, c) for x in out)
-
-
-@_recurrent_fwd_op.register_fake
-def _(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size):
-    return _fwd_like(q, v, omega, output_final_state)
-
-
 @torch.library.custom_op("zoo::performer_chunk_bwd", mutates_args=())
 def _chunk_bwd_op(dnum: torch.Tensor, dden: torch.Tensor, dht: torch.Tensor | None, dzt: torch.Tensor | None,
                   q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, a_q: torch.Tensor,
                   c: torch.Tensor, h0: torch.Tensor | None, z0: torch.Tensor | None, c0: torch.Tensor,
                   s_u: float, causal: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                       torch.Tensor, torch.Tensor, torch.Tensor]:
-    dnum, dden, dht, dzt, h0, z0 = _contig(dnum, dden, dht, dzt, h0, z0)
-    q, k, v, omega, a_q, c, c0 = _contig(q, k, v, omega, a_q, c, c0)  # saved inputs may be views (an expanded Ω)
+    dnum, dden, dht, dzt, h0, z0 = _rf.contig(dnum, dden, dht, dzt, h0, z0)
+    q, k, v, omega, a_q, c, c0 = _rf.contig(q, k, v, omega, a_q, c, c0)  # saved inputs may be views (an expanded Ω)
     dq, dk, dv, domega, dh0, dz0 = _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u,
                                                causal, chunk_size)
-    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), domega.to(omega.dtype), _or_empty(dh0, c),
-            _or_empty(dz0, c))
+    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), domega.to(omega.dtype), _rf.or_empty(dh0, c),
+            _rf.or_empty(dz0, c))
 
 
 @_chunk_bwd_op.register_fake
@@ -592,20 +455,17 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dnum, dden, dht, dzt):
     q, k, v, omega, a_q, c, h0, z0, c0 = ctx.saved_tensors
     s_u, causal, chunk_size = ctx.opts
-    dht, dzt = _or_none(dht), _or_none(dzt)
-    if dht is not None or dzt is not None:  # a half of the state without a cotangent gets zeros
-        B, H, M = q.shape[0], q.shape[2], omega.shape[1]
-        dht = q.new_zeros(B, H, M, v.shape[-1], dtype=torch.float32) if dht is None else dht
-        dzt = q.new_zeros(B, H, M, dtype=torch.float32) if dzt is None else dzt
+    dht, dzt = _rf.state_cotangents(dht, dzt, q, omega.shape[1], v.shape[-1])  # a missing half gets zeros
     dnum = c.new_zeros(*c.shape, v.shape[-1]) if dnum is None else dnum
     dden = torch.zeros_like(c) if dden is None else dden
     dq, dk, dv, domega, dh0, dz0 = torch.ops.zoo.performer_chunk_bwd(
         dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, chunk_size)
-    return (dq, dk, dv, domega, None, None, _or_none(dh0), _or_none(dz0), None, None, None, None, None)
+    return (dq, dk, dv, domega, None, None, _rf.or_none(dh0), _rf.or_none(dz0), None, None, None, None, None)
 
 
-torch.library.register_autograd("zoo::performer_chunk_fwd", _backward, setup_context=_setup_context)
-torch.library.register_autograd("zoo::performer_recurrent_fwd", _backward, setup_context=_setup_context)
+_chunk_fwd_op, _recurrent_fwd_op = _rf.register_fwd_ops(
+    "performer", _FWD_SIG, _launch_fwd, lambda *args: _fwd_like(args[0], args[2], args[3], args[-2]),
+    _setup_context, _backward)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -614,16 +474,7 @@ torch.library.register_autograd("zoo::performer_recurrent_fwd", _backward, setup
 def _check_fast(q, k, v, omega, initial_state, chunk_size=None):
     """The zoo's checks, then what the kernels add."""
     _check_inputs(q, k, v, omega, initial_state, chunk_size)
-    if q.device.type == "cpu" and not INTERPRET:
-        raise ValueError("fast.performer got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 before "
-                         "importing fast.performer to run the kernels in Triton's interpreter")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"q, k, v must be float16, bfloat16 or float32 for the Triton kernels, got {q.dtype} "
-                        "(zoo.performer computes in any float dtype)")
-    if v.shape[-1] > MAX_V:
-        raise ValueError(f"v's head dim V = {v.shape[-1]}: the kernels take V <= {MAX_V}")
-    if chunk_size is not None and chunk_size < MIN_CHUNK:
-        raise ValueError(f"chunk_size must be a power of two >= {MIN_CHUNK} for tl.dot, got {chunk_size}")
+    _rf.check_kernel_inputs("performer", q, v, chunk_size, INTERPRET)
 
 
 def _run(op, q, k, v, omega, scale, causal, eps, initial_state, output_final_state, chunk_size):
@@ -639,8 +490,7 @@ def _run(op, q, k, v, omega, scale, causal, eps, initial_state, output_final_sta
         c0 = a_k.new_full((B, H), EMPTY_SCALE)
     else:
         h0, z0, c0 = initial_state[0].float(), initial_state[1].float(), initial_state[2].detach().float()
-    c = torch.cummax(a_k, 1).values if causal else a_k.amax(1, keepdim=True).expand_as(a_k).contiguous()
-    c = torch.maximum(c, c0[:, None])  # [B, T, H]
+    c = _rf.running_scale(a_k, c0, causal)  # [B, T, H]
     num, den, ht, zt = op(q, k, v, omega32, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size)
     o = (num / den.clamp_min(eps)[..., None]).to(v.dtype)  # (3), the floor
     return o, ((ht, zt, c[:, -1]) if output_final_state else None)

@@ -1,0 +1,228 @@
+"""What fast/hrc_la.py and fast/performer.py share: both run a random-feature state [M, V] sliced
+into frequency tiles, one program per (tile, batch·head), with the same tile rule, the same chunk
+bookkeeping (rows of a chunk, the causal decay Γ, the scale of a chunk's last token), the same way
+of adding the tiles' shares, and the same custom-op plumbing. The math of each method stays in its
+own file; see their cards for the equations.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+STATE_ELEMENTS = 4096  # fp32 state elements per program: 16 registers a thread at 8 warps
+# The kernels' chunk is at most 32 tokens, whatever chunk_size asks (the result is the same function;
+# only the summation order moves). ptxas for sm_90 (Triton 3.9, V = 64): at 64 the [BT, BT] and
+# [BT, BM] blocks beside the state take 255 registers and spill 1-3 KB a thread; at 32 the forward
+# fits (HRC-LA 240 registers, no spill; FAVOR+ 48 bytes of spill), the backward spills ~0.5 KB.
+MAX_BT = 32
+MAX_V = 256  # V sits in one tile
+MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
+# Phases θ = u Ωᵀ (and their gradients) at fp32 accuracy: plain tf32 (10-bit mantissa) would move
+# cos θ by ~1e-3·|θ|. tf32x3 splits each operand into two tf32 parts (three tensor-core products),
+# close to fp32 and much faster than "ieee" (CUDA-core FMAs). The interpreter computes fp32 exactly.
+PHASE_PRECISION = tl.constexpr("tf32x3")
+EMPTY_SCALE = torch.finfo(torch.float32).min  # the log-scale of an empty state, as in the zoo
+
+
+# ------------------------------------------------------------------------------------------------
+# Tile rule and launchers
+# ------------------------------------------------------------------------------------------------
+def tile_rule(K: int, V: int, M: int, state_blocks: int):
+    """(BK, BV, BM, num_warps, num_stages): V in one tile, BM from the budget of STATE_ELEMENTS fp32
+    state elements shared by `state_blocks` [BM, BV] blocks (HRC-LA's S_c and S_s: 2; FAVOR+'s S: 1)."""
+    BK = max(16, triton.next_power_of_2(K))
+    BV = max(16, triton.next_power_of_2(V))
+    BM = max(16, min(triton.next_power_of_2(M), STATE_ELEMENTS // (state_blocks * BV)))
+    return BK, BV, BM, 8, 2  # 8 warps: the state and four [BT, BM] feature blocks live in registers
+
+
+def dot_precision(q):
+    """The chunk kernels' tl.dot precision: fp32 inputs get tf32x3 (fp32-accurate: a trigonometric
+    normaliser cancels, and plain tf32 would leave ~1e-2 relative errors there); fp16/bf16 inputs,
+    already rounded to 8-11 bits, get plain tf32."""
+    return "tf32x3" if q.dtype == torch.float32 else "tf32"
+
+
+def launch_fwd(chunk_kernel, recurrent_kernel, args, q, V, M, tiles, atomic, causal, chunk_size):
+    """One program per (frequency tile, batch·head): the chunk kernel, or the token loop when
+    chunk_size is None. `args`: the kernels' positional arguments (the same for both)."""
+    B, T, H, K = q.shape
+    BK, BV, BM, num_warps, num_stages = tiles
+    grid = (triton.cdiv(M, BM), B * H)
+    if chunk_size is None:
+        recurrent_kernel[grid](*args, K=K, V=V, M=M, BK=BK, BV=BV, BM=BM, CAUSAL=causal, num_warps=num_warps)
+    else:
+        chunk_kernel[grid](*args, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM, CAUSAL=causal,
+                           ATOMIC=atomic, DOT=dot_precision(q), num_warps=num_warps, num_stages=num_stages)
+
+
+def launch_bwd(bwd_kernel, args, q, V, M, tiles, causal, chunk_size):
+    """The chunk backward: the forward's grid with half the frequencies a tile (it holds the state
+    and its gradient). `args`: the kernel's positional arguments."""
+    B, T, H, K = q.shape
+    BK, BV, BM, num_warps, num_stages = tiles
+    BM = max(16, BM // 2)
+    bwd_kernel[(triton.cdiv(M, BM), B * H)](*args, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM,
+                                             CAUSAL=causal, DOT=dot_precision(q), num_warps=num_warps,
+                                             num_stages=num_stages)
+
+
+# ------------------------------------------------------------------------------------------------
+# Host checks and stabiliser
+# ------------------------------------------------------------------------------------------------
+def check_kernel_inputs(name, q, v, chunk_size, interpret):
+    """What the kernels add to the zoo's checks (`name`: the method's file stem, for the messages;
+    `interpret`: the fast module's own INTERPRET switch, read at the call)."""
+    if q.device.type == "cpu" and not interpret:
+        raise ValueError(f"fast.{name} got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 before "
+                         f"importing fast.{name} to run the kernels in Triton's interpreter")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"q, k, v must be float16, bfloat16 or float32 for the Triton kernels, got {q.dtype} "
+                        f"(zoo.{name} computes in any float dtype)")
+    if v.shape[-1] > MAX_V:
+        raise ValueError(f"v's head dim V = {v.shape[-1]}: the kernels take V <= {MAX_V}")
+    if chunk_size is not None and chunk_size < MIN_CHUNK:
+        raise ValueError(f"chunk_size must be a power of two >= {MIN_CHUNK} for tl.dot, got {chunk_size}")
+
+
+def running_scale(a, c0, causal):
+    """c_t [B, T, H]: the prefix max of the keys' stabiliser a (its global max when non-causal), at
+    least the initial state's c0 [B, H]. A constant to autograd (a is detached)."""
+    c = torch.cummax(a, 1).values if causal else a.amax(1, keepdim=True).expand_as(a).contiguous()
+    return torch.maximum(c, c0[:, None])
+
+
+# ------------------------------------------------------------------------------------------------
+# Custom-op plumbing: what torch.compile(fullgraph=True) sees (the kernels stay opaque to it)
+# ------------------------------------------------------------------------------------------------
+def or_empty(x, ref):
+    return ref.new_empty(0) if x is None else x
+
+
+def or_none(x):
+    return None if x is None or x.numel() == 0 else x
+
+
+def contig(*xs):
+    return tuple(x.contiguous() if isinstance(x, torch.Tensor) else x for x in xs)
+
+
+def state_cotangents(dht, dzt, q, rows, V):
+    """The final state's cotangents (an empty tensor: none); a half without one gets zeros."""
+    dht, dzt = or_none(dht), or_none(dzt)
+    if dht is not None or dzt is not None:
+        B, H = q.shape[0], q.shape[2]
+        dht = q.new_zeros(B, H, rows, V, dtype=torch.float32) if dht is None else dht
+        dzt = q.new_zeros(B, H, rows, dtype=torch.float32) if dzt is None else dzt
+    return dht, dzt
+
+
+def register_fwd_ops(name, schema, launch, fake, setup_context, backward):
+    """zoo::{name}_chunk_fwd and zoo::{name}_recurrent_fwd, both with `schema` (inputs first, c the
+    sixth, chunk_size last; the recurrent op ignores chunk_size): the inputs made contiguous,
+    `launch(*inputs, chunk_size or None)`, its Nones as empty tensors (custom ops return no None),
+    and autograd through the chunk backward. Returns the two ops."""
+    def forward(chunk):
+        def op(*args):
+            *args, chunk_size = contig(*args)
+            out = launch(*args, chunk_size if chunk else None)
+            return tuple(or_empty(x, args[5]) for x in out)
+        return op
+
+    ops = []
+    for form in ("chunk", "recurrent"):
+        op = torch.library.custom_op(f"zoo::{name}_{form}_fwd", forward(form == "chunk"), mutates_args=(),
+                                     schema=schema)
+        op.register_fake(fake)
+        torch.library.register_autograd(f"zoo::{name}_{form}_fwd", backward, setup_context=setup_context)
+        ops.append(op)
+    return tuple(ops)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kernel fragments (inlined into each kernel: the same code the kernels held before)
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def frequency_tile(omega, s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+                   BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr):
+    """Map the program to frequency tile i_m of (batch, head) i_bh: offsets and masks of K, V and
+    the tile's BM frequencies, r_m = 1/√M (0 on padding frequencies), the tile of Ω [BM, BK] in
+    fp32, and row0 = b·T, the batch's first row."""
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)  # Inductor may pass fp64
+    offs_k, offs_v, offs_m = tl.arange(0, BK), tl.arange(0, BV), i_m * BM + tl.arange(0, BM)
+    mask_k, mask_v, mask_m = offs_k < K, offs_v < V, offs_m < M
+    b_rm = tl.where(mask_m, r_m, 0.0)  # 1/√M, and 0 for the padding frequencies
+    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
+                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)  # [BM, BK]
+    row0 = i_b.to(tl.int64) * T
+    return i_m, i_bh, i_h, row0, s_u, offs_k, offs_v, offs_m, mask_k, mask_v, mask_m, b_rm, b_omega
+
+
+@triton.jit
+def state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, ROWS: tl.constexpr, V: tl.constexpr):
+    """Pointers and mask of this tile's rows of a state [B, H, ROWS, V] and its normaliser [B, H, ROWS]."""
+    p_S = (i_bh.to(tl.int64) * ROWS + offs_m[:, None]) * V + offs_v[None, :]
+    p_z = i_bh.to(tl.int64) * ROWS + offs_m
+    return p_S, p_z, mask_m[:, None] & mask_v[None, :]
+
+
+@triton.jit
+def state_or_zeros(h0, z0, p_S, p_z, mask_S, mask_m, LOAD: tl.constexpr, BM: tl.constexpr, BV: tl.constexpr):
+    """A state block S [BM, BV] and z [BM] in fp32: zeros, plus h0, z0 when LOAD."""
+    b_S = tl.zeros([BM, BV], dtype=tl.float32)
+    b_z = tl.zeros([BM], dtype=tl.float32)
+    if LOAD:
+        b_S += tl.load(h0 + p_S, mask=mask_S, other=0.0)
+        b_z += tl.load(z0 + p_z, mask=mask_m, other=0.0)
+    return b_S, b_z
+
+
+@triton.jit
+def store_state(ht, zt, p_S, p_z, mask_S, mask_m, b_S, b_z):
+    tl.store(ht + p_S, b_S, mask=mask_S)
+    tl.store(zt + p_z, b_z, mask=mask_m)
+
+
+@triton.jit
+def chunk_rows(i_t, row0, i_h, T, H, BT: tl.constexpr):
+    """Chunk i_t: its token offsets, which are inside T, and its rows of a [B, T, H, ...] tensor."""
+    offs_t = i_t * BT + tl.arange(0, BT)
+    mask_t = offs_t < T
+    return offs_t, mask_t, (row0 + offs_t) * H + i_h
+
+
+@triton.jit
+def load_rows(x, p_t, mask_t, offs, mask, N: tl.constexpr):
+    """x[rows p_t, :N] as an fp32 block [BT, len(offs)], 0 outside."""
+    return tl.load(x + p_t[:, None] * N + offs[None, :], mask=mask_t[:, None] & mask[None, :],
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def causal_decay(offs_t, mask_t, b_c):
+    """(3) Γ_tj = e^{c_j − c_t} for j <= t inside the chunk, 0 elsewhere [BT, BT]."""
+    mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
+    return tl.exp(tl.where(mask_A, b_c[None, :] - b_c[:, None], float("-inf")))  # mask, then exp
+
+
+@triton.jit
+def chunk_end(b_c, mask_t):
+    """The scale of the chunk's last token c_last and each token's weight e^{c_j − c_last} [BT]."""
+    b_clast = tl.max(tl.where(mask_t, b_c, float("-inf")), 0)
+    return b_clast, tl.exp(tl.where(mask_t, b_c - b_clast, float("-inf")))
+
+
+@triton.jit
+def store_share(num, den, p_t, mask_t, offs_v, mask_v, b_o, b_d, V: tl.constexpr, ATOMIC: tl.constexpr):
+    """Write this tile's share of num [BT, BV] and den [BT]: added (ATOMIC: the tiles of one head add
+    their frequencies' shares) or stored (one tile holds all M)."""
+    p_o = p_t[:, None] * V + offs_v[None, :]
+    mask_o = mask_t[:, None] & mask_v[None, :]
+    if ATOMIC:
+        tl.atomic_add(num + p_o, b_o, mask=mask_o)
+        tl.atomic_add(den + p_t, b_d, mask=mask_t)
+    else:
+        tl.store(num + p_o, b_o, mask=mask_o)
+        tl.store(den + p_t, b_d, mask=mask_t)
