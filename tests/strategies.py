@@ -212,7 +212,9 @@ def run_aot_script(script: str, timeout: float = 600) -> dict:
     target=GPUTarget("cuda", 90, 32))` calls build real sm_90 code with the ptxas Triton ships,
     and return the JSON object the script prints last (e.g. stack bytes, i.e. register spills,
     per kernel). The interpreter never compiles: this catches what only the GPU compiler rejects,
-    on a CPU. Skips when this Triton has no bundled ptxas."""
+    on a CPU. The script runs in the repository root with tests/ on its path, so it can
+    `from aot import stack_bytes` (tests/aot.py: compile one kernel, count its spills). Skips when
+    this Triton has no bundled ptxas."""
     import json
     import pathlib
     import subprocess
@@ -226,6 +228,7 @@ def run_aot_script(script: str, timeout: float = 600) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"  # the default Triton 3.6 compiles with (3.9 warns)
     root = pathlib.Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / "tests"), env.get("PYTHONPATH")) if p)
     run = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
                          timeout=timeout)
     assert run.returncode == 0, run.stderr[-3000:]

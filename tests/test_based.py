@@ -502,30 +502,15 @@ def test_fast_op_compiles_fullgraph_forward_and_backward():
 # Run in a fresh process: under TRITON_INTERPRET=1 (this process) Triton is set up for the
 # interpreter and cannot feed the GPU compiler.
 AOT_SCRIPT = r"""
-import json, os, re, subprocess, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import json
+from aot import stack_bytes
 import fast.based as fb
 
 
-def stack_bytes(kernel, ptrs, consts, num_warps, num_stages):
-    # As the JIT compiles it for bf16 at the headline size: 16-byte-aligned pointers, H % 16 == 0.
-    fn = kernel
-    while not isinstance(fn, triton.runtime.jit.JITFunction):
-        fn = fn.fn
-    sig = {}
-    for n in fn.arg_names:
-        sig[n] = "constexpr" if n in consts else ptrs.get(n, "i32" if n in ("T", "H") else "fp32")
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*") or n == "H"}
-    compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-    return int(re.search(r"STACK:(\d+)", usage).group(1))
+def spills(kernel, ptrs, consts, num_warps, num_stages):
+    # As the JIT compiles it for bf16 at the headline size: i32 sizes, fp32 scalars, H % 16 == 0.
+    return stack_bytes(kernel, dict(ptrs, T="i32", H="i32"), consts, num_warps, num_stages, default="fp32",
+                       aligned=("H",))
 
 
 BT, BK, BV, warps, stages = fb._tile_rule(128, 64)
@@ -533,21 +518,21 @@ bf, f32 = "*bf16", "*fp32"
 shape = dict(K=16, V=128, M=273, BT=BT, BK=BK, BV=BV, CAUSAL=True, NORMALIZE=True)
 fwd_consts = dict(h0=None, ht=None, z0=None, zt=None, EPS=1e-6, HAS_H0=False, STORE_HT=False, PREC="tf32", **shape)
 out = dict(
-    fwd=stack_bytes(fb._based_chunk_fwd_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32),
-                    dict(FEAT_DOT=fb.FEATURES_BY_DOT, **fwd_consts), fb.FWD_WARPS, stages),
-    fwd_8_warps=stack_bytes(fb._based_chunk_fwd_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32),
-                            dict(FEAT_DOT=fb.FEATURES_BY_DOT, **fwd_consts), warps, stages),
-    fwd_other=stack_bytes(fb._based_chunk_fwd_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32),
-                          dict(FEAT_DOT=not fb.FEATURES_BY_DOT, **fwd_consts), warps, stages),
-    dq=stack_bytes(fb._based_chunk_bwd_dq_kernel, dict(q=bf, k=bf, v=bf, do=bf, den=f32, dd=f32, dq=f32),
-                   dict(h0=None, z0=None, HAS_H0=False, **shape), warps, stages),
-    dkv=stack_bytes(fb._based_chunk_bwd_dkv_kernel, dict(q=bf, k=bf, v=bf, do=bf, den=f32, dd=f32, dk=f32, dv=bf),
-                    dict(dht=None, dzt=None, dh0=None, dz0=None, HAS_DHT=False, STORE_DH0=False, **shape),
-                    warps, stages),
-    decode=stack_bytes(fb._based_recurrent_fwd_kernel,
-                       dict(q=bf, k=bf, v=bf, o=bf, h0=f32, ht=f32, z0=f32, zt=f32, den=f32),
-                       dict(K=16, V=128, M=273, BK=BK, BV=BV, EPS=1e-6, CAUSAL=True, HAS_H0=True, STORE_HT=True,
-                            NORMALIZE=True), 4, 1),
+    fwd=spills(fb._based_chunk_fwd_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32),
+               dict(FEAT_DOT=fb.FEATURES_BY_DOT, **fwd_consts), fb.FWD_WARPS, stages),
+    fwd_8_warps=spills(fb._based_chunk_fwd_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32),
+                       dict(FEAT_DOT=fb.FEATURES_BY_DOT, **fwd_consts), warps, stages),
+    fwd_other=spills(fb._based_chunk_fwd_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32),
+                     dict(FEAT_DOT=not fb.FEATURES_BY_DOT, **fwd_consts), warps, stages),
+    dq=spills(fb._based_chunk_bwd_dq_kernel, dict(q=bf, k=bf, v=bf, do=bf, den=f32, dd=f32, dq=f32),
+              dict(h0=None, z0=None, HAS_H0=False, **shape), warps, stages),
+    dkv=spills(fb._based_chunk_bwd_dkv_kernel, dict(q=bf, k=bf, v=bf, do=bf, den=f32, dd=f32, dk=f32, dv=bf),
+               dict(dht=None, dzt=None, dh0=None, dz0=None, HAS_DHT=False, STORE_DH0=False, **shape),
+               warps, stages),
+    decode=spills(fb._based_recurrent_fwd_kernel,
+                  dict(q=bf, k=bf, v=bf, o=bf, h0=f32, ht=f32, z0=f32, zt=f32, den=f32),
+                  dict(K=16, V=128, M=273, BK=BK, BV=BV, EPS=1e-6, CAUSAL=True, HAS_H0=True, STORE_HT=True,
+                       NORMALIZE=True), 4, 1),
 )
 print(json.dumps(out))
 """

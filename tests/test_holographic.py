@@ -549,10 +549,8 @@ def test_fast_op_compiles_without_graph_breaks_forward_and_backward():
 
 
 AOT_SCRIPT = r"""
-import json, os, re, subprocess, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import json
+from aot import stack_bytes
 import fast.holographic as fh
 
 
@@ -569,19 +567,8 @@ def usage(direction, BT):
                                                              ck="*fp32", do=bf, dht="*fp32", dap=bf, dam=bf, dqr=bf,
                                                              dqi=bf, dh0="*fp32")
         const = dict(BT=BT, BD=BD, HAS_DHT=True, STORE_DH0=True, FAST=True)
-    sig = dict(ptrs, stride_b="i32", stride_t="i32", stride_h="i32", T="i32", H="i32", D="i32")
-    sig.update({n: "constexpr" for n in const})
-    names = list(sig)
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
-             if sig[n].startswith("*") or n in ("stride_b", "stride_t", "D")}
-    kernel = triton.compile(ASTSource(kern.fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
-                            options=dict(num_warps=num_warps))
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-    return int(re.search(r"STACK:(\d+)", out).group(1))
+    sizes = dict(stride_b="i32", stride_t="i32", stride_h="i32", T="i32", H="i32", D="i32")
+    return stack_bytes(kern, dict(ptrs, **sizes), const, num_warps, aligned=("stride_b", "stride_t", "D"))
 
 
 print(json.dumps({f"{d}{BT}": usage(d, BT) for d in ("fwd", "bwd") for BT in (32, 64)}))

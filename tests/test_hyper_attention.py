@@ -505,38 +505,25 @@ def test_fast_op_compiles_fullgraph_forward_and_backward():
 # Run in a fresh process: under TRITON_INTERPRET=1 (this process) Triton is set up for the
 # interpreter and cannot feed the GPU compiler.
 AOT_SCRIPT = r"""
-import json, os, re, subprocess, tempfile
+import json
 import torch
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from aot import stack_bytes
 import fast.hyper_attention as fh
 
 I32 = {"perm_q", "perm_k", "smp_k", "smp_blk", "codes", "rank_q"}
 F32 = {"lse", "lse0", "delta", "dlse", "proj", "dk_part", "dv_part"}
 HALF = {"q", "k", "v", "o", "o0", "do", "dq", "dk", "dv", "x"}
+# As the JIT compiles them for bf16: 16-byte-aligned pointers, int32 sizes and strides.
+TYPES = dict(dict.fromkeys(I32, "*i32"), **dict.fromkeys(F32, "*fp32"), **dict.fromkeys(HALF, "*bf16"),
+             scale="fp32", log_w="fp32")
 
 
-def stack_bytes(kernel, consts, num_warps, num_stages):
-    # As the JIT compiles it for bf16: 16-byte-aligned pointers, int32 sizes and strides.
-    fn = kernel
-    while not isinstance(fn, triton.runtime.jit.JITFunction):
-        fn = fn.fn
-    sig = {n: "constexpr" if n in consts else "*i32" if n in I32 else "*fp32" if n in F32 else
-           "*bf16" if n in HALF else "fp32" if n in ("scale", "log_w") else "i32" for n in fn.arg_names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*")}
-    compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-    return int(re.search(r"STACK:(\d+)", usage).group(1))
+def spills(kernel, consts, num_warps, num_stages):
+    return stack_bytes(kernel, TYPES, consts, num_warps, num_stages, default="i32")
 
 
 out = {}
-out["lsh"] = stack_bytes(fh._hyper_attention_lsh_kernel, dict(K=64, R=8, BK=64, BR=16, BM=128), 4, 1)
+out["lsh"] = spills(fh._hyper_attention_lsh_kernel, dict(K=64, R=8, BK=64, BR=16, BM=128), 4, 1)
 for D in (64, 128):
     t = fh._tiles(D, D, torch.bfloat16)
     dims = dict(K=D, V=D, BK=t.BK, BV=t.BV, UPCAST=False)
@@ -544,13 +531,13 @@ for D in (64, 128):
     leaf = dict(GATHER=False, CAUSAL=True, BLOCK_MASK=False)
     for name, flags in (("hyper", hyper), ("leaf", leaf)):
         samples = name == "hyper"
-        out[f"fwd {name} D={D}"] = stack_bytes(fh._hyper_attention_fwd_kernel, dict(
+        out[f"fwd {name} D={D}"] = spills(fh._hyper_attention_fwd_kernel, dict(
             dims, BM=t.BM, BN=t.BN, SAMPLES=samples, INIT=samples, **flags), t.warps, t.stages)
-        out[f"dq {name} D={D}"] = stack_bytes(fh._hyper_attention_bwd_dq_kernel, dict(
+        out[f"dq {name} D={D}"] = spills(fh._hyper_attention_bwd_dq_kernel, dict(
             dims, BM=t.BM, BN=t.BN, SAMPLES=samples, **flags), t.warps, t.stages)
-        out[f"dkdv {name} D={D}"] = stack_bytes(fh._hyper_attention_bwd_dkdv_block_kernel, dict(
+        out[f"dkdv {name} D={D}"] = spills(fh._hyper_attention_bwd_dkdv_block_kernel, dict(
             dims, BM=t.BM1, BN=t.BN1, **flags), t.bwd_warps, t.stages)
-    out[f"dkdv samples D={D}"] = stack_bytes(fh._hyper_attention_bwd_dkdv_sample_kernel, dict(
+    out[f"dkdv samples D={D}"] = spills(fh._hyper_attention_bwd_dkdv_sample_kernel, dict(
         dims, BM=t.BM1, BN=t.BN1), t.bwd_warps, t.stages)
 print(json.dumps(out))
 """

@@ -669,10 +669,8 @@ def test_fast_layer_compiles_with_inductor():
 # Run in a fresh process: under TRITON_INTERPRET=1 (this process) Triton's own library is built for
 # the interpreter and cannot feed the GPU compiler.
 AOT_SCRIPT = r"""
-import json, os, re, subprocess, sys, tempfile
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import json
+import aot
 import fast.linear_attention as fl
 
 
@@ -681,26 +679,12 @@ def stack_bytes(normalize=False, augment=False, reverse=False, K=128, V=128):
     BK, BV, num_warps, num_stages = fl._tile_rule(K, V, 64, 2, normalize or augment)
     on = dict(h0=True, ht=True, z0=normalize, zt=normalize, den=normalize, a=augment, b=augment,
               u0=augment, ut=augment)
-    sig, const = {n: "*bf16" for n in ("q", "k", "v", "o")}, {}
-    for n, used in on.items():
-        sig[n] = "*fp32" if used else "constexpr"
-        if not used:
-            const[n] = None
-    sig.update(s_q="fp32", s_k="fp32", T="i32", H="i32")
+    types = dict({n: "*bf16" for n in ("q", "k", "v", "o")}, **{n: "*fp32" for n, used in on.items() if used},
+                 s_q="fp32", s_k="fp32", T="i32", H="i32")
+    const = {n: None for n, used in on.items() if not used}
     const.update(K=K, V=V, BT=64, BK=BK, BV=BV, EPS=1e-6, CAUSAL=True, REVERSE=reverse, HAS_H0=True,
                  STORE_HT=True, NORMALIZE=normalize, AUGMENT=augment)
-    sig.update({n: "constexpr" for n in const if n not in sig})
-    names = list(sig)
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if sig[n].startswith("*") or n == "H"}
-    src = ASTSource(fl._linear_attention_chunk_kernel.fn, sig, const, attrs)
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                            options=dict(num_warps=num_warps, num_stages=num_stages))
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-    return int(re.search(r"STACK:(\d+)", usage).group(1))
+    return aot.stack_bytes(fl._linear_attention_chunk_kernel, types, const, num_warps, num_stages, aligned=("H",))
 
 
 print(json.dumps(dict(plain=stack_bytes(), dk_normalized=stack_bytes(augment=True, reverse=True),

@@ -504,32 +504,18 @@ def test_fast_op_compiles_fullgraph_forward_and_backward():
 # Run in a fresh process: under TRITON_INTERPRET=1 (this process) Triton is set up for the
 # interpreter and cannot feed the GPU compiler.
 AOT_SCRIPT = r"""
-import json, os, re, subprocess, tempfile
+import json
 import torch
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from aot import stack_bytes
 import fast.sliding_window_attention as fw
 
 torch.cuda.get_device_capability = lambda device=None: (9, 0)  # the tile rule asks: an H100
 
 
-def stack_bytes(kernel, ptrs, consts, num_warps, num_stages):
-    # As the JIT compiles it for bf16 at the headline size: 16-byte-aligned pointers, H % 16 == 0.
-    fn = kernel
-    while not isinstance(fn, triton.runtime.jit.JITFunction):
-        fn = fn.fn
-    sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32" if n in ("T", "H", "W") else "fp32")
-           for n in fn.arg_names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names) if sig[n].startswith("*") or n == "H"}
-    compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=num_warps, num_stages=num_stages))
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-    return int(re.search(r"STACK:(\d+)", usage).group(1))
+def spills(kernel, ptrs, consts, num_warps, num_stages):
+    # As the JIT compiles it for bf16 at the headline size: i32 sizes, fp32 scalars, H % 16 == 0.
+    return stack_bytes(kernel, dict(ptrs, T="i32", H="i32", W="i32"), consts, num_warps, num_stages,
+                       default="fp32", aligned=("H",))
 
 
 bf, f32 = "*bf16", "*fp32"
@@ -541,13 +527,13 @@ for W in (64, 512):
     td = f"tensordesc<bf16[{t.BN},{t.BK}]>"
     for loops, tma in ((2, True), (2, False), (1, True), (3, False)):  # the op's path first
         kv = dict(k=td, v=td) if tma else {}
-        out[f"fwd{W}_loops{loops}_tma{int(tma)}"] = stack_bytes(
+        out[f"fwd{W}_loops{loops}_tma{int(tma)}"] = spills(
             fw._sliding_window_attention_chunk_fwd_kernel, dict(io, o=bf, **kv),
             dict(dims, BM=t.BM, BN=t.BN, LOOPS=loops, TMA=tma), t.warps, t.stages)
-    out[f"dkdv{W}"] = stack_bytes(fw._sliding_window_attention_chunk_bwd_dkdv_kernel, dict(io, do=bf, dk=bf, dv=bf),
-                                  dict(dims, BM=t.BM1, BN=t.BN1), t.bwd_warps, t.stages)
-    out[f"dq{W}"] = stack_bytes(fw._sliding_window_attention_chunk_bwd_dq_kernel, dict(io, do=bf, dq=bf),
-                                dict(dims, BM=t.BM2, BN=t.BN2), t.bwd_warps, t.stages)
+    out[f"dkdv{W}"] = spills(fw._sliding_window_attention_chunk_bwd_dkdv_kernel, dict(io, do=bf, dk=bf, dv=bf),
+                             dict(dims, BM=t.BM1, BN=t.BN1), t.bwd_warps, t.stages)
+    out[f"dq{W}"] = spills(fw._sliding_window_attention_chunk_bwd_dq_kernel, dict(io, do=bf, dq=bf),
+                           dict(dims, BM=t.BM2, BN=t.BN2), t.bwd_warps, t.stages)
 print(json.dumps(out))
 """
 

@@ -463,30 +463,14 @@ def test_fast_op_rejects_head_dims_above_256():
 
 
 AOT_SCRIPT = r"""
-import json, os, re, subprocess, sys, tempfile
-import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import json
+import torch
+from aot import stack_bytes
 import fast.softmax_attention as f
 
 torch.cuda.get_device_capability = lambda device=None: (9, 0)  # the tile rule as on an H100
 t = f._tiles(128, 128, torch.bfloat16, None)
-cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-
-
-def stack_bytes(kernel, types, const, warps, stages):
-    # As the JIT would compile it for bf16, K = V = 128, causal, 16-byte-aligned pointers.
-    sig = {n: ("constexpr" if n in const else types[n]) for n in kernel.arg_names}
-    attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in sig if sig[n].startswith("*")}
-    compiled = triton.compile(ASTSource(kernel, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
-                              options=dict(num_warps=warps, num_stages=stages))
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
-        fh.write(compiled.asm["cubin"])
-        fh.flush()
-        usage = subprocess.run([cuobjdump, "-res-usage", fh.name], capture_output=True, text=True).stdout
-    return int(re.search(r"STACK:(\d+)", usage).group(1))
-
-
+# As the JIT would compile them for bf16, K = V = 128, causal, 16-byte-aligned pointers.
 P, TD = "*bf16", f"tensordesc<bf16[{t.BN},{t.BK}]>"
 scalars = dict(H="i32", T="i32", TK="i32", scale="fp32")
 fwd = dict(K=128, V=128, BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN, CAUSAL=True, UPCAST=False)

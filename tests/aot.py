@@ -1,0 +1,53 @@
+"""Compile one Triton kernel for an H100 (sm_90) on a CPU and count its stack bytes (register spills).
+
+Imported by the AOT_SCRIPTs of the test files, which `strategies.run_aot_script` runs in a fresh
+Python with Triton's interpreter off and tests/ on the path (`from aot import stack_bytes`).
+Triton ships ptxas and cuobjdump, so no GPU and no CUDA toolkit are needed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+H100 = GPUTarget("cuda", 90, 32)
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+
+
+def jit_function(kernel):
+    """The `@triton.jit` function under any `@triton.autotune` / `@triton.heuristics` wrappers."""
+    while not isinstance(kernel, triton.runtime.jit.JITFunction):
+        kernel = kernel.fn
+    return kernel
+
+
+def stack_bytes(kernel, types: dict[str, str], consts: dict, num_warps: int, num_stages: int | None = None, *,
+                default: str | None = None, aligned: tuple[str, ...] = ()) -> int:
+    """Compile `kernel` for sm_90 as the JIT would and return the STACK bytes cuobjdump reports
+    (0: no register spills).
+
+    types:   the Triton type ("*bf16", "i32", "fp32", "tensordesc<...>") of each argument not in
+             `consts`, by name; `default` types those it leaves out (None: it must name them all).
+    consts:  the constexpr arguments and their values.
+    aligned: arguments besides the pointers (a size, a stride) marked divisible by 16; every
+             pointer is, as the JIT specialises 16-byte-aligned pointers.
+    The signature lists the arguments in the kernel's order. `num_stages=None`: Triton's default.
+    """
+    fn = jit_function(kernel)
+    sig = {n: "constexpr" if n in consts else types[n] if default is None else types.get(n, default)
+           for n in fn.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
+             if sig[n].startswith("*") or n in aligned}
+    options = dict(num_warps=num_warps) if num_stages is None else dict(num_warps=num_warps, num_stages=num_stages)
+    compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=H100, options=options)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True).stdout
+    return int(re.search(r"STACK:(\d+)", usage).group(1))
