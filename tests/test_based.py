@@ -519,7 +519,7 @@ shape = dict(K=16, V=128, M=273, BT=BT, BK=BK, BV=BV, CAUSAL=True, NORMALIZE=Tru
 fwd_consts = dict(h0=None, ht=None, z0=None, zt=None, EPS=1e-6, HAS_H0=False, STORE_HT=False, PREC="tf32", **shape)
 out = dict(
     fwd=spills(fb._based_chunk_fwd_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32),
-               dict(FEAT_DOT=fb.FEATURES_BY_DOT, **fwd_consts), fb.FWD_WARPS, stages),
+               dict(FEAT_DOT=fb.FEATURES_BY_DOT, **fwd_consts), fb._tile_rule(128, 64, forward=True)[3], stages),
     fwd_8_warps=spills(fb._based_chunk_fwd_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32),
                        dict(FEAT_DOT=fb.FEATURES_BY_DOT, **fwd_consts), warps, stages),
     fwd_other=spills(fb._based_chunk_fwd_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32),
