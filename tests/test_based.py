@@ -24,6 +24,7 @@ from hypothesis import assume, given, settings, strategies as st
 
 from strategies import (run_aot_script, TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol,
                         grads, has_cuda, interpreting, randn, seeds, shapes, tol_for)
+import layer_cases as cases
 import zoo.based as zb
 import fast.based as fb
 
@@ -226,26 +227,14 @@ def test_fast_gradients_equal_zoo_in_float32(shape, causal, normalize, with_stat
 @pytest.mark.parametrize("dtype,T,causal", [(torch.bfloat16, 1000, True), (torch.float16, 333, False)])
 def test_fast_gradients_equal_zoo_in_half_precision_on_gpu(dtype, T, causal):
     inputs, cot = _grad_case(21, Shape(2, T, 3, 16, 64), dtype, "cuda", True)
-    inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
-    ref = grads(_with_state(zb.based_parallel, causal=causal), inputs64, cot)
-    got = grads(_with_state(fb.based_chunk, causal=causal), inputs, cot)
-    for n in ref:
-        assert got[n].dtype == inputs[n].dtype
-        assert_close(got[n], ref[n], grad_tol(tol_for(dtype, "cuda")), f"d{n}")
+    cases.assert_fast_gradients_equal_zoo(_with_state(zb.based_parallel, causal=causal),
+                                          _with_state(fb.based_chunk, causal=causal), inputs, cot, dtype)
 
 
 @pytest.mark.gpu
 def test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu():
-    torch.manual_seed(0)
-    ref = zb.BasedLinearAttention(256, 4).cuda()
-    fast = fb.BasedLinearAttention(256, 4).cuda()
-    fast.load_state_dict(ref.state_dict())
-    x = randn(1, 2, 300, 256, dtype=torch.float32, device="cuda")
-    dy = randn(2, 2, 300, 256, dtype=torch.float32, device="cuda")
-    (ref(x) * dy).sum().backward()
-    (fast(x) * dy).sum().backward()
-    for (n, p), (_, pf) in zip(ref.named_parameters(), fast.named_parameters()):
-        assert_close(pf.grad, p.grad, grad_tol(TOL["f32-gpu"]), n)
+    cases.assert_fast_layer_gradients_equal_zoo_layer(
+        lambda: zb.BasedLinearAttention(256, 4), lambda: fb.BasedLinearAttention(256, 4))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,9 +244,7 @@ def test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu():
 def test_future_tokens_do_not_change_the_past(shape, t, seed):
     t = min(t, shape.T - 1)
     q, k, v = qkv(seed, shape)
-    q2, k2, v2 = (x.clone() for x in (q, k, v))
-    for x in (q2, k2, v2):
-        x[:, t + 1:] = randn(seed + 7, *x[:, t + 1:].shape)
+    q2, k2, v2 = cases.with_future_replaced((q, k, v), t, lambda shape: randn(seed + 7, *shape))
     for name, op in FORMS.items():
         o, o2 = op(q, k, v)[0], op(q2, k2, v2)[0]
         assert torch.equal(o[:, :t + 1], o2[:, :t + 1]), name
@@ -266,9 +253,7 @@ def test_future_tokens_do_not_change_the_past(shape, t, seed):
 def test_fast_future_tokens_do_not_change_the_past():
     dev, t = device(), 20
     q, k, v = qkv(9, Shape(1, 45, 2, 16, 8), dtype=torch.float32, device=dev)
-    q2, k2, v2 = (x.clone() for x in (q, k, v))
-    for x in (q2, k2, v2):
-        x[:, t + 1:] = 3.0  # large, so a leak would move the prefix
+    q2, k2, v2 = cases.with_future_replaced((q, k, v), t, 3.0)  # large, so a leak would move the prefix
     for op in (lambda *a: fb.based_chunk(*a, chunk_size=16)[0], lambda *a: fb.based_recurrent(*a)[0]):
         o, o2 = op(q, k, v), op(q2, k2, v2)
         assert torch.equal(o[:, :t + 1], o2[:, :t + 1])
@@ -297,36 +282,14 @@ def test_two_chained_calls_equal_one_call(shape, split, seed):
 @given(T=st.integers(1, 20), t=st.integers(0, 20), form=st.sampled_from(["chunk", "recurrent", "parallel"]),
        seed=seeds)
 def test_prefill_then_decode_equals_forward(T, t, form, seed):
-    t = min(t, T)
-    torch.manual_seed(seed % 1000)
-    layer = zb.BasedLinearAttention(12, 3, feature_dim=3, form=form).double()
-    x = randn(seed, 2, T, 12)
-    y_ref = layer(x)
-    ys, cache = [], None
-    if t:
-        y, cache = layer.prefill(x[:, :t])
-        ys.append(y)
-    for i in range(t, T):
-        y_i, cache = layer.step(x[:, i], cache)
-        ys.append(y_i[:, None])
-    assert_close(torch.cat(ys, 1), y_ref, TOL["f64"], "y")
+    layer, cache = cases.assert_prefill_then_decode_equals_forward(
+        lambda: zb.BasedLinearAttention(12, 3, feature_dim=3, form=form), T, t, seed)
     assert cache["kv"].shape == (2, 3, 13, 4) and cache["k_state"].shape == (2, 3, 13)
     assert cache["kv"].numel() + cache["k_state"].numel() == 2 * layer.state_size(T)  # B = 2
 
 
 def test_fast_layer_decodes_like_its_forward():
-    dev = device()
-    torch.manual_seed(0)
-    layer = fb.BasedLinearAttention(32, 2, feature_dim=16).to(dev)
-    x = randn(0, 1, 20, 32, dtype=torch.float32, device=dev)
-    with torch.no_grad():
-        y_ref = layer(x)
-        y, cache = layer.prefill(x[:, :13])
-        ys = [y]
-        for i in range(13, 20):
-            y_i, cache = layer.step(x[:, i], cache)
-            ys.append(y_i[:, None])
-    assert_close(torch.cat(ys, 1), y_ref, tol_for(torch.float32, dev), "y")
+    cases.assert_fast_layer_decodes_like_its_forward(lambda: fb.BasedLinearAttention(32, 2, feature_dim=16))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -470,15 +433,8 @@ def test_forms_compile_fullgraph_with_aot_eager(name):
 
 
 def test_layer_compiles_fullgraph_with_aot_eager_forward_and_step():
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    layer = zb.BasedLinearAttention(16, 2, feature_dim=4)
-    x = randn(0, 2, 19, 16, dtype=torch.float32)
-    y = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
-    assert_close(y, layer(x), TOL["f32-interpret"], "forward")
-    _, cache = layer.prefill(x[:, :18])
-    y_t, _ = torch.compile(layer.step, fullgraph=True, backend="aot_eager")(x[:, 18], cache)
-    assert_close(y_t, layer(x)[:, 18], TOL["f32-interpret"], "step")
+    cases.assert_layer_compiles_fullgraph_with_aot_eager_forward_and_step(
+        lambda: zb.BasedLinearAttention(16, 2, feature_dim=4))
 
 
 def test_chunk_form_compiles_with_inductor():
@@ -492,11 +448,8 @@ def test_fast_op_compiles_fullgraph_forward_and_backward():
     torch._dynamo.reset()
     dev = device()
     inputs, cot = _grad_case(2, Shape(1, 20, 2, 16, 16), torch.float32, dev, True)
-    compiled = torch.compile(fb.based_chunk, fullgraph=True, backend="aot_eager")
-    got = grads(_with_state(compiled, chunk_size=16), inputs, cot)
-    ref = grads(_with_state(fb.based_chunk, chunk_size=16), inputs, cot)
-    for n in ref:
-        assert_close(got[n], ref[n], TOL["f32-interpret"], f"d{n}")
+    cases.assert_compiled_op_gradients_equal_eager(fb.based_chunk, lambda op: _with_state(op, chunk_size=16),
+                                                   inputs, cot)
 
 
 # Run in a fresh process: under TRITON_INTERPRET=1 (this process) Triton is set up for the

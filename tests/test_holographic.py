@@ -25,6 +25,7 @@ from hypothesis import given, settings, strategies as st
 
 from strategies import (run_aot_script, TOL, Shape, assert_close, edge_examples, grad_tol, grads, has_cuda, rand, randn, seeds,
                         shapes, tol_for)
+import layer_cases as cases
 import zoo.holographic as zh
 import fast.holographic as fh
 
@@ -270,19 +271,8 @@ def test_two_chained_calls_equal_one_call(shape, split, with_state, L, seed):
 @given(T=st.integers(1, 20), t=st.integers(0, 20), form=st.sampled_from(["chunk", "recurrent", "parallel"]),
        seed=seeds)
 def test_prefill_then_decode_equals_forward(T, t, form, seed):
-    t = min(t, T)
-    torch.manual_seed(seed % 1000)
-    m = zh.LongAttention(12, 2, hd_dim=10, form=form).double()
-    x = randn(seed, 2, T, 12)
-    y = m(x)
-    outs, cache = [], None
-    if t:
-        y0, cache = m.prefill(x[:, :t])
-        outs.append(y0)
-    for i in range(t, T):
-        yi, cache = m.step(x[:, i], cache)
-        outs.append(yi[:, None])
-    assert_close(torch.cat(outs, 1), y, TOL["f64"], "decoded y")
+    _, cache = cases.assert_prefill_then_decode_equals_forward(
+        lambda: zh.LongAttention(12, 2, hd_dim=10, form=form), T, t, seed, what="decoded y")
     assert torch.equal(cache["t"], torch.full((2,), T))
 
 
@@ -312,12 +302,8 @@ def test_fast_chained_calls_equal_one_call_and_the_fast_layer_decodes_like_the_z
     fast.load_state_dict(ref.state_dict())
     x = torch.randn(2, 23, 12)
     assert_close(fast(x), ref(x), TOL["f32-interpret"], "fast layer")
-    y, cache = fast.prefill(x[:, :15])
-    ys = [y]
-    for i in range(15, 23):
-        yi, cache = fast.step(x[:, i], cache)
-        ys.append(yi[:, None])
-    assert_close(torch.cat(ys, 1), ref(x), TOL["f32-interpret"], "fast prefill + zoo-recurrent steps")
+    y, _ = cases.decode(fast, x, 15)
+    assert_close(y, ref(x), TOL["f32-interpret"], "fast prefill + zoo-recurrent steps")
 
 
 # ------------------------------------------------------------------------------------------------

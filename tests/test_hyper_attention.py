@@ -26,6 +26,7 @@ from hypothesis import given, settings, strategies as st
 
 from strategies import (run_aot_script, TOL, Shape, assert_close, device, edge_examples, grad_tol, grads, has_cuda,
                         interpreting, randn, rel_rms, seeds, shapes, tol_for)
+import layer_cases as cases
 import zoo.hyper_attention as zh
 import fast.hyper_attention as fh
 
@@ -493,13 +494,8 @@ def test_fast_op_compiles_fullgraph_forward_and_backward():
     cot = [randn(3, *v.shape, dtype=torch.float32, device=dev), randn(4, 1, 40, 2, dtype=torch.float32, device=dev)]
     kw = dict(proj=proj_for(8, 3, dtype=torch.float32), causal=True, block_size=16, sample_size=8,
               min_seq_len=8, return_lse=True)
-    compiled = torch.compile(fh.hyper_attention_chunk, fullgraph=True, backend="aot_eager")
-    torch.manual_seed(0)
-    got = grads(lambda **a: compiled(**a, **kw), inputs, cot)
-    torch.manual_seed(0)
-    ref = grads(lambda **a: fh.hyper_attention_chunk(**a, **kw), inputs, cot)
-    for n in ref:
-        assert_close(got[n], ref[n], TOL["f32-interpret"], f"d{n}")
+    cases.assert_compiled_op_gradients_equal_eager(fh.hyper_attention_chunk, lambda op: lambda **a: op(**a, **kw),
+                                                   inputs, cot, seed=0)
 
 
 # Run in a fresh process: under TRITON_INTERPRET=1 (this process) Triton is set up for the

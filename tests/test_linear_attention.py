@@ -26,6 +26,7 @@ from hypothesis import given, settings, strategies as st
 
 from strategies import (run_aot_script, TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol, grads, has_cuda,
                         interpreting, rand, randn, seeds, shapes, tol_for)
+import layer_cases as cases
 import zoo.linear_attention as zla
 import fast.linear_attention as fla_fast
 
@@ -318,26 +319,15 @@ def test_fast_takes_non_contiguous_inputs_forward_and_backward():
 @pytest.mark.parametrize("dtype,D,T,causal,normalize", [c for c in HALF_CASES if c[2] != 1])
 def test_fast_gradients_equal_zoo_in_half_precision_on_gpu(dtype, D, T, causal, normalize):
     inputs, cot = _grad_case(21, Shape(2, T, 3, D, D), normalize, True, dtype=dtype, dev="cuda")
-    inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
-    ref = grads(_as_op(zla.linear_attention_chunk, normalize, causal=causal), inputs64, cot)
-    got = grads(_as_op(fla_fast.linear_attention_chunk, normalize, causal=causal), inputs, cot)
-    for n in ref:
-        assert got[n].dtype == inputs[n].dtype
-        assert_close(got[n], ref[n], grad_tol(tol_for(dtype, "cuda")), f"d{n}")
+    cases.assert_fast_gradients_equal_zoo(_as_op(zla.linear_attention_chunk, normalize, causal=causal),
+                                          _as_op(fla_fast.linear_attention_chunk, normalize, causal=causal),
+                                          inputs, cot, dtype)
 
 
 @pytest.mark.gpu
 def test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu():
-    torch.manual_seed(0)
-    ref = zla.LinearAttention(256, 2).cuda()
-    fast = fla_fast.LinearAttention(256, 2).cuda()
-    fast.load_state_dict(ref.state_dict())
-    x = randn(1, 2, 300, 256, dtype=torch.float32, device="cuda")
-    dy = randn(2, 2, 300, 256, dtype=torch.float32, device="cuda")
-    (ref(x) * dy).sum().backward()
-    (fast(x) * dy).sum().backward()
-    for (n, p), (_, pf) in zip(ref.named_parameters(), fast.named_parameters()):
-        assert_close(pf.grad, p.grad, grad_tol(TOL["f32-gpu"]), n)
+    cases.assert_fast_layer_gradients_equal_zoo_layer(
+        lambda: zla.LinearAttention(256, 2), lambda: fla_fast.LinearAttention(256, 2))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,9 +337,7 @@ def test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu():
 def test_future_tokens_do_not_change_the_past(shape, t, normalize, seed):
     t = min(t, shape.T - 1)
     q, k, v = qkv(seed, shape)
-    q2, k2, v2 = (x.clone() for x in (q, k, v))
-    for x in (q2, k2, v2):
-        x[:, t + 1:] = randn(seed + 7, *x[:, t + 1:].shape).abs()
+    q2, k2, v2 = cases.with_future_replaced((q, k, v), t, lambda shape: randn(seed + 7, *shape).abs())
     for op in FORMS:
         kw = dict(normalize=normalize, chunk_size=16) if op is zla.linear_attention_chunk else dict(normalize=normalize)
         o, o2 = op(q, k, v, **kw)[0], op(q2, k2, v2, **kw)[0]
@@ -360,9 +348,7 @@ def test_future_tokens_do_not_change_the_past(shape, t, normalize, seed):
 def test_fast_future_tokens_do_not_change_the_past(op):
     dev, s, t = device(), Shape(1, 45, 2, 16, 8), 20
     q, k, v = qkv(9, s, dtype=torch.float32, device=dev)
-    q2, k2, v2 = (x.clone() for x in (q, k, v))
-    for x in (q2, k2, v2):
-        x[:, t + 1:] = 100.0  # large, so a leak would move the prefix
+    q2, k2, v2 = cases.with_future_replaced((q, k, v), t, 100.0)  # large, so a leak would move the prefix
     o, o2 = op(q, k, v, normalize=False)[0], op(q2, k2, v2, normalize=False)[0]
     assert torch.equal(o[:, :t + 1], o2[:, :t + 1])
     assert not torch.equal(o[:, t + 1:], o2[:, t + 1:])  # and the perturbation was seen
@@ -423,19 +409,8 @@ def test_fast_chained_calls_equal_one_call(shape, split, normalize, seed):
 @given(T=st.integers(1, 24), t=st.integers(0, 24), form=st.sampled_from(["chunk", "recurrent", "parallel"]),
        seed=seeds)
 def test_prefill_then_decode_equals_forward(T, t, form, seed):
-    t = min(t, T)
-    torch.manual_seed(seed % 1000)
-    layer = zla.LinearAttention(12, 3, form=form).double()
-    x = randn(seed, 2, T, 12)
-    y_ref = layer(x)
-    ys, cache = [], None
-    if t:
-        y, cache = layer.prefill(x[:, :t])
-        ys.append(y)
-    for i in range(t, T):
-        y_i, cache = layer.step(x[:, i], cache)
-        ys.append(y_i[:, None])
-    assert_close(torch.cat(ys, 1), y_ref, TOL["f64"], "y")
+    layer, cache = cases.assert_prefill_then_decode_equals_forward(
+        lambda: zla.LinearAttention(12, 3, form=form), T, t, seed)
     assert cache["S"].shape == (2, 3, 4, 4) and cache["z"].shape == (2, 3, 4)
     assert cache["S"].numel() + cache["z"].numel() == 2 * layer.state_size(T)  # per sequence, B = 2
 
@@ -450,12 +425,8 @@ def test_fast_layer_decodes_like_its_forward_and_like_the_zoo_layer():
     with torch.no_grad():
         y_ref = layer(x)
         assert_close(y_ref, ref(x), tol_for(torch.float32, dev), "fast layer vs zoo layer")
-        y, cache = layer.prefill(x[:, :13])
-        ys = [y]
-        for i in range(13, 20):
-            y_i, cache = layer.step(x[:, i], cache)
-            ys.append(y_i[:, None])
-    assert_close(torch.cat(ys, 1), y_ref, tol_for(torch.float32, dev), "y")
+        y, _ = cases.decode(layer, x, 13)
+    assert_close(y, y_ref, tol_for(torch.float32, dev), "y")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from hypothesis import assume, given, settings, strategies as st
 
 from strategies import (run_aot_script, TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol,
                         grads, has_cuda, interpreting, randn, seeds, shapes, tol_for)
+import layer_cases as cases
 import zoo.sliding_window_attention as zw
 import fast.sliding_window_attention as fw
 
@@ -174,12 +175,8 @@ HALF_CASES = [(torch.bfloat16, 128, 1, 64), (torch.bfloat16, 128, 1000, 64), (to
 @pytest.mark.parametrize("dtype,D,T,window", HALF_CASES)
 def test_fast_equals_zoo_in_half_precision_on_gpu(dtype, D, T, window):
     q, k, v = qkv(11, Shape(2, T, 3, D, D), dtype=dtype, device="cuda")
-    o_ref, lse_ref = zw.sliding_window_attention_parallel(q.double(), k.double(), v.double(), window=window,
-                                                          return_lse=True)
-    o, lse = fw.sliding_window_attention_chunk(q, k, v, window=window, return_lse=True)
-    assert o.dtype == dtype and lse.dtype == torch.float32
-    assert_close(o, o_ref, tol_for(dtype, "cuda"), "o")
-    assert_close(lse, lse_ref, tol_for(torch.float32, "cuda"), "lse")
+    cases.assert_fast_o_and_lse_equal_zoo(zw.sliding_window_attention_parallel, fw.sliding_window_attention_chunk,
+                                          q, k, v, window=window)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -217,28 +214,16 @@ def test_fast_gradients_equal_zoo_in_float32(shape, window, with_lse, seed):
 def test_fast_gradients_equal_zoo_in_half_precision_on_gpu(dtype, D, T, window):
     q, k, v = qkv(21, Shape(2, T, 3, D, D), dtype=dtype, device="cuda")
     inputs = dict(q=q.requires_grad_(), k=k.requires_grad_(), v=v.requires_grad_())
-    inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
     cot = [randn(3, *v.shape, dtype=dtype, device="cuda"), randn(4, *q.shape[:3], dtype=torch.float32, device="cuda")]
     kw = dict(window=window, return_lse=True)
-    ref = grads(lambda **a: zw.sliding_window_attention_parallel(**a, **kw), inputs64, cot)
-    got = grads(lambda **a: fw.sliding_window_attention_chunk(**a, **kw), inputs, cot)
-    for n in ref:
-        assert got[n].dtype == dtype
-        assert_close(got[n], ref[n], grad_tol(tol_for(dtype, "cuda")), f"d{n}")
+    cases.assert_fast_gradients_equal_zoo(lambda **a: zw.sliding_window_attention_parallel(**a, **kw),
+                                          lambda **a: fw.sliding_window_attention_chunk(**a, **kw), inputs, cot, dtype)
 
 
 @pytest.mark.gpu
 def test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu():
-    torch.manual_seed(0)
-    ref = zw.SlidingWindowAttention(256, 2, window=100).cuda()
-    fast = fw.SlidingWindowAttention(256, 2, window=100).cuda()
-    fast.load_state_dict(ref.state_dict())
-    x = randn(1, 2, 300, 256, dtype=torch.float32, device="cuda")
-    dy = randn(2, 2, 300, 256, dtype=torch.float32, device="cuda")
-    (ref(x) * dy).sum().backward()
-    (fast(x) * dy).sum().backward()
-    for (n, p), (_, pf) in zip(ref.named_parameters(), fast.named_parameters()):
-        assert_close(pf.grad, p.grad, grad_tol(TOL["f32-gpu"]), n)
+    cases.assert_fast_layer_gradients_equal_zoo_layer(
+        lambda: zw.SlidingWindowAttention(256, 2, window=100), lambda: fw.SlidingWindowAttention(256, 2, window=100))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,9 +233,7 @@ def test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu():
 def test_future_tokens_do_not_change_the_past(shape, window, t, seed):
     t = min(t, shape.T - 1)
     q, k, v = qkv(seed, shape)
-    q2, k2, v2 = (x.clone() for x in (q, k, v))
-    for x in (q2, k2, v2):
-        x[:, t + 1:] = randn(seed + 7, *x[:, t + 1:].shape)
+    q2, k2, v2 = cases.with_future_replaced((q, k, v), t, lambda shape: randn(seed + 7, *shape))
     for op in (zw.sliding_window_attention_parallel,
                lambda *a, **kw: zw.sliding_window_attention_chunk(*a, chunk_size=16, **kw),
                lambda *a, **kw: zw.sliding_window_attention_recurrent(*a, **kw)[0]):
@@ -261,9 +244,7 @@ def test_future_tokens_do_not_change_the_past(shape, window, t, seed):
 def test_fast_future_tokens_do_not_change_the_past():
     dev, t = device(), 40
     q, k, v = qkv(9, Shape(1, 75, 2, 16, 8), dtype=torch.float32, device=dev)
-    q2, k2, v2 = (x.clone() for x in (q, k, v))
-    for x in (q2, k2, v2):
-        x[:, t + 1:] = 100.0  # large, so a leak would move the prefix
+    q2, k2, v2 = cases.with_future_replaced((q, k, v), t, 100.0)  # large, so a leak would move the prefix
     o, o2 = (fw.sliding_window_attention_chunk(*a, window=20) for a in ((q, k, v), (q2, k2, v2)))
     assert torch.equal(o[:, :t + 1], o2[:, :t + 1])
     assert not torch.equal(o[:, t + 1:], o2[:, t + 1:])  # and the perturbation was seen
@@ -291,19 +272,8 @@ def test_two_chained_recurrent_calls_equal_one_call(shape, window, split, seed):
 @given(T=st.integers(1, 24), t=st.integers(0, 24), window=st.sampled_from([1, 4, 9, 30]),
        form=st.sampled_from(["chunk", "recurrent", "parallel"]), seed=seeds)
 def test_prefill_then_decode_equals_forward(T, t, window, form, seed):
-    t = min(t, T)
-    torch.manual_seed(seed % 1000)
-    layer = zw.SlidingWindowAttention(12, 3, window=window, form=form).double()
-    x = randn(seed, 2, T, 12)
-    y_ref = layer(x)
-    ys, cache = [], None
-    if t:
-        y, cache = layer.prefill(x[:, :t])
-        ys.append(y)
-    for i in range(t, T):
-        y_i, cache = layer.step(x[:, i], cache)
-        ys.append(y_i[:, None])
-    assert_close(torch.cat(ys, 1), y_ref, TOL["f64"], "y")
+    layer, cache = cases.assert_prefill_then_decode_equals_forward(
+        lambda: zw.SlidingWindowAttention(12, 3, window=window, form=form), T, t, seed)
     assert cache["k"].shape == (2, window, 3, 4) and int(cache["pos"]) == T
     assert (cache["k"].numel() + cache["v"].numel()) // 2 + 1 == layer.state_size(T)  # per sequence (B = 2), + pos
 
@@ -314,18 +284,7 @@ def test_state_size_does_not_grow_with_T():
 
 
 def test_fast_layer_decodes_like_its_forward():
-    dev = device()
-    torch.manual_seed(0)
-    layer = fw.SlidingWindowAttention(32, 2, window=6).to(dev)
-    x = randn(0, 1, 20, 32, dtype=torch.float32, device=dev)
-    with torch.no_grad():
-        y_ref = layer(x)
-        y, cache = layer.prefill(x[:, :13])
-        ys = [y]
-        for i in range(13, 20):
-            y_i, cache = layer.step(x[:, i], cache)
-            ys.append(y_i[:, None])
-    assert_close(torch.cat(ys, 1), y_ref, tol_for(torch.float32, dev), "y")
+    cases.assert_fast_layer_decodes_like_its_forward(lambda: fw.SlidingWindowAttention(32, 2, window=6))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -470,15 +429,8 @@ def test_forms_compile_fullgraph_with_aot_eager(name):
 
 
 def test_layer_compiles_fullgraph_with_aot_eager_forward_and_step():
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    layer = zw.SlidingWindowAttention(16, 2, window=5)
-    x = randn(0, 2, 19, 16, dtype=torch.float32)
-    y = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
-    assert_close(y, layer(x), TOL["f32-interpret"], "forward")
-    _, cache = layer.prefill(x[:, :18])
-    y_t, _ = torch.compile(layer.step, fullgraph=True, backend="aot_eager")(x[:, 18], cache)
-    assert_close(y_t, layer(x)[:, 18], TOL["f32-interpret"], "step")
+    cases.assert_layer_compiles_fullgraph_with_aot_eager_forward_and_step(
+        lambda: zw.SlidingWindowAttention(16, 2, window=5))
 
 
 def test_chunk_form_compiles_with_inductor():
@@ -494,11 +446,8 @@ def test_fast_op_compiles_fullgraph_forward_and_backward():
     q, k, v = qkv(2, Shape(1, 40, 2, 16, 16), dtype=torch.float32, device=dev)
     inputs = dict(q=q.requires_grad_(), k=k.requires_grad_(), v=v.requires_grad_())
     cot = [randn(3, *v.shape, dtype=torch.float32, device=dev), randn(4, 1, 40, 2, dtype=torch.float32, device=dev)]
-    compiled = torch.compile(fw.sliding_window_attention_chunk, fullgraph=True, backend="aot_eager")
-    got = grads(lambda **a: compiled(**a, window=9, return_lse=True), inputs, cot)
-    ref = grads(lambda **a: fw.sliding_window_attention_chunk(**a, window=9, return_lse=True), inputs, cot)
-    for n in ref:
-        assert_close(got[n], ref[n], TOL["f32-interpret"], f"d{n}")
+    cases.assert_compiled_op_gradients_equal_eager(
+        fw.sliding_window_attention_chunk, lambda op: lambda **a: op(**a, window=9, return_lse=True), inputs, cot)
 
 
 # Run in a fresh process: under TRITON_INTERPRET=1 (this process) Triton is set up for the

@@ -23,6 +23,7 @@ from hypothesis import given, settings, strategies as st
 
 from strategies import (run_aot_script, TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol,
                         grads, randn, seeds, shapes, tol_for)
+import layer_cases as cases
 import zoo.softmax_attention as zsa
 import fast.softmax_attention as fsa
 
@@ -146,12 +147,8 @@ HALF_CASES = [(dt, D, T, causal) for dt in (torch.float16, torch.bfloat16) for D
 @pytest.mark.parametrize("dtype,D,T,causal", HALF_CASES)
 def test_fast_equals_zoo_in_half_precision_on_gpu(dtype, D, T, causal):
     q, k, v = qkv(11, Shape(2, T, 3, D, D), dtype=dtype, device="cuda")
-    o_ref, lse_ref = zsa.softmax_attention_parallel(q.double(), k.double(), v.double(), causal=causal,
-                                                    return_lse=True)
-    o, lse = fsa.softmax_attention_chunk(q, k, v, causal=causal, return_lse=True)
-    assert o.dtype == dtype and lse.dtype == torch.float32
-    assert_close(o, o_ref, tol_for(dtype, "cuda"), "o")
-    assert_close(lse, lse_ref, tol_for(torch.float32, "cuda"), "lse")  # lse is stored in fp32
+    cases.assert_fast_o_and_lse_equal_zoo(zsa.softmax_attention_parallel, fsa.softmax_attention_chunk, q, k, v,
+                                          causal=causal)
 
 
 @pytest.mark.gpu
@@ -197,14 +194,10 @@ def test_fast_gradients_equal_zoo_in_float32(shape, causal, seed, with_lse):
     dev = device()
     inputs, (do, dlse) = _grad_inputs(seed, shape, torch.float32, dev)
     cot = [do, dlse] if with_lse else [do]
-    inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
-    ref = grads(lambda **a: zsa.softmax_attention_parallel(**a, causal=causal, return_lse=with_lse),
-                inputs64, cot)
-    got = grads(lambda **a: fsa.softmax_attention_chunk(**a, causal=causal, return_lse=with_lse),
-                inputs, cot)
-    for n in ref:
-        assert got[n].dtype == torch.float32
-        assert_close(got[n], ref[n], grad_tol(tol_for(torch.float32, dev)), f"d{n}")
+    kw = dict(causal=causal, return_lse=with_lse)
+    cases.assert_fast_gradients_equal_zoo(lambda **a: zsa.softmax_attention_parallel(**a, **kw),
+                                          lambda **a: fsa.softmax_attention_chunk(**a, **kw), inputs, cot,
+                                          torch.float32)
 
 
 def test_fast_gradients_with_fewer_queries_than_keys_and_unequal_head_dims():
@@ -221,26 +214,15 @@ def test_fast_gradients_with_fewer_queries_than_keys_and_unequal_head_dims():
 @pytest.mark.parametrize("dtype,D,T,causal", [c for c in HALF_CASES if c[2] != 333])
 def test_fast_gradients_equal_zoo_in_half_precision_on_gpu(dtype, D, T, causal):
     inputs, cot = _grad_inputs(21, Shape(2, T, 3, D, D), dtype, "cuda")
-    inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
-    ref = grads(lambda **a: zsa.softmax_attention_parallel(**a, causal=causal, return_lse=True), inputs64, cot)
-    got = grads(lambda **a: fsa.softmax_attention_chunk(**a, causal=causal, return_lse=True), inputs, cot)
-    for n in ref:
-        assert got[n].dtype == dtype
-        assert_close(got[n], ref[n], grad_tol(tol_for(dtype, "cuda")), f"d{n}")
+    kw = dict(causal=causal, return_lse=True)
+    cases.assert_fast_gradients_equal_zoo(lambda **a: zsa.softmax_attention_parallel(**a, **kw),
+                                          lambda **a: fsa.softmax_attention_chunk(**a, **kw), inputs, cot, dtype)
 
 
 @pytest.mark.gpu
 def test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu():
-    torch.manual_seed(0)
-    ref = zsa.SoftmaxAttention(256, 2).cuda()
-    fast = fsa.SoftmaxAttention(256, 2).cuda()
-    fast.load_state_dict(ref.state_dict())
-    x = randn(1, 2, 300, 256, dtype=torch.float32, device="cuda")
-    dy = randn(2, 2, 300, 256, dtype=torch.float32, device="cuda")
-    (ref(x) * dy).sum().backward()
-    (fast(x) * dy).sum().backward()
-    for (n, p), (_, pf) in zip(ref.named_parameters(), fast.named_parameters()):
-        assert_close(pf.grad, p.grad, grad_tol(TOL["f32-gpu"]), n)
+    cases.assert_fast_layer_gradients_equal_zoo_layer(
+        lambda: zsa.SoftmaxAttention(256, 2), lambda: fsa.SoftmaxAttention(256, 2))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,9 +232,7 @@ def test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu():
 def test_future_tokens_do_not_change_the_past(shape, t, seed):
     t = min(t, shape.T - 1)
     q, k, v = qkv(seed, shape)
-    q2, k2, v2 = (x.clone() for x in (q, k, v))
-    for x in (q2, k2, v2):
-        x[:, t + 1:] = randn(seed + 7, *x[:, t + 1:].shape)
+    q2, k2, v2 = cases.with_future_replaced((q, k, v), t, lambda shape: randn(seed + 7, *shape))
     for op in (zsa.softmax_attention_parallel, zsa.softmax_attention_chunk):
         o, lse = op(q, k, v, return_lse=True)
         o2, lse2 = op(q2, k2, v2, return_lse=True)
@@ -263,9 +243,7 @@ def test_future_tokens_do_not_change_the_past(shape, t, seed):
 def test_fast_future_tokens_do_not_change_the_past():
     dev, s, t = device(), Shape(1, 45, 2, 16, 8), 20
     q, k, v = qkv(9, s, dtype=torch.float32, device=dev)
-    q2, k2, v2 = (x.clone() for x in (q, k, v))
-    for x in (q2, k2, v2):
-        x[:, t + 1:] = 100.0  # large, so a leak would move the prefix
+    q2, k2, v2 = cases.with_future_replaced((q, k, v), t, 100.0)  # large, so a leak would move the prefix
     o, o2 = fsa.softmax_attention_chunk(q, k, v), fsa.softmax_attention_chunk(q2, k2, v2)
     assert torch.equal(o[:, :t + 1], o2[:, :t + 1])
     assert not torch.equal(o[:, t + 1:], o2[:, t + 1:])  # and the perturbation was seen
@@ -287,36 +265,14 @@ def test_layer_future_tokens_do_not_change_the_past():
 @given(T=st.integers(1, 24), t=st.integers(0, 24), form=st.sampled_from(["chunk", "parallel"]),
        seed=seeds)
 def test_prefill_then_decode_equals_forward(T, t, form, seed):
-    t = min(t, T)
-    torch.manual_seed(seed % 1000)
-    layer = zsa.SoftmaxAttention(12, 3, form=form).double()
-    x = randn(seed, 2, T, 12)
-    y_ref = layer(x)
-    ys, cache = [], None
-    if t:
-        y, cache = layer.prefill(x[:, :t])
-        ys.append(y)
-    for i in range(t, T):
-        y_i, cache = layer.step(x[:, i], cache)
-        ys.append(y_i[:, None])
-    assert_close(torch.cat(ys, 1), y_ref, TOL["f64"], "y")
+    layer, cache = cases.assert_prefill_then_decode_equals_forward(
+        lambda: zsa.SoftmaxAttention(12, 3, form=form), T, t, seed)
     assert cache["k"].shape == (2, T, 3, 4)
     assert cache["k"].numel() + cache["v"].numel() == 2 * layer.state_size(T)  # per sequence, B = 2
 
 
 def test_fast_layer_decodes_like_its_forward():
-    dev = device()
-    torch.manual_seed(0)
-    layer = fsa.SoftmaxAttention(32, 2).to(dev)
-    x = randn(0, 1, 20, 32, dtype=torch.float32, device=dev)
-    with torch.no_grad():
-        y_ref = layer(x)
-        y, cache = layer.prefill(x[:, :13])
-        ys = [y]
-        for i in range(13, 20):
-            y_i, cache = layer.step(x[:, i], cache)
-            ys.append(y_i[:, None])
-    assert_close(torch.cat(ys, 1), y_ref, tol_for(torch.float32, dev), "y")
+    cases.assert_fast_layer_decodes_like_its_forward(lambda: fsa.SoftmaxAttention(32, 2))
 
 
 @given(shape=shapes(max_T=40), split=st.floats(0.01, 0.99), chunk_size=chunk_sizes, seed=seeds)
@@ -518,15 +474,7 @@ def test_forms_compile_fullgraph_with_aot_eager(op):
 
 
 def test_layer_compiles_fullgraph_with_aot_eager_forward_and_step():
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    layer = zsa.SoftmaxAttention(16, 2)
-    x = randn(0, 2, 19, 16, dtype=torch.float32)
-    y = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
-    assert_close(y, layer(x), TOL["f32-interpret"], "forward")
-    _, cache = layer.prefill(x[:, :18])
-    y_t, _ = torch.compile(layer.step, fullgraph=True, backend="aot_eager")(x[:, 18], cache)
-    assert_close(y_t, layer(x)[:, 18], TOL["f32-interpret"], "step")
+    cases.assert_layer_compiles_fullgraph_with_aot_eager_forward_and_step(lambda: zsa.SoftmaxAttention(16, 2))
 
 
 def test_chunk_form_compiles_with_inductor():
@@ -543,8 +491,5 @@ def test_fast_op_compiles_fullgraph_forward_and_backward():
     torch._dynamo.reset()
     dev = device()
     inputs, cot = _grad_inputs(2, Shape(1, 20, 2, 16, 16), torch.float32, dev)
-    compiled = torch.compile(fsa.softmax_attention_chunk, fullgraph=True, backend="aot_eager")
-    got = grads(lambda **a: compiled(**a, causal=True, return_lse=True), inputs, cot)
-    ref = grads(lambda **a: fsa.softmax_attention_chunk(**a, causal=True, return_lse=True), inputs, cot)
-    for n in ref:
-        assert_close(got[n], ref[n], TOL["f32-interpret"], f"d{n}")
+    cases.assert_compiled_op_gradients_equal_eager(
+        fsa.softmax_attention_chunk, lambda op: lambda **a: op(**a, causal=True, return_lse=True), inputs, cot)
