@@ -39,10 +39,34 @@ Cost at the headline size (bf16, B = 4, T = 8192, H = 1, hd_dim D = 8192; B·T =
         with approximate trigonometry (3.7× its 1.79 ms floor).
     first call: two kernels to compile; T is not specialised, so a new length never recompiles.
 
+Latency (issue 7; ncu at the benchmark shape B 4, T 8192, H 16, D 512, chunk 64: forward 3.03 ms,
+DRAM 32 %, 3 blocks of 4 warps an SM "limited by registers": latency bound). Three load knobs,
+each a launcher argument (module defaults PREFETCH, STAGES / PREFETCH_BWD, STAGES_BWD; all off =
+the kernels as before), timed together by a GPU sweep; which wins is TO BE MEASURED:
+    prefetch: chunk i+1's tiles (bwd: i-1's, and do, ck) are loaded into registers at the top of
+        step i, so the global loads overlap step i's math. Inputs stay bf16 until used.
+    stages:   tl.range(num_stages=STAGES): Triton's pipeliner keeps STAGES-1 chunks in flight
+        via cp.async into shared memory (no registers held).
+    vector:   False launches a copy of the kernel with stride_h unspecialised. Found here: when
+        stride_h % 16 == 0 (the benchmark, and any layer with D % 16 == 0) the JIT proves 16-byte
+        alignment, loads 8 bf16 a thread and picks a layout that costs 166 registers at BT 64 (the
+        3 blocks ncu saw); without it 116. The table below was compiled without that alignment.
+    sm_90 registers / stack bytes (Triton 3.9, bf16, D 512, fwd exact trig, bwd fast), BT 64/32/16:
+        fwd vector:        166/128/128   prefetch 162/162/160   stages 2: 128/127/128 + 32 B stack
+                           (a 28-byte local array, not a register spill), stages 3 the same stack
+        fwd vector=False:  116/115/115   prefetch 155/148/149
+        bwd vector:        204/175/179   prefetch 233/234/211   stages 2: 173/186/180, no stack
+        bwd vector=False:  181/176/168 (16 B stack at BT 16)   prefetch 239/238/229
+    Not done, idea (3) of the issue: advancing e^{itω} per chunk by a complex product. The content
+    phase π·tanh(a_phase) needs its own sin and cos per element anyway, so the rotation would
+    replace an int multiply and one FMA by two complex products (more work, no trig saved); the
+    arguments are already within ±2π, where libdevice takes its short path.
+
 Tile rule (no autotuning): BT = chunk_size (default 64). BD = 1024 // BT lanes, within [16, 64]
 (and no wider than D needs; D is masked, so any D works): a [BT, BD] tile of 1024 elements is
 8 fp32 registers a thread at 4 warps. Compiled ahead of time for sm_90 (Triton 3.9, bf16, no GPU;
-cuobjdump -res-usage), forward / backward registers per thread, no spill in any:
+cuobjdump -res-usage; stride_h NOT marked divisible by 16, see "Latency"), forward / backward
+registers per thread, no spill in any:
     BT 64, BD 16: 117 / 168      BT 32, BD 32: 114 / 168      BT 16, BD 64: 115 / 167
     (2048-element tiles: BT 64, BD 32 at 4 warps: 180 / 255 with a 32-byte spill in backward;
     at 8 warps 103 / 241.) So 4 programs (16 warps) per SM forward, 3 backward, by registers.
@@ -78,6 +102,10 @@ MIN_CHUNK, MAX_CHUNK = 16, 128  # tiles of BT rows: below 16 too thin, above 128
 PI = tl.constexpr(math.pi)  # (1) the content phase is π·tanh(a_phase)
 RAD_PER_UNIT = tl.constexpr(2 * math.pi / 2**32)  # (2) one unit of t·n_k mod 2³², in radians
 TWO_PI, INV_TWO_PI = tl.constexpr(2 * math.pi), tl.constexpr(1 / (2 * math.pi))
+# Load pipelining (card, "Latency"): PREFETCH loads chunk i+1 into registers during step i;
+# STAGES > 1 lets Triton's loop pipeliner keep STAGES - 1 chunks in flight through shared memory.
+PREFETCH, STAGES = False, 1  # forward
+PREFETCH_BWD, STAGES_BWD = False, 1  # backward
 
 
 # ------------------------------------------------------------------------------------------------
@@ -117,17 +145,43 @@ def _bound_token(b_ap, b_am, b_pos, b_n, FAST: tl.constexpr):
     return b_m, b_tanh, b_cos, b_sin
 
 
-@triton.heuristics({
-    "HAS_H0": lambda args: args["h0"] is not None,
-    "STORE_HT": lambda args: args["ht"] is not None,
-})
-@triton.jit(do_not_specialize=["T"])
-def _holographic_chunk_fwd_kernel(
+@triton.jit
+def _chunk_rows(i_t, offs_t, offs_d, mask_d, p_base, stride_t, T, BT: tl.constexpr):
+    """Chunk i_t's rows, their mask inside T, the [BT, BD] tile mask and input offsets."""
+    rows = i_t * BT + offs_t
+    mask_t = rows < T
+    mask = mask_t[:, None] & mask_d[None, :]
+    p_x = p_base + rows.to(tl.int64)[:, None] * stride_t + offs_d[None, :]
+    return rows, mask_t, mask, p_x
+
+
+@triton.jit
+def _o_offsets(i_b, i_h, rows, offs_o, T, H, D):
+    """Offsets of the interleaved [BT, 2BD] tile of o (or do) [B, T, H, 2D] at `rows`."""
+    return (i_b.to(tl.int64) * T + rows.to(tl.int64))[:, None] * (H * 2 * D) + i_h * 2 * D + offs_o[None, :]
+
+
+@triton.jit
+def _load_chunk(ap, am, qr, qi, p_x, mask):
+    """The four [BT, BD] input tiles of one chunk, kept in their storage dtype (bf16: half the
+    registers of fp32 while a prefetched tile waits); each is widened to fp32 where it is used."""
+    b_ap = tl.load(ap + p_x, mask=mask, other=0.0)
+    b_am = tl.load(am + p_x, mask=mask, other=0.0)
+    b_q_re = tl.load(qr + p_x, mask=mask, other=0.0)
+    b_q_im = tl.load(qi + p_x, mask=mask, other=0.0)
+    return b_ap, b_am, b_q_re, b_q_im
+
+
+def _holographic_chunk_fwd_body(
     ap, am, qr, qi, freqs, t0, h0, o, ht, ck,
     stride_b, stride_t, stride_h, T, H, D,
     BT: tl.constexpr, BD: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, FAST: tl.constexpr,
+    PREFETCH: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """o_t = [Re, Im] of (M_carry + cumsum b)_t ⊙ conj(q_t) / √(t+1), chunk by chunk."""
+    """o_t = [Re, Im] of (M_carry + cumsum b)_t ⊙ conj(q_t) / √(t+1), chunk by chunk.
+    PREFETCH: chunk i+1's tiles are loaded into registers at the top of step i, so their global
+    loads are in flight during step i's math (the card's latency argument). STAGES > 1: Triton's
+    own loop pipeliner keeps STAGES - 1 chunks' loads in flight through shared memory instead."""
     # -------------------------------------------------------------- map program -> lanes of (b, h)
     i_d, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -147,22 +201,24 @@ def _holographic_chunk_fwd_kernel(
     if HAS_H0:
         b_M_re = tl.load(h0 + p_state, mask=mask_d, other=0.0)
         b_M_im = tl.load(h0 + p_state + 1, mask=mask_d, other=0.0)
-    for i_t in range(0, NT):
+    if PREFETCH:  # chunk 0's tiles, before the walk
+        _, _, mask_n, p_n = _chunk_rows(0, offs_t, offs_d, mask_d, p_base, stride_t, T, BT)
+        b_ap_n, b_am_n, b_q_re_n, b_q_im_n = _load_chunk(ap, am, qr, qi, p_n, mask_n)
+    for i_t in tl.range(0, NT, num_stages=STAGES):
         # ------------------------------------------------------------------------------- load
-        rows = i_t * BT + offs_t
-        mask_t = rows < T
-        mask = mask_t[:, None] & mask_d[None, :]
-        p_x = p_base + rows.to(tl.int64)[:, None] * stride_t + offs_d[None, :]
-        b_ap = tl.load(ap + p_x, mask=mask, other=0.0).to(tl.float32)
-        b_am = tl.load(am + p_x, mask=mask, other=0.0).to(tl.float32)
-        b_q_re = tl.load(qr + p_x, mask=mask, other=0.0).to(tl.float32)
-        b_q_im = tl.load(qi + p_x, mask=mask, other=0.0).to(tl.float32)
+        rows, mask_t, mask, p_x = _chunk_rows(i_t, offs_t, offs_d, mask_d, p_base, stride_t, T, BT)
+        if PREFETCH:  # this chunk's tiles arrived during the last step; issue the next chunk's
+            b_ap, b_am, b_q_re, b_q_im = b_ap_n, b_am_n, b_q_re_n, b_q_im_n
+            _, _, mask_n, p_n = _chunk_rows(i_t + 1, offs_t, offs_d, mask_d, p_base, stride_t, T, BT)
+            b_ap_n, b_am_n, b_q_re_n, b_q_im_n = _load_chunk(ap, am, qr, qi, p_n, mask_n)  # past T: masked, 0
+        else:
+            b_ap, b_am, b_q_re, b_q_im = _load_chunk(ap, am, qr, qi, p_x, mask)
         p_ck = ((i_bh * NT + i_t) * 2) * D + offs_d
         tl.store(ck + p_ck, b_M_re, mask=mask_d)  # checkpoint: M before chunk i_t
         tl.store(ck + p_ck + D, b_M_im, mask=mask_d)
         # -------------------------------------------------------------------- (1)-(3) binding
         b_pos = b_t0 + rows  # absolute positions [BT]
-        b_m, b_tanh, b_cos, b_sin = _bound_token(b_ap, b_am, b_pos, b_n, FAST)
+        b_m, b_tanh, b_cos, b_sin = _bound_token(b_ap.to(tl.float32), b_am.to(tl.float32), b_pos, b_n, FAST)
         b_m = tl.where(mask, b_m, 0.0)  # rows past T add nothing to the memory
         b_b_re = b_m * b_cos
         b_b_im = b_m * b_sin
@@ -173,27 +229,56 @@ def _holographic_chunk_fwd_kernel(
         b_M_im += tl.sum(b_b_im, axis=0)
         # ------------------------------------------- (5)-(6) retrieval, scale, interleave, store
         b_s = 1.0 / tl.sqrt(b_pos.to(tl.float32) + 1.0)  # [BT]
+        b_q_re, b_q_im = b_q_re.to(tl.float32), b_q_im.to(tl.float32)
         b_r_re = (b_Mt_re * b_q_re + b_Mt_im * b_q_im) * b_s[:, None]
         b_r_im = (b_Mt_im * b_q_re - b_Mt_re * b_q_im) * b_s[:, None]
         b_o = tl.reshape(tl.join(b_r_re, b_r_im), [BT, 2 * BD])  # [Re r_1, Im r_1, ...]
-        p_o = (i_b.to(tl.int64) * T + rows.to(tl.int64))[:, None] * (H * 2 * D) + i_h * 2 * D + offs_o[None, :]
+        p_o = _o_offsets(i_b, i_h, rows, offs_o, T, H, D)
         tl.store(o + p_o, b_o.to(o.dtype.element_ty), mask=mask_t[:, None] & mask_o[None, :])
     if STORE_HT:
         tl.store(ht + p_state, b_M_re, mask=mask_d)
         tl.store(ht + p_state + 1, b_M_im, mask=mask_d)
 
 
-@triton.heuristics({
-    "HAS_DHT": lambda args: args["dht"] is not None,
-    "STORE_DH0": lambda args: args["dh0"] is not None,
+def _kernels(body, heuristics):
+    """(vector, scalar) kernels of one body (the launcher's `vector`): the JIT marks a stride
+    divisible by 16 when it is, and then loads 8 bf16 lanes a thread at once; the scalar kernel
+    leaves stride_h unspecialised, so its loads are 2-byte ones in a layout of their own (sm_90
+    registers: card, "Latency"). T is never specialised: a new length never recompiles."""
+    return tuple(triton.heuristics(heuristics)(triton.jit(do_not_specialize=names)(body))
+                 for names in (["T"], ["T", "stride_h"]))
+
+
+_holographic_chunk_fwd_kernel, _holographic_chunk_fwd_kernel_scalar = _kernels(_holographic_chunk_fwd_body, {
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "STORE_HT": lambda args: args["ht"] is not None,
 })
-@triton.jit(do_not_specialize=["T"])
-def _holographic_chunk_bwd_kernel(
+
+
+@triton.jit
+def _load_chunk_bwd(ap, am, qr, qi, do, ck, i_t, offs_t, offs_d, mask_d, offs_o, mask_o, p_base, stride_t,
+                    i_b, i_h, i_bh, T, H, D, NT, BT: tl.constexpr):
+    """Everything the backward reads for chunk i_t, in the storage dtype: the four input tiles,
+    the cotangent do [BT, 2BD] (interleaved) and the checkpoint M_carry(i_t) [BD] complex."""
+    rows, mask_t, mask, p_x = _chunk_rows(i_t, offs_t, offs_d, mask_d, p_base, stride_t, T, BT)
+    b_ap, b_am, b_q_re, b_q_im = _load_chunk(ap, am, qr, qi, p_x, mask)
+    p_o = _o_offsets(i_b, i_h, rows, offs_o, T, H, D)
+    b_do = tl.load(do + p_o, mask=mask_t[:, None] & mask_o[None, :], other=0.0)
+    p_ck = ((i_bh * NT + i_t) * 2) * D + offs_d
+    b_Mc_re = tl.load(ck + p_ck, mask=mask_d, other=0.0)
+    b_Mc_im = tl.load(ck + p_ck + D, mask=mask_d, other=0.0)
+    return b_ap, b_am, b_q_re, b_q_im, b_do, b_Mc_re, b_Mc_im
+
+
+def _holographic_chunk_bwd_body(
     ap, am, qr, qi, freqs, t0, ck, do, dht, dap, dam, dqr, dqi, dh0,
     stride_b, stride_t, stride_h, T, H, D,
     BT: tl.constexpr, BD: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, FAST: tl.constexpr,
+    PREFETCH: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """Gradients of a_phase, a_mag, q_re, q_im (and of M_{-1}): the chunks in reverse (card)."""
+    """Gradients of a_phase, a_mag, q_re, q_im (and of M_{-1}): the chunks in reverse (card).
+    PREFETCH and STAGES as in the forward; the chunk prefetched during step i is chunk i - 1
+    (chunk 0 again during the last step: in bounds, unused)."""
     # -------------------------------------------------------------- map program -> lanes of (b, h)
     i_d, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -213,26 +298,28 @@ def _holographic_chunk_bwd_kernel(
     if HAS_DHT:
         b_gM_re = tl.load(dht + p_state, mask=mask_d, other=0.0)
         b_gM_im = tl.load(dht + p_state + 1, mask=mask_d, other=0.0)
-    for i in range(0, NT):
+    if PREFETCH:  # the last chunk's reads, before the walk
+        b_ap_n, b_am_n, b_q_re_n, b_q_im_n, b_do_n, b_Mc_re_n, b_Mc_im_n = _load_chunk_bwd(
+            ap, am, qr, qi, do, ck, NT - 1, offs_t, offs_d, mask_d, offs_o, mask_o, p_base, stride_t,
+            i_b, i_h, i_bh, T, H, D, NT, BT)
+    for i in tl.range(0, NT, num_stages=STAGES):
         i_t = NT - 1 - i
         # ------------------------------------------------------------------------------- load
-        rows = i_t * BT + offs_t
-        mask_t = rows < T
-        mask = mask_t[:, None] & mask_d[None, :]
-        p_x = p_base + rows.to(tl.int64)[:, None] * stride_t + offs_d[None, :]
-        b_ap = tl.load(ap + p_x, mask=mask, other=0.0).to(tl.float32)
-        b_am = tl.load(am + p_x, mask=mask, other=0.0).to(tl.float32)
-        b_q_re = tl.load(qr + p_x, mask=mask, other=0.0).to(tl.float32)
-        b_q_im = tl.load(qi + p_x, mask=mask, other=0.0).to(tl.float32)
-        p_o = (i_b.to(tl.int64) * T + rows.to(tl.int64))[:, None] * (H * 2 * D) + i_h * 2 * D + offs_o[None, :]
-        b_do = tl.load(do + p_o, mask=mask_t[:, None] & mask_o[None, :], other=0.0).to(tl.float32)
-        b_do_re, b_do_im = tl.split(tl.reshape(b_do, [BT, BD, 2]))  # de-interleave (6)
-        p_ck = ((i_bh * NT + i_t) * 2) * D + offs_d
-        b_Mc_re = tl.load(ck + p_ck, mask=mask_d, other=0.0)
-        b_Mc_im = tl.load(ck + p_ck + D, mask=mask_d, other=0.0)
+        rows, mask_t, mask, _ = _chunk_rows(i_t, offs_t, offs_d, mask_d, p_base, stride_t, T, BT)
+        if PREFETCH:
+            b_ap, b_am, b_q_re, b_q_im, b_do, b_Mc_re, b_Mc_im = (b_ap_n, b_am_n, b_q_re_n, b_q_im_n, b_do_n,
+                                                                   b_Mc_re_n, b_Mc_im_n)
+            b_ap_n, b_am_n, b_q_re_n, b_q_im_n, b_do_n, b_Mc_re_n, b_Mc_im_n = _load_chunk_bwd(
+                ap, am, qr, qi, do, ck, tl.maximum(i_t - 1, 0), offs_t, offs_d, mask_d, offs_o, mask_o, p_base,
+                stride_t, i_b, i_h, i_bh, T, H, D, NT, BT)
+        else:
+            b_ap, b_am, b_q_re, b_q_im, b_do, b_Mc_re, b_Mc_im = _load_chunk_bwd(
+                ap, am, qr, qi, do, ck, i_t, offs_t, offs_d, mask_d, offs_o, mask_o, p_base, stride_t,
+                i_b, i_h, i_bh, T, H, D, NT, BT)
+        b_do_re, b_do_im = tl.split(tl.reshape(b_do.to(tl.float32), [BT, BD, 2]))  # de-interleave (6)
         # ------------------------------------------------ recompute (1)-(3) and (7), as forward
         b_pos = b_t0 + rows
-        b_m, b_tanh, b_cos, b_sin = _bound_token(b_ap, b_am, b_pos, b_n, FAST)
+        b_m, b_tanh, b_cos, b_sin = _bound_token(b_ap.to(tl.float32), b_am.to(tl.float32), b_pos, b_n, FAST)
         b_m = tl.where(mask, b_m, 0.0)
         b_Mt_re = b_Mc_re[None, :] + tl.cumsum(b_m * b_cos, axis=0)  # [BT, BD]
         b_Mt_im = b_Mc_im[None, :] + tl.cumsum(b_m * b_sin, axis=0)
@@ -243,6 +330,7 @@ def _holographic_chunk_bwd_kernel(
         b_dq_re = b_Mt_re * b_g_re + b_Mt_im * b_g_im
         b_dq_im = b_Mt_im * b_g_re - b_Mt_re * b_g_im
         # ------------------------------ (4)/(7) g_M = g_r ⊙ q; g_b = reverse cumsum + carry
+        b_q_re, b_q_im = b_q_re.to(tl.float32), b_q_im.to(tl.float32)
         b_gMt_re = b_g_re * b_q_re - b_g_im * b_q_im
         b_gMt_im = b_g_re * b_q_im + b_g_im * b_q_re
         b_gb_re = b_gM_re[None, :] + tl.cumsum(b_gMt_re, axis=0, reverse=True)
@@ -266,6 +354,12 @@ def _holographic_chunk_bwd_kernel(
         tl.store(dh0 + p_state + 1, b_gM_im, mask=mask_d)
 
 
+_holographic_chunk_bwd_kernel, _holographic_chunk_bwd_kernel_scalar = _kernels(_holographic_chunk_bwd_body, {
+    "HAS_DHT": lambda args: args["dht"] is not None,
+    "STORE_DH0": lambda args: args["dh0"] is not None,
+})
+
+
 # ------------------------------------------------------------------------------------------------
 # Host launchers
 # ------------------------------------------------------------------------------------------------
@@ -284,9 +378,10 @@ def _freqs_int32(freqs):
 
 
 def _holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, output_final_state, chunk_size, tiles=None,
-                           fast=False):
-    """`tiles` = (BT, BD, num_warps) overrides the rule and `fast` the approximate math (for the
-    benchmark below only; the backward must then get the same tiles)."""
+                           fast=False, prefetch=PREFETCH, stages=STAGES, vector=True):
+    """`tiles` = (BT, BD, num_warps) overrides the rule, `fast` the approximate math, `prefetch`,
+    `stages` and `vector` the loads (card, "Latency"; for the benchmark and GPU sweeps: the
+    backward must then get the same tiles)."""
     (ap, am, qr, qi), (sb, st, sh, _) = _shared_strides([ap, am, qr, qi])
     B, T, H, D = ap.shape
     BT = chunk_size
@@ -298,13 +393,14 @@ def _holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, output_final_state, ch
     ht = ap.new_empty(B, H, D, 2, dtype=torch.float32) if output_final_state else None
     ck = ap.new_empty(B, H, NT, 2, D, dtype=torch.float32)
     grid = (triton.cdiv(D, BD), B * H)
-    _holographic_chunk_fwd_kernel[grid](ap, am, qr, qi, _freqs_int32(freqs), t0, h0, o, ht, ck, sb, st, sh,
-                                        T, H, D, BT=BT, BD=BD, FAST=fast, num_warps=num_warps)
+    kernel = _holographic_chunk_fwd_kernel if vector else _holographic_chunk_fwd_kernel_scalar
+    kernel[grid](ap, am, qr, qi, _freqs_int32(freqs), t0, h0, o, ht, ck, sb, st, sh, T, H, D, BT=BT, BD=BD,
+                 FAST=fast, PREFETCH=prefetch, STAGES=stages, num_warps=num_warps)
     return o, ht, ck
 
 
 def _holographic_chunk_bwd(do, dht, ap, am, qr, qi, freqs, t0, ck, has_h0, chunk_size, tiles=None,
-                           fast=not INTERPRET):
+                           fast=not INTERPRET, prefetch=PREFETCH_BWD, stages=STAGES_BWD, vector=True):
     (ap, am, qr, qi), (sb, st, sh, _) = _shared_strides([ap, am, qr, qi])
     B, T, H, D = ap.shape
     BT = chunk_size
@@ -314,9 +410,9 @@ def _holographic_chunk_bwd(do, dht, ap, am, qr, qi, freqs, t0, ck, has_h0, chunk
     dap, dam, dqr, dqi = (torch.empty(B, T, H, D, dtype=ap.dtype, device=ap.device) for _ in range(4))
     dh0 = ap.new_empty(B, H, D, 2, dtype=torch.float32) if has_h0 else None
     grid = (triton.cdiv(D, BD), B * H)
-    _holographic_chunk_bwd_kernel[grid](ap, am, qr, qi, _freqs_int32(freqs), t0, ck, do.contiguous(), dht, dap, dam,
-                                        dqr, dqi, dh0, sb, st, sh, T, H, D, BT=BT, BD=BD, FAST=fast,
-                                        num_warps=num_warps)
+    kernel = _holographic_chunk_bwd_kernel if vector else _holographic_chunk_bwd_kernel_scalar
+    kernel[grid](ap, am, qr, qi, _freqs_int32(freqs), t0, ck, do.contiguous(), dht, dap, dam, dqr, dqi, dh0, sb, st,
+                 sh, T, H, D, BT=BT, BD=BD, FAST=fast, PREFETCH=prefetch, STAGES=stages, num_warps=num_warps)
     return dap, dam, dqr, dqi, dh0
 
 

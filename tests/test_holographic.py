@@ -143,10 +143,16 @@ def test_fast_takes_contiguous_inputs_and_separate_strides():
     fast_vs_zoo(xs, state(3, s, dtype=torch.float32), 16, TOL["f32-interpret"], cot_seed=5)
 
 
-@pytest.mark.parametrize("tiles", [(16, 64, 4), (32, 32, 4), (16, 128, 8)])
-def test_fast_tiles_other_than_the_rule_give_the_rules_result_forward_and_backward(tiles):
-    # The GPU benchmark (python -m fast.holographic) times other tiles than the rule's: each must
+@pytest.mark.parametrize("tiles,prefetch,stages,vector", [((16, 64, 4), False, 1, True), ((32, 32, 4), False, 1, True),
+                                                          ((16, 128, 8), False, 1, True), ((64, 16, 4), True, 1, True),
+                                                          ((32, 32, 4), True, 2, True), ((16, 64, 4), False, 3, True),
+                                                          ((32, 32, 4), True, 1, False)])
+def test_fast_tiles_other_than_the_rule_give_the_rules_result_forward_and_backward(tiles, prefetch, stages, vector):
+    # The GPU benchmark (python -m fast.holographic) times other tiles than the rule's, and other
+    # loads (prefetch: the next chunk in registers; stages: Triton's pipeliner; vector=False: the
+    # kernel with stride_h unspecialised): each must
     # compute the same o and the same gradients, whatever the rows per step and the lanes per program.
+    # BT = 64 > T: the prefetched chunk lies wholly past T (forward) or is chunk 0 again (backward).
     s = Shape(2, 45, 2, 70, 70)  # D = 70: lanes masked in the last tile; T = 45: a partial chunk
     ap, am, qr, qi, freqs = projected(4, s)
     t0 = torch.tensor([0, 3])
@@ -154,12 +160,14 @@ def test_fast_tiles_other_than_the_rule_give_the_rules_result_forward_and_backwa
     do = randn(5, (s.B, s.T, s.H, 2 * s.K), dtype=torch.float32)
     dht = randn(6, (s.B, s.H, s.K, 2), dtype=torch.float32)
     rule = fh._holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, True, 16)
-    other = fh._holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, True, tiles[0], tiles=tiles)
+    pipe = dict(prefetch=prefetch, stages=stages, vector=vector)
+    other = fh._holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, True, tiles[0], tiles=tiles, **pipe)
     tol = TOL["f32-interpret"]
     assert_close(other[0], rule[0], tol, "o")
     assert_close(other[1], rule[1], tol, "final memory")
     g_rule = fh._holographic_chunk_bwd(do, dht, ap, am, qr, qi, freqs, t0, rule[2], True, 16)
-    g_other = fh._holographic_chunk_bwd(do, dht, ap, am, qr, qi, freqs, t0, other[2], True, tiles[0], tiles=tiles)
+    g_other = fh._holographic_chunk_bwd(do, dht, ap, am, qr, qi, freqs, t0, other[2], True, tiles[0], tiles=tiles,
+                                        **pipe)
     for name, a, b in zip(("d a_phase", "d a_mag", "d q_re", "d q_im", "d h0"), g_other, g_rule):
         assert_close(a, b, grad_tol(tol), name)
 
@@ -547,14 +555,15 @@ def usage(direction, BT):
     if direction == "fwd":
         kern, ptrs = fh._holographic_chunk_fwd_kernel, dict(ap=bf, am=bf, qr=bf, qi=bf, freqs="*i32", t0="*i64",
                                                              h0="*fp32", o=bf, ht="*fp32", ck="*fp32")
-        const = dict(BT=BT, BD=BD, HAS_H0=True, STORE_HT=True, FAST=False)
+        const = dict(BT=BT, BD=BD, HAS_H0=True, STORE_HT=True, FAST=False, PREFETCH=fh.PREFETCH, STAGES=fh.STAGES)
     else:
         kern, ptrs = fh._holographic_chunk_bwd_kernel, dict(ap=bf, am=bf, qr=bf, qi=bf, freqs="*i32", t0="*i64",
                                                              ck="*fp32", do=bf, dht="*fp32", dap=bf, dam=bf, dqr=bf,
                                                              dqi=bf, dh0="*fp32")
-        const = dict(BT=BT, BD=BD, HAS_DHT=True, STORE_DH0=True, FAST=True)
+        const = dict(BT=BT, BD=BD, HAS_DHT=True, STORE_DH0=True, FAST=True, PREFETCH=fh.PREFETCH_BWD,
+                     STAGES=fh.STAGES_BWD)
     sizes = dict(stride_b="i32", stride_t="i32", stride_h="i32", T="i32", H="i32", D="i32")
-    return stack_bytes(kern, dict(ptrs, **sizes), const, num_warps, aligned=("stride_b", "stride_t", "D"))
+    return stack_bytes(kern, dict(ptrs, **sizes), const, num_warps, aligned=("stride_b", "stride_t", "stride_h", "D"))
 
 
 print(json.dumps({f"{d}{BT}": usage(d, BT) for d in ("fwd", "bwd") for BT in (32, 64)}))
