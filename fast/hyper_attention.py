@@ -65,6 +65,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as @triton.j
 LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2: e^x = 2^(x·LOG2E), and exp2 is the fast path
 LN2 = tl.constexpr(0.6931471805599453)  # ln 2: the log2-unit lse back to a natural log
 MAX_HEAD_DIM = 256  # past this one head's q and acc no longer fit in registers
+LSH_REDUCE = True  # the hash as R row reductions (else one fp32 tl.dot)
+LSH_TILES = (128, 8, LSH_REDUCE)  # (rows a program, warps, reduce): to be chosen on the GPU
 
 
 # ------------------------------------------------------------------------------------------------
@@ -109,7 +111,7 @@ def _tiles(K: int, V: int, dtype: torch.dtype) -> Tiles:
 @triton.jit(do_not_specialize=["T"])
 def _hyper_attention_lsh_kernel(x, proj, codes, sx_b, sx_h, sx_t, H, T, K: tl.constexpr,
                                 R: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr,
-                                BM: tl.constexpr):
+                                BM: tl.constexpr, REDUCE: tl.constexpr):
     """codes = gray_rank(Σ_ℓ 2^ℓ [x·p_ℓ > 0]) for BM rows (zoo (1))."""
     # ---- map program -> rows
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
@@ -120,12 +122,18 @@ def _hyper_attention_lsh_kernel(x, proj, codes, sx_b, sx_h, sx_t, H, T, K: tl.co
     # ---- load (fp32: the sign must match the zoo's fp32 product)
     p_x = x + i_b.to(tl.int64) * sx_b + i_h.to(tl.int64) * sx_h + offs_m[:, None].to(tl.int64) * sx_t + offs_k[None, :]
     b_x = tl.load(p_x, mask=(offs_m[:, None] < T) & (offs_k[None, :] < K), other=0.0).to(tl.float32)
-    b_p = tl.load(proj + offs_k[:, None] * R + offs_r[None, :],
-                  mask=(offs_k[:, None] < K) & (offs_r[None, :] < R), other=0.0).to(tl.float32)
     # ---- compute: signs -> bucket -> Gray rank
-    b_proj = tl.dot(b_x, b_p, input_precision="ieee")  # [BM, BR]
-    b_bits = ((b_proj > 0) & (offs_r[None, :] < R)).to(tl.int32)
-    b_bucket = tl.sum(b_bits << offs_r[None, :], 1)  # [BM]
+    if REDUCE:  # one fp32 row reduction per direction: no operand staging through shared memory
+        b_bucket = tl.zeros([BM], tl.int32)
+        for r in tl.static_range(R):
+            b_pr = tl.load(proj + offs_k * R + r, mask=offs_k < K, other=0.0).to(tl.float32)  # [BK]
+            b_bucket |= (tl.sum(b_x * b_pr[None, :], 1) > 0).to(tl.int32) << r
+    else:
+        b_p = tl.load(proj + offs_k[:, None] * R + offs_r[None, :],
+                      mask=(offs_k[:, None] < K) & (offs_r[None, :] < R), other=0.0).to(tl.float32)
+        b_proj = tl.dot(b_x, b_p, input_precision="ieee")  # [BM, BR]
+        b_bits = ((b_proj > 0) & (offs_r[None, :] < R)).to(tl.int32)
+        b_bucket = tl.sum(b_bits << offs_r[None, :], 1)  # [BM]
     b_rank = b_bucket ^ (b_bucket >> 1)
     b_rank = b_rank ^ (b_rank >> 2)
     b_rank = b_rank ^ (b_rank >> 4)
@@ -156,16 +164,18 @@ def _online_update(b_s, b_v, m_i, l_i, acc):
     return m_new, l_i, acc
 
 
-@triton.jit(do_not_specialize=["T", "S", "block_size"])
-def _hyper_attention_fwd_kernel(q, k, v, o, lse, o0, lse0, perm_q, perm_k, smp_k, smp_blk,
+@triton.jit(do_not_specialize=["T", "RS", "S", "block_size"])
+def _hyper_attention_fwd_kernel(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk,
                                 sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
-                                H, T, S, block_size, scale, log_w,
+                                H, T, RS, S, block_size, scale, log_w,
                                 K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                                 BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                                 GATHER: tl.constexpr, SAMPLES: tl.constexpr, CAUSAL: tl.constexpr,
                                 BLOCK_MASK: tl.constexpr, INIT: tl.constexpr, UPCAST: tl.constexpr):
     """o, lse of BM sorted queries over their key block and the sampled keys (zoo (3)–(5)),
-    starting, with INIT, from a partial softmax (o0, lse0) over other keys: the merge (5) fused."""
+    starting, with INIT, from the partial softmax over other keys already in (o, lse): the merge
+    (5) fused, in place. o and lse rows of head i_bh start at row i_bh·RS (RS = T, or the node
+    length when the causal recursion passes the second half of each node)."""
     # ---- map program -> sorted query tile
     i_m = tl.program_id(0)
     if CAUSAL:  # heaviest tiles first
@@ -177,7 +187,8 @@ def _hyper_attention_fwd_kernel(q, k, v, o, lse, o0, lse0, perm_q, perm_k, smp_k
     mask_m = offs_m < T
     offs_k = tl.arange(0, BK)
     offs_v = tl.arange(0, BV)
-    row0 = i_bh.to(tl.int64) * T  # this head's row in perm / lse / o
+    row0 = i_bh.to(tl.int64) * T  # this head's row in perm
+    row0_o = i_bh.to(tl.int64) * RS  # ... and in o, lse
     if GATHER:
         rows_q = tl.load(perm_q + row0 + offs_m, mask=mask_m, other=0)
     else:
@@ -188,11 +199,11 @@ def _hyper_attention_fwd_kernel(q, k, v, o, lse, o0, lse0, perm_q, perm_k, smp_k
     # ---- load the query rows once
     b_q = _gather_rows(p_qb, rows_q, mask_m, sq_t, offs_k, K, UPCAST)
     qk_scale = scale * LOG2E
-    if INIT:  # a partial softmax (o0, lse0) is the state (m = lse0, l = 1, acc = o0)
-        m_i = tl.load(lse0 + row0 + rows_q, mask=mask_m, other=float("-inf")) * LOG2E
+    p_o = o + (row0_o + rows_q.to(tl.int64))[:, None] * V + offs_v[None, :]
+    if INIT:  # the partial softmax (o0, lse0) in o, lse is the state (m = lse0, l = 1, acc = o0)
+        m_i = tl.load(lse + row0_o + rows_q, mask=mask_m, other=float("-inf")) * LOG2E
         l_i = tl.full([BM], 1.0, tl.float32)
-        acc = tl.load(o0 + (row0 + rows_q.to(tl.int64))[:, None] * V + offs_v[None, :],
-                      mask=mask_m[:, None] & (offs_v[None, :] < V), other=0.0).to(tl.float32)
+        acc = tl.load(p_o, mask=mask_m[:, None] & (offs_v[None, :] < V), other=0.0).to(tl.float32)
     else:
         m_i = tl.full([BM], float("-inf"), tl.float32)
         l_i = tl.zeros([BM], tl.float32)
@@ -237,9 +248,8 @@ def _hyper_attention_fwd_kernel(q, k, v, o, lse, o0, lse0, perm_q, perm_k, smp_k
     # ---- store o, lse in token order
     b_o = acc / l_i[:, None]
     b_lse = (m_i + tl.math.log2(l_i)) * LN2
-    p_o = o + (row0 + rows_q.to(tl.int64))[:, None] * V + offs_v[None, :]
     tl.store(p_o, b_o.to(o.dtype.element_ty), mask=mask_m[:, None] & (offs_v[None, :] < V))
-    tl.store(lse + row0 + rows_q, b_lse, mask=mask_m)
+    tl.store(lse + row0_o + rows_q, b_lse, mask=mask_m)
 
 
 @triton.jit(do_not_specialize=["n_rows"])
@@ -256,16 +266,17 @@ def _hyper_attention_bwd_preprocess_kernel(o, do, dlse, delta, n_rows, V: tl.con
     tl.store(delta + offs_m, tl.sum(b_o * b_do, 1) - b_dlse, mask=offs_m < n_rows)
 
 
-@triton.jit(do_not_specialize=["T", "S", "block_size"])
+@triton.jit(do_not_specialize=["T", "RS", "S", "block_size"])
 def _hyper_attention_bwd_dq_kernel(q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk,
                                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
-                                   H, T, S, block_size, scale, log_w,
+                                   H, T, RS, S, block_size, scale, log_w,
                                    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                                    BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                                    GATHER: tl.constexpr, SAMPLES: tl.constexpr,
                                    CAUSAL: tl.constexpr, BLOCK_MASK: tl.constexpr,
-                                   UPCAST: tl.constexpr):
-    """dq = scale·Σⱼ ds_ij k_j, ds = P (do·v − delta), over the forward's two key sets."""
+                                   ACC: tl.constexpr, UPCAST: tl.constexpr):
+    """dq = scale·Σⱼ ds_ij k_j, ds = P (do·v − delta), over the forward's two key sets. The rows of
+    do, lse, delta and dq of head i_bh start at row i_bh·RS; ACC adds dq to what dq holds."""
     # ---- map program -> sorted query tile
     i_m = tl.program_id(0)
     if CAUSAL:
@@ -277,7 +288,8 @@ def _hyper_attention_bwd_dq_kernel(q, k, v, do, lse, delta, dq, perm_q, perm_k, 
     mask_m = offs_m < T
     offs_k = tl.arange(0, BK)
     offs_v = tl.arange(0, BV)
-    row0 = i_bh.to(tl.int64) * T
+    row0 = i_bh.to(tl.int64) * T  # in perm
+    row0_q = i_bh.to(tl.int64) * RS  # in do, lse, delta, dq
     if GATHER:
         rows_q = tl.load(perm_q + row0 + offs_m, mask=mask_m, other=0)
     else:
@@ -287,9 +299,9 @@ def _hyper_attention_bwd_dq_kernel(q, k, v, do, lse, delta, dq, perm_q, perm_k, 
     # ---- load q, do, lse, delta of these rows
     b_q = _gather_rows(q + i_b.to(tl.int64) * sq_b + i_h.to(tl.int64) * sq_h, rows_q, mask_m, sq_t,
                        offs_k, K, UPCAST)
-    b_do = _gather_rows(do + row0 * V, rows_q, mask_m, V, offs_v, V, UPCAST)
-    b_lse = tl.load(lse + row0 + rows_q, mask=mask_m, other=0.0) * LOG2E
-    b_delta = tl.load(delta + row0 + rows_q, mask=mask_m, other=0.0)
+    b_do = _gather_rows(do + row0_q * V, rows_q, mask_m, V, offs_v, V, UPCAST)
+    b_lse = tl.load(lse + row0_q + rows_q, mask=mask_m, other=0.0) * LOG2E
+    b_delta = tl.load(delta + row0_q + rows_q, mask=mask_m, other=0.0)
     qk_scale = scale * LOG2E
     b_dq = tl.zeros([BM, BK], tl.float32)  # fp32 accumulator
     row_blk = offs_m // block_size
@@ -331,19 +343,24 @@ def _hyper_attention_bwd_dq_kernel(q, k, v, do, lse, delta, dq, perm_q, perm_k, 
             b_ds = b_p * (tl.dot(b_do, tl.trans(b_v)) - b_delta[:, None])
             b_dq = tl.dot(b_ds.to(b_k.dtype), b_k, b_dq)
     # ---- store in token order
-    p_dq = dq + (row0 + rows_q.to(tl.int64))[:, None] * K + offs_k[None, :]
-    tl.store(p_dq, (b_dq * scale).to(dq.dtype.element_ty), mask=mask_m[:, None] & (offs_k[None, :] < K))
+    p_dq = dq + (row0_q + rows_q.to(tl.int64))[:, None] * K + offs_k[None, :]
+    mask_dq = mask_m[:, None] & (offs_k[None, :] < K)
+    if ACC:  # add into the fp32 sum (each query once a launch)
+        tl.atomic_add(p_dq, b_dq * scale, mask=mask_dq, sem="relaxed")
+    else:
+        tl.store(p_dq, (b_dq * scale).to(dq.dtype.element_ty), mask=mask_dq)
 
 
-@triton.jit(do_not_specialize=["T", "block_size"])
+@triton.jit(do_not_specialize=["T", "RS", "RSK", "block_size"])
 def _hyper_attention_bwd_dkdv_block_kernel(q, k, v, do, lse, delta, dk, dv, perm_q, perm_k,
                                            sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
-                                           H, T, block_size, scale,
+                                           H, T, RS, RSK, block_size, scale,
                                            K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                                            BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                                            GATHER: tl.constexpr, CAUSAL: tl.constexpr,
-                                           BLOCK_MASK: tl.constexpr, UPCAST: tl.constexpr):
-    """dv = Σᵢ P_ij do_i, dk = scale·Σᵢ ds_ij q_i for BN sorted keys, over the queries of their block."""
+                                           BLOCK_MASK: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr):
+    """dv = Σᵢ P_ij do_i, dk = scale·Σᵢ ds_ij q_i for BN sorted keys, over the queries of their block.
+    Rows of head i_bh: do, lse, delta from i_bh·RS, dk, dv from i_bh·RSK; ACC adds to dk, dv."""
     # ---- map program -> sorted key tile
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -352,7 +369,9 @@ def _hyper_attention_bwd_dkdv_block_kernel(q, k, v, do, lse, delta, dk, dv, perm
     mask_n = offs_n < T
     offs_k = tl.arange(0, BK)
     offs_v = tl.arange(0, BV)
-    row0 = i_bh.to(tl.int64) * T
+    row0 = i_bh.to(tl.int64) * T  # in perm
+    row0_q = i_bh.to(tl.int64) * RS  # in do, lse, delta
+    row0_k = i_bh.to(tl.int64) * RSK  # in dk, dv
     if GATHER:
         rows_k = tl.load(perm_k + row0 + offs_n, mask=mask_n, other=0)
     else:
@@ -380,9 +399,9 @@ def _hyper_attention_bwd_dkdv_block_kernel(q, k, v, do, lse, delta, dk, dv, perm
         else:
             rows_q = offs_m
         b_q = _gather_rows(p_qb, rows_q, mask_m, sq_t, offs_k, K, UPCAST)
-        b_do = _gather_rows(do + row0 * V, rows_q, mask_m, V, offs_v, V, UPCAST)
-        b_lse = tl.load(lse + row0 + rows_q, mask=mask_m, other=0.0) * LOG2E
-        b_delta = tl.load(delta + row0 + rows_q, mask=mask_m, other=0.0)
+        b_do = _gather_rows(do + row0_q * V, rows_q, mask_m, V, offs_v, V, UPCAST)
+        b_lse = tl.load(lse + row0_q + rows_q, mask=mask_m, other=0.0) * LOG2E
+        b_delta = tl.load(delta + row0_q + rows_q, mask=mask_m, other=0.0)
         mask_t = mask_m[None, :] & mask_n[:, None]
         if BLOCK_MASK:
             mask_t = mask_t & ((offs_m // block_size)[None, :] == key_blk[:, None])
@@ -393,20 +412,27 @@ def _hyper_attention_bwd_dkdv_block_kernel(q, k, v, do, lse, delta, dk, dv, perm
         b_dsT = b_pT * (tl.dot(b_v, tl.trans(b_do)) - b_delta[None, :])
         b_dk = tl.dot(b_dsT.to(b_q.dtype), b_q, b_dk)
     # ---- store in token order (each key lies in one block: written once)
-    p_dk = dk + (row0 + rows_k.to(tl.int64))[:, None] * K + offs_k[None, :]
-    p_dv = dv + (row0 + rows_k.to(tl.int64))[:, None] * V + offs_v[None, :]
-    tl.store(p_dk, (b_dk * scale).to(dk.dtype.element_ty), mask=mask_n[:, None] & (offs_k[None, :] < K))
-    tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=mask_n[:, None] & (offs_v[None, :] < V))
+    p_dk = dk + (row0_k + rows_k.to(tl.int64))[:, None] * K + offs_k[None, :]
+    p_dv = dv + (row0_k + rows_k.to(tl.int64))[:, None] * V + offs_v[None, :]
+    mask_dk, mask_dv = mask_n[:, None] & (offs_k[None, :] < K), mask_n[:, None] & (offs_v[None, :] < V)
+    if ACC:  # add into fp32 sums: each key once a launch, so no contention; a reduction needs no registers for the old values
+        tl.atomic_add(p_dk, b_dk * scale, mask=mask_dk, sem="relaxed")
+        tl.atomic_add(p_dv, b_dv, mask=mask_dv, sem="relaxed")
+    else:
+        tl.store(p_dk, (b_dk * scale).to(dk.dtype.element_ty), mask=mask_dk)
+        tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=mask_dv)
 
 
-@triton.jit(do_not_specialize=["T", "S", "block_size"])
-def _hyper_attention_bwd_dkdv_sample_kernel(q, k, v, do, lse, delta, dk_part, dv_part, rank_q,
+@triton.jit(do_not_specialize=["T", "RS", "S", "block_size"])
+def _hyper_attention_bwd_dkdv_sample_kernel(q, k, v, do, lse, delta, dk_part, dv_part, perm_q,
                                             smp_k, smp_blk, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
-                                            sv_b, sv_h, sv_t, H, T, S, block_size, scale, log_w,
+                                            sv_b, sv_h, sv_t, H, T, RS, S, block_size, scale, log_w,
                                             QSPLIT, K: tl.constexpr, V: tl.constexpr,
                                             BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
                                             BN: tl.constexpr, UPCAST: tl.constexpr):
-    """Partial dk, dv of BN sampled keys from one split of the queries (token order)."""
+    """Partial dk, dv of BN sampled keys from one split of the queries, taken in sorted order (a
+    query's block is then its position // block_size); the rows of do, lse, delta of head i_bh
+    start at row i_bh·RS."""
     # ---- map program -> (sample tile, query split, head)
     i_s, i_split, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -414,7 +440,8 @@ def _hyper_attention_bwd_dkdv_sample_kernel(q, k, v, do, lse, delta, dk_part, dv
     mask_s = offs_s < S
     offs_k = tl.arange(0, BK)
     offs_v = tl.arange(0, BV)
-    row0 = i_bh.to(tl.int64) * T
+    row0 = i_bh.to(tl.int64) * T  # in perm_q
+    row0_q = i_bh.to(tl.int64) * RS  # in do, lse, delta
     rows_s = tl.load(smp_k + i_bh.to(tl.int64) * S + offs_s, mask=mask_s, other=0)
     blk_s = tl.load(smp_blk + i_bh.to(tl.int64) * S + offs_s, mask=mask_s, other=-1)
     # ---- load the sampled keys once
@@ -430,14 +457,14 @@ def _hyper_attention_bwd_dkdv_sample_kernel(q, k, v, do, lse, delta, dk_part, dv
     lo = i_split * QSPLIT
     hi = tl.minimum(lo + QSPLIT, T)
     for start_m in range(lo, hi, BM):
-        offs_m = start_m + tl.arange(0, BM)  # token order
+        offs_m = start_m + tl.arange(0, BM)  # sorted positions
         mask_m = offs_m < hi
-        b_q = _gather_rows(p_qb, offs_m, mask_m, sq_t, offs_k, K, UPCAST)
-        b_do = _gather_rows(do + row0 * V, offs_m, mask_m, V, offs_v, V, UPCAST)
-        b_lse = tl.load(lse + row0 + offs_m, mask=mask_m, other=0.0) * LOG2E
-        b_delta = tl.load(delta + row0 + offs_m, mask=mask_m, other=0.0)
-        q_blk = tl.load(rank_q + row0 + offs_m, mask=mask_m, other=0) // block_size
-        mask_t = mask_m[None, :] & mask_s[:, None] & (blk_s[:, None] != q_blk[None, :])
+        rows_q = tl.load(perm_q + row0 + offs_m, mask=mask_m, other=0)
+        b_q = _gather_rows(p_qb, rows_q, mask_m, sq_t, offs_k, K, UPCAST)
+        b_do = _gather_rows(do + row0_q * V, rows_q, mask_m, V, offs_v, V, UPCAST)
+        b_lse = tl.load(lse + row0_q + rows_q, mask=mask_m, other=0.0) * LOG2E
+        b_delta = tl.load(delta + row0_q + rows_q, mask=mask_m, other=0.0)
+        mask_t = mask_m[None, :] & mask_s[:, None] & (blk_s[:, None] != (offs_m // block_size)[None, :])
         b_sT = tl.dot(b_k, tl.trans(b_q)) * qk_scale + log_w2 - b_lse[None, :]
         b_pT = tl.where(mask_t, tl.math.exp2(b_sT), 0.0)
         b_dv = tl.dot(b_pT.to(b_do.dtype), b_do, b_dv)
@@ -476,11 +503,11 @@ def _lsh_codes(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     R = proj.shape[1]
     x = _unit_last_dim(x)
     codes = torch.empty(B, H, T, dtype=torch.int32, device=x.device)
-    BM = 16 if INTERPRET else 128
+    BM, warps, reduce = (16, 1, LSH_REDUCE) if INTERPRET else LSH_TILES
     with _on_device(x):
         _hyper_attention_lsh_kernel[(triton.cdiv(T, BM), B * H)](
             x, proj.float().contiguous(), codes, *_strides(x), H, T, K=K, R=R,
-            BK=max(16, triton.next_power_of_2(K)), BR=16, BM=BM, num_warps=4)
+            BK=max(16, triton.next_power_of_2(K)), BR=16, BM=BM, REDUCE=reduce, num_warps=warps)
     return codes
 
 
@@ -495,132 +522,247 @@ def _flags(perm_q: torch.Tensor, smp_k: torch.Tensor, T: int, block_size: int, t
     return gather, samples, block_mask
 
 
-def _hyper_attention_fwd(q, k, v, o0, lse0, perm_q, perm_k, smp_k, smp_blk, block_size: int,
-                         scale: float, log_w: float, causal: bool):
-    B, H, T, K = q.shape
+def _row_stride(x: torch.Tensor) -> int:
+    """RS of a [B, H, T(, d)] view whose head h starts h·RS rows into a buffer of contiguous rows:
+    RS = T for a whole tensor, the node length for the halves the causal recursion passes.
+    (The stride of a dim of size 1 means nothing, so those are not looked at.)"""
+    B, H, T = x.shape[:3]
+    row = x.shape[3] if x.dim() == 4 else 1
+    assert (row == 1 or x.stride(-1) == 1) and (T == 1 or x.stride(2) == row), "rows must be contiguous"
+    if H > 1:
+        assert x.stride(1) % row == 0 and (B == 1 or x.stride(0) == H * x.stride(1)), "heads must be evenly spaced"
+        return x.stride(1) // row
+    return x.stride(0) // row if B > 1 else T
+
+
+def _hyper_attention_fwd(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_size: int,
+                         scale: float, log_w: float, causal: bool, init: bool):
+    """One attention call (3)–(5) of q [B, H, T, K] over the keys the permutations and samples
+    give, written into the views o [B, H, T, V] and lse [B, H, T]; with init, merged (5) with the
+    partial softmax they already hold."""
+    B, H, _, K = q.shape
+    T = perm_q.shape[-1] if perm_q.numel() else q.shape[2]  # rows taken part (the perms may map into a padded layout)
     V = v.shape[-1]
     q, k, v = (_unit_last_dim(x) for x in (q, k, v))
     t = _tiles(K, V, q.dtype)
     gather, samples, block_mask = _flags(perm_q, smp_k, T, block_size, t.BM)
-    o = torch.empty(B, H, T, V, dtype=q.dtype, device=q.device)
-    lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
-    init = o0.numel() > 0
-    o0, lse0 = o0.contiguous(), lse0.float().contiguous()  # [B, H, T, V], [B, H, T] or empty
+    RS = _row_stride(o)
+    assert _row_stride(lse) == RS
     with _on_device(q):
         _hyper_attention_fwd_kernel[(triton.cdiv(T, t.BM), B * H)](
-            q, k, v, o, lse, o0, lse0, perm_q, perm_k, smp_k, smp_blk, *_strides(q), *_strides(k),
-            *_strides(v), H, T, smp_k.shape[-1] if samples else 0, block_size, scale, log_w, K=K, V=V,
+            q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, *_strides(q), *_strides(k), *_strides(v),
+            H, T, RS, smp_k.shape[-1] if samples else 0, block_size, scale, log_w, K=K, V=V,
             BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather, SAMPLES=samples, CAUSAL=causal,
             BLOCK_MASK=block_mask, INIT=init, UPCAST=INTERPRET, num_warps=t.warps, num_stages=t.stages)
-    return o, lse
 
 
-def _hyper_attention_bwd(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk,
-                         block_size: int, scale: float, log_w: float, causal: bool):
-    B, H, T, K = q.shape
+def _delta(o: torch.Tensor, do: torch.Tensor, dlse: torch.Tensor) -> torch.Tensor:
+    """delta_i = Σ o_i·do_i − dlse_i [B, H, T] fp32 (contiguous o, do [B, H, T, V], dlse [B, H, T])."""
+    B, H, T, V = o.shape
+    delta = torch.empty(B, H, T, dtype=torch.float32, device=o.device)
+    BM = _tiles(V, V, o.dtype).BM
+    with _on_device(o):
+        _hyper_attention_bwd_preprocess_kernel[(triton.cdiv(B * H * T, BM),)](
+            o, do, dlse, delta, B * H * T, V=V, BV=max(16, triton.next_power_of_2(V)), BM=BM)
+    return delta
+
+
+def _hyper_attention_bwd(do, q, k, v, lse, delta, dq, dk, dv, perm_q, perm_k, smp_k, smp_blk,
+                         block_size: int, scale: float, log_w: float, causal: bool, acc: bool):
+    """dq, dk, dv of one attention call, from the final lse and delta of its queries: written (or,
+    with acc, added) into the views dq [B, H, T, K] (rows like do, lse, delta) and dk, dv (the
+    keys' rows). Every key set the forward saw gives its share with the same final lse, so the
+    causal recursion's merges (5) need no derivative of their own."""
+    B, H, _, K = q.shape
+    T = perm_q.shape[-1] if perm_q.numel() else q.shape[2]
     V = v.shape[-1]
     q, k, v = (_unit_last_dim(x) for x in (q, k, v))
-    do = do.contiguous()
     t = _tiles(K, V, q.dtype)
-    o, dlse = o.contiguous(), dlse.float().contiguous()
-    delta = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
-    dq = torch.empty(B, H, T, K, dtype=q.dtype, device=q.device)
-    dk = torch.empty(B, H, T, K, dtype=q.dtype, device=q.device)
-    dv = torch.empty(B, H, T, V, dtype=q.dtype, device=q.device)
     gather, samples, block_mask = _flags(perm_q, smp_k, T, block_size, t.BM)
     S = smp_k.shape[-1] if samples else 0
+    RS, RSK = _row_stride(dq), _row_stride(dk)
+    assert _row_stride(do) == _row_stride(lse) == _row_stride(delta) == RS and _row_stride(dv) == RSK
     strides = (*_strides(q), *_strides(k), *_strides(v))
     with _on_device(q):
-        _hyper_attention_bwd_preprocess_kernel[(triton.cdiv(B * H * T, t.BM),)](
-            o, do, dlse, delta, B * H * T, V=V, BV=t.BV, BM=t.BM)
         _hyper_attention_bwd_dq_kernel[(triton.cdiv(T, t.BM), B * H)](
-            q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk, *strides, H, T, S,
+            q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk, *strides, H, T, RS, S,
             block_size, scale, log_w, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather,
-            SAMPLES=samples, CAUSAL=causal, BLOCK_MASK=block_mask, UPCAST=INTERPRET,
+            SAMPLES=samples, CAUSAL=causal, BLOCK_MASK=block_mask, ACC=acc, UPCAST=INTERPRET,
             num_warps=t.warps, num_stages=t.stages)
         _hyper_attention_bwd_dkdv_block_kernel[(triton.cdiv(T, t.BN1), B * H)](
-            q, k, v, do, lse, delta, dk, dv, perm_q, perm_k, *strides, H, T, block_size, scale,
+            q, k, v, do, lse, delta, dk, dv, perm_q, perm_k, *strides, H, T, RS, RSK, block_size, scale,
             K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM1, BN=t.BN1, GATHER=gather, CAUSAL=causal,
-            BLOCK_MASK=_flags(perm_q, smp_k, T, block_size, t.BN1)[2], UPCAST=INTERPRET,
+            BLOCK_MASK=_flags(perm_q, smp_k, T, block_size, t.BN1)[2], ACC=acc, UPCAST=INTERPRET,
             num_warps=t.bwd_warps, num_stages=t.stages)
         if samples:
             splits = triton.cdiv(T, t.QSPLIT)
             dk_part = torch.empty(B * H, splits, S, K, dtype=torch.float32, device=q.device)
             dv_part = torch.empty(B * H, splits, S, V, dtype=torch.float32, device=q.device)
-            rank_q = torch.empty_like(perm_q).scatter_(
-                -1, perm_q.long(), torch.arange(T, device=q.device, dtype=perm_q.dtype).expand_as(perm_q))
             _hyper_attention_bwd_dkdv_sample_kernel[(triton.cdiv(S, t.BN1), splits, B * H)](
-                q, k, v, do, lse, delta, dk_part, dv_part, rank_q, smp_k, smp_blk, *strides, H, T, S,
+                q, k, v, do, lse, delta, dk_part, dv_part, perm_q, smp_k, smp_blk, *strides, H, T, RS, S,
                 block_size, scale, log_w, t.QSPLIT, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM1, BN=t.BN1,
                 UPCAST=INTERPRET, num_warps=t.bwd_warps, num_stages=t.stages)
-    if samples:  # a key sampled c times gets c contributions; index_add sums duplicates
-        at = (torch.arange(B * H, device=q.device)[:, None] * T + smp_k.view(B * H, S).long()).view(-1)
-        dk = dk.view(B * H * T, K).index_add(0, at, dk_part.sum(1).view(-1, K).to(dk.dtype)).view(B, H, T, K)
-        dv = dv.view(B * H * T, V).index_add(0, at, dv_part.sum(1).view(-1, V).to(dv.dtype)).view(B, H, T, V)
-    return dq, dk, dv
+    if samples:  # a key sampled c times gets c contributions; index_add_ sums duplicates
+        at = (torch.arange(B * H, device=q.device)[:, None] * RSK + smp_k.view(B * H, S).long()).view(-1)
+        for grad, part in ((dk, dk_part), (dv, dv_part)):
+            d = grad.shape[-1]  # the heads' rows as one [B·H·RSK, d] matrix from the view's first row
+            rows = grad.as_strided((B * H * RSK, d), (d, 1))
+            rows.index_add_(0, at, part.sum(1).view(-1, d).to(grad.dtype))
 
 
 # ------------------------------------------------------------------------------------------------
-# Custom ops (torch.compile sees one opaque op with a fake and an autograd formula)
+# Custom ops (torch.compile sees opaque ops with fakes and autograd formulas)
 # ------------------------------------------------------------------------------------------------
 @torch.library.custom_op("zoo::hyper_attention_fwd", mutates_args=())
-def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o0: torch.Tensor, lse0: torch.Tensor,
-            perm_q: torch.Tensor, perm_k: torch.Tensor, smp_k: torch.Tensor, smp_blk: torch.Tensor,
-            block_size: int, scale: float, log_w: float,
-            causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(o [B, H, T, V], lse [B, H, T] fp32) on heads-first q, k, v. Empty perm_*: identity
-    order; empty smp_*: no sampled part; o0 [B, H, T, V], lse0 [B, H, T] (or empty): a partial
-    softmax over other keys, merged in (5)."""
-    return _hyper_attention_fwd(q, k, v, o0, lse0, perm_q, perm_k, smp_k, smp_blk, block_size, scale,
-                                log_w, causal)
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, perm_q: torch.Tensor, perm_k: torch.Tensor,
+            smp_k: torch.Tensor, smp_blk: torch.Tensor, block_size: int, scale: float,
+            log_w: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-causal (o [B, H, T, V], lse [B, H, T] fp32) on heads-first q, k, v. Empty perm_*:
+    identity order; empty smp_*: no sampled part."""
+    B, H, T, _ = q.shape
+    o = q.new_empty(B, H, T, v.shape[-1])
+    lse = q.new_empty(B, H, T, dtype=torch.float32)
+    _hyper_attention_fwd(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, False, False)
+    return o, lse
 
 
 @_fwd_op.register_fake
-def _(q, k, v, o0, lse0, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, causal):
+def _(q, k, v, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w):
     B, H, T, _ = q.shape
     return q.new_empty(B, H, T, v.shape[-1]), q.new_empty(B, H, T, dtype=torch.float32)
 
 
 @torch.library.custom_op("zoo::hyper_attention_bwd", mutates_args=())
-def _bwd_op(do: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-            v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, perm_q: torch.Tensor,
-            perm_k: torch.Tensor, smp_k: torch.Tensor, smp_blk: torch.Tensor, block_size: int,
-            scale: float, log_w: float, causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _hyper_attention_bwd(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk,
-                                block_size, scale, log_w, causal)
+def _bwd_op(do: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            o: torch.Tensor, lse: torch.Tensor, perm_q: torch.Tensor, perm_k: torch.Tensor,
+            smp_k: torch.Tensor, smp_blk: torch.Tensor, block_size: int, scale: float,
+            log_w: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    do = do.contiguous()
+    delta = _delta(o.contiguous(), do, dlse.float().contiguous())
+    dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
+    _hyper_attention_bwd(do, q, k, v, lse, delta, dq, dk, dv, perm_q, perm_k, smp_k, smp_blk, block_size,
+                         scale, log_w, False, False)
+    return dq, dk, dv
 
 
 @_bwd_op.register_fake
-def _(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, causal):
-    B, H, T, K = q.shape
-    return q.new_empty(B, H, T, K), q.new_empty(B, H, T, K), q.new_empty(B, H, T, v.shape[-1])
+def _(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, o0, lse0, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, causal = inputs
-    ctx.save_for_backward(q, k, v, o0, lse0, output[0], output[1], perm_q, perm_k, smp_k, smp_blk)
-    ctx.args = (block_size, scale, log_w, causal)
+    q, k, v, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], perm_q, perm_k, smp_k, smp_blk)
+    ctx.args = (block_size, scale, log_w)
 
 
 def _backward(ctx, do, dlse):
-    """The kernels' keys through the Triton backward, with the final o and lse; the merged-in
-    partial softmax by (5)'s derivative: with α = e^(lse0 − lse) and delta = do·o − dlse,
-    d o0 = α·do and d lse0 = α·(do·o0 − delta)."""
-    q, k, v, o0, lse0, o, lse, perm_q, perm_k, smp_k, smp_blk = ctx.saved_tensors
+    q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk = ctx.saved_tensors
     do = torch.zeros_like(o) if do is None else do
     dlse = torch.zeros_like(lse) if dlse is None else dlse
     dq, dk, dv = _bwd_op(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, *ctx.args)
-    do0 = dlse0 = None
-    if o0.numel() > 0:
-        alpha = torch.exp(lse0.float() - lse)  # [B, H, T]
-        do_f = do.float()
-        delta = (do_f * o.float()).sum(-1) - dlse.float()
-        do0 = (alpha[..., None] * do_f).to(o0.dtype)
-        dlse0 = (alpha * ((do_f * o0.float()).sum(-1) - delta)).to(lse0.dtype)
-    return dq, dk, dv, do0, dlse0, None, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _node_halves(x: torch.Tensor, nodes: int):
+    """x [B, H, T(, d)] cut into `nodes` nodes a head: (second halves, first halves), each
+    [B, H·nodes, n/2(, d)] for nodes of n = T/nodes rows: the lower-left block's queries and keys (7)."""
+    n = x.shape[2] // nodes
+    y = x.view(x.shape[0], x.shape[1] * nodes, n, *x.shape[3:])
+    return y[:, :, n // 2:], y[:, :, : n // 2]
+
+
+def _leaves(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """x [B, H, T(, d)] as the recursion's 2^levels leaves a head [B, H·2^levels, T/2^levels(, d)]."""
+    return x.view(x.shape[0], x.shape[1] * 2 ** levels, x.shape[2] // 2 ** levels, *x.shape[3:])
+
+
+def _causal_pieces(levels: int, query_side, key_side):
+    """The calls of the causal recursion (7) on its padded layout, in the order the forward merges
+    them: the exact causal leaves, then the lower-left blocks from the deepest level up (the
+    order of the zoo's draws). Yields (level index or None, query-side views, key-side views)."""
+    yield None, [_leaves(x, levels) for x in query_side], [_leaves(x, levels) for x in key_side]
+    for i, ell in enumerate(range(levels, 0, -1)):
+        yield (i, [_node_halves(x, 2 ** (ell - 1))[0] for x in query_side],
+               [_node_halves(x, 2 ** (ell - 1))[1] for x in key_side])
+
+
+@torch.library.custom_op("zoo::hyper_attention_causal_fwd", mutates_args=())
+def _causal_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, perms_q: list[torch.Tensor],
+                   perms_k: list[torch.Tensor], smps_k: list[torch.Tensor], smps_blk: list[torch.Tensor],
+                   blocks: list[int], log_ws: list[float], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal (7) on the padded layout q, k, v [B, H, leaf·2^L, *] (L = len(perms_q)): every call
+    writes into one o, lse; each lower-left kernel starts from the diagonal half's (o, lse) in
+    place, so the merge (5) is fused and nothing is copied between levels."""
+    B, H, T, _ = q.shape
+    o = q.new_empty(B, H, T, v.shape[-1])
+    lse = q.new_empty(B, H, T, dtype=torch.float32)
+    none = torch.empty(0, dtype=torch.int32, device=q.device)
+    for i, (qq, oo, ll), (kk, vv) in _causal_pieces(len(perms_q), (q, o, lse), (k, v)):
+        if i is None:  # exact causal attention on each leaf
+            _hyper_attention_fwd(qq, kk, vv, oo, ll, none, none, none, none, qq.shape[2], scale, 0.0, True, False)
+        else:
+            _hyper_attention_fwd(qq, kk, vv, oo, ll, perms_q[i], perms_k[i], smps_k[i], smps_blk[i], blocks[i],
+                                 scale, log_ws[i], False, True)
+    return o, lse
+
+
+@_causal_fwd_op.register_fake
+def _(q, k, v, perms_q, perms_k, smps_k, smps_blk, blocks, log_ws, scale):
+    B, H, T, _ = q.shape
+    return q.new_empty(B, H, T, v.shape[-1]), q.new_empty(B, H, T, dtype=torch.float32)
+
+
+@torch.library.custom_op("zoo::hyper_attention_causal_bwd", mutates_args=())
+def _causal_bwd_op(do: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   o: torch.Tensor, lse: torch.Tensor, perms_q: list[torch.Tensor], perms_k: list[torch.Tensor],
+                   smps_k: list[torch.Tensor], smps_blk: list[torch.Tensor], blocks: list[int],
+                   log_ws: list[float], scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every call of the forward, with the final lse and delta of its queries, adds its share to
+    fp32 dq, dk, dv (a query or key takes part in one call a level)."""
+    do = do.contiguous()
+    delta = _delta(o.contiguous(), do, dlse.float().contiguous())
+    dq, dk, dv = (torch.zeros(x.shape, dtype=torch.float32, device=x.device) for x in (q, k, v))
+    none = torch.empty(0, dtype=torch.int32, device=q.device)
+    for i, (qq, dd, ll, de, dqq), (kk, vv, dkk, dvv) in _causal_pieces(
+            len(perms_q), (q, do, lse, delta, dq), (k, v, dk, dv)):
+        if i is None:
+            _hyper_attention_bwd(dd, qq, kk, vv, ll, de, dqq, dkk, dvv, none, none, none, none, qq.shape[2],
+                                 scale, 0.0, True, True)
+        else:
+            _hyper_attention_bwd(dd, qq, kk, vv, ll, de, dqq, dkk, dvv, perms_q[i], perms_k[i], smps_k[i],
+                                 smps_blk[i], blocks[i], scale, log_ws[i], False, True)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+@_causal_bwd_op.register_fake
+def _(do, dlse, q, k, v, o, lse, perms_q, perms_k, smps_k, smps_blk, blocks, log_ws, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _causal_setup_context(ctx, inputs, output):
+    q, k, v, perms_q, perms_k, smps_k, smps_blk, blocks, log_ws, scale = inputs
+    ctx.levels = len(perms_q)
+    ctx.save_for_backward(q, k, v, output[0], output[1], *perms_q, *perms_k, *smps_k, *smps_blk)
+    ctx.args = (blocks, log_ws, scale)
+
+
+def _causal_backward(ctx, do, dlse):
+    q, k, v, o, lse, *plans = ctx.saved_tensors
+    n = ctx.levels
+    do = torch.zeros_like(o) if do is None else do
+    dlse = torch.zeros_like(lse) if dlse is None else dlse
+    dq, dk, dv = _causal_bwd_op(do, dlse, q, k, v, o, lse, plans[:n], plans[n:2 * n], plans[2 * n:3 * n],
+                                plans[3 * n:], *ctx.args)
+    # a list of tensors gets a list of None; blocks and log_ws are lists of tensors too when empty
+    empty = [] if n == 0 else None
+    return dq, dk, dv, *([None] * n for _ in range(4)), empty, empty, None
+
+
+_causal_fwd_op.register_autograd(_causal_backward, setup_context=_causal_setup_context)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -640,52 +782,89 @@ def _check_fast(q: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"T = {q.shape[1]} does not fit the kernels' int32 token indices")
 
 
-def _noncausal(q, k, v, proj, scale, block_size, sample_size, min_seq_len, generator, o0=None, lse0=None):
-    """zoo _noncausal_chunk: hash and sort, draw samples, one fused attention kernel; with
-    (o0, lse0) the kernel also merges that partial softmax in (5)."""
-    B, H, T, _ = q.shape
-    none = torch.empty(0, dtype=torch.int32, device=q.device)
-    if o0 is None:
-        o0, lse0 = q.new_empty(0), q.new_empty(0, dtype=torch.float32)
-    if T < min_seq_len:  # (6): one block of every key, no permutation, no samples
-        return _fwd_op(q, k, v, o0, lse0, none, none, none, none, T, scale, 0.0, False)
-    perm_q = torch.sort(_lsh_codes(q, proj), dim=-1, stable=True).indices  # (1) [B, H, T]
-    perm_k = torch.sort(_lsh_codes(k, proj), dim=-1, stable=True).indices
+def _plan(codes_q, codes_k, T: int, block_size: int, sample_size: int, min_seq_len: int, generator,
+          device):
+    """zoo _noncausal_chunk's steps before its attention, on the LSH codes [B, H, T] (None when
+    T < min_seq_len): sort (1) and draw (4). -> (perm_q, perm_k, smp_k, smp_blk, block, log_w);
+    T < min_seq_len (6): empty permutations and one block covering T."""
+    none = torch.empty(0, dtype=torch.int32, device=device)
+    if T < min_seq_len:
+        return none, none, none, none, T, 0.0
+    B, H, _ = codes_q.shape
+    perm_q = torch.sort(codes_q, dim=-1, stable=True).indices  # (1) [B, H, T]
+    perm_k = torch.sort(codes_k, dim=-1, stable=True).indices
     smp_k = smp_blk = none
     log_w = 0.0
     if sample_size > 0 and T > block_size:
-        samples = zh.draw_samples(B, H, T, sample_size, generator, q.device)  # (4) sorted positions
+        samples = zh.draw_samples(B, H, T, sample_size, generator, device)  # (4) sorted positions
         smp_k = perm_k.gather(-1, samples).to(torch.int32)  # the tokens they are
         smp_blk = (samples // block_size).to(torch.int32)  # the blocks they lie in
         log_w = math.log(T / sample_size)
-    return _fwd_op(q, k, v, o0, lse0, perm_q.to(torch.int32), perm_k.to(torch.int32), smp_k, smp_blk,
-                   block_size, scale, log_w, False)
+    return perm_q.to(torch.int32), perm_k.to(torch.int32), smp_k, smp_blk, block_size, log_w
 
 
-def _exact_causal(q, k, v, scale):
-    none = torch.empty(0, dtype=torch.int32, device=q.device)
-    return _fwd_op(q, k, v, q.new_empty(0), q.new_empty(0, dtype=torch.float32), none, none, none, none,
-                   q.shape[2], scale, 0.0, True)
+def _causal_layout(T: int, min_seq_len: int):
+    """Where the zoo's recursion (7) puts every row. It appends one zero row to each node of odd
+    length, so all nodes of a level have one length; lay the nodes out at the size their own
+    children will need, and every level is one [B, H·nodes, n] view of one padded buffer.
+    -> (leaf, halves, slots): 2^L leaves of `leaf` rows a head (L = len(halves)); halves[j] =
+    (h, rows) for level j from the top, whose nodes have halves of h rows (zero rows of upper
+    levels included), which sit at `rows` [h] (int64, CPU) inside a half of the layout, or None
+    when rows = 0..h-1; slots [T] the same for the T tokens in the whole layout, or None."""
+    if T <= min_seq_len:
+        return T, [], None
+    h = (T + 1) // 2  # top half: rows 0..h-1; bottom half: the other T - h rows and, if T is odd, a zero row
+    leaf, halves, rows = _causal_layout(h, min_seq_len)
+    size = leaf * 2 ** len(halves)  # a half's rows in the layout (>= h)
+    slots = None
+    if rows is not None or T != 2 * h:
+        r = torch.arange(h) if rows is None else rows
+        slots = torch.cat([r, size + r[: T - h]])
+    return leaf, [(h, rows)] + halves, slots
 
 
-def _causal(q, k, v, noncausal, scale, min_seq_len):
-    """zoo causal_recursion (7), step for step (so the samples are drawn in the same order), but
-    the lower-left kernel starts from the diagonal half's (o, lse): the merge is fused, and o
-    stays in the input dtype between levels. q, k, v contiguous [B, H, T, *]."""
+def _causal(q, k, v, proj, scale, block_size, sample_size, min_seq_len, generator):
+    """zoo causal_recursion (7) on heads-first q, k, v: the same calls with the same draws in the
+    same order, on a layout where every level is one launch (_causal_layout): the zero rows the
+    zoo appends to odd nodes are placed once, up front (no copy when T = leaf·2^L); the tokens are
+    hashed once (a row's code is the same at every level); one op runs every kernel in place.
+    A level whose rows do not fill its halves gives the kernels its rows through the permutations."""
     B, H, T, _ = q.shape
-    if T <= min_seq_len:  # (6)
-        return _exact_causal(q, k, v, scale)
-    pad = T % 2  # one zero token at the end: after every real query, so causally masked away
-    if pad:
-        q, k, v = (torch.nn.functional.pad(x, (0, 0, 0, 1)) for x in (q, k, v))
-    half = (T + pad) // 2
-    o_d, lse_d = _causal(*(x.reshape(B, 2 * H, half, x.shape[-1]) for x in (q, k, v)),
-                         noncausal, scale, min_seq_len)  # the two diagonal halves as 2H heads
-    o_d, lse_d = o_d.reshape(B, H, 2 * half, -1), lse_d.reshape(B, H, 2 * half)
-    o_bot, lse_bot = noncausal(q[:, :, half:], k[:, :, :half], v[:, :, :half],
-                               o0=o_d[:, :, half:], lse0=lse_d[:, :, half:])  # lower-left, merged
-    o = torch.cat([o_d[:, :, :half], o_bot], dim=2)[:, :, :T]  # [B, H, T, V]
-    lse = torch.cat([lse_d[:, :, :half], lse_bot], dim=2)[:, :, :T]  # [B, H, T]
+    leaf, halves, slots = _causal_layout(T, min_seq_len)
+    L = len(halves)
+    if slots is None:
+        q, k, v = (x.contiguous() for x in (q, k, v))
+    else:
+        slots = slots.to(q.device)
+        q, k, v = (x.new_zeros(B, H, leaf * 2 ** L, x.shape[-1]).index_copy(2, slots, x) for x in (q, k, v))
+    codes_q = codes_k = None
+    if L and halves[0][0] >= min_seq_len:  # some lower-left block is hashed
+        codes_q, codes_k = _lsh_codes(q, proj), _lsh_codes(k, proj)
+    plans = []
+    for ell in range(L, 0, -1):  # the deepest level first: the zoo draws in this order
+        nodes = 2 ** (ell - 1)
+        h, rows = halves[ell - 1]
+        rows = None if rows is None else rows.to(q.device)
+        cq = ck = None
+        if h >= min_seq_len:  # the codes of the lower-left block's queries and keys [B, H·nodes, h]
+            cq, ck = _node_halves(codes_q, nodes)[0], _node_halves(codes_k, nodes)[1]
+            if rows is not None:
+                cq, ck = cq[..., rows], ck[..., rows]
+        plan = _plan(cq, ck, h, block_size, sample_size, min_seq_len, generator, q.device)
+        if rows is not None:  # sorted or not, the rows are read through the permutations
+            perm_q, perm_k, smp_k, smp_blk, block, log_w = plan
+            if perm_q.numel() == 0:  # exact (6): one block, the rows in order
+                perm_q = perm_k = rows.to(torch.int32).expand(B, H * nodes, h).contiguous()
+            else:
+                perm_q, perm_k = (rows.to(torch.int32)[p.long()] for p in (perm_q, perm_k))
+                if smp_k.numel():
+                    smp_k = rows.to(torch.int32)[smp_k.long()]
+            plan = (perm_q, perm_k, smp_k, smp_blk, block, log_w)
+        plans.append(plan)
+    perms_q, perms_k, smps_k, smps_blk, blocks, log_ws = (list(x) for x in zip(*plans)) if plans else ([],) * 6
+    o, lse = _causal_fwd_op(q, k, v, perms_q, perms_k, smps_k, smps_blk, blocks, log_ws, scale)
+    if slots is not None:
+        o, lse = o.index_select(2, slots), lse.index_select(2, slots)
     return o, lse
 
 
@@ -702,14 +881,14 @@ def hyper_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q_, k_, v_ = (x.transpose(1, 2) for x in (q, k, v))  # heads-first views [B, H, T, *]
     proj_ = proj.to(device=q.device, dtype=torch.float32)
-
-    def noncausal(q, k, v, o0=None, lse0=None):
-        return _noncausal(q, k, v, proj_, scale, block_size, sample_size, min_seq_len, generator, o0, lse0)
-
     if causal:
-        o, lse = _causal(*(x.contiguous() for x in (q_, k_, v_)), noncausal, scale, min_seq_len)
+        o, lse = _causal(q_, k_, v_, proj_, scale, block_size, sample_size, min_seq_len, generator)
     else:
-        o, lse = noncausal(q_, k_, v_)
+        T = q_.shape[2]
+        codes = (_lsh_codes(q_, proj_), _lsh_codes(k_, proj_)) if T >= min_seq_len else (None, None)
+        plan = _plan(*codes, T, block_size, sample_size, min_seq_len, generator, q.device)
+        perm_q, perm_k, smp_k, smp_blk, block, log_w = plan
+        o, lse = _fwd_op(q_, k_, v_, perm_q, perm_k, smp_k, smp_blk, block, scale, log_w)
     o = o.transpose(1, 2).to(dtype)  # [B, T, H, V]
     return (o, lse.transpose(1, 2)) if return_lse else o
 
@@ -800,12 +979,12 @@ def _benchmark(Ts=(4096, 16384, 65536, 131072), B=1, H=32, D=64, dtype=torch.bfl
         perm = torch.sort(codes, dim=-1, stable=True).indices.to(torch.int32)
         smp = zh.draw_samples(B, H, T, 256, None, dev)
         smp_k, smp_blk = perm.gather(-1, smp.long()).to(torch.int32), (smp // 256).to(torch.int32)
-        e0, e1 = q.new_empty(0), q.new_empty(0, dtype=torch.float32)
+        o_, lse_ = torch.empty_like(q_), q_.new_empty(q_.shape[:3], dtype=torch.float32)
         stages = {
             "hash q": lambda: _lsh_codes(q_, proj),
             "sort q": lambda: torch.sort(codes, dim=-1, stable=True),
-            "attention kernel": lambda: _hyper_attention_fwd(q_, k_, v_, e0, e1, perm, perm, smp_k, smp_blk,
-                                                             256, D ** -0.5, math.log(T / 256), False),
+            "attention kernel": lambda: _hyper_attention_fwd(q_, k_, v_, o_, lse_, perm, perm, smp_k, smp_blk,
+                                                             256, D ** -0.5, math.log(T / 256), False, False),
         }
         for name, fn in stages.items():
             t = do_bench(fn, warmup=3, rep=30)

@@ -506,33 +506,36 @@ import torch
 from aot import stack_bytes
 import fast.hyper_attention as fh
 
-I32 = {"perm_q", "perm_k", "smp_k", "smp_blk", "codes", "rank_q"}
-F32 = {"lse", "lse0", "delta", "dlse", "proj", "dk_part", "dv_part"}
-HALF = {"q", "k", "v", "o", "o0", "do", "dq", "dk", "dv", "x"}
+I32 = {"perm_q", "perm_k", "smp_k", "smp_blk", "codes"}
+F32 = {"lse", "delta", "dlse", "proj", "dk_part", "dv_part"}
+HALF = {"q", "k", "v", "o", "do", "dq", "dk", "dv", "x"}
 # As the JIT compiles them for bf16: 16-byte-aligned pointers, int32 sizes and strides.
 TYPES = dict(dict.fromkeys(I32, "*i32"), **dict.fromkeys(F32, "*fp32"), **dict.fromkeys(HALF, "*bf16"),
              scale="fp32", log_w="fp32")
 
 
 def spills(kernel, consts, num_warps, num_stages):
-    return stack_bytes(kernel, TYPES, consts, num_warps, num_stages, default="i32")
+    types = dict(TYPES, **dict.fromkeys(("dq", "dk", "dv"), "*fp32")) if consts.get("ACC") else TYPES  # fp32 sums
+    return stack_bytes(kernel, types, consts, num_warps, num_stages, default="i32")
 
 
 out = {}
-out["lsh"] = spills(fh._hyper_attention_lsh_kernel, dict(K=64, R=8, BK=64, BR=16, BM=128), 4, 1)
+out["lsh"] = spills(fh._hyper_attention_lsh_kernel, dict(K=64, R=8, BK=64, BR=16, BM=fh.LSH_TILES[0], REDUCE=True), fh.LSH_TILES[1], 1)
+out["lsh dot"] = spills(fh._hyper_attention_lsh_kernel, dict(K=64, R=8, BK=64, BR=16, BM=128, REDUCE=False), 4, 1)
 for D in (64, 128):
     t = fh._tiles(D, D, torch.bfloat16)
     dims = dict(K=D, V=D, BK=t.BK, BV=t.BV, UPCAST=False)
     hyper = dict(GATHER=True, CAUSAL=False, BLOCK_MASK=False)
     leaf = dict(GATHER=False, CAUSAL=True, BLOCK_MASK=False)
-    for name, flags in (("hyper", hyper), ("leaf", leaf)):
-        samples = name == "hyper"
+    # backward: "hyper" as the non-causal op stores, "level" as the causal recursion adds
+    for name, flags, acc in (("hyper", hyper, False), ("level", hyper, True), ("leaf", leaf, True)):
+        samples = name != "leaf"
         out[f"fwd {name} D={D}"] = spills(fh._hyper_attention_fwd_kernel, dict(
-            dims, BM=t.BM, BN=t.BN, SAMPLES=samples, INIT=samples, **flags), t.warps, t.stages)
+            dims, BM=t.BM, BN=t.BN, SAMPLES=samples, INIT=acc and samples, **flags), t.warps, t.stages)
         out[f"dq {name} D={D}"] = spills(fh._hyper_attention_bwd_dq_kernel, dict(
-            dims, BM=t.BM, BN=t.BN, SAMPLES=samples, **flags), t.warps, t.stages)
+            dims, BM=t.BM, BN=t.BN, SAMPLES=samples, ACC=acc, **flags), t.warps, t.stages)
         out[f"dkdv {name} D={D}"] = spills(fh._hyper_attention_bwd_dkdv_block_kernel, dict(
-            dims, BM=t.BM1, BN=t.BN1, **flags), t.bwd_warps, t.stages)
+            dims, BM=t.BM1, BN=t.BN1, ACC=acc, **flags), t.bwd_warps, t.stages)
     out[f"dkdv samples D={D}"] = spills(fh._hyper_attention_bwd_dkdv_sample_kernel, dict(
         dims, BM=t.BM1, BN=t.BN1), t.bwd_warps, t.stages)
 print(json.dumps(out))
