@@ -66,7 +66,7 @@ LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2: e^x = 2^(x·LOG2E), and exp2
 LN2 = tl.constexpr(0.6931471805599453)  # ln 2: the log2-unit lse back to a natural log
 MAX_HEAD_DIM = 256  # past this one head's q and acc no longer fit in registers
 LSH_REDUCE = True  # the hash as R row reductions (else one fp32 tl.dot)
-LSH_TILES = (128, 8, LSH_REDUCE)  # (rows a program, warps, reduce): to be chosen on the GPU
+LSH_TILES = (32, 2, LSH_REDUCE)  # (rows a program, warps, reduce): 0.32 ms for q at 131k × 32 heads × 64 on the H100 (run 10; 128 rows at 8 warps 0.65, the fp32 dot 0.50)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -143,6 +143,13 @@ def _hyper_attention_lsh_kernel(x, proj, codes, sx_b, sx_h, sx_t, H, T, K: tl.co
 
 
 @triton.jit
+def _head(i_h, s_h, s_t, NODES, RS):
+    """Offset of head i_h in q, k or v when the H heads are cut into NODES nodes of RS rows each
+    (the causal recursion's levels, 7): node i_h % NODES of head i_h // NODES, RS·s_t apart."""
+    return (i_h // NODES).to(tl.int64) * s_h + (i_h % NODES).to(tl.int64) * RS * s_t
+
+
+@triton.jit
 def _gather_rows(p_base, rows, mask_rows, stride_t, offs_d, D: tl.constexpr, UPCAST: tl.constexpr):
     """Rows `rows` of one head's [T, D] matrix (0 where masked)."""
     b_x = tl.load(p_base + rows[:, None].to(tl.int64) * stride_t + offs_d[None, :],
@@ -167,7 +174,7 @@ def _online_update(b_s, b_v, m_i, l_i, acc):
 @triton.jit(do_not_specialize=["T", "RS", "S", "block_size"])
 def _hyper_attention_fwd_kernel(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk,
                                 sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
-                                H, T, RS, S, block_size, scale, log_w,
+                                H, NODES, T, RS, S, block_size, scale, log_w,
                                 K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                                 BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                                 GATHER: tl.constexpr, SAMPLES: tl.constexpr, CAUSAL: tl.constexpr,
@@ -193,9 +200,9 @@ def _hyper_attention_fwd_kernel(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk,
         rows_q = tl.load(perm_q + row0 + offs_m, mask=mask_m, other=0)
     else:
         rows_q = offs_m
-    p_qb = q + i_b.to(tl.int64) * sq_b + i_h.to(tl.int64) * sq_h
-    p_kb = k + i_b.to(tl.int64) * sk_b + i_h.to(tl.int64) * sk_h
-    p_vb = v + i_b.to(tl.int64) * sv_b + i_h.to(tl.int64) * sv_h
+    p_qb = q + i_b.to(tl.int64) * sq_b + _head(i_h, sq_h, sq_t, NODES, RS)
+    p_kb = k + i_b.to(tl.int64) * sk_b + _head(i_h, sk_h, sk_t, NODES, RS)
+    p_vb = v + i_b.to(tl.int64) * sv_b + _head(i_h, sv_h, sv_t, NODES, RS)
     # ---- load the query rows once
     b_q = _gather_rows(p_qb, rows_q, mask_m, sq_t, offs_k, K, UPCAST)
     qk_scale = scale * LOG2E
@@ -269,7 +276,7 @@ def _hyper_attention_bwd_preprocess_kernel(o, do, dlse, delta, n_rows, V: tl.con
 @triton.jit(do_not_specialize=["T", "RS", "S", "block_size"])
 def _hyper_attention_bwd_dq_kernel(q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk,
                                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
-                                   H, T, RS, S, block_size, scale, log_w,
+                                   H, NODES, T, RS, S, block_size, scale, log_w,
                                    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                                    BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                                    GATHER: tl.constexpr, SAMPLES: tl.constexpr,
@@ -294,10 +301,10 @@ def _hyper_attention_bwd_dq_kernel(q, k, v, do, lse, delta, dq, perm_q, perm_k, 
         rows_q = tl.load(perm_q + row0 + offs_m, mask=mask_m, other=0)
     else:
         rows_q = offs_m
-    p_kb = k + i_b.to(tl.int64) * sk_b + i_h.to(tl.int64) * sk_h
-    p_vb = v + i_b.to(tl.int64) * sv_b + i_h.to(tl.int64) * sv_h
+    p_kb = k + i_b.to(tl.int64) * sk_b + _head(i_h, sk_h, sk_t, NODES, RS)
+    p_vb = v + i_b.to(tl.int64) * sv_b + _head(i_h, sv_h, sv_t, NODES, RS)
     # ---- load q, do, lse, delta of these rows
-    b_q = _gather_rows(q + i_b.to(tl.int64) * sq_b + i_h.to(tl.int64) * sq_h, rows_q, mask_m, sq_t,
+    b_q = _gather_rows(q + i_b.to(tl.int64) * sq_b + _head(i_h, sq_h, sq_t, NODES, RS), rows_q, mask_m, sq_t,
                        offs_k, K, UPCAST)
     b_do = _gather_rows(do + row0_q * V, rows_q, mask_m, V, offs_v, V, UPCAST)
     b_lse = tl.load(lse + row0_q + rows_q, mask=mask_m, other=0.0) * LOG2E
@@ -354,7 +361,7 @@ def _hyper_attention_bwd_dq_kernel(q, k, v, do, lse, delta, dq, perm_q, perm_k, 
 @triton.jit(do_not_specialize=["T", "RS", "RSK", "block_size"])
 def _hyper_attention_bwd_dkdv_block_kernel(q, k, v, do, lse, delta, dk, dv, perm_q, perm_k,
                                            sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
-                                           H, T, RS, RSK, block_size, scale,
+                                           H, NODES, T, RS, RSK, block_size, scale,
                                            K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                                            BV: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                                            GATHER: tl.constexpr, CAUSAL: tl.constexpr,
@@ -377,11 +384,11 @@ def _hyper_attention_bwd_dkdv_block_kernel(q, k, v, do, lse, delta, dk, dv, perm
     else:
         rows_k = offs_n
     # ---- load the key tile once
-    b_k = _gather_rows(k + i_b.to(tl.int64) * sk_b + i_h.to(tl.int64) * sk_h, rows_k, mask_n, sk_t,
+    b_k = _gather_rows(k + i_b.to(tl.int64) * sk_b + _head(i_h, sk_h, sk_t, NODES, RS), rows_k, mask_n, sk_t,
                        offs_k, K, UPCAST)
-    b_v = _gather_rows(v + i_b.to(tl.int64) * sv_b + i_h.to(tl.int64) * sv_h, rows_k, mask_n, sv_t,
+    b_v = _gather_rows(v + i_b.to(tl.int64) * sv_b + _head(i_h, sv_h, sv_t, NODES, RS), rows_k, mask_n, sv_t,
                        offs_v, V, UPCAST)
-    p_qb = q + i_b.to(tl.int64) * sq_b + i_h.to(tl.int64) * sq_h
+    p_qb = q + i_b.to(tl.int64) * sq_b + _head(i_h, sq_h, sq_t, NODES, RS)
     qk_scale = scale * LOG2E
     b_dk = tl.zeros([BN, BK], tl.float32)  # fp32 accumulators
     b_dv = tl.zeros([BN, BV], tl.float32)
@@ -426,7 +433,7 @@ def _hyper_attention_bwd_dkdv_block_kernel(q, k, v, do, lse, delta, dk, dv, perm
 @triton.jit(do_not_specialize=["T", "RS", "S", "block_size"])
 def _hyper_attention_bwd_dkdv_sample_kernel(q, k, v, do, lse, delta, dk_part, dv_part, perm_q,
                                             smp_k, smp_blk, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
-                                            sv_b, sv_h, sv_t, H, T, RS, S, block_size, scale, log_w,
+                                            sv_b, sv_h, sv_t, H, NODES, T, RS, S, block_size, scale, log_w,
                                             QSPLIT, K: tl.constexpr, V: tl.constexpr,
                                             BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
                                             BN: tl.constexpr, UPCAST: tl.constexpr):
@@ -445,11 +452,11 @@ def _hyper_attention_bwd_dkdv_sample_kernel(q, k, v, do, lse, delta, dk_part, dv
     rows_s = tl.load(smp_k + i_bh.to(tl.int64) * S + offs_s, mask=mask_s, other=0)
     blk_s = tl.load(smp_blk + i_bh.to(tl.int64) * S + offs_s, mask=mask_s, other=-1)
     # ---- load the sampled keys once
-    b_k = _gather_rows(k + i_b.to(tl.int64) * sk_b + i_h.to(tl.int64) * sk_h, rows_s, mask_s, sk_t,
+    b_k = _gather_rows(k + i_b.to(tl.int64) * sk_b + _head(i_h, sk_h, sk_t, NODES, RS), rows_s, mask_s, sk_t,
                        offs_k, K, UPCAST)
-    b_v = _gather_rows(v + i_b.to(tl.int64) * sv_b + i_h.to(tl.int64) * sv_h, rows_s, mask_s, sv_t,
+    b_v = _gather_rows(v + i_b.to(tl.int64) * sv_b + _head(i_h, sv_h, sv_t, NODES, RS), rows_s, mask_s, sv_t,
                        offs_v, V, UPCAST)
-    p_qb = q + i_b.to(tl.int64) * sq_b + i_h.to(tl.int64) * sq_h
+    p_qb = q + i_b.to(tl.int64) * sq_b + _head(i_h, sq_h, sq_t, NODES, RS)
     qk_scale = scale * LOG2E
     log_w2 = log_w * LOG2E
     b_dk = tl.zeros([BN, BK], tl.float32)  # fp32 accumulators
@@ -536,11 +543,13 @@ def _row_stride(x: torch.Tensor) -> int:
 
 
 def _hyper_attention_fwd(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_size: int,
-                         scale: float, log_w: float, causal: bool, init: bool):
+                         scale: float, log_w: float, causal: bool, init: bool, nodes: int = 1):
     """One attention call (3)–(5) of q [B, H, T, K] over the keys the permutations and samples
-    give, written into the views o [B, H, T, V] and lse [B, H, T]; with init, merged (5) with the
-    partial softmax they already hold."""
+    give, written into the views o [B, H·nodes, T, V] and lse [B, H·nodes, T]; with init, merged
+    (5) with the partial softmax they already hold. With nodes > 1, q, k, v are the first of
+    `nodes` pieces a head, o's row stride apart (the causal recursion's levels)."""
     B, H, _, K = q.shape
+    H = H * nodes
     T = perm_q.shape[-1] if perm_q.numel() else q.shape[2]  # rows taken part (the perms may map into a padded layout)
     V = v.shape[-1]
     q, k, v = (_unit_last_dim(x) for x in (q, k, v))
@@ -551,7 +560,7 @@ def _hyper_attention_fwd(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_
     with _on_device(q):
         _hyper_attention_fwd_kernel[(triton.cdiv(T, t.BM), B * H)](
             q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, *_strides(q), *_strides(k), *_strides(v),
-            H, T, RS, smp_k.shape[-1] if samples else 0, block_size, scale, log_w, K=K, V=V,
+            H, nodes, T, RS, smp_k.shape[-1] if samples else 0, block_size, scale, log_w, K=K, V=V,
             BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather, SAMPLES=samples, CAUSAL=causal,
             BLOCK_MASK=block_mask, INIT=init, UPCAST=INTERPRET, num_warps=t.warps, num_stages=t.stages)
 
@@ -568,12 +577,13 @@ def _delta(o: torch.Tensor, do: torch.Tensor, dlse: torch.Tensor) -> torch.Tenso
 
 
 def _hyper_attention_bwd(do, q, k, v, lse, delta, dq, dk, dv, perm_q, perm_k, smp_k, smp_blk,
-                         block_size: int, scale: float, log_w: float, causal: bool, acc: bool):
+                         block_size: int, scale: float, log_w: float, causal: bool, acc: bool, nodes: int = 1):
     """dq, dk, dv of one attention call, from the final lse and delta of its queries: written (or,
     with acc, added) into the views dq [B, H, T, K] (rows like do, lse, delta) and dk, dv (the
     keys' rows). Every key set the forward saw gives its share with the same final lse, so the
-    causal recursion's merges (5) need no derivative of their own."""
+    causal recursion's merges (5) need no derivative of their own. nodes: as in _hyper_attention_fwd."""
     B, H, _, K = q.shape
+    H = H * nodes
     T = perm_q.shape[-1] if perm_q.numel() else q.shape[2]
     V = v.shape[-1]
     q, k, v = (_unit_last_dim(x) for x in (q, k, v))
@@ -585,12 +595,12 @@ def _hyper_attention_bwd(do, q, k, v, lse, delta, dq, dk, dv, perm_q, perm_k, sm
     strides = (*_strides(q), *_strides(k), *_strides(v))
     with _on_device(q):
         _hyper_attention_bwd_dq_kernel[(triton.cdiv(T, t.BM), B * H)](
-            q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk, *strides, H, T, RS, S,
+            q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk, *strides, H, nodes, T, RS, S,
             block_size, scale, log_w, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather,
             SAMPLES=samples, CAUSAL=causal, BLOCK_MASK=block_mask, ACC=acc, UPCAST=INTERPRET,
             num_warps=t.warps, num_stages=t.stages)
         _hyper_attention_bwd_dkdv_block_kernel[(triton.cdiv(T, t.BN1), B * H)](
-            q, k, v, do, lse, delta, dk, dv, perm_q, perm_k, *strides, H, T, RS, RSK, block_size, scale,
+            q, k, v, do, lse, delta, dk, dv, perm_q, perm_k, *strides, H, nodes, T, RS, RSK, block_size, scale,
             K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM1, BN=t.BN1, GATHER=gather, CAUSAL=causal,
             BLOCK_MASK=_flags(perm_q, smp_k, T, block_size, t.BN1)[2], ACC=acc, UPCAST=INTERPRET,
             num_warps=t.bwd_warps, num_stages=t.stages)
@@ -599,7 +609,7 @@ def _hyper_attention_bwd(do, q, k, v, lse, delta, dq, dk, dv, perm_q, perm_k, sm
             dk_part = torch.empty(B * H, splits, S, K, dtype=torch.float32, device=q.device)
             dv_part = torch.empty(B * H, splits, S, V, dtype=torch.float32, device=q.device)
             _hyper_attention_bwd_dkdv_sample_kernel[(triton.cdiv(S, t.BN1), splits, B * H)](
-                q, k, v, do, lse, delta, dk_part, dv_part, perm_q, smp_k, smp_blk, *strides, H, T, RS, S,
+                q, k, v, do, lse, delta, dk_part, dv_part, perm_q, smp_k, smp_blk, *strides, H, nodes, T, RS, S,
                 block_size, scale, log_w, t.QSPLIT, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM1, BN=t.BN1,
                 UPCAST=INTERPRET, num_warps=t.bwd_warps, num_stages=t.stages)
     if samples:  # a key sampled c times gets c contributions; index_add_ sums duplicates
@@ -647,7 +657,7 @@ def _bwd_op(do: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.Tens
 
 @_bwd_op.register_fake
 def _(do, dlse, q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as the kernels write them
 
 
 def _setup_context(ctx, inputs, output):
@@ -667,27 +677,30 @@ def _backward(ctx, do, dlse):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _node_halves(x: torch.Tensor, nodes: int):
-    """x [B, H, T(, d)] cut into `nodes` nodes a head: (second halves, first halves), each
-    [B, H·nodes, n/2(, d)] for nodes of n = T/nodes rows: the lower-left block's queries and keys (7)."""
-    n = x.shape[2] // nodes
-    y = x.view(x.shape[0], x.shape[1] * nodes, n, *x.shape[3:])
-    return y[:, :, n // 2:], y[:, :, : n // 2]
-
-
-def _leaves(x: torch.Tensor, levels: int) -> torch.Tensor:
-    """x [B, H, T(, d)] as the recursion's 2^levels leaves a head [B, H·2^levels, T/2^levels(, d)]."""
-    return x.view(x.shape[0], x.shape[1] * 2 ** levels, x.shape[2] // 2 ** levels, *x.shape[3:])
-
-
-def _causal_pieces(levels: int, query_side, key_side):
+def _causal_pieces(leaf: int, levels: int):
     """The calls of the causal recursion (7) on its padded layout, in the order the forward merges
     them: the exact causal leaves, then the lower-left blocks from the deepest level up (the
-    order of the zoo's draws). Yields (level index or None, query-side views, key-side views)."""
-    yield None, [_leaves(x, levels) for x in query_side], [_leaves(x, levels) for x in key_side]
+    order of the zoo's draws). Yields (level index or None for the leaves, nodes a head, node rows)."""
+    yield None, 2 ** levels, leaf
     for i, ell in enumerate(range(levels, 0, -1)):
-        yield (i, [_node_halves(x, 2 ** (ell - 1))[0] for x in query_side],
-               [_node_halves(x, 2 ** (ell - 1))[1] for x in key_side])
+        yield i, 2 ** (ell - 1), leaf * 2 ** (levels - ell + 1)
+
+
+def _inputs(x: torch.Tensor, n: int, part: slice) -> torch.Tensor:
+    """Rows `part` of the first node of n rows of q, k or v [B, H, T, d] (any strides): the kernels
+    reach the other nodes n rows apart."""
+    return x[:, :, :n][:, :, part]
+
+
+def _rows(x: torch.Tensor, nodes: int, part: slice) -> torch.Tensor:
+    """Rows `part` of every node of a contiguous per-row buffer [B, H, T(, d)]: [B, H·nodes, ·(, d)]."""
+    return x.view(x.shape[0], x.shape[1] * nodes, x.shape[2] // nodes, *x.shape[3:])[:, :, part]
+
+
+def _parts(i, n: int):
+    """(query rows, key rows) of a node: the whole leaf, or the lower-left block (second-half
+    queries, first-half keys)."""
+    return (slice(None), slice(None)) if i is None else (slice(n // 2, None), slice(None, n // 2))
 
 
 @torch.library.custom_op("zoo::hyper_attention_causal_fwd", mutates_args=())
@@ -701,12 +714,14 @@ def _causal_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, perms_q: l
     o = q.new_empty(B, H, T, v.shape[-1])
     lse = q.new_empty(B, H, T, dtype=torch.float32)
     none = torch.empty(0, dtype=torch.int32, device=q.device)
-    for i, (qq, oo, ll), (kk, vv) in _causal_pieces(len(perms_q), (q, o, lse), (k, v)):
+    for i, nodes, n in _causal_pieces(T >> len(perms_q), len(perms_q)):
+        pq, pk = _parts(i, n)
+        args = (_inputs(q, n, pq), _inputs(k, n, pk), _inputs(v, n, pk), _rows(o, nodes, pq), _rows(lse, nodes, pq))
         if i is None:  # exact causal attention on each leaf
-            _hyper_attention_fwd(qq, kk, vv, oo, ll, none, none, none, none, qq.shape[2], scale, 0.0, True, False)
+            _hyper_attention_fwd(*args, none, none, none, none, n, scale, 0.0, True, False, nodes)
         else:
-            _hyper_attention_fwd(qq, kk, vv, oo, ll, perms_q[i], perms_k[i], smps_k[i], smps_blk[i], blocks[i],
-                                 scale, log_ws[i], False, True)
+            _hyper_attention_fwd(*args, perms_q[i], perms_k[i], smps_k[i], smps_blk[i], blocks[i], scale, log_ws[i],
+                                 False, True, nodes)
     return o, lse
 
 
@@ -727,20 +742,21 @@ def _causal_bwd_op(do: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: tor
     delta = _delta(o.contiguous(), do, dlse.float().contiguous())
     dq, dk, dv = (torch.zeros(x.shape, dtype=torch.float32, device=x.device) for x in (q, k, v))
     none = torch.empty(0, dtype=torch.int32, device=q.device)
-    for i, (qq, dd, ll, de, dqq), (kk, vv, dkk, dvv) in _causal_pieces(
-            len(perms_q), (q, do, lse, delta, dq), (k, v, dk, dv)):
+    for i, nodes, n in _causal_pieces(q.shape[2] >> len(perms_q), len(perms_q)):
+        pq, pk = _parts(i, n)
+        args = (_rows(do, nodes, pq), _inputs(q, n, pq), _inputs(k, n, pk), _inputs(v, n, pk), _rows(lse, nodes, pq),
+                _rows(delta, nodes, pq), _rows(dq, nodes, pq), _rows(dk, nodes, pk), _rows(dv, nodes, pk))
         if i is None:
-            _hyper_attention_bwd(dd, qq, kk, vv, ll, de, dqq, dkk, dvv, none, none, none, none, qq.shape[2],
-                                 scale, 0.0, True, True)
+            _hyper_attention_bwd(*args, none, none, none, none, n, scale, 0.0, True, True, nodes)
         else:
-            _hyper_attention_bwd(dd, qq, kk, vv, ll, de, dqq, dkk, dvv, perms_q[i], perms_k[i], smps_k[i],
-                                 smps_blk[i], blocks[i], scale, log_ws[i], False, True)
+            _hyper_attention_bwd(*args, perms_q[i], perms_k[i], smps_k[i], smps_blk[i], blocks[i], scale, log_ws[i],
+                                 False, True, nodes)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
 @_causal_bwd_op.register_fake
 def _(do, dlse, q, k, v, o, lse, perms_q, perms_k, smps_k, smps_blk, blocks, log_ws, scale):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)  # contiguous, as the kernels write them
 
 
 def _causal_setup_context(ctx, inputs, output):
@@ -832,9 +848,7 @@ def _causal(q, k, v, proj, scale, block_size, sample_size, min_seq_len, generato
     B, H, T, _ = q.shape
     leaf, halves, slots = _causal_layout(T, min_seq_len)
     L = len(halves)
-    if slots is None:
-        q, k, v = (x.contiguous() for x in (q, k, v))
-    else:
+    if slots is not None:
         slots = slots.to(q.device)
         q, k, v = (x.new_zeros(B, H, leaf * 2 ** L, x.shape[-1]).index_copy(2, slots, x) for x in (q, k, v))
     codes_q = codes_k = None
@@ -847,7 +861,8 @@ def _causal(q, k, v, proj, scale, block_size, sample_size, min_seq_len, generato
         rows = None if rows is None else rows.to(q.device)
         cq = ck = None
         if h >= min_seq_len:  # the codes of the lower-left block's queries and keys [B, H·nodes, h]
-            cq, ck = _node_halves(codes_q, nodes)[0], _node_halves(codes_k, nodes)[1]
+            n = 2 * leaf * 2 ** (L - ell)
+            cq, ck = _rows(codes_q, nodes, slice(n // 2, None)), _rows(codes_k, nodes, slice(None, n // 2))
             if rows is not None:
                 cq, ck = cq[..., rows], ck[..., rows]
         plan = _plan(cq, ck, h, block_size, sample_size, min_seq_len, generator, q.device)
