@@ -2,8 +2,9 @@
 
 Kernel plan:
 - Hash (1): one program per (BM rows, batch·head) loads the rows once, projects them on the r ≤ 16
-  directions with one fp32 dot (IEEE, not tf32: a sign decides the bucket), packs the sign bits
-  and turns the bucket into its Gray rank with four shift-XORs. q and k: one launch each. The
+  directions in fp32 (a sign decides the bucket; r row reductions, faster on the H100 than one
+  IEEE fp32 dot, which stages its operands through shared memory), packs the sign bits and
+  turns the bucket into its Gray rank with four shift-XORs. q and k: one launch each. The
   stable sort of the codes and the sample draw stay in torch (zoo's draw_samples, so the same
   generator gives the same samples as the zoo).
 - Forward (3)–(5) fused: one program per (BM sorted queries, batch·head). It gathers its query
@@ -16,21 +17,29 @@ Kernel plan:
   Scores are in log2 units (exp2 is the native exponential).
 - The same kernel with no permutation, one block covering T, no samples and CAUSAL is exact
   (causal) attention: the min_seq_len fall-back (6) and the leaves of the causal recursion (7).
-- Causal (7): the zoo's recursion step for step (same sample draws in the same order), with one
-  change: the lower-left kernel starts its online softmax from the diagonal half's (o, lse)
-  (m = lse, l = 1, acc = o), so the merge (5) is fused and o stays in the input dtype between
-  levels. Its backward is the same kernels with the final o and lse, plus (5)'s derivative for
-  the merged-in part: d o0 = α·do, d lse0 = α·(do·o0 − delta), α = e^(lse0 − lse) (torch,
-  elementwise). The reshapes ([B, H, T] halves as [B, 2H, T/2]) are views of contiguous q, k, v.
+- Causal (7): the zoo's recursion, the same calls with the same sample draws in the same order,
+  but one launch a level. All nodes of a level have one length once the zoo's zero rows (one
+  appended to every odd node) are placed; _causal_layout places them once, up front, and for
+  T = leaf·2^L there are none, so nothing is copied: a level's 2^(ℓ-1) nodes a head are extra
+  "heads" the kernels reach n rows apart (_head). Order: the exact causal leaves, then the
+  lower-left blocks from the deepest level up; each lower-left kernel starts its online softmax
+  from the diagonal half's (o, lse) in place (m = lse, l = 1, acc = o): the merge (5) is fused,
+  and o, lse are one buffer written by every launch. Tokens are hashed once (a code does not
+  depend on the level). Where a level's rows do not fill its halves (padded T), the
+  permutations map its rows into the layout.
+  Backward: every key set a query saw enters its final softmax, so each call's share of dq, dk,
+  dv comes from the final lse and delta, the same as for one attention over their union; the
+  merges need no derivative of their own. Each call adds its share into fp32 dq, dk, dv
+  (atomic adds that never collide: a row takes part once a call), cast once at the end.
 - Backward recomputes P from q, k and the saved lse (fp32), with delta_i = Σ o_i·do_i − dlse_i
-  (dlse is lse's own gradient, which the causal merges need; one small kernel computes it):
+  (dlse is lse's own gradient, when the caller uses lse; one small kernel computes it):
   (a) dq: one program per sorted query tile, the forward's two loops, dq = scale·Σ ds·k;
   (b) dk, dv of the block keys: one program per sorted key tile, looping over the queries of
       its block; every key belongs to one block, so each row is written once, no atomics;
   (c) dk, dv of the sampled keys: every query may touch every sample, so one program per
-      (sample tile, query split, batch·head) sums over its split of queries (in token order: no
-      gather) into fp32 partials [BH, splits, s, D]; torch sums the splits and index_adds them
-      to dk, dv (index_add: a key sampled twice gets both).
+      (sample tile, query split, batch·head) sums over its split of queries (in sorted order, so
+      a query's block is its position // b) into fp32 partials [BH, splits, s, D]; torch sums
+      the splits and index_adds them to dk, dv (index_add: a key sampled twice gets both).
 - Tiles from a rule on the head dims (`_tiles`), never autotuned on T; T, S and block_size are
   do_not_specialize. Head dims pad to a power of two ≥ 16 (tl.dot's minimum) through masks.
   When block_size is a multiple of the query tile, a tile lies in one block and needs no block
@@ -41,8 +50,10 @@ Kernel plan:
   (reads q, k again: 1.1 GB) and two segmented sorts of T·H int32 codes. Floor ≈ 1.5–2 ms.
   Causal: log₂(T/min_seq_len) = 6 levels of T/2 lower-left queries × (b + s) keys (1.65 TFLOP)
   plus the exact causal leaves of 2048 tokens (1.1 TFLOP at 4·D per unmasked pair), 2.75 TFLOP
-  (benchmarks/specs.py counts it), ≈ 6 ms at 450 TFLOP/s, plus 12 sorts of T/2 codes and one
-  copy of o per level. Forward + backward: 3.5 × the forward's FLOPs.
+  (benchmarks/specs.py counts it), ≈ 6 ms at 450 TFLOP/s, plus 12 sorts of T/2 codes.
+  Forward + backward: 3.5 × the forward's FLOPs. Measured (H100, run 11 with these tiles, see
+  _tiles and benchmarks/results): non-causal forward 4.3 ms, causal 15.7 ms (the leaves 3.9,
+  six lower-left blocks ≈ 1.5 each); the gathered loads, not the FLOPs, bound the kernels.
 
 Legend (fla's prefixes): i_ program ids, p_ pointers, b_ on-chip blocks, offs_ offsets, mask_
 masks, rows_ token indices gathered through a permutation; BM/BN query/key tile sizes, BK/BV/BR
@@ -75,34 +86,48 @@ LSH_TILES = (32, 2, LSH_REDUCE)  # (rows a program, warps, reduce): 0.32 ms for 
 class Tiles(NamedTuple):
     BK: int  # K padded to a power of two >= 16
     BV: int  # V padded likewise
-    BM: int  # forward and dq: sorted queries per program
-    BN: int  # forward and dq: keys per loop step
+    BM: int  # exact forward (no gather: the causal leaves) and dq: queries per program
+    BN: int  # exact forward and dq: keys per loop step
     BM1: int  # dk/dv kernels: queries per loop step
     BN1: int  # dk/dv kernels: keys per program
     QSPLIT: int  # sampled dk/dv: queries per split (the split count is cdiv(T, QSPLIT))
-    warps: int  # forward and dq
+    warps: int  # exact forward and dq
     stages: int
     bwd_warps: int  # dk/dv kernels
+    BMG: int  # the gathered forward (sorted blocks and samples): queries per program
+    BNG: int  # ... keys per loop step
+    gwarps: int
+    gstages: int
 
 
 def _tiles(K: int, V: int, dtype: torch.dtype) -> Tiles:
     """Block sizes from the head dims and dtype. The forward holds q [BM, BK] and acc [BM, BV]
-    in registers and streams gathered k/v rows [BN, *]; fp16/bf16 at D ≤ 64 take FlashAttention-2's
-    BM = 128, BN = 64. A gathered tile needs a [BN, BK] tensor of 64-bit pointers (64 registers per
-    thread at 4 warps), so the forward and dq run 8 warps: compiled ahead of time for sm_90
-    (Triton 3.9, cuobjdump -res-usage), 4 warps spill (8–96 bytes of stack), 8 warps do not
-    (210 and 184 registers); the dk/dv kernels hold [64, 64] tiles and fit 4 warps (≤ 229
-    registers, no spill). Not yet timed on the GPU. Queries per sampled-dk/dv split: 8192, so
-    T = 131072 gives 16 splits × 4 sample tiles × H programs."""
+    in registers and streams k/v rows [BN, *]. A gathered tile needs a [BN, BK] tensor of 64-bit
+    pointers (64 registers per thread at 4 warps). Measured on the H100 (run 11, bf16, D = 64,
+    B = 1, H = 32, T = 131072; sm_90 compiles of each without spills), the exact causal leaves
+    (64 nodes of 2048 a head) and the top lower-left block (65536 gathered queries, b = s = 256):
+        BM, BN, warps, stages   leaves   lower-left
+        128,  64, 8, 3          3.87     2.34
+        128, 128, 8, 2          5.78     2.57
+         64,  64, 4, 3          4.03     1.95
+        128,  32, 4, 3          4.65     1.66
+         64,  32, 4, 4          4.20     1.50
+        128,  64, 8, 2          4.10     2.38
+        256,  64, 8, 2          5.85     1.98
+    so FlashAttention-2's BM = 128, BN = 64 at 8 warps for the contiguous leaves (and dq, which
+    was not swept) and small 64 × 32 tiles, 4 stages deep, for the gathered forward: random rows
+    gain from more loads in flight more than from bigger dots. The dk/dv kernels hold [64, 64]
+    tiles at 4 warps (≤ 229 registers, no spill). Other dtypes and head dims: not timed. Queries
+    per sampled-dk/dv split: 8192, so T = 131072 gives 16 splits × 4 sample tiles × H programs."""
     BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
     if INTERPRET:  # programs run one after another: small tiles so small tests cross tile edges
-        return Tiles(BK, BV, 16, 16, 16, 16, 32, 1, 1, 1)
+        return Tiles(BK, BV, 16, 16, 16, 16, 32, 1, 1, 1, 16, 16, 1, 1)
     D = max(BK, BV)
     if dtype == torch.float32 or D > 128:
-        return Tiles(BK, BV, 64, 32, 32, 64, 8192, 4, 2, 4)
+        return Tiles(BK, BV, 64, 32, 32, 64, 8192, 4, 2, 4, 64, 32, 4, 2)
     if D <= 64:
-        return Tiles(BK, BV, 128, 64, 64, 64, 8192, 8, 3, 4)
-    return Tiles(BK, BV, 128, 64, 64, 64, 8192, 8, 2, 8)
+        return Tiles(BK, BV, 128, 64, 64, 64, 8192, 8, 3, 4, 64, 32, 4, 4)
+    return Tiles(BK, BV, 128, 64, 64, 64, 8192, 8, 2, 8, 128, 64, 8, 2)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,7 +196,7 @@ def _online_update(b_s, b_v, m_i, l_i, acc):
     return m_new, l_i, acc
 
 
-@triton.jit(do_not_specialize=["T", "RS", "S", "block_size"])
+@triton.jit(do_not_specialize=["NODES", "T", "RS", "S", "block_size"])
 def _hyper_attention_fwd_kernel(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk,
                                 sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
                                 H, NODES, T, RS, S, block_size, scale, log_w,
@@ -273,7 +298,7 @@ def _hyper_attention_bwd_preprocess_kernel(o, do, dlse, delta, n_rows, V: tl.con
     tl.store(delta + offs_m, tl.sum(b_o * b_do, 1) - b_dlse, mask=offs_m < n_rows)
 
 
-@triton.jit(do_not_specialize=["T", "RS", "S", "block_size"])
+@triton.jit(do_not_specialize=["NODES", "T", "RS", "S", "block_size"])
 def _hyper_attention_bwd_dq_kernel(q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk,
                                    sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
                                    H, NODES, T, RS, S, block_size, scale, log_w,
@@ -358,7 +383,7 @@ def _hyper_attention_bwd_dq_kernel(q, k, v, do, lse, delta, dq, perm_q, perm_k, 
         tl.store(p_dq, (b_dq * scale).to(dq.dtype.element_ty), mask=mask_dq)
 
 
-@triton.jit(do_not_specialize=["T", "RS", "RSK", "block_size"])
+@triton.jit(do_not_specialize=["NODES", "T", "RS", "RSK", "block_size"])
 def _hyper_attention_bwd_dkdv_block_kernel(q, k, v, do, lse, delta, dk, dv, perm_q, perm_k,
                                            sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
                                            H, NODES, T, RS, RSK, block_size, scale,
@@ -430,7 +455,7 @@ def _hyper_attention_bwd_dkdv_block_kernel(q, k, v, do, lse, delta, dk, dv, perm
         tl.store(p_dv, b_dv.to(dv.dtype.element_ty), mask=mask_dv)
 
 
-@triton.jit(do_not_specialize=["T", "RS", "S", "block_size"])
+@triton.jit(do_not_specialize=["NODES", "T", "RS", "S", "block_size"])
 def _hyper_attention_bwd_dkdv_sample_kernel(q, k, v, do, lse, delta, dk_part, dv_part, perm_q,
                                             smp_k, smp_blk, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t,
                                             sv_b, sv_h, sv_t, H, NODES, T, RS, S, block_size, scale, log_w,
@@ -554,15 +579,17 @@ def _hyper_attention_fwd(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_
     V = v.shape[-1]
     q, k, v = (_unit_last_dim(x) for x in (q, k, v))
     t = _tiles(K, V, q.dtype)
-    gather, samples, block_mask = _flags(perm_q, smp_k, T, block_size, t.BM)
+    gather = perm_q.numel() > 0
+    BM, BN, warps, stages = (t.BMG, t.BNG, t.gwarps, t.gstages) if gather else (t.BM, t.BN, t.warps, t.stages)
+    gather, samples, block_mask = _flags(perm_q, smp_k, T, block_size, BM)
     RS = _row_stride(o)
     assert _row_stride(lse) == RS
     with _on_device(q):
-        _hyper_attention_fwd_kernel[(triton.cdiv(T, t.BM), B * H)](
+        _hyper_attention_fwd_kernel[(triton.cdiv(T, BM), B * H)](
             q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, *_strides(q), *_strides(k), *_strides(v),
             H, nodes, T, RS, smp_k.shape[-1] if samples else 0, block_size, scale, log_w, K=K, V=V,
-            BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather, SAMPLES=samples, CAUSAL=causal,
-            BLOCK_MASK=block_mask, INIT=init, UPCAST=INTERPRET, num_warps=t.warps, num_stages=t.stages)
+            BK=t.BK, BV=t.BV, BM=BM, BN=BN, GATHER=gather, SAMPLES=samples, CAUSAL=causal,
+            BLOCK_MASK=block_mask, INIT=init, UPCAST=INTERPRET, num_warps=warps, num_stages=stages)
 
 
 def _delta(o: torch.Tensor, do: torch.Tensor, dlse: torch.Tensor) -> torch.Tensor:

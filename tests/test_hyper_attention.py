@@ -530,8 +530,9 @@ for D in (64, 128):
     # backward: "hyper" as the non-causal op stores, "level" as the causal recursion adds
     for name, flags, acc in (("hyper", hyper, False), ("level", hyper, True), ("leaf", leaf, True)):
         samples = name != "leaf"
+        fwd_tiles = (t.BMG, t.BNG, t.gwarps, t.gstages) if flags["GATHER"] else (t.BM, t.BN, t.warps, t.stages)
         out[f"fwd {name} D={D}"] = spills(fh._hyper_attention_fwd_kernel, dict(
-            dims, BM=t.BM, BN=t.BN, SAMPLES=samples, INIT=acc and samples, **flags), t.warps, t.stages)
+            dims, BM=fwd_tiles[0], BN=fwd_tiles[1], SAMPLES=samples, INIT=acc and samples, **flags), *fwd_tiles[2:])
         out[f"dq {name} D={D}"] = spills(fh._hyper_attention_bwd_dq_kernel, dict(
             dims, BM=t.BM, BN=t.BN, SAMPLES=samples, ACC=acc, **flags), t.warps, t.stages)
         out[f"dkdv {name} D={D}"] = spills(fh._hyper_attention_bwd_dkdv_block_kernel, dict(
