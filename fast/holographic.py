@@ -41,8 +41,15 @@ Cost at the headline size (bf16, B = 4, T = 8192, H = 1, hd_dim D = 8192; B·T =
 
 Latency (issue 7; ncu at the benchmark shape B 4, T 8192, H 16, D 512, chunk 64: forward 3.03 ms,
 DRAM 32 %, 3 blocks of 4 warps an SM "limited by registers": latency bound). Three load knobs,
-each a launcher argument (module defaults PREFETCH, STAGES / PREFETCH_BWD, STAGES_BWD; all off =
-the kernels as before), timed together by a GPU sweep; which wins is TO BE MEASURED:
+each a launcher argument (module defaults PREFETCH, STAGES, VECTOR / ..._BWD), timed together on
+the H100 (run 10, `.scratch`-style sweep recorded in benchmarks/results, 3 tiles × 6 settings):
+    the old defaults (BT 64, BD 16, vector, nothing pipelined): forward 3.09 ms, backward 5.10 ms;
+    best forward: BT 16, BD 64, vector=False, no pipelining: 2.10 ms (1.95× the floor);
+    best backward: BT 16, BD 64, vector, stages 3: 3.86 ms (2.16× its floor);
+    prefetch helped BT 64 a little (2.82) and hurt BT 16 (3.77); stages hurt the forward.
+So the kernels now run BT = KERNEL_CHUNK = 16 whatever chunk_size asks, the forward scalar, the
+backward with 3 stages: forward + backward 5.95 ms against 8.19. Target (≤ 1.61 ms): NOT met.
+The knobs:
     prefetch: chunk i+1's tiles (bwd: i-1's, and do, ck) are loaded into registers at the top of
         step i, so the global loads overlap step i's math. Inputs stay bf16 until used.
     stages:   tl.range(num_stages=STAGES): Triton's pipeliner keeps STAGES-1 chunks in flight
@@ -62,7 +69,8 @@ the kernels as before), timed together by a GPU sweep; which wins is TO BE MEASU
     replace an int multiply and one FMA by two complex products (more work, no trig saved); the
     arguments are already within ±2π, where libdevice takes its short path.
 
-Tile rule (no autotuning): BT = chunk_size (default 64). BD = 1024 // BT lanes, within [16, 64]
+Tile rule (no autotuning): BT = KERNEL_CHUNK (16; chunk_size is checked and otherwise only moves
+the zoo's summation order). BD = 1024 // BT lanes, within [16, 64]
 (and no wider than D needs; D is masked, so any D works): a [BT, BD] tile of 1024 elements is
 8 fp32 registers a thread at 4 warps. Compiled ahead of time for sm_90 (Triton 3.9, bf16, no GPU;
 cuobjdump -res-usage; stride_h NOT marked divisible by 16, see "Latency"), forward / backward
@@ -104,8 +112,12 @@ RAD_PER_UNIT = tl.constexpr(2 * math.pi / 2**32)  # (2) one unit of t·n_k mod 2
 TWO_PI, INV_TWO_PI = tl.constexpr(2 * math.pi), tl.constexpr(1 / (2 * math.pi))
 # Load pipelining (card, "Latency"): PREFETCH loads chunk i+1 into registers during step i;
 # STAGES > 1 lets Triton's loop pipeliner keep STAGES - 1 chunks in flight through shared memory.
-PREFETCH, STAGES = False, 1  # forward
-PREFETCH_BWD, STAGES_BWD = False, 1  # backward
+# VECTOR: the kernel specialised on a 16-divisible stride_h (8-lane loads) or not. Chosen on the H100
+# (run 10, benchmark shape, 18 variants; card, "Latency"): forward scalar, nothing pipelined;
+# backward vector with 3 pipeline stages.
+PREFETCH, STAGES, VECTOR = False, 1, False  # forward
+PREFETCH_BWD, STAGES_BWD, VECTOR_BWD = False, 3, True  # backward
+KERNEL_CHUNK = 16  # the kernels' BT whatever chunk_size asks (the same function; only the summation order moves)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -378,7 +390,7 @@ def _freqs_int32(freqs):
 
 
 def _holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, output_final_state, chunk_size, tiles=None,
-                           fast=False, prefetch=PREFETCH, stages=STAGES, vector=True):
+                           fast=False, prefetch=PREFETCH, stages=STAGES, vector=VECTOR):
     """`tiles` = (BT, BD, num_warps) overrides the rule, `fast` the approximate math, `prefetch`,
     `stages` and `vector` the loads (card, "Latency"; for the benchmark and GPU sweeps: the
     backward must then get the same tiles)."""
@@ -400,7 +412,7 @@ def _holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, output_final_state, ch
 
 
 def _holographic_chunk_bwd(do, dht, ap, am, qr, qi, freqs, t0, ck, has_h0, chunk_size, tiles=None,
-                           fast=not INTERPRET, prefetch=PREFETCH_BWD, stages=STAGES_BWD, vector=True):
+                           fast=not INTERPRET, prefetch=PREFETCH_BWD, stages=STAGES_BWD, vector=VECTOR_BWD):
     (ap, am, qr, qi), (sb, st, sh, _) = _shared_strides([ap, am, qr, qi])
     B, T, H, D = ap.shape
     BT = chunk_size
@@ -492,7 +504,7 @@ def holographic_chunk(a_phase, a_mag, q_re, q_im, freqs, *, initial_state=None, 
     else:
         h0, t0 = initial_state
     o, ht, _ = torch.ops.zoo.holographic_chunk_fwd(a_phase, a_mag, q_re, q_im, freqs, t0, h0, output_final_state,
-                                                   chunk_size)
+                                                   KERNEL_CHUNK)  # chunk_size is checked, the kernels' own is faster
     return o, ((ht, t0 + T) if output_final_state else None)
 
 

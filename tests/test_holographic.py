@@ -553,20 +553,23 @@ def usage(direction, BT):
     BD, num_warps = fh._tile_rule(8192, BT)
     bf = "*bf16"
     if direction == "fwd":
-        kern, ptrs = fh._holographic_chunk_fwd_kernel, dict(ap=bf, am=bf, qr=bf, qi=bf, freqs="*i32", t0="*i64",
-                                                             h0="*fp32", o=bf, ht="*fp32", ck="*fp32")
+        vector = fh.VECTOR
+        kern = fh._holographic_chunk_fwd_kernel if vector else fh._holographic_chunk_fwd_kernel_scalar
+        ptrs = dict(ap=bf, am=bf, qr=bf, qi=bf, freqs="*i32", t0="*i64", h0="*fp32", o=bf, ht="*fp32", ck="*fp32")
         const = dict(BT=BT, BD=BD, HAS_H0=True, STORE_HT=True, FAST=False, PREFETCH=fh.PREFETCH, STAGES=fh.STAGES)
     else:
-        kern, ptrs = fh._holographic_chunk_bwd_kernel, dict(ap=bf, am=bf, qr=bf, qi=bf, freqs="*i32", t0="*i64",
-                                                             ck="*fp32", do=bf, dht="*fp32", dap=bf, dam=bf, dqr=bf,
-                                                             dqi=bf, dh0="*fp32")
+        vector = fh.VECTOR_BWD
+        kern = fh._holographic_chunk_bwd_kernel if vector else fh._holographic_chunk_bwd_kernel_scalar
+        ptrs = dict(ap=bf, am=bf, qr=bf, qi=bf, freqs="*i32", t0="*i64", ck="*fp32", do=bf, dht="*fp32", dap=bf,
+                    dam=bf, dqr=bf, dqi=bf, dh0="*fp32")
         const = dict(BT=BT, BD=BD, HAS_DHT=True, STORE_DH0=True, FAST=True, PREFETCH=fh.PREFETCH_BWD,
                      STAGES=fh.STAGES_BWD)
     sizes = dict(stride_b="i32", stride_t="i32", stride_h="i32", T="i32", H="i32", D="i32")
-    return stack_bytes(kern, dict(ptrs, **sizes), const, num_warps, aligned=("stride_b", "stride_t", "stride_h", "D"))
+    aligned = ("stride_b", "stride_t", "stride_h", "D") if vector else ("stride_b", "stride_t", "D")
+    return stack_bytes(kern, dict(ptrs, **sizes), const, num_warps, aligned=aligned)
 
 
-print(json.dumps({f"{d}{BT}": usage(d, BT) for d in ("fwd", "bwd") for BT in (32, 64)}))
+print(json.dumps({f"{d}{BT}": usage(d, BT) for d in ("fwd", "bwd") for BT in (fh.KERNEL_CHUNK, 32, 64)}))
 """
 
 
