@@ -1021,7 +1021,7 @@ def _benchmark(Ts=(4096, 16384, 65536, 131072), B=1, H=32, D=64, dtype=torch.bfl
         perm = torch.sort(codes, dim=-1, stable=True).indices.to(torch.int32)
         smp = zh.draw_samples(B, H, T, 256, None, dev)
         smp_k, smp_blk = perm.gather(-1, smp.long()).to(torch.int32), (smp // 256).to(torch.int32)
-        o_, lse_ = torch.empty_like(q_), q_.new_empty(q_.shape[:3], dtype=torch.float32)
+        o_, lse_ = q_.new_empty(q_.shape), q_.new_empty(q_.shape[:3], dtype=torch.float32)
         stages = {
             "hash q": lambda: _lsh_codes(q_, proj),
             "sort q": lambda: torch.sort(codes, dim=-1, stable=True),
