@@ -11,8 +11,9 @@ of BT tokens in order, and per chunk
     (7) M = M_carry + cumsum_t(b) (tl.cumsum over the chunk), M_carry += Σ_t b;
     (5)-(6) r = M ⊙ conj(q) / √(t+1), interleaved (tl.join) and stored as one [BT, 2BD] tile.
 The carried memory M [BD] complex stays in fp32 registers for the whole walk; nothing [T, D]-sized
-is written but o. The forward also stores M_carry at the start of every chunk (fp32, [NT, 2, D]
-per batch·head: 8 bytes per BT tokens per lane, 1/96 of the traffic at BT = 64, bf16).
+is written but o. When a gradient can be asked for, the forward also stores M_carry at the start of
+every chunk (fp32, [NT, 2, D] per batch·head: 8 bytes per BT tokens per lane, 1/24 of the traffic at
+BT = 16, bf16); under no_grad (the benchmark's forward, inference) it does not.
 
 Backward (one kernel, the chunks in reverse; g_x = ∂L/∂Re x + i ∂L/∂Im x for a complex x):
     M inside chunk n = the stored M_carry(n) + cumsum(b)  (recomputed, bit-identical to forward)
@@ -64,6 +65,30 @@ The knobs:
         fwd vector=False:  116/115/115   prefetch 155/148/149
         bwd vector:        204/175/179   prefetch 233/234/211   stages 2: 173/186/180, no stack
         bwd vector=False:  181/176/168 (16 B stack at BT 16)   prefetch 239/238/229
+Round 2 (not yet timed; `.scratch/holo_sweep2.py` times 26 forward variants at the benchmark shape in
+under a minute). The forward is latency bound (ncu, above): at BT 16 × BD 64 the grid is 8 lane
+tiles × 64 batch·heads = 512 programs of 4 warps, 15.5 warps an SM, one wave (119 registers: 4
+programs an SM, 528 slots for 512), and each program waits on its chunk's loads, then does the
+chunk's math with no load in flight. Switches, forward only (the backward is untouched), each a
+launcher argument; registers from sm_90 AOT builds (Triton 3.9, bf16, scalar, no checkpoints):
+    fast (FAST_FWD):  the backward's approximate divide, sine, cosine, plus rsqrt.approx for
+        1/√(t+1): 96 instead of 119 registers at BT 16 × BD 64 (5 programs an SM); the exact build's
+        sin/cos carry their large-argument path (2960 SASS instructions against 912).
+    scan (SCAN) "dot": M = M_carry + tril @ b with tl.dot(input_precision="tf32x3") (3 tf32 passes,
+        about fp32's rounding) instead of tl.cumsum: the operands go through shared memory to the
+        MMA layout, 152 registers (fast: 133), so 3 programs an SM and two waves.
+    maxnreg (MAXNREG): ptxas's register cap, to fit one wave: BT 16 × BD 64 at 96 (5 an SM, 16 B
+        stack); prefetch at 128 (4 an SM, 8 B stack; uncapped 145: 3 an SM, two waves, which is
+        likely why prefetch lost in run 10); BD 32 at 4 warps (1024 programs; 69 uncapped: 7 an SM,
+        two waves) and BD 64 at 8 warps (80 uncapped: 3 an SM) at 64 (8 and 16 B stack).
+    tiles with BD = 32·warps, scalar loads: the layout is then [1, 1] × [1, 32] × [1, warps], each
+        thread owns whole columns of the tile, and tl.cumsum is a serial loop in registers (sm_90
+        SASS: no SHFL, no BAR, no shared memory; at BD 64 × 4 warps the rows split over 2 warps and
+        the scan crosses shared memory: 16 BAR, 36 LDS). (16, 128, 4), (16, 64, 2), (16, 32, 1):
+        168 registers exact, 123 fast (BD 128 and 64); BT 8 (launcher only): 107 exact, 96 fast.
+    Not done: the two-level time split (per-segment sums, then the scan from the segment carries)
+        re-reads a_phase and a_mag: 16 B per token-lane instead of 12, a floor of 1.43 ms, so
+        1.61 ms would need 89 % of the copy rate: it cannot meet the target.
     Not done, idea (3) of the issue: advancing e^{itω} per chunk by a complex product. The content
     phase π·tanh(a_phase) needs its own sin and cos per element anyway, so the rotation would
     replace an int multiply and one FMA by two complex products (more work, no trig saved); the
@@ -116,6 +141,11 @@ TWO_PI, INV_TWO_PI = tl.constexpr(2 * math.pi), tl.constexpr(1 / (2 * math.pi))
 # (run 10, benchmark shape, 18 variants; card, "Latency"): forward scalar, nothing pipelined;
 # backward vector with 3 pipeline stages.
 PREFETCH, STAGES, VECTOR = False, 1, False  # forward
+# Round 2 (issue 7; card, "Latency"), forward only, to be timed on the H100 before any default moves:
+# FAST_FWD the approximate math (forward: also rsqrt.approx for 1/√(t+1)); SCAN "cumsum" (tl.cumsum)
+# or "dot" (tril @ b on the tensor cores, tf32x3); MAXNREG a cap on registers a thread (None: ptxas's).
+FAST_FWD, SCAN, MAXNREG = False, "cumsum", None
+SCANS = ("cumsum", "dot")
 PREFETCH_BWD, STAGES_BWD, VECTOR_BWD = False, 3, True  # backward
 KERNEL_CHUNK = 16  # the kernels' BT whatever chunk_size asks (the same function; only the summation order moves)
 
@@ -187,8 +217,8 @@ def _load_chunk(ap, am, qr, qi, p_x, mask):
 def _holographic_chunk_fwd_body(
     ap, am, qr, qi, freqs, t0, h0, o, ht, ck,
     stride_b, stride_t, stride_h, T, H, D,
-    BT: tl.constexpr, BD: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, FAST: tl.constexpr,
-    PREFETCH: tl.constexpr, STAGES: tl.constexpr,
+    BT: tl.constexpr, BD: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CK: tl.constexpr,
+    FAST: tl.constexpr, PREFETCH: tl.constexpr, STAGES: tl.constexpr, SCAN_DOT: tl.constexpr,
 ):
     """o_t = [Re, Im] of (M_carry + cumsum b)_t ⊙ conj(q_t) / √(t+1), chunk by chunk.
     PREFETCH: chunk i+1's tiles are loaded into registers at the top of step i, so their global
@@ -213,6 +243,8 @@ def _holographic_chunk_fwd_body(
     if HAS_H0:
         b_M_re = tl.load(h0 + p_state, mask=mask_d, other=0.0)
         b_M_im = tl.load(h0 + p_state + 1, mask=mask_d, other=0.0)
+    if SCAN_DOT:  # tril[t, t'] = 1 for t' <= t: (tril @ b)_t = Σ_{t' ≤ t} b_t', the chunk's (7)
+        b_tril = (offs_t[:, None] >= offs_t[None, :]).to(tl.float32)  # [BT, BT]
     if PREFETCH:  # chunk 0's tiles, before the walk
         _, _, mask_n, p_n = _chunk_rows(0, offs_t, offs_d, mask_d, p_base, stride_t, T, BT)
         b_ap_n, b_am_n, b_q_re_n, b_q_im_n = _load_chunk(ap, am, qr, qi, p_n, mask_n)
@@ -225,9 +257,10 @@ def _holographic_chunk_fwd_body(
             b_ap_n, b_am_n, b_q_re_n, b_q_im_n = _load_chunk(ap, am, qr, qi, p_n, mask_n)  # past T: masked, 0
         else:
             b_ap, b_am, b_q_re, b_q_im = _load_chunk(ap, am, qr, qi, p_x, mask)
-        p_ck = ((i_bh * NT + i_t) * 2) * D + offs_d
-        tl.store(ck + p_ck, b_M_re, mask=mask_d)  # checkpoint: M before chunk i_t
-        tl.store(ck + p_ck + D, b_M_im, mask=mask_d)
+        if STORE_CK:  # checkpoint: M before chunk i_t (only the backward reads it)
+            p_ck = ((i_bh * NT + i_t) * 2) * D + offs_d
+            tl.store(ck + p_ck, b_M_re, mask=mask_d)
+            tl.store(ck + p_ck + D, b_M_im, mask=mask_d)
         # -------------------------------------------------------------------- (1)-(3) binding
         b_pos = b_t0 + rows  # absolute positions [BT]
         b_m, b_tanh, b_cos, b_sin = _bound_token(b_ap.to(tl.float32), b_am.to(tl.float32), b_pos, b_n, FAST)
@@ -235,12 +268,19 @@ def _holographic_chunk_fwd_body(
         b_b_re = b_m * b_cos
         b_b_im = b_m * b_sin
         # ------------------------------------------------- (7) local cumsum + carried memory
-        b_Mt_re = b_M_re[None, :] + tl.cumsum(b_b_re, axis=0)  # [BT, BD]
-        b_Mt_im = b_M_im[None, :] + tl.cumsum(b_b_im, axis=0)
+        if SCAN_DOT:  # the prefix sum as a product with the lower-triangular ones, on the tensor cores
+            b_Mt_re = b_M_re[None, :] + tl.dot(b_tril, b_b_re, input_precision="tf32x3")  # [BT, BD]
+            b_Mt_im = b_M_im[None, :] + tl.dot(b_tril, b_b_im, input_precision="tf32x3")
+        else:
+            b_Mt_re = b_M_re[None, :] + tl.cumsum(b_b_re, axis=0)  # [BT, BD]
+            b_Mt_im = b_M_im[None, :] + tl.cumsum(b_b_im, axis=0)
         b_M_re += tl.sum(b_b_re, axis=0)
         b_M_im += tl.sum(b_b_im, axis=0)
         # ------------------------------------------- (5)-(6) retrieval, scale, interleave, store
-        b_s = 1.0 / tl.sqrt(b_pos.to(tl.float32) + 1.0)  # [BT]
+        if FAST:  # rsqrt.approx: one instruction, relative error 2^-22.9, against a rounded sqrt and divide
+            b_s = libdevice.rsqrt(b_pos.to(tl.float32) + 1.0)  # [BT]
+        else:
+            b_s = 1.0 / tl.sqrt(b_pos.to(tl.float32) + 1.0)  # [BT]
         b_q_re, b_q_im = b_q_re.to(tl.float32), b_q_im.to(tl.float32)
         b_r_re = (b_Mt_re * b_q_re + b_Mt_im * b_q_im) * b_s[:, None]
         b_r_im = (b_Mt_im * b_q_re - b_Mt_re * b_q_im) * b_s[:, None]
@@ -264,6 +304,7 @@ def _kernels(body, heuristics):
 _holographic_chunk_fwd_kernel, _holographic_chunk_fwd_kernel_scalar = _kernels(_holographic_chunk_fwd_body, {
     "HAS_H0": lambda args: args["h0"] is not None,
     "STORE_HT": lambda args: args["ht"] is not None,
+    "STORE_CK": lambda args: args["ck"] is not None,
 })
 
 
@@ -390,10 +431,13 @@ def _freqs_int32(freqs):
 
 
 def _holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, output_final_state, chunk_size, tiles=None,
-                           fast=False, prefetch=PREFETCH, stages=STAGES, vector=VECTOR):
+                           fast=FAST_FWD, prefetch=PREFETCH, stages=STAGES, vector=VECTOR, scan=SCAN, maxnreg=MAXNREG,
+                           store_ck=True):
     """`tiles` = (BT, BD, num_warps) overrides the rule, `fast` the approximate math, `prefetch`,
-    `stages` and `vector` the loads (card, "Latency"; for the benchmark and GPU sweeps: the
-    backward must then get the same tiles)."""
+    `stages` and `vector` the loads, `scan` the chunk's prefix sum ("cumsum" or "dot"), `maxnreg`
+    caps the registers a thread (card, "Latency"; for the benchmark and GPU sweeps: the backward
+    must then get the same tiles). store_ck=False skips the checkpoints (no backward will follow):
+    ck then has no chunks."""
     (ap, am, qr, qi), (sb, st, sh, _) = _shared_strides([ap, am, qr, qi])
     B, T, H, D = ap.shape
     BT = chunk_size
@@ -403,11 +447,14 @@ def _holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, output_final_state, ch
     NT = triton.cdiv(T, BT)
     o = ap.new_empty(B, T, H, 2 * D)
     ht = ap.new_empty(B, H, D, 2, dtype=torch.float32) if output_final_state else None
-    ck = ap.new_empty(B, H, NT, 2, D, dtype=torch.float32)
+    ck = ap.new_empty(B, H, NT if store_ck else 0, 2, D, dtype=torch.float32)
+    if scan not in SCANS:
+        raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
     grid = (triton.cdiv(D, BD), B * H)
     kernel = _holographic_chunk_fwd_kernel if vector else _holographic_chunk_fwd_kernel_scalar
-    kernel[grid](ap, am, qr, qi, _freqs_int32(freqs), t0, h0, o, ht, ck, sb, st, sh, T, H, D, BT=BT, BD=BD,
-                 FAST=fast, PREFETCH=prefetch, STAGES=stages, num_warps=num_warps)
+    kernel[grid](ap, am, qr, qi, _freqs_int32(freqs), t0, h0, o, ht, ck if store_ck else None, sb, st, sh, T, H, D,
+                 BT=BT, BD=BD, FAST=fast, PREFETCH=prefetch, STAGES=stages, SCAN_DOT=scan == "dot",
+                 num_warps=num_warps, maxnreg=maxnreg)
     return o, ht, ck
 
 
@@ -433,18 +480,19 @@ def _holographic_chunk_bwd(do, dht, ap, am, qr, qi, freqs, t0, ck, has_h0, chunk
 # ------------------------------------------------------------------------------------------------
 @torch.library.custom_op("zoo::holographic_chunk_fwd", mutates_args=())
 def _chunk_fwd_op(ap: torch.Tensor, am: torch.Tensor, qr: torch.Tensor, qi: torch.Tensor, freqs: torch.Tensor,
-                  t0: torch.Tensor, h0: torch.Tensor | None, output_final_state: bool,
-                  chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  t0: torch.Tensor, h0: torch.Tensor | None, output_final_state: bool, chunk_size: int,
+                  save_ck: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     h0 = None if h0 is None else h0.float().contiguous()
-    o, ht, ck = _holographic_chunk_fwd(ap, am, qr, qi, freqs, t0.contiguous(), h0, output_final_state, chunk_size)
+    o, ht, ck = _holographic_chunk_fwd(ap, am, qr, qi, freqs, t0.contiguous(), h0, output_final_state, chunk_size,
+                                       store_ck=save_ck)
     return o, (ap.new_empty(0, dtype=torch.float32) if ht is None else ht), ck
 
 
 @_chunk_fwd_op.register_fake
-def _(ap, am, qr, qi, freqs, t0, h0, output_final_state, chunk_size):
+def _(ap, am, qr, qi, freqs, t0, h0, output_final_state, chunk_size, save_ck):
     B, T, H, D = ap.shape
     ht = ap.new_empty(B, H, D, 2, dtype=torch.float32) if output_final_state else ap.new_empty(0, dtype=torch.float32)
-    ck = ap.new_empty(B, H, -(-T // chunk_size), 2, D, dtype=torch.float32)
+    ck = ap.new_empty(B, H, -(-T // chunk_size) if save_ck else 0, 2, D, dtype=torch.float32)
     return ap.new_empty(B, T, H, 2 * D), ht, ck
 
 
@@ -466,7 +514,7 @@ def _(do, dht, ap, am, qr, qi, freqs, t0, ck, has_h0, chunk_size):
 
 
 def _setup_context(ctx, inputs, output):
-    ap, am, qr, qi, freqs, t0, h0, _, chunk_size = inputs
+    ap, am, qr, qi, freqs, t0, h0, _, chunk_size, _ = inputs
     ctx.save_for_backward(ap, am, qr, qi, freqs, t0, output[2])
     ctx.has_h0, ctx.h0_dtype, ctx.chunk_size = h0 is not None, None if h0 is None else h0.dtype, chunk_size
 
@@ -477,7 +525,7 @@ def _backward(ctx, do, dht, dck):
     dap, dam, dqr, dqi, dh0 = torch.ops.zoo.holographic_chunk_bwd(do, dht, ap, am, qr, qi, freqs, t0, ck,
                                                                   ctx.has_h0, ctx.chunk_size)
     dh0 = dh0.to(ctx.h0_dtype) if ctx.has_h0 else None
-    return dap, dam, dqr, dqi, None, None, dh0, None, None
+    return dap, dam, dqr, dqi, None, None, dh0, None, None, None
 
 
 torch.library.register_autograd("zoo::holographic_chunk_fwd", _backward, setup_context=_setup_context)
@@ -503,8 +551,13 @@ def holographic_chunk(a_phase, a_mag, q_re, q_im, freqs, *, initial_state=None, 
         h0, t0 = None, torch.zeros(B, dtype=torch.int64, device=a_phase.device)
     else:
         h0, t0 = initial_state
+    # The checkpoints only serve a backward: none are written when no gradient can be asked for (the
+    # benchmark's forward, inference): 8 B per BT tokens per lane, 4 % of the forward's bytes at BT = 16.
+    save_ck = torch.is_grad_enabled() and any(x is not None and x.requires_grad
+                                              for x in (a_phase, a_mag, q_re, q_im, h0))
+    # chunk_size is checked; the kernels run their own (KERNEL_CHUNK, faster)
     o, ht, _ = torch.ops.zoo.holographic_chunk_fwd(a_phase, a_mag, q_re, q_im, freqs, t0, h0, output_final_state,
-                                                   KERNEL_CHUNK)  # chunk_size is checked, the kernels' own is faster
+                                                   KERNEL_CHUNK, save_ck)
     return o, ((ht, t0 + T) if output_final_state else None)
 
 
