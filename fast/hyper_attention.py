@@ -893,14 +893,12 @@ def _causal(q, k, v, proj, scale, block_size, sample_size, min_seq_len, generato
             if rows is not None:
                 cq, ck = cq[..., rows], ck[..., rows]
         plan = _plan(cq, ck, h, block_size, sample_size, min_seq_len, generator, q.device)
-        if rows is not None:  # sorted or not, the rows are read through the permutations
+        if rows is not None:  # the level's rows, in sorted order, are layout rows through `rows`
+            # (a half of h < min_seq_len rows is a leaf, laid out as it is: rows is None there)
             perm_q, perm_k, smp_k, smp_blk, block, log_w = plan
-            if perm_q.numel() == 0:  # exact (6): one block, the rows in order
-                perm_q = perm_k = rows.to(torch.int32).expand(B, H * nodes, h).contiguous()
-            else:
-                perm_q, perm_k = (rows.to(torch.int32)[p.long()] for p in (perm_q, perm_k))
-                if smp_k.numel():
-                    smp_k = rows.to(torch.int32)[smp_k.long()]
+            perm_q, perm_k = (rows.to(torch.int32)[p.long()] for p in (perm_q, perm_k))
+            if smp_k.numel():
+                smp_k = rows.to(torch.int32)[smp_k.long()]
             plan = (perm_q, perm_k, smp_k, smp_blk, block, log_w)
         plans.append(plan)
     perms_q, perms_k, smps_k, smps_blk, blocks, log_ws = (list(x) for x in zip(*plans)) if plans else ([],) * 6
