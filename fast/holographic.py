@@ -65,8 +65,12 @@ The knobs:
         fwd vector=False:  116/115/115   prefetch 155/148/149
         bwd vector:        204/175/179   prefetch 233/234/211   stages 2: 173/186/180, no stack
         bwd vector=False:  181/176/168 (16 B stack at BT 16)   prefetch 239/238/229
-Round 2 (not yet timed; `.scratch/holo_sweep2.py` times 26 forward variants at the benchmark shape in
-under a minute). The forward is latency bound (ncu, above): at BT 16 × BD 64 the grid is 8 lane
+Round 2 (timed on the H100 in run 13, 26 forward variants at the benchmark shape, 1.07 ms floor;
+benchmarks/results/h100-2026-11-23/run13-holo-sweep2.log): the combination of prefetch and fast math
+at BT 16 × BD 64, 4 warps, scalar loads, tl.cumsum, no register cap ran 1.352 ms = 1.26× the floor,
+and is the default since; each alone did not help (prefetch 2.52 in run 10, fast math 2.92 here:
+prefetch needs the registers fast math frees, 145 → fewer), the tensor-core scan was slower
+(2.72), column-owning tiles too (2.58-3.26), caps at 96-128 registers 1.88-2.43. The forward is latency bound (ncu, above): at BT 16 × BD 64 the grid is 8 lane
 tiles × 64 batch·heads = 512 programs of 4 warps, 15.5 warps an SM, one wave (119 registers: 4
 programs an SM, 528 slots for 512), and each program waits on its chunk's loads, then does the
 chunk's math with no load in flight. Switches, forward only (the backward is untouched), each a
@@ -140,11 +144,13 @@ TWO_PI, INV_TWO_PI = tl.constexpr(2 * math.pi), tl.constexpr(1 / (2 * math.pi))
 # VECTOR: the kernel specialised on a 16-divisible stride_h (8-lane loads) or not. Chosen on the H100
 # (run 10, benchmark shape, 18 variants; card, "Latency"): forward scalar, nothing pipelined;
 # backward vector with 3 pipeline stages.
-PREFETCH, STAGES, VECTOR = False, 1, False  # forward
-# Round 2 (issue 7; card, "Latency"), forward only, to be timed on the H100 before any default moves:
-# FAST_FWD the approximate math (forward: also rsqrt.approx for 1/√(t+1)); SCAN "cumsum" (tl.cumsum)
-# or "dot" (tril @ b on the tensor cores, tf32x3); MAXNREG a cap on registers a thread (None: ptxas's).
-FAST_FWD, SCAN, MAXNREG = False, "cumsum", None
+# Round 2 (issue 7; card, "Latency"), forward only: FAST_FWD the approximate math (forward: also
+# rsqrt.approx for 1/√(t+1); the interpreter has no approximate math, so it keeps the exact one);
+# SCAN "cumsum" (tl.cumsum) or "dot" (tril @ b on the tensor cores, tf32x3); MAXNREG a cap on
+# registers a thread (None: ptxas's). Run 13 (H100, 26 variants): prefetch + fast math, scalar,
+# cumsum, no cap: 1.352 ms (1.26× the floor), against 2.215 for run 10's choice; so those two are on.
+PREFETCH, STAGES, VECTOR = True, 1, False  # forward
+FAST_FWD, SCAN, MAXNREG = not INTERPRET, "cumsum", None
 SCANS = ("cumsum", "dot")
 PREFETCH_BWD, STAGES_BWD, VECTOR_BWD = False, 3, True  # backward
 KERNEL_CHUNK = 16  # the kernels' BT whatever chunk_size asks (the same function; only the summation order moves)
