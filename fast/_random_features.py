@@ -87,9 +87,13 @@ def check_kernel_inputs(name, q, v, chunk_size, interpret):
 
 def running_scale(a, c0, causal):
     """c_t [B, T, H]: the prefix max of the keys' stabiliser a (its global max when non-causal), at
-    least the initial state's c0 [B, H]. A constant to autograd (a is detached)."""
-    c = torch.cummax(a, 1).values if causal else a.amax(1, keepdim=True).expand_as(a).contiguous()
-    return torch.maximum(c, c0[:, None])
+    least the initial state's c0 [B, H]. A constant to autograd (a is detached). The prefix max
+    runs over the last dim of a [B, H, T] copy: torch.cummax over T of [B, T, H] (an outer-dim
+    scan) took 1.5 ms at B·T = 32768, H = 16 on the H100; a max is exact, so the values are the same."""
+    if not causal:
+        return torch.maximum(a.amax(1, keepdim=True).expand_as(a).contiguous(), c0[:, None])
+    c = torch.cummax(a.transpose(1, 2).contiguous(), -1).values  # [B, H, T]
+    return torch.maximum(c, c0[..., None]).transpose(1, 2).contiguous()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,6 +8,49 @@ The feature map is fused: a program loads q and k ([BT, K], what the layer produ
 phases θ = u Ωᵀ on chip (a "tf32x3" dot, fp32-accurate: a tf32 phase error of 1e-3·|θ| would
 already move cos θ), and never writes a feature to memory.
 
+Causal forward, parallel over chunks (the default: CHUNK_PARALLEL = True)
+-------------------------------------------------------------------------
+Three launches over chunks of BT = PARALLEL_BT = 64 tokens (NT = ⌈T/BT⌉; the chunk is fixed, not
+keyed on T or chunk_size: the same function, only the summation order moves). Between them, one
+record per (batch·head, chunk), hs [B, H, NT, R], R = 2M·V + 2M + 1: S_c, S_s, z_c, z_s, n.
+  phase 1, grid (NT, B·H), _hrc_la_chunk_state_kernel: the chunk's own increment of (4) at the
+    scale c_last of its last token, dS = Σ_j e^{a_j − c_last} conj φ̂(k_j) v_jᵀ (as [cos; sin]
+    rows), dz likewise with v = 1, dn = Σ_j e^{a_j − c_last}; the keys' features on chip, all M
+    frequencies walked BM = 32 at a time so k and v are read once.
+  phase 2, grid (⌈R/1024⌉, B·H), _hrc_la_chunk_scan_kernel: the prefix over chunks, elementwise on
+    the flat record (one scalar decay per chunk): S_n = e^{c_last(n−1) − c_last(n)} S_{n−1} + dS_n
+    from S_{−1} = h0 at c0; each record is overwritten in place by the state before its chunk
+    (scale c_last(n−1), c0 for the first), the last state goes to ht.
+  phase 3, grid (NT, B·H), _hrc_la_chunk_out_kernel: (5) for the chunk's queries, all M frequencies
+    walked BM = 16 at a time (queries' and keys' features on chip):
+        A = Σ_m (cos_q cos_kᵀ + sin_q sin_kᵀ) ⊙ Γ,  num_t = (A v)_t + e^{c⁻−c_t} Re(φ̂_tᵀS⁻),
+    den and the mass n_t likewise; num, den, mass written once, no atomics.
+Records are fp32; HALF_RECORDS stores them in bf16 for bf16/fp16 inputs (half the bytes below;
+phase 2 still adds in fp32), off until timed. The phases' products are transposed (frequencies
+down the rows, θᵀ = Ω uᵀ) so the chunk's q and k, fixed through the frequency loop, are the
+right-hand operands and stay in shared memory; bf16/fp16 inputs, exact in tf32, split only Ω
+(_phases_t: two tf32 products, the accuracy of tf32x3). With x on the left and tf32x3, phase 3
+took 255 registers and spilled 200-400 bytes a thread at any BM.
+sm_90 (ptxas, Triton 3.9, K = V = 64, M = 256, bf16): phase 1 157 registers at 4 warps, phase 2 39
+at 4, phase 3 246 at 8 (1 block of 8 warps per SM); no spills (each sin/cos kernel has 32 bytes of
+stack, libdevice's Payne-Hanek array, as the serial kernel has). BT = 128 spills ~1 KB in phase 3,
+and so does D = 128 (312 bytes; correct, not tuned).
+Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 128 a sequence):
+  bytes: records 8192 × R × 4 B = 1.09 GB, written (1), read and written (2), read (3): 4.36 GB;
+    q, k, v 67 MB each (k, v twice), num 134 MB, a, c, den, mass 2 MB each: ~0.5 GB. 4.8 GB in
+    all: 1.61 ms at 3.0 TB/s (HALF_RECORDS: 2.7 GB, 0.89 ms).
+  FLOPs a token and head (tf32 dots): phases 2 products × 2·K·M = 66 K (keys, phase 1) + 131 K
+    (queries and keys, phase 3); dS 2·2M·V = 66 K; A 2·BT·2M = 66 K; A v 2·BT·V = 8 K; the read-out
+    2·2M·V = 66 K: ~400 KFLOP, 210 GFLOP in all: 0.58 ms at half the bf16 ceiling (tf32); and
+    3·2·M = 1536 sin/cos a token and head (0.8 G, libdevice's accurate ones: ~0.3-1 ms of ALU).
+  floor: 1.61 ms (memory bound; 0.89 ms with HALF_RECORDS, then sin/cos and tf32 compete).
+  Measured: to be measured (.scratch/hrc_sweep.py; the serial walk below took 11.6 ms).
+  Next levers, if short: HALF_RECORDS; phases 1 and 2 fused as fla's chunk_fwd_h (a serial walk
+  per (frequency tile, head) writing only S_n: 2 record passes instead of 4); sin/cos after an
+  explicit 2π range reduction with the approximate SFU instructions.
+
+Serial walk (non-causal, and causal with CHUNK_PARALLEL = False)
+----------------------------------------------------------------
 Launch grid: one program per (feature tile of BM frequencies, batch·head). Each program walks the
 chunks of BT tokens in order holding its slice of the state, S_c and S_s [BM, V] in fp32
 registers, and per chunk computes its share of (5):
@@ -34,15 +77,16 @@ inputs is saved for backward.
 The recurrent op (decoding) has its own token-loop kernel, forward only; its gradient is the chunk
 backward, since both forms compute the same function.
 
-Cost at the target size (bf16, B·T = 32768, H = 16, D = 64, M = 256, causal): inputs q, k, v and
+Cost of the serial walk at the target size (bf16, B·T = 32768, H = 16, D = 64, M = 256, causal;
+H100: 11.6 ms, latency-bound, 256 chunks in series a program): inputs q, k, v and
 the output: 4 × 67 MB; atomics: M/BM = 8 programs add [T, V] fp32 shares (8 × 134 MB of
 read-modify-write, mostly in L2 since the programs of one head run together: the price of keeping
 the state slice in registers). FLOPs per token and head: 2·(2·D·M) for the phases (three tf32
 passes each), 2·BT·2M (A), 2·BT·V (A v), 2·2M·V·2 (read-out and state): ~0.2 MFLOP, ~110 GFLOP in
 all; plus 2·T·M cos/sin pairs per head on the SFUs.
 
-Tile rule (no autotuning; nothing keyed on T or B): V sits in one tile (BV = next power of two
->= 16, V <= 256), the frequencies take the rest of a register budget of 4096 fp32 state elements
+Tile rule of the serial walk and the backward (no autotuning; nothing keyed on T or B): V sits in
+one tile (BV = next power of two >= 16, V <= 256), the frequencies take the rest of a register budget of 4096 fp32 state elements
 (S_c and S_s: 2·BM·BV): BM = 32 at V = 64 (16 in the backward, which also holds dS).
 BT = min(chunk_size, 32): see MAX_BT for the ptxas register counts that chose it. num_warps 8,
 num_stages 2.
@@ -53,6 +97,7 @@ Naming legend (fla's prefixes, STYLE rule 29):
     offs_ offsets          mask_ masks (mask_t rows inside T, mask_A the causal mask)
     BT   chunk length (the zoo's L)   BK, BV, BM  tiles of K, V and of the M frequencies   NT chunks
     h0/ht the initial/final state (real pair: rows [0, M) cos, [M, 2M) sin of [B, H, 2M, V])
+    hs, R the chunk-parallel path's records [B, H, NT, R] (S_c, S_s, z_c, z_s, n flattened)
     s_u  √scale (u = s_u·x);  r_m  1/√M
 """
 
@@ -74,6 +119,19 @@ from fast._random_features import (
 from fast import _random_features as _rf
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
+# The causal chunk forward: True runs the chunk-parallel kernels (three launches, the card's
+# phases 1-3), False the serial walk per frequency tile (_hrc_la_chunk_fwd_kernel). Read at each call.
+CHUNK_PARALLEL = True
+PARALLEL_BT = 64  # their chunk, whatever chunk_size asks (the same function; only summation order moves)
+# Phases 1 and 3: the budget of one [BM, BT] feature block (BM = 32 and 16 at BT = 64; the card has
+# the sm_90 register counts that chose them).
+PARALLEL_ELEMENTS = (2048, 1024)
+SCAN_BLOCK = 1024  # record elements per program of phase 2
+# The per-chunk records between the phases (1.09 GB in fp32 at the issue's size, written or read four
+# times): True stores them in bf16 for bf16/fp16 inputs, halving those bytes (phase 2 still adds in
+# fp32; each stored state and increment is rounded once, 2⁻⁹ relative, under the half-precision
+# output's own rounding). fp32 inputs always keep fp32 records. Off until GPU-timed.
+HALF_RECORDS = False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -191,6 +249,177 @@ def _hrc_la_chunk_fwd_kernel(
         store_state(ht, zt, p_Ss, p_zs, mask_S, mask_m, b_Ss, b_zs)
         if first:
             tl.store(nt + i_bh, b_n)
+
+
+# ------------------------------------------------------------------------------------------------
+# Causal forward, parallel over chunks (the default causal path: CHUNK_PARALLEL)
+# ------------------------------------------------------------------------------------------------
+# One chunk's record in the state buffer hs [B, H, NT, R], R = 2M·V + 2M + 1 fp32: S_c, S_s (rows
+# [0, M) cos, [M, 2M) sin, each row V wide), then z_c, z_s, then the mass n. The scan treats the
+# record as a flat vector: every element decays by the same scalar e^{c⁻−c_last} per chunk.
+@triton.jit
+def _chunk_record(hs, i_bh, i_t, NT, R: tl.constexpr):
+    """The start of chunk i_t's record of (batch, head) i_bh in hs [B·H, NT, R]."""
+    return hs + (i_bh.to(tl.int64) * NT + i_t) * R
+
+
+@triton.jit
+def _omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K: tl.constexpr, M: tl.constexpr, BM: tl.constexpr):
+    """Frequency tile i_m: offsets, mask, 1/√M (0 on padding frequencies) and Ω's rows [BM, BK] in fp32."""
+    offs_m = i_m * BM + tl.arange(0, BM)
+    mask_m = offs_m < M
+    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
+                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+    return offs_m, mask_m, tl.where(mask_m, r_m, 0.0), b_omega
+
+
+@triton.jit
+def _phases_t(b_xT, b_omega, s_u, X_IS_TF32: tl.constexpr):
+    """θᵀ = s_u·(Ω xᵀ) [BM, BT] at fp32 accuracy: Ω [BM, BK] fp32, xᵀ [BK, BT] as loaded (unscaled).
+    Transposed (frequencies down the rows) so that the chunk's xᵀ, fixed through the frequency
+    loop, is the right-hand operand the compiler keeps in shared memory: with x on the left, ptxas
+    for sm_90 held q's and k's parts in registers (255 registers, 200-400 bytes of spill in phase 3).
+    bf16/fp16 inputs (X_IS_TF32) are exact in tf32 (8 and 11 significant bits <= tf32's 11), so
+    only Ω is split: Ω = Ω_hi + Ω_lo, Ω_hi its top 11 bits (what the tensor cores read of an fp32),
+    two tf32 products, exact but for Ω_lo's own truncation (2⁻²² of Ω): PHASE_PRECISION's tf32x3
+    with its third product (x_lo Ω_hi) zero. fp32 inputs take PHASE_PRECISION itself."""
+    if X_IS_TF32:
+        b_hi = (b_omega.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        b_th = tl.dot(b_hi, b_xT, input_precision="tf32")
+        b_th = s_u * tl.dot(b_omega - b_hi, b_xT, b_th, input_precision="tf32")
+    else:
+        b_th = tl.dot(b_omega, s_u * b_xT, input_precision=PHASE_PRECISION)
+    return b_th
+
+
+@triton.jit(do_not_specialize=["T", "NT"])
+def _hrc_la_chunk_state_kernel(
+    k, v, omega, a, c, hs,  # [B, T, H, K], [B, T, H, V], [H, M, K], [B, T, H] ×2 (fp32), [B, H, NT, R] (records)
+    s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, DOT: tl.constexpr,
+):
+    """Phase 1, one program per (chunk, batch·head): the chunk's own increment of (4), at the scale
+    c_last of its last token: dS = Σ_j e^{a_j − c_last} conj φ̂(k_j) v_jᵀ (as [cos; sin] rows),
+    dz the same with v = 1, dn = Σ_j e^{a_j − c_last}. The keys' features stay on chip; all M
+    frequencies are walked here, BM at a time, so k and v are read once. BM = 32 at 4 warps (157
+    registers on sm_90, 3 programs an SM): the kernel mostly stores its 133 KB record."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)  # Inductor may pass fp64
+    offs_k, offs_v = tl.arange(0, BK), tl.arange(0, BV)
+    mask_k, mask_v = offs_k < K, offs_v < V
+    offs_t, mask_t, p_t = chunk_rows(i_t, i_b.to(tl.int64) * T, i_h, T, H, BT)
+    b_xkT = tl.trans(load_rows(k, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT], unscaled (see _phases_t)
+    b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
+    b_clast, _ = chunk_end(tl.load(c + p_t, mask=mask_t, other=0.0), mask_t)
+    b_w = tl.exp(tl.where(mask_t, tl.load(a + p_t, mask=mask_t, other=0.0) - b_clast, float("-inf")))  # <= 1
+    p_h = _chunk_record(hs, i_bh, i_t, NT, R)
+    for i_m in range(tl.cdiv(M, BM)):
+        offs_m, mask_m, b_rm, b_omega = _omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
+        b_th = _phases_t(b_xkT, b_omega, s_u, k.dtype.element_ty != tl.float32)  # θᵀ = Ω uᵀ [BM, BT]
+        b_ck = tl.cos(b_th) * b_w[None, :] * b_rm[:, None]  # e^{a_j − c_last} Re conj φ̂(k_j), transposed
+        b_sk = tl.sin(b_th) * b_w[None, :] * b_rm[:, None]  # minus its imaginary part
+        mask_S = mask_m[:, None] & mask_v[None, :]
+        p_S = p_h + offs_m[:, None] * V + offs_v[None, :]
+        tl.store(p_S, tl.dot(b_ck, b_v, input_precision=DOT), mask=mask_S)  # (4) dS_c [BM, BV]
+        tl.store(p_S + M * V, tl.dot(b_sk, b_v, input_precision=DOT), mask=mask_S)  # dS_s
+        tl.store(p_h + 2 * M * V + offs_m, tl.sum(b_ck, 1), mask=mask_m)  # dz_c
+        tl.store(p_h + 2 * M * V + M + offs_m, tl.sum(b_sk, 1), mask=mask_m)  # dz_s
+    tl.store(p_h + 2 * M * V + 2 * M, tl.sum(b_w, 0))  # dn
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "STORE_HT": lambda args: args["ht"] is not None,
+})
+@triton.jit(do_not_specialize=["T", "NT"])
+def _hrc_la_chunk_scan_kernel(
+    hs, c, c0, h0, ht,  # [B, H, NT, R] records (fp32, or bf16: HALF_RECORDS), [B, T, H], [B, H], [B, H, R] ×2 fp32
+    T, H, NT, R: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    """Phase 2, one program per (BR elements of the record, batch·head): the prefix over chunks,
+    (4) a chunk at a time, S_n = e^{c_last(n−1) − c_last(n)} S_{n−1} + dS_n from S_{−1} = h0 at c0.
+    Each chunk's record is overwritten by the state before it (at scale c_last(n−1), c0 for the
+    first), which is what phase 3 reads; the state after the last chunk goes to ht."""
+    i_r, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    offs_r = i_r * BR + tl.arange(0, BR)
+    mask_r = offs_r < R
+    b_h = tl.zeros([BR], dtype=tl.float32)
+    if HAS_H0:
+        b_h += tl.load(h0 + i_bh.to(tl.int64) * R + offs_r, mask=mask_r, other=0.0)
+    b_crun = tl.load(c0 + i_bh)  # the scale the running state is kept at
+    row0 = i_b.to(tl.int64) * T
+    for i_t in range(NT):
+        p_h = _chunk_record(hs, i_bh, i_t, NT, R) + offs_r
+        b_d = tl.load(p_h, mask=mask_r, other=0.0).to(tl.float32)
+        b_clast = tl.load(c + (row0 + tl.minimum(i_t * BT + BT, T) - 1) * H + i_h)  # c is a prefix max
+        tl.store(p_h, b_h, mask=mask_r)
+        b_h = b_h * tl.exp(b_crun - b_clast) + b_d
+        b_crun = b_clast
+    if STORE_HT:
+        tl.store(ht + i_bh.to(tl.int64) * R + offs_r, b_h, mask=mask_r)
+
+
+@triton.jit(do_not_specialize=["T", "NT"])
+def _hrc_la_chunk_out_kernel(
+    q, k, v, omega, a, c, c0, hs,  # inputs as in phase 1, c0 [B, H], hs: the states before each chunk
+    num, den, mass,  # [B, T, H, V], [B, T, H] ×2 fp32, written once
+    s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, DOT: tl.constexpr,
+):
+    """Phase 3, one program per (chunk, batch·head): (5) for the chunk's queries, all M frequencies
+    walked BM at a time (queries' and keys' features on chip), so num, den and the mass are
+    written once, with no atomics:
+        A = Σ_m (cos_q cos_kᵀ + sin_q sin_kᵀ) ⊙ Γ,  keys weighted e^{a_j − c_j},
+        Γ_tj = e^{c_j − c_t} [j ≤ t],
+        num_t = (A v)_t + e^{c⁻−c_t} (cos_t S_c + sin_t S_s),  den_t likewise with z, n_t with n⁻.
+    BM = 16 at 8 warps: A, the inter-chunk sum [BT, V] and four [BM, BT] feature blocks fill ~240
+    registers on sm_90 (BM = 32 spilled); the chunk's record is read once, BM rows at a time."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)
+    offs_k, offs_v = tl.arange(0, BK), tl.arange(0, BV)
+    mask_k, mask_v = offs_k < K, offs_v < V
+    row0 = i_b.to(tl.int64) * T
+    offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
+    b_xqT = tl.trans(load_rows(q, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT], unscaled (see _phases_t)
+    b_xkT = tl.trans(load_rows(k, p_t, mask_t, offs_k, mask_k, K))
+    b_c = tl.load(c + p_t, mask=mask_t, other=0.0)  # c_t, the prefix max [BT]
+    b_e = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_c)  # e^{a_j − c_j} <= 1
+    # the state before the chunk is at the scale of the previous chunk's last token (c0 for the first)
+    b_cprev = tl.where(i_t > 0, tl.load(c + (row0 + tl.maximum(i_t * BT - 1, 0)) * H + i_h), tl.load(c0 + i_bh))
+    b_dec = tl.exp(tl.where(mask_t, b_cprev - b_c, float("-inf")))  # e^{c⁻ − c_t} [BT]
+    p_h = _chunk_record(hs, i_bh, i_t, NT, R)
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)  # Re(φ̂_t conj φ̂_j) e^{a_j − c_j}, summed over frequencies
+    b_oi = tl.zeros([BT, BV], dtype=tl.float32)  # Re(φ̂_tᵀ S⁻)
+    b_di = tl.zeros([BT], dtype=tl.float32)  # Re(φ̂_tᵀ z⁻)
+    for i_m in range(tl.cdiv(M, BM)):  # features transposed, [BM, BT]: see _phases_t
+        offs_m, mask_m, b_rm, b_omega = _omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
+        b_th = _phases_t(b_xqT, b_omega, s_u, q.dtype.element_ty != tl.float32)
+        b_cq, b_sq = tl.cos(b_th) * b_rm[:, None], tl.sin(b_th) * b_rm[:, None]  # φ̂(q)ᵀ: e^{a(q)} cancels (2)
+        b_th = _phases_t(b_xkT, b_omega, s_u, k.dtype.element_ty != tl.float32)
+        b_ck = tl.cos(b_th) * b_e[None, :] * b_rm[:, None]
+        b_sk = tl.sin(b_th) * b_e[None, :] * b_rm[:, None]
+        b_A += tl.dot(tl.trans(b_cq), b_ck, input_precision=DOT) + tl.dot(tl.trans(b_sq), b_sk, input_precision=DOT)
+        mask_S = mask_m[:, None] & mask_v[None, :]
+        p_S = p_h + offs_m[:, None] * V + offs_v[None, :]
+        b_Sc = tl.load(p_S, mask=mask_S, other=0.0).to(tl.float32)  # S⁻ (bf16 under HALF_RECORDS)
+        b_Ss = tl.load(p_S + M * V, mask=mask_S, other=0.0).to(tl.float32)
+        b_oi += tl.dot(tl.trans(b_cq), b_Sc, input_precision=DOT)  # (5) inter-chunk
+        b_oi += tl.dot(tl.trans(b_sq), b_Ss, input_precision=DOT)
+        b_zc = tl.load(p_h + 2 * M * V + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+        b_zs = tl.load(p_h + 2 * M * V + M + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+        b_di += tl.sum(b_cq * b_zc[:, None], 0) + tl.sum(b_sq * b_zs[:, None], 0)
+    # (3) intra-chunk: A_tj = Re(φ̂_t conj φ̂_j)·e^{a_j − c_t} for j <= t
+    b_G = causal_decay(offs_t, mask_t, b_c)
+    b_A *= b_G
+    b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
+    b_o = tl.dot(b_A, b_v, input_precision=DOT) + b_dec[:, None] * b_oi
+    b_d = tl.sum(b_A, 1) + b_dec * b_di
+    store_share(num, den, p_t, mask_t, offs_v, mask_v, b_o, b_d, V, False)
+    tl.store(mass + p_t, tl.sum(b_G * b_e[None, :], 1) + b_dec * tl.load(p_h + 2 * M * V + 2 * M).to(tl.float32),
+             mask=mask_t)
 
 
 @triton.heuristics({
@@ -412,6 +641,8 @@ def _hrc_la_recurrent_fwd_kernel(
 # ------------------------------------------------------------------------------------------------
 def _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, chunk_size):
     """num [B, T, H, V], den, mass [B, T, H] (fp32) and the final state (ht, zt, nt) or Nones."""
+    if causal and chunk_size is not None and CHUNK_PARALLEL:
+        return _launch_parallel_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, output_final_state)
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
     tiles = _tile_rule(K, V, M)
@@ -426,6 +657,42 @@ def _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_
     _rf.launch_fwd(_hrc_la_chunk_fwd_kernel, _hrc_la_recurrent_fwd_kernel, args, q, V, M, tiles, atomic, causal,
                    chunk_size)
     return num, den, mass, ht, zt, nt
+
+
+def _parallel_tiles(K: int, V: int, M: int):
+    """(BT, BK, BV, (BM, num_warps) of phase 1, (BM, num_warps) of phase 3) of the chunk-parallel
+    causal forward, from the head dims and M alone (nothing keyed on T or B): see the card."""
+    BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
+    BT = PARALLEL_BT
+    BM = lambda budget: max(16, min(triton.next_power_of_2(M), budget // max(BT, BV)))
+    return BT, BK, BV, (BM(PARALLEL_ELEMENTS[0]), 4), (BM(PARALLEL_ELEMENTS[1]), 8)
+
+
+def _launch_parallel_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, output_final_state):
+    """The causal forward in three launches (the card's phases): state increments per chunk, their
+    prefix over chunks, then every chunk's outputs. Returns what _launch_fwd returns."""
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], omega.shape[1]
+    BT, BK, BV, (BM1, warps1), (BM3, warps3) = _parallel_tiles(K, V, M)
+    NT, R = triton.cdiv(T, BT), 2 * M * V + 2 * M + 1  # a chunk's record: S_c, S_s, z_c, z_s, n
+    f32 = dict(device=q.device, dtype=torch.float32)
+    half = HALF_RECORDS and q.dtype != torch.float32
+    hs = torch.empty(B, H, NT, R, device=q.device, dtype=torch.bfloat16 if half else torch.float32)
+    num, den, mass = torch.empty(B, T, H, V, **f32), torch.empty(B, T, H, **f32), torch.empty(B, T, H, **f32)
+    h0r = None if h0 is None else torch.cat([h0.flatten(2), z0, n0[..., None]], -1).contiguous()  # [B, H, R]
+    htr = torch.empty(B, H, R, **f32) if output_final_state else None
+    r_m, dot = M ** -0.5, _rf.dot_precision(q)
+    _hrc_la_chunk_state_kernel[(NT, B * H)](k, v, omega, a, c, hs, s_u, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT,
+                                            BK=BK, BV=BV, BM=BM1, DOT=dot, num_warps=warps1)
+    _hrc_la_chunk_scan_kernel[(triton.cdiv(R, SCAN_BLOCK), B * H)](hs, c, c0, h0r, htr, T, H, NT, R=R, BT=BT,
+                                                                  BR=SCAN_BLOCK, num_warps=4)
+    _hrc_la_chunk_out_kernel[(NT, B * H)](q, k, v, omega, a, c, c0, hs, num, den, mass, s_u, r_m, T, H, NT, K=K, V=V,
+                                          M=M, R=R, BT=BT, BK=BK, BV=BV, BM=BM3, DOT=dot, num_warps=warps3)
+    if not output_final_state:
+        return num, den, mass, None, None, None
+    # copies (8 MB at the issue's size): a custom op's outputs may not alias one another
+    ht = htr[..., :2 * M * V].unflatten(-1, (2 * M, V)).clone()
+    return num, den, mass, ht, htr[..., 2 * M * V:-1].clone(), htr[..., -1].clone()
 
 
 def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size):

@@ -24,9 +24,11 @@ name; what only HRC-LA has (the conjugate, ortho_loss) is written out below.
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
 import random_features_cases as cases
-from random_features_cases import F64
+from random_features_cases import F64, flat, _c64
+from strategies import Shape, device, edge_examples, has_cuda, run_aot_script, seeds, shapes, tol_for
 import fast.hrc_la as fast
 import zoo.hrc_la as hrc
 
@@ -49,6 +51,95 @@ test_fast_chunk_and_recurrent_equal_zoo_in_float32 = cases.fast_chunk_and_recurr
 test_fast_equals_zoo_in_half_precision_on_gpu = cases.fast_equals_zoo_in_half_precision_on_gpu(HRC)
 test_fast_has_no_nan_for_inputs_of_norm_up_to_30_in_bf16_on_gpu = \
     cases.fast_has_no_nan_for_inputs_of_norm_up_to_30_in_bf16_on_gpu(HRC)
+
+
+
+@settings(max_examples=5)
+@given(shape=shapes(max_T=70, max_H=2, max_K=9, max_V=9), M=st.sampled_from([3, 16, 40, 70]), with_state=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), half_records=st.booleans(),
+       seed=seeds)
+@edge_examples(chunk_size=16, M=70, with_state=True, dtype=torch.float32, half_records=False)
+@edge_examples(chunk_size=16, M=40, with_state=False, dtype=torch.bfloat16, half_records=True)
+def test_fast_chunk_parallel_causal_forward_equals_zoo_and_the_serial_kernel(shape, M, with_state, dtype, half_records, seed):
+    # The chunk-parallel causal forward (fast/hrc_la.py's phases 1-3) at a 16-token chunk, so that
+    # short T spans several chunks and ends inside one; M = 3, 40, 70 leave padding frequencies in
+    # the tiles. bf16 takes the split-Ω phase product (_phases_t), fp32 the tf32x3 one; with
+    # HALF_RECORDS, bf16 inputs keep the chunks' states between the phases in bf16 too.
+    dev = device()
+    q, k, v, omega = HRC.make(seed, shape, M, dtype=dtype, device=dev)
+    omega = omega.float()
+    s0 = HRC.state(seed, shape, M, device=dev) if with_state else None
+    kw = dict(causal=True, output_final_state=True, initial_state=_c64(s0))
+    ref = flat(*hrc.hrc_la_parallel(*(x.double() for x in (q, k, v, omega)), causal=True, initial_state=s0,
+                                    output_final_state=True))
+    saved = fast.CHUNK_PARALLEL, fast.PARALLEL_BT, fast.HALF_RECORDS
+    try:
+        fast.PARALLEL_BT, fast.HALF_RECORDS = 16, half_records
+        fast.CHUNK_PARALLEL = True
+        got = flat(*fast.hrc_la_chunk(q, k, v, omega, **kw))
+        fast.CHUNK_PARALLEL = False
+        serial = flat(*fast.hrc_la_chunk(q, k, v, omega, **kw))
+    finally:
+        fast.CHUNK_PARALLEL, fast.PARALLEL_BT, fast.HALF_RECORDS = saved
+    tol = tol_for(dtype, dev)
+    HRC.assert_all_close(got, ref, tol)
+    HRC.assert_all_close(got, serial, tol)
+
+
+AOT_SCRIPT = r"""
+import json
+import aot
+import fast.hrc_la as fh
+
+
+def stack_bytes(BT, records="*fp32", K=64, V=64, M=256):
+    # As the JIT would compile the chunk-parallel forward for bf16 at H = 16: 16-byte-aligned pointers.
+    fh.PARALLEL_BT = BT
+    BT, BK, BV, (BM1, warps1), (BM3, warps3) = fh._parallel_tiles(K, V, M)
+    R = 2 * M * V + 2 * M + 1
+    types = dict({n: "*bf16" for n in ("q", "k", "v")},
+                 **{n: "*fp32" for n in ("omega", "a", "c", "c0", "hs", "num", "den", "mass", "h0", "ht")},
+                 s_u="fp32", r_m="fp32", T="i32", H="i32", NT="i32")
+    types["hs"] = records  # fp32, or bf16 under HALF_RECORDS
+    const = dict(K=K, V=V, M=M, R=R, BT=BT, BK=BK, BV=BV, DOT="tf32")
+    return dict(
+        state=aot.stack_bytes(fh._hrc_la_chunk_state_kernel, types, dict(const, BM=BM1), warps1, aligned=("H",)),
+        scan=aot.stack_bytes(fh._hrc_la_chunk_scan_kernel, types, dict(R=R, BT=BT, BR=fh.SCAN_BLOCK, HAS_H0=True,
+                                                                      STORE_HT=True), 4, aligned=("H",)),
+        out=aot.stack_bytes(fh._hrc_la_chunk_out_kernel, types, dict(const, BM=BM3), warps3, aligned=("H",)))
+
+
+print(json.dumps(dict(f32=stack_bytes(fh.PARALLEL_BT), bf16=stack_bytes(fh.PARALLEL_BT, "*bf16"))))
+"""
+
+
+@pytest.mark.skipif(has_cuda(), reason="on a GPU the kernels compile for real in the GPU tests")
+def test_chunk_parallel_forward_compiles_for_an_h100_without_spilling():
+    # The issue's size (K = V = 64, M = 256, bf16) at the module's chunk. 32 bytes of stack is the
+    # local array of libdevice's sin/cos slow path (Payne-Hanek reduction: STL/LDL at register-
+    # indexed offsets in the SASS), which the serial forward has too; a spill adds to it.
+    for records, stack in run_aot_script(AOT_SCRIPT, timeout=300).items():  # records in fp32, and bf16 (HALF_RECORDS)
+        assert stack["state"] <= 32 and stack["out"] <= 32 and stack["scan"] == 0, (records, stack)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("half_records", [False, True])
+@pytest.mark.parametrize("T,with_state", [(8192, False), (1000, True)])
+def test_fast_chunk_parallel_forward_equals_the_serial_kernel_in_bf16_on_gpu(T, with_state, half_records):
+    s = Shape(2, T, 4, 64, 64)
+    q, k, v, omega = HRC.make(5, s, 256, dtype=torch.bfloat16, device="cuda")
+    s0 = HRC.state(5, s, 256, device="cuda") if with_state else None
+    kw = dict(output_final_state=True, initial_state=_c64(s0))
+    saved = fast.CHUNK_PARALLEL, fast.HALF_RECORDS
+    try:
+        fast.CHUNK_PARALLEL, fast.HALF_RECORDS = True, half_records
+        got = flat(*fast.hrc_la_chunk(q, k, v, omega.float(), **kw))
+        fast.CHUNK_PARALLEL = False
+        serial = flat(*fast.hrc_la_chunk(q, k, v, omega.float(), **kw))
+    finally:
+        fast.CHUNK_PARALLEL, fast.HALF_RECORDS = saved
+    HRC.assert_all_close(got, serial, tol_for(torch.bfloat16, "cuda"))
+
 
 # ------------------------------------------------------------------------------------------------
 # 3. Gradients agree (zoo forms; the fast ops' gradients are checked in section 2 of the fast part)
