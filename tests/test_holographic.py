@@ -136,6 +136,16 @@ def test_fast_chunk_equals_zoo_in_float32_forward_and_backward(shape, with_state
     fast_vs_zoo(xs, init, L, tol_for(torch.float32, xs[0].device.type), cot_seed=seed + 20)
 
 
+@pytest.mark.parametrize("lanes", [16, 8])
+def test_fast_runs_a_wide_head_as_narrow_ones_forward_and_backward(monkeypatch, lanes):
+    # Heads only tile hd_dim: the op runs D = 48 lanes a head as 3 or 6 heads of HEAD_LANES (the H100
+    # setting is 512); o, the final state and every gradient must come out in the caller's layout.
+    monkeypatch.setattr(fh, "HEAD_LANES", lanes)
+    s = Shape(2, 23, 2, 48, 48)
+    xs = projected(7, s)
+    fast_vs_zoo(xs, state(7, s, dtype=torch.float32), 16, TOL["f32-interpret"], cot_seed=9)
+
+
 def test_fast_takes_contiguous_inputs_and_separate_strides():
     s = Shape(2, 21, 2, 6, 6)
     xs = inputs(3, s, dtype=torch.float32)  # four separate contiguous tensors
