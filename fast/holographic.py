@@ -33,11 +33,11 @@ Cost at the headline size (bf16, B = 4, T = 8192, H = 1, hd_dim D = 8192; B·T =
     backward bytes: 4 inputs + do (2 × 2 B) read, 4 gradients written = 20 B = 5.37 GB: 1.6 ms.
     math per token-lane: 2 exp, 2 reciprocals, sin, cos (arguments within ±2π) and ~30 FMAs
         forward, ~60 backward: compute stays under the memory time.
-    Target: within 1.5× of the floor (forward ≤ 1.61 ms). Measured 2026-11-23 on the H100:
-        forward 2.45-2.53 ms (2.3-2.4× the floor) under every tile of 1024 and 2048 elements
-        (16-64 lanes × 16-64 rows; 2048-element tiles at 8 warps are slower, 3.0 ms), with exact
-        or approximate trigonometry: NOT met, and the bound is not the tiling. Backward 6.54 ms
-        with approximate trigonometry (3.7× its 1.79 ms floor).
+    Target: within 1.5× of the floor (forward ≤ 1.61 ms). Measured on the H100 (2026-11-23,
+        run 15, public op, B 4, T 8192, hd_dim 8192 as 16 × 512 and as 1 × 8192): forward 1.37 ms
+        = 1.28× the floor under no_grad (met), 1.47 ms when the inputs need grad (checkpoints
+        written); forward + backward 7.48 ms. History below ("Latency"): 2.45-3.09 ms before the
+        load knobs and the head-width view.
     first call: two kernels to compile; T is not specialised, so a new length never recompiles.
 
 Latency (issue 7; ncu at the benchmark shape B 4, T 8192, H 16, D 512, chunk 64: forward 3.03 ms,
@@ -49,7 +49,7 @@ the H100 (run 10, `.scratch`-style sweep recorded in benchmarks/results, 3 tiles
     best backward: BT 16, BD 64, vector, stages 3: 3.86 ms (2.16× its floor);
     prefetch helped BT 64 a little (2.82) and hurt BT 16 (3.77); stages hurt the forward.
 So the kernels now run BT = KERNEL_CHUNK = 16 whatever chunk_size asks, the forward scalar, the
-backward with 3 stages: forward + backward 5.95 ms against 8.19. Target (≤ 1.61 ms): NOT met.
+backward with 3 stages: forward + backward 5.95 ms against 8.19. (Round 2 below met the target.)
 The knobs:
     prefetch: chunk i+1's tiles (bwd: i-1's, and do, ck) are loaded into registers at the top of
         step i, so the global loads overlap step i's math. Inputs stay bf16 until used.

@@ -44,7 +44,10 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     2·2M·V = 66 K: ~400 KFLOP, 210 GFLOP in all: 0.58 ms at half the bf16 ceiling (tf32); and
     3·2·M = 1536 sin/cos a token and head (0.8 G, libdevice's accurate ones: ~0.3-1 ms of ALU).
   floor: 1.61 ms (memory bound; 0.89 ms with HALF_RECORDS, then sin/cos and tf32 compete).
-  Measured: to be measured (.scratch/hrc_sweep.py; the serial walk below took 11.6 ms).
+  Measured (H100, run 14, benchmarks/results/h100-2026-11-23/run14-hrc-sweep.log): the op 9.1 ms
+    against 13.5 for the serial walk; phase 3 4.15 ms, phase 2 2.95 ms (the record passes run
+    at ~0.75 TB/s), phase 1 1.26 ms; HALF_RECORDS 9.4 ms (no gain, left off). 5.7× the 1.61 ms
+    floor: issue 5's speed targets (about 1.7 and 1.9 ms here) are NOT met.
   Next levers, if short: HALF_RECORDS; phases 1 and 2 fused as fla's chunk_fwd_h (a serial walk
   per (frequency tile, head) writing only S_n: 2 record passes instead of 4); sin/cos after an
   explicit 2π range reduction with the approximate SFU instructions.
