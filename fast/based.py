@@ -2,9 +2,10 @@
 
 Kernel plan
 -----------
-The 273-wide features φ never touch memory. Each program *sweeps* the chunks of one
-(batch, head) for one V-tile, in time order, holding the state in fp32 registers split by the
-order of the Taylor map (the zoo's (5)):
+The 273-wide features φ never touch memory. The causal forward runs parallel over chunks (its
+section below); the rest (non-causal, the backward, causal with CHUNK_PARALLEL = False) *sweeps*:
+each program walks the chunks of one (batch, head) for one V-tile, in time order, holding the
+state in fp32 registers split by the order of the Taylor map (the zoo's (5)):
     S⁰ [BV] = Σ v,    S¹ [BK, BV] = √c Σ k vᵀ,    S² [BK², BV] = (c/√2) Σ (k⊗k) vᵀ
 and the normaliser z = (z⁰, z¹ [BK], z²[BK²]) beside it. These are exactly the rows of the zoo's
 state S = Σ φ(k) vᵀ, so h0/ht load and store the zoo layout [B, H, M, V] with no conversion.
@@ -18,6 +19,39 @@ product's, landing in the accumulator layout the next dot reads (FEATURES_BY_DOT
 still builds them by broadcast and reshape, _outer).
 Launch grid: one program per (V-tile, batch·head). Without the causal mask the program first
 sweeps k, v to build the whole state, then reads it out.
+
+Causal forward, parallel over chunks (the default: CHUNK_PARALLEL = True; issue 4)
+----------------------------------------------------------------------------------
+The sweep above is latency-bound (256 dependent ~5 µs steps a program, see below). The causal
+forward instead runs two launches over chunks of BT = PARALLEL_BT = 128 tokens (fixed, whatever
+chunk_size asks: the same function, only summation order moves), with a record between them, the
+state before each chunk in the zoo's layout: hs [B, H, NT, M, V] in q's dtype, zs [B, H, NT, M] fp32.
+φ's rows are handled uniformly, BR = 32 at a time (273 rows = 9 tiles at K = 16, 5% padding): row r
+of φ(x) is w_r x̃_a x̃_b with x̃ = [x, 1] (row 0: 1·1; rows 1..K: √c x_a·1; the rest (c/√2) x_a x_b),
+so a tile is (x̃ E_a) ⊙ (x̃ E_b)·w by two 0/1 selection dots, whichever orders it holds (_phi_rows).
+  state walk, grid (φ row tiles, V-tiles, B·H), _based_chunk_state_kernel: phases 1 and 2 of
+    fast/hrc_la.py fused as fla's chunk_fwd_h: each program walks the chunks in order, stores its
+    [BR, BV] slice of the state before the chunk, then adds S += φ(K)ᵀ V, z += φ(K)ᵀ 1 (2). A step is
+    one [BR, BT]·[BT, BV] dot and a store: short, with 576 programs (not one long sweep per tile).
+  read-out, grid (V-tiles, chunks, B·H), _based_chunk_out_kernel: A = (1 + s + s²/2) ⊙ M from one
+    q kᵀ, o = A v (4), then o += φ(q) S⁻, den += φ(q) z⁻ over the 9 row tiles of the record (5);
+    o and den written once, no atomics. Non-causal, the backward and decode keep the sweeps.
+Records in q's dtype (bf16 here): the sweep already rounds S¹ and S² to q's dtype before its
+inter-chunk dots, so for them the record adds no rounding the sweep did not have; only S⁰ (row 0,
+Σ v) is newly rounded, 2⁻⁹ relative, the size of the bf16 output's own rounding and far inside
+tol_for(bf16, "cuda") (2e-2 relative RMS). z stays fp32, as in the sweep, and fp32
+inputs keep fp32 records. ht, zt are the walk's fp32 registers.
+Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = 16, V = 128; NT = 64, 4096 records):
+  bytes: records 4096 × 273·128·2 B = 286 MB, written once and read once: 572 MB (fp32: 1.14 GB;
+    BT = 64: twice); zs 2 × 4.5 MB; the walk reads k, v (151 MB: its 9 row-tile programs of one head
+    read a chunk at about the same time, from L2), the read-out q, k, v (168 MB) and writes o, den
+    (136 MB): ≈ 1.04 GB, 0.35 ms at 3 TB/s.
+  FLOPs a token and head: walk 37 K (selection dots, x̃ padded to 32) + 74 K (φ(k)ᵀ v over 288 rows);
+    read-out 37 K + 74 K (φ(q) S⁻) + 8 K (s) + 33 K (A v): ≈ 263 K, 138 GFLOP: 0.17-0.35 ms at
+    800-400 TFLOP/s.  Floor ≈ 0.35 ms (bytes), 3.4× under the 1.2 ms target.
+  sm_90 (ptxas, Triton 3.9, bf16, K = 16, V = 128): walk 199 registers at 4 warps (BV = 128), read-out
+    190 at 8 warps, no spills; BR = 64 spills 136 B in the walk, the read-out at 4 warps 216 B.
+  Measured: to be measured (.scratch/based_sweep.py times both paths, each kernel, and tile variants).
 
 Backward (nothing but q, k, v, o and den = the normaliser is saved; the state is recomputed):
 with dN = do/den, dD = −(do·o)/den (normalize; else dN = do, dD = 0) and G = (dN vᵀ + dD) ⊙
@@ -66,11 +100,12 @@ fwd+bwd 10.5 ms. Both stay above the issue's targets (1.2 ms, 5 ms).
 T is in do_not_specialize: a new length never recompiles.
 
 Naming legend (fla's prefixes, STYLE rule 29):
-    i_   program ids and loop indices (i_v V-tile, i_bh batch·head, i_t chunk)
+    i_   program ids and loop indices (i_v V-tile, i_bh batch·head, i_t chunk, i_r φ row tile)
     p_   pointers       b_   on-chip blocks (zoo names after the prefix: b_S2, b_A, b_o)
     offs_ offsets       mask_ masks (mask_t rows inside T, mask_f valid feature pairs)
     BT chunk (the zoo's L)  BK padded feature_dim  BV V-tile  NT number of chunks
     h0/ht, z0/zt initial/final state;  b_S0 b_S1 b_S2 / b_z0 b_z1 b_z2 its three orders
+    hs, zs the chunk-parallel records;  BR rows of φ a tile, BKX = x̃'s width;  b_F a tile of φ
     c the scale, s1 = √c, s2 = c/√2: the weights of the map's first and second order
 """
 
@@ -90,6 +125,13 @@ MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
 MAX_BT = 32  # chunk rows per step: at 64 the [BT, BK²] q⊗q block and S² spill registers (see card)
 FEATURES_BY_DOT = True  # forward: q⊗q, k⊗k by selection dots (_outer_dot), not a reshape (see card)
 INV_SQRT2 = tl.constexpr(0.7071067811865476)  # 1/√2, the second order's weight c/√2
+# The causal chunk forward: True runs the chunk-parallel kernels (two launches, the card's
+# "Causal forward, parallel over chunks"), False the serial sweep. Read at each call.
+CHUNK_PARALLEL = True
+PARALLEL_BT = 128  # their chunk (records every 128 tokens), whatever chunk_size asks: only rounding moves
+PARALLEL_BR = 32  # rows of φ (of the state) a tile: 273 rows at K = 16 are 9 tiles, 5% padding
+PARALLEL_BV = (128, 128)  # V-tile of the state walk and of the read-out (the card's sm_90 counts)
+PARALLEL_WARPS = (4, 8)  # warps of the state walk and of the read-out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,6 +333,143 @@ def _based_chunk_fwd_kernel(
             tl.store(p_z, b_z0)
             tl.store(p_z + rows1, b_z1, mask=mask_k)
             tl.store(p_z + rows2, b_z2, mask=mask_f)
+
+
+# ------------------------------------------------------------------------------------------------
+# Causal forward, parallel over chunks (the default causal path: CHUNK_PARALLEL)
+# ------------------------------------------------------------------------------------------------
+# φ's rows as the zoo orders them (its state's rows), each the product of two entries of
+# x̃ = [x, 1] (x̃_K = 1): row 0 is 1·1, rows 1..K are √c·x_a·1, the rest (c/√2)·x_a·x_b. So a tile of
+# BR rows of φ(x) for a chunk is (x̃ E_a) ⊙ (x̃ E_b)·w with 0/1 selectors, whatever orders it holds.
+@triton.jit
+def _phi_rows(i_r, s1, s2, K: tl.constexpr, M: tl.constexpr, BR: tl.constexpr):
+    """Rows [i_r·BR, i_r·BR + BR) of φ: (offs_r, mask_r, a, b, w) with φ_r(x) = w_r x̃_{a_r} x̃_{b_r};
+    rows past M select nothing (a = b = −1), so their features are 0."""
+    offs_r = i_r * BR + tl.arange(0, BR)
+    mask_r = offs_r < M
+    f = tl.maximum(offs_r - 1 - K, 0)  # index into vec(x xᵀ) for second-order rows
+    a = tl.where(offs_r == 0, K, tl.where(offs_r <= K, offs_r - 1, f // K))
+    b = tl.where(offs_r <= K, K, f % K)
+    w = tl.where(offs_r == 0, 1.0, tl.where(offs_r <= K, s1, s2))
+    return offs_r, mask_r, tl.where(mask_r, a, -1), tl.where(mask_r, b, -1), w
+
+
+@triton.jit
+def _load_x1(x, p_t, mask_t, one, K: tl.constexpr, BKX: tl.constexpr):
+    """x̃ = [x, one] [BT, BKX] in x's dtype: the chunk's rows of x, column K set to `one` (1 for
+    real tokens, 0 for padding rows where it matters), the rest zero. Also returns x alone."""
+    offs_x = tl.arange(0, BKX)
+    b_x = tl.load(x + p_t[:, None] * K + offs_x[None, :], mask=mask_t[:, None] & (offs_x < K)[None, :], other=0.0)
+    b_x1 = tl.where(offs_x[None, :] == K, one[:, None].to(b_x.dtype), b_x)
+    return b_x, b_x1
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "STORE_HT": lambda args: args["ht"] is not None,
+})
+@triton.jit(do_not_specialize=["T", "NT"])
+def _based_chunk_state_kernel(
+    k, v, hs, zs,  # [B, T, H, K], [B, T, H, V]; records [B, H, NT, M, V] (q's dtype), [B, H, NT, M] fp32
+    h0, ht, z0, zt,  # [B, H, M, V], [B, H, M] fp32 or None
+    scale, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BT: tl.constexpr, BKX: tl.constexpr, BR: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    """Phases 1 and 2 fused (fla's chunk_fwd_h), one program per (φ row tile, V-tile, batch·head):
+    a walk over the chunks that stores the state before each chunk, then adds the chunk's
+    increment (2), S += φ(K)ᵀ V and z += φ(K)ᵀ 1 for BR rows of φ; φ(k)ᵀ is built on chip by two
+    selection dots. The step is one [BR, BT]·[BT, BV] dot and a store: short, so the serial walk
+    is not the bottleneck the full sweep's step was."""
+    i_r, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    c = tl.cast(scale, tl.float32)
+    offs_r, mask_r, r_a, r_b, r_w = _phi_rows(i_r, tl.sqrt(c), c * INV_SQRT2, K, M, BR)
+    offs_x = tl.arange(0, BKX)
+    ET_a = (r_a[:, None] == offs_x[None, :]).to(k.dtype.element_ty)  # [BR, BKX]
+    ET_b = (r_b[:, None] == offs_x[None, :]).to(k.dtype.element_ty)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_S = mask_r[:, None] & (offs_v < V)[None, :]
+    p_S = offs_r[:, None] * V + offs_v[None, :]  # [BR, BV] offsets inside one [M, V] state
+    row0 = i_b.to(tl.int64) * T
+
+    b_S = tl.zeros([BR, BV], dtype=tl.float32)
+    b_z = tl.zeros([BR], dtype=tl.float32)
+    if HAS_H0:
+        b_S += tl.load(h0 + i_bh.to(tl.int64) * M * V + p_S, mask=mask_S, other=0.0)
+        b_z += tl.load(z0 + i_bh.to(tl.int64) * M + offs_r, mask=mask_r, other=0.0)
+    for i_t in range(NT):
+        # the state before chunk i_t: what its queries read (5)
+        i_rec = i_bh.to(tl.int64) * NT + i_t
+        tl.store(hs + i_rec * M * V + p_S, b_S.to(hs.dtype.element_ty), mask=mask_S)
+        if i_v == 0:
+            tl.store(zs + i_rec * M + offs_r, b_z, mask=mask_r)
+        offs_t = i_t * BT + tl.arange(0, BT)
+        mask_t = offs_t < T
+        p_t = (row0 + offs_t) * H + i_h
+        _, b_k1 = _load_x1(k, p_t, mask_t, mask_t, K, BKX)  # padding keys' 1 is 0: φ(pad) = 0
+        b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & (offs_v < V)[None, :], other=0.0)
+        # (1) φ(k)ᵀ, these BR rows [BR, BT], then (2) the chunk's increment
+        b_kT = tl.trans(b_k1)
+        b_F = r_w[:, None] * (tl.dot(ET_a, b_kT, input_precision=PREC) * tl.dot(ET_b, b_kT, input_precision=PREC))
+        b_S += tl.dot(b_F.to(b_v.dtype), b_v)
+        b_z += tl.sum(b_F, 1)
+    if STORE_HT:
+        tl.store(ht + i_bh.to(tl.int64) * M * V + p_S, b_S, mask=mask_S)
+        if i_v == 0:
+            tl.store(zt + i_bh.to(tl.int64) * M + offs_r, b_z, mask=mask_r)
+
+
+@triton.heuristics({"NORMALIZE": lambda args: args["den"] is not None})
+@triton.jit(do_not_specialize=["T", "NT"])
+def _based_chunk_out_kernel(
+    q, k, v, o, den, hs, zs,  # inputs, outputs, and the records of the state before each chunk
+    scale, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BT: tl.constexpr, BKX: tl.constexpr, BR: tl.constexpr, BV: tl.constexpr, EPS: tl.constexpr,
+    PREC: tl.constexpr, NORMALIZE: tl.constexpr,
+):
+    """Phase 3, one program per (V-tile, chunk, batch·head): the chunk's outputs, written once:
+        intra  A = (1 + s + s²/2) ⊙ M, s = c q kᵀ;  o = A v, den = A 1                        (4)
+        inter  o += φ(q) S⁻, den += φ(q) z⁻, φ(q) BR rows at a time by selection dots        (5)
+    with S⁻, z⁻ the record phase 1 stored for this chunk."""
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    c = tl.cast(scale, tl.float32)
+    s1, s2 = tl.sqrt(c), c * INV_SQRT2
+    offs_x = tl.arange(0, BKX)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_v = offs_v < V
+    offs_t = i_t * BT + tl.arange(0, BT)
+    mask_t = offs_t < T
+    p_t = (i_b.to(tl.int64) * T + offs_t) * H + i_h
+    b_q, b_q1 = _load_x1(q, p_t, mask_t, mask_t, K, BKX)
+    b_k, _ = _load_x1(k, p_t, mask_t, mask_t, K, BKX)
+    b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+
+    # (4) intra-chunk (padding keys sit after every real query, so the causal mask drops them)
+    b_s = c * tl.dot(b_q, tl.trans(b_k))  # [BT, BT] fp32
+    b_A = tl.where(offs_t[:, None] >= offs_t[None, :], 1.0 + b_s + 0.5 * b_s * b_s, 0.0)
+    b_o = tl.dot(b_A.to(b_v.dtype), b_v)  # [BT, BV] fp32
+    b_den = tl.sum(b_A, 1)
+
+    # (5) inter-chunk, BR rows of φ(q) against the same rows of the stored state
+    i_rec = i_bh.to(tl.int64) * NT + i_t
+    for i_r in range(tl.cdiv(M, BR)):
+        offs_r, mask_r, r_a, r_b, r_w = _phi_rows(i_r, s1, s2, K, M, BR)
+        E_a = (offs_x[:, None] == r_a[None, :]).to(q.dtype.element_ty)  # [BKX, BR]
+        E_b = (offs_x[:, None] == r_b[None, :]).to(q.dtype.element_ty)
+        b_F = r_w[None, :] * (tl.dot(b_q1, E_a, input_precision=PREC) * tl.dot(b_q1, E_b, input_precision=PREC))
+        b_S = tl.load(hs + i_rec * M * V + offs_r[:, None] * V + offs_v[None, :],
+                      mask=mask_r[:, None] & mask_v[None, :], other=0.0)  # [BR, BV] in q's dtype
+        b_o += tl.dot(b_F.to(b_S.dtype), b_S)
+        b_den += tl.sum(b_F * tl.load(zs + i_rec * M + offs_r, mask=mask_r, other=0.0)[None, :], 1)
+
+    if NORMALIZE:
+        b_den += EPS  # (3) stored for backward
+        b_o = b_o / b_den[:, None]
+        if i_v == 0:
+            tl.store(den + p_t, b_den, mask=mask_t)
+    tl.store(o + p_t[:, None] * V + offs_v[None, :], b_o.to(o.dtype.element_ty), mask=mask_t[:, None] & mask_v[None, :])
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -637,9 +816,12 @@ def _symmetrize(x: torch.Tensor, K: int) -> torch.Tensor:
 
 def _based_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_state, chunk_size, tiles=None,
                      feat_dot=FEATURES_BY_DOT):
-    """Forward: one sweep. Returns (o, ht, zt, den), None where not computed. `tiles` = (BT, BV,
+    """Forward: causal runs parallel over chunks (CHUNK_PARALLEL), else one sweep. Returns (o, ht,
+    zt, den), None where not computed. `tiles` = (BT, BV,
     num_warps, num_stages) overrides the rule and `feat_dot` picks how q⊗q and k⊗k are built
     (selection dots or the reshape), for the benchmark below only."""
+    if causal and CHUNK_PARALLEL and tiles is None:
+        return _based_parallel_fwd(q, k, v, h0, z0, scale, normalize, output_final_state)
     B, T, H, K = q.shape
     V, M = v.shape[-1], zb.feature_count(K)
     BT, BK, BV, num_warps, num_stages = _tile_rule(V, chunk_size, forward=True)
@@ -654,6 +836,43 @@ def _based_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_sta
         q, k, v, o, h0, ht, z0, zt, den, scale, T, H, K=K, V=V, M=M, BT=BT, BK=BK, BV=BV,
         EPS=zb.EPS, CAUSAL=causal, FEAT_DOT=feat_dot, PREC="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages)
+    return o, ht, zt, den
+
+
+def _parallel_tiles(K: int, V: int, parallel_tiles=None):
+    """(BT, BKX, BR, (BV, warps) of the state walk, (BV, warps) of the read-out) from the head dims
+    alone (nothing keyed on T or B); `parallel_tiles` = (BT, BR, BV1, warps1, BV3, warps3) overrides
+    it (the sweep script only)."""
+    BKX = max(MIN_CHUNK, triton.next_power_of_2(K + 1))  # x̃ = [x, 1]
+    vmax = max(16, triton.next_power_of_2(V))
+    BT, BR, BV1, w1, BV3, w3 = parallel_tiles or (PARALLEL_BT, PARALLEL_BR, *PARALLEL_BV[:1], PARALLEL_WARPS[0],
+                                                  *PARALLEL_BV[1:], PARALLEL_WARPS[1])
+    if INTERPRET:
+        w1 = w3 = 1
+    return BT, BKX, BR, (min(BV1, vmax), w1), (min(BV3, vmax), w3)
+
+
+def _based_parallel_fwd(q, k, v, h0, z0, scale, normalize, output_final_state, parallel_tiles=None):
+    """The causal forward in two launches (the card's phases): the state walk that stores the
+    state before every chunk, then every chunk's outputs. Returns what _based_chunk_fwd returns."""
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], zb.feature_count(K)
+    BT, BKX, BR, (BV1, warps1), (BV3, warps3) = _parallel_tiles(K, V, parallel_tiles)
+    NT, NR = triton.cdiv(T, BT), triton.cdiv(M, BR)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    hs = torch.empty(B, H, NT, M, V, device=q.device, dtype=q.dtype)  # the state's dtype at the dots (card)
+    zs = torch.empty(B, H, NT, M, **f32)
+    o = torch.empty_like(v)
+    den = torch.empty(B, T, H, **f32) if normalize else None
+    ht = torch.empty(B, H, M, V, **f32) if output_final_state else None
+    zt = torch.empty(B, H, M, **f32) if output_final_state else None
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    _based_chunk_state_kernel[(NR, triton.cdiv(V, BV1), B * H)](
+        k, v, hs, zs, h0, ht, z0, zt, scale, T, H, NT, K=K, V=V, M=M, BT=BT, BKX=BKX, BR=BR, BV=BV1, PREC=prec,
+        num_warps=warps1)
+    _based_chunk_out_kernel[(triton.cdiv(V, BV3), NT, B * H)](
+        q, k, v, o, den, hs, zs, scale, T, H, NT, K=K, V=V, M=M, BT=BT, BKX=BKX, BR=BR, BV=BV3, EPS=zb.EPS,
+        PREC=prec, num_warps=warps3)
     return o, ht, zt, den
 
 

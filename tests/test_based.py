@@ -162,6 +162,41 @@ def test_forward_variants_of_the_benchmark_equal_zoo(causal, feat_dot):
                 assert_close(x, ref, tol, f"{name} BT={BT} BV={BV} {shape}")
 
 
+# (BT, BR, BV) of the chunk-parallel causal forward: 16- and 32-token chunks so short T spans several
+# chunks and ends inside one; BR = 16 cuts φ's orders across tiles (row 0, √c k, (c/√2) k⊗k), BV = 16
+# gives several V-tiles; the last is the rule's.
+PARALLEL_TILES = [(16, 16, 16), (32, 32, 128), (fb.PARALLEL_BT, fb.PARALLEL_BR, fb.PARALLEL_BV[1])]
+
+
+@interpreter_only
+@settings(max_examples=5)
+@given(shape=shapes(max_T=70, max_H=2, max_V=40), normalize=st.booleans(), with_state=st.booleans(),
+       tiles=st.sampled_from(PARALLEL_TILES), seed=seeds)
+@edge_examples(chunk_size=16, normalize=True, with_state=True, tiles=PARALLEL_TILES[0])
+@edge_examples(chunk_size=32, K=14, V=20, normalize=False, with_state=True, tiles=PARALLEL_TILES[1])
+def test_fast_chunk_parallel_causal_forward_equals_zoo_and_the_sweep(shape, normalize, with_state, tiles, seed):
+    # The causal forward parallel over chunks (the card's state walk and read-out, CHUNK_PARALLEL)
+    # against the float64 zoo and the serial sweep it replaces: o, the final state and normaliser,
+    # from an initial state that is not symmetric, normalised or not.
+    dev = device()
+    q, k, v, h0 = _fast_inputs(seed, shape, torch.float32, dev, with_state)
+    h0 = h0 or (None, None)
+    BT, BR, BV = tiles
+    got = fb._based_parallel_fwd(q, k, v, *h0, shape.K ** -0.5, normalize, True, parallel_tiles=(BT, BR, BV, 1, BV, 1))
+    sweep = fb._based_chunk_fwd(q, k, v, *h0, shape.K ** -0.5, True, normalize, True, 64, tiles=(16, 32, 1, 1))
+    h0_64 = None if h0[0] is None else tuple(x.double() for x in h0)
+    o_ref, (S_ref, z_ref) = zb.based_parallel(q.double(), k.double(), v.double(), normalize=normalize,
+                                              initial_state=h0_64, output_final_state=True)
+    tol = tol_for(torch.float32, dev)
+    for name, x, ref, old in zip("oSz", got[:3], (o_ref, S_ref, z_ref), sweep[:3]):
+        assert_close(x, ref, tol, f"{name} tiles={tiles}")
+        assert_close(x, old, tol, f"{name} vs the sweep, tiles={tiles}")
+    if normalize:
+        assert_close(got[3], sweep[3], tol, "den (saved for backward)")
+    else:
+        assert got[3] is None
+
+
 # (dtype, T, causal, K, V): the headline head dims, a ragged length, non-causal, T = 1 decode-sized,
 # and odd dims; few enough that the GPU run compiles a handful of kernel variants.
 HALF_CASES = [(torch.bfloat16, 1000, True, 16, 128), (torch.bfloat16, 333, False, 16, 128),
@@ -468,6 +503,22 @@ def spills(kernel, ptrs, consts, num_warps, num_stages):
 
 BT, BK, BV, warps, stages = fb._tile_rule(128, 64)
 bf, f32 = "*bf16", "*fp32"
+
+
+def parallel_spills():
+    # The chunk-parallel causal forward at the rule's tiles, bf16 records.
+    BT, BKX, BR, (BV1, warps1), (BV3, warps3) = fb._parallel_tiles(16, 128)
+    sizes = dict(T="i32", H="i32", NT="i32")
+    shape = dict(K=16, V=128, M=273, BT=BT, BKX=BKX, BR=BR, PREC="tf32")
+    return dict(
+        state=stack_bytes(fb._based_chunk_state_kernel, dict(k=bf, v=bf, hs=bf, zs=f32, **sizes),
+                          dict(h0=None, ht=None, z0=None, zt=None, HAS_H0=False, STORE_HT=False, BV=BV1, **shape),
+                          warps1, 2, default="fp32", aligned=("H",)),
+        out=stack_bytes(fb._based_chunk_out_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32, hs=bf, zs=f32, **sizes),
+                        dict(NORMALIZE=True, EPS=1e-6, BV=BV3, **shape), warps3, 2, default="fp32", aligned=("H",)),
+    )
+
+
 shape = dict(K=16, V=128, M=273, BT=BT, BK=BK, BV=BV, CAUSAL=True, NORMALIZE=True)
 fwd_consts = dict(h0=None, ht=None, z0=None, zt=None, EPS=1e-6, HAS_H0=False, STORE_HT=False, PREC="tf32", **shape)
 out = dict(
@@ -482,6 +533,7 @@ out = dict(
     dkv=spills(fb._based_chunk_bwd_dkv_kernel, dict(q=bf, k=bf, v=bf, do=bf, den=f32, dd=f32, dk=f32, dv=bf),
                dict(dht=None, dzt=None, dh0=None, dz0=None, HAS_DHT=False, STORE_DH0=False, **shape),
                warps, stages),
+    **{f"parallel {name}": stack for name, stack in parallel_spills().items()},
     decode=spills(fb._based_recurrent_fwd_kernel,
                   dict(q=bf, k=bf, v=bf, o=bf, h0=f32, ht=f32, z0=f32, zt=f32, den=f32),
                   dict(K=16, V=128, M=273, BK=BK, BV=BV, EPS=1e-6, CAUSAL=True, HAS_H0=True, STORE_HT=True,
@@ -497,6 +549,7 @@ def test_kernels_compile_for_an_h100_and_spill_no_more_than_the_card_says():
     # spills, on a CPU. Triton ships ptxas; without it the test skips.
     stack = run_aot_script(AOT_SCRIPT, timeout=600)
     assert stack["fwd_8_warps"] == 0 and stack["fwd_other"] == 0 and stack["dq"] == 0 and stack["decode"] == 0, stack
+    assert stack["parallel state"] == 0 and stack["parallel out"] == 0, stack  # the causal default (card)
     # The forward runs at 4 warps, where it spills (248 B), because it measured fastest so (card).
     assert stack["fwd"] <= 248, stack
     assert stack["dkv"] <= 256, stack  # the dk/dv sweep carries the most: a small spill, measured 200 B
