@@ -2,8 +2,9 @@
 
 Kernel plan
 -----------
-The 273-wide features φ never touch memory. The causal forward runs parallel over chunks (its
-section below); the rest (non-causal, the backward, causal with CHUNK_PARALLEL = False) *sweeps*:
+The 273-wide features φ never touch memory. The causal forward and backward run parallel over
+chunks (their sections below); the rest (non-causal, or causal with CHUNK_PARALLEL = False /
+CHUNK_PARALLEL_BWD = False) *sweeps*:
 each program walks the chunks of one (batch, head) for one V-tile, in time order, holding the
 state in fp32 registers split by the order of the Taylor map (the zoo's (5)):
     S⁰ [BV] = Σ v,    S¹ [BK, BV] = √c Σ k vᵀ,    S² [BK², BV] = (c/√2) Σ (k⊗k) vᵀ
@@ -35,7 +36,7 @@ so a tile is (x̃ E_a) ⊙ (x̃ E_b)·w by two 0/1 selection dots, whichever ord
     one [BR, BT]·[BT, BV] dot and a store: short, with 576 programs (not one long sweep per tile).
   read-out, grid (V-tiles, chunks, B·H), _based_chunk_out_kernel: A = (1 + s + s²/2) ⊙ M from one
     q kᵀ, o = A v (4), then o += φ(q) S⁻, den += φ(q) z⁻ over the 9 row tiles of the record (5);
-    o and den written once, no atomics. Non-causal, the backward and decode keep the sweeps.
+    o and den written once, no atomics. Non-causal and decode keep the sweeps.
 Records in q's dtype (bf16 here): the sweep already rounds S¹ and S² to q's dtype before its
 inter-chunk dots, so for them the record adds no rounding the sweep did not have; only S⁰ (row 0,
 Σ v) is newly rounded, 2⁻⁹ relative, the size of the bf16 output's own rounding and far inside
@@ -56,6 +57,46 @@ Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = 16, V = 128; NT = 
     forward target (<= 1.2 ms) met; 2.6x the ~0.35 ms floor. Of nine tile variants the rule's was
     the fastest (0.896; chunk 64: 1.04-1.39, chunk 256: 1.13, row tile 16: 1.20 ms). Output
     against the sweep: max |diff| 3.9e-3, rel RMS 2.0e-3 (bf16 ulp at max|o| 1.6e-2).
+
+Causal backward, parallel over chunks (the default: CHUNK_PARALLEL_BWD = True; issue 4)
+-------------------------------------------------------------------------------------
+The sweeps (a), (b) below are latency-bound like the old forward (256 programs of 256 steps at 255
+registers, ~8.4 ms at the headline size, run 18). The causal backward runs the math of (a), (b) in
+four launches over the forward's chunks (BT = PARALLEL_BT = 128, BR = 32 rows of φ a tile):
+  1. forward walk (_based_chunk_state_kernel, the forward's, recomputed: 0.46 ms measured in run 17)
+     storing S⁻, z⁻ before each chunk;
+  2. dq per (V-tile, chunk, batch·head) (_based_chunk_dq_kernel): dq = G k (intra) + ∂φ(q)/∂q ·
+     (S⁻ dN + z⁻ dD) over the 9 row tiles of the record;
+  3. reverse walk (the same kernel, REVERSE, over (q, do) in place of (k, v), last chunk first)
+     storing the carry Q⁺ = dS_T + Σ_{later chunks} φ(q) dNᵀ and qz⁺ = dz_T + Σ φ(q) dD before each
+     chunk; its final carry is dS₀, dz₀;
+  4. dk, dv per (V-tile, chunk, batch·head) (_based_chunk_dkv_kernel): dk = Gᵀ q + ∂φ(k)/∂k ·
+     (Q⁺ v + qz⁺), dv = Aᵀ dN + φ(k)ᵀ Q⁺.
+One record buffer serves 1-2 and then 3-4 (S⁻ is dead once dq is written): 286 MB in q's dtype at
+the headline size, plus 4.5 MB fp32 for z. Saving the forward's records instead would skip launch
+1 (~0.46 ms) but hold those 286 MB from the forward to the backward; we recompute.
+φ's Jacobian goes by row tile with the same selection matrices as φ (rows φ_r = w_r x̃_a x̃_b):
+∂φ(x)/∂x · g = (g ⊙ w ⊙ x̃E_b) E_aᵀ + (g ⊙ w ⊙ x̃E_a) E_bᵀ, exact for any g, so user states and
+cotangents need no symmetrising on this path (the sweeps' _sym_contract assumes symmetry; both give
+the same function, as φ only sees the symmetric part). dN = do/den is never formed as a [BT, BV]
+fp32 tile (at 4 warps that tile alone spilled the reverse walk): 1/den scales the rows of φ(q) in
+the walk, of do vᵀ, A and do S⁻ᵀ in the per-chunk kernels. dq, dk are per-V-tile fp32 partials
+the host sums (one tile at V = 128). Rounding is the sweeps': records in q's dtype (Q⁺ as the dk/dv
+sweep rounded Q before its dots), dN·(q's dtype) at the dots; the Jacobian dots take fp32 at tf32.
+Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = 16, V = 128; NT = 64):
+  bytes: dD (reads do, o) 272 MB; walk 1: k, v 151 MB + records 291 MB; dq: q, k, v, do 302 MB +
+    records 291 + dq fp32 34 MB; walk 3: q, do 151 + records 291 MB; dk/dv: q, k, v, do 302 +
+    records 291 + dk fp32 34 + dv 134 MB; host sums of dq, dk 100 MB: ≈ 2.64 GB, 0.88 ms at 3 TB/s.
+  FLOPs a token and head: each walk 111 K (as the forward's); dq 8 K (s) + 33 K (do vᵀ) + 8 K (G k)
+    + 74 K (do S⁻ᵀ, 288 rows) + 37 K (selection) + 37 K (Jacobian, tf32); dk/dv the same 197 K with
+    v Q⁺ᵀ for do S⁻ᵀ, plus 33 K (Aᵀ dN) + 74 K (φ(k)ᵀ Q⁺) = 303 K: ≈ 722 K, 378 GFLOP: 0.47-0.95 ms
+    at 800-400 TFLOP/s.  Floor ≈ 0.9 ms (bytes and FLOPs alike); forward + backward ≈ 1.25 ms
+    against the measured 0.9 ms forward, the target being 5 ms.
+  sm_90 (ptxas, Triton 3.9, bf16, K = 16, V = 128, normalised): dq 182 registers, dk/dv 251 at 8
+    warps (BV = 128), reverse walk 192 at 4 warps (BV = 128), no spills; the reverse walk with
+    both state ends (dS_T in, dS₀ out) 255 registers, 8 B of spill. At 4 warps dq spills 952 B,
+    dk/dv 928; BV = 64 at 8 warps spills nothing either (2 V-tiles, s and G computed twice).
+  Measured: to be measured (.scratch/based_bwd_sweep.py).
 
 Backward (nothing but q, k, v, o and den = the normaliser is saved; the state is recomputed):
 with dN = do/den, dD = −(do·o)/den (normalize; else dN = do, dD = 0) and G = (dN vᵀ + dD) ⊙
@@ -109,7 +150,8 @@ Naming legend (fla's prefixes, STYLE rule 29):
     offs_ offsets       mask_ masks (mask_t rows inside T, mask_f valid feature pairs)
     BT chunk (the zoo's L)  BK padded feature_dim  BV V-tile  NT number of chunks
     h0/ht, z0/zt initial/final state;  b_S0 b_S1 b_S2 / b_z0 b_z1 b_z2 its three orders
-    hs, zs the chunk-parallel records;  BR rows of φ a tile, BKX = x̃'s width;  b_F a tile of φ
+    hs, zs the chunk-parallel records (qs, qzs: the reverse walk's, Q⁺ and qz⁺);
+    BR rows of φ a tile, BKX = x̃'s width;  b_F a tile of φ
     c the scale, s1 = √c, s2 = c/√2: the weights of the map's first and second order
 """
 
@@ -136,6 +178,11 @@ PARALLEL_BT = 128  # their chunk (records every 128 tokens), whatever chunk_size
 PARALLEL_BR = 32  # rows of φ (of the state) a tile: 273 rows at K = 16 are 9 tiles, 5% padding
 PARALLEL_BV = (128, 128)  # V-tile of the state walk and of the read-out (the card's sm_90 counts)
 PARALLEL_WARPS = (4, 8)  # warps of the state walk and of the read-out
+# The causal backward: True runs it parallel over chunks (two walks, the dq and dk/dv kernels per
+# chunk, the card's "Causal backward, parallel over chunks"), False the dq and dk/dv sweeps.
+CHUNK_PARALLEL_BWD = True
+PARALLEL_BWD_BV = 128  # V-tile of the per-chunk dq and dk/dv kernels (the walks take PARALLEL_BV[0])
+PARALLEL_BWD_WARPS = 8
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,20 +418,26 @@ def _load_x1(x, p_t, mask_t, one, K: tl.constexpr, BKX: tl.constexpr):
 @triton.heuristics({
     "HAS_H0": lambda args: args["h0"] is not None,
     "STORE_HT": lambda args: args["ht"] is not None,
+    "NORMALIZE": lambda args: args["den"] is not None,
 })
 @triton.jit(do_not_specialize=["T", "NT"])
 def _based_chunk_state_kernel(
     k, v, hs, zs,  # [B, T, H, K], [B, T, H, V]; records [B, H, NT, M, V] (q's dtype), [B, H, NT, M] fp32
+    den, dd,  # REVERSE only: [B, T, H] fp32 (normalize) or None
     h0, ht, z0, zt,  # [B, H, M, V], [B, H, M] fp32 or None
     scale, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
     BT: tl.constexpr, BKX: tl.constexpr, BR: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    REVERSE: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, NORMALIZE: tl.constexpr,
 ):
     """Phases 1 and 2 fused (fla's chunk_fwd_h), one program per (φ row tile, V-tile, batch·head):
     a walk over the chunks that stores the state before each chunk, then adds the chunk's
     increment (2), S += φ(K)ᵀ V and z += φ(K)ᵀ 1 for BR rows of φ; φ(k)ᵀ is built on chip by two
     selection dots. The step is one [BR, BT]·[BT, BV] dot and a store: short, so the serial walk
-    is not the bottleneck the full sweep's step was."""
+    is not the bottleneck the full sweep's step was.
+    REVERSE is the backward's walk (card, (b)) with (k, v) = (q, do): last chunk first, it stores
+    the carry Q = dS_T + Σ_{later chunks} φ(q) dNᵀ before each chunk and adds Q += φ(Q)ᵀ dN,
+    qz += φ(Q)ᵀ dD, with dN = do/den, dD = dd (normalize; else dN = do and qz stays dz_T);
+    h0/z0 are then dS_T/dz_T and ht/zt receive dS₀/dz₀."""
     i_r, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     c = tl.cast(scale, tl.float32)
@@ -403,12 +456,13 @@ def _based_chunk_state_kernel(
         b_S += tl.load(h0 + i_bh.to(tl.int64) * M * V + p_S, mask=mask_S, other=0.0)
         b_z += tl.load(z0 + i_bh.to(tl.int64) * M + offs_r, mask=mask_r, other=0.0)
     for i_t in range(NT):
-        # the state before chunk i_t: what its queries read (5)
-        i_rec = i_bh.to(tl.int64) * NT + i_t
+        i_c = NT - 1 - i_t if REVERSE else i_t
+        # the state before chunk i_c: what its queries read (5) (REVERSE: what its keys are asked)
+        i_rec = i_bh.to(tl.int64) * NT + i_c
         tl.store(hs + i_rec * M * V + p_S, b_S.to(hs.dtype.element_ty), mask=mask_S)
         if i_v == 0:
             tl.store(zs + i_rec * M + offs_r, b_z, mask=mask_r)
-        offs_t = i_t * BT + tl.arange(0, BT)
+        offs_t = i_c * BT + tl.arange(0, BT)
         mask_t = offs_t < T
         p_t = (row0 + offs_t) * H + i_h
         _, b_k1 = _load_x1(k, p_t, mask_t, mask_t, K, BKX)  # padding keys' 1 is 0: φ(pad) = 0
@@ -416,12 +470,38 @@ def _based_chunk_state_kernel(
         # (1) φ(k)ᵀ, these BR rows [BR, BT], then (2) the chunk's increment
         b_kT = tl.trans(b_k1)
         b_F = r_w[:, None] * (tl.dot(ET_a, b_kT, input_precision=PREC) * tl.dot(ET_b, b_kT, input_precision=PREC))
+        if REVERSE and NORMALIZE:  # qz += φ(Q)ᵀ dD; Q += (φ(Q)/den)ᵀ do = φ(Q)ᵀ dN (no [BT, BV] fp32 tile)
+            b_z += tl.sum(b_F * tl.load(dd + p_t, mask=mask_t, other=0.0)[None, :], 1)
+            b_F = b_F / tl.load(den + p_t, mask=mask_t, other=1.0)[None, :]
         b_S += tl.dot(b_F.to(b_v.dtype), b_v)
-        b_z += tl.sum(b_F, 1)
+        if not REVERSE:
+            b_z += tl.sum(b_F, 1)
     if STORE_HT:
         tl.store(ht + i_bh.to(tl.int64) * M * V + p_S, b_S, mask=mask_S)
         if i_v == 0:
             tl.store(zt + i_bh.to(tl.int64) * M + offs_r, b_z, mask=mask_r)
+
+
+@triton.jit
+def _chunk_program(q, k, v, scale, T, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BKX: tl.constexpr,
+                   BV: tl.constexpr):
+    """What a per-chunk program (grid (V-tiles, chunks, B·H)) starts from: its ids, the scale's
+    weights c, s1 = √c, s2 = c/√2, offsets and masks, and the chunk's q, q̃, k, k̃ [BT, BKX] (x̃ = [x, 1],
+    1 for real tokens only) and v [BT, BV]; what a kernel does not use is compiled away."""
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    c = tl.cast(scale, tl.float32)
+    offs_x = tl.arange(0, BKX)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    mask_v = offs_v < V
+    offs_t = i_t * BT + tl.arange(0, BT)
+    mask_t = offs_t < T
+    p_t = (i_b.to(tl.int64) * T + offs_t) * H + i_h
+    b_q, b_q1 = _load_x1(q, p_t, mask_t, mask_t, K, BKX)
+    b_k, b_k1 = _load_x1(k, p_t, mask_t, mask_t, K, BKX)
+    b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+    return (i_v, i_t, i_bh, c, tl.sqrt(c), c * INV_SQRT2, offs_x, offs_v, mask_v, offs_t, mask_t, p_t,
+            b_q, b_q1, b_k, b_k1, b_v)
 
 
 @triton.heuristics({"NORMALIZE": lambda args: args["den"] is not None})
@@ -436,19 +516,8 @@ def _based_chunk_out_kernel(
         intra  A = (1 + s + s²/2) ⊙ M, s = c q kᵀ;  o = A v, den = A 1                        (4)
         inter  o += φ(q) S⁻, den += φ(q) z⁻, φ(q) BR rows at a time by selection dots        (5)
     with S⁻, z⁻ the record phase 1 stored for this chunk."""
-    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    c = tl.cast(scale, tl.float32)
-    s1, s2 = tl.sqrt(c), c * INV_SQRT2
-    offs_x = tl.arange(0, BKX)
-    offs_v = i_v * BV + tl.arange(0, BV)
-    mask_v = offs_v < V
-    offs_t = i_t * BT + tl.arange(0, BT)
-    mask_t = offs_t < T
-    p_t = (i_b.to(tl.int64) * T + offs_t) * H + i_h
-    b_q, b_q1 = _load_x1(q, p_t, mask_t, mask_t, K, BKX)
-    b_k, _ = _load_x1(k, p_t, mask_t, mask_t, K, BKX)
-    b_v = tl.load(v + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+    (i_v, i_t, i_bh, c, s1, s2, offs_x, offs_v, mask_v, offs_t, mask_t, p_t,
+     b_q, b_q1, b_k, b_k1, b_v) = _chunk_program(q, k, v, scale, T, H, K, V, BT, BKX, BV)
 
     # (4) intra-chunk (padding keys sit after every real query, so the causal mask drops them)
     b_s = c * tl.dot(b_q, tl.trans(b_k))  # [BT, BT] fp32
@@ -494,6 +563,129 @@ def _based_normalize_bwd_kernel(do, o, den, dd, T, H, V: tl.constexpr, BT: tl.co
         b_dot += tl.sum(b_do * b_o, 1)
     b_den = tl.load(den + p_t, mask=mask_t, other=1.0)
     tl.store(dd + p_t, -b_dot / b_den, mask=mask_t)
+
+
+# ------------------------------------------------------------------------------------------------
+# Causal backward, parallel over chunks (the default causal path: CHUNK_PARALLEL_BWD)
+# ------------------------------------------------------------------------------------------------
+# The records come from _based_chunk_state_kernel: forwards over (k, v) for S⁻, z⁻ (dq), REVERSE
+# over (q, do) for Q⁺, qz⁺ (dk, dv). φ's Jacobian by row tile: φ_r(x) = w_r x̃_a x̃_b, so
+# ∂φ_r/∂x̃_i = w_r ([a_r = i] x̃_b + [b_r = i] x̃_a), and for a tile of row gradients g [BT, BR]
+#     ∂φ(x)/∂x · g = (g ⊙ w ⊙ X_b) E_aᵀ + (g ⊙ w ⊙ X_a) E_bᵀ,   X_a = x̃ E_a, X_b = x̃ E_b,
+# two more selection dots; it holds for any g (no symmetric part assumed, unlike _sym_contract).
+@triton.jit
+def _load_dN(do, den, dd, p_t, mask_t, offs_v, mask_v, first, V: tl.constexpr, NORMALIZE: tl.constexpr):
+    """do [BT, BV] as stored, 1/den [BT] and dD = dd [BT] on the first V-tile only (dD does not
+    depend on V: one tile adds its terms); without normalize 1 and 0. dN = do/den is never formed:
+    1/den scales the rows of what do meets ([BT, BT] or [BT, BR]), not a [BT, BV] fp32 tile."""
+    b_do = tl.load(do + p_t[:, None] * V + offs_v[None, :], mask=mask_t[:, None] & mask_v[None, :], other=0.0)
+    b_rden = tl.full(mask_t.shape, 1.0, tl.float32)
+    b_dD = tl.zeros_like(b_rden)
+    if NORMALIZE:
+        b_rden = 1.0 / tl.load(den + p_t, mask=mask_t, other=1.0)
+        b_dD = first * tl.load(dd + p_t, mask=mask_t, other=0.0)
+    return b_do, b_rden, b_dD
+
+
+@triton.jit
+def _phi_vjp(b_g, b_x1, i_r, s1, s2, K: tl.constexpr, M: tl.constexpr, BKX: tl.constexpr, BR: tl.constexpr,
+             PREC: tl.constexpr):
+    """Rows i_r of φ for a chunk: returns (∂φ(x)/∂x · g [BT, BKX] fp32 (column K, the constant's,
+    is the caller's to drop), φ(x)'s tile F [BT, BR] fp32); g [BT, BR] fp32."""
+    _, _, r_a, r_b, r_w = _phi_rows(i_r, s1, s2, K, M, BR)
+    offs_x = tl.arange(0, BKX)
+    E_a = (offs_x[:, None] == r_a[None, :]).to(b_x1.dtype)  # [BKX, BR]
+    E_b = (offs_x[:, None] == r_b[None, :]).to(b_x1.dtype)
+    X_a = tl.dot(b_x1, E_a, input_precision=PREC)  # [BT, BR]: x̃_{a_r}, exact (0/1 weights, fp32 sums)
+    X_b = tl.dot(b_x1, E_b, input_precision=PREC)
+    b_gw = b_g * r_w[None, :]
+    b_dx = tl.dot(b_gw * X_b, tl.trans(E_a).to(tl.float32), input_precision=PREC)
+    b_dx += tl.dot(b_gw * X_a, tl.trans(E_b).to(tl.float32), input_precision=PREC)
+    return b_dx, r_w[None, :] * X_a * X_b
+
+
+@triton.jit
+def _intra_bwd(b_q, b_k, b_v, b_do, b_rden, b_dD, offs_t, c):
+    """(4) inside a chunk: s = c q kᵀ, A = (1 + s + s²/2) ⊙ M and G = (dN vᵀ + dD) ⊙ c(1 + s) ⊙ M,
+    both [BT, BT] fp32 (rows queries t, columns keys j ≤ t); A's rows come scaled by 1/den, so
+    that Aᵀ do is the Aᵀ dN of dv."""
+    b_s = c * tl.dot(b_q, tl.trans(b_k))
+    mask_A = offs_t[:, None] >= offs_t[None, :]
+    b_dA = tl.dot(b_do, tl.trans(b_v)) * b_rden[:, None] + b_dD[:, None]
+    b_A = tl.where(mask_A, (1.0 + b_s + 0.5 * b_s * b_s) * b_rden[:, None], 0.0)
+    return b_A, tl.where(mask_A, b_dA * (c * (1.0 + b_s)), 0.0)
+
+
+@triton.heuristics({"NORMALIZE": lambda args: args["den"] is not None})
+@triton.jit(do_not_specialize=["T", "NT"])
+def _based_chunk_dq_kernel(
+    q, k, v, do, den, dd,  # inputs; den, dd [B, T, H] fp32 (normalize) or None
+    dq,  # [NV, B, T, H, K] fp32: one partial per V-tile
+    hs, zs,  # the forward walk's records S⁻ [B, H, NT, M, V] (q's dtype), z⁻ [B, H, NT, M] fp32
+    scale, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BT: tl.constexpr, BKX: tl.constexpr, BR: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+):
+    """(a) per (V-tile, chunk, batch·head): dq = G k + ∂φ(q)/∂q · (S⁻ dN + z⁻ dD) (card)."""
+    (i_v, i_t, i_bh, c, s1, s2, offs_x, offs_v, mask_v, offs_t, mask_t, p_t,
+     b_q, b_q1, b_k, b_k1, b_v) = _chunk_program(q, k, v, scale, T, H, K, V, BT, BKX, BV)
+    b_do, b_rden, b_dD = _load_dN(do, den, dd, p_t, mask_t, offs_v, mask_v, (i_v == 0).to(tl.float32), V, NORMALIZE)
+
+    # intra-chunk: dq = G k
+    b_A, b_G = _intra_bwd(b_q, b_k, b_v, b_do, b_rden, b_dD, offs_t, c)  # b_A unused here: compiled away
+    b_dq = tl.dot(b_G.to(b_k.dtype), b_k)  # [BT, BKX]
+    # inter-chunk: dφ(q) = S⁻ dN + z⁻ dD, BR rows at a time, then through φ's Jacobian
+    i_rec = i_bh.to(tl.int64) * NT + i_t
+    for i_r in range(tl.cdiv(M, BR)):
+        offs_r = i_r * BR + tl.arange(0, BR)
+        mask_r = offs_r < M
+        b_S = tl.load(hs + i_rec * M * V + offs_r[:, None] * V + offs_v[None, :],
+                      mask=mask_r[:, None] & mask_v[None, :], other=0.0)  # [BR, BV]
+        b_g = tl.dot(b_do, tl.trans(b_S)) * b_rden[:, None]  # [BT, BR]: S⁻ dN
+        b_g += b_dD[:, None] * tl.load(zs + i_rec * M + offs_r, mask=mask_r, other=0.0)[None, :]
+        b_dx, b_F = _phi_vjp(b_g, b_q1, i_r, s1, s2, K, M, BKX, BR, PREC)
+        b_dq += b_dx
+    p_dq = dq + i_v.to(tl.int64) * (tl.num_programs(2) * T * K)  # this V-tile's partial
+    tl.store(p_dq + p_t[:, None] * K + offs_x[None, :], b_dq, mask=mask_t[:, None] & (offs_x < K)[None, :])
+
+
+@triton.heuristics({"NORMALIZE": lambda args: args["den"] is not None})
+@triton.jit(do_not_specialize=["T", "NT"])
+def _based_chunk_dkv_kernel(
+    q, k, v, do, den, dd,  # inputs; den, dd [B, T, H] fp32 (normalize) or None
+    dk, dv,  # [NV, B, T, H, K] fp32 partials, [B, T, H, V]
+    qs, qzs,  # the reverse walk's records Q⁺ [B, H, NT, M, V] (q's dtype), qz⁺ [B, H, NT, M] fp32
+    scale, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr,
+    BT: tl.constexpr, BKX: tl.constexpr, BR: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+    NORMALIZE: tl.constexpr,
+):
+    """(b) per (V-tile, chunk, batch·head): dk = Gᵀ q + ∂φ(k)/∂k · (Q⁺ v + qz⁺),
+    dv = Aᵀ dN + φ(k)ᵀ Q⁺ (card), Q⁺ the carry of the later chunks."""
+    (i_v, i_t, i_bh, c, s1, s2, offs_x, offs_v, mask_v, offs_t, mask_t, p_t,
+     b_q, b_q1, b_k, b_k1, b_v) = _chunk_program(q, k, v, scale, T, H, K, V, BT, BKX, BV)
+    first = (i_v == 0).to(tl.float32)
+    b_do, b_rden, b_dD = _load_dN(do, den, dd, p_t, mask_t, offs_v, mask_v, first, V, NORMALIZE)
+
+    # intra-chunk: dk = Gᵀ q, dv = Aᵀ dN (A's rows carry 1/den)
+    b_A, b_G = _intra_bwd(b_q, b_k, b_v, b_do, b_rden, b_dD, offs_t, c)
+    b_dk = tl.dot(tl.trans(b_G).to(b_q.dtype), b_q)  # [BT, BKX]
+    b_dv = tl.dot(tl.trans(b_A).to(b_v.dtype), b_do)  # [BT, BV]: Aᵀ dN
+    # inter-chunk: dφ(k) = Q⁺ v + qz⁺ through φ's Jacobian, dv += φ(k)ᵀ Q⁺, BR rows at a time
+    i_rec = i_bh.to(tl.int64) * NT + i_t
+    for i_r in range(tl.cdiv(M, BR)):
+        offs_r = i_r * BR + tl.arange(0, BR)
+        mask_r = offs_r < M
+        b_Q = tl.load(qs + i_rec * M * V + offs_r[:, None] * V + offs_v[None, :],
+                      mask=mask_r[:, None] & mask_v[None, :], other=0.0)  # [BR, BV]
+        b_g = tl.dot(b_v, tl.trans(b_Q))  # [BT, BR]
+        b_g += first * tl.load(qzs + i_rec * M + offs_r, mask=mask_r, other=0.0)[None, :]
+        b_dx, b_F = _phi_vjp(b_g, b_k1, i_r, s1, s2, K, M, BKX, BR, PREC)
+        b_dk += b_dx
+        b_dv += tl.dot(b_F.to(b_Q.dtype), b_Q)
+    p_dk = dk + i_v.to(tl.int64) * (tl.num_programs(2) * T * K)
+    tl.store(p_dk + p_t[:, None] * K + offs_x[None, :], b_dk, mask=mask_t[:, None] & (offs_x < K)[None, :])
+    tl.store(dv + p_t[:, None] * V + offs_v[None, :], b_dv.to(dv.dtype.element_ty),
+             mask=mask_t[:, None] & mask_v[None, :])
 
 
 @triton.heuristics({
@@ -843,17 +1035,29 @@ def _based_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_sta
     return o, ht, zt, den
 
 
-def _parallel_tiles(K: int, V: int, parallel_tiles=None):
-    """(BT, BKX, BR, (BV, warps) of the state walk, (BV, warps) of the read-out) from the head dims
-    alone (nothing keyed on T or B); `parallel_tiles` = (BT, BR, BV1, warps1, BV3, warps3) overrides
-    it (the sweep script only)."""
+def _parallel_tiles(K: int, V: int, parallel_tiles=None, backward=False):
+    """(BT, BKX, BR, (BV, warps) of the state walk, (BV, warps) of the read-out, or with backward of
+    the per-chunk dq and dk/dv kernels) from the head dims alone (nothing keyed on T or B);
+    `parallel_tiles` = (BT, BR, BV1, warps1, BV3, warps3) overrides it (tests and sweep scripts)."""
     BKX = max(MIN_CHUNK, triton.next_power_of_2(K + 1))  # x̃ = [x, 1]
     vmax = max(16, triton.next_power_of_2(V))
-    BT, BR, BV1, w1, BV3, w3 = parallel_tiles or (PARALLEL_BT, PARALLEL_BR, *PARALLEL_BV[:1], PARALLEL_WARPS[0],
-                                                  *PARALLEL_BV[1:], PARALLEL_WARPS[1])
+    per_chunk = (PARALLEL_BWD_BV, PARALLEL_BWD_WARPS) if backward else (PARALLEL_BV[1], PARALLEL_WARPS[1])
+    BT, BR, BV1, w1, BV3, w3 = parallel_tiles or (PARALLEL_BT, PARALLEL_BR, PARALLEL_BV[0], PARALLEL_WARPS[0],
+                                                  *per_chunk)
     if INTERPRET:
         w1 = w3 = 1
     return BT, BKX, BR, (min(BV1, vmax), w1), (min(BV3, vmax), w3)
+
+
+def _state_walk(k, v, hs, zs, den, dd, h0, ht, z0, zt, scale, BT, BKX, BR, BV, num_warps, reverse):
+    """One launch of _based_chunk_state_kernel: forwards over (k, v) (the state S⁻ before each
+    chunk), or reverse over (q, do) with den, dd (the carry Q⁺ after each chunk, card (b))."""
+    B, T, H, K = k.shape
+    V, M = v.shape[-1], hs.shape[-2]
+    NT = hs.shape[2]
+    _based_chunk_state_kernel[(triton.cdiv(M, BR), triton.cdiv(V, BV), B * H)](
+        k, v, hs, zs, den, dd, h0, ht, z0, zt, scale, T, H, NT, K=K, V=V, M=M, BT=BT, BKX=BKX, BR=BR, BV=BV,
+        PREC="ieee" if k.dtype == torch.float32 else "tf32", REVERSE=reverse, num_warps=num_warps)
 
 
 def _based_parallel_fwd(q, k, v, h0, z0, scale, normalize, output_final_state, parallel_tiles=None):
@@ -862,7 +1066,7 @@ def _based_parallel_fwd(q, k, v, h0, z0, scale, normalize, output_final_state, p
     B, T, H, K = q.shape
     V, M = v.shape[-1], zb.feature_count(K)
     BT, BKX, BR, (BV1, warps1), (BV3, warps3) = _parallel_tiles(K, V, parallel_tiles)
-    NT, NR = triton.cdiv(T, BT), triton.cdiv(M, BR)
+    NT = triton.cdiv(T, BT)
     f32 = dict(device=q.device, dtype=torch.float32)
     hs = torch.empty(B, H, NT, M, V, device=q.device, dtype=q.dtype)  # the state's dtype at the dots (card)
     zs = torch.empty(B, H, NT, M, **f32)
@@ -871,17 +1075,45 @@ def _based_parallel_fwd(q, k, v, h0, z0, scale, normalize, output_final_state, p
     ht = torch.empty(B, H, M, V, **f32) if output_final_state else None
     zt = torch.empty(B, H, M, **f32) if output_final_state else None
     prec = "ieee" if q.dtype == torch.float32 else "tf32"
-    _based_chunk_state_kernel[(NR, triton.cdiv(V, BV1), B * H)](
-        k, v, hs, zs, h0, ht, z0, zt, scale, T, H, NT, K=K, V=V, M=M, BT=BT, BKX=BKX, BR=BR, BV=BV1, PREC=prec,
-        num_warps=warps1)
+    _state_walk(k, v, hs, zs, None, None, h0, ht, z0, zt, scale, BT, BKX, BR, BV1, warps1, False)
     _based_chunk_out_kernel[(triton.cdiv(V, BV3), NT, B * H)](
         q, k, v, o, den, hs, zs, scale, T, H, NT, K=K, V=V, M=M, BT=BT, BKX=BKX, BR=BR, BV=BV3, EPS=zb.EPS,
         PREC=prec, num_warps=warps3)
     return o, ht, zt, den
 
 
-def _based_chunk_bwd(do, dht, dzt, q, k, v, o, den, h0, z0, scale, causal, normalize, chunk_size):
-    """Backward: dD, then the dq sweep and the dk/dv sweep of the card. Returns (dq, dk, dv, dh0, dz0)."""
+def _based_parallel_bwd(do, dht, dzt, q, k, v, den, dd, h0, z0, scale, parallel_tiles=None):
+    """The causal backward in four launches (the card's "Causal backward, parallel over chunks"):
+    the forward walk recomputing S⁻, z⁻, the dq kernel, the reverse walk storing Q⁺, qz⁺ (and
+    dS₀, dz₀), the dk/dv kernel. den, dd None: not normalised. Returns (dq, dk, dv, dh0, dz0)
+    with dq, dk fp32 partials [NV, B, T, H, K]."""
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], zb.feature_count(K)
+    BT, BKX, BR, (BV1, warps1), (BV3, warps3) = _parallel_tiles(K, V, parallel_tiles, backward=True)
+    NT, NV = triton.cdiv(T, BT), triton.cdiv(V, BV3)
+    f32 = dict(device=q.device, dtype=torch.float32)
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    dims = dict(K=K, V=V, M=M, BT=BT, BKX=BKX, BR=BR, BV=BV3, PREC=prec, num_warps=warps3)
+    dq = torch.empty(NV, B, T, H, K, **f32)
+    dk = torch.empty(NV, B, T, H, K, **f32)
+    dv = torch.empty_like(v)
+    dh0 = torch.empty(B, H, M, V, **f32) if h0 is not None else None
+    dz0 = torch.empty(B, H, M, **f32) if h0 is not None else None
+    # one record buffer, used twice (S⁻ for dq, then Q⁺ for dk/dv): 286 MB at the headline size
+    hs = torch.empty(B, H, NT, M, V, device=q.device, dtype=q.dtype)
+    zs = torch.empty(B, H, NT, M, **f32)
+    _state_walk(k, v, hs, zs, None, None, h0, None, z0, None, scale, BT, BKX, BR, BV1, warps1, False)
+    _based_chunk_dq_kernel[(NV, NT, B * H)](q, k, v, do, den, dd, dq, hs, zs, scale, T, H, NT, **dims)
+    _state_walk(q, do, hs, zs, den, dd, dht, dh0, dzt, dz0, scale, BT, BKX, BR, BV1, warps1, True)
+    _based_chunk_dkv_kernel[(NV, NT, B * H)](q, k, v, do, den, dd, dk, dv, hs, zs, scale, T, H, NT, **dims)
+    return dq, dk, dv, dh0, dz0
+
+
+def _based_chunk_bwd(do, dht, dzt, q, k, v, o, den, h0, z0, scale, causal, normalize, chunk_size,
+                     parallel_tiles=None):
+    """Backward: dD, then causal parallel over chunks (CHUNK_PARALLEL_BWD), else the dq sweep and
+    the dk/dv sweep of the card. Returns (dq, dk, dv, dh0, dz0). `parallel_tiles` as in
+    _parallel_tiles (tests and sweep scripts only)."""
     B, T, H, K = q.shape
     V, M = v.shape[-1], zb.feature_count(K)
     BT, BK, BV, num_warps, num_stages = _tile_rule(V, chunk_size)
@@ -896,6 +1128,11 @@ def _based_chunk_bwd(do, dht, dzt, q, k, v, o, den, h0, z0, scale, causal, norma
     if dht is not None or dzt is not None:
         dht = torch.zeros(B, H, M, V, **f32) if dht is None else dht.float()
         dzt = torch.zeros(B, H, M, **f32) if dzt is None else dzt.float()
+    if causal and CHUNK_PARALLEL_BWD:
+        # φ's Jacobian there holds for any state and cotangent: no symmetrising (same function)
+        dq, dk, dv, dh0, dz0 = _based_parallel_bwd(do, dht, dzt, q, k, v, den if normalize else None, dd,
+                                                   h0, z0, scale, parallel_tiles)
+        return dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv, dh0, dz0
     h0s = None if h0 is None else _symmetrize(h0.float(), K)
     z0s = None if h0 is None else _symmetrize(z0.float(), K)
     dhts = None if dht is None else _symmetrize(dht, K)

@@ -258,6 +258,60 @@ def test_fast_gradients_equal_zoo_in_float32(shape, causal, normalize, with_stat
         assert_close(got_rec[n], ref[n], grad_tol(tol_for(torch.float32, dev)), f"recurrent d{n}")
 
 
+def _sweep_bwd(*args):
+    """The causal backward of the dq and dk/dv sweeps (CHUNK_PARALLEL_BWD = False)."""
+    switch = fb.CHUNK_PARALLEL_BWD
+    fb.CHUNK_PARALLEL_BWD = False
+    try:
+        return fb._based_chunk_bwd(*args)
+    finally:
+        fb.CHUNK_PARALLEL_BWD = switch
+
+
+@interpreter_only
+@settings(max_examples=5)
+@given(shape=shapes(max_T=70, max_H=2, max_V=40), normalize=st.booleans(), with_state=st.booleans(),
+       state_cot=st.booleans(), tiles=st.sampled_from(PARALLEL_TILES), seed=seeds)
+@edge_examples(chunk_size=16, normalize=True, with_state=True, state_cot=True, tiles=PARALLEL_TILES[0])
+@edge_examples(chunk_size=32, K=14, V=20, normalize=False, with_state=True, state_cot=True, tiles=PARALLEL_TILES[1])
+def test_fast_chunk_parallel_causal_backward_equals_zoo_and_the_sweeps(shape, normalize, with_state, state_cot,
+                                                                      tiles, seed):
+    # The causal backward parallel over chunks (the card's two walks and per-chunk dq, dk/dv kernels,
+    # CHUNK_PARALLEL_BWD) against float64 autograd through the zoo and the sweeps it replaces: dq, dk,
+    # dv and the initial state's (S, z) gradients, from a state that is not symmetric, with and
+    # without cotangents on the final state (not symmetric either), over several chunks and V-tiles.
+    dev, scale = device(), shape.K ** -0.5
+    q, k, v, h0 = _fast_inputs(seed, shape, torch.float32, dev, with_state)
+    h0 = h0 or (None, None)
+    M = zb.feature_count(shape.K)
+    do = randn(seed + 3, *v.shape, dtype=torch.float32, device=dev)
+    dht = randn(seed + 4, shape.B, shape.H, M, shape.V, dtype=torch.float32, device=dev) if state_cot else None
+    dzt = randn(seed + 6, shape.B, shape.H, M, dtype=torch.float32, device=dev) if state_cot else None
+    o, _, _, den = fb._based_chunk_fwd(q, k, v, *h0, scale, True, normalize, True, 64)
+    args = (do, dht, dzt, q, k, v, o, den, *h0, scale, True, normalize, 64)
+    got = fb._based_chunk_bwd(*args, parallel_tiles=(*tiles[:2], tiles[2], 1, tiles[2], 1))
+    sweep = _sweep_bwd(*args)
+
+    x64 = [x.detach().double().requires_grad_() for x in (q, k, v)]
+    s64 = [None if x is None else x.double().requires_grad_() for x in h0]
+    o64, (S64, z64) = zb.based_parallel(*x64, normalize=normalize, output_final_state=True,
+                                        initial_state=None if h0[0] is None else tuple(s64))
+    outs, cots = [o64], [do.double()]
+    if state_cot:
+        outs, cots = outs + [S64, z64], cots + [dht.double(), dzt.double()]
+    torch.autograd.backward(outs, cots)
+    # z0 reaches nothing without normalize or a cotangent on z: autograd says None, the kernels 0
+    ref = [x.grad for x in x64] + [None if x is None else torch.zeros_like(x) if x.grad is None else x.grad
+                                   for x in s64]
+    tol = grad_tol(tol_for(torch.float32, dev))
+    for name, x, r, old in zip(("dq", "dk", "dv", "dS0", "dz0"), got, ref, sweep):
+        if r is None:
+            assert x is None and old is None, name
+            continue
+        assert_close(x, r, tol, f"{name} tiles={tiles}")
+        assert_close(x, old, tol, f"{name} vs the sweeps, tiles={tiles}")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,T,causal", [(torch.bfloat16, 1000, True), (torch.float16, 333, False)])
 def test_fast_gradients_equal_zoo_in_half_precision_on_gpu(dtype, T, causal):
@@ -512,10 +566,35 @@ def parallel_spills():
     shape = dict(K=16, V=128, M=273, BT=BT, BKX=BKX, BR=BR, PREC="tf32")
     return dict(
         state=stack_bytes(fb._based_chunk_state_kernel, dict(k=bf, v=bf, hs=bf, zs=f32, **sizes),
-                          dict(h0=None, ht=None, z0=None, zt=None, HAS_H0=False, STORE_HT=False, BV=BV1, **shape),
+                          dict(den=None, dd=None, h0=None, ht=None, z0=None, zt=None, REVERSE=False, HAS_H0=False,
+                               STORE_HT=False, NORMALIZE=False, BV=BV1, **shape),
                           warps1, 2, default="fp32", aligned=("H",)),
         out=stack_bytes(fb._based_chunk_out_kernel, dict(q=bf, k=bf, v=bf, o=bf, den=f32, hs=bf, zs=f32, **sizes),
                         dict(NORMALIZE=True, EPS=1e-6, BV=BV3, **shape), warps3, 2, default="fp32", aligned=("H",)),
+    )
+
+
+def parallel_bwd_spills():
+    # The chunk-parallel causal backward at the rule's tiles, bf16 records, normalised: the reverse
+    # walk without and with a state (dS_T in, dS_0 out), the per-chunk dq and dk/dv kernels.
+    BT, BKX, BR, (BV1, warps1), (BV3, warps3) = fb._parallel_tiles(16, 128, backward=True)
+    sizes = dict(T="i32", H="i32", NT="i32")
+    shape = dict(K=16, V=128, M=273, BT=BT, BKX=BKX, BR=BR, PREC="tf32")
+    ends = ("h0", "ht", "z0", "zt")  # dS_T, dS₀, dz_T, dz₀ on this walk
+    walk = lambda state: stack_bytes(  # noqa: E731
+        fb._based_chunk_state_kernel,
+        dict(k=bf, v=bf, hs=bf, zs=f32, den=f32, dd=f32, **sizes, **(dict.fromkeys(ends, f32) if state else {})),
+        dict(REVERSE=True, HAS_H0=state, STORE_HT=state, NORMALIZE=True, BV=BV1, **shape,
+             **({} if state else dict.fromkeys(ends))),
+        warps1, 2, default="fp32", aligned=("H",))
+    per_chunk = dict(q=bf, k=bf, v=bf, do=bf, den=f32, dd=f32, **sizes)
+    return dict(
+        reverse=walk(False),
+        reverse_with_state=walk(True),
+        dq=stack_bytes(fb._based_chunk_dq_kernel, dict(dq=f32, hs=bf, zs=f32, **per_chunk),
+                       dict(NORMALIZE=True, BV=BV3, **shape), warps3, 2, default="fp32", aligned=("H",)),
+        dkv=stack_bytes(fb._based_chunk_dkv_kernel, dict(dk=f32, dv=bf, qs=bf, qzs=f32, **per_chunk),
+                        dict(NORMALIZE=True, BV=BV3, **shape), warps3, 2, default="fp32", aligned=("H",)),
     )
 
 
@@ -534,6 +613,7 @@ out = dict(
                dict(dht=None, dzt=None, dh0=None, dz0=None, HAS_DHT=False, STORE_DH0=False, **shape),
                warps, stages),
     **{f"parallel {name}": stack for name, stack in parallel_spills().items()},
+    **{f"parallel bwd {name}": stack for name, stack in parallel_bwd_spills().items()},
     decode=spills(fb._based_recurrent_fwd_kernel,
                   dict(q=bf, k=bf, v=bf, o=bf, h0=f32, ht=f32, z0=f32, zt=f32, den=f32),
                   dict(K=16, V=128, M=273, BK=BK, BV=BV, EPS=1e-6, CAUSAL=True, HAS_H0=True, STORE_HT=True,
@@ -550,6 +630,8 @@ def test_kernels_compile_for_an_h100_and_spill_no_more_than_the_card_says():
     stack = run_aot_script(AOT_SCRIPT, timeout=600)
     assert stack["fwd_8_warps"] == 0 and stack["fwd_other"] == 0 and stack["dq"] == 0 and stack["decode"] == 0, stack
     assert stack["parallel state"] == 0 and stack["parallel out"] == 0, stack  # the causal default (card)
+    assert stack["parallel bwd reverse"] == stack["parallel bwd dq"] == stack["parallel bwd dkv"] == 0, stack
+    assert stack["parallel bwd reverse_with_state"] <= 8, stack  # 255 registers, 8 B (card)
     # The forward runs at 4 warps, where it spills (248 B), because it measured fastest so (card).
     assert stack["fwd"] <= 248, stack
     assert stack["dkv"] <= 256, stack  # the dk/dv sweep carries the most: a small spill, measured 200 B
