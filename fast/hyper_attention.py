@@ -76,8 +76,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as @triton.j
 LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2: e^x = 2^(x·LOG2E), and exp2 is the fast path
 LN2 = tl.constexpr(0.6931471805599453)  # ln 2: the log2-unit lse back to a natural log
 MAX_HEAD_DIM = 256  # past this one head's q and acc no longer fit in registers
-LSH_REDUCE = True  # the hash as R row reductions (else one fp32 tl.dot)
-LSH_TILES = (32, 2, LSH_REDUCE)  # (rows a program, warps, reduce): 0.32 ms for q at 131k × 32 heads × 64 on the H100 (run 10; 128 rows at 8 warps 0.65, the fp32 dot 0.50)
+LSH_TILES = (32, 2)  # (rows a program, warps): 0.32 ms for q at 131k × 32 heads × 64 on the H100 (run 10; 128 rows at 8 warps 0.65, one fp32 tl.dot 0.50)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -135,30 +134,22 @@ def _tiles(K: int, V: int, dtype: torch.dtype) -> Tiles:
 # ------------------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["T"])
 def _hyper_attention_lsh_kernel(x, proj, codes, sx_b, sx_h, sx_t, H, T, K: tl.constexpr,
-                                R: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr,
-                                BM: tl.constexpr, REDUCE: tl.constexpr):
+                                R: tl.constexpr, BK: tl.constexpr, BM: tl.constexpr):
     """codes = gray_rank(Σ_ℓ 2^ℓ [x·p_ℓ > 0]) for BM rows (zoo (1))."""
     # ---- map program -> rows
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     offs_m = i_m * BM + tl.arange(0, BM)
     offs_k = tl.arange(0, BK)
-    offs_r = tl.arange(0, BR)
     # ---- load (fp32: the sign must match the zoo's fp32 product)
     p_x = x + i_b.to(tl.int64) * sx_b + i_h.to(tl.int64) * sx_h + offs_m[:, None].to(tl.int64) * sx_t + offs_k[None, :]
     b_x = tl.load(p_x, mask=(offs_m[:, None] < T) & (offs_k[None, :] < K), other=0.0).to(tl.float32)
-    # ---- compute: signs -> bucket -> Gray rank
-    if REDUCE:  # one fp32 row reduction per direction: no operand staging through shared memory
-        b_bucket = tl.zeros([BM], tl.int32)
-        for r in tl.static_range(R):
-            b_pr = tl.load(proj + offs_k * R + r, mask=offs_k < K, other=0.0).to(tl.float32)  # [BK]
-            b_bucket |= (tl.sum(b_x * b_pr[None, :], 1) > 0).to(tl.int32) << r
-    else:
-        b_p = tl.load(proj + offs_k[:, None] * R + offs_r[None, :],
-                      mask=(offs_k[:, None] < K) & (offs_r[None, :] < R), other=0.0).to(tl.float32)
-        b_proj = tl.dot(b_x, b_p, input_precision="ieee")  # [BM, BR]
-        b_bits = ((b_proj > 0) & (offs_r[None, :] < R)).to(tl.int32)
-        b_bucket = tl.sum(b_bits << offs_r[None, :], 1)  # [BM]
+    # ---- compute: signs -> bucket -> Gray rank; one fp32 row reduction per direction (no operand
+    # staging through shared memory, as a tl.dot would need)
+    b_bucket = tl.zeros([BM], tl.int32)
+    for r in tl.static_range(R):
+        b_pr = tl.load(proj + offs_k * R + r, mask=offs_k < K, other=0.0).to(tl.float32)  # [BK]
+        b_bucket |= (tl.sum(b_x * b_pr[None, :], 1) > 0).to(tl.int32) << r
     b_rank = b_bucket ^ (b_bucket >> 1)
     b_rank = b_rank ^ (b_rank >> 2)
     b_rank = b_rank ^ (b_rank >> 4)
@@ -535,11 +526,11 @@ def _lsh_codes(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     R = proj.shape[1]
     x = _unit_last_dim(x)
     codes = torch.empty(B, H, T, dtype=torch.int32, device=x.device)
-    BM, warps, reduce = (16, 1, LSH_REDUCE) if INTERPRET else LSH_TILES
+    BM, warps = (16, 1) if INTERPRET else LSH_TILES
     with _on_device(x):
         _hyper_attention_lsh_kernel[(triton.cdiv(T, BM), B * H)](
             x, proj.float().contiguous(), codes, *_strides(x), H, T, K=K, R=R,
-            BK=max(16, triton.next_power_of_2(K)), BR=16, BM=BM, REDUCE=reduce, num_warps=warps)
+            BK=max(16, triton.next_power_of_2(K)), BM=BM, num_warps=warps)
     return codes
 
 
@@ -548,10 +539,16 @@ def _(x, proj):
     return x.new_empty(x.shape[:3], dtype=torch.int32)
 
 
-def _flags(perm_q: torch.Tensor, smp_k: torch.Tensor, T: int, block_size: int, tile: int):
-    gather, samples = perm_q.numel() > 0, smp_k.numel() > 0
-    block_mask = block_size < T and block_size % tile != 0  # a tile may straddle two blocks
-    return gather, samples, block_mask
+def _call_rows(q: torch.Tensor, perm_q: torch.Tensor, smp_k: torch.Tensor):
+    """(T, gather, samples) of one call: T the rows taking part (the permutations' length when
+    there are any: they may map into a padded layout), whether rows go through permutations, and
+    whether there are sampled keys."""
+    gather = perm_q.numel() > 0
+    return (perm_q.shape[-1] if gather else q.shape[2]), gather, smp_k.numel() > 0
+
+
+def _block_mask(T: int, block_size: int, tile: int) -> bool:
+    return block_size < T and block_size % tile != 0  # a tile may straddle two blocks
 
 
 def _row_stride(x: torch.Tensor) -> int:
@@ -575,13 +572,11 @@ def _hyper_attention_fwd(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_
     `nodes` pieces a head, o's row stride apart (the causal recursion's levels)."""
     B, H, _, K = q.shape
     H = H * nodes
-    T = perm_q.shape[-1] if perm_q.numel() else q.shape[2]  # rows taken part (the perms may map into a padded layout)
+    T, gather, samples = _call_rows(q, perm_q, smp_k)
     V = v.shape[-1]
     q, k, v = (_unit_last_dim(x) for x in (q, k, v))
     t = _tiles(K, V, q.dtype)
-    gather = perm_q.numel() > 0
     BM, BN, warps, stages = (t.BMG, t.BNG, t.gwarps, t.gstages) if gather else (t.BM, t.BN, t.warps, t.stages)
-    gather, samples, block_mask = _flags(perm_q, smp_k, T, block_size, BM)
     RS = _row_stride(o)
     assert _row_stride(lse) == RS
     with _on_device(q):
@@ -589,7 +584,7 @@ def _hyper_attention_fwd(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_
             q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, *_strides(q), *_strides(k), *_strides(v),
             H, nodes, T, RS, smp_k.shape[-1] if samples else 0, block_size, scale, log_w, K=K, V=V,
             BK=t.BK, BV=t.BV, BM=BM, BN=BN, GATHER=gather, SAMPLES=samples, CAUSAL=causal,
-            BLOCK_MASK=block_mask, INIT=init, UPCAST=INTERPRET, num_warps=warps, num_stages=stages)
+            BLOCK_MASK=_block_mask(T, block_size, BM), INIT=init, UPCAST=INTERPRET, num_warps=warps, num_stages=stages)
 
 
 def _delta(o: torch.Tensor, do: torch.Tensor, dlse: torch.Tensor) -> torch.Tensor:
@@ -611,11 +606,10 @@ def _hyper_attention_bwd(do, q, k, v, lse, delta, dq, dk, dv, perm_q, perm_k, sm
     causal recursion's merges (5) need no derivative of their own. nodes: as in _hyper_attention_fwd."""
     B, H, _, K = q.shape
     H = H * nodes
-    T = perm_q.shape[-1] if perm_q.numel() else q.shape[2]
+    T, gather, samples = _call_rows(q, perm_q, smp_k)
     V = v.shape[-1]
     q, k, v = (_unit_last_dim(x) for x in (q, k, v))
     t = _tiles(K, V, q.dtype)
-    gather, samples, block_mask = _flags(perm_q, smp_k, T, block_size, t.BM)
     S = smp_k.shape[-1] if samples else 0
     RS, RSK = _row_stride(dq), _row_stride(dk)
     assert _row_stride(do) == _row_stride(lse) == _row_stride(delta) == RS and _row_stride(dv) == RSK
@@ -624,12 +618,12 @@ def _hyper_attention_bwd(do, q, k, v, lse, delta, dq, dk, dv, perm_q, perm_k, sm
         _hyper_attention_bwd_dq_kernel[(triton.cdiv(T, t.BM), B * H)](
             q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk, *strides, H, nodes, T, RS, S,
             block_size, scale, log_w, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather,
-            SAMPLES=samples, CAUSAL=causal, BLOCK_MASK=block_mask, ACC=acc, UPCAST=INTERPRET,
+            SAMPLES=samples, CAUSAL=causal, BLOCK_MASK=_block_mask(T, block_size, t.BM), ACC=acc, UPCAST=INTERPRET,
             num_warps=t.warps, num_stages=t.stages)
         _hyper_attention_bwd_dkdv_block_kernel[(triton.cdiv(T, t.BN1), B * H)](
             q, k, v, do, lse, delta, dk, dv, perm_q, perm_k, *strides, H, nodes, T, RS, RSK, block_size, scale,
             K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM1, BN=t.BN1, GATHER=gather, CAUSAL=causal,
-            BLOCK_MASK=_flags(perm_q, smp_k, T, block_size, t.BN1)[2], ACC=acc, UPCAST=INTERPRET,
+            BLOCK_MASK=_block_mask(T, block_size, t.BN1), ACC=acc, UPCAST=INTERPRET,
             num_warps=t.bwd_warps, num_stages=t.stages)
         if samples:
             splits = triton.cdiv(T, t.QSPLIT)
@@ -650,23 +644,32 @@ def _hyper_attention_bwd(do, q, k, v, lse, delta, dq, dk, dv, perm_q, perm_k, sm
 # ------------------------------------------------------------------------------------------------
 # Custom ops (torch.compile sees opaque ops with fakes and autograd formulas)
 # ------------------------------------------------------------------------------------------------
+def _new_o_lse(q: torch.Tensor, v: torch.Tensor):
+    """The outputs every forward op writes: o [B, H, T, V] in q's dtype, lse [B, H, T] fp32."""
+    B, H, T, _ = q.shape
+    return q.new_empty(B, H, T, v.shape[-1]), q.new_empty(B, H, T, dtype=torch.float32)
+
+
+def _bwd_prologue(do: torch.Tensor, o: torch.Tensor, dlse: torch.Tensor):
+    """do as the kernels read it (contiguous) and delta = Σ o·do − dlse."""
+    do = do.contiguous()
+    return do, _delta(o.contiguous(), do, dlse.float().contiguous())
+
+
 @torch.library.custom_op("zoo::hyper_attention_fwd", mutates_args=())
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, perm_q: torch.Tensor, perm_k: torch.Tensor,
             smp_k: torch.Tensor, smp_blk: torch.Tensor, block_size: int, scale: float,
             log_w: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-causal (o [B, H, T, V], lse [B, H, T] fp32) on heads-first q, k, v. Empty perm_*:
     identity order; empty smp_*: no sampled part."""
-    B, H, T, _ = q.shape
-    o = q.new_empty(B, H, T, v.shape[-1])
-    lse = q.new_empty(B, H, T, dtype=torch.float32)
+    o, lse = _new_o_lse(q, v)
     _hyper_attention_fwd(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w, False, False)
     return o, lse
 
 
 @_fwd_op.register_fake
 def _(q, k, v, perm_q, perm_k, smp_k, smp_blk, block_size, scale, log_w):
-    B, H, T, _ = q.shape
-    return q.new_empty(B, H, T, v.shape[-1]), q.new_empty(B, H, T, dtype=torch.float32)
+    return _new_o_lse(q, v)
 
 
 @torch.library.custom_op("zoo::hyper_attention_bwd", mutates_args=())
@@ -674,8 +677,7 @@ def _bwd_op(do: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.Tens
             o: torch.Tensor, lse: torch.Tensor, perm_q: torch.Tensor, perm_k: torch.Tensor,
             smp_k: torch.Tensor, smp_blk: torch.Tensor, block_size: int, scale: float,
             log_w: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    do = do.contiguous()
-    delta = _delta(o.contiguous(), do, dlse.float().contiguous())
+    do, delta = _bwd_prologue(do, o, dlse)
     dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
     _hyper_attention_bwd(do, q, k, v, lse, delta, dq, dk, dv, perm_q, perm_k, smp_k, smp_blk, block_size,
                          scale, log_w, False, False)
@@ -737,9 +739,8 @@ def _causal_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, perms_q: l
     """Causal (7) on the padded layout q, k, v [B, H, leaf·2^L, *] (L = len(perms_q)): every call
     writes into one o, lse; each lower-left kernel starts from the diagonal half's (o, lse) in
     place, so the merge (5) is fused and nothing is copied between levels."""
-    B, H, T, _ = q.shape
-    o = q.new_empty(B, H, T, v.shape[-1])
-    lse = q.new_empty(B, H, T, dtype=torch.float32)
+    T = q.shape[2]
+    o, lse = _new_o_lse(q, v)
     none = torch.empty(0, dtype=torch.int32, device=q.device)
     for i, nodes, n in _causal_pieces(T >> len(perms_q), len(perms_q)):
         pq, pk = _parts(i, n)
@@ -754,8 +755,7 @@ def _causal_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, perms_q: l
 
 @_causal_fwd_op.register_fake
 def _(q, k, v, perms_q, perms_k, smps_k, smps_blk, blocks, log_ws, scale):
-    B, H, T, _ = q.shape
-    return q.new_empty(B, H, T, v.shape[-1]), q.new_empty(B, H, T, dtype=torch.float32)
+    return _new_o_lse(q, v)
 
 
 @torch.library.custom_op("zoo::hyper_attention_causal_bwd", mutates_args=())
@@ -765,8 +765,7 @@ def _causal_bwd_op(do: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: tor
                    log_ws: list[float], scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every call of the forward, with the final lse and delta of its queries, adds its share to
     fp32 dq, dk, dv (a query or key takes part in one call a level)."""
-    do = do.contiguous()
-    delta = _delta(o.contiguous(), do, dlse.float().contiguous())
+    do, delta = _bwd_prologue(do, o, dlse)
     dq, dk, dv = (torch.zeros(x.shape, dtype=torch.float32, device=x.device) for x in (q, k, v))
     none = torch.empty(0, dtype=torch.int32, device=q.device)
     for i, nodes, n in _causal_pieces(q.shape[2] >> len(perms_q), len(perms_q)):

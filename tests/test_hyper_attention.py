@@ -520,8 +520,7 @@ def spills(kernel, consts, num_warps, num_stages):
 
 
 out = {}
-out["lsh"] = spills(fh._hyper_attention_lsh_kernel, dict(K=64, R=8, BK=64, BR=16, BM=fh.LSH_TILES[0], REDUCE=True), fh.LSH_TILES[1], 1)
-out["lsh dot"] = spills(fh._hyper_attention_lsh_kernel, dict(K=64, R=8, BK=64, BR=16, BM=128, REDUCE=False), 4, 1)
+out["lsh"] = spills(fh._hyper_attention_lsh_kernel, dict(K=64, R=8, BK=64, BM=fh.LSH_TILES[0]), fh.LSH_TILES[1], 1)
 for D in (64, 128):
     t = fh._tiles(D, D, torch.bfloat16)
     dims = dict(K=D, V=D, BK=t.BK, BV=t.BV, UPCAST=False)
