@@ -78,13 +78,11 @@ launcher argument; registers from sm_90 AOT builds (Triton 3.9, bf16, scalar, no
     fast (FAST_FWD):  the backward's approximate divide, sine, cosine, plus rsqrt.approx for
         1/√(t+1): 96 instead of 119 registers at BT 16 × BD 64 (5 programs an SM); the exact build's
         sin/cos carry their large-argument path (2960 SASS instructions against 912).
-    scan (SCAN) "dot": M = M_carry + tril @ b with tl.dot(input_precision="tf32x3") (3 tf32 passes,
-        about fp32's rounding) instead of tl.cumsum: the operands go through shared memory to the
-        MMA layout, 152 registers (fast: 133), so 3 programs an SM and two waves.
-    maxnreg (MAXNREG): ptxas's register cap, to fit one wave: BT 16 × BD 64 at 96 (5 an SM, 16 B
-        stack); prefetch at 128 (4 an SM, 8 B stack; uncapped 145: 3 an SM, two waves, which is
-        likely why prefetch lost in run 10); BD 32 at 4 warps (1024 programs; 69 uncapped: 7 an SM,
-        two waves) and BD 64 at 8 warps (80 uncapped: 3 an SM) at 64 (8 and 16 B stack).
+    removed after losing in run 13 (the sweep script that timed them is committed beside its log):
+    a scan as tril @ b with tl.dot(input_precision="tf32x3") (operands through shared memory to
+        the MMA layout, 152 registers, fast 133: 2.72 ms), and a ptxas register cap (maxnreg) to fit
+        one wave: BT 16 × BD 64 at 96 (5 an SM, 16 B stack), prefetch at 128 (4 an SM, 8 B stack;
+        uncapped 145: 3 an SM) (1.88-2.43 ms).
     tiles with BD = 32·warps, scalar loads: the layout is then [1, 1] × [1, 32] × [1, warps], each
         thread owns whole columns of the tile, and tl.cumsum is a serial loop in registers (sm_90
         SASS: no SHFL, no BAR, no shared memory; at BD 64 × 4 warps the rows split over 2 warps and
@@ -146,12 +144,10 @@ TWO_PI, INV_TWO_PI = tl.constexpr(2 * math.pi), tl.constexpr(1 / (2 * math.pi))
 # backward vector with 3 pipeline stages.
 # Round 2 (issue 7; card, "Latency"), forward only: FAST_FWD the approximate math (forward: also
 # rsqrt.approx for 1/√(t+1); the interpreter has no approximate math, so it keeps the exact one);
-# SCAN "cumsum" (tl.cumsum) or "dot" (tril @ b on the tensor cores, tf32x3); MAXNREG a cap on
-# registers a thread (None: ptxas's). Run 13 (H100, 26 variants): prefetch + fast math, scalar,
-# cumsum, no cap: 1.352 ms (1.26× the floor), against 2.215 for run 10's choice; so those two are on.
+# run 13 (H100, 26 variants): prefetch + fast math, scalar loads: 1.352 ms (1.26× the floor),
+# against 2.215 for run 10's choice; so those two are on.
 PREFETCH, STAGES, VECTOR = True, 1, False  # forward
-FAST_FWD, SCAN, MAXNREG = not INTERPRET, "cumsum", None
-SCANS = ("cumsum", "dot")
+FAST_FWD = not INTERPRET
 PREFETCH_BWD, STAGES_BWD, VECTOR_BWD = False, 3, True  # backward
 KERNEL_CHUNK = 16  # the kernels' BT whatever chunk_size asks (the same function; only the summation order moves)
 # Heads only tile hd_dim (every lane is its own scan, zoo card), so the op may run a wide head as
@@ -228,7 +224,7 @@ def _holographic_chunk_fwd_body(
     ap, am, qr, qi, freqs, t0, h0, o, ht, ck,
     stride_b, stride_t, stride_h, T, H, D,
     BT: tl.constexpr, BD: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CK: tl.constexpr,
-    FAST: tl.constexpr, PREFETCH: tl.constexpr, STAGES: tl.constexpr, SCAN_DOT: tl.constexpr,
+    FAST: tl.constexpr, PREFETCH: tl.constexpr, STAGES: tl.constexpr,
 ):
     """o_t = [Re, Im] of (M_carry + cumsum b)_t ⊙ conj(q_t) / √(t+1), chunk by chunk.
     PREFETCH: chunk i+1's tiles are loaded into registers at the top of step i, so their global
@@ -253,8 +249,6 @@ def _holographic_chunk_fwd_body(
     if HAS_H0:
         b_M_re = tl.load(h0 + p_state, mask=mask_d, other=0.0)
         b_M_im = tl.load(h0 + p_state + 1, mask=mask_d, other=0.0)
-    if SCAN_DOT:  # tril[t, t'] = 1 for t' <= t: (tril @ b)_t = Σ_{t' ≤ t} b_t', the chunk's (7)
-        b_tril = (offs_t[:, None] >= offs_t[None, :]).to(tl.float32)  # [BT, BT]
     if PREFETCH:  # chunk 0's tiles, before the walk
         _, _, mask_n, p_n = _chunk_rows(0, offs_t, offs_d, mask_d, p_base, stride_t, T, BT)
         b_ap_n, b_am_n, b_q_re_n, b_q_im_n = _load_chunk(ap, am, qr, qi, p_n, mask_n)
@@ -278,12 +272,8 @@ def _holographic_chunk_fwd_body(
         b_b_re = b_m * b_cos
         b_b_im = b_m * b_sin
         # ------------------------------------------------- (7) local cumsum + carried memory
-        if SCAN_DOT:  # the prefix sum as a product with the lower-triangular ones, on the tensor cores
-            b_Mt_re = b_M_re[None, :] + tl.dot(b_tril, b_b_re, input_precision="tf32x3")  # [BT, BD]
-            b_Mt_im = b_M_im[None, :] + tl.dot(b_tril, b_b_im, input_precision="tf32x3")
-        else:
-            b_Mt_re = b_M_re[None, :] + tl.cumsum(b_b_re, axis=0)  # [BT, BD]
-            b_Mt_im = b_M_im[None, :] + tl.cumsum(b_b_im, axis=0)
+        b_Mt_re = b_M_re[None, :] + tl.cumsum(b_b_re, axis=0)  # [BT, BD]
+        b_Mt_im = b_M_im[None, :] + tl.cumsum(b_b_im, axis=0)
         b_M_re += tl.sum(b_b_re, axis=0)
         b_M_im += tl.sum(b_b_im, axis=0)
         # ------------------------------------------- (5)-(6) retrieval, scale, interleave, store
@@ -441,11 +431,9 @@ def _freqs_int32(freqs):
 
 
 def _holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, output_final_state, chunk_size, tiles=None,
-                           fast=FAST_FWD, prefetch=PREFETCH, stages=STAGES, vector=VECTOR, scan=SCAN, maxnreg=MAXNREG,
-                           store_ck=True):
+                           fast=FAST_FWD, prefetch=PREFETCH, stages=STAGES, vector=VECTOR, store_ck=True):
     """`tiles` = (BT, BD, num_warps) overrides the rule, `fast` the approximate math, `prefetch`,
-    `stages` and `vector` the loads, `scan` the chunk's prefix sum ("cumsum" or "dot"), `maxnreg`
-    caps the registers a thread (card, "Latency"; for the benchmark and GPU sweeps: the backward
+    `stages` and `vector` the loads (card, "Latency"; for the benchmark and GPU sweeps: the backward
     must then get the same tiles). store_ck=False skips the checkpoints (no backward will follow):
     ck then has no chunks."""
     (ap, am, qr, qi), (sb, st, sh, _) = _shared_strides([ap, am, qr, qi])
@@ -458,13 +446,10 @@ def _holographic_chunk_fwd(ap, am, qr, qi, freqs, t0, h0, output_final_state, ch
     o = ap.new_empty(B, T, H, 2 * D)
     ht = ap.new_empty(B, H, D, 2, dtype=torch.float32) if output_final_state else None
     ck = ap.new_empty(B, H, NT if store_ck else 0, 2, D, dtype=torch.float32)
-    if scan not in SCANS:
-        raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
     grid = (triton.cdiv(D, BD), B * H)
     kernel = _holographic_chunk_fwd_kernel if vector else _holographic_chunk_fwd_kernel_scalar
     kernel[grid](ap, am, qr, qi, _freqs_int32(freqs), t0, h0, o, ht, ck if store_ck else None, sb, st, sh, T, H, D,
-                 BT=BT, BD=BD, FAST=fast, PREFETCH=prefetch, STAGES=stages, SCAN_DOT=scan == "dot",
-                 num_warps=num_warps, maxnreg=maxnreg)
+                 BT=BT, BD=BD, FAST=fast, PREFETCH=prefetch, STAGES=stages, num_warps=num_warps)
     return o, ht, ck
 
 

@@ -182,23 +182,20 @@ def test_fast_tiles_other_than_the_rule_give_the_rules_result_forward_and_backwa
         assert_close(a, b, grad_tol(tol), name)
 
 
-# Round 2's forward switches (fast.holographic card, "Latency"): tiles, the prefix sum as a tensor-core
-# product ("dot"), a register cap. BD = 32·warps gives each thread whole columns (the scan in-thread);
-# BT 8 only through the launcher. FAST (approximate math) has no interpreter path: the GPU tests and
-# the AOT compile below cover it.
-FWD_SWITCHES = [((16, 64, 4), "dot", None), ((32, 32, 4), "dot", None), ((16, 64, 4), "cumsum", 96),
-                ((16, 128, 4), "cumsum", None), ((16, 32, 1), "cumsum", None), ((8, 64, 2), "cumsum", None),
-                ((16, 64, 8), "cumsum", 64)]
+# Round 2's forward tiles (fast.holographic card, "Latency"). BD = 32·warps gives each thread whole
+# columns (the scan in-thread); BT 8 only through the launcher. FAST (approximate math) has no
+# interpreter path: the GPU tests and the AOT compile below cover it.
+FWD_TILES = [(16, 64, 4), (32, 32, 4), (16, 128, 4), (16, 32, 1), (8, 64, 2), (16, 64, 8)]
 
 
-@pytest.mark.parametrize("tiles,scan,maxnreg", FWD_SWITCHES)
-def test_fast_forward_switches_equal_zoo_and_feed_the_backward(monkeypatch, tiles, scan, maxnreg):
+@pytest.mark.parametrize("tiles", FWD_TILES)
+def test_fast_forward_tiles_equal_zoo_and_feed_the_backward(monkeypatch, tiles):
     # The public op through a forward launched with the switches: o and the final state against the
     # zoo in float64; at BT = 16 (the backward's) also the gradients, from the checkpoints it wrote.
     orig = fh._holographic_chunk_fwd
 
     def fwd(*args, **kw):
-        return orig(*args[:8], tiles[0], **kw, tiles=tiles, scan=scan, maxnreg=maxnreg)
+        return orig(*args[:8], tiles[0], **kw, tiles=tiles)
     monkeypatch.setattr(fh, "_holographic_chunk_fwd", fwd)
     s = Shape(2, 37, 2, 40, 40)  # a partial chunk; D = 40: lanes masked in the last tile
     xs = projected(8, s)
@@ -605,7 +602,7 @@ def usage(direction, BT):
         kern = fh._holographic_chunk_fwd_kernel if vector else fh._holographic_chunk_fwd_kernel_scalar
         ptrs = dict(ap=bf, am=bf, qr=bf, qi=bf, freqs="*i32", t0="*i64", h0="*fp32", o=bf, ht="*fp32", ck="*fp32")
         const = dict(BT=BT, BD=BD, HAS_H0=True, STORE_HT=True, STORE_CK=True, FAST=fh.FAST_FWD, PREFETCH=fh.PREFETCH,
-                     STAGES=fh.STAGES, SCAN_DOT=fh.SCAN == "dot")
+                     STAGES=fh.STAGES)
     else:
         vector = fh.VECTOR_BWD
         kern = fh._holographic_chunk_bwd_kernel if vector else fh._holographic_chunk_bwd_kernel_scalar
@@ -618,23 +615,21 @@ def usage(direction, BT):
     return stack_bytes(kern, dict(ptrs, **sizes), const, num_warps, aligned=aligned)
 
 
-def usage_fwd(tiles, fast, scan):
+def usage_fwd(tiles, fast):
     # Round 2's forward switches as the sweep launches them: scalar kernel, no checkpoints, no state.
     BT, BD, num_warps = tiles
     ptrs = dict(ap="*bf16", am="*bf16", qr="*bf16", qi="*bf16", freqs="*i32", t0="*i64", h0="*fp32", o="*bf16",
                 ht="*fp32", ck="*fp32")
     sizes = dict(stride_b="i32", stride_t="i32", stride_h="i32", T="i32", H="i32", D="i32")
-    const = dict(BT=BT, BD=BD, HAS_H0=False, STORE_HT=False, STORE_CK=False, FAST=fast, PREFETCH=False, STAGES=1,
-                 SCAN_DOT=scan == "dot")
+    const = dict(BT=BT, BD=BD, HAS_H0=False, STORE_HT=False, STORE_CK=False, FAST=fast, PREFETCH=False, STAGES=1)
     return stack_bytes(fh._holographic_chunk_fwd_kernel_scalar, dict(ptrs, **sizes), const, num_warps,
                        aligned=("stride_b", "stride_t", "D"))
 
 
 out = {f"{d}{BT}": usage(d, BT) for d in ("fwd", "bwd") for BT in (fh.KERNEL_CHUNK, 32, 64)}
-for tiles, fast, scan in [((16, 64, 4), True, "cumsum"), ((16, 64, 4), False, "dot"), ((16, 64, 4), True, "dot"),
-                          ((16, 128, 4), False, "cumsum"), ((16, 64, 2), True, "cumsum"), ((8, 64, 2), False, "cumsum"),
-                          ((16, 32, 4), False, "cumsum"), ((16, 64, 8), True, "cumsum")]:
-    out[f"fwd {tiles} fast {fast:d} {scan}"] = usage_fwd(tiles, fast, scan)
+for tiles, fast in [((16, 64, 4), True), ((16, 128, 4), False), ((16, 64, 2), True), ((8, 64, 2), False),
+                    ((16, 32, 4), False), ((16, 64, 8), True)]:
+    out[f"fwd {tiles} fast {fast:d}"] = usage_fwd(tiles, fast)
 print(json.dumps(out))
 """
 
