@@ -509,6 +509,15 @@ def _chunk_program(q, k, v, scale, T, H, K: tl.constexpr, V: tl.constexpr, BT: t
             b_q, b_q1, b_k, b_k1, b_v)
 
 
+@triton.jit
+def _load_record(recs, zrecs, i_rec, offs_r, mask_r, offs_v, mask_v, M: tl.constexpr, V: tl.constexpr):
+    """Rows offs_r of chunk record i_rec (a state walk's output): the state block [BR, BV], in the
+    dtype it was stored in, and its normaliser rows [BR] fp32."""
+    b_S = tl.load(recs + i_rec * M * V + offs_r[:, None] * V + offs_v[None, :],
+                  mask=mask_r[:, None] & mask_v[None, :], other=0.0)
+    return b_S, tl.load(zrecs + i_rec * M + offs_r, mask=mask_r, other=0.0)
+
+
 @triton.heuristics({"NORMALIZE": lambda args: args["den"] is not None})
 @triton.jit(do_not_specialize=["T", "NT"])
 def _based_chunk_out_kernel(
@@ -537,10 +546,9 @@ def _based_chunk_out_kernel(
         E_a = (offs_x[:, None] == r_a[None, :]).to(q.dtype.element_ty)  # [BKX, BR]
         E_b = (offs_x[:, None] == r_b[None, :]).to(q.dtype.element_ty)
         b_F = r_w[None, :] * (tl.dot(b_q1, E_a, input_precision=PREC) * tl.dot(b_q1, E_b, input_precision=PREC))
-        b_S = tl.load(hs + i_rec * M * V + offs_r[:, None] * V + offs_v[None, :],
-                      mask=mask_r[:, None] & mask_v[None, :], other=0.0)  # [BR, BV] in q's dtype
+        b_S, b_z = _load_record(hs, zs, i_rec, offs_r, mask_r, offs_v, mask_v, M, V)  # [BR, BV] in q's dtype, [BR]
         b_o += tl.dot(b_F.to(b_S.dtype), b_S)
-        b_den += tl.sum(b_F * tl.load(zs + i_rec * M + offs_r, mask=mask_r, other=0.0)[None, :], 1)
+        b_den += tl.sum(b_F * b_z[None, :], 1)
 
     if NORMALIZE:
         b_den += EPS  # (3) stored for backward
@@ -644,10 +652,9 @@ def _based_chunk_dq_kernel(
     for i_r in range(tl.cdiv(M, BR)):
         offs_r = i_r * BR + tl.arange(0, BR)
         mask_r = offs_r < M
-        b_S = tl.load(hs + i_rec * M * V + offs_r[:, None] * V + offs_v[None, :],
-                      mask=mask_r[:, None] & mask_v[None, :], other=0.0)  # [BR, BV]
+        b_S, b_z = _load_record(hs, zs, i_rec, offs_r, mask_r, offs_v, mask_v, M, V)  # [BR, BV], [BR]
         b_g = tl.dot(b_do, tl.trans(b_S)) * b_rden[:, None]  # [BT, BR]: S⁻ dN
-        b_g += b_dD[:, None] * tl.load(zs + i_rec * M + offs_r, mask=mask_r, other=0.0)[None, :]
+        b_g += b_dD[:, None] * b_z[None, :]
         b_dx, b_F = _phi_vjp(b_g, b_q1, i_r, s1, s2, K, M, BKX, BR, PREC)
         b_dq += b_dx
     p_dq = dq + i_v.to(tl.int64) * (tl.num_programs(2) * T * K)  # this V-tile's partial
@@ -680,10 +687,9 @@ def _based_chunk_dkv_kernel(
     for i_r in range(tl.cdiv(M, BR)):
         offs_r = i_r * BR + tl.arange(0, BR)
         mask_r = offs_r < M
-        b_Q = tl.load(qs + i_rec * M * V + offs_r[:, None] * V + offs_v[None, :],
-                      mask=mask_r[:, None] & mask_v[None, :], other=0.0)  # [BR, BV]
+        b_Q, b_qz = _load_record(qs, qzs, i_rec, offs_r, mask_r, offs_v, mask_v, M, V)  # [BR, BV], [BR]
         b_g = tl.dot(b_v, tl.trans(b_Q))  # [BT, BR]
-        b_g += first * tl.load(qzs + i_rec * M + offs_r, mask=mask_r, other=0.0)[None, :]
+        b_g += first * b_qz[None, :]
         b_dx, b_F = _phi_vjp(b_g, b_k1, i_r, s1, s2, K, M, BKX, BR, PREC)
         b_dk += b_dx
         b_dv += tl.dot(b_F.to(b_Q.dtype), b_Q)
