@@ -8,6 +8,7 @@ own file; see their cards for the equations.
 import torch
 import triton
 import triton.language as tl
+from fast._checks import check_device_and_dtype
 
 STATE_ELEMENTS = 4096  # fp32 state elements per program: 16 registers a thread at 8 warps
 # The kernels' chunk is at most 32 tokens, whatever chunk_size asks (the result is the same function;
@@ -73,12 +74,7 @@ def launch_bwd(bwd_kernel, args, q, V, M, tiles, causal, chunk_size):
 def check_kernel_inputs(name, q, v, chunk_size, interpret):
     """What the kernels add to the zoo's checks (`name`: the method's file stem, for the messages;
     `interpret`: the fast module's own INTERPRET switch, read at the call)."""
-    if q.device.type == "cpu" and not interpret:
-        raise ValueError(f"fast.{name} got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 before "
-                         f"importing fast.{name} to run the kernels in Triton's interpreter")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"q, k, v must be float16, bfloat16 or float32 for the Triton kernels, got {q.dtype} "
-                        f"(zoo.{name} computes in any float dtype)")
+    check_device_and_dtype(q, f"fast.{name}", interpret, zoo=f"zoo.{name}")
     if v.shape[-1] > MAX_V:
         raise ValueError(f"v's head dim V = {v.shape[-1]}: the kernels take V <= {MAX_V}")
     if chunk_size is not None and chunk_size < MIN_CHUNK:

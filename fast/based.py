@@ -168,6 +168,7 @@ import triton
 import triton.language as tl
 
 import zoo.based as zb
+from fast._checks import check_device_and_dtype
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
 MAX_FEATURE_DIM = 16  # S² is feature_dim² rows: 16 → 256 rows, what one program's registers hold
@@ -1285,12 +1286,7 @@ def _check_fast(q, k, v, scale, initial_state, chunk_size=None):
     """The zoo's checks, then what the kernels add: a device they can run on, fp16/bf16/fp32,
     feature_dim ≤ MAX_FEATURE_DIM, chunks of at least MIN_CHUNK. Returns the scale."""
     zb._check(q, k, v, scale, initial_state, chunk_size)
-    if q.device.type == "cpu" and not INTERPRET:
-        raise ValueError("fast.based got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 before "
-                         "importing fast.based to run the kernels in Triton's interpreter")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"q, k, v must be float16, bfloat16 or float32 for the Triton kernels, got {q.dtype} "
-                        "(zoo.based computes in any float dtype)")
+    check_device_and_dtype(q, "fast.based", INTERPRET, zoo="zoo.based")
     if q.shape[-1] > MAX_FEATURE_DIM:
         raise ValueError(f"feature_dim K = {q.shape[-1]}: the kernels hold the K²-row state in registers and "
                          f"take K <= {MAX_FEATURE_DIM} (zoo.based takes any K)")

@@ -83,6 +83,7 @@ import triton
 import triton.language as tl
 
 import zoo.deltanet as zoo_deltanet
+from fast._checks import check_device_and_dtype
 
 CHUNK = 64  # BT: rows per chunk; 4 solve blocks of 16 (tl.dot's smallest tile side)
 SOLVE_BLOCK = 16  # the diagonal blocks inverted by forward substitution
@@ -863,12 +864,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @tri
 def check_fast(q, k, v, initial_state, where: str):
     """What the kernels add to the zoo's checks: a device they can run on, fp16/bf16/fp32 inputs,
     head dims up to MAX_HEAD_DIM. Returns q, k, v in one dtype and the state in fp32."""
-    if q.device.type == "cpu" and not INTERPRET:
-        raise ValueError(f"{where} got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 before "
-                         f"importing it to run the kernels in Triton's interpreter")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"q must be float16, bfloat16 or float32 for the Triton kernels, got {q.dtype} "
-                        f"(the zoo's forms compute in any float dtype)")
+    check_device_and_dtype(q, where, INTERPRET, what="q")
     K, V = q.shape[-1], v.shape[-1]
     if K > MAX_HEAD_DIM or V > MAX_HEAD_DIM:
         raise ValueError(f"head dims K = {K}, V = {V}: the kernels take K, V <= {MAX_HEAD_DIM}")

@@ -129,6 +129,7 @@ from triton.language.extra import libdevice
 
 import zoo.holographic as zh
 from zoo.holographic import check_inputs
+from fast._checks import check_device_and_dtype
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
 MAX_TILE = 1024  # elements per [BT, BD] tile: 8 fp32 registers a thread at 4 warps (card)
@@ -534,12 +535,8 @@ def holographic_chunk(a_phase, a_mag, q_re, q_im, freqs, *, initial_state=None, 
     """zoo.holographic.holographic_chunk in Triton, forward and backward. Returns (o [B, T, H, 2D]
     in the input dtype, final_state (M [B, H, D, 2] float32, t [B] int64) or None)."""
     B, T, H, D = check_inputs(a_phase, a_mag, q_re, q_im, freqs, initial_state, chunk_size)
-    if a_phase.device.type == "cpu" and not INTERPRET:
-        raise ValueError("fast.holographic got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 "
-                         "before importing fast.holographic to run the kernels in Triton's interpreter")
-    if a_phase.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"a_phase, a_mag, q_re, q_im must be float16, bfloat16 or float32 for the Triton "
-                        f"kernels, got {a_phase.dtype} (zoo.holographic computes in any float dtype)")
+    check_device_and_dtype(a_phase, "fast.holographic", INTERPRET, what="a_phase, a_mag, q_re, q_im",
+                           zoo="zoo.holographic")
     if not MIN_CHUNK <= chunk_size <= MAX_CHUNK:
         raise ValueError(f"chunk_size must be a power of two in [{MIN_CHUNK}, {MAX_CHUNK}], got {chunk_size}")
     if initial_state is None:

@@ -71,6 +71,7 @@ import triton
 import triton.language as tl
 
 from zoo import hyper_attention as zh
+from fast._checks import check_device_and_dtype
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as @triton.jit does
 LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2: e^x = 2^(x·LOG2E), and exp2 is the fast path
@@ -811,12 +812,7 @@ _causal_fwd_op.register_autograd(_causal_backward, setup_context=_causal_setup_c
 # The method: the zoo's steps with the kernels in place of the torch ones
 # ------------------------------------------------------------------------------------------------
 def _check_fast(q: torch.Tensor, v: torch.Tensor) -> None:
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"the fast kernels take float16, bfloat16 or float32 q, k, v, got {q.dtype}; "
-                        f"use zoo.hyper_attention for float64")
-    if q.device.type != "cuda" and not INTERPRET:
-        raise ValueError(f"fast HyperAttention got tensors on {q.device}: pass CUDA tensors, or set "
-                         f"TRITON_INTERPRET=1 before importing fast/ to run the kernels on the CPU")
+    check_device_and_dtype(q, "fast HyperAttention", INTERPRET, zoo="zoo.hyper_attention")
     if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"the fast kernels take head dims K, V <= {MAX_HEAD_DIM}, got q "
                          f"[B, T, H, K] = {tuple(q.shape)}, v [B, T, H, V] = {tuple(v.shape)}")

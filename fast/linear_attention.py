@@ -87,6 +87,7 @@ import triton.language as tl
 
 import zoo.linear_attention as zla
 from zoo.linear_attention import check_inputs
+from fast._checks import check_device_and_dtype
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
 STATE_ELEMENTS = 8192  # fp32 state elements per program: 64 registers per thread at 4 warps
@@ -502,12 +503,7 @@ def _check_fast(q, k, v, initial_state, normalize, chunk_size=None):
     """The zoo's checks, then what the kernels add: a device they can run on, fp16/bf16/fp32,
     head dims up to MAX_HEAD_DIM, chunks of at least MIN_CHUNK."""
     B, T, H, K, V = check_inputs(q, k, v, initial_state, normalize=normalize, chunk_size=chunk_size)
-    if q.device.type == "cpu" and not INTERPRET:
-        raise ValueError("fast.linear_attention got CPU tensors: use CUDA tensors, or set TRITON_INTERPRET=1 "
-                         "before importing fast.linear_attention to run the kernels in Triton's interpreter")
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"q, k, v must be float16, bfloat16 or float32 for the Triton kernels, got {q.dtype} "
-                        "(zoo.linear_attention computes in any float dtype)")
+    check_device_and_dtype(q, "fast.linear_attention", INTERPRET, zoo="zoo.linear_attention")
     if K > MAX_HEAD_DIM or V > MAX_HEAD_DIM:
         raise ValueError(f"head dims K = {K}, V = {V}: the kernels take K, V <= {MAX_HEAD_DIM}")
     if chunk_size is not None and chunk_size < MIN_CHUNK:

@@ -64,6 +64,7 @@ import triton
 import triton.language as tl
 
 import zoo.sliding_window_attention as zw
+from fast._checks import check_device_and_dtype
 # Hopper: TMA loads of k and v in the forward, with fast/softmax_attention.py's helpers (when a
 # whole [BN, D] box is one copy: sm_90+, BK == K, BV == V, 16-byte aligned rows; else pointers).
 from fast.softmax_attention import _kv_descriptors, _load_tile, _use_tma
@@ -499,12 +500,7 @@ def sliding_window_attention_chunk(q, k, v, *, window=64, scale=None, return_lse
     `chunk_size` is checked and accepted for the same signature; the blocks come from the tile
     rule (results differ from the zoo's only by rounding). Gradients flow through o and lse."""
     zw._check(q, k, v, window, scale, chunk_size)
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"the fast kernel takes float16, bfloat16 or float32 q, k, v, got {q.dtype}; "
-                        f"use zoo.sliding_window_attention for float64")
-    if q.device.type != "cuda" and not INTERPRET:
-        raise ValueError(f"fast sliding-window attention got tensors on {q.device}: pass CUDA tensors, or "
-                         f"set TRITON_INTERPRET=1 before importing fast/ to run the kernels on the CPU")
+    check_device_and_dtype(q, "fast sliding-window attention", INTERPRET, zoo="zoo.sliding_window_attention")
     if q.shape[-1] > MAX_HEAD_DIM or v.shape[-1] > MAX_HEAD_DIM:
         raise ValueError(f"the fast kernel takes head dims K, V <= {MAX_HEAD_DIM}, got q [B, T, H, K] = "
                          f"{tuple(q.shape)}, v [B, T, H, V] = {tuple(v.shape)}")

@@ -50,6 +50,7 @@ import triton
 import triton.language as tl
 
 from zoo import softmax_attention as zsa
+from fast._checks import check_device_and_dtype
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as @triton.jit does
 LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2: e^x = 2^(x·LOG2E), and exp2 is the fast path
@@ -502,12 +503,7 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # Public op and layer
 # ------------------------------------------------------------------------------------------------
 def _check_fast(q: torch.Tensor, v: torch.Tensor) -> None:
-    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"the fast kernel takes float16, bfloat16 or float32 q, k, v, got {q.dtype}; "
-                        f"use zoo.softmax_attention for float64")
-    if q.device.type != "cuda" and not INTERPRET:
-        raise ValueError(f"fast softmax attention got tensors on {q.device}: pass CUDA tensors, or "
-                         f"set TRITON_INTERPRET=1 before importing fast/ to run the kernels on the CPU")
+    check_device_and_dtype(q, "fast softmax attention", INTERPRET, zoo="zoo.softmax_attention")
     T, H, D = max(q.shape[1], v.shape[1]), q.shape[2], max(q.shape[-1], v.shape[-1])
     if T * H * D >= 2**31:  # offsets within one sequence are int32 in the kernels
         raise ValueError(f"one sequence of q or k, v holds T·H·D = {T * H * D} elements; the fast "
