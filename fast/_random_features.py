@@ -5,9 +5,14 @@ of adding the tiles' shares, and the same custom-op plumbing. The math of each m
 own file; see their cards for the equations.
 """
 
+import math
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
+
 from fast._checks import check_device_and_dtype
 
 STATE_ELEMENTS = 4096  # fp32 state elements per program: 16 registers a thread at 8 warps
@@ -23,6 +28,20 @@ MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
 # close to fp32 and much faster than "ieee" (CUDA-core FMAs). The interpreter computes fp32 exactly.
 PHASE_PRECISION = tl.constexpr("tf32x3")
 EMPTY_SCALE = torch.finfo(torch.float32).min  # the log-scale of an empty state, as in the zoo
+# cos_sin(θ, FAST=True): θ reduced to r = θ − 2π·n, n = round(θ/2π), r in [−π, π], by a two-constant
+# Cody-Waite split of 2π: TWO_PI_HI has 8 significant bits, so n·TWO_PI_HI is exact for |n| < 2¹⁶ and
+# θ − n·TWO_PI_HI is exact (Sterbenz); TWO_PI_LO = 2π − TWO_PI_HI in fp32 (its own error 2⁻²⁴ of
+# 1.9e-3) leaves r within ~1 ulp of π for |θ| up to ~1e3 (n <= 160). Then the SFU's sin.approx /
+# cos.approx (libdevice fast_sinf / fast_cosf: abs error ~1e-6 on [−π, π], no Payne-Hanek slow path).
+# The interpreter cannot run libdevice's fast_* (they are calls into the CUDA library): under
+# TRITON_INTERPRET it takes tl.sin / tl.cos of the same reduced r, so the reduction stays tested.
+TWO_PI_HI = tl.constexpr(6.28125)
+TWO_PI_LO = tl.constexpr(2 * math.pi - 6.28125)
+INV_TWO_PI = tl.constexpr(1 / (2 * math.pi))
+# Under TRITON_INTERPRET (read at import, as @triton.jit does): Triton 3.9's interpreter cannot run
+# libdevice's fast_*, and its tl.dot on bf16 operands returns garbage (~1e10; its fp32 -> bf16 cast
+# truncates): see cos_sin and half_operand.
+KERNEL_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -198,6 +217,39 @@ def load_rows(x, p_t, mask_t, offs, mask, N: tl.constexpr):
     """x[rows p_t, :N] as an fp32 block [BT, len(offs)], 0 outside."""
     return tl.load(x + p_t[:, None] * N + offs[None, :], mask=mask_t[:, None] & mask[None, :],
                    other=0.0).to(tl.float32)
+
+
+@triton.jit
+def reduce_2pi(th):
+    """r = θ − 2π·round(θ/2π) in [−π, π] (two-constant Cody-Waite: see TWO_PI_HI)."""
+    n = tl.floor(th * INV_TWO_PI + 0.5)
+    return (th - n * TWO_PI_HI) - n * TWO_PI_LO
+
+
+@triton.jit
+def cos_sin(th, FAST: tl.constexpr):
+    """(cos θ, sin θ): libdevice's accurate ones, or (FAST) the SFU's approximate ones after reduce_2pi."""
+    if FAST:
+        r = reduce_2pi(th)
+        if KERNEL_INTERPRET:
+            b_cos, b_sin = tl.cos(r), tl.sin(r)
+        else:
+            b_cos, b_sin = libdevice.fast_cosf(r), libdevice.fast_sinf(r)
+    else:
+        b_cos, b_sin = tl.cos(th), tl.sin(th)
+    return b_cos, b_sin
+
+
+@triton.jit
+def half_operand(x, DT: tl.constexpr):
+    """x rounded to DT (a tl.dot operand in the input's half dtype). The interpreter cannot dot bf16
+    operands (see KERNEL_INTERPRET): there x keeps DT's rounding (its cast truncates: never more
+    accurate than the GPU's round-to-nearest) but goes back to fp32 for an exact fp32 product."""
+    if KERNEL_INTERPRET:
+        y = x.to(DT).to(tl.float32)
+    else:
+        y = x.to(DT)
+    return y
 
 
 @triton.jit

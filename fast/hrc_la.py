@@ -117,7 +117,7 @@ from zoo.hrc_la import EPS_DENOMINATOR, HRCMultiheadAttention as _ZooLayer, _che
 
 from fast._random_features import (
     EMPTY_SCALE, MAX_BT, MAX_V, MIN_CHUNK, PHASE_PRECISION, STATE_ELEMENTS, causal_decay, chunk_end, chunk_rows,
-    frequency_tile, load_rows, state_or_zeros, state_ptrs, store_share, store_state,
+    cos_sin, frequency_tile, half_operand, load_rows, state_or_zeros, state_ptrs, store_share, store_state,
 )
 from fast import _random_features as _rf
 
@@ -126,10 +126,17 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @tri
 # phases 1-3), False the serial walk per frequency tile (_hrc_la_chunk_fwd_kernel). Read at each call.
 CHUNK_PARALLEL = True
 PARALLEL_BT = 64  # their chunk, whatever chunk_size asks (the same function; only summation order moves)
-# Phases 1 and 3: the budget of one [BM, BT] feature block (BM = 32 and 16 at BT = 64; the card has
-# the sm_90 register counts that chose them).
-PARALLEL_ELEMENTS = (2048, 1024)
-SCAN_BLOCK = 1024  # record elements per program of phase 2
+# (BM, num_warps, num_stages) of the state walk and of phase 3 (BM capped at M's power of two); the
+# card has the sm_90 register counts that chose them. Read at each call.
+WALK_TILE = (32, 4, 1)
+OUT_TILE = (16, 8, 2)
+# Phase 3's levers, read at each call (the GPU sweep compares them; the card says why each default):
+# FAST_TRIG: sin/cos after an explicit 2π range reduction on the SFU (fast/_random_features.py's
+#   cos_sin) instead of libdevice's accurate ones (Payne-Hanek slow path); the state walk too.
+# FEATURE_DOTS_16: for bf16/fp16 inputs, the features, A and the records' S enter phase 3's dots in
+#   the input dtype (tensor cores at 2x tf32, half the operand registers); fp32 inputs unchanged.
+FAST_TRIG = True
+FEATURE_DOTS_16 = True
 # The per-chunk records between the phases (1.09 GB in fp32 at the issue's size, written or read four
 # times): True stores them in bf16 for bf16/fp16 inputs, halving those bytes (phase 2 still adds in
 # fp32; each stored state and increment is rounded once, 2⁻⁹ relative, under the half-precision
@@ -295,73 +302,79 @@ def _phases_t(b_xT, b_omega, s_u, X_IS_TF32: tl.constexpr):
     return b_th
 
 
-@triton.jit(do_not_specialize=["T", "NT"])
-def _hrc_la_chunk_state_kernel(
-    k, v, omega, a, c, hs,  # [B, T, H, K], [B, T, H, V], [H, M, K], [B, T, H] ×2 (fp32), [B, H, NT, R] (records)
-    s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, DOT: tl.constexpr,
-):
-    """Phase 1, one program per (chunk, batch·head): the chunk's own increment of (4), at the scale
-    c_last of its last token: dS = Σ_j e^{a_j − c_last} conj φ̂(k_j) v_jᵀ (as [cos; sin] rows),
-    dz the same with v = 1, dn = Σ_j e^{a_j − c_last}. The keys' features stay on chip; all M
-    frequencies are walked here, BM at a time, so k and v are read once. BM = 32 at 4 warps (157
-    registers on sm_90, 3 programs an SM): the kernel mostly stores its 133 KB record."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)  # Inductor may pass fp64
-    offs_k, offs_v = tl.arange(0, BK), tl.arange(0, BV)
-    mask_k, mask_v = offs_k < K, offs_v < V
-    offs_t, mask_t, p_t = chunk_rows(i_t, i_b.to(tl.int64) * T, i_h, T, H, BT)
-    b_xkT = tl.trans(load_rows(k, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT], unscaled (see _phases_t)
-    b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
-    b_clast, _ = chunk_end(tl.load(c + p_t, mask=mask_t, other=0.0), mask_t)
-    b_w = tl.exp(tl.where(mask_t, tl.load(a + p_t, mask=mask_t, other=0.0) - b_clast, float("-inf")))  # <= 1
-    p_h = _chunk_record(hs, i_bh, i_t, NT, R)
-    for i_m in range(tl.cdiv(M, BM)):
-        offs_m, mask_m, b_rm, b_omega = _omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
-        b_th = _phases_t(b_xkT, b_omega, s_u, k.dtype.element_ty != tl.float32)  # θᵀ = Ω uᵀ [BM, BT]
-        b_ck = tl.cos(b_th) * b_w[None, :] * b_rm[:, None]  # e^{a_j − c_last} Re conj φ̂(k_j), transposed
-        b_sk = tl.sin(b_th) * b_w[None, :] * b_rm[:, None]  # minus its imaginary part
-        mask_S = mask_m[:, None] & mask_v[None, :]
-        p_S = p_h + offs_m[:, None] * V + offs_v[None, :]
-        tl.store(p_S, tl.dot(b_ck, b_v, input_precision=DOT), mask=mask_S)  # (4) dS_c [BM, BV]
-        tl.store(p_S + M * V, tl.dot(b_sk, b_v, input_precision=DOT), mask=mask_S)  # dS_s
-        tl.store(p_h + 2 * M * V + offs_m, tl.sum(b_ck, 1), mask=mask_m)  # dz_c
-        tl.store(p_h + 2 * M * V + M + offs_m, tl.sum(b_sk, 1), mask=mask_m)  # dz_s
-    tl.store(p_h + 2 * M * V + 2 * M, tl.sum(b_w, 0))  # dn
-
-
 @triton.heuristics({
     "HAS_H0": lambda args: args["h0"] is not None,
     "STORE_HT": lambda args: args["ht"] is not None,
 })
 @triton.jit(do_not_specialize=["T", "NT"])
-def _hrc_la_chunk_scan_kernel(
-    hs, c, c0, h0, ht,  # [B, H, NT, R] records (fp32, or bf16: HALF_RECORDS), [B, T, H], [B, H], [B, H, R] ×2 fp32
-    T, H, NT, R: tl.constexpr, BT: tl.constexpr, BR: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+def _hrc_la_chunk_h_kernel(
+    k, v, omega, a, c, hs,  # [B, T, H, K], [B, T, H, V], [H, M, K], [B, T, H] ×2 (fp32), [B, H, NT, R] (records)
+    h0, z0, n0, c0, ht, zt, nt,  # [B, H, 2M, V], [B, H, 2M], [B, H], [B, H] fp32 (h0.., ht.. may be None)
+    s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, FAST_TRIG: tl.constexpr, DOT: tl.constexpr,
 ):
-    """Phase 2, one program per (BR elements of the record, batch·head): the prefix over chunks,
-    (4) a chunk at a time, S_n = e^{c_last(n−1) − c_last(n)} S_{n−1} + dS_n from S_{−1} = h0 at c0.
-    Each chunk's record is overwritten by the state before it (at scale c_last(n−1), c0 for the
-    first), which is what phase 3 reads; the state after the last chunk goes to ht."""
-    i_r, i_bh = tl.program_id(0), tl.program_id(1)
+    """The state walk (phases 1 + 2 in one launch, fla's chunk_fwd_h), one program per (frequency
+    tile of BM, batch·head), its slice S_c, S_s [BM, BV], z_c, z_s [BM] (and the mass n in tile 0)
+    in fp32 registers, walking the chunks in order. Per chunk n, (4) a chunk at a time:
+        record n  <-  the state before the chunk, at scale c_last(n−1) (c0 for the first),
+        S <- e^{c_last(n−1) − c_last(n)} S + Σ_j e^{a_j − c_last(n)} conj φ̂(k_j) v_jᵀ  (as [cos; sin] rows),
+    z likewise with v = 1, n with φ̂ = 1. The keys' features stay on chip; the records are written
+    once (here) and read once (phase 3). BM = 32 at 4 warps: see _parallel_tiles for the registers."""
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
-    offs_r = i_r * BR + tl.arange(0, BR)
-    mask_r = offs_r < R
-    b_h = tl.zeros([BR], dtype=tl.float32)
-    if HAS_H0:
-        b_h += tl.load(h0 + i_bh.to(tl.int64) * R + offs_r, mask=mask_r, other=0.0)
-    b_crun = tl.load(c0 + i_bh)  # the scale the running state is kept at
+    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)  # Inductor may pass fp64
+    offs_k, offs_v = tl.arange(0, BK), tl.arange(0, BV)
+    mask_k, mask_v = offs_k < K, offs_v < V
+    offs_m, mask_m, b_rm, b_omega = _omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
+    first = i_m == 0
     row0 = i_b.to(tl.int64) * T
+
+    # -- the state slice, fp32, at the log-scale b_crun ----------------------------------------------
+    p_Sc, p_zc, mask_S = state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, 2 * M, V)  # rows [0, M): cos
+    p_Ss, p_zs = p_Sc + M * V, p_zc + M  # rows [M, 2M): sin
+    b_Sc, b_zc = state_or_zeros(h0, z0, p_Sc, p_zc, mask_S, mask_m, HAS_H0, BM, BV)
+    b_Ss, b_zs = state_or_zeros(h0, z0, p_Ss, p_zs, mask_S, mask_m, HAS_H0, BM, BV)
+    b_crun = tl.load(c0 + i_bh)
+    b_n = b_crun * 0.0
+    if HAS_H0:
+        b_n += tl.load(n0 + i_bh)
+    # a record's offsets: S_c, S_s rows of V, then z_c, z_s, then n (see _chunk_record)
+    o_S = offs_m[:, None] * V + offs_v[None, :]
+
     for i_t in range(NT):
-        p_h = _chunk_record(hs, i_bh, i_t, NT, R) + offs_r
-        b_d = tl.load(p_h, mask=mask_r, other=0.0).to(tl.float32)
+        # -- record n: the state before the chunk, as phase 3 reads it -------------------------------
+        p_h = _chunk_record(hs, i_bh, i_t, NT, R)
+        tl.store(p_h + o_S, b_Sc.to(hs.dtype.element_ty), mask=mask_S)
+        tl.store(p_h + M * V + o_S, b_Ss.to(hs.dtype.element_ty), mask=mask_S)
+        tl.store(p_h + 2 * M * V + offs_m, b_zc.to(hs.dtype.element_ty), mask=mask_m)
+        tl.store(p_h + 2 * M * V + M + offs_m, b_zs.to(hs.dtype.element_ty), mask=mask_m)
+        if first:
+            tl.store(p_h + 2 * M * V + 2 * M, b_n.to(hs.dtype.element_ty))
+        # -- (4) the chunk's keys, at the scale of its last token ------------------------------------
+        offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
+        b_xkT = tl.trans(load_rows(k, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT], unscaled (see _phases_t)
+        b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
         b_clast = tl.load(c + (row0 + tl.minimum(i_t * BT + BT, T) - 1) * H + i_h)  # c is a prefix max
-        tl.store(p_h, b_h, mask=mask_r)
-        b_h = b_h * tl.exp(b_crun - b_clast) + b_d
+        b_w = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_clast)  # e^{a_j − c_last} <= 1
+        b_th = _phases_t(b_xkT, b_omega, s_u, k.dtype.element_ty != tl.float32)  # θᵀ = Ω uᵀ [BM, BT]
+        b_cos, b_sin = cos_sin(b_th, FAST_TRIG)
+        b_ck = b_cos * b_w[None, :] * b_rm[:, None]  # e^{a_j − c_last} Re conj φ̂(k_j), transposed
+        b_sk = b_sin * b_w[None, :] * b_rm[:, None]  # minus its imaginary part
+        b_dec = tl.exp(b_crun - b_clast)  # e^{c_last(n−1) − c_last(n)}
+        b_Sc = b_Sc * b_dec + tl.dot(b_ck, b_v, input_precision=DOT)
+        b_Ss = b_Ss * b_dec + tl.dot(b_sk, b_v, input_precision=DOT)
+        b_zc = b_zc * b_dec + tl.sum(b_ck, 1)
+        b_zs = b_zs * b_dec + tl.sum(b_sk, 1)
+        b_n = b_n * b_dec + tl.sum(b_w, 0)
         b_crun = b_clast
+
+    # -- the final state -------------------------------------------------------------------------------
     if STORE_HT:
-        tl.store(ht + i_bh.to(tl.int64) * R + offs_r, b_h, mask=mask_r)
+        store_state(ht, zt, p_Sc, p_zc, mask_S, mask_m, b_Sc, b_zc)
+        store_state(ht, zt, p_Ss, p_zs, mask_S, mask_m, b_Ss, b_zs)
+        if first:
+            tl.store(nt + i_bh, b_n)
 
 
 @triton.jit(do_not_specialize=["T", "NT"])
@@ -370,6 +383,7 @@ def _hrc_la_chunk_out_kernel(
     num, den, mass,  # [B, T, H, V], [B, T, H] ×2 fp32, written once
     s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, DOT: tl.constexpr,
+    FAST_TRIG: tl.constexpr, DOTS_16: tl.constexpr,
 ):
     """Phase 3, one program per (chunk, batch·head): (5) for the chunk's queries, all M frequencies
     walked BM at a time (queries' and keys' features on chip), so num, den and the mass are
@@ -397,28 +411,33 @@ def _hrc_la_chunk_out_kernel(
     b_A = tl.zeros([BT, BT], dtype=tl.float32)  # Re(φ̂_t conj φ̂_j) e^{a_j − c_j}, summed over frequencies
     b_oi = tl.zeros([BT, BV], dtype=tl.float32)  # Re(φ̂_tᵀ S⁻)
     b_di = tl.zeros([BT], dtype=tl.float32)  # Re(φ̂_tᵀ z⁻)
+    # the dots' operands: fp32 (tf32 products), or (DOTS_16, bf16/fp16 inputs) in the input dtype
+    FT = q.dtype.element_ty if DOTS_16 else tl.float32
     for i_m in range(tl.cdiv(M, BM)):  # features transposed, [BM, BT]: see _phases_t
         offs_m, mask_m, b_rm, b_omega = _omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
         b_th = _phases_t(b_xqT, b_omega, s_u, q.dtype.element_ty != tl.float32)
-        b_cq, b_sq = tl.cos(b_th) * b_rm[:, None], tl.sin(b_th) * b_rm[:, None]  # φ̂(q)ᵀ: e^{a(q)} cancels (2)
+        b_cos, b_sin = cos_sin(b_th, FAST_TRIG)
+        b_cq = half_operand(b_cos * b_rm[:, None], FT)  # φ̂(q)ᵀ: e^{a(q)} cancels (2)
+        b_sq = half_operand(b_sin * b_rm[:, None], FT)
         b_th = _phases_t(b_xkT, b_omega, s_u, k.dtype.element_ty != tl.float32)
-        b_ck = tl.cos(b_th) * b_e[None, :] * b_rm[:, None]
-        b_sk = tl.sin(b_th) * b_e[None, :] * b_rm[:, None]
+        b_cos, b_sin = cos_sin(b_th, FAST_TRIG)
+        b_ck = half_operand(b_cos * b_e[None, :] * b_rm[:, None], FT)
+        b_sk = half_operand(b_sin * b_e[None, :] * b_rm[:, None], FT)
         b_A += tl.dot(tl.trans(b_cq), b_ck, input_precision=DOT) + tl.dot(tl.trans(b_sq), b_sk, input_precision=DOT)
         mask_S = mask_m[:, None] & mask_v[None, :]
         p_S = p_h + offs_m[:, None] * V + offs_v[None, :]
-        b_Sc = tl.load(p_S, mask=mask_S, other=0.0).to(tl.float32)  # S⁻ (bf16 under HALF_RECORDS)
-        b_Ss = tl.load(p_S + M * V, mask=mask_S, other=0.0).to(tl.float32)
+        b_Sc = half_operand(tl.load(p_S, mask=mask_S, other=0.0).to(tl.float32), FT)  # S⁻ (bf16: HALF_RECORDS)
+        b_Ss = half_operand(tl.load(p_S + M * V, mask=mask_S, other=0.0).to(tl.float32), FT)
         b_oi += tl.dot(tl.trans(b_cq), b_Sc, input_precision=DOT)  # (5) inter-chunk
         b_oi += tl.dot(tl.trans(b_sq), b_Ss, input_precision=DOT)
         b_zc = tl.load(p_h + 2 * M * V + offs_m, mask=mask_m, other=0.0).to(tl.float32)
         b_zs = tl.load(p_h + 2 * M * V + M + offs_m, mask=mask_m, other=0.0).to(tl.float32)
-        b_di += tl.sum(b_cq * b_zc[:, None], 0) + tl.sum(b_sq * b_zs[:, None], 0)
+        b_di += tl.sum(b_cq.to(tl.float32) * b_zc[:, None], 0) + tl.sum(b_sq.to(tl.float32) * b_zs[:, None], 0)
     # (3) intra-chunk: A_tj = Re(φ̂_t conj φ̂_j)·e^{a_j − c_t} for j <= t
     b_G = causal_decay(offs_t, mask_t, b_c)
     b_A *= b_G
     b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
-    b_o = tl.dot(b_A, b_v, input_precision=DOT) + b_dec[:, None] * b_oi
+    b_o = tl.dot(half_operand(b_A, FT), half_operand(b_v, FT), input_precision=DOT) + b_dec[:, None] * b_oi
     b_d = tl.sum(b_A, 1) + b_dec * b_di
     store_share(num, den, p_t, mask_t, offs_v, mask_v, b_o, b_d, V, False)
     tl.store(mass + p_t, tl.sum(b_G * b_e[None, :], 1) + b_dec * tl.load(p_h + 2 * M * V + 2 * M).to(tl.float32),
@@ -663,39 +682,38 @@ def _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_
 
 
 def _parallel_tiles(K: int, V: int, M: int):
-    """(BT, BK, BV, (BM, num_warps) of phase 1, (BM, num_warps) of phase 3) of the chunk-parallel
-    causal forward, from the head dims and M alone (nothing keyed on T or B): see the card."""
+    """(BT, BK, BV, (BM, num_warps, num_stages) of the state walk, (BM, num_warps, num_stages) of
+    phase 3) of the chunk-parallel causal forward, from the head dims and M alone (nothing keyed on
+    T or B): see the card. The walk's BM and phase 3's tile come from WALK_TILE and OUT_TILE (BM
+    capped by M's power of two)."""
     BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
-    BT = PARALLEL_BT
-    BM = lambda budget: max(16, min(triton.next_power_of_2(M), budget // max(BT, BV)))
-    return BT, BK, BV, (BM(PARALLEL_ELEMENTS[0]), 4), (BM(PARALLEL_ELEMENTS[1]), 8)
+    BM = lambda bm: max(16, min(triton.next_power_of_2(M), bm))
+    return PARALLEL_BT, BK, BV, (BM(WALK_TILE[0]), *WALK_TILE[1:]), (BM(OUT_TILE[0]), *OUT_TILE[1:])
 
 
 def _launch_parallel_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, output_final_state):
-    """The causal forward in three launches (the card's phases): state increments per chunk, their
-    prefix over chunks, then every chunk's outputs. Returns what _launch_fwd returns."""
+    """The causal forward in two launches (the card's plan): the state walk writes each chunk's
+    starting state, then every chunk's outputs. Returns what _launch_fwd returns."""
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
-    BT, BK, BV, (BM1, warps1), (BM3, warps3) = _parallel_tiles(K, V, M)
+    BT, BK, BV, (BMh, warps_h, stages_h), (BMo, warps_o, stages_o) = _parallel_tiles(K, V, M)
     NT, R = triton.cdiv(T, BT), 2 * M * V + 2 * M + 1  # a chunk's record: S_c, S_s, z_c, z_s, n
     f32 = dict(device=q.device, dtype=torch.float32)
     half = HALF_RECORDS and q.dtype != torch.float32
     hs = torch.empty(B, H, NT, R, device=q.device, dtype=torch.bfloat16 if half else torch.float32)
     num, den, mass = torch.empty(B, T, H, V, **f32), torch.empty(B, T, H, **f32), torch.empty(B, T, H, **f32)
-    h0r = None if h0 is None else torch.cat([h0.flatten(2), z0, n0[..., None]], -1).contiguous()  # [B, H, R]
-    htr = torch.empty(B, H, R, **f32) if output_final_state else None
+    ht = torch.empty(B, H, 2 * M, V, **f32) if output_final_state else None
+    zt = torch.empty(B, H, 2 * M, **f32) if output_final_state else None
+    nt = torch.empty(B, H, **f32) if output_final_state else None
     r_m, dot = M ** -0.5, _rf.dot_precision(q)
-    _hrc_la_chunk_state_kernel[(NT, B * H)](k, v, omega, a, c, hs, s_u, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT,
-                                            BK=BK, BV=BV, BM=BM1, DOT=dot, num_warps=warps1)
-    _hrc_la_chunk_scan_kernel[(triton.cdiv(R, SCAN_BLOCK), B * H)](hs, c, c0, h0r, htr, T, H, NT, R=R, BT=BT,
-                                                                  BR=SCAN_BLOCK, num_warps=4)
+    dots16 = FEATURE_DOTS_16 and q.dtype != torch.float32
+    _hrc_la_chunk_h_kernel[(triton.cdiv(M, BMh), B * H)](
+        k, v, omega, a, c, hs, h0, z0, n0, c0, ht, zt, nt, s_u, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT, BK=BK,
+        BV=BV, BM=BMh, FAST_TRIG=FAST_TRIG, DOT=dot, num_warps=warps_h, num_stages=stages_h)
     _hrc_la_chunk_out_kernel[(NT, B * H)](q, k, v, omega, a, c, c0, hs, num, den, mass, s_u, r_m, T, H, NT, K=K, V=V,
-                                          M=M, R=R, BT=BT, BK=BK, BV=BV, BM=BM3, DOT=dot, num_warps=warps3)
-    if not output_final_state:
-        return num, den, mass, None, None, None
-    # copies (8 MB at the issue's size): a custom op's outputs may not alias one another
-    ht = htr[..., :2 * M * V].unflatten(-1, (2 * M, V)).clone()
-    return num, den, mass, ht, htr[..., 2 * M * V:-1].clone(), htr[..., -1].clone()
+                                          M=M, R=R, BT=BT, BK=BK, BV=BV, BM=BMo, DOT=dot, FAST_TRIG=FAST_TRIG,
+                                          DOTS_16=dots16, num_warps=warps_o, num_stages=stages_o)
+    return num, den, mass, ht, zt, nt
 
 
 def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size):

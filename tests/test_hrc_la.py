@@ -22,14 +22,19 @@ The tests HRC-LA shares with Performer live in random_features_cases.py and are 
 name; what only HRC-LA has (the conjugate, ortho_loss) is written out below.
 """
 
+import math
+
 import pytest
 import torch
+import triton
+import triton.language as tl
 from hypothesis import given, settings, strategies as st
 
 import random_features_cases as cases
 from random_features_cases import F64, flat, _c64
 from strategies import Shape, device, edge_examples, has_cuda, run_aot_script, seeds, shapes, tol_for
 import fast.hrc_la as fast
+import fast._random_features as _rf
 import zoo.hrc_la as hrc
 
 HRC = cases.Method(parallel=hrc.hrc_la_parallel, recurrent=hrc.hrc_la_recurrent, chunk=hrc.hrc_la_chunk,
@@ -54,17 +59,29 @@ test_fast_has_no_nan_for_inputs_of_norm_up_to_30_in_bf16_on_gpu = \
 
 
 
-@settings(max_examples=5)
+# (PARALLEL_BT, WALK_TILE, OUT_TILE) for the chunk-parallel forward on CPU: chunks of 16 and 32 so short
+# T spans several and ends inside one; the walk's and phase 3's BM at 16, 32, 64 (padding frequencies
+# in the tiles for M = 3, 40, 70).
+PARALLEL_TILES = [(16, (32, 4, 1), (16, 8, 2)), (32, (16, 4, 1), (32, 8, 1)), (16, (64, 8, 1), (64, 4, 2))]
+
+
+@settings(max_examples=6)
 @given(shape=shapes(max_T=70, max_H=2, max_K=9, max_V=9), M=st.sampled_from([3, 16, 40, 70]), with_state=st.booleans(),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16]), half_records=st.booleans(),
-       seed=seeds)
-@edge_examples(chunk_size=16, M=70, with_state=True, dtype=torch.float32, half_records=False)
-@edge_examples(chunk_size=16, M=40, with_state=False, dtype=torch.bfloat16, half_records=True)
-def test_fast_chunk_parallel_causal_forward_equals_zoo_and_the_serial_kernel(shape, M, with_state, dtype, half_records, seed):
-    # The chunk-parallel causal forward (fast/hrc_la.py's phases 1-3) at a 16-token chunk, so that
-    # short T spans several chunks and ends inside one; M = 3, 40, 70 leave padding frequencies in
-    # the tiles. bf16 takes the split-Ω phase product (_phases_t), fp32 the tf32x3 one; with
-    # HALF_RECORDS, bf16 inputs keep the chunks' states between the phases in bf16 too.
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), half_records=st.booleans(), fast_trig=st.booleans(),
+       dots16=st.booleans(), tiles=st.sampled_from(PARALLEL_TILES), seed=seeds)
+@edge_examples(chunk_size=16, M=70, with_state=True, dtype=torch.float32, half_records=False, fast_trig=True,
+               dots16=True, tiles=PARALLEL_TILES[0])
+@edge_examples(chunk_size=16, M=40, with_state=False, dtype=torch.bfloat16, half_records=True, fast_trig=False,
+               dots16=True, tiles=PARALLEL_TILES[1])
+@edge_examples(chunk_size=16, M=70, with_state=True, dtype=torch.bfloat16, half_records=False, fast_trig=True,
+               dots16=False, tiles=PARALLEL_TILES[2])
+def test_fast_chunk_parallel_causal_forward_equals_zoo_and_the_serial_kernel(shape, M, with_state, dtype, half_records,
+                                                                            fast_trig, dots16, tiles, seed):
+    # The chunk-parallel causal forward (fast/hrc_la.py's state walk and phase 3), with and without an
+    # initial state, the final state returned. bf16 takes the split-Ω phase product (_phases_t), fp32
+    # the tf32x3 one; with HALF_RECORDS, bf16 inputs keep the chunks' states in bf16 too; FAST_TRIG
+    # reduces θ to [−π, π] first (the interpreter then takes tl.sin/tl.cos: see _random_features);
+    # FEATURE_DOTS_16 feeds phase 3's dots in bf16 (fp32 inputs ignore it).
     dev = device()
     q, k, v, omega = HRC.make(seed, shape, M, dtype=dtype, device=dev)
     omega = omega.float()
@@ -72,18 +89,47 @@ def test_fast_chunk_parallel_causal_forward_equals_zoo_and_the_serial_kernel(sha
     kw = dict(causal=True, output_final_state=True, initial_state=_c64(s0))
     ref = flat(*hrc.hrc_la_parallel(*(x.double() for x in (q, k, v, omega)), causal=True, initial_state=s0,
                                     output_final_state=True))
-    saved = fast.CHUNK_PARALLEL, fast.PARALLEL_BT, fast.HALF_RECORDS
+    names = ("CHUNK_PARALLEL", "PARALLEL_BT", "WALK_TILE", "OUT_TILE", "HALF_RECORDS", "FAST_TRIG", "FEATURE_DOTS_16")
+    saved = {n: getattr(fast, n) for n in names}
     try:
-        fast.PARALLEL_BT, fast.HALF_RECORDS = 16, half_records
+        fast.PARALLEL_BT, fast.WALK_TILE, fast.OUT_TILE = tiles
+        fast.HALF_RECORDS, fast.FAST_TRIG, fast.FEATURE_DOTS_16 = half_records, fast_trig, dots16
         fast.CHUNK_PARALLEL = True
         got = flat(*fast.hrc_la_chunk(q, k, v, omega, **kw))
         fast.CHUNK_PARALLEL = False
         serial = flat(*fast.hrc_la_chunk(q, k, v, omega, **kw))
     finally:
-        fast.CHUNK_PARALLEL, fast.PARALLEL_BT, fast.HALF_RECORDS = saved
+        for n, x in saved.items():
+            setattr(fast, n, x)
     tol = tol_for(dtype, dev)
     HRC.assert_all_close(got, ref, tol)
     HRC.assert_all_close(got, serial, tol)
+
+
+@triton.jit
+def _cos_sin_kernel(x, y, N: tl.constexpr, FAST: tl.constexpr):
+    offs = tl.arange(0, N)
+    b_cos, b_sin = _rf.cos_sin(tl.load(x + offs), FAST)
+    tl.store(y + offs, b_cos)
+    tl.store(y + N + offs, b_sin)
+
+
+@pytest.mark.parametrize("fast_trig", [False, True])
+def test_sin_cos_after_the_2pi_reduction_are_fp32_accurate_up_to_theta_1e3(fast_trig):
+    # _rf.cos_sin's range reduction (two-constant Cody-Waite split of 2π) against float64 sin/cos of
+    # the same fp32 θ, for |θ| up to 1e3 (n = round(θ/2π) up to 160). The reduced r is within ~1 ulp
+    # of π, so cos and sin are off by ~2.4e-7 at most; on a GPU FAST adds sin.approx's ~1e-6 (the
+    # interpreter cannot run libdevice's fast_* and takes tl.sin/tl.cos of the same r).
+    dev = device()
+    N = 4096
+    theta = torch.cat([torch.linspace(-1000, 1000, N - 8, dtype=torch.float64),
+                       torch.tensor([math.pi, -math.pi, 2 * math.pi, 999.99, -999.99, 1e3, 0.0, 1e-30])])
+    x = theta.float().to(dev)
+    y = torch.empty(2 * N, device=dev)
+    _cos_sin_kernel[(1,)](x, y, N=N, FAST=fast_trig)
+    exact = x.double()
+    err = (y.double() - torch.cat([exact.cos(), exact.sin()])).abs().max().item()
+    assert err < (2e-6 if fast_trig and has_cuda() else 5e-7), err
 
 
 AOT_SCRIPT = r"""
@@ -92,34 +138,38 @@ import aot
 import fast.hrc_la as fh
 
 
-def stack_bytes(BT, records="*fp32", K=64, V=64, M=256):
-    # As the JIT would compile the chunk-parallel forward for bf16 at H = 16: 16-byte-aligned pointers.
-    fh.PARALLEL_BT = BT
-    BT, BK, BV, (BM1, warps1), (BM3, warps3) = fh._parallel_tiles(K, V, M)
+def stack_bytes(records="*fp32", fast_trig=fh.FAST_TRIG, dots16=fh.FEATURE_DOTS_16, K=64, V=64, M=256):
+    # As the JIT would compile the chunk-parallel forward for bf16 at H = 16, the module's tiles:
+    # 16-byte-aligned pointers.
+    BT, BK, BV, (BMh, warps_h, stages_h), (BMo, warps_o, stages_o) = fh._parallel_tiles(K, V, M)
     R = 2 * M * V + 2 * M + 1
     types = dict({n: "*bf16" for n in ("q", "k", "v")},
-                 **{n: "*fp32" for n in ("omega", "a", "c", "c0", "hs", "num", "den", "mass", "h0", "ht")},
+                 **{n: "*fp32" for n in ("omega", "a", "c", "c0", "hs", "num", "den", "mass", "h0", "z0", "n0", "ht",
+                                         "zt", "nt")},
                  s_u="fp32", r_m="fp32", T="i32", H="i32", NT="i32")
     types["hs"] = records  # fp32, or bf16 under HALF_RECORDS
-    const = dict(K=K, V=V, M=M, R=R, BT=BT, BK=BK, BV=BV, DOT="tf32")
+    const = dict(K=K, V=V, M=M, R=R, BT=BT, BK=BK, BV=BV, DOT="tf32", FAST_TRIG=fast_trig)
     return dict(
-        state=aot.stack_bytes(fh._hrc_la_chunk_state_kernel, types, dict(const, BM=BM1), warps1, aligned=("H",)),
-        scan=aot.stack_bytes(fh._hrc_la_chunk_scan_kernel, types, dict(R=R, BT=BT, BR=fh.SCAN_BLOCK, HAS_H0=True,
-                                                                      STORE_HT=True), 4, aligned=("H",)),
-        out=aot.stack_bytes(fh._hrc_la_chunk_out_kernel, types, dict(const, BM=BM3), warps3, aligned=("H",)))
+        walk=aot.stack_bytes(fh._hrc_la_chunk_h_kernel, types, dict(const, BM=BMh, HAS_H0=True, STORE_HT=True),
+                             warps_h, stages_h, aligned=("H",)),
+        out=aot.stack_bytes(fh._hrc_la_chunk_out_kernel, types, dict(const, BM=BMo, DOTS_16=dots16), warps_o,
+                            stages_o, aligned=("H",)))
 
 
-print(json.dumps(dict(f32=stack_bytes(fh.PARALLEL_BT), bf16=stack_bytes(fh.PARALLEL_BT, "*bf16"))))
+print(json.dumps({"default": stack_bytes(), "bf16 records, dots flipped": stack_bytes("*bf16", dots16=not fh.FEATURE_DOTS_16),
+                  "accurate trig": stack_bytes(fast_trig=False)}))
 """
 
 
 @pytest.mark.skipif(has_cuda(), reason="on a GPU the kernels compile for real in the GPU tests")
 def test_chunk_parallel_forward_compiles_for_an_h100_without_spilling():
-    # The issue's size (K = V = 64, M = 256, bf16) at the module's chunk. 32 bytes of stack is the
-    # local array of libdevice's sin/cos slow path (Payne-Hanek reduction: STL/LDL at register-
-    # indexed offsets in the SASS), which the serial forward has too; a spill adds to it.
-    for records, stack in run_aot_script(AOT_SCRIPT, timeout=300).items():  # records in fp32, and bf16 (HALF_RECORDS)
-        assert stack["state"] <= 32 and stack["out"] <= 32 and stack["scan"] == 0, (records, stack)
+    # The issue's size (K = V = 64, M = 256, bf16) at the module's tiles. With FAST_TRIG the kernels
+    # have no stack at all; with libdevice's accurate sin/cos, 32 bytes is its slow path's local
+    # array (Payne-Hanek reduction: STL/LDL at register-indexed offsets in the SASS), which the serial
+    # forward has too; a spill adds to it.
+    for case, stack in run_aot_script(AOT_SCRIPT, timeout=400).items():
+        bound = 32 if case == "accurate trig" else 0
+        assert stack["walk"] <= bound and stack["out"] <= bound, (case, stack)
 
 
 @pytest.mark.gpu
