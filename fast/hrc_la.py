@@ -10,47 +10,60 @@ already move cos θ), and never writes a feature to memory.
 
 Causal forward, parallel over chunks (the default: CHUNK_PARALLEL = True)
 -------------------------------------------------------------------------
-Three launches over chunks of BT = PARALLEL_BT = 64 tokens (NT = ⌈T/BT⌉; the chunk is fixed, not
+Two launches over chunks of BT = PARALLEL_BT = 64 tokens (NT = ⌈T/BT⌉; the chunk is fixed, not
 keyed on T or chunk_size: the same function, only the summation order moves). Between them, one
-record per (batch·head, chunk), hs [B, H, NT, R], R = 2M·V + 2M + 1: S_c, S_s, z_c, z_s, n.
-  phase 1, grid (NT, B·H), _hrc_la_chunk_state_kernel: the chunk's own increment of (4) at the
-    scale c_last of its last token, dS = Σ_j e^{a_j − c_last} conj φ̂(k_j) v_jᵀ (as [cos; sin]
-    rows), dz likewise with v = 1, dn = Σ_j e^{a_j − c_last}; the keys' features on chip, all M
-    frequencies walked BM = 32 at a time so k and v are read once.
-  phase 2, grid (⌈R/1024⌉, B·H), _hrc_la_chunk_scan_kernel: the prefix over chunks, elementwise on
-    the flat record (one scalar decay per chunk): S_n = e^{c_last(n−1) − c_last(n)} S_{n−1} + dS_n
-    from S_{−1} = h0 at c0; each record is overwritten in place by the state before its chunk
-    (scale c_last(n−1), c0 for the first), the last state goes to ht.
+record per (batch·head, chunk), hs [B, H, NT, R], R = 2M·V + 2M + 1: S_c, S_s, z_c, z_s, n of the
+state BEFORE the chunk, at the scale c_last(n−1) of the previous chunk's last token (c0 first).
+  walk, grid (⌈M/BM⌉, B·H), _hrc_la_chunk_h_kernel (fla's chunk_fwd_h): each program holds its
+    frequency slice S_c, S_s [BM, V], z_c, z_s [BM] (and the mass n in tile 0) in fp32 registers
+    and walks the chunks in order: store the state into chunk n's record, then (4) a chunk at a time
+        S ← e^{c_last(n−1) − c_last(n)} S + Σ_j e^{a_j − c_last(n)} conj φ̂(k_j) v_jᵀ  ([cos; sin] rows),
+    the keys' features on chip; the last state goes straight to ht, zt, nt. Records are written
+    once and read once (round 1 had phase 1 write increments and phase 2 read and rewrite them in
+    place: 4 record passes, phase 2 a dependent load/store chain at ~0.75 TB/s).
   phase 3, grid (NT, B·H), _hrc_la_chunk_out_kernel: (5) for the chunk's queries, all M frequencies
-    walked BM = 16 at a time (queries' and keys' features on chip):
+    walked BM at a time (queries' and keys' features on chip):
         A = Σ_m (cos_q cos_kᵀ + sin_q sin_kᵀ) ⊙ Γ,  num_t = (A v)_t + e^{c⁻−c_t} Re(φ̂_tᵀS⁻),
     den and the mass n_t likewise; num, den, mass written once, no atomics.
-Records are fp32; HALF_RECORDS stores them in bf16 for bf16/fp16 inputs (half the bytes below;
-phase 2 still adds in fp32), off until timed. The phases' products are transposed (frequencies
-down the rows, θᵀ = Ω uᵀ) so the chunk's q and k, fixed through the frequency loop, are the
-right-hand operands and stay in shared memory; bf16/fp16 inputs, exact in tf32, split only Ω
-(_phases_t: two tf32 products, the accuracy of tf32x3). With x on the left and tf32x3, phase 3
-took 255 registers and spilled 200-400 bytes a thread at any BM.
-sm_90 (ptxas, Triton 3.9, K = V = 64, M = 256, bf16): phase 1 157 registers at 4 warps, phase 2 39
-at 4, phase 3 246 at 8 (1 block of 8 warps per SM); no spills (each sin/cos kernel has 32 bytes of
-stack, libdevice's Payne-Hanek array, as the serial kernel has). BT = 128 spills ~1 KB in phase 3,
-and so does D = 128 (312 bytes; correct, not tuned).
+The products are transposed (frequencies down the rows, θᵀ = Ω uᵀ) so the chunk's q and k, fixed
+through the frequency loop, are the right-hand operands and stay in shared memory; bf16/fp16
+inputs, exact in tf32, split only Ω (_phases_t: two tf32 products, the accuracy of tf32x3). With x
+on the left and tf32x3, phase 3 took 255 registers and spilled 200-400 bytes a thread at any BM.
+Switches (module globals, read at each call; the sweep .scratch/hrc_sweep2.py flips each):
+  HALF_RECORDS (off): records in bf16 for bf16/fp16 inputs (the walk still adds in fp32, each
+    stored state is rounded once, 2⁻⁹ relative); round 1 saw no gain, but with 2 passes instead
+    of 4 the records are now most of the bytes. FAST_TRIG (on): θ reduced to [−π, π] by a two-
+    constant Cody-Waite split of 2π, then the SFU's sin.approx/cos.approx (abs error ~1e-6;
+    _random_features.cos_sin), in the walk and phase 3 (the serial and backward kernels keep
+    libdevice's accurate ones: untimed). FEATURE_DOTS_16 (on): bf16/fp16 inputs feed phase 3's
+    A, A v and read-out dots in the input dtype (features, A and the records' S rounded to it:
+    2x tf32's tensor-core rate, half the operand registers; accumulation stays fp32; the phase
+    products keep their split-Ω tf32; fp32 inputs unchanged); its error against the fp64 zoo is
+    printed by the sweep. WALK_TILE (32, 4 warps, 1 stage), OUT_TILE (16, 8 warps, 2 stages).
+sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; .scratch/hrc_aot2.py):
+  walk: BM 32 at 4 warps, 1 stage: 191, no stack (2 blocks an SM; 512 programs at the issue's
+    size: ~2 waves); 2 stages 255 + 96 B of spill; BM 16: 163 (3 blocks an SM); BM 64 at 8 warps
+    255; libdevice sin/cos: 220 + its 32 B of stack.
+  phase 3: BM 16 at 8 warps, 2 stages: 230 with both levers (228 with bf16 records), 252 with
+    FAST_TRIG alone, 238 + 32 B (libdevice's Payne-Hanek array) with neither; 1 stage 224; BM 32:
+    232-236. Still 1 block of 8 warps an SM: the aim of 2 (<= 128 registers at 8 warps, or <= 255
+    at 4) is NOT met: at 4 warps 255 + 200-256 B of spill. BT = 128 spills 904 B in phase 3 and
+    96 B in the walk (the sweep times it anyway).
 Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 128 a sequence):
-  bytes: records 8192 × R × 4 B = 1.09 GB, written (1), read and written (2), read (3): 4.36 GB;
-    q, k, v 67 MB each (k, v twice), num 134 MB, a, c, den, mass 2 MB each: ~0.5 GB. 4.8 GB in
-    all: 1.61 ms at 3.0 TB/s (HALF_RECORDS: 2.7 GB, 0.89 ms).
-  FLOPs a token and head (tf32 dots): phases 2 products × 2·K·M = 66 K (keys, phase 1) + 131 K
-    (queries and keys, phase 3); dS 2·2M·V = 66 K; A 2·BT·2M = 66 K; A v 2·BT·V = 8 K; the read-out
-    2·2M·V = 66 K: ~400 KFLOP, 210 GFLOP in all: 0.58 ms at half the bf16 ceiling (tf32); and
-    3·2·M = 1536 sin/cos a token and head (0.8 G, libdevice's accurate ones: ~0.3-1 ms of ALU).
-  floor: 1.61 ms (memory bound; 0.89 ms with HALF_RECORDS, then sin/cos and tf32 compete).
-  Measured (H100, run 14, benchmarks/results/h100-2026-11-23/run14-hrc-sweep.log): the op 9.1 ms
-    against 13.5 for the serial walk; phase 3 4.15 ms, phase 2 2.95 ms (the record passes run
-    at ~0.75 TB/s), phase 1 1.26 ms; HALF_RECORDS 9.4 ms (no gain, left off). 5.7× the 1.61 ms
-    floor: issue 5's speed targets (about 1.7 and 1.9 ms here) are NOT met.
-  Next levers, if short: HALF_RECORDS; phases 1 and 2 fused as fla's chunk_fwd_h (a serial walk
-  per (frequency tile, head) writing only S_n: 2 record passes instead of 4); sin/cos after an
-  explicit 2π range reduction with the approximate SFU instructions.
+  bytes: records 8192 × R × 4 B = 1.09 GB, written (walk) and read (phase 3): 2.18 GB; q, k, v
+    67 MB each (k, v read by the walk's 8 frequency tiles of one head, adjacent programs: ~1 GB
+    from L2, 134 MB from DRAM), num 134 MB, a, c, den, mass 2 MB each: ~0.5 GB. 2.7 GB in all:
+    0.89 ms at 3.0 TB/s (HALF_RECORDS: 1.6 GB, 0.52 ms).
+  FLOPs a token and head: phases 2 products × 2·K·M = 66 K (keys, walk) + 131 K (queries and
+    keys, phase 3), tf32; dS 2·2M·V = 66 K (tf32); A 2·BT·2M = 66 K; A v 2·BT·V = 8 K; the
+    read-out 2·2M·V = 66 K (these three bf16 under FEATURE_DOTS_16): ~400 KFLOP, 210 GFLOP in all:
+    0.58 ms at half the bf16 ceiling; and 3·2·M = 1536 sin/cos a token and head (0.8 G: on the
+    SFU with FAST_TRIG, ~0.2 ms of MUFU at 16 a clock an SM, spread over both kernels).
+  floor: 0.89 ms (memory bound; 0.52 ms with HALF_RECORDS, then the tf32 phase products compete).
+  Measured: round 1 (H100, run 14, benchmarks/results/h100-2026-11-23/run14-hrc-sweep.log, three
+    launches): the op 9.1 ms; phase 3 4.15 ms, phase 2 2.95 ms, phase 1 1.26 ms. Round 2 (this
+    plan): to be measured (.scratch/hrc_sweep2.py). Issue 5's targets here: <= ~1.6 ms (1.5x the
+    linear attention on 512 precomputed features) and <= ~1.9 ms (5x SDPA at B = 1, T = 65536).
 
 Serial walk (non-causal, and causal with CHUNK_PARALLEL = False)
 ----------------------------------------------------------------
@@ -122,8 +135,8 @@ from fast._random_features import (
 from fast import _random_features as _rf
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
-# The causal chunk forward: True runs the chunk-parallel kernels (three launches, the card's
-# phases 1-3), False the serial walk per frequency tile (_hrc_la_chunk_fwd_kernel). Read at each call.
+# The causal chunk forward: True runs the chunk-parallel kernels (two launches, the card's state
+# walk and phase 3), False the serial walk per frequency tile (_hrc_la_chunk_fwd_kernel). Read at each call.
 CHUNK_PARALLEL = True
 PARALLEL_BT = 64  # their chunk, whatever chunk_size asks (the same function; only summation order moves)
 # (BM, num_warps, num_stages) of the state walk and of phase 3 (BM capped at M's power of two); the
@@ -137,9 +150,9 @@ OUT_TILE = (16, 8, 2)
 #   the input dtype (tensor cores at 2x tf32, half the operand registers); fp32 inputs unchanged.
 FAST_TRIG = True
 FEATURE_DOTS_16 = True
-# The per-chunk records between the phases (1.09 GB in fp32 at the issue's size, written or read four
-# times): True stores them in bf16 for bf16/fp16 inputs, halving those bytes (phase 2 still adds in
-# fp32; each stored state and increment is rounded once, 2⁻⁹ relative, under the half-precision
+# The per-chunk records between the walk and phase 3 (1.09 GB in fp32 at the issue's size, written
+# once and read once): True stores them in bf16 for bf16/fp16 inputs, halving those bytes (the walk
+# still adds in fp32; each stored state is rounded once, 2⁻⁹ relative, under the half-precision
 # output's own rounding). fp32 inputs always keep fp32 records. Off until GPU-timed.
 HALF_RECORDS = False
 
@@ -170,6 +183,22 @@ def _key_features(k, p_t, mask_t, offs_k, mask_k, b_omega, b_rm, b_w, s_u, K: tl
     return tl.cos(b_th) * b_w[:, None] * b_rm[None, :], tl.sin(b_th) * b_w[:, None] * b_rm[None, :]
 
 
+@triton.jit
+def _initial_state(h0, z0, n0, c0, i_bh, offs_m, offs_v, mask_m, mask_v, HAS_H0: tl.constexpr, M: tl.constexpr,
+                   V: tl.constexpr, BM: tl.constexpr, BV: tl.constexpr):
+    """This tile's slice of the state [B, H, 2M, V] (rows [0, M) cos, [M, 2M) sin): pointers p_Sc, p_zc
+    (p_Ss, p_zs = + M·V, + M), mask_S, and the fp32 blocks S_c, S_s, z_c, z_s, the mass n and the
+    log-scale c they are kept at (h0.. when HAS_H0, else zeros at c0)."""
+    p_Sc, p_zc, mask_S = state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, 2 * M, V)  # rows [0, M): cos
+    b_Sc, b_zc = state_or_zeros(h0, z0, p_Sc, p_zc, mask_S, mask_m, HAS_H0, BM, BV)
+    b_Ss, b_zs = state_or_zeros(h0, z0, p_Sc + M * V, p_zc + M, mask_S, mask_m, HAS_H0, BM, BV)  # rows [M, 2M): sin
+    b_crun = tl.load(c0 + i_bh)
+    b_n = b_crun * 0.0
+    if HAS_H0:
+        b_n += tl.load(n0 + i_bh)
+    return p_Sc, p_zc, mask_S, b_Sc, b_Ss, b_zc, b_zs, b_n, b_crun
+
+
 @triton.heuristics({
     "HAS_H0": lambda args: args["h0"] is not None,
     "STORE_HT": lambda args: args["ht"] is not None,
@@ -192,14 +221,9 @@ def _hrc_la_chunk_fwd_kernel(
     first = i_m == 0
 
     # -- the state slice: S_c, S_s [BM, BV], z_c, z_s [BM], mass n and log-scale c, fp32 -----------
-    p_Sc, p_zc, mask_S = state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, 2 * M, V)  # rows [0, M): cos
+    p_Sc, p_zc, mask_S, b_Sc, b_Ss, b_zc, b_zs, b_n, b_crun = _initial_state(
+        h0, z0, n0, c0, i_bh, offs_m, offs_v, mask_m, mask_v, HAS_H0, M, V, BM, BV)  # b_crun: the state's scale
     p_Ss, p_zs = p_Sc + M * V, p_zc + M  # rows [M, 2M): sin
-    b_Sc, b_zc = state_or_zeros(h0, z0, p_Sc, p_zc, mask_S, mask_m, HAS_H0, BM, BV)
-    b_Ss, b_zs = state_or_zeros(h0, z0, p_Ss, p_zs, mask_S, mask_m, HAS_H0, BM, BV)
-    b_n = tl.load(c0 + i_bh) * 0.0
-    b_crun = tl.load(c0 + i_bh)  # the scale the state is kept at
-    if HAS_H0:
-        b_n += tl.load(n0 + i_bh)
 
     # -- non-causal: build the whole state first (every c_t is the global maximum) ----------------
     if not CAUSAL:
@@ -320,25 +344,15 @@ def _hrc_la_chunk_h_kernel(
         record n  <-  the state before the chunk, at scale c_last(n−1) (c0 for the first),
         S <- e^{c_last(n−1) − c_last(n)} S + Σ_j e^{a_j − c_last(n)} conj φ̂(k_j) v_jᵀ  (as [cos; sin] rows),
     z likewise with v = 1, n with φ̂ = 1. The keys' features stay on chip; the records are written
-    once (here) and read once (phase 3). BM = 32 at 4 warps: see _parallel_tiles for the registers."""
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)  # Inductor may pass fp64
-    offs_k, offs_v = tl.arange(0, BK), tl.arange(0, BV)
-    mask_k, mask_v = offs_k < K, offs_v < V
-    offs_m, mask_m, b_rm, b_omega = _omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
+    once (here) and read once (phase 3). WALK_TILE: BM = 32 at 4 warps, 191 registers (the card)."""
+    i_m, i_bh, i_h, row0, s_u, offs_k, offs_v, offs_m, mask_k, mask_v, mask_m, b_rm, b_omega = frequency_tile(
+        omega, s_u, r_m, T, H, K, V, M, BK, BV, BM)  # b_rm = 0 on padding frequencies (θ = 0 there: cos = 1)
     first = i_m == 0
-    row0 = i_b.to(tl.int64) * T
 
     # -- the state slice, fp32, at the log-scale b_crun ----------------------------------------------
-    p_Sc, p_zc, mask_S = state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, 2 * M, V)  # rows [0, M): cos
+    p_Sc, p_zc, mask_S, b_Sc, b_Ss, b_zc, b_zs, b_n, b_crun = _initial_state(
+        h0, z0, n0, c0, i_bh, offs_m, offs_v, mask_m, mask_v, HAS_H0, M, V, BM, BV)  # b_crun: the state's scale
     p_Ss, p_zs = p_Sc + M * V, p_zc + M  # rows [M, 2M): sin
-    b_Sc, b_zc = state_or_zeros(h0, z0, p_Sc, p_zc, mask_S, mask_m, HAS_H0, BM, BV)
-    b_Ss, b_zs = state_or_zeros(h0, z0, p_Ss, p_zs, mask_S, mask_m, HAS_H0, BM, BV)
-    b_crun = tl.load(c0 + i_bh)
-    b_n = b_crun * 0.0
-    if HAS_H0:
-        b_n += tl.load(n0 + i_bh)
     # a record's offsets: S_c, S_s rows of V, then z_c, z_s, then n (see _chunk_record)
     o_S = offs_m[:, None] * V + offs_v[None, :]
 
@@ -379,7 +393,7 @@ def _hrc_la_chunk_h_kernel(
 
 @triton.jit(do_not_specialize=["T", "NT"])
 def _hrc_la_chunk_out_kernel(
-    q, k, v, omega, a, c, c0, hs,  # inputs as in phase 1, c0 [B, H], hs: the states before each chunk
+    q, k, v, omega, a, c, c0, hs,  # inputs as in the walk, c0 [B, H], hs: the states before each chunk
     num, den, mass,  # [B, T, H, V], [B, T, H] ×2 fp32, written once
     s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, DOT: tl.constexpr,
@@ -391,8 +405,8 @@ def _hrc_la_chunk_out_kernel(
         A = Σ_m (cos_q cos_kᵀ + sin_q sin_kᵀ) ⊙ Γ,  keys weighted e^{a_j − c_j},
         Γ_tj = e^{c_j − c_t} [j ≤ t],
         num_t = (A v)_t + e^{c⁻−c_t} (cos_t S_c + sin_t S_s),  den_t likewise with z, n_t with n⁻.
-    BM = 16 at 8 warps: A, the inter-chunk sum [BT, V] and four [BM, BT] feature blocks fill ~240
-    registers on sm_90 (BM = 32 spilled); the chunk's record is read once, BM rows at a time."""
+    OUT_TILE: BM = 16 at 8 warps, 2 stages: 230 registers on sm_90 (the card has the others); the
+    chunk's record is read once, BM rows at a time. FAST_TRIG and DOTS_16: the card's switches."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)
@@ -617,14 +631,9 @@ def _hrc_la_recurrent_fwd_kernel(
     first = i_m == 0
 
     # -- the state slice, fp32 ---------------------------------------------------------------------
-    p_Sc, p_zc, mask_S = state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, 2 * M, V)  # rows [0, M): cos
+    p_Sc, p_zc, mask_S, b_Sc, b_Ss, b_zc, b_zs, b_n, b_crun = _initial_state(
+        h0, z0, n0, c0, i_bh, offs_m, offs_v, mask_m, mask_v, HAS_H0, M, V, BM, BV)  # b_crun: the state's scale
     p_Ss, p_zs = p_Sc + M * V, p_zc + M  # rows [M, 2M): sin
-    b_Sc, b_zc = state_or_zeros(h0, z0, p_Sc, p_zc, mask_S, mask_m, HAS_H0, BM, BV)
-    b_Ss, b_zs = state_or_zeros(h0, z0, p_Ss, p_zs, mask_S, mask_m, HAS_H0, BM, BV)
-    b_crun = tl.load(c0 + i_bh)
-    b_n = b_crun * 0.0
-    if HAS_H0:
-        b_n += tl.load(n0 + i_bh)
 
     # -- non-causal: a first loop builds the state from every key ----------------------------------
     if not CAUSAL:
