@@ -63,9 +63,11 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
     recomputation of steps 1 and 2 (13X of the 42X); saving W, U, R, h, V_new instead would cost
     the forward 5.5X more writes and the training step that much memory per layer.
-  first call: five kernels (two variants each of steps 1 and 2) compile once per (H, K, V, dtype,
-    gate); T never recompiles. Compiled for sm_90 on a busy 2-core CPU with Triton 3.6: step 1
-    3–5 s, every other kernel ≤ 1.5 s.
+  first call: five kernels (two variants each of steps 1 and 2) compile once per (H, K, V, dtype, gate);
+    T never recompiles. Compiled in series at their launches they took, on the H100 (Triton 3.6,
+    run 20): step 1 1.6–3.9 s a variant, the others 0.2–1.6 s; fwd + bwd first calls 7.3 s (delta
+    rule), 11.3 s (gated), 10.5 s (DeltaProduct). So the ops' first calls compile every variant they
+    will need side by side, from a dry run on tiny inputs (fast/_compile.py; chunk_fwd below).
   registers (ptxas, Triton 3.6, sm_90, bf16, K = V = 128, 8 warps): step 1 255 and 40–120 bytes
     of spill a thread; steps 2–5 198–255, no spills. At K = V = 64: 128–248, no spills.
 
@@ -84,6 +86,7 @@ import triton.language as tl
 
 import zoo.deltanet as zoo_deltanet
 from fast._checks import check_device_and_dtype
+from fast._compile import launch, precompile
 
 CHUNK = 64  # BT: rows per chunk; 4 solve blocks of 16 (tl.dot's smallest tile side)
 SOLVE_BLOCK = 16  # the diagonal blocks inverted by forward substitution
@@ -657,7 +660,7 @@ def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, num_warps=None):
     Aqk = k.new_empty(B, T, H, CHUNK)  # R = sQKᵀ ⊙ D per chunk, input dtype (a dot operand)
     X = k.new_empty(B, T, H, CHUNK, dtype=torch.float32) if store_X else w
     gam = k.new_empty(B, T, H, dtype=torch.float32) if g is not None else w
-    _chunk_wy_fwd_kernel[(NT, B * H)](
+    launch(_chunk_wy_fwd_kernel, (NT, B * H),
         q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, scale, T, H, K, V, CHUNK,
         t["BK"], t["BVF"], USE_G=g is not None, STORE_X=store_X, PREC=_precision(k.dtype),
         num_warps=num_warps or t["NW"], num_stages=1)
@@ -674,7 +677,7 @@ def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, num_warps
     o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device) if compute_o else u
     h = k.new_empty(B, NT, H, K, V) if not compute_o else u
     v_new = torch.empty_like(u) if not compute_o else u
-    _chunk_state_fwd_kernel[(triton.cdiv(V, t["BV"]), B * H)](
+    launch(_chunk_state_fwd_kernel, (triton.cdiv(V, t["BV"]), B * H),
         q, k, w, u, gam if gam is not None else u, Aqk, h0 if h0 is not None else ht, o, ht, h, v_new,
         scale, T, H, K, V, CHUNK, t["BK"], t["BV"], USE_G=gam is not None, USE_H0=h0 is not None,
         COMPUTE_O=compute_o, STORE_H=not compute_o, PREC=_precision(k.dtype),
@@ -721,7 +724,7 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale):
     # step 3
     dh, dv_new = torch.empty_like(h), torch.empty_like(v)
     dh0 = k.new_empty(B, H, K, V, dtype=torch.float32)
-    _chunk_state_bwd_kernel[(triton.cdiv(V, t["BV"]), B * H)](
+    launch(_chunk_state_bwd_kernel, (triton.cdiv(V, t["BV"]), B * H),
         q, k, w, gam if gam is not None else dh0, Aqk, do, dht if dht is not None else dh0, dh, dv_new,
         dh0, scale, T, H, K, V, CHUNK, t["BK"], t["BV"], USE_G=gam is not None,
         USE_DHT=dht is not None, PREC=prec, num_warps=t["NW"], num_stages=NUM_STAGES)
@@ -729,7 +732,7 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale):
     dq = torch.empty_like(q)
     dk_part, dw = torch.empty_like(k), torch.empty_like(k)  # input dtype: half the bytes of fp32
     dgam = k.new_empty(NK, B, T, H, dtype=torch.float32) if g is not None else dw
-    _chunk_bwd_dqkw_kernel[(NK, NT, B * H)](
+    launch(_chunk_bwd_dqkw_kernel, (NK, NT, B * H),
         q, k, gam if gam is not None else dw, h, dh, v_new, do, dv_new, dq, dk_part, dw, dgam,
         scale, T, H, K, V, CHUNK, t["BKS"], t["BV"], USE_G=g is not None, PREC=prec, num_warps=t["NW"],
         num_stages=NUM_STAGES)
@@ -737,7 +740,7 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale):
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty_like(beta)
     dg = torch.empty_like(g) if g is not None else dbeta.new_empty(0)
-    _chunk_wy_bwd_kernel[(NT, B * H)](
+    launch(_chunk_wy_bwd_kernel, (NT, B * H),
         k, v, beta, gam if gam is not None else dw, X, dw, dv_new, dk_part, dgam, dk, dv, dbeta,
         dg if g is not None else dbeta, T, H, K, V, CHUNK, t["BK"], t["BV"], NK,
         USE_G=g is not None, PREC=prec, num_warps=t["NW"], num_stages=NUM_STAGES)
@@ -753,7 +756,7 @@ def _recurrent_fwd(q, k, v, g, beta, h0, scale, num_householder):
     t = _tiles(K, V)
     o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
     ht = q.new_empty(B, H, K, V, dtype=torch.float32)
-    _recurrent_fwd_kernel[(triton.cdiv(V, t["BV"]), B * H)](
+    launch(_recurrent_fwd_kernel, (triton.cdiv(V, t["BV"]), B * H),
         q, k, v, g if g is not None else beta, beta, h0 if h0 is not None else ht, o, ht, scale, T,
         H, K, V, num_householder, t["BK"], t["BV"], USE_G=g is not None, USE_H0=h0 is not None,
         num_warps=4, num_stages=1)
@@ -776,11 +779,48 @@ def _contiguous(*xs):
     return tuple(None if x is None else x.contiguous() for x in xs)
 
 
+# First calls (fast/_compile.py): the chunk forward's two kernels, and the backward's five (steps
+# 1 and 2 again with other flags, 3, 4, 5), compiled side by side on tiny inputs of the same
+# dtypes, H, K, V and flags. Measured before this (H100, run 20): delta rule fwd 2.7 s, fwd + bwd
+# 7.3 s; gated 3.6 / 11.3 s; DeltaProduct 4.8 / 10.5 s, against issue 3's 5 s.
+def _tiny(x):
+    """A zero tensor like x [B, T, H(, ·)] with batch 1 and one chunk of time."""
+    return None if x is None else x.new_zeros(1, CHUNK, *x.shape[2:])
+
+
+def _variants(q, v, g, h0):
+    """What decides the chunk kernels' compiled variants (never B or T)."""
+    return (q.dtype, q.device, q.shape[2], q.shape[3], v.shape[3], g is None, h0 is None)
+
+
+def _fwd_plan(q, k, v, g, beta, h0, scale):
+    h0t = None if h0 is None else h0.new_zeros(1, *h0.shape[1:])
+    return {("fwd",) + _variants(q, v, g, h0): lambda: _chunk_fwd(*map(_tiny, (q, k, v, g, beta)), h0t, scale)}
+
+
+def _bwd_plan(q, k, v, g, beta, h0, scale, has_dht: bool):
+    h0t = None if h0 is None else h0.new_zeros(1, *h0.shape[1:])
+    dht = q.new_zeros(1, q.shape[2], q.shape[3], v.shape[3], dtype=torch.float32) if has_dht else None
+    return {("bwd", has_dht) + _variants(q, v, g, h0):
+            lambda: _chunk_bwd(*map(_tiny, (q, k, v, g, beta)), h0t, _tiny(v), dht, scale)}
+
+
+def chunk_fwd(q, k, v, g, beta, h0, scale: float, output_final_state: bool):
+    """The family's chunk op as the public functions call it. In eager mode with gradients on, the
+    backward's kernels compile beside the forward's on the first call (see above)."""
+    grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, beta, h0))
+    if grad and not torch.compiler.is_compiling():  # compiled, the ops' own first calls compile theirs
+        precompile({**_fwd_plan(q, k, v, g, beta, h0, scale),
+                    **_bwd_plan(q, k, v, g, beta, h0, scale, output_final_state)})
+    return torch.ops.zoo.gated_delta_rule_chunk_fwd(q, k, v, g, beta, h0, scale, output_final_state)
+
+
 @torch.library.custom_op("zoo::gated_delta_rule_chunk_fwd", mutates_args=())
 def _chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
                   beta: torch.Tensor, h0: Optional[torch.Tensor], scale: float,
                   output_final_state: bool) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v, g, beta, h0 = _contiguous(q, k, v, g, beta, h0)
+    precompile(_fwd_plan(q, k, v, g, beta, h0, scale))
     o, ht = _chunk_fwd(q, k, v, g, beta, h0, scale)
     return o, (ht if output_final_state else q.new_empty(0))
 
@@ -811,6 +851,7 @@ def _chunk_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional
                   dht: Optional[torch.Tensor], scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                      torch.Tensor, torch.Tensor, torch.Tensor]:
     q, k, v, g, beta, h0, do, dht = _contiguous(q, k, v, g, beta, h0, do, dht)
+    precompile(_bwd_plan(q, k, v, g, beta, h0, scale, dht is not None))
     return _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale)
 
 
@@ -885,8 +926,7 @@ def delta_rule_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: to
     rounding in the zoo. Returns (o [B, T, H, V] in q's dtype, final state [B, H, K, V] fp32 or None)."""
     zoo_deltanet._check_inputs(q, k, v, beta, initial_state, chunk_size)
     k, v, h0 = check_fast(q, k, v, initial_state, "fast.deltanet.delta_rule_chunk")
-    o, ht = torch.ops.zoo.gated_delta_rule_chunk_fwd(q, k, v, None, beta, h0, _scale(q, scale),
-                                                     output_final_state)
+    o, ht = chunk_fwd(q, k, v, None, beta, h0, _scale(q, scale), output_final_state)
     return o, (ht if output_final_state else None)
 
 

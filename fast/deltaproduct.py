@@ -34,8 +34,7 @@ def gated_delta_product_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     n = num_householder
     q_m = fast_deltanet._interleave(q, n, last=True) if n > 1 else q  # (3) q at the last micro-step  [B, T·n_h, H, K]
     g_m = fast_deltanet._interleave(g, n, last=False) if n > 1 and g is not None else g  # (3) g at the first  [B, T·n_h, H]
-    o, ht = torch.ops.zoo.gated_delta_rule_chunk_fwd(q_m, k, v, g_m, beta, h0, fast_deltanet._scale(q, scale),
-                                                     output_final_state)
+    o, ht = fast_deltanet.chunk_fwd(q_m, k, v, g_m, beta, h0, fast_deltanet._scale(q, scale), output_final_state)
     return o[:, n - 1::n], (ht if output_final_state else None)  # each token's last micro-step  [B, T, H, V]
 
 

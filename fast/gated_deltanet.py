@@ -31,8 +31,7 @@ def gated_delta_rule_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
     zoo_gated_deltanet._check_inputs(q, k, v, g, beta, initial_state, chunk_size)
     zoo_gated_deltanet._check_log_decay(g)
     k, v, h0 = fast_deltanet.check_fast(q, k, v, initial_state, "fast.gated_deltanet.gated_delta_rule_chunk")
-    o, ht = torch.ops.zoo.gated_delta_rule_chunk_fwd(q, k, v, g, beta, h0, fast_deltanet._scale(q, scale),
-                                                     output_final_state)
+    o, ht = fast_deltanet.chunk_fwd(q, k, v, g, beta, h0, fast_deltanet._scale(q, scale), output_final_state)
     return o, (ht if output_final_state else None)
 
 

@@ -255,3 +255,52 @@ def test_fast_ops_compile_with_fullgraph_forward_and_backward(op):
 
 def test_fast_layer_compiles_with_fullgraph():
     dc.assert_fast_layer_compiles(_layers(2)[1], randn(19, 1, 12, 32, dtype=F32, device=DEV))
+
+
+# ------------------------------------------------------------------------------------------------
+# First calls (fast/_compile.py): the dry runs reach the launches the op makes
+# ------------------------------------------------------------------------------------------------
+import fast._compile as fcomp  # noqa: E402
+
+KERNELS = [fd._chunk_wy_fwd_kernel, fd._chunk_state_fwd_kernel, fd._chunk_state_bwd_kernel,
+           fd._chunk_bwd_dqkw_kernel, fd._chunk_wy_bwd_kernel]
+
+
+def _first_call_case(s: Shape, gated: bool, with_state: bool, dtype=F32, dev=DEV):
+    q, k, v, beta = inputs(30, s, dtype, dev)
+    g = -rand(31, s.B, s.T, s.H, dtype=dtype, device=dev) if gated else None
+    h0 = state(30, s, F32, dev) if with_state else None
+    return q, k, v, g, beta, h0
+
+
+@pytest.mark.skipif(not fcomp.INTERPRET, reason="the interpreter's dry run records launches; a GPU compiles them")
+@pytest.mark.parametrize("gated,with_state", [(False, False), (True, True)])
+def test_first_call_dry_runs_make_the_launches_of_a_real_forward_and_backward(monkeypatch, gated, with_state):
+    s = Shape(2, 100, 3, 16, 32)
+    q, k, v, g, beta, h0 = _first_call_case(s, gated, with_state)
+    plans = {**fd._fwd_plan(q, k, v, g, beta, h0, 0.5), **fd._bwd_plan(q, k, v, g, beta, h0, 0.5, True)}
+    fcomp._done.difference_update(plans)
+    dry = fcomp.precompile(plans)
+    real, launch = [], fd.launch
+    monkeypatch.setattr(fd, "launch", lambda kern, grid, *a, **kw: (real.append(fcomp.signature(kern, kw)),
+                                                                    launch(kern, grid, *a, **kw)))
+    x = [t.requires_grad_() if t is not None else None for t in (q, k, v, g, beta, h0)]
+    o, ht = fd.chunk_fwd(*x, 0.5, True)
+    torch.autograd.backward((o, ht), (torch.ones_like(o), torch.ones_like(ht)))
+    assert sorted(dry) == sorted(real) and len(real) == 7, (dry, real)
+    assert fcomp.precompile(plans) == []  # each key once a process
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gated", [False, True])
+def test_after_the_dry_runs_a_first_forward_and_backward_compiles_nothing(gated):
+    s = Shape(1, 200, 5, 48, 48)  # H = 5, K = V = 48: variants no other test compiles
+    q, k, v, g, beta, h0 = _first_call_case(s, gated, True, torch.bfloat16, "cuda")
+    dev = torch.cuda.current_device()
+    fns = [fcomp.jit_function(kern) for kern in KERNELS]
+    fcomp.precompile({**fd._fwd_plan(q, k, v, g, beta, h0, 0.5), **fd._bwd_plan(q, k, v, g, beta, h0, 0.5, False)})
+    compiled = [len(fn.device_caches[dev][0]) for fn in fns]
+    x = [t.requires_grad_() if t is not None else None for t in (q, k, v, g, beta, h0)]
+    o, _ = fd.chunk_fwd(*x, 0.5, False)
+    o.float().sum().backward()
+    assert [len(fn.device_caches[dev][0]) for fn in fns] == compiled
