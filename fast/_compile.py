@@ -29,7 +29,7 @@ import torch
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 MAX_THREADS = 8  # the longest single compile bounds the wait long before this many threads do
 
-_local = threading.local()  # .pool, .futures, .device while a dry run is on this thread
+_local = threading.local()  # .pool and .futures while a dry run is on this thread
 _done: set = set()
 _lock = threading.Lock()
 
@@ -44,10 +44,11 @@ def launch(kernel, grid, *args, **kwargs):
     else:
         # The JIT function's per-device cache is made on first use; made here, on one thread, so
         # that two threads compiling variants of one kernel cannot each make one and lose a compile.
+        device = torch.cuda.current_device()  # the launch's, as the op's device guard set it
         fn = jit_function(kernel)
         if hasattr(fn, "device_caches"):
-            fn.device_caches[_local.device]
-        _local.futures.append(pool.submit(_warmup, _local.device, kernel, grid, args, kwargs))
+            fn.device_caches[device]
+        _local.futures.append(pool.submit(_warmup, device, kernel, grid, args, kwargs))
 
 
 def jit_function(kernel):
@@ -72,13 +73,12 @@ def precompile(plans: dict) -> list:
     """Run the dry runs of the keys in `plans` not seen before, their compiles side by side.
     Returns what the dry runs launched (`signature`s under the interpreter, futures otherwise)."""
     todo = {key: run for key, run in plans.items() if key not in _done}
-    if not todo or torch.compiler.is_compiling():
-        return []
+    if not todo or torch.compiler.is_compiling() or getattr(_local, "pool", None) is not None:
+        return []  # (a dry run that calls its own op: the outer one is compiling it)
     with _lock:  # one dry run at a time: the launch hook is per thread, the set of keys is not
         todo = {key: run for key, run in todo.items() if key not in _done}
         with ThreadPoolExecutor(max_workers=min(MAX_THREADS, os.cpu_count() or 1)) as pool:
             _local.pool, _local.futures = pool, []
-            _local.device = torch.cuda.current_device() if torch.cuda.is_available() else None
             try:
                 for run in todo.values():
                     run()

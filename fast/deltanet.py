@@ -779,10 +779,14 @@ def _contiguous(*xs):
     return tuple(None if x is None else x.contiguous() for x in xs)
 
 
-# First calls (fast/_compile.py): the chunk forward's two kernels, and the backward's five (steps
-# 1 and 2 again with other flags, 3, 4, 5), compiled side by side on tiny inputs of the same
-# dtypes, H, K, V and flags. Measured before this (H100, run 20): delta rule fwd 2.7 s, fwd + bwd
-# 7.3 s; gated 3.6 / 11.3 s; DeltaProduct 4.8 / 10.5 s, against issue 3's 5 s.
+# First calls (fast/_compile.py): the backward's five kernels (steps 1 and 2 again with other
+# flags, 3, 4, 5), and in eager mode with gradients on the forward's two as well, compile side by
+# side from a dry run on tiny inputs of the same dtypes, H, K, V and flags. Measured on the H100
+# (runs 20, 21: fresh process, empty caches, B = 4, T = 8192, H = 16, K = V = 128): fwd + bwd in
+# series 7.3 s (delta rule), 11.3 s (gated), 10.5 s (DeltaProduct); side by side 5.0, 5.1, 5.9 s,
+# the WY kernel's compile (1.6-4.2 s, longer beside others) the longest. A forward alone (two
+# kernels) compiles in series: side by side its WY compile slowed more than the other one saved
+# (2.7 -> 3.9 s, delta rule).
 def _tiny(x):
     """A zero tensor like x [B, T, H(, ·)] with batch 1 and one chunk of time."""
     return None if x is None else x.new_zeros(1, CHUNK, *x.shape[2:])
@@ -820,8 +824,7 @@ def _chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional
                   beta: torch.Tensor, h0: Optional[torch.Tensor], scale: float,
                   output_final_state: bool) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v, g, beta, h0 = _contiguous(q, k, v, g, beta, h0)
-    precompile(_fwd_plan(q, k, v, g, beta, h0, scale))
-    o, ht = _chunk_fwd(q, k, v, g, beta, h0, scale)
+    o, ht = _chunk_fwd(q, k, v, g, beta, h0, scale)  # two kernels: compiled in series (see above)
     return o, (ht if output_final_state else q.new_empty(0))
 
 
