@@ -782,11 +782,12 @@ def _contiguous(*xs):
 # First calls (fast/_compile.py): the backward's five kernels (steps 1 and 2 again with other
 # flags, 3, 4, 5), and in eager mode with gradients on the forward's two as well, compile side by
 # side from a dry run on tiny inputs of the same dtypes, H, K, V and flags. Measured on the H100
-# (runs 20, 21: fresh process, empty caches, B = 4, T = 8192, H = 16, K = V = 128): fwd + bwd in
-# series 7.3 s (delta rule), 11.3 s (gated), 10.5 s (DeltaProduct); side by side 5.0, 5.1, 5.9 s,
-# the WY kernel's compile (1.6-4.2 s, longer beside others) the longest. A forward alone (two
-# kernels) compiles in series: side by side its WY compile slowed more than the other one saved
-# (2.7 -> 3.9 s, delta rule).
+# (runs 20-22: fresh process, empty caches, B = 4, T = 8192, H = 16, K = V = 128): fwd + bwd in
+# series 7.3 s (delta rule), 11.3 s (gated), 10.5 s (DeltaProduct); side by side 4.7-5.0, 5.1-5.5,
+# 5.9-6.0 s, the WY kernel's compile (1.6-4.2 s, longer beside others) the longest: issue 3's 5 s
+# is met for the delta rule only. A forward alone (two kernels) compiles in series: side by side
+# its WY compile slowed more than the other one saved (2.7 -> 3.9 s, delta rule); forwards alone
+# took 2.7-3.1 s (delta rule), 3.6-5.0 s (gated), 4.8-5.5 s (DeltaProduct).
 def _tiny(x):
     """A zero tensor like x [B, T, H(, ·)] with batch 1 and one chunk of time."""
     return None if x is None else x.new_zeros(1, CHUNK, *x.shape[2:])

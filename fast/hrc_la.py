@@ -39,7 +39,8 @@ Switches (module globals, read at each call; the sweep .scratch/hrc_sweep2.py fl
     A, A v and read-out dots in the input dtype (features, A and the records' S rounded to it:
     2x tf32's tensor-core rate, half the operand registers; accumulation stays fp32; the phase
     products keep their split-Ω tf32; fp32 inputs unchanged); its error against the fp64 zoo is
-    printed by the sweep. WALK_TILE (32, 4 warps, 1 stage), OUT_TILE (16, 8 warps, 2 stages).
+    printed by the sweep. WALK_TILE (32, 4 warps, 2 stages), OUT_TILE (32, 4 warps, 2 stages): measured
+    fastest (runs 21-23), spills and all (72 and 320 B a thread, tests/test_hrc_la.py bounds them).
 sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; .scratch/hrc_aot2.py):
   walk: BM 32 at 4 warps, 1 stage: 191, no stack (2 blocks an SM; 512 programs at the issue's
     size: ~2 waves); 2 stages 255 + 96 B of spill; BM 16: 163 (3 blocks an SM); BM 64 at 8 warps
@@ -61,9 +62,17 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     SFU with FAST_TRIG, ~0.2 ms of MUFU at 16 a clock an SM, spread over both kernels).
   floor: 0.89 ms (memory bound; 0.52 ms with HALF_RECORDS, then the tf32 phase products compete).
   Measured: round 1 (H100, run 14, benchmarks/results/h100-2026-11-23/run14-hrc-sweep.log, three
-    launches): the op 9.1 ms; phase 3 4.15 ms, phase 2 2.95 ms, phase 1 1.26 ms. Round 2 (this
-    plan): to be measured (.scratch/hrc_sweep2.py). Issue 5's targets here: <= ~1.6 ms (1.5x the
-    linear attention on 512 precomputed features) and <= ~1.9 ms (5x SDPA at B = 1, T = 65536).
+    launches): the op 9.1 ms; phase 3 4.15 ms, phase 2 2.95 ms, phase 1 1.26 ms. This plan (runs
+    21-23, benchmarks/results/h100-2026-11-23/run2[123]-*): at the round-2 defaults (walk 32/4/1,
+    phase 3 16/8/2) 4.77 ms (walk 1.40, phase 3 2.96); FAST_TRIG off 6.33, FEATURE_DOTS_16 off 5.05
+    (error vs the fp64 zoo 1.9e-3 against 2.9e-3 on: the bf16 output's own rounding dominates),
+    HALF_RECORDS ±0.1 ms (left off), BT = 128 4.4-8.8 (phase 3 spills); phase 3 at 4 warps 1.71,
+    at BM 32 1.43; the walk with 2 stages 0.97. Defaults now: the op 2.79 ms (walk 0.97, phase 3
+    1.44; the rest: the stabiliser's a and c, o = num/den), 3.1x the 0.89 ms floor; by
+    benchmarks.hrc_seed 3.22 ms = 2.75x the linear attention on 512 features (1.17 ms) and, at
+    B = 1, T = 65536, 7.3-9.2 ms = 2.1-2.6x faster than SDPA. Issue 5's targets (<= 1.5x and
+    >= 5x) are NOT met. Next levers: phase 3 still spills (2 blocks an SM at 4 warps); o = num/den
+    and the stabiliser's torch passes fused into the kernels (~0.4 ms).
 
 Serial walk (non-causal, and causal with CHUNK_PARALLEL = False)
 ----------------------------------------------------------------
@@ -140,9 +149,13 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @tri
 CHUNK_PARALLEL = True
 PARALLEL_BT = 64  # their chunk, whatever chunk_size asks (the same function; only summation order moves)
 # (BM, num_warps, num_stages) of the state walk and of phase 3 (BM capped at M's power of two); the
-# card has the sm_90 register counts that chose them. Read at each call.
-WALK_TILE = (32, 4, 1)
-OUT_TILE = (16, 8, 2)
+# card has the sm_90 register counts. Read at each call. Chosen by measurement on the H100 (runs
+# 21-23, the issue's size), though ptxas spills at both (phase 3 ~240 bytes a thread, the walk 96):
+# phase 3 at 4 warps 1.43-1.71 ms against 2.96 at 8 (one 8-warp block an SM; at 4, two blocks hide
+# each other's latency), BM 32 beating 16; the walk with its k, v loads pipelined (2 stages) 0.97 ms
+# against 1.40 with one.
+WALK_TILE = (32, 4, 2)
+OUT_TILE = (32, 4, 2)
 # Phase 3's levers, read at each call (the GPU sweep compares them; the card says why each default):
 # FAST_TRIG: sin/cos after an explicit 2π range reduction on the SFU (fast/_random_features.py's
 #   cos_sin) instead of libdevice's accurate ones (Payne-Hanek slow path); the state walk too.

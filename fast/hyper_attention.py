@@ -72,7 +72,6 @@ import triton.language as tl
 
 from zoo import hyper_attention as zh
 from fast._checks import check_device_and_dtype
-from fast._compile import launch, precompile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as @triton.jit does
 LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2: e^x = 2^(x·LOG2E), and exp2 is the fast path
@@ -530,7 +529,7 @@ def _lsh_codes(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     codes = torch.empty(B, H, T, dtype=torch.int32, device=x.device)
     BM, warps = (16, 1) if INTERPRET else LSH_TILES
     with _on_device(x):
-        launch(_hyper_attention_lsh_kernel, (triton.cdiv(T, BM), B * H),
+        _hyper_attention_lsh_kernel[(triton.cdiv(T, BM), B * H)](
             x, proj.float().contiguous(), codes, *_strides(x), H, T, K=K, R=R,
             BK=max(16, triton.next_power_of_2(K)), BM=BM, num_warps=warps)
     return codes
@@ -582,7 +581,7 @@ def _hyper_attention_fwd(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_
     RS = _row_stride(o)
     assert _row_stride(lse) == RS
     with _on_device(q):
-        launch(_hyper_attention_fwd_kernel, (triton.cdiv(T, BM), B * H),
+        _hyper_attention_fwd_kernel[(triton.cdiv(T, BM), B * H)](
             q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, *_strides(q), *_strides(k), *_strides(v),
             H, nodes, T, RS, smp_k.shape[-1] if samples else 0, block_size, scale, log_w, K=K, V=V,
             BK=t.BK, BV=t.BV, BM=BM, BN=BN, GATHER=gather, SAMPLES=samples, CAUSAL=causal,
@@ -595,7 +594,7 @@ def _delta(o: torch.Tensor, do: torch.Tensor, dlse: torch.Tensor) -> torch.Tenso
     delta = torch.empty(B, H, T, dtype=torch.float32, device=o.device)
     BM = _tiles(V, V, o.dtype).BM
     with _on_device(o):
-        launch(_hyper_attention_bwd_preprocess_kernel, (triton.cdiv(B * H * T, BM),),
+        _hyper_attention_bwd_preprocess_kernel[(triton.cdiv(B * H * T, BM),)](
             o, do, dlse, delta, B * H * T, V=V, BV=max(16, triton.next_power_of_2(V)), BM=BM)
     return delta
 
@@ -617,12 +616,12 @@ def _hyper_attention_bwd(do, q, k, v, lse, delta, dq, dk, dv, perm_q, perm_k, sm
     assert _row_stride(do) == _row_stride(lse) == _row_stride(delta) == RS and _row_stride(dv) == RSK
     strides = (*_strides(q), *_strides(k), *_strides(v))
     with _on_device(q):
-        launch(_hyper_attention_bwd_dq_kernel, (triton.cdiv(T, t.BM), B * H),
+        _hyper_attention_bwd_dq_kernel[(triton.cdiv(T, t.BM), B * H)](
             q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk, *strides, H, nodes, T, RS, S,
             block_size, scale, log_w, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather,
             SAMPLES=samples, CAUSAL=causal, BLOCK_MASK=_block_mask(T, block_size, t.BM), ACC=acc, UPCAST=INTERPRET,
             num_warps=t.warps, num_stages=t.stages)
-        launch(_hyper_attention_bwd_dkdv_block_kernel, (triton.cdiv(T, t.BN1), B * H),
+        _hyper_attention_bwd_dkdv_block_kernel[(triton.cdiv(T, t.BN1), B * H)](
             q, k, v, do, lse, delta, dk, dv, perm_q, perm_k, *strides, H, nodes, T, RS, RSK, block_size, scale,
             K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM1, BN=t.BN1, GATHER=gather, CAUSAL=causal,
             BLOCK_MASK=_block_mask(T, block_size, t.BN1), ACC=acc, UPCAST=INTERPRET,
@@ -631,7 +630,7 @@ def _hyper_attention_bwd(do, q, k, v, lse, delta, dq, dk, dv, perm_q, perm_k, sm
             splits = triton.cdiv(T, t.QSPLIT)
             dk_part = torch.empty(B * H, splits, S, K, dtype=torch.float32, device=q.device)
             dv_part = torch.empty(B * H, splits, S, V, dtype=torch.float32, device=q.device)
-            launch(_hyper_attention_bwd_dkdv_sample_kernel, (triton.cdiv(S, t.BN1), splits, B * H),
+            _hyper_attention_bwd_dkdv_sample_kernel[(triton.cdiv(S, t.BN1), splits, B * H)](
                 q, k, v, do, lse, delta, dk_part, dv_part, perm_q, smp_k, smp_blk, *strides, H, nodes, T, RS, S,
                 block_size, scale, log_w, t.QSPLIT, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM1, BN=t.BN1,
                 UPCAST=INTERPRET, num_warps=t.bwd_warps, num_stages=t.stages)
@@ -904,36 +903,6 @@ def _causal(q, k, v, proj, scale, block_size, sample_size, min_seq_len, generato
     return o, lse
 
 
-def _precompile(q, k, v, proj, causal, scale, block_size, sample_size, min_seq_len, generator):
-    """First calls (fast/_compile.py): the kernel variants a call uses depend on T, the block and
-    sample sizes and min_seq_len (which levels of the causal recursion hash and sample, which
-    tiles straddle blocks), so the dry run is this very call, on the same q, k, v: the hash runs
-    as a warmup too, so the sorts see garbage codes, but a sort of anything is a permutation and
-    the draws are valid indices, so every torch step between the launches is safe. With gradients
-    on, the dry run also goes through the backward. It draws from a copy of the generator (or of
-    the global RNG, restored after), so the real call draws what it would have drawn. Measured
-    before this (H100, run 20, B = 1, T = 131072, H = 32, D = 64): causal fwd + bwd 8.0 s, 9
-    compiles of 0.16-0.92 s in series; forward 1.9 s."""
-    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-    key = ("hyper", q.dtype, q.device, tuple(q.shape[1:]), tuple(k.shape[1:]), v.shape[-1], causal, block_size,
-           sample_size, min_seq_len, grad)
-
-    def dry():
-        gen = None
-        if generator is not None:
-            gen = torch.Generator(device=generator.device)
-            gen.set_state(generator.get_state())
-        with torch.random.fork_rng(devices=[q.device] if q.is_cuda else []):
-            xs = [x.detach().requires_grad_(grad) for x in (q, k, v)]
-            with torch.set_grad_enabled(grad):
-                o = hyper_attention_chunk(*xs, proj=proj, causal=causal, scale=scale, block_size=block_size,
-                                          sample_size=sample_size, min_seq_len=min_seq_len, generator=gen)
-                if grad:
-                    o.backward(torch.zeros_like(o))
-
-    precompile({key: dry})
-
-
 def hyper_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                           proj: torch.Tensor, causal: bool = False, scale: float | None = None,
                           return_lse: bool = False, block_size: int = 256, sample_size: int = 256,
@@ -943,8 +912,6 @@ def hyper_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     state give the same samples as the zoo, so the two agree to rounding."""
     zh._check_inputs(q, k, v, proj, scale, block_size, sample_size, min_seq_len)
     _check_fast(q, v)
-    if not torch.compiler.is_compiling():
-        _precompile(q, k, v, proj, causal, scale, block_size, sample_size, min_seq_len, generator)
     dtype = q.dtype
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q_, k_, v_ = (x.transpose(1, 2) for x in (q, k, v))  # heads-first views [B, H, T, *]
