@@ -63,6 +63,7 @@ padded head dims and projection count; m_i/l_i/acc the running max, normaliser a
 import contextlib
 import math
 import os
+import threading
 from typing import NamedTuple
 
 import torch
@@ -72,6 +73,7 @@ import triton.language as tl
 
 from zoo import hyper_attention as zh
 from fast._checks import check_device_and_dtype
+from fast._compile import launch, precompile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as @triton.jit does
 LOG2E = tl.constexpr(1.4426950408889634)  # 1/ln 2: e^x = 2^(x·LOG2E), and exp2 is the fast path
@@ -529,7 +531,7 @@ def _lsh_codes(x: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     codes = torch.empty(B, H, T, dtype=torch.int32, device=x.device)
     BM, warps = (16, 1) if INTERPRET else LSH_TILES
     with _on_device(x):
-        _hyper_attention_lsh_kernel[(triton.cdiv(T, BM), B * H)](
+        launch(_hyper_attention_lsh_kernel, (triton.cdiv(T, BM), B * H),
             x, proj.float().contiguous(), codes, *_strides(x), H, T, K=K, R=R,
             BK=max(16, triton.next_power_of_2(K)), BM=BM, num_warps=warps)
     return codes
@@ -581,7 +583,7 @@ def _hyper_attention_fwd(q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, block_
     RS = _row_stride(o)
     assert _row_stride(lse) == RS
     with _on_device(q):
-        _hyper_attention_fwd_kernel[(triton.cdiv(T, BM), B * H)](
+        launch(_hyper_attention_fwd_kernel, (triton.cdiv(T, BM), B * H),
             q, k, v, o, lse, perm_q, perm_k, smp_k, smp_blk, *_strides(q), *_strides(k), *_strides(v),
             H, nodes, T, RS, smp_k.shape[-1] if samples else 0, block_size, scale, log_w, K=K, V=V,
             BK=t.BK, BV=t.BV, BM=BM, BN=BN, GATHER=gather, SAMPLES=samples, CAUSAL=causal,
@@ -594,7 +596,7 @@ def _delta(o: torch.Tensor, do: torch.Tensor, dlse: torch.Tensor) -> torch.Tenso
     delta = torch.empty(B, H, T, dtype=torch.float32, device=o.device)
     BM = _tiles(V, V, o.dtype).BM
     with _on_device(o):
-        _hyper_attention_bwd_preprocess_kernel[(triton.cdiv(B * H * T, BM),)](
+        launch(_hyper_attention_bwd_preprocess_kernel, (triton.cdiv(B * H * T, BM),),
             o, do, dlse, delta, B * H * T, V=V, BV=max(16, triton.next_power_of_2(V)), BM=BM)
     return delta
 
@@ -616,12 +618,12 @@ def _hyper_attention_bwd(do, q, k, v, lse, delta, dq, dk, dv, perm_q, perm_k, sm
     assert _row_stride(do) == _row_stride(lse) == _row_stride(delta) == RS and _row_stride(dv) == RSK
     strides = (*_strides(q), *_strides(k), *_strides(v))
     with _on_device(q):
-        _hyper_attention_bwd_dq_kernel[(triton.cdiv(T, t.BM), B * H)](
+        launch(_hyper_attention_bwd_dq_kernel, (triton.cdiv(T, t.BM), B * H),
             q, k, v, do, lse, delta, dq, perm_q, perm_k, smp_k, smp_blk, *strides, H, nodes, T, RS, S,
             block_size, scale, log_w, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM, BN=t.BN, GATHER=gather,
             SAMPLES=samples, CAUSAL=causal, BLOCK_MASK=_block_mask(T, block_size, t.BM), ACC=acc, UPCAST=INTERPRET,
             num_warps=t.warps, num_stages=t.stages)
-        _hyper_attention_bwd_dkdv_block_kernel[(triton.cdiv(T, t.BN1), B * H)](
+        launch(_hyper_attention_bwd_dkdv_block_kernel, (triton.cdiv(T, t.BN1), B * H),
             q, k, v, do, lse, delta, dk, dv, perm_q, perm_k, *strides, H, nodes, T, RS, RSK, block_size, scale,
             K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM1, BN=t.BN1, GATHER=gather, CAUSAL=causal,
             BLOCK_MASK=_block_mask(T, block_size, t.BN1), ACC=acc, UPCAST=INTERPRET,
@@ -630,7 +632,7 @@ def _hyper_attention_bwd(do, q, k, v, lse, delta, dq, dk, dv, perm_q, perm_k, sm
             splits = triton.cdiv(T, t.QSPLIT)
             dk_part = torch.empty(B * H, splits, S, K, dtype=torch.float32, device=q.device)
             dv_part = torch.empty(B * H, splits, S, V, dtype=torch.float32, device=q.device)
-            _hyper_attention_bwd_dkdv_sample_kernel[(triton.cdiv(S, t.BN1), splits, B * H)](
+            launch(_hyper_attention_bwd_dkdv_sample_kernel, (triton.cdiv(S, t.BN1), splits, B * H),
                 q, k, v, do, lse, delta, dk_part, dv_part, perm_q, smp_k, smp_blk, *strides, H, nodes, T, RS, S,
                 block_size, scale, log_w, t.QSPLIT, K=K, V=V, BK=t.BK, BV=t.BV, BM=t.BM1, BN=t.BN1,
                 UPCAST=INTERPRET, num_warps=t.bwd_warps, num_stages=t.stages)
@@ -898,9 +900,51 @@ def _causal(q, k, v, proj, scale, block_size, sample_size, min_seq_len, generato
         plans.append(plan)
     perms_q, perms_k, smps_k, smps_blk, blocks, log_ws = (list(x) for x in zip(*plans)) if plans else ([],) * 6
     o, lse = _causal_fwd_op(q, k, v, perms_q, perms_k, smps_k, smps_blk, blocks, log_ws, scale)
+    _dry_backward(_causal_bwd_op, o, lse, q, k, v, perms_q, perms_k, smps_k, smps_blk, blocks, log_ws, scale)
     if slots is not None:
         o, lse = o.index_select(2, slots), lse.index_select(2, slots)
     return o, lse
+
+
+_dry = threading.local()  # .backward: inside a dry run that also compiles the backward
+
+
+def _precompile(q, k, v, proj, causal, scale, block_size, sample_size, min_seq_len, generator):
+    """First calls (fast/_compile.py): the kernel variants a call uses depend on T, the block and
+    sample sizes and min_seq_len (which levels of the causal recursion hash and sample, which
+    tiles straddle blocks), so the dry run is this very call, on the same q, k, v: the hash runs
+    as a warmup too, so the sorts see garbage codes, but a sort of anything is a permutation and
+    the draws are valid indices, so every torch step between the launches is safe. With gradients
+    on, the dry run also calls the backward op right after the forward op, on this thread (not
+    through autograd, which runs a CUDA backward on its own thread, outside the dry run: tried in
+    run 23, the backward's kernels still compiled in series). It draws from a copy of the
+    generator (or of the global RNG, restored after), so the real call draws what it would have
+    drawn. Measured before this (H100, run 20, B = 1, T = 131072, H = 32, D = 64): causal fwd +
+    bwd 8.0 s, 9 compiles of 0.16-0.92 s in series; forward 1.9 s."""
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    key = ("hyper", q.dtype, q.device, tuple(q.shape[1:]), tuple(k.shape[1:]), v.shape[-1], causal, block_size,
+           sample_size, min_seq_len, grad)
+
+    def dry():
+        gen = None
+        if generator is not None:
+            gen = torch.Generator(device=generator.device)
+            gen.set_state(generator.get_state())
+        _dry.backward = grad
+        try:
+            with torch.random.fork_rng(devices=[q.device] if q.is_cuda else []), torch.no_grad():
+                hyper_attention_chunk(q, k, v, proj=proj, causal=causal, scale=scale, block_size=block_size,
+                                      sample_size=sample_size, min_seq_len=min_seq_len, generator=gen)
+        finally:
+            _dry.backward = False
+
+    precompile({key: dry})
+
+
+def _dry_backward(bwd_op, o, lse, *args):
+    """Inside a dry run with gradients on: the backward op, on this thread, right after its forward."""
+    if getattr(_dry, "backward", False):
+        bwd_op(torch.zeros_like(o), torch.zeros_like(lse), *args[:3], o, lse, *args[3:])
 
 
 def hyper_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -912,6 +956,8 @@ def hyper_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     state give the same samples as the zoo, so the two agree to rounding."""
     zh._check_inputs(q, k, v, proj, scale, block_size, sample_size, min_seq_len)
     _check_fast(q, v)
+    if not torch.compiler.is_compiling():
+        _precompile(q, k, v, proj, causal, scale, block_size, sample_size, min_seq_len, generator)
     dtype = q.dtype
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q_, k_, v_ = (x.transpose(1, 2) for x in (q, k, v))  # heads-first views [B, H, T, *]
@@ -924,6 +970,7 @@ def hyper_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         plan = _plan(*codes, T, block_size, sample_size, min_seq_len, generator, q.device)
         perm_q, perm_k, smp_k, smp_blk, block, log_w = plan
         o, lse = _fwd_op(q_, k_, v_, perm_q, perm_k, smp_k, smp_blk, block, scale, log_w)
+        _dry_backward(_bwd_op, o, lse, q_, k_, v_, perm_q, perm_k, smp_k, smp_blk, block, scale, log_w)
     o = o.transpose(1, 2).to(dtype)  # [B, T, H, V]
     return (o, lse.transpose(1, 2)) if return_lse else o
 

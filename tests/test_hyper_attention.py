@@ -548,3 +548,47 @@ def test_kernels_compile_for_an_h100_without_spilling():
     # spills, on a CPU. Triton ships ptxas; without it the test skips.
     stack = run_aot_script(AOT_SCRIPT, timeout=600)
     assert all(v == 0 for v in stack.values()), stack
+
+
+# ------------------------------------------------------------------------------------------------
+# First calls (fast/_compile.py): the dry run makes the launches of the call it precedes
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not fh.INTERPRET, reason="the interpreter's dry run records launches; a GPU compiles them")
+@pytest.mark.parametrize("causal", [False, True])
+def test_first_call_dry_run_makes_the_launches_of_the_call_and_draws_nothing(monkeypatch, causal):
+    import fast._compile as fcomp
+    s = Shape(1, 77, 2, 16, 16)  # causal: leaves of 10 rows exact, levels of 19, 39 hashed and sampled
+    q, k, v = (x.float().requires_grad_() for x in qkv(40, s))
+    kw = dict(proj=proj_for(16, 3, dtype=torch.float32), causal=causal, block_size=5, sample_size=3, min_seq_len=12)
+    real, launch = [], fh.launch
+    monkeypatch.setattr(fh, "launch", lambda kern, grid, *a, **kwa: (
+        real.append(fcomp.signature(kern, kwa)) if getattr(fcomp._local, "pool", None) is None else None,
+        launch(kern, grid, *a, **kwa)))
+    dry = []
+    monkeypatch.setattr(fh, "precompile", lambda plans: dry.extend(fcomp.precompile(plans)))
+    g = gen(41)
+    o = fh.hyper_attention_chunk(q, k, v, generator=g, **kw)
+    o.backward(torch.ones_like(o))
+    assert dry and sorted(dry) == sorted(real), (dry, real)
+    # the dry run drew from a copy: the generator moved as one call moves it, and the output is the
+    # one a call without a dry run gives (this key is done now: no dry run)
+    after_one = gen(41)
+    o2 = fh.hyper_attention_chunk(q, k, v, generator=after_one, **kw)
+    assert torch.equal(o, o2) and torch.equal(g.get_state(), after_one.get_state())
+
+
+@pytest.mark.gpu
+def test_after_the_dry_run_a_first_causal_forward_and_backward_compiles_nothing():
+    import fast._compile as fcomp
+    s = Shape(1, 3000, 3, 48, 48)  # H = 3, D = 48: variants no other test compiles
+    q, k, v = (x.to(torch.bfloat16).requires_grad_() for x in qkv(42, s, device="cuda"))
+    kw = dict(proj=proj_for(48, 4, dtype=torch.float32).cuda(), causal=True, block_size=64, sample_size=32,
+              min_seq_len=256)
+    fns = [fcomp.jit_function(getattr(fh, n)) for n in dir(fh) if n.startswith("_hyper_attention_") and n.endswith("kernel")]
+    dev = torch.cuda.current_device()
+    fh._precompile(q, k, v, kw["proj"], True, 48 ** -0.5, 64, 32, 256, gen_cuda := torch.Generator("cuda").manual_seed(0))
+    compiled = [len(fn.device_caches[dev][0]) for fn in fns]
+    assert sum(compiled) >= 6
+    o = fh.hyper_attention_chunk(q, k, v, scale=48 ** -0.5, generator=gen_cuda, **kw)
+    o.float().sum().backward()
+    assert [len(fn.device_caches[dev][0]) for fn in fns] == compiled
