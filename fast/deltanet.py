@@ -105,8 +105,8 @@ def _tiles(K: int, V: int) -> dict:
     # take 255 registers and spill up to 1.8 KB a thread; with 8 warps and BV = 32 the forward
     # kernels do not spill and the backward ones spill < 130 bytes.
     # The forward's two kernels run at NW_FWD = 4 instead (measured on the H100: 1.20 against
-    # 1.94 ms at 8, spills and all; see _chunk_fwd); the backward, its recomputation of them
-    # included, keeps NW (not timed at 4).
+    # 1.94 ms at 8, spills and all; see _chunk_fwd); the backward recomputes step 1 at NW_FWD
+    # too (one compiled kernel for both), step 2 and its own kernels at NW (not timed at 4).
     return dict(BK=BK, BVF=BVF, BV=min(BVF, 32), BKS=min(BK, 64), NW=8 if BK >= 64 else 4, NW_FWD=4)
 
 
@@ -145,10 +145,10 @@ def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
     return b_y0 + b_eye, b_y1 + b_eye, b_y2 + b_eye, b_y3 + b_eye
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "STORE_X"])
 def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                         BVF: tl.constexpr, USE_G: tl.constexpr, STORE_X: tl.constexpr,
+                         BVF: tl.constexpr, USE_G: tl.constexpr, STORE_X,
                          PREC: tl.constexpr):
     """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V, and the output's mixing
     matrix R = sQKᵀ ⊙ D (diagonal included) for one chunk (zoo (4))."""
@@ -289,7 +289,9 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     b_X30 = -tl.dot(b_X33, tl.dot(b_A30, b_X00, input_precision="ieee")
                     + tl.dot(b_A31, b_X10, input_precision="ieee")
                     + tl.dot(b_A32, b_X20, input_precision="ieee"), input_precision="ieee")
-    if STORE_X:  # for the backward; the blocks above the diagonal are never read
+    if STORE_X != 0:  # for the backward; the blocks above the diagonal are never read. A runtime
+        # flag, not a constexpr: the forward and the backward's recomputation share one compiled
+        # kernel, the slowest of the family to compile (1.6-4.2 s on the H100, runs 20-22)
         tl.store(X + o_x + t0 * H * BT, b_X00)
         tl.store(X + o_x + (t0 + BS) * H * BT, b_X10)
         tl.store(X + o_x + (t0 + BS) * H * BT + BS, b_X11)
@@ -658,11 +660,11 @@ def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, num_warps=None):
     NT = triton.cdiv(T, CHUNK)
     w, u = torch.empty_like(k), torch.empty_like(v)
     Aqk = k.new_empty(B, T, H, CHUNK)  # R = sQKᵀ ⊙ D per chunk, input dtype (a dot operand)
-    X = k.new_empty(B, T, H, CHUNK, dtype=torch.float32) if store_X else w
+    X = k.new_empty(B, T, H, CHUNK, dtype=torch.float32) if store_X else k.new_empty(1, dtype=torch.float32)
     gam = k.new_empty(B, T, H, dtype=torch.float32) if g is not None else w
     launch(_chunk_wy_fwd_kernel, (NT, B * H),
         q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, scale, T, H, K, V, CHUNK,
-        t["BK"], t["BVF"], USE_G=g is not None, STORE_X=store_X, PREC=_precision(k.dtype),
+        t["BK"], t["BVF"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype),
         num_warps=num_warps or t["NW"], num_stages=1)
     return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
 
@@ -719,7 +721,8 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale):
     NK = triton.cdiv(K, t["BKS"])
     prec = _precision(k.dtype)
     # recompute step 1 (with X) and step 2 (storing the chunk-entry states and V_new)
-    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=True)
+    # (at the forward's warps, so both use one compiled step 1: see _chunk_wy_fwd_kernel's STORE_X)
+    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=True, num_warps=t["NW_FWD"])
     h, v_new, _ = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=False)
     # step 3
     dh, dv_new = torch.empty_like(h), torch.empty_like(v)
