@@ -87,6 +87,16 @@ def launch_bwd(bwd_kernel, args, q, V, M, tiles, causal, chunk_size):
                                              num_stages=num_stages)
 
 
+def parallel_tiles(K: int, V: int, M: int, BT: int, walk_tile, out_tile):
+    """(BT, BK, BV, (BM, num_warps, num_stages) of the state walk, (BM, num_warps, num_stages) of
+    phase 3) of a chunk-parallel causal forward (the two-launch plan of fast/hrc_la.py's card), from
+    the head dims, M and the module's PARALLEL_BT, WALK_TILE, OUT_TILE (BM capped by M's power of
+    two; nothing keyed on T or B)."""
+    BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
+    BM = lambda bm: max(16, min(triton.next_power_of_2(M), bm))
+    return BT, BK, BV, (BM(walk_tile[0]), *walk_tile[1:]), (BM(out_tile[0]), *out_tile[1:])
+
+
 # ------------------------------------------------------------------------------------------------
 # Host checks and stabiliser
 # ------------------------------------------------------------------------------------------------
@@ -278,3 +288,80 @@ def store_share(num, den, p_t, mask_t, offs_v, mask_v, b_o, b_d, V: tl.constexpr
     else:
         tl.store(num + p_o, b_o, mask=mask_o)
         tl.store(den + p_t, b_d, mask=mask_t)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fragments of the chunk-parallel causal forward (the state walk and phase 3; fast/hrc_la.py's card)
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def chunk_record(hs, i_bh, i_t, NT, R: tl.constexpr):
+    """The start of chunk i_t's record of (batch, head) i_bh in hs [B·H, NT, R]."""
+    return hs + (i_bh.to(tl.int64) * NT + i_t) * R
+
+
+@triton.jit
+def omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K: tl.constexpr, M: tl.constexpr, BM: tl.constexpr):
+    """Frequency tile i_m: offsets, mask, 1/√M (0 on padding frequencies) and Ω's rows [BM, BK] in fp32."""
+    offs_m = i_m * BM + tl.arange(0, BM)
+    mask_m = offs_m < M
+    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
+                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
+    return offs_m, mask_m, tl.where(mask_m, r_m, 0.0), b_omega
+
+
+@triton.jit
+def phases_t(b_xT, b_omega, s_u, X_IS_TF32: tl.constexpr):
+    """θᵀ = s_u·(Ω xᵀ) [BM, BT] at fp32 accuracy: Ω [BM, BK] fp32, xᵀ [BK, BT] as loaded (unscaled).
+    Transposed (frequencies down the rows) so that the chunk's xᵀ, fixed through the frequency
+    loop, is the right-hand operand the compiler keeps in shared memory: with x on the left, ptxas
+    for sm_90 held q's and k's parts in registers (255 registers, 200-400 bytes of spill in phase 3).
+    bf16/fp16 inputs (X_IS_TF32) are exact in tf32 (8 and 11 significant bits <= tf32's 11), so
+    only Ω is split: Ω = Ω_hi + Ω_lo, Ω_hi its top 11 bits (what the tensor cores read of an fp32),
+    two tf32 products, exact but for Ω_lo's own truncation (2⁻²² of Ω): PHASE_PRECISION's tf32x3
+    with its third product (x_lo Ω_hi) zero. fp32 inputs take PHASE_PRECISION itself."""
+    if X_IS_TF32:
+        b_hi = (b_omega.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        b_th = tl.dot(b_hi, b_xT, input_precision="tf32")
+        b_th = s_u * tl.dot(b_omega - b_hi, b_xT, b_th, input_precision="tf32")
+    else:
+        b_th = tl.dot(b_omega, s_u * b_xT, input_precision=PHASE_PRECISION)
+    return b_th
+
+
+
+@triton.jit
+def chunk_program(q, k, c, s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                  BV: tl.constexpr):
+    """Map a phase-3 program to chunk i_t of (batch, head) i_bh: offsets and masks of K and V, the
+    chunk's rows, its q and k transposed [BK, BT] as loaded (unscaled: see phases_t) and c_t [BT]."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)
+    offs_k, offs_v = tl.arange(0, BK), tl.arange(0, BV)
+    mask_k, mask_v = offs_k < K, offs_v < V
+    row0 = i_b.to(tl.int64) * T
+    offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
+    b_xqT = tl.trans(load_rows(q, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT]
+    b_xkT = tl.trans(load_rows(k, p_t, mask_t, offs_k, mask_k, K))
+    b_c = tl.load(c + p_t, mask=mask_t, other=0.0)  # c_t, the prefix max [BT]
+    return i_t, i_bh, i_h, row0, s_u, r_m, offs_k, offs_v, mask_k, mask_v, offs_t, mask_t, p_t, b_xqT, b_xkT, b_c
+
+
+@triton.jit
+def chunk_state_in(c, c0, hs, i_t, i_bh, i_h, row0, b_c, mask_t, H, NT, R: tl.constexpr, BT: tl.constexpr):
+    """The read-out's decay e^{c⁻ − c_t} [BT] (the state before chunk i_t is at the scale c⁻ of the
+    previous chunk's last token, c0 for the first) and the start of the chunk's record."""
+    b_cprev = tl.where(i_t > 0, tl.load(c + (row0 + tl.maximum(i_t * BT - 1, 0)) * H + i_h), tl.load(c0 + i_bh))
+    return tl.exp(tl.where(mask_t, b_cprev - b_c, float("-inf"))), chunk_record(hs, i_bh, i_t, NT, R)
+
+
+@triton.jit
+def store_chunk_out(num, den, v, b_A, b_oi, b_di, b_dec, p_t, mask_t, offs_v, mask_v, V: tl.constexpr,
+                    FT: tl.constexpr, DOT: tl.constexpr):
+    """(5) for the chunk's queries, written once: num_t = (A v)_t + e^{c⁻−c_t} (φ̂_tᵀS⁻), den_t =
+    Σ_j A_tj + e^{c⁻−c_t} (φ̂_tᵀz⁻); A [BT, BT] already masked and decayed (Γ), the read-outs b_oi
+    [BT, BV] and b_di [BT] at the state's scale c⁻. A and v enter the dot as FT (see half_operand)."""
+    b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
+    b_o = tl.dot(half_operand(b_A, FT), half_operand(b_v, FT), input_precision=DOT) + b_dec[:, None] * b_oi
+    b_d = tl.sum(b_A, 1) + b_dec * b_di
+    store_share(num, den, p_t, mask_t, offs_v, mask_v, b_o, b_d, V, False)

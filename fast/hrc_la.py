@@ -27,7 +27,7 @@ state BEFORE the chunk, at the scale c_last(n−1) of the previous chunk's last 
     den and the mass n_t likewise; num, den, mass written once, no atomics.
 The products are transposed (frequencies down the rows, θᵀ = Ω uᵀ) so the chunk's q and k, fixed
 through the frequency loop, are the right-hand operands and stay in shared memory; bf16/fp16
-inputs, exact in tf32, split only Ω (_phases_t: two tf32 products, the accuracy of tf32x3). With x
+inputs, exact in tf32, split only Ω (phases_t: two tf32 products, the accuracy of tf32x3). With x
 on the left and tf32x3, phase 3 took 255 registers and spilled 200-400 bytes a thread at any BM.
 Switches (module globals, read at each call; the sweep .scratch/hrc_sweep2.py flips each):
   HALF_RECORDS (off): records in bf16 for bf16/fp16 inputs (the walk still adds in fp32, each
@@ -139,7 +139,8 @@ from zoo.hrc_la import EPS_DENOMINATOR, HRCMultiheadAttention as _ZooLayer, _che
 
 from fast._random_features import (
     EMPTY_SCALE, MAX_BT, MAX_V, MIN_CHUNK, PHASE_PRECISION, STATE_ELEMENTS, causal_decay, chunk_end, chunk_rows,
-    cos_sin, frequency_tile, half_operand, load_rows, state_or_zeros, state_ptrs, store_share, store_state,
+    chunk_program, chunk_record, chunk_state_in, cos_sin, frequency_tile, half_operand, load_rows, omega_tile,
+    phases_t, state_or_zeros, state_ptrs, store_chunk_out, store_share, store_state,
 )
 from fast import _random_features as _rf
 
@@ -304,41 +305,6 @@ def _hrc_la_chunk_fwd_kernel(
 # One chunk's record in the state buffer hs [B, H, NT, R], R = 2M·V + 2M + 1 fp32: S_c, S_s (rows
 # [0, M) cos, [M, 2M) sin, each row V wide), then z_c, z_s, then the mass n. The scan treats the
 # record as a flat vector: every element decays by the same scalar e^{c⁻−c_last} per chunk.
-@triton.jit
-def _chunk_record(hs, i_bh, i_t, NT, R: tl.constexpr):
-    """The start of chunk i_t's record of (batch, head) i_bh in hs [B·H, NT, R]."""
-    return hs + (i_bh.to(tl.int64) * NT + i_t) * R
-
-
-@triton.jit
-def _omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K: tl.constexpr, M: tl.constexpr, BM: tl.constexpr):
-    """Frequency tile i_m: offsets, mask, 1/√M (0 on padding frequencies) and Ω's rows [BM, BK] in fp32."""
-    offs_m = i_m * BM + tl.arange(0, BM)
-    mask_m = offs_m < M
-    b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
-                      mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
-    return offs_m, mask_m, tl.where(mask_m, r_m, 0.0), b_omega
-
-
-@triton.jit
-def _phases_t(b_xT, b_omega, s_u, X_IS_TF32: tl.constexpr):
-    """θᵀ = s_u·(Ω xᵀ) [BM, BT] at fp32 accuracy: Ω [BM, BK] fp32, xᵀ [BK, BT] as loaded (unscaled).
-    Transposed (frequencies down the rows) so that the chunk's xᵀ, fixed through the frequency
-    loop, is the right-hand operand the compiler keeps in shared memory: with x on the left, ptxas
-    for sm_90 held q's and k's parts in registers (255 registers, 200-400 bytes of spill in phase 3).
-    bf16/fp16 inputs (X_IS_TF32) are exact in tf32 (8 and 11 significant bits <= tf32's 11), so
-    only Ω is split: Ω = Ω_hi + Ω_lo, Ω_hi its top 11 bits (what the tensor cores read of an fp32),
-    two tf32 products, exact but for Ω_lo's own truncation (2⁻²² of Ω): PHASE_PRECISION's tf32x3
-    with its third product (x_lo Ω_hi) zero. fp32 inputs take PHASE_PRECISION itself."""
-    if X_IS_TF32:
-        b_hi = (b_omega.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
-        b_th = tl.dot(b_hi, b_xT, input_precision="tf32")
-        b_th = s_u * tl.dot(b_omega - b_hi, b_xT, b_th, input_precision="tf32")
-    else:
-        b_th = tl.dot(b_omega, s_u * b_xT, input_precision=PHASE_PRECISION)
-    return b_th
-
-
 @triton.heuristics({
     "HAS_H0": lambda args: args["h0"] is not None,
     "STORE_HT": lambda args: args["ht"] is not None,
@@ -366,12 +332,12 @@ def _hrc_la_chunk_h_kernel(
     p_Sc, p_zc, mask_S, b_Sc, b_Ss, b_zc, b_zs, b_n, b_crun = _initial_state(
         h0, z0, n0, c0, i_bh, offs_m, offs_v, mask_m, mask_v, HAS_H0, M, V, BM, BV)  # b_crun: the state's scale
     p_Ss, p_zs = p_Sc + M * V, p_zc + M  # rows [M, 2M): sin
-    # a record's offsets: S_c, S_s rows of V, then z_c, z_s, then n (see _chunk_record)
+    # a record's offsets: S_c, S_s rows of V, then z_c, z_s, then n (see chunk_record)
     o_S = offs_m[:, None] * V + offs_v[None, :]
 
     for i_t in range(NT):
         # -- record n: the state before the chunk, as phase 3 reads it -------------------------------
-        p_h = _chunk_record(hs, i_bh, i_t, NT, R)
+        p_h = chunk_record(hs, i_bh, i_t, NT, R)
         tl.store(p_h + o_S, b_Sc.to(hs.dtype.element_ty), mask=mask_S)
         tl.store(p_h + M * V + o_S, b_Ss.to(hs.dtype.element_ty), mask=mask_S)
         tl.store(p_h + 2 * M * V + offs_m, b_zc.to(hs.dtype.element_ty), mask=mask_m)
@@ -380,11 +346,11 @@ def _hrc_la_chunk_h_kernel(
             tl.store(p_h + 2 * M * V + 2 * M, b_n.to(hs.dtype.element_ty))
         # -- (4) the chunk's keys, at the scale of its last token ------------------------------------
         offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
-        b_xkT = tl.trans(load_rows(k, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT], unscaled (see _phases_t)
+        b_xkT = tl.trans(load_rows(k, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT], unscaled (see phases_t)
         b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
         b_clast = tl.load(c + (row0 + tl.minimum(i_t * BT + BT, T) - 1) * H + i_h)  # c is a prefix max
         b_w = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_clast)  # e^{a_j − c_last} <= 1
-        b_th = _phases_t(b_xkT, b_omega, s_u, k.dtype.element_ty != tl.float32)  # θᵀ = Ω uᵀ [BM, BT]
+        b_th = phases_t(b_xkT, b_omega, s_u, k.dtype.element_ty != tl.float32)  # θᵀ = Ω uᵀ [BM, BT]
         b_cos, b_sin = cos_sin(b_th, FAST_TRIG)
         b_ck = b_cos * b_w[None, :] * b_rm[:, None]  # e^{a_j − c_last} Re conj φ̂(k_j), transposed
         b_sk = b_sin * b_w[None, :] * b_rm[:, None]  # minus its imaginary part
@@ -420,33 +386,23 @@ def _hrc_la_chunk_out_kernel(
         num_t = (A v)_t + e^{c⁻−c_t} (cos_t S_c + sin_t S_s),  den_t likewise with z, n_t with n⁻.
     OUT_TILE: BM = 16 at 8 warps, 2 stages: 230 registers on sm_90 (the card has the others); the
     chunk's record is read once, BM rows at a time. FAST_TRIG and DOTS_16: the card's switches."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)
-    offs_k, offs_v = tl.arange(0, BK), tl.arange(0, BV)
-    mask_k, mask_v = offs_k < K, offs_v < V
-    row0 = i_b.to(tl.int64) * T
-    offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
-    b_xqT = tl.trans(load_rows(q, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT], unscaled (see _phases_t)
-    b_xkT = tl.trans(load_rows(k, p_t, mask_t, offs_k, mask_k, K))
-    b_c = tl.load(c + p_t, mask=mask_t, other=0.0)  # c_t, the prefix max [BT]
+    # the chunk's q, k transposed [BK, BT] (unscaled: see phases_t), c_t
+    i_t, i_bh, i_h, row0, s_u, r_m, offs_k, offs_v, mask_k, mask_v, offs_t, mask_t, p_t, b_xqT, b_xkT, b_c = \
+        chunk_program(q, k, c, s_u, r_m, T, H, K, V, BT, BK, BV)
     b_e = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_c)  # e^{a_j − c_j} <= 1
-    # the state before the chunk is at the scale of the previous chunk's last token (c0 for the first)
-    b_cprev = tl.where(i_t > 0, tl.load(c + (row0 + tl.maximum(i_t * BT - 1, 0)) * H + i_h), tl.load(c0 + i_bh))
-    b_dec = tl.exp(tl.where(mask_t, b_cprev - b_c, float("-inf")))  # e^{c⁻ − c_t} [BT]
-    p_h = _chunk_record(hs, i_bh, i_t, NT, R)
+    b_dec, p_h = chunk_state_in(c, c0, hs, i_t, i_bh, i_h, row0, b_c, mask_t, H, NT, R, BT)  # e^{c⁻ − c_t}, record
     b_A = tl.zeros([BT, BT], dtype=tl.float32)  # Re(φ̂_t conj φ̂_j) e^{a_j − c_j}, summed over frequencies
     b_oi = tl.zeros([BT, BV], dtype=tl.float32)  # Re(φ̂_tᵀ S⁻)
     b_di = tl.zeros([BT], dtype=tl.float32)  # Re(φ̂_tᵀ z⁻)
     # the dots' operands: fp32 (tf32 products), or (DOTS_16, bf16/fp16 inputs) in the input dtype
     FT = q.dtype.element_ty if DOTS_16 else tl.float32
-    for i_m in range(tl.cdiv(M, BM)):  # features transposed, [BM, BT]: see _phases_t
-        offs_m, mask_m, b_rm, b_omega = _omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
-        b_th = _phases_t(b_xqT, b_omega, s_u, q.dtype.element_ty != tl.float32)
+    for i_m in range(tl.cdiv(M, BM)):  # features transposed, [BM, BT]: see phases_t
+        offs_m, mask_m, b_rm, b_omega = omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
+        b_th = phases_t(b_xqT, b_omega, s_u, q.dtype.element_ty != tl.float32)
         b_cos, b_sin = cos_sin(b_th, FAST_TRIG)
         b_cq = half_operand(b_cos * b_rm[:, None], FT)  # φ̂(q)ᵀ: e^{a(q)} cancels (2)
         b_sq = half_operand(b_sin * b_rm[:, None], FT)
-        b_th = _phases_t(b_xkT, b_omega, s_u, k.dtype.element_ty != tl.float32)
+        b_th = phases_t(b_xkT, b_omega, s_u, k.dtype.element_ty != tl.float32)
         b_cos, b_sin = cos_sin(b_th, FAST_TRIG)
         b_ck = half_operand(b_cos * b_e[None, :] * b_rm[:, None], FT)
         b_sk = half_operand(b_sin * b_e[None, :] * b_rm[:, None], FT)
@@ -463,10 +419,7 @@ def _hrc_la_chunk_out_kernel(
     # (3) intra-chunk: A_tj = Re(φ̂_t conj φ̂_j)·e^{a_j − c_t} for j <= t
     b_G = causal_decay(offs_t, mask_t, b_c)
     b_A *= b_G
-    b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
-    b_o = tl.dot(half_operand(b_A, FT), half_operand(b_v, FT), input_precision=DOT) + b_dec[:, None] * b_oi
-    b_d = tl.sum(b_A, 1) + b_dec * b_di
-    store_share(num, den, p_t, mask_t, offs_v, mask_v, b_o, b_d, V, False)
+    store_chunk_out(num, den, v, b_A, b_oi, b_di, b_dec, p_t, mask_t, offs_v, mask_v, V, FT, DOT)
     tl.store(mass + p_t, tl.sum(b_G * b_e[None, :], 1) + b_dec * tl.load(p_h + 2 * M * V + 2 * M).to(tl.float32),
              mask=mask_t)
 
@@ -708,9 +661,7 @@ def _parallel_tiles(K: int, V: int, M: int):
     phase 3) of the chunk-parallel causal forward, from the head dims and M alone (nothing keyed on
     T or B): see the card. The walk's BM and phase 3's tile come from WALK_TILE and OUT_TILE (BM
     capped by M's power of two)."""
-    BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
-    BM = lambda bm: max(16, min(triton.next_power_of_2(M), bm))
-    return PARALLEL_BT, BK, BV, (BM(WALK_TILE[0]), *WALK_TILE[1:]), (BM(OUT_TILE[0]), *OUT_TILE[1:])
+    return _rf.parallel_tiles(K, V, M, PARALLEL_BT, WALK_TILE, OUT_TILE)
 
 
 def _launch_parallel_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, output_final_state):
