@@ -13,7 +13,56 @@ max_r ω_rᵀu for q and for k (one more read of q and k, a [B, T, H] result eac
 them into the query shift a_q and the keys' prefix max c_t (constants to autograd: the output
 does not depend on them).
 
-Then, as in fast/hrc_la.py: one program per (frequency tile of BM, batch·head) walks the chunks of
+Causal forward, parallel over chunks (the default: CHUNK_PARALLEL = True)
+-------------------------------------------------------------------------
+fast/hrc_la.py's two-launch plan with one real feature block instead of the cos/sin pair, and no
+mass (FAVOR+'s floor is eps alone). Chunks of BT = PARALLEL_BT = 64 tokens (NT = ⌈T/BT⌉; fixed,
+not keyed on T or chunk_size: the same function, only the summation order moves). Between the
+launches, one record per (batch·head, chunk), hs [B, H, NT, R], R = M·V + M: S, z of the state
+BEFORE the chunk, at the scale c_last(n−1) of the previous chunk's last token (c0 first).
+  walk, grid (⌈M/BM⌉, B·H), _performer_chunk_h_kernel (fla's chunk_fwd_h): each program holds its
+    frequency slice S [BM, V], z [BM] in fp32 registers and walks the chunks in order: store the
+    state into chunk n's record, then (4) a chunk at a time
+        S ← e^{c_last(n−1) − c_last(n)} S + Σ_j exp(ℓ(k_j) − c_last(n))/√M v_jᵀ,  ℓ = θ − ‖u‖²/2,
+    (each key's weight e^{c_j − c_last} folded into its exponent: <= 1/√M, c a prefix max), the
+    keys' features on chip; the last state goes straight to ht, zt.
+  phase 3, grid (NT, B·H), _performer_chunk_out_kernel: (5) for the chunk's queries, all M
+    frequencies walked BM at a time (queries' and keys' features on chip):
+        A = Σ_m φ̂_q φ̄_kᵀ ⊙ Γ,  num_t = (A v)_t + e^{c⁻−c_t} φ̂_tᵀS⁻,  den_t likewise with z⁻;
+    num and den written once, no atomics. The outputs are the serial kernel's (num, den, ht, zt):
+    the backward and the host are unchanged.
+Features transposed [BM, BT] (θᵀ = Ω uᵀ, _random_features.phases_t: bf16/fp16 inputs split only Ω,
+two tf32 products) so the chunk's q and k are the dots' right-hand operands; ‖u‖²/2 comes from the
+same loaded rows. Switches (module globals, read at each call; .scratch/perf_sweep.py flips them):
+  FEATURE_DOTS_16 (on): bf16/fp16 inputs feed phase 3's A, A v and read-out dots in the input
+    dtype (features, A and the records' S rounded to it; fp32 accumulation; the exponents stay
+    fp32-accurate; fp32 inputs unchanged). HALF_RECORDS (off): records in bf16 for bf16/fp16
+    inputs (the walk still adds in fp32). WALK_TILE (32, 4 warps, 2 stages), OUT_TILE (32, 4
+    warps, 2 stages): HRC-LA's measured winners, taken over untimed.
+sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; .scratch/perf_aot.py):
+  walk: BM 32 at 4 warps, 2 stages: 168, no spill (1 stage: 168 + 24 B); BM 64: 226, no spill;
+    BM 16: 128.
+  phase 3: BM 32 at 4 warps, 2 stages: 255 + 160 B of spill (264 B with FEATURE_DOTS_16 off;
+    tests/test_performer.py bounds them); BM 16: 255 + 32 B; BM 32 at 8 warps: 186, no spill
+    (220 with the dots in fp32); BM 64 at 4 warps: 255 + 352 B.
+Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 128 a sequence):
+  bytes: records 8192 × R × 4 B = 0.55 GB, written (walk) and read (phase 3): 1.09 GB; q, k, v
+    67 MB each (k, v read by the walk's 8 frequency tiles of one head, adjacent programs: mostly
+    from L2; q, k, v again by phase 3), num 134 MB, a_q, c, den 2 MB each: ~0.5 GB. ~1.6 GB in the
+    two kernels: 0.53 ms at 3.0 TB/s (HALF_RECORDS: ~1.05 GB, 0.35 ms). The host passes around
+    them (row maxima of q and k: 0.14 GB; the prefix max; o = num/den: 0.2 GB) add ~0.35 GB.
+  FLOPs a token and head: exponents 2 products × 2·K·M = 66 K (keys, walk) + 131 K (queries and
+    keys, phase 3), tf32; dS 2·M·V = 33 K (tf32); A 2·BT·M = 33 K; A v 2·BT·V = 8 K; the read-out
+    2·M·V = 33 K (these three bf16 under FEATURE_DOTS_16): ~300 KFLOP, 160 GFLOP in all: 0.44 ms
+    at half the bf16 ceiling; and 3·M = 768 exp a token and head (0.4 G on the SFU, ~0.1 ms).
+  floor: ~0.53 ms for the two kernels (memory bound, the tf32 exponent products close behind);
+    ~0.65 ms for the op with the host passes.
+  Measured: the serial walk (below) 6.3 ms for the op (kernel 4.65 ms + host passes), H100. This
+    plan: to be measured (.scratch/perf_sweep.py: serial vs parallel, tiles, FEATURE_DOTS_16).
+
+Serial walk (non-causal, and causal with CHUNK_PARALLEL = False)
+----------------------------------------------------------------
+As in fast/hrc_la.py: one program per (frequency tile of BM, batch·head) walks the chunks of
 BT tokens holding its slice S [BM, V] of the state in fp32 registers and adds its share of
     num_t = Σ_j A_tj v_j + e^{c⁻−c_t} φ̂_tᵀS,   den_t likewise with v = 1,
     A = (φ̂_q φ̄_kᵀ) ⊙ Γ,  Γ_tj = e^{c_j − c_t} [j ≤ t],  φ̄_k = exp(θ − ‖u‖²/2 − c_j)/√M <= 1/√M,
@@ -38,6 +87,7 @@ Naming legend (fla's prefixes, STYLE rule 29):
     offs_ offsets          mask_ masks (mask_t rows inside T, mask_A the causal mask)
     BT   chunk length (the zoo's L)   BK, BV, BM  tiles of K, V and of the M frequencies   NT chunks
     h0/ht the initial/final state S [B, H, M, V] (z0/zt its normaliser [B, H, M])
+    hs, R the chunk-parallel path's records [B, H, NT, R] (S, z flattened)
     s_u  √scale (u = s_u·x);  r_m  1/√M
 """
 
@@ -52,13 +102,30 @@ import zoo.performer as zperf
 from zoo.performer import EPS_DENOMINATOR, PerformerAttention as _ZooLayer, _check_inputs
 
 from fast._random_features import (
-    EMPTY_SCALE, MAX_BT, MAX_V, MIN_CHUNK, PHASE_PRECISION, STATE_ELEMENTS, causal_decay, chunk_end, chunk_rows,
-    frequency_tile, load_rows, state_or_zeros, state_ptrs, store_share, store_state,
+    EMPTY_SCALE, MAX_BT, MAX_V, MIN_CHUNK, PHASE_PRECISION, STATE_ELEMENTS, causal_decay, chunk_end, chunk_program,
+    chunk_record, chunk_state_in, chunk_rows, frequency_tile, half_operand, load_rows, omega_tile, phases_t,
+    state_or_zeros, state_ptrs, store_chunk_out, store_share, store_state,
 )
 from fast import _random_features as _rf
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
 ROW_MAX_BT = 64  # tokens per program of the row-max kernel
+# The causal chunk forward: True runs the chunk-parallel kernels (two launches, the card's state
+# walk and phase 3), False the serial walk per frequency tile (_performer_chunk_fwd_kernel).
+# Read at each call.
+CHUNK_PARALLEL = True
+PARALLEL_BT = 64  # their chunk, whatever chunk_size asks (the same function; only summation order moves)
+# (BM, num_warps, num_stages) of the state walk and of phase 3 (BM capped at M's power of two), read
+# at each call: fast/hrc_la.py's measured winners (runs 21-23), not yet timed for FAVOR+ (the card).
+WALK_TILE = (32, 4, 2)
+OUT_TILE = (32, 4, 2)
+# FEATURE_DOTS_16: for bf16/fp16 inputs, the features, A and the records' S enter phase 3's dots in
+#   the input dtype (tensor cores at 2x tf32; fp32 accumulation; the exponents stay fp32-accurate).
+#   fp32 inputs unchanged. Read at each call.
+# HALF_RECORDS: the per-chunk records between the walk and phase 3 in bf16 for bf16/fp16 inputs
+#   (the walk still adds in fp32; each stored state rounded once, 2⁻⁹ relative). Off, as in HRC-LA.
+FEATURE_DOTS_16 = True
+HALF_RECORDS = False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -177,6 +244,111 @@ def _performer_chunk_fwd_kernel(
     # -- the final state ---------------------------------------------------------------------------
     if STORE_HT:
         store_state(ht, zt, p_S, p_z, mask_S, mask_m, b_S, b_z)
+
+
+# ------------------------------------------------------------------------------------------------
+# Causal forward, parallel over chunks (the default causal path: CHUNK_PARALLEL)
+# ------------------------------------------------------------------------------------------------
+# One chunk's record in the state buffer hs [B, H, NT, R], R = M·V + M: S (M rows of V), then z.
+# FAVOR+ needs no mass: its floor is eps alone.
+@triton.jit
+def _features_t(b_xT, b_omega, b_rm, s_u, b_shift, mask_t, X_IS_TF32: tl.constexpr):
+    """φ̂ᵀ = exp(θᵀ − ‖u‖²/2 − shift)/√M [BM, BT] for the chunk's xᵀ [BK, BT] as loaded: θᵀ = Ω uᵀ
+    fp32-accurate (phases_t), the shift a scalar or one per token [BT]; 0 on tokens outside T and
+    on padding frequencies (b_rm = 0)."""
+    b_h = (0.5 * s_u * s_u) * tl.sum(b_xT * b_xT, 0)  # ‖u‖²/2 [BT]
+    b_l = phases_t(b_xT, b_omega, s_u, X_IS_TF32) - (b_h + b_shift)[None, :]
+    return tl.where(mask_t[None, :], tl.exp(b_l), 0.0) * b_rm[:, None]
+
+
+@triton.heuristics({
+    "HAS_H0": lambda args: args["h0"] is not None,
+    "STORE_HT": lambda args: args["ht"] is not None,
+})
+@triton.jit(do_not_specialize=["T", "NT"])
+def _performer_chunk_h_kernel(
+    k, v, omega, c, hs,  # [B, T, H, K], [B, T, H, V], [H, M, K], [B, T, H] (fp32), [B, H, NT, R] (records)
+    h0, z0, c0, ht, zt,  # [B, H, M, V], [B, H, M], [B, H] fp32 (h0, z0, ht, zt may be None)
+    s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, DOT: tl.constexpr,
+):
+    """The state walk (fla's chunk_fwd_h), one program per (frequency tile of BM, batch·head), its
+    slice S [BM, BV], z [BM] in fp32 registers, walking the chunks in order. Per chunk n, (4) a
+    chunk at a time:
+        record n  <-  the state before the chunk, at scale c_last(n−1) (c0 for the first),
+        S <- e^{c_last(n−1) − c_last(n)} S + Σ_j φ̂(k_j) e^{−c_last(n)} v_jᵀ,   z likewise with v = 1,
+    the keys' features exp(ω·u_j − ‖u_j‖²/2 − c_last(n))/√M <= 1/√M (c is a prefix max) on chip,
+    transposed [BM, BT] so the dot's k is the right-hand operand (see phases_t). The records are
+    written once (here) and read once (phase 3). WALK_TILE: BM 32 at 4 warps, 2 stages (the card)."""
+    i_m, i_bh, i_h, row0, s_u, offs_k, offs_v, offs_m, mask_k, mask_v, mask_m, b_rm, b_omega = frequency_tile(
+        omega, s_u, r_m, T, H, K, V, M, BK, BV, BM)  # b_rm = 0 on padding frequencies
+
+    # -- the state slice, fp32, at the log-scale b_crun ----------------------------------------------
+    p_S, p_z, mask_S = state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, M, V)
+    b_S, b_z = state_or_zeros(h0, z0, p_S, p_z, mask_S, mask_m, HAS_H0, BM, BV)
+    b_crun = tl.load(c0 + i_bh)
+    o_S = offs_m[:, None] * V + offs_v[None, :]  # a record's S rows, then z at M·V (see chunk_record)
+
+    for i_t in range(NT):
+        # -- record n: the state before the chunk, as phase 3 reads it -------------------------------
+        p_h = chunk_record(hs, i_bh, i_t, NT, R)
+        tl.store(p_h + o_S, b_S.to(hs.dtype.element_ty), mask=mask_S)
+        tl.store(p_h + M * V + offs_m, b_z.to(hs.dtype.element_ty), mask=mask_m)
+        # -- (4) the chunk's keys, at the scale of its last token ------------------------------------
+        offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
+        b_xkT = tl.trans(load_rows(k, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT], unscaled (see phases_t)
+        b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
+        b_clast = tl.load(c + (row0 + tl.minimum(i_t * BT + BT, T) - 1) * H + i_h)  # c is a prefix max
+        b_kT = _features_t(b_xkT, b_omega, b_rm, s_u, b_clast, mask_t, k.dtype.element_ty != tl.float32)
+        b_dec = tl.exp(b_crun - b_clast)  # e^{c_last(n−1) − c_last(n)}
+        b_S = b_S * b_dec + tl.dot(b_kT, b_v, input_precision=DOT)
+        b_z = b_z * b_dec + tl.sum(b_kT, 1)
+        b_crun = b_clast
+
+    # -- the final state -------------------------------------------------------------------------------
+    if STORE_HT:
+        store_state(ht, zt, p_S, p_z, mask_S, mask_m, b_S, b_z)
+
+
+@triton.jit(do_not_specialize=["T", "NT"])
+def _performer_chunk_out_kernel(
+    q, k, v, omega, a_q, c, c0, hs,  # inputs as in the walk, a_q [B, T, H], c0 [B, H], hs: states before each chunk
+    num, den,  # [B, T, H, V], [B, T, H] fp32, written once
+    s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, DOT: tl.constexpr,
+    DOTS_16: tl.constexpr,
+):
+    """Phase 3, one program per (chunk, batch·head): (5) for the chunk's queries, all M frequencies
+    walked BM at a time (queries' and keys' features on chip), so num and den are written once,
+    with no atomics:
+        A = Σ_m φ̂_q φ̄_kᵀ ⊙ Γ,  φ̂_q = exp(ℓ_q − a_q)/√M,  φ̄_k = exp(ℓ_k − c_j)/√M,  Γ_tj = e^{c_j − c_t} [j ≤ t],
+        num_t = (A v)_t + e^{c⁻−c_t} φ̂_tᵀS⁻,  den_t likewise with z⁻.
+    The features are transposed [BM, BT] (see phases_t); the chunk's record is read once, BM rows
+    at a time. OUT_TILE: BM 32 at 4 warps, 2 stages; DOTS_16: the card's switch."""
+    # the chunk's q, k transposed [BK, BT] (unscaled: see phases_t), c_t, e^{c⁻ − c_t}, its record
+    i_t, i_bh, i_h, row0, s_u, r_m, offs_k, offs_v, mask_k, mask_v, offs_t, mask_t, p_t, b_xqT, b_xkT, b_c = \
+        chunk_program(q, k, c, s_u, r_m, T, H, K, V, BT, BK, BV)
+    b_dec, p_h = chunk_state_in(c, c0, hs, i_t, i_bh, i_h, row0, b_c, mask_t, H, NT, R, BT)
+    b_aq = tl.load(a_q + p_t, mask=mask_t, other=0.0)  # the queries' row max: e^{a(q)} cancels (2)
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)  # φ̂_q φ̄_kᵀ, summed over frequencies
+    b_oi = tl.zeros([BT, BV], dtype=tl.float32)  # φ̂_tᵀ S⁻
+    b_di = tl.zeros([BT], dtype=tl.float32)  # φ̂_tᵀ z⁻
+    # the dots' operands: fp32 (tf32 products), or (DOTS_16, bf16/fp16 inputs) in the input dtype
+    FT = q.dtype.element_ty if DOTS_16 else tl.float32
+    for i_m in range(tl.cdiv(M, BM)):
+        offs_m, mask_m, b_rm, b_omega = omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
+        b_qT = half_operand(_features_t(b_xqT, b_omega, b_rm, s_u, b_aq, mask_t, q.dtype.element_ty != tl.float32), FT)
+        b_kT = half_operand(_features_t(b_xkT, b_omega, b_rm, s_u, b_c, mask_t, k.dtype.element_ty != tl.float32), FT)
+        b_A += tl.dot(tl.trans(b_qT), b_kT, input_precision=DOT)
+        p_S = p_h + offs_m[:, None] * V + offs_v[None, :]
+        b_S = half_operand(tl.load(p_S, mask=mask_m[:, None] & mask_v[None, :], other=0.0).to(tl.float32), FT)  # S⁻
+        b_oi += tl.dot(tl.trans(b_qT), b_S, input_precision=DOT)  # (5) inter-chunk
+        b_z = tl.load(p_h + M * V + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+        b_di += tl.sum(b_qT.to(tl.float32) * b_z[:, None], 0)
+    # (3) intra-chunk: A_tj = φ̂_t·φ̄_j e^{c_j − c_t} for j <= t
+    b_A *= causal_decay(offs_t, mask_t, b_c)
+    store_chunk_out(num, den, v, b_A, b_oi, b_di, b_dec, p_t, mask_t, offs_v, mask_v, V, FT, DOT)
 
 
 @triton.heuristics({
@@ -369,6 +541,8 @@ def _launch_row_max(x, omega, s_u):
 
 def _launch_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size):
     """num [B, T, H, V], den [B, T, H] (fp32) and the final state (ht, zt) or Nones."""
+    if causal and chunk_size is not None and CHUNK_PARALLEL:
+        return _launch_parallel_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, output_final_state)
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
     tiles = _tile_rule(K, V, M)
@@ -381,6 +555,31 @@ def _launch_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_st
     args = (q, k, v, omega, a_q, c, num, den, h0, z0, c0, ht, zt, s_u, M ** -0.5, T, H)
     _rf.launch_fwd(_performer_chunk_fwd_kernel, _performer_recurrent_fwd_kernel, args, q, V, M, tiles, atomic,
                    causal, chunk_size)
+    return num, den, ht, zt
+
+
+def _launch_parallel_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, output_final_state):
+    """The causal forward in two launches (the card's plan): the state walk writes each chunk's
+    starting state, then every chunk's outputs. Returns what _launch_fwd returns."""
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], omega.shape[1]
+    BT, BK, BV, (BMh, warps_h, stages_h), (BMo, warps_o, stages_o) = _rf.parallel_tiles(
+        K, V, M, PARALLEL_BT, WALK_TILE, OUT_TILE)
+    NT, R = triton.cdiv(T, BT), M * V + M  # a chunk's record: S, z
+    f32 = dict(device=q.device, dtype=torch.float32)
+    half = HALF_RECORDS and q.dtype != torch.float32
+    hs = torch.empty(B, H, NT, R, device=q.device, dtype=torch.bfloat16 if half else torch.float32)
+    num, den = torch.empty(B, T, H, V, **f32), torch.empty(B, T, H, **f32)
+    ht = torch.empty(B, H, M, V, **f32) if output_final_state else None
+    zt = torch.empty(B, H, M, **f32) if output_final_state else None
+    r_m, dot = M ** -0.5, _rf.dot_precision(q)
+    _performer_chunk_h_kernel[(triton.cdiv(M, BMh), B * H)](
+        k, v, omega, c, hs, h0, z0, c0, ht, zt, s_u, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT, BK=BK, BV=BV,
+        BM=BMh, DOT=dot, num_warps=warps_h, num_stages=stages_h)
+    _performer_chunk_out_kernel[(NT, B * H)](
+        q, k, v, omega, a_q, c, c0, hs, num, den, s_u, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT, BK=BK, BV=BV,
+        BM=BMo, DOT=dot, DOTS_16=FEATURE_DOTS_16 and q.dtype != torch.float32, num_warps=warps_o,
+        num_stages=stages_o)
     return num, den, ht, zt
 
 
