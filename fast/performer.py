@@ -57,8 +57,13 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     at half the bf16 ceiling; and 3·M = 768 exp a token and head (0.4 G on the SFU, ~0.1 ms).
   floor: ~0.53 ms for the two kernels (memory bound, the tf32 exponent products close behind);
     ~0.65 ms for the op with the host passes.
-  Measured: the serial walk (below) 6.3 ms for the op (kernel 4.65 ms + host passes), H100. This
-    plan: to be measured (.scratch/perf_sweep.py: serial vs parallel, tiles, FEATURE_DOTS_16).
+  Measured (H100, run 24, benchmarks/results/h100-2026-11-23/run24-perf-sweep.log; B = 4,
+    T = 8192, H = 16, D = 64, M = 256, bf16): the serial walk (below) 6.11 ms for the op (kernel
+    4.61 ms, row max 1.08); this plan 3.41 ms at the walk's BM 32 (walk 0.86, phase 3 1.21, row max
+    1.10), 3.10 ms at BM 64 (walk 0.55: the default now); FEATURE_DOTS_16 off 3.45 ms (error vs the
+    fp64 zoo 1.9e-3 against 2.5e-3 on), HALF_RECORDS 3.30 ms (2.7e-3; left off), phase 3 (16, 4, 2)
+    3.28 ms, (32, 8, 2) 3.61 ms. The row-max pass over q and k (1.1 ms, a third of the op) is now
+    the largest single piece: the next lever.
 
 Serial walk (non-causal, and causal with CHUNK_PARALLEL = False)
 ----------------------------------------------------------------
@@ -116,8 +121,10 @@ ROW_MAX_BT = 64  # tokens per program of the row-max kernel
 CHUNK_PARALLEL = True
 PARALLEL_BT = 64  # their chunk, whatever chunk_size asks (the same function; only summation order moves)
 # (BM, num_warps, num_stages) of the state walk and of phase 3 (BM capped at M's power of two), read
-# at each call: fast/hrc_la.py's measured winners (runs 21-23), not yet timed for FAVOR+ (the card).
-WALK_TILE = (32, 4, 2)
+# at each call. Measured on the H100 (run 24, the card): the walk at BM 64 0.55 ms against 0.86 at
+# 32 (226 registers, no spill); phase 3 at fast/hrc_la.py's (32, 4, 2) 1.21 ms ((16, 4, 2) 1.07,
+# (32, 8, 2) 1.41; the pair (64, 4, 2) + (16, 4, 2) not timed together, so phase 3 keeps its tile).
+WALK_TILE = (64, 4, 2)
 OUT_TILE = (32, 4, 2)
 # FEATURE_DOTS_16: for bf16/fp16 inputs, the features, A and the records' S enter phase 3's dots in
 #   the input dtype (tensor cores at 2x tf32; fp32 accumulation; the exponents stay fp32-accurate).

@@ -1,4 +1,4 @@
-"""First call with a per-compile breakdown: python .scratch/first_diag.py <first_call args...>.
+"""First call with a per-compile breakdown: python benchmarks/results/h100-2026-11-23/run20-first_diag.py <first_call args...>.
 Run with empty TRITON_CACHE_DIR. Prints each Triton compile's kernel name and seconds."""
 import os, sys, time, json
 sys.path.insert(0, os.getcwd())

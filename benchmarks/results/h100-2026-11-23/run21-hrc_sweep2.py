@@ -1,6 +1,6 @@
 """HRC-LA causal forward round 2 (fast/hrc_la.py: state walk + phase 3 levers), on the GPU (< 90 s).
 
-    python .scratch/hrc_sweep2.py
+    python benchmarks/results/h100-2026-11-23/run21-hrc_sweep2.py
 
 B = 4, T = 8192, H = 16, D = 64, M = 256, bf16, causal, no grad. One line per variant: the whole op
 (fh.hrc_la_chunk as benchmarks/hrc_seed.py calls it), the per-kernel times (torch.profiler, per call)

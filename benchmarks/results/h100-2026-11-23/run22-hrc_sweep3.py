@@ -2,7 +2,7 @@
 D=64, M=256, bf16). Writes the fastest configuration to $OUT/results/hrc_best.json."""
 import json, os, sys, time
 sys.path.insert(0, os.getcwd())
-exec(open(".scratch/hrc_sweep2.py").read().split("results = {}")[0])  # setup, rel(), kernel_times(), setv()
+exec(open("benchmarks/results/h100-2026-11-23/run21-hrc_sweep2.py").read().split("results = {}")[0])  # setup, rel(), kernel_times(), setv()
 DEFAULT = {n: getattr(fh, n) for n in SWITCHES}
 VARIANTS = [("default " + str(DEFAULT["OUT_TILE"]), DEFAULT)]
 for tile in ((16, 4, 1), (16, 4, 3), (32, 4, 2), (32, 4, 1), (16, 2, 2)):

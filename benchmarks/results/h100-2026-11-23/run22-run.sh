@@ -10,7 +10,7 @@ START=$(date +%s)
 log() { echo "[run22 $(( $(date +%s) - START ))s] $*" | tee -a "$R/run.log"; }
 step() { local name=$1 limit=$2; shift 2; log "$name (limit ${limit}s): $*"; timeout -s INT -k 10 "$limit" "$@" > "$R/$name.log" 2>&1; log "$name exit $?"; }
 { nvidia-smi; python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"; git log --oneline -1; } > "$R/env.txt" 2>&1
-step hrc-sweep3 120 python3 .scratch/hrc_sweep3.py
+step hrc-sweep3 120 python3 benchmarks/results/h100-2026-11-23/run22-hrc_sweep3.py
 step hrc-targets 120 python3 -c "import sys, os, json; sys.path.insert(0, os.getcwd()); import fast.hrc_la as f; [setattr(f, k, tuple(v) if isinstance(v, list) else v) for k, v in json.load(open('$R/hrc_best.json')).items()]; print({k: getattr(f, k) for k in json.load(open('$R/hrc_best.json'))}); import benchmarks.hrc_seed as h; h.main(['--targets', '--out', '$R/hrc-best'])"
 fc() { local name=$1; shift; log "first $name"; env TRITON_CACHE_DIR=$(mktemp -d) TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) timeout -s INT -k 5 60 python3 benchmarks/results/h100-2026-11-23/run20-first_diag.py "$@" --impl fast >> "$R/first.log" 2>&1; echo "== $name rc $?" >> "$R/first.log"; }
 fc hyper-fwdbwd --method hyper_attention --B 1 --T 131072 --H 32 --D 64 --causal 1 --direction fwdbwd
