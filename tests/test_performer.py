@@ -282,3 +282,19 @@ test_zoo_chunk_compiles_with_inductor = cases.zoo_chunk_compiles_with_inductor(P
 # loss: o.sum() + S.sum() + z.sum()
 test_fast_ops_compile_forward_and_backward = cases.fast_ops_compile_forward_and_backward(
     PERF, state_terms=lambda S, z, c: (S.sum(), z.sum()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("transposed", [True, False])
+def test_row_max_is_the_stabiliser_in_both_forms(monkeypatch, dtype, transposed):
+    # a_t = max_r ω_r·u_t − ‖u_t‖²/2 with u = √scale·x, against float64 on the same (rounded) x;
+    # T = 70 crosses the kernel's 64-token tile, M = 200 its frequency tile (128).
+    monkeypatch.setattr(fast, "ROW_MAX_T", transposed)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 70, 3, 16, generator=gen).to(dtype).to(device())
+    omega = torch.stack([perf.orthogonal_random_features(200, 16, generator=gen) for _ in range(3)]).to(device())
+    s_u = 16 ** -0.25
+    got = fast._launch_row_max(x, omega, s_u)  # [B, T, H]
+    u = s_u * x.double()
+    ref = torch.einsum("bthk,hmk->bthm", u, omega.double()).amax(-1) - 0.5 * (u * u).sum(-1)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=2e-5)
