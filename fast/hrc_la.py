@@ -29,10 +29,10 @@ The products are transposed (frequencies down the rows, θᵀ = Ω uᵀ) so the 
 through the frequency loop, are the right-hand operands and stay in shared memory; bf16/fp16
 inputs, exact in tf32, split only Ω (phases_t: two tf32 products, the accuracy of tf32x3). With x
 on the left and tf32x3, phase 3 took 255 registers and spilled 200-400 bytes a thread at any BM.
-Switches (module globals, read at each call; the sweep .scratch/hrc_sweep2.py flips each):
+Switches (module globals, read at each call; benchmarks/results/h100-2026-11-23/run21-hrc_sweep2.py flips each):
   HALF_RECORDS (off): records in bf16 for bf16/fp16 inputs (the walk still adds in fp32, each
-    stored state is rounded once, 2⁻⁹ relative); round 1 saw no gain, but with 2 passes instead
-    of 4 the records are now most of the bytes. FAST_TRIG (on): θ reduced to [−π, π] by a two-
+    stored state is rounded once, 2⁻⁹ relative); measured ±0.1 ms either way
+    (runs 21-23): left off. FAST_TRIG (on): θ reduced to [−π, π] by a two-
     constant Cody-Waite split of 2π, then the SFU's sin.approx/cos.approx (abs error ~1e-6;
     _random_features.cos_sin), in the walk and phase 3 (the serial and backward kernels keep
     libdevice's accurate ones: untimed). FEATURE_DOTS_16 (on): bf16/fp16 inputs feed phase 3's
@@ -41,7 +41,7 @@ Switches (module globals, read at each call; the sweep .scratch/hrc_sweep2.py fl
     products keep their split-Ω tf32; fp32 inputs unchanged); its error against the fp64 zoo is
     printed by the sweep. WALK_TILE (32, 4 warps, 2 stages), OUT_TILE (32, 4 warps, 2 stages): measured
     fastest (runs 21-23), spills and all (72 and 320 B a thread, tests/test_hrc_la.py bounds them).
-sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; .scratch/hrc_aot2.py):
+sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; tests/test_hrc_la.py's AOT_SCRIPT compiles the defaults):
   walk: BM 32 at 4 warps, 1 stage: 191, no stack (2 blocks an SM; 512 programs at the issue's
     size: ~2 waves); 2 stages 255 + 96 B of spill; BM 16: 163 (3 blocks an SM); BM 64 at 8 warps
     255; libdevice sin/cos: 220 + its 32 B of stack.

@@ -33,13 +33,13 @@ BEFORE the chunk, at the scale c_last(n−1) of the previous chunk's last token 
     the backward and the host are unchanged.
 Features transposed [BM, BT] (θᵀ = Ω uᵀ, _random_features.phases_t: bf16/fp16 inputs split only Ω,
 two tf32 products) so the chunk's q and k are the dots' right-hand operands; ‖u‖²/2 comes from the
-same loaded rows. Switches (module globals, read at each call; .scratch/perf_sweep.py flips them):
+same loaded rows. Switches (module globals, read at each call; benchmarks/results/h100-2026-11-23/run24-perf_sweep.py flips them):
   FEATURE_DOTS_16 (on): bf16/fp16 inputs feed phase 3's A, A v and read-out dots in the input
     dtype (features, A and the records' S rounded to it; fp32 accumulation; the exponents stay
     fp32-accurate; fp32 inputs unchanged). HALF_RECORDS (off): records in bf16 for bf16/fp16
     inputs (the walk still adds in fp32). WALK_TILE (32, 4 warps, 2 stages), OUT_TILE (32, 4
     warps, 2 stages): HRC-LA's measured winners, taken over untimed.
-sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; .scratch/perf_aot.py):
+sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; tests/test_performer.py's AOT script compiles the defaults):
   walk: BM 32 at 4 warps, 2 stages: 168, no spill (1 stage: 168 + 24 B); BM 64: 226, no spill;
     BM 16: 128.
   phase 3: BM 32 at 4 warps, 2 stages: 255 + 160 B of spill (264 B with FEATURE_DOTS_16 off;
