@@ -16,12 +16,15 @@ call that follows finds its kernels compiled, because the dry run reached the sa
 the same specialisation (T is never a compile key in these files: it is in do_not_specialize).
 A dry run that misses a variant costs only time: the real launch compiles it as before.
 
-Measured with it (H100, run 22): the delta family's fwd + bwd first calls 4.7 s (delta rule), 5.5 s
-(gated), 6.0 s (DeltaProduct), the WY kernel's own compile (2.5-4.2 s beside the others) the floor
-of that wait. Not used by HyperAttention: its variants depend on T, so its dry run has to be the
-call itself, and the backward of a call goes through autograd, which runs CUDA backwards on its
-own device thread, where this thread's dry run is not on: tried (run 23), its backward kernels
-still compiled in series (8.6 s in all), so it was taken out again.
+A dry run must reach every launch on its own thread: a backward op is called directly, not
+through autograd, which runs a CUDA backward on its own device thread where this thread's dry run
+is not on (HyperAttention's first try, run 23: its backward kernels still compiled in series).
+HyperAttention's variants depend on T, so its dry run is the call itself on the same inputs.
+
+Measured with it (H100, fresh process, empty caches): HyperAttention causal fwd + bwd 2.85 s
+(run 24; 8.0 s before); delta rule 3.4-5.0 s, gated 4.7-5.5 s, DeltaProduct 4.2-6.0 s over runs
+21-24 (7.3, 11.3, 10.5 s before), the WY kernel's own compile (1.6-4.2 s) the floor of that wait
+(since run 24 the forward and the backward share it).
 
 Under TRITON_INTERPRET=1 nothing compiles: the dry run still runs (so its host code is tested
 on a CPU) and `launch` records each launch's `signature` instead.
