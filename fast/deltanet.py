@@ -801,16 +801,23 @@ def _variants(q, v, g, h0):
     return (q.dtype, q.device, q.shape[2], q.shape[3], v.shape[3], g is None, h0 is None)
 
 
+def _tiny_state(h0):
+    """A zero state like h0 [B, H, K, V] with batch 1 (None stays None)."""
+    return None if h0 is None else h0.new_zeros(1, *h0.shape[1:])
+
+
 def _fwd_plan(q, k, v, g, beta, h0, scale):
-    h0t = None if h0 is None else h0.new_zeros(1, *h0.shape[1:])
-    return {("fwd",) + _variants(q, v, g, h0): lambda: _chunk_fwd(*map(_tiny, (q, k, v, g, beta)), h0t, scale)}
+    """{key: dry run} of the forward; the tiny inputs are made only if the dry run runs."""
+    return {("fwd",) + _variants(q, v, g, h0): lambda: _chunk_fwd(*map(_tiny, (q, k, v, g, beta)), _tiny_state(h0),
+                                                                   scale)}
 
 
 def _bwd_plan(q, k, v, g, beta, h0, scale, has_dht: bool):
-    h0t = None if h0 is None else h0.new_zeros(1, *h0.shape[1:])
-    dht = q.new_zeros(1, q.shape[2], q.shape[3], v.shape[3], dtype=torch.float32) if has_dht else None
-    return {("bwd", has_dht) + _variants(q, v, g, h0):
-            lambda: _chunk_bwd(*map(_tiny, (q, k, v, g, beta)), h0t, _tiny(v), dht, scale)}
+    """{key: dry run} of the backward (dht given or not); tiny inputs as in _fwd_plan."""
+    def dry():
+        dht = q.new_zeros(1, q.shape[2], q.shape[3], v.shape[3], dtype=torch.float32) if has_dht else None
+        _chunk_bwd(*map(_tiny, (q, k, v, g, beta)), _tiny_state(h0), _tiny(v), dht, scale)
+    return {("bwd", has_dht) + _variants(q, v, g, h0): dry}
 
 
 def chunk_fwd(q, k, v, g, beta, h0, scale: float, output_final_state: bool):
