@@ -63,7 +63,7 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     1.10), 3.10 ms at BM 64 (walk 0.55: the default now); FEATURE_DOTS_16 off 3.45 ms (error vs the
     fp64 zoo 1.9e-3 against 2.5e-3 on), HALF_RECORDS 3.30 ms (2.7e-3; left off), phase 3 (16, 4, 2)
     3.28 ms, (32, 8, 2) 3.61 ms. The row-max pass over q and k took 1.1 ms of that, a third of the
-    op; in the transposed form at 4 warps (ROW_MAX_T, run 25, run25-rowmax.log) 0.39 ms (0.67 at 8
+    op; in the transposed form at 4 warps (run 25, run25-rowmax.log) 0.39 ms (0.67 at 8
     warps), and the op **2.40 ms** (against 3.12 in the same script). Floor of the op ~0.65 ms.
 
 Serial walk (non-causal, and causal with CHUNK_PARALLEL = False)
@@ -116,12 +116,7 @@ from fast import _random_features as _rf
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
 ROW_MAX_BT = 64  # tokens per program of the row-max kernel
-# The row-max kernel's form (read at each call): True computes θᵀ as the two-launch forward does
-# (phases_t, transposed, ROW_MAX_WARPS warps), False as the serial walk does (three tf32 products, the
-# tile rule's 8 warps). Measured on the H100 (run 25, the issue's size, q and k): 0.39 ms at 4 warps
-# transposed, 0.67 at 8, 1.11 the old form; the op 2.40 against 3.12 ms.
-ROW_MAX_T = True
-ROW_MAX_WARPS = 4
+ROW_MAX_WARPS = 4  # 0.39 ms for q and k at the issue's size against 0.67 at 8 warps (run 25)
 # The causal chunk forward: True runs the chunk-parallel kernels (two launches, the card's state
 # walk and phase 3), False the serial walk per frequency tile (_performer_chunk_fwd_kernel).
 # Read at each call.
@@ -164,11 +159,11 @@ def _exponents(x, p_t, mask_t, offs_k, mask_k, b_omega, s_u, K: tl.constexpr):
 
 @triton.jit(do_not_specialize=["T"])
 def _performer_row_max_kernel(x, omega, out, s_u, T, H, K: tl.constexpr, M: tl.constexpr,
-                              BT: tl.constexpr, BK: tl.constexpr, BM: tl.constexpr, TRANSPOSED: tl.constexpr):
-    """out_t = max_r ω_rᵀu_t − ‖u_t‖²/2 over all M frequencies: the stabiliser a of (2).
-    TRANSPOSED: θᵀ = Ω uᵀ [BM, BT] as the two-launch forward's kernels compute it (phases_t: two
-    tf32 products for bf16/fp16 inputs, the same rounding as the exponents it shifts); else
-    θ = u Ωᵀ [BT, BM] at PHASE_PRECISION (three tf32 products), as the serial walk computes them."""
+                              BT: tl.constexpr, BK: tl.constexpr, BM: tl.constexpr):
+    """out_t = max_r ω_rᵀu_t − ‖u_t‖²/2 over all M frequencies: the stabiliser a of (2), with θᵀ =
+    Ω uᵀ [BM, BT] as the two-launch forward computes its exponents (phases_t: two tf32 products for
+    bf16/fp16 inputs) and ‖u‖²/2 as _features_t does. (θ = u Ωᵀ at three tf32 products and 8 warps,
+    the serial walk's form, took 1.11 ms for q and k at the issue's size against 0.39: run 25.)"""
     # -- map the program to BT tokens of one (batch, head) -----------------------------------------
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -177,25 +172,17 @@ def _performer_row_max_kernel(x, omega, out, s_u, T, H, K: tl.constexpr, M: tl.c
     offs_k = tl.arange(0, BK)
     mask_t, mask_k = offs_t < T, offs_k < K
     p_t = (i_b.to(tl.int64) * T + offs_t) * H + i_h
-    b_max = tl.full([BT], float("-inf"), dtype=tl.float32)
-    if TRANSPOSED:
-        b_xT = tl.trans(load_rows(x, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT], unscaled (see phases_t)
-        b_h = (0.5 * s_u * s_u) * tl.sum(b_xT * b_xT, 0)  # ‖u‖²/2 as _features_t computes it
-    else:
-        b_u = s_u * load_rows(x, p_t, mask_t, offs_k, mask_k, K)
-        b_h = 0.5 * tl.sum(b_u * b_u, 1)
+    b_xT = tl.trans(load_rows(x, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT], unscaled (see phases_t)
+    b_h = (0.5 * s_u * s_u) * tl.sum(b_xT * b_xT, 0)  # ‖u‖²/2 [BT]
     # -- the running max over frequency tiles ------------------------------------------------------
+    b_max = tl.full([BT], float("-inf"), dtype=tl.float32)
     for i_m in range(tl.cdiv(M, BM)):
         offs_m = i_m * BM + tl.arange(0, BM)
         mask_m = offs_m < M
         b_omega = tl.load(omega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
                           mask=mask_m[:, None] & mask_k[None, :], other=0.0).to(tl.float32)
-        if TRANSPOSED:
-            b_th = phases_t(b_xT, b_omega, s_u, x.dtype.element_ty != tl.float32)  # [BM, BT]
-            b_max = tl.maximum(b_max, tl.max(tl.where(mask_m[:, None], b_th, float("-inf")), 0))
-        else:
-            b_th = tl.dot(b_u, tl.trans(b_omega), input_precision=PHASE_PRECISION)
-            b_max = tl.maximum(b_max, tl.max(tl.where(mask_m[None, :], b_th, float("-inf")), 1))
+        b_th = phases_t(b_xT, b_omega, s_u, x.dtype.element_ty != tl.float32)  # [BM, BT]
+        b_max = tl.maximum(b_max, tl.max(tl.where(mask_m[:, None], b_th, float("-inf")), 0))
     tl.store(out + p_t, b_max - b_h, mask=mask_t)
 
 
@@ -557,12 +544,11 @@ def _performer_recurrent_fwd_kernel(
 def _launch_row_max(x, omega, s_u):
     B, T, H, K = x.shape
     M = omega.shape[1]
-    BK, _, _, num_warps, _ = _tile_rule(K, 16, M)
+    BK = max(16, triton.next_power_of_2(K))
     BM = max(16, min(triton.next_power_of_2(M), 128))
     out = torch.empty(B, T, H, device=x.device, dtype=torch.float32)
     _performer_row_max_kernel[(triton.cdiv(T, ROW_MAX_BT), B * H)](
-        x, omega, out, s_u, T, H, K=K, M=M, BT=ROW_MAX_BT, BK=BK, BM=BM, TRANSPOSED=ROW_MAX_T,
-        num_warps=ROW_MAX_WARPS if ROW_MAX_T else num_warps)
+        x, omega, out, s_u, T, H, K=K, M=M, BT=ROW_MAX_BT, BK=BK, BM=BM, num_warps=ROW_MAX_WARPS)
     return out
 
 

@@ -23,11 +23,10 @@ name; what only FAVOR+ has (positive features, redraw_features) is written out b
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
 
 import random_features_cases as cases
 from random_features_cases import F64, flat
-from strategies import Shape, device, edge_examples, has_cuda, run_aot_script, seeds, shapes, tol_for
+from strategies import Shape, device, has_cuda, run_aot_script, tol_for
 import fast.performer as fast
 import zoo.performer as perf
 
@@ -52,51 +51,10 @@ test_fast_equals_zoo_in_half_precision_on_gpu = cases.fast_equals_zoo_in_half_pr
 test_fast_has_no_nan_for_inputs_of_norm_up_to_30_in_bf16_on_gpu = \
     cases.fast_has_no_nan_for_inputs_of_norm_up_to_30_in_bf16_on_gpu(PERF)
 
-# (PARALLEL_BT, WALK_TILE, OUT_TILE) for the chunk-parallel forward on CPU: chunks of 16 and 32 so short
-# T spans several and ends inside one; the walk's and phase 3's BM at 16, 32, 64 (padding frequencies
-# in the tiles for M = 3, 40, 70).
+# (PARALLEL_BT, WALK_TILE, OUT_TILE) triples for the chunk-parallel forward on CPU (see the case).
 PARALLEL_TILES = [(16, (32, 4, 2), (32, 4, 2)), (32, (16, 4, 1), (64, 8, 1)), (16, (64, 8, 1), (16, 4, 2))]
-
-
-@settings(max_examples=6)
-@given(shape=shapes(max_T=70, max_H=2, max_K=9, max_V=9), M=st.sampled_from([3, 16, 40, 70]), with_state=st.booleans(),
-       final=st.booleans(), dtype=st.sampled_from([torch.float32, torch.bfloat16]), half_records=st.booleans(),
-       dots16=st.booleans(), tiles=st.sampled_from(PARALLEL_TILES), seed=seeds)
-@edge_examples(chunk_size=16, M=70, with_state=True, final=True, dtype=torch.float32, half_records=False,
-               dots16=True, tiles=PARALLEL_TILES[0])
-@edge_examples(chunk_size=16, M=40, with_state=False, final=False, dtype=torch.bfloat16, half_records=True,
-               dots16=True, tiles=PARALLEL_TILES[1])
-@edge_examples(chunk_size=16, M=70, with_state=True, final=True, dtype=torch.bfloat16, half_records=False,
-               dots16=False, tiles=PARALLEL_TILES[2])
-def test_fast_chunk_parallel_causal_forward_equals_zoo_and_the_serial_kernel(shape, M, with_state, final, dtype,
-                                                                            half_records, dots16, tiles, seed):
-    # The chunk-parallel causal forward (fast/performer.py's state walk and phase 3), with and without
-    # an initial state and the final state: against the zoo in float64 and the serial kernel
-    # (CHUNK_PARALLEL off), same switches. bf16 takes the split-Ω exponent product (phases_t), fp32
-    # the tf32x3 one; HALF_RECORDS keeps the chunks' states in bf16 for bf16 inputs; FEATURE_DOTS_16
-    # feeds phase 3's dots in bf16 (fp32 inputs ignore both).
-    dev = device()
-    q, k, v, omega = PERF.make(seed, shape, M, dtype=dtype, device=dev)
-    omega = omega.float()
-    s0 = PERF.state(seed, shape, M, device=dev) if with_state else None
-    kw = dict(causal=True, output_final_state=final, initial_state=s0)
-    ref = flat(*perf.performer_parallel(*(x.double() for x in (q, k, v, omega)), causal=True, initial_state=s0,
-                                        output_final_state=final))
-    names = ("CHUNK_PARALLEL", "PARALLEL_BT", "WALK_TILE", "OUT_TILE", "HALF_RECORDS", "FEATURE_DOTS_16")
-    saved = {n: getattr(fast, n) for n in names}
-    try:
-        fast.PARALLEL_BT, fast.WALK_TILE, fast.OUT_TILE = tiles
-        fast.HALF_RECORDS, fast.FEATURE_DOTS_16 = half_records, dots16
-        fast.CHUNK_PARALLEL = True
-        got = flat(*fast.performer_chunk(q, k, v, omega, **kw))
-        fast.CHUNK_PARALLEL = False
-        serial = flat(*fast.performer_chunk(q, k, v, omega, **kw))
-    finally:
-        for n, x in saved.items():
-            setattr(fast, n, x)
-    tol = tol_for(dtype, dev)
-    PERF.assert_all_close(got, ref, tol)
-    PERF.assert_all_close(got, serial, tol)
+test_fast_chunk_parallel_causal_forward_equals_zoo_and_the_serial_kernel = \
+    cases.fast_chunk_parallel_causal_forward_equals_zoo_and_the_serial_kernel(PERF, PARALLEL_TILES)
 
 
 AOT_SCRIPT = r"""
@@ -285,11 +243,9 @@ test_fast_ops_compile_forward_and_backward = cases.fast_ops_compile_forward_and_
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("transposed", [True, False])
-def test_row_max_is_the_stabiliser_in_both_forms(monkeypatch, dtype, transposed):
+def test_row_max_is_the_stabiliser(dtype):
     # a_t = max_r ω_r·u_t − ‖u_t‖²/2 with u = √scale·x, against float64 on the same (rounded) x;
     # T = 70 crosses the kernel's 64-token tile, M = 200 its frequency tile (128).
-    monkeypatch.setattr(fast, "ROW_MAX_T", transposed)
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 70, 3, 16, generator=gen).to(dtype).to(device())
     omega = torch.stack([perf.orthogonal_random_features(200, 16, generator=gen) for _ in range(3)]).to(device())
