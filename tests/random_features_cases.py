@@ -156,6 +156,57 @@ def fast_equals_zoo_in_half_precision_on_gpu(m: Method):
     return test_fast_equals_zoo_in_half_precision_on_gpu
 
 
+def fast_chunk_parallel_causal_forward_equals_zoo_and_the_serial_kernel(m: Method, tiles):
+    """The chunk-parallel causal forward (the fast module's state walk and phase 3) against the zoo in
+    float64 and the serial kernel (CHUNK_PARALLEL off) under the same switches, with and without an
+    initial state and the final state. `tiles`: (PARALLEL_BT, WALK_TILE, OUT_TILE) triples; chunks of
+    16 and 32 make short T span several and end inside one, and BM of 16-64 with M = 3, 40, 70 puts
+    padding frequencies in the tiles. bf16 takes the split-Ω phase product (phases_t), fp32 the
+    tf32x3 one; HALF_RECORDS keeps the chunks' states in bf16 for bf16 inputs; FEATURE_DOTS_16 feeds
+    phase 3's dots in bf16 (fp32 inputs ignore both); FAST_TRIG (HRC-LA only: FAVOR+ has no sin/cos)
+    reduces θ to [−π, π] first (the interpreter then takes tl.sin/tl.cos)."""
+    switches = ("CHUNK_PARALLEL", "PARALLEL_BT", "WALK_TILE", "OUT_TILE", "HALF_RECORDS", "FEATURE_DOTS_16",
+                "FAST_TRIG")
+
+    @settings(max_examples=6)
+    @given(shape=shapes(max_T=70, max_H=2, max_K=9, max_V=9), M=st.sampled_from([3, 16, 40, 70]),
+           with_state=st.booleans(), final=st.booleans(), dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+           half_records=st.booleans(), fast_trig=st.booleans(), dots16=st.booleans(), tiles=st.sampled_from(tiles),
+           seed=seeds)
+    @edge_examples(chunk_size=16, M=70, with_state=True, final=True, dtype=torch.float32, half_records=False,
+                   fast_trig=True, dots16=True, tiles=tiles[0])
+    @edge_examples(chunk_size=16, M=40, with_state=False, final=False, dtype=torch.bfloat16, half_records=True,
+                   fast_trig=False, dots16=True, tiles=tiles[1])
+    @edge_examples(chunk_size=16, M=70, with_state=True, final=True, dtype=torch.bfloat16, half_records=False,
+                   fast_trig=True, dots16=False, tiles=tiles[2])
+    def test_fast_chunk_parallel_causal_forward_equals_zoo_and_the_serial_kernel(
+            shape, M, with_state, final, dtype, half_records, fast_trig, dots16, tiles, seed):
+        dev = device()
+        q, k, v, omega = m.make(seed, shape, M, dtype=dtype, device=dev)
+        omega = omega.float()
+        s0 = m.state(seed, shape, M, device=dev) if with_state else None
+        kw = dict(causal=True, output_final_state=final, initial_state=_c64(s0))
+        ref = flat(*m.parallel(*(x.double() for x in (q, k, v, omega)), causal=True, initial_state=s0,
+                               output_final_state=final))
+        saved = {n: getattr(m.fast, n) for n in switches if hasattr(m.fast, n)}
+        try:
+            m.fast.PARALLEL_BT, m.fast.WALK_TILE, m.fast.OUT_TILE = tiles
+            m.fast.HALF_RECORDS, m.fast.FEATURE_DOTS_16 = half_records, dots16
+            if "FAST_TRIG" in saved:
+                m.fast.FAST_TRIG = fast_trig
+            m.fast.CHUNK_PARALLEL = True
+            got = flat(*m.fast_chunk(q, k, v, omega, **kw))
+            m.fast.CHUNK_PARALLEL = False
+            serial = flat(*m.fast_chunk(q, k, v, omega, **kw))
+        finally:
+            for n, x in saved.items():
+                setattr(m.fast, n, x)
+        tol = tol_for(dtype, dev)
+        m.assert_all_close(got, ref, tol)
+        m.assert_all_close(got, serial, tol)
+    return test_fast_chunk_parallel_causal_forward_equals_zoo_and_the_serial_kernel
+
+
 def fast_has_no_nan_for_inputs_of_norm_up_to_30_in_bf16_on_gpu(m: Method):
     @pytest.mark.gpu
     def test_fast_has_no_nan_for_inputs_of_norm_up_to_30_in_bf16_on_gpu():

@@ -28,11 +28,10 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from hypothesis import given, settings, strategies as st
 
 import random_features_cases as cases
 from random_features_cases import F64, flat, _c64
-from strategies import Shape, device, edge_examples, has_cuda, run_aot_script, seeds, shapes, tol_for
+from strategies import Shape, device, has_cuda, run_aot_script, tol_for
 import fast.hrc_la as fast
 import fast._random_features as _rf
 import zoo.hrc_la as hrc
@@ -57,53 +56,10 @@ test_fast_equals_zoo_in_half_precision_on_gpu = cases.fast_equals_zoo_in_half_pr
 test_fast_has_no_nan_for_inputs_of_norm_up_to_30_in_bf16_on_gpu = \
     cases.fast_has_no_nan_for_inputs_of_norm_up_to_30_in_bf16_on_gpu(HRC)
 
-
-
-# (PARALLEL_BT, WALK_TILE, OUT_TILE) for the chunk-parallel forward on CPU: chunks of 16 and 32 so short
-# T spans several and ends inside one; the walk's and phase 3's BM at 16, 32, 64 (padding frequencies
-# in the tiles for M = 3, 40, 70).
+# (PARALLEL_BT, WALK_TILE, OUT_TILE) triples for the chunk-parallel forward on CPU (see the case).
 PARALLEL_TILES = [(16, (32, 4, 1), (16, 8, 2)), (32, (16, 4, 1), (32, 8, 1)), (16, (64, 8, 1), (64, 4, 2))]
-
-
-@settings(max_examples=6)
-@given(shape=shapes(max_T=70, max_H=2, max_K=9, max_V=9), M=st.sampled_from([3, 16, 40, 70]), with_state=st.booleans(),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16]), half_records=st.booleans(), fast_trig=st.booleans(),
-       dots16=st.booleans(), tiles=st.sampled_from(PARALLEL_TILES), seed=seeds)
-@edge_examples(chunk_size=16, M=70, with_state=True, dtype=torch.float32, half_records=False, fast_trig=True,
-               dots16=True, tiles=PARALLEL_TILES[0])
-@edge_examples(chunk_size=16, M=40, with_state=False, dtype=torch.bfloat16, half_records=True, fast_trig=False,
-               dots16=True, tiles=PARALLEL_TILES[1])
-@edge_examples(chunk_size=16, M=70, with_state=True, dtype=torch.bfloat16, half_records=False, fast_trig=True,
-               dots16=False, tiles=PARALLEL_TILES[2])
-def test_fast_chunk_parallel_causal_forward_equals_zoo_and_the_serial_kernel(shape, M, with_state, dtype, half_records,
-                                                                            fast_trig, dots16, tiles, seed):
-    # The chunk-parallel causal forward (fast/hrc_la.py's state walk and phase 3), with and without an
-    # initial state, the final state returned. bf16 takes the split-Ω phase product (_phases_t), fp32
-    # the tf32x3 one; with HALF_RECORDS, bf16 inputs keep the chunks' states in bf16 too; FAST_TRIG
-    # reduces θ to [−π, π] first (the interpreter then takes tl.sin/tl.cos: see _random_features);
-    # FEATURE_DOTS_16 feeds phase 3's dots in bf16 (fp32 inputs ignore it).
-    dev = device()
-    q, k, v, omega = HRC.make(seed, shape, M, dtype=dtype, device=dev)
-    omega = omega.float()
-    s0 = HRC.state(seed, shape, M, device=dev) if with_state else None
-    kw = dict(causal=True, output_final_state=True, initial_state=_c64(s0))
-    ref = flat(*hrc.hrc_la_parallel(*(x.double() for x in (q, k, v, omega)), causal=True, initial_state=s0,
-                                    output_final_state=True))
-    names = ("CHUNK_PARALLEL", "PARALLEL_BT", "WALK_TILE", "OUT_TILE", "HALF_RECORDS", "FAST_TRIG", "FEATURE_DOTS_16")
-    saved = {n: getattr(fast, n) for n in names}
-    try:
-        fast.PARALLEL_BT, fast.WALK_TILE, fast.OUT_TILE = tiles
-        fast.HALF_RECORDS, fast.FAST_TRIG, fast.FEATURE_DOTS_16 = half_records, fast_trig, dots16
-        fast.CHUNK_PARALLEL = True
-        got = flat(*fast.hrc_la_chunk(q, k, v, omega, **kw))
-        fast.CHUNK_PARALLEL = False
-        serial = flat(*fast.hrc_la_chunk(q, k, v, omega, **kw))
-    finally:
-        for n, x in saved.items():
-            setattr(fast, n, x)
-    tol = tol_for(dtype, dev)
-    HRC.assert_all_close(got, ref, tol)
-    HRC.assert_all_close(got, serial, tol)
+test_fast_chunk_parallel_causal_forward_equals_zoo_and_the_serial_kernel = \
+    cases.fast_chunk_parallel_causal_forward_equals_zoo_and_the_serial_kernel(HRC, PARALLEL_TILES)
 
 
 @triton.jit
