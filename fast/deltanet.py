@@ -770,10 +770,6 @@ def _recurrent_fwd(q, k, v, g, beta, h0, scale, num_householder):
 # Custom ops: what torch.compile(fullgraph=True) sees (the kernels stay opaque to it). One set
 # serves the family: g = None is DeltaNet; num_householder > 1 is DeltaProduct's decode loop.
 # ================================================================================================
-def _empty_if_none(x, ref):
-    return ref.new_empty(0) if x is None else x  # a custom op cannot return None
-
-
 def _none_if_empty(x):
     return None if x is None or x.numel() == 0 else x
 
