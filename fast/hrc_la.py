@@ -169,6 +169,14 @@ FEATURE_DOTS_16 = True
 # still adds in fp32; each stored state is rounded once, 2⁻⁹ relative, under the half-precision
 # output's own rounding). fp32 inputs always keep fp32 records. Off until GPU-timed.
 HALF_RECORDS = False
+# The causal backward: True runs the chunk-parallel kernels (the card's "Causal backward, parallel
+# over chunks": the walk again, a reverse walk, then every chunk's gradients), False the serial
+# _hrc_la_chunk_bwd_kernel. Only with CHUNK_PARALLEL (non-causal always takes the serial one). Read
+# at each call. DWALK_TILE and BWD_TILE: (BM, num_warps, num_stages) of the reverse walk and of the
+# per-chunk gradient kernel (BM capped at M's power of two); the card has the sm_90 registers.
+PARALLEL_BWD = True
+DWALK_TILE = (32, 4, 2)
+BWD_TILE = (16, 4, 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -422,6 +430,158 @@ def _hrc_la_chunk_out_kernel(
     store_chunk_out(num, den, v, b_A, b_oi, b_di, b_dec, p_t, mask_t, offs_v, mask_v, V, FT, DOT)
     tl.store(mass + p_t, tl.sum(b_G * b_e[None, :], 1) + b_dec * tl.load(p_h + 2 * M * V + 2 * M).to(tl.float32),
              mask=mask_t)
+
+
+# ------------------------------------------------------------------------------------------------
+# Causal backward, parallel over chunks (the default causal backward: PARALLEL_BWD; the card)
+# ------------------------------------------------------------------------------------------------
+# dhs [B, H, NT, R] fp32, the records' layout (S_c, S_s, z_c, z_s rows; the last element unused):
+# record n holds the gradient of the loss w.r.t. the state AFTER chunk n (at its scale c_last(n)),
+# the cotangent chunk n's keys write into.
+@triton.heuristics({
+    "HAS_H0": lambda args: args["dh0"] is not None,
+    "HAS_DHT": lambda args: args["dht"] is not None,
+})
+@triton.jit(do_not_specialize=["T", "NT"])
+def _hrc_la_chunk_dh_kernel(
+    q, c, c0, dnum, dden, dht, dzt, dhs,  # [B, T, H, K], [B, T, H], [B, H], dnum [B, T, H, V], dden [B, T, H] fp32,
+    dh0, dz0,  # ... [B, H, 2M, V], [B, H, 2M] fp32 (may be None) ×2, dhs [B, H, NT, R] fp32
+    omega, s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, FAST_TRIG: tl.constexpr, DOT: tl.constexpr,
+):
+    """The reverse state walk (fla's chunk_bwd_dh), one program per (frequency tile of BM, batch·head),
+    its slice of the state's cotangent dS_c, dS_s [BM, BV], dz_c, dz_s [BM] in fp32 registers,
+    walking the chunks from last to first. The running value starts as the final state's cotangent
+    (dht, dzt: the final state is at scale c_T = c_last(NT − 1)); per chunk n:
+        record n  <-  dS⁺, the cotangent of the state after the chunk (what its keys see),
+        dS⁻ = e^{c⁻ − c_last(n)} dS⁺ + Σ_t e^{c⁻ − c_t} φ̂(q_t) dnum_tᵀ  (the transpose of (4)'s decay
+              and of (5)'s read-out; dz⁻ likewise with dden_t),
+    c⁻ = c_last(n − 1) (c0 for chunk 0), the queries' features on chip. After chunk 0 the running
+    value is the initial state's gradient (dh0, dz0, at c0's scale)."""
+    i_m, i_bh, i_h, row0, s_u, offs_k, offs_v, offs_m, mask_k, mask_v, mask_m, b_rm, b_omega = frequency_tile(
+        omega, s_u, r_m, T, H, K, V, M, BK, BV, BM)  # b_rm = 0 on padding frequencies
+    p_Sc, p_zc, mask_S = state_ptrs(i_bh, offs_m, offs_v, mask_m, mask_v, 2 * M, V)  # rows [0, M): cos
+    p_Ss, p_zs = p_Sc + M * V, p_zc + M  # rows [M, 2M): sin
+    b_dSc, b_dzc = state_or_zeros(dht, dzt, p_Sc, p_zc, mask_S, mask_m, HAS_DHT, BM, BV)
+    b_dSs, b_dzs = state_or_zeros(dht, dzt, p_Ss, p_zs, mask_S, mask_m, HAS_DHT, BM, BV)
+    b_c0 = tl.load(c0 + i_bh)
+    o_S = offs_m[:, None] * V + offs_v[None, :]  # a record's offsets, as the walk writes them
+
+    for i_r in range(NT):
+        i_t = NT - 1 - i_r
+        # -- record n: the cotangent of the state after the chunk ---------------------------------
+        p_h = chunk_record(dhs, i_bh, i_t, NT, R)
+        tl.store(p_h + o_S, b_dSc, mask=mask_S)
+        tl.store(p_h + M * V + o_S, b_dSs, mask=mask_S)
+        tl.store(p_h + 2 * M * V + offs_m, b_dzc, mask=mask_m)
+        tl.store(p_h + 2 * M * V + M + offs_m, b_dzs, mask=mask_m)
+        # -- through the chunk: its decay, then its queries' read-out of the state before it ---------
+        offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
+        b_xqT = tl.trans(load_rows(q, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT], unscaled (see phases_t)
+        b_c = tl.load(c + p_t, mask=mask_t, other=0.0)
+        b_clast = tl.load(c + (row0 + tl.minimum(i_t * BT + BT, T) - 1) * H + i_h)
+        b_cprev = tl.where(i_t > 0, tl.load(c + (row0 + tl.maximum(i_t * BT - 1, 0)) * H + i_h), b_c0)
+        b_gq = tl.exp(tl.where(mask_t, b_cprev - b_c, float("-inf")))  # e^{c⁻ − c_t} [BT]
+        b_dn = load_rows(dnum, p_t, mask_t, offs_v, mask_v, V)  # [BT, BV]
+        b_dd = tl.load(dden + p_t, mask=mask_t, other=0.0)
+        b_th = phases_t(b_xqT, b_omega, s_u, q.dtype.element_ty != tl.float32)  # θᵀ [BM, BT]
+        b_cos, b_sin = cos_sin(b_th, FAST_TRIG)
+        b_cq = b_cos * b_rm[:, None] * b_gq[None, :]  # e^{c⁻ − c_t} φ̂(q_t), transposed
+        b_sq = b_sin * b_rm[:, None] * b_gq[None, :]
+        b_dec = tl.exp(b_cprev - b_clast)  # e^{c⁻ − c_last(n)}
+        b_dSc = b_dSc * b_dec + tl.dot(b_cq, b_dn, input_precision=DOT)
+        b_dSs = b_dSs * b_dec + tl.dot(b_sq, b_dn, input_precision=DOT)
+        b_dzc = b_dzc * b_dec + tl.sum(b_cq * b_dd[None, :], 1)
+        b_dzs = b_dzs * b_dec + tl.sum(b_sq * b_dd[None, :], 1)
+
+    if HAS_H0:
+        store_state(dh0, dz0, p_Sc, p_zc, mask_S, mask_m, b_dSc, b_dzc)
+        store_state(dh0, dz0, p_Ss, p_zs, mask_S, mask_m, b_dSs, b_dzs)
+
+
+@triton.jit(do_not_specialize=["T", "NT"])
+def _hrc_la_chunk_grad_kernel(
+    q, k, v, omega, a, c, c0, hs, dhs, dnum, dden,  # inputs as in phase 3, the records of both walks, cotangents
+    dq, dk, dv, da, domega,  # fp32 [B, T, H, K] ×2, [B, T, H, V], [B, T, H] written once; [H, M, K] zeroed (DOMEGA)
+    s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, DOT: tl.constexpr,
+    FAST_TRIG: tl.constexpr, DOMEGA: tl.constexpr,
+):
+    """The gradients of one chunk's tokens, one program per (chunk, batch·head), all M frequencies
+    walked BM at a time (features transposed [BM, BT], as phase 3), dq, dk, dv, da written once:
+        dA = (dnum vᵀ + dden 1ᵀ) ⊙ Γ                                   (the transpose of (3)),
+        dφ̂(q_t) = (dA φ̂_k)_t + e^{c⁻ − c_t} (S⁻ dnum_t + z⁻ dden_t)    (read-out, hs[n]),
+        dφ̂_k(k_j) = (dAᵀ φ̂(q))_j + e^{c_j − c_last} (dS⁺ v_j + dz⁺)   (state write, dhs[n]),
+        dv = (A ⊙ Γ)ᵀ dnum + Σ_m e^{c_j − c_last} φ̂_k(k_j)ᵀ dS⁺,
+    keys weighted e^{a_j − c_j} (so da_j = Σ_m dφ̂_k·φ̂_k), then dθ = (cos·dsin − sin·dcos)/√M
+    (keys: times their weight), dx = s_u·dθ Ω, and (DOMEGA) dΩ += s_u·dθᵀ x, added into [H, M, K]
+    by atomics (the only ones). BWD_TILE: the card has its registers."""
+    i_t, i_bh, i_h, row0, s_u, r_m, offs_k, offs_v, mask_k, mask_v, offs_t, mask_t, p_t, b_xqT, b_xkT, b_c = \
+        chunk_program(q, k, c, s_u, r_m, T, H, K, V, BT, BK, BV)
+    b_e = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_c)  # e^{a_j − c_j} <= 1
+    b_dec, p_h = chunk_state_in(c, c0, hs, i_t, i_bh, i_h, row0, b_c, mask_t, H, NT, R, BT)  # e^{c⁻ − c_t}, hs[n]
+    p_dh = chunk_record(dhs, i_bh, i_t, NT, R)  # dS⁺ at the scale c_last of the chunk's last token
+    _, b_gl = chunk_end(b_c, mask_t)  # e^{c_j − c_last} [BT]
+    b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)  # [BT, BV]
+    b_dn = load_rows(dnum, p_t, mask_t, offs_v, mask_v, V)
+    b_dd = tl.load(dden + p_t, mask=mask_t, other=0.0)
+    b_G = causal_decay(offs_t, mask_t, b_c)
+    b_dA = (tl.dot(b_dn, tl.trans(b_v), input_precision=DOT) + b_dd[:, None]) * b_G  # [BT (t), BT (j)]
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)  # Re(φ̂_t conj φ̂_j) e^{a_j − c_j}, summed over frequencies
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # dθ Ω, summed over frequencies (times s_u at the end)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dv = tl.zeros([BT, BV], dtype=tl.float32)
+    b_da = tl.zeros([BT], dtype=tl.float32)
+    for i_m in range(tl.cdiv(M, BM)):
+        offs_m, mask_m, b_rm, b_omega = omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
+        b_cos_q, b_sin_q = cos_sin(phases_t(b_xqT, b_omega, s_u, q.dtype.element_ty != tl.float32), FAST_TRIG)  # [BM, BT]
+        b_cq, b_sq = b_cos_q * b_rm[:, None], b_sin_q * b_rm[:, None]  # φ̂(q)ᵀ
+        b_cos_k, b_sin_k = cos_sin(phases_t(b_xkT, b_omega, s_u, k.dtype.element_ty != tl.float32), FAST_TRIG)
+        b_wk = b_e[None, :] * b_rm[:, None]
+        b_ck, b_sk = b_cos_k * b_wk, b_sin_k * b_wk  # φ̂_k(k)ᵀ, weighted e^{a_j − c_j}
+        b_A += tl.dot(tl.trans(b_cq), b_ck, input_precision=DOT) + tl.dot(tl.trans(b_sq), b_sk, input_precision=DOT)
+        # the records: S⁻ (hs[n], at c⁻) and dS⁺ (dhs[n], at c_last)
+        mask_S = mask_m[:, None] & mask_v[None, :]
+        o_S = offs_m[:, None] * V + offs_v[None, :]
+        b_Sc = tl.load(p_h + o_S, mask=mask_S, other=0.0).to(tl.float32)
+        b_Ss = tl.load(p_h + M * V + o_S, mask=mask_S, other=0.0).to(tl.float32)
+        b_zc = tl.load(p_h + 2 * M * V + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+        b_zs = tl.load(p_h + 2 * M * V + M + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+        # queries: dφ̂(q)ᵀ [BM, BT]
+        b_dcq = tl.dot(b_ck, tl.trans(b_dA), input_precision=DOT) + b_dec[None, :] * (
+            tl.dot(b_Sc, tl.trans(b_dn), input_precision=DOT) + b_zc[:, None] * b_dd[None, :])
+        b_dsq = tl.dot(b_sk, tl.trans(b_dA), input_precision=DOT) + b_dec[None, :] * (
+            tl.dot(b_Ss, tl.trans(b_dn), input_precision=DOT) + b_zs[:, None] * b_dd[None, :])
+        b_dth = (b_cos_q * b_dsq - b_sin_q * b_dcq) * b_rm[:, None]  # dθ_qᵀ
+        b_dq += tl.dot(tl.trans(b_dth), b_omega, input_precision=PHASE_PRECISION)
+        if DOMEGA:
+            b_domega = tl.dot(b_dth, tl.trans(b_xqT), input_precision=PHASE_PRECISION)
+        b_dSc = tl.load(p_dh + o_S, mask=mask_S, other=0.0)
+        b_dSs = tl.load(p_dh + M * V + o_S, mask=mask_S, other=0.0)
+        b_dzc = tl.load(p_dh + 2 * M * V + offs_m, mask=mask_m, other=0.0)
+        b_dzs = tl.load(p_dh + 2 * M * V + M + offs_m, mask=mask_m, other=0.0)
+        # keys: dφ̂_k(k)ᵀ [BM, BT], and the values' state-write term
+        b_dck = tl.dot(b_cq, b_dA, input_precision=DOT) + b_gl[None, :] * (
+            tl.dot(b_dSc, tl.trans(b_v), input_precision=DOT) + b_dzc[:, None])
+        b_dsk = tl.dot(b_sq, b_dA, input_precision=DOT) + b_gl[None, :] * (
+            tl.dot(b_dSs, tl.trans(b_v), input_precision=DOT) + b_dzs[:, None])
+        b_dv += tl.dot(tl.trans(b_ck * b_gl[None, :]), b_dSc, input_precision=DOT)
+        b_dv += tl.dot(tl.trans(b_sk * b_gl[None, :]), b_dSs, input_precision=DOT)
+        b_da += tl.sum(b_dck * b_ck + b_dsk * b_sk, 0)  # φ̂_k ∝ e^{a_j}
+        b_dth = (b_cos_k * b_dsk - b_sin_k * b_dck) * b_wk  # dθ_kᵀ
+        b_dk += tl.dot(tl.trans(b_dth), b_omega, input_precision=PHASE_PRECISION)
+        if DOMEGA:
+            b_domega += tl.dot(b_dth, tl.trans(b_xkT), input_precision=PHASE_PRECISION)
+            tl.atomic_add(domega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :], s_u * b_domega,
+                          mask=mask_m[:, None] & mask_k[None, :])
+    # (3)'s intra-chunk values: dv_j = Σ_t A_tj Γ_tj dnum_t
+    b_dv += tl.dot(tl.trans(b_A * b_G), b_dn, input_precision=DOT)
+    mask_tk = mask_t[:, None] & mask_k[None, :]
+    tl.store(dq + p_t[:, None] * K + offs_k[None, :], s_u * b_dq, mask=mask_tk)
+    tl.store(dk + p_t[:, None] * K + offs_k[None, :], s_u * b_dk, mask=mask_tk)
+    tl.store(dv + p_t[:, None] * V + offs_v[None, :], b_dv, mask=mask_t[:, None] & mask_v[None, :])
+    tl.store(da + p_t, b_da, mask=mask_t)
 
 
 @triton.heuristics({
@@ -689,7 +849,43 @@ def _launch_parallel_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, output_final
     return num, den, mass, ht, zt, nt
 
 
-def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size):
+def _launch_parallel_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, need_domega):
+    """The causal backward in three launches (the card's plan): the forward's state walk again (the
+    records hs), the reverse walk (the records dhs and dh0, dz0), then every chunk's gradients.
+    Returns what _launch_bwd returns (dΩ zeros when not need_domega)."""
+    B, T, H, K = q.shape
+    V, M = v.shape[-1], omega.shape[1]
+    BT, BK, BV, (BMh, warps_h, stages_h), (BMg, warps_g, stages_g) = _rf.parallel_tiles(
+        K, V, M, PARALLEL_BT, WALK_TILE, BWD_TILE)
+    _, _, _, (BMd, warps_d, stages_d), _ = _rf.parallel_tiles(K, V, M, PARALLEL_BT, DWALK_TILE, BWD_TILE)
+    NT, R = triton.cdiv(T, BT), 2 * M * V + 2 * M + 1
+    f32 = dict(device=q.device, dtype=torch.float32)
+    half = HALF_RECORDS and q.dtype != torch.float32
+    hs = torch.empty(B, H, NT, R, device=q.device, dtype=torch.bfloat16 if half else torch.float32)
+    dhs = torch.empty(B, H, NT, R, **f32)
+    n0 = torch.zeros(B, H, **f32) if h0 is not None else None  # the records' mass: unread here
+    r_m, dot = M ** -0.5, _rf.dot_precision(q)
+    _hrc_la_chunk_h_kernel[(triton.cdiv(M, BMh), B * H)](
+        k, v, omega, a, c, hs, h0, z0, n0, c0, None, None, None, s_u, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT,
+        BK=BK, BV=BV, BM=BMh, FAST_TRIG=FAST_TRIG, DOT=dot, num_warps=warps_h, num_stages=stages_h)
+    dh0 = torch.empty(B, H, 2 * M, V, **f32) if h0 is not None else None
+    dz0 = torch.empty(B, H, 2 * M, **f32) if h0 is not None else None
+    _hrc_la_chunk_dh_kernel[(triton.cdiv(M, BMd), B * H)](
+        q, c, c0, dnum, dden, dht, dzt, dhs, dh0, dz0, omega, s_u, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT, BK=BK,
+        BV=BV, BM=BMd, FAST_TRIG=FAST_TRIG, DOT=dot, num_warps=warps_d, num_stages=stages_d)
+    dq, dk = torch.empty(B, T, H, K, **f32), torch.empty(B, T, H, K, **f32)
+    dv, da = torch.empty(B, T, H, V, **f32), torch.empty(B, T, H, **f32)
+    domega = torch.zeros(H, M, K, **f32)
+    _hrc_la_chunk_grad_kernel[(NT, B * H)](
+        q, k, v, omega, a, c, c0, hs, dhs, dnum, dden, dq, dk, dv, da, domega, s_u, r_m, T, H, NT, K=K, V=V, M=M,
+        R=R, BT=BT, BK=BK, BV=BV, BM=BMg, DOT=dot, FAST_TRIG=FAST_TRIG, DOMEGA=need_domega, num_warps=warps_g,
+        num_stages=stages_g)
+    return dq, dk, dv, da, domega, dh0, dz0
+
+
+def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size, need_domega=True):
+    if causal and CHUNK_PARALLEL and PARALLEL_BWD:
+        return _launch_parallel_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, need_domega)
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
     f32 = dict(device=q.device, dtype=torch.float32)
@@ -726,19 +922,19 @@ _FWD_SIG = ("(Tensor q, Tensor k, Tensor v, Tensor omega, Tensor a, Tensor c, Te
 def _chunk_bwd_op(dnum: torch.Tensor, dden: torch.Tensor, dht: torch.Tensor | None, dzt: torch.Tensor | None,
                   q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, a: torch.Tensor,
                   c: torch.Tensor, h0: torch.Tensor | None, z0: torch.Tensor | None, c0: torch.Tensor,
-                  s_u: float, causal: bool, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                  s_u: float, causal: bool, chunk_size: int, need_domega: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                       torch.Tensor, torch.Tensor, torch.Tensor,
                                                                       torch.Tensor]:
     dnum, dden, dht, dzt, h0, z0 = _rf.contig(dnum, dden, dht, dzt, h0, z0)
     q, k, v, omega, a, c, c0 = _rf.contig(q, k, v, omega, a, c, c0)  # saved inputs may be views (an expanded Ω)
     dq, dk, dv, da, domega, dh0, dz0 = _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u,
-                                                   causal, chunk_size)
+                                                   causal, chunk_size, need_domega)
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), da, domega.to(omega.dtype), _rf.or_empty(dh0, a),
             _rf.or_empty(dz0, a))
 
 
 @_chunk_bwd_op.register_fake
-def _(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size):
+def _(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size, need_domega):
     e = a.new_empty(0)
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(a),
             torch.empty_like(omega), e if h0 is None else torch.empty_like(h0), e if z0 is None else torch.empty_like(z0))
@@ -757,15 +953,16 @@ def _backward(ctx, dnum, dden, dmass, dht, dzt, dnt):
     dht, dzt = _rf.state_cotangents(dht, dzt, q, 2 * omega.shape[1], v.shape[-1])
     dnum = torch.zeros_like(a)[..., None].expand(*a.shape, v.shape[-1]) if dnum is None else dnum
     dden = torch.zeros_like(a) if dden is None else dden
+    need_domega = ctx.needs_input_grad[3]  # Ω: a fixed buffer unless learnable_omega (then dΩ's atomics run)
     dq, dk, dv, da, domega, dh0, dz0 = torch.ops.zoo.hrc_la_chunk_bwd(
-        dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size)
+        dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size, need_domega)
     dn0 = None
     dnt = _rf.or_none(dnt)
     if dnt is not None:  # n_T = n0·e^{c0 − c_T} + Σ_j e^{a_j − c_T}
         cT = c[:, -1]
         da = da + dnt[:, None] * torch.exp(a - cT[:, None])
         dn0 = dnt * torch.exp(c0 - cT) if has_n0 else None
-    return (dq, dk, dv, domega, da, None, _rf.or_none(dh0), _rf.or_none(dz0), dn0, None, None, None, None, None)
+    return (dq, dk, dv, domega if need_domega else None, da, None, _rf.or_none(dh0), _rf.or_none(dz0), dn0, None, None, None, None, None)
 
 
 _chunk_fwd_op, _recurrent_fwd_op = _rf.register_fwd_ops(
