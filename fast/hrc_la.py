@@ -176,7 +176,7 @@ HALF_RECORDS = False
 # per-chunk gradient kernel (BM capped at M's power of two); the card has the sm_90 registers.
 PARALLEL_BWD = True
 DWALK_TILE = (32, 4, 2)
-BWD_TILE = (16, 4, 1)
+BWD_TILE = (16, 8, 1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -500,6 +500,17 @@ def _hrc_la_chunk_dh_kernel(
         store_state(dh0, dz0, p_Ss, p_zs, mask_S, mask_m, b_dSs, b_dzs)
 
 
+@triton.jit
+def _grad_features(b_xqT, b_xkT, b_omega, b_rm, b_e, s_u, X_IS_TF32: tl.constexpr, FAST_TRIG: tl.constexpr):
+    """A frequency tile's features, transposed [BM, BT] (see phases_t): cos θ_q, sin θ_q, then φ̂(q)ᵀ
+    (cos, sin)/√M, the keys' cos θ_k, sin θ_k, their weight e^{a_j − c_j}/√M and φ̂_k(k)ᵀ."""
+    b_cos_q, b_sin_q = cos_sin(phases_t(b_xqT, b_omega, s_u, X_IS_TF32), FAST_TRIG)
+    b_cos_k, b_sin_k = cos_sin(phases_t(b_xkT, b_omega, s_u, X_IS_TF32), FAST_TRIG)
+    b_wk = b_e[None, :] * b_rm[:, None]
+    return (b_cos_q, b_sin_q, b_cos_q * b_rm[:, None], b_sin_q * b_rm[:, None], b_cos_k, b_sin_k, b_wk,
+            b_cos_k * b_wk, b_sin_k * b_wk)
+
+
 @triton.jit(do_not_specialize=["T", "NT"])
 def _hrc_la_chunk_grad_kernel(
     q, k, v, omega, a, c, c0, hs, dhs, dnum, dden,  # inputs as in phase 3, the records of both walks, cotangents
@@ -508,80 +519,91 @@ def _hrc_la_chunk_grad_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, DOT: tl.constexpr,
     FAST_TRIG: tl.constexpr, DOMEGA: tl.constexpr,
 ):
-    """The gradients of one chunk's tokens, one program per (chunk, batch·head), all M frequencies
-    walked BM at a time (features transposed [BM, BT], as phase 3), dq, dk, dv, da written once:
+    """The gradients of one chunk's tokens, one program per (chunk, batch·head, side), all M
+    frequencies walked BM at a time (features transposed [BM, BT], as phase 3), written once:
         dA = (dnum vᵀ + dden 1ᵀ) ⊙ Γ                                   (the transpose of (3)),
-        dφ̂(q_t) = (dA φ̂_k)_t + e^{c⁻ − c_t} (S⁻ dnum_t + z⁻ dden_t)    (read-out, hs[n]),
-        dφ̂_k(k_j) = (dAᵀ φ̂(q))_j + e^{c_j − c_last} (dS⁺ v_j + dz⁺)   (state write, dhs[n]),
-        dv = (A ⊙ Γ)ᵀ dnum + Σ_m e^{c_j − c_last} φ̂_k(k_j)ᵀ dS⁺,
+      side 0, the queries (reads hs[n]):
+        dφ̂(q_t) = (dA φ̂_k)_t + e^{c⁻ − c_t} (S⁻ dnum_t + z⁻ dden_t),
+      side 1, the keys and values (reads dhs[n]):
+        dφ̂_k(k_j) = (dAᵀ φ̂(q))_j + e^{c_j − c_last} (dS⁺ v_j + dz⁺),
+        dv_j = Σ_t (A ⊙ Γ)_tj dnum_t + e^{c_j − c_last} φ̂_k(k_j)ᵀ dS⁺,
     keys weighted e^{a_j − c_j} (so da_j = Σ_m dφ̂_k·φ̂_k), then dθ = (cos·dsin − sin·dcos)/√M
     (keys: times their weight), dx = s_u·dθ Ω, and (DOMEGA) dΩ += s_u·dθᵀ x, added into [H, M, K]
-    by atomics (the only ones). BWD_TILE: the card has its registers."""
+    by atomics (the only ones). Two sides, not one program: each holds half the accumulators (one
+    program held dq, dk, dv and A: 255 registers and 300-1300 B of spill on sm_90) at the price of
+    computing the tile's features twice. BWD_TILE: the card has its registers."""
     i_t, i_bh, i_h, row0, s_u, r_m, offs_k, offs_v, mask_k, mask_v, offs_t, mask_t, p_t, b_xqT, b_xkT, b_c = \
         chunk_program(q, k, c, s_u, r_m, T, H, K, V, BT, BK, BV)
     b_e = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_c)  # e^{a_j − c_j} <= 1
-    b_dec, p_h = chunk_state_in(c, c0, hs, i_t, i_bh, i_h, row0, b_c, mask_t, H, NT, R, BT)  # e^{c⁻ − c_t}, hs[n]
-    p_dh = chunk_record(dhs, i_bh, i_t, NT, R)  # dS⁺ at the scale c_last of the chunk's last token
-    _, b_gl = chunk_end(b_c, mask_t)  # e^{c_j − c_last} [BT]
     b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)  # [BT, BV]
     b_dn = load_rows(dnum, p_t, mask_t, offs_v, mask_v, V)
     b_dd = tl.load(dden + p_t, mask=mask_t, other=0.0)
     b_G = causal_decay(offs_t, mask_t, b_c)
     b_dA = (tl.dot(b_dn, tl.trans(b_v), input_precision=DOT) + b_dd[:, None]) * b_G  # [BT (t), BT (j)]
-    b_A = tl.zeros([BT, BT], dtype=tl.float32)  # Re(φ̂_t conj φ̂_j) e^{a_j − c_j}, summed over frequencies
-    b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # dθ Ω, summed over frequencies (times s_u at the end)
-    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dv = tl.zeros([BT, BV], dtype=tl.float32)
-    b_da = tl.zeros([BT], dtype=tl.float32)
-    for i_m in range(tl.cdiv(M, BM)):
-        offs_m, mask_m, b_rm, b_omega = omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
-        b_cos_q, b_sin_q = cos_sin(phases_t(b_xqT, b_omega, s_u, q.dtype.element_ty != tl.float32), FAST_TRIG)  # [BM, BT]
-        b_cq, b_sq = b_cos_q * b_rm[:, None], b_sin_q * b_rm[:, None]  # φ̂(q)ᵀ
-        b_cos_k, b_sin_k = cos_sin(phases_t(b_xkT, b_omega, s_u, k.dtype.element_ty != tl.float32), FAST_TRIG)
-        b_wk = b_e[None, :] * b_rm[:, None]
-        b_ck, b_sk = b_cos_k * b_wk, b_sin_k * b_wk  # φ̂_k(k)ᵀ, weighted e^{a_j − c_j}
-        b_A += tl.dot(tl.trans(b_cq), b_ck, input_precision=DOT) + tl.dot(tl.trans(b_sq), b_sk, input_precision=DOT)
-        # the records: S⁻ (hs[n], at c⁻) and dS⁺ (dhs[n], at c_last)
-        mask_S = mask_m[:, None] & mask_v[None, :]
-        o_S = offs_m[:, None] * V + offs_v[None, :]
-        b_Sc = tl.load(p_h + o_S, mask=mask_S, other=0.0).to(tl.float32)
-        b_Ss = tl.load(p_h + M * V + o_S, mask=mask_S, other=0.0).to(tl.float32)
-        b_zc = tl.load(p_h + 2 * M * V + offs_m, mask=mask_m, other=0.0).to(tl.float32)
-        b_zs = tl.load(p_h + 2 * M * V + M + offs_m, mask=mask_m, other=0.0).to(tl.float32)
-        # queries: dφ̂(q)ᵀ [BM, BT]
-        b_dcq = tl.dot(b_ck, tl.trans(b_dA), input_precision=DOT) + b_dec[None, :] * (
-            tl.dot(b_Sc, tl.trans(b_dn), input_precision=DOT) + b_zc[:, None] * b_dd[None, :])
-        b_dsq = tl.dot(b_sk, tl.trans(b_dA), input_precision=DOT) + b_dec[None, :] * (
-            tl.dot(b_Ss, tl.trans(b_dn), input_precision=DOT) + b_zs[:, None] * b_dd[None, :])
-        b_dth = (b_cos_q * b_dsq - b_sin_q * b_dcq) * b_rm[:, None]  # dθ_qᵀ
-        b_dq += tl.dot(tl.trans(b_dth), b_omega, input_precision=PHASE_PRECISION)
-        if DOMEGA:
-            b_domega = tl.dot(b_dth, tl.trans(b_xqT), input_precision=PHASE_PRECISION)
-        b_dSc = tl.load(p_dh + o_S, mask=mask_S, other=0.0)
-        b_dSs = tl.load(p_dh + M * V + o_S, mask=mask_S, other=0.0)
-        b_dzc = tl.load(p_dh + 2 * M * V + offs_m, mask=mask_m, other=0.0)
-        b_dzs = tl.load(p_dh + 2 * M * V + M + offs_m, mask=mask_m, other=0.0)
-        # keys: dφ̂_k(k)ᵀ [BM, BT], and the values' state-write term
-        b_dck = tl.dot(b_cq, b_dA, input_precision=DOT) + b_gl[None, :] * (
-            tl.dot(b_dSc, tl.trans(b_v), input_precision=DOT) + b_dzc[:, None])
-        b_dsk = tl.dot(b_sq, b_dA, input_precision=DOT) + b_gl[None, :] * (
-            tl.dot(b_dSs, tl.trans(b_v), input_precision=DOT) + b_dzs[:, None])
-        b_dv += tl.dot(tl.trans(b_ck * b_gl[None, :]), b_dSc, input_precision=DOT)
-        b_dv += tl.dot(tl.trans(b_sk * b_gl[None, :]), b_dSs, input_precision=DOT)
-        b_da += tl.sum(b_dck * b_ck + b_dsk * b_sk, 0)  # φ̂_k ∝ e^{a_j}
-        b_dth = (b_cos_k * b_dsk - b_sin_k * b_dck) * b_wk  # dθ_kᵀ
-        b_dk += tl.dot(tl.trans(b_dth), b_omega, input_precision=PHASE_PRECISION)
-        if DOMEGA:
-            b_domega += tl.dot(b_dth, tl.trans(b_xkT), input_precision=PHASE_PRECISION)
-            tl.atomic_add(domega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :], s_u * b_domega,
-                          mask=mask_m[:, None] & mask_k[None, :])
-    # (3)'s intra-chunk values: dv_j = Σ_t A_tj Γ_tj dnum_t
-    b_dv += tl.dot(tl.trans(b_A * b_G), b_dn, input_precision=DOT)
+    X_IS_TF32 = q.dtype.element_ty != tl.float32  # bf16/fp16: exact in tf32 (phases_t)
     mask_tk = mask_t[:, None] & mask_k[None, :]
-    tl.store(dq + p_t[:, None] * K + offs_k[None, :], s_u * b_dq, mask=mask_tk)
-    tl.store(dk + p_t[:, None] * K + offs_k[None, :], s_u * b_dk, mask=mask_tk)
-    tl.store(dv + p_t[:, None] * V + offs_v[None, :], b_dv, mask=mask_t[:, None] & mask_v[None, :])
-    tl.store(da + p_t, b_da, mask=mask_t)
+    if tl.program_id(2) == 0:
+        # -- the queries: dq ---------------------------------------------------------------------
+        b_dec, p_h = chunk_state_in(c, c0, hs, i_t, i_bh, i_h, row0, b_c, mask_t, H, NT, R, BT)  # e^{c⁻−c_t}, hs[n]
+        b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # dθ Ω, summed over frequencies (times s_u at the end)
+        for i_m in range(tl.cdiv(M, BM)):
+            offs_m, mask_m, b_rm, b_omega = omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
+            b_cos_q, b_sin_q, b_cq, b_sq, b_cos_k, b_sin_k, b_wk, b_ck, b_sk = _grad_features(
+                b_xqT, b_xkT, b_omega, b_rm, b_e, s_u, X_IS_TF32, FAST_TRIG)
+            mask_S = mask_m[:, None] & mask_v[None, :]
+            p_S = p_h + offs_m[:, None] * V + offs_v[None, :]
+            b_Sc = tl.load(p_S, mask=mask_S, other=0.0).to(tl.float32)  # S⁻ at c⁻ (bf16: HALF_RECORDS)
+            b_Ss = tl.load(p_S + M * V, mask=mask_S, other=0.0).to(tl.float32)
+            b_zc = tl.load(p_h + 2 * M * V + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+            b_zs = tl.load(p_h + 2 * M * V + M + offs_m, mask=mask_m, other=0.0).to(tl.float32)
+            b_dcq = tl.dot(b_ck, tl.trans(b_dA), input_precision=DOT) + b_dec[None, :] * (
+                tl.dot(b_Sc, tl.trans(b_dn), input_precision=DOT) + b_zc[:, None] * b_dd[None, :])  # dφ̂(q)ᵀ
+            b_dsq = tl.dot(b_sk, tl.trans(b_dA), input_precision=DOT) + b_dec[None, :] * (
+                tl.dot(b_Ss, tl.trans(b_dn), input_precision=DOT) + b_zs[:, None] * b_dd[None, :])
+            b_dth = (b_cos_q * b_dsq - b_sin_q * b_dcq) * b_rm[:, None]  # dθ_qᵀ [BM, BT]
+            b_dq += tl.dot(tl.trans(b_dth), b_omega, input_precision=PHASE_PRECISION)
+            if DOMEGA:
+                tl.atomic_add(domega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
+                              s_u * tl.dot(b_dth, tl.trans(b_xqT), input_precision=PHASE_PRECISION),
+                              mask=mask_m[:, None] & mask_k[None, :])
+        tl.store(dq + p_t[:, None] * K + offs_k[None, :], s_u * b_dq, mask=mask_tk)
+    else:
+        # -- the keys and values: dk, dv, da -----------------------------------------------------
+        p_dh = chunk_record(dhs, i_bh, i_t, NT, R)  # dS⁺ at the scale c_last of the chunk's last token
+        _, b_gl = chunk_end(b_c, mask_t)  # e^{c_j − c_last} [BT]
+        b_A = tl.zeros([BT, BT], dtype=tl.float32)  # Re(φ̂_t conj φ̂_j) e^{a_j − c_j}, summed over frequencies
+        b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+        b_dv = tl.zeros([BT, BV], dtype=tl.float32)
+        b_da = tl.zeros([BT], dtype=tl.float32)
+        for i_m in range(tl.cdiv(M, BM)):
+            offs_m, mask_m, b_rm, b_omega = omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
+            b_cos_q, b_sin_q, b_cq, b_sq, b_cos_k, b_sin_k, b_wk, b_ck, b_sk = _grad_features(
+                b_xqT, b_xkT, b_omega, b_rm, b_e, s_u, X_IS_TF32, FAST_TRIG)
+            b_A += tl.dot(tl.trans(b_cq), b_ck, input_precision=DOT) + tl.dot(tl.trans(b_sq), b_sk,
+                                                                             input_precision=DOT)
+            mask_S = mask_m[:, None] & mask_v[None, :]
+            p_S = p_dh + offs_m[:, None] * V + offs_v[None, :]
+            b_dSc = tl.load(p_S, mask=mask_S, other=0.0)
+            b_dSs = tl.load(p_S + M * V, mask=mask_S, other=0.0)
+            b_dzc = tl.load(p_dh + 2 * M * V + offs_m, mask=mask_m, other=0.0)
+            b_dzs = tl.load(p_dh + 2 * M * V + M + offs_m, mask=mask_m, other=0.0)
+            b_dck = tl.dot(b_cq, b_dA, input_precision=DOT) + b_gl[None, :] * (
+                tl.dot(b_dSc, tl.trans(b_v), input_precision=DOT) + b_dzc[:, None])  # dφ̂_k(k)ᵀ
+            b_dsk = tl.dot(b_sq, b_dA, input_precision=DOT) + b_gl[None, :] * (
+                tl.dot(b_dSs, tl.trans(b_v), input_precision=DOT) + b_dzs[:, None])
+            b_dv += tl.dot(tl.trans(b_ck * b_gl[None, :]), b_dSc, input_precision=DOT)
+            b_dv += tl.dot(tl.trans(b_sk * b_gl[None, :]), b_dSs, input_precision=DOT)
+            b_da += tl.sum(b_dck * b_ck + b_dsk * b_sk, 0)  # φ̂_k ∝ e^{a_j}
+            b_dth = (b_cos_k * b_dsk - b_sin_k * b_dck) * b_wk  # dθ_kᵀ [BM, BT]
+            b_dk += tl.dot(tl.trans(b_dth), b_omega, input_precision=PHASE_PRECISION)
+            if DOMEGA:
+                tl.atomic_add(domega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
+                              s_u * tl.dot(b_dth, tl.trans(b_xkT), input_precision=PHASE_PRECISION),
+                              mask=mask_m[:, None] & mask_k[None, :])
+        b_dv += tl.dot(tl.trans(b_A * b_G), b_dn, input_precision=DOT)  # (3)'s intra-chunk values
+        tl.store(dk + p_t[:, None] * K + offs_k[None, :], s_u * b_dk, mask=mask_tk)
+        tl.store(dv + p_t[:, None] * V + offs_v[None, :], b_dv, mask=mask_t[:, None] & mask_v[None, :])
+        tl.store(da + p_t, b_da, mask=mask_t)
 
 
 @triton.heuristics({
@@ -876,7 +898,7 @@ def _launch_parallel_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0,
     dq, dk = torch.empty(B, T, H, K, **f32), torch.empty(B, T, H, K, **f32)
     dv, da = torch.empty(B, T, H, V, **f32), torch.empty(B, T, H, **f32)
     domega = torch.zeros(H, M, K, **f32)
-    _hrc_la_chunk_grad_kernel[(NT, B * H)](
+    _hrc_la_chunk_grad_kernel[(NT, B * H, 2)](
         q, k, v, omega, a, c, c0, hs, dhs, dnum, dden, dq, dk, dv, da, domega, s_u, r_m, T, H, NT, K=K, V=V, M=M,
         R=R, BT=BT, BK=BK, BV=BV, BM=BMg, DOT=dot, FAST_TRIG=FAST_TRIG, DOMEGA=need_domega, num_warps=warps_g,
         num_stages=stages_g)
