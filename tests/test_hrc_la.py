@@ -30,8 +30,10 @@ import triton
 import triton.language as tl
 
 import random_features_cases as cases
-from random_features_cases import F64, flat, _c64
-from strategies import Shape, device, has_cuda, run_aot_script, tol_for
+from hypothesis import given, settings, strategies as st
+from random_features_cases import F64, flat, _c64, _real
+from strategies import (Shape, assert_close, device, edge_examples, grad_tol, has_cuda, run_aot_script, seeds, shapes,
+                        tol_for)
 import fast.hrc_la as fast
 import fast._random_features as _rf
 import zoo.hrc_la as hrc
@@ -152,6 +154,42 @@ def test_chunk_parallel_forward_compiles_for_an_h100_spilling_no_more_than_measu
         assert all(stack[n] <= bound[case][n] for n in ("walk", "out")), (case, stack, stacks)
 
 
+AOT_BWD_SCRIPT = r"""
+import json
+import aot
+import fast.hrc_la as fh
+
+# As the JIT would compile the chunk-parallel causal backward for bf16 at H = 16 (K = V = 64,
+# M = 256), the module's DWALK_TILE and BWD_TILE: 16-byte-aligned pointers.
+K = V = 64
+M = 256
+BT, BK, BV, (BMd, warps_d, stages_d), (BMg, warps_g, stages_g) = fh._rf.parallel_tiles(
+    K, V, M, fh.PARALLEL_BT, fh.DWALK_TILE, fh.BWD_TILE)
+types = dict({n: "*bf16" for n in ("q", "k", "v")},
+             **{n: "*fp32" for n in ("omega", "a", "c", "c0", "hs", "dhs", "dnum", "dden", "dht", "dzt", "dh0", "dz0",
+                                     "dq", "dk", "dv", "da", "domega")},
+             s_u="fp32", r_m="fp32", T="i32", H="i32", NT="i32")
+const = dict(K=K, V=V, M=M, R=2 * M * V + 2 * M + 1, BT=BT, BK=BK, BV=BV, DOT="tf32", FAST_TRIG=fh.FAST_TRIG)
+print(json.dumps(dict(
+    dwalk=aot.stack_bytes(fh._hrc_la_chunk_dh_kernel, types, dict(const, BM=BMd, HAS_H0=True, HAS_DHT=True),
+                          warps_d, stages_d, aligned=("H",)),
+    grad=aot.stack_bytes(fh._hrc_la_chunk_grad_kernel, types, dict(const, BM=BMg, DOMEGA=False), warps_g, stages_g,
+                         aligned=("H",)),
+    grad_domega=aot.stack_bytes(fh._hrc_la_chunk_grad_kernel, types, dict(const, BM=BMg, DOMEGA=True), warps_g,
+                                stages_g, aligned=("H",)))))
+"""
+
+
+@pytest.mark.skipif(has_cuda(), reason="on a GPU the kernels compile for real in the GPU tests")
+def test_chunk_parallel_backward_compiles_for_an_h100_spilling_no_more_than_measured():
+    # The issue's size at the module's DWALK_TILE and BWD_TILE, ptxas for sm_90 (Triton 3.9): the
+    # reverse walk 193 registers and no stack; the gradient kernel (two sides) 255 and 16 bytes
+    # (one program holding dq, dk, dv and A spilled 304 B at 8 warps, 1312 at 4).
+    stacks = run_aot_script(AOT_BWD_SCRIPT, timeout=400)
+    bound = dict(dwalk=0, grad=16, grad_domega=16)
+    assert all(stacks[n] <= bound[n] for n in bound), stacks
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("half_records", [False, True])
 @pytest.mark.parametrize("T,with_state", [(8192, False), (1000, True)])
@@ -169,6 +207,85 @@ def test_fast_chunk_parallel_forward_equals_the_serial_kernel_in_bf16_on_gpu(T, 
     finally:
         fast.CHUNK_PARALLEL, fast.HALF_RECORDS = saved
     HRC.assert_all_close(got, serial, tol_for(torch.bfloat16, "cuda"))
+
+
+# The chunk-parallel causal backward (PARALLEL_BWD) against the serial backward kernel: chunks of 16
+# and 32 make short T span several and end inside one; BM of 16-64 with M = 3, 40, 70 puts padding
+# frequencies in the tiles. (PARALLEL_BT, WALK_TILE, DWALK_TILE, BWD_TILE) for CPU draws.
+BWD_TILES = [(16, (32, 4, 1), (32, 4, 2), (16, 8, 1)), (32, (16, 4, 1), (64, 8, 1), (32, 4, 2)),
+             (16, (64, 8, 1), (16, 4, 1), (64, 8, 1))]
+BWD_SWITCHES = ("CHUNK_PARALLEL", "PARALLEL_BWD", "PARALLEL_BT", "WALK_TILE", "DWALK_TILE", "BWD_TILE", "FAST_TRIG")
+
+
+def _parallel_and_serial_grads(seed, s, M, with_state, final, learnable, dtype, dev, tiles, fast_trig=True):
+    """Gradients of q, k, v (Ω when learnable, the initial state's S, z, n when given) through random
+    cotangents on o (and the final state when `final`), with PARALLEL_BWD on, then off."""
+    q, k, v, omega = HRC.make(seed, s, M, dtype=dtype, device=dev)
+    s0 = _c64(HRC.state(seed, s, M, device=dev)) if with_state else None
+    g = torch.Generator().manual_seed(seed + 3)
+    do = torch.randn(s.B, s.T, s.H, s.V, generator=g).to(dev)
+    dS = torch.randn(s.B, s.H, M, s.V, 2, generator=g).to(dev)  # the final state's S, z (as real pairs), n
+    dz = torch.randn(s.B, s.H, M, 2, generator=g).to(dev)
+    dn = torch.randn(s.B, s.H, generator=g).to(dev)
+
+    def grads():
+        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        leaves.append(omega.detach().float().clone().requires_grad_(learnable))
+        st = None if s0 is None else [x.detach().clone().requires_grad_() for x in s0[:3]] + [s0[3]]
+        o, fin = fast.hrc_la_chunk(*leaves, initial_state=st, output_final_state=final)
+        loss = (o.float() * do).sum()
+        if final:
+            loss = loss + (torch.view_as_real(fin[0]) * dS).sum() + (torch.view_as_real(fin[1]) * dz).sum() + \
+                (fin[2] * dn).sum()
+        loss.backward()
+        out = [x.grad for x in leaves[:3]] + ([leaves[3].grad] if learnable else [])
+        return out + ([] if st is None else [_real(x.grad) for x in st[:3]])
+
+    saved = {n: getattr(fast, n) for n in BWD_SWITCHES}
+    try:
+        fast.PARALLEL_BT, fast.WALK_TILE, fast.DWALK_TILE, fast.BWD_TILE = tiles
+        fast.CHUNK_PARALLEL, fast.FAST_TRIG = True, fast_trig
+        fast.PARALLEL_BWD = True
+        got = grads()
+        fast.PARALLEL_BWD = False
+        serial = grads()
+    finally:
+        for n, x in saved.items():
+            setattr(fast, n, x)
+    names = ["q", "k", "v"] + (["omega"] if learnable else []) + ([] if s0 is None else ["S0", "z0", "n0"])
+    return zip(names, got, serial)
+
+
+@settings(max_examples=3, deadline=None)
+@given(shape=shapes(max_T=70, max_H=2, max_K=9, max_V=9), M=st.sampled_from([3, 16, 40, 70]),
+       with_state=st.booleans(), final=st.booleans(), learnable=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), tiles=st.sampled_from(BWD_TILES), seed=seeds)
+@edge_examples(chunk_size=16, M=70, with_state=True, final=True, learnable=True, dtype=torch.float32,
+               tiles=BWD_TILES[0])
+@edge_examples(chunk_size=32, M=40, with_state=False, final=False, learnable=False, dtype=torch.bfloat16,
+               tiles=BWD_TILES[1])
+def test_fast_parallel_causal_backward_equals_the_serial_kernel(shape, M, with_state, final, learnable, dtype,
+                                                                tiles, seed):
+    # Both paths under the interpreter (exact fp32 dots): only the summation order differs, so the
+    # fp32 gradients agree to the interpreter's fp32 bound and the bf16 ones to one rounding.
+    dev = device()
+    tol = grad_tol(tol_for(dtype, dev))
+    for name, g, r in _parallel_and_serial_grads(seed, shape, M, with_state, final, learnable, dtype, dev, tiles):
+        assert g.dtype == r.dtype, name
+        if r.norm() < 1e-12:  # T = 1 leaves dq zero up to rounding on both paths
+            assert g.norm() < 1e-6, (name, g.norm())
+        else:
+            assert_close(g.float(), r.float(), tol, f"parallel d{name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T,with_state,learnable", [(8192, False, False), (1000, True, True)])
+def test_fast_parallel_causal_backward_equals_the_serial_kernel_in_bf16_on_gpu(T, with_state, learnable):
+    tiles = (fast.PARALLEL_BT, fast.WALK_TILE, fast.DWALK_TILE, fast.BWD_TILE)
+    tol = grad_tol(tol_for(torch.bfloat16, "cuda"))
+    for name, g, r in _parallel_and_serial_grads(5, Shape(2, T, 4, 64, 64), 256, with_state, True, learnable,
+                                                 torch.bfloat16, "cuda", tiles):
+        assert_close(g.float(), r.float(), tol, f"parallel d{name}")
 
 
 # ------------------------------------------------------------------------------------------------
