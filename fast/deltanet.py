@@ -32,13 +32,25 @@ Kernel plan (chunk L = BT = 64 rows; Γ = chunk-local cumsum of g; X = (I + A)�
 
 Tile rule (head dims only; T is never a compile key: it is in do_not_specialize):
   BT = 64 always (the chunk_size option is checked and accepted; the result does not depend on it
-  beyond rounding). BK = next power of two ≥ K, whole K in one tile (K, V ≤ 256). BV = 32 (S is a
-  [BK, 32] fp32 register tile; at B·H = 64, K = V = 128 the sequential kernels run 256 programs,
-  two per SM); num_warps 8 when K ≥ 64, else 4 (register counts from ptxas for sm_90 in _tiles);
-  num_stages 2. The forward launches its two kernels at 4 warps instead (NW_FWD): measured
-  on the H100 it runs 1.20 ms against 1.94 at 8 (spills and all); the 8-warp rule was chosen
-  from ptxas counts, before a GPU could time it. H stays a compile-time constant (with a runtime H the row strides H·K are not
-  constants, and ptxas for sm_90 spills ~550 bytes a thread in the sequential kernels).
+  beyond rounding). BK = next power of two ≥ K, whole K in one tile (K, V ≤ 256). One launch
+  configuration per kernel (_tiles: the value tile BV, num_warps, num_stages). At K = V = 128,
+  measured on the H100 (runs 26-27, benchmarks/results/h100-2026-11-23/run27-delta_tiles.py: every
+  candidate of each kernel timed in the whole op, outputs and gradients compared with the old rule):
+    step 1 4 warps (1.21 -> 0.63 ms against 8, spills and all, run 8); steps 2 and 3 BV = 64, 4 warps,
+    3 stages: S is a [128, 64] fp32 tile, 2 programs a head (128 at B·H = 64: one an SM), and the
+    deeper pipeline hides the chunk loads of the serial walk: step 2 0.586 -> 0.257 ms, step 3 about
+    0.33 ms less, against BV = 32 at 2 stages (4 stages do not fit in shared memory); step 4 BV 64,
+    8 warps, 2 stages; step 5 BV 32, 8 warps, 3 stages (0.17 and 0.12 ms less). Together: delta rule
+    forward 1.22 -> 0.88 ms, forward + backward 4.27 -> ~3.6 ms (see the results for the run).
+    Two warnings met on the way, both with the gate only and both outside the rule: step 2 at
+    num_stages = 1 gave outputs off by up to 1.9 (BV 16, 4 warps) and then an illegal address (BV 16,
+    8 warps), and step 4 at 4 warps gave gradients 1.2-1.4 (absolute) away from the 8-warp ones,
+    where without the gate the same configurations are bit-identical; not investigated further
+    (Triton 3.6), so the rule keeps to configurations whose results matched bit for bit.
+  Other head dims keep the rule ptxas counts chose (BV = 32, 2 stages; 8 warps from K = 64, 4 below:
+  at 4 warps and K = 128 steps 4 and 5 spill up to 1.8 KB a thread). H stays a compile-time
+  constant (with a runtime H the row strides H·K are not constants, and ptxas for sm_90 spills
+  ~550 bytes a thread in the sequential kernels).
   No row masks: the host pads T to a multiple of 64 (see _pad_to_chunk); head dims are masked
   against constexpr K, V, which costs nothing when they are powers of two.
 
@@ -91,7 +103,6 @@ from fast._compile import launch, precompile
 CHUNK = 64  # BT: rows per chunk; 4 solve blocks of 16 (tl.dot's smallest tile side)
 SOLVE_BLOCK = 16  # the diagonal blocks inverted by forward substitution
 MAX_HEAD_DIM = 256  # whole K (and V in step 1) in one register tile
-NUM_STAGES = 2
 
 
 def _pow2(n: int) -> int:
@@ -99,15 +110,25 @@ def _pow2(n: int) -> int:
 
 
 def _tiles(K: int, V: int) -> dict:
-    """The tile rule: a function of the head dims only (never of B or T)."""
+    """The tile rule: a function of the head dims only (never of B or T). One launch configuration
+    per kernel: BV (the value tile of the sequential kernels, the V loop's step in steps 4 and 5),
+    num_warps, num_stages. Chosen by measurement on the H100 at K = V = 128 (the card's "Tiles");
+    other head dims keep the rule ptxas counts chose before (BV 32, 2 stages, 8 warps from K = 64)."""
     BK, BVF = _pow2(K), _pow2(V)
-    # Measured with ptxas for sm_90 (bf16, K = V = 64 and 128): with 4 warps the chunk kernels
-    # take 255 registers and spill up to 1.8 KB a thread; with 8 warps and BV = 32 the forward
-    # kernels do not spill and the backward ones spill < 130 bytes.
-    # The forward's two kernels run at NW_FWD = 4 instead (measured on the H100: 1.20 against
-    # 1.94 ms at 8, spills and all; see _chunk_fwd); the backward recomputes step 1 at NW_FWD
-    # too (one compiled kernel for both), step 2 and its own kernels at NW (not timed at 4).
-    return dict(BK=BK, BVF=BVF, BV=min(BVF, 32), BKS=min(BK, 64), NW=8 if BK >= 64 else 4, NW_FWD=4)
+    cfg = lambda bv, warps, stages: dict(BV=min(BVF, bv), num_warps=warps, num_stages=stages)
+    nw = 8 if BK >= 64 else 4  # ptxas (sm_90, bf16): at 4 warps and K = 128 step 4 and 5 spill up to 1.8 KB
+    rule = cfg(32, nw, 2)
+    timed = BK == 128 and BVF == 128
+    return dict(BK=BK, BVF=BVF, BKS=min(BK, 64),
+                wy=dict(num_warps=4, num_stages=1),  # step 1, forward and the backward's recomputation
+                # the sequential steps 2 and 3: 2 V tiles a head (128 programs at B·H = 64, one an SM)
+                # with a 3-deep pipeline, against 4 tiles and 2 stages: 2.3x (step 2), 1.9x (step 3)
+                state_fwd=cfg(64, 4, 3) if timed else cfg(32, 4, 2),  # step 2 computing o
+                state_rec=cfg(64, 4, 3) if timed else rule,  # step 2 in the backward (stores h, V_new)
+                state_bwd=cfg(64, 4, 3) if timed else rule,  # step 3
+                dqkw=cfg(64, 8, 2) if timed else rule,  # step 4
+                wy_bwd=cfg(32, 8, 3) if timed else rule,  # step 5
+                recurrent=cfg(32, 4, 1))
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -652,8 +673,7 @@ def _recurrent_fwd_kernel(q, k, v, g, beta, h0, o, ht, scale, T, H: tl.constexpr
 # ================================================================================================
 # Host launchers
 # ================================================================================================
-def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, num_warps=None):
-    """`num_warps`: the rule's NW unless the caller says (the forward passes NW_FWD)."""
+def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool):
     B, T, H, K = k.shape
     V = v.shape[-1]
     t = _tiles(K, V)
@@ -665,25 +685,25 @@ def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, num_warps=None):
     launch(_chunk_wy_fwd_kernel, (NT, B * H),
         q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, scale, T, H, K, V, CHUNK,
         t["BK"], t["BVF"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype),
-        num_warps=num_warps or t["NW"], num_stages=1)
+        **t["wy"])
     return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
 
 
-def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, num_warps=None):
-    """`num_warps`: the rule's NW unless the caller says (the forward passes NW_FWD)."""
+def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool):
     B, T, H, K = k.shape
     V = u.shape[-1]
     t = _tiles(K, V)
+    c = t["state_fwd" if compute_o else "state_rec"]
     NT = triton.cdiv(T, CHUNK)
     ht = k.new_empty(B, H, K, V, dtype=torch.float32)
     o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device) if compute_o else u
     h = k.new_empty(B, NT, H, K, V) if not compute_o else u
     v_new = torch.empty_like(u) if not compute_o else u
-    launch(_chunk_state_fwd_kernel, (triton.cdiv(V, t["BV"]), B * H),
+    launch(_chunk_state_fwd_kernel, (triton.cdiv(V, c["BV"]), B * H),
         q, k, w, u, gam if gam is not None else u, Aqk, h0 if h0 is not None else ht, o, ht, h, v_new,
-        scale, T, H, K, V, CHUNK, t["BK"], t["BV"], USE_G=gam is not None, USE_H0=h0 is not None,
+        scale, T, H, K, V, CHUNK, t["BK"], c["BV"], USE_G=gam is not None, USE_H0=h0 is not None,
         COMPUTE_O=compute_o, STORE_H=not compute_o, PREC=_precision(k.dtype),
-        num_warps=num_warps or t["NW"], num_stages=NUM_STAGES)
+        num_warps=c["num_warps"], num_stages=c["num_stages"])
     return (o, ht) if compute_o else (h, v_new, ht)
 
 
@@ -702,12 +722,8 @@ def _pad_to_chunk(*xs):
 def _chunk_fwd(q, k, v, g, beta, h0, scale):
     T = q.shape[1]
     q, k, v, g, beta = _pad_to_chunk(q, k, v, g, beta)
-    # The forward's two kernels at the rule's NW_FWD warps: measured on the H100 (2026-11-23, bf16,
-    # B = 4, T = 8192, H = 16, K = V = 128) step 1 1.21 -> 0.63 ms, step 2 0.73 -> 0.58 ms against
-    # 8 warps (gated: 2.07 -> 1.35 ms in all), outputs bit-identical.
-    nw = _tiles(k.shape[-1], v.shape[-1])["NW_FWD"]
-    w, u, Aqk, _, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=False, num_warps=nw)
-    o, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True, num_warps=nw)
+    w, u, Aqk, _, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=False)
+    o, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True)
     return (o if o.shape[1] == T else o[:, :T].contiguous()), ht
 
 
@@ -721,32 +737,33 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale):
     NK = triton.cdiv(K, t["BKS"])
     prec = _precision(k.dtype)
     # recompute step 1 (with X) and step 2 (storing the chunk-entry states and V_new)
-    # (at the forward's warps, so both use one compiled step 1: see _chunk_wy_fwd_kernel's STORE_X)
-    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=True, num_warps=t["NW_FWD"])
+    # (in the forward's configuration, so both use one compiled step 1: see _chunk_wy_fwd_kernel's STORE_X)
+    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=True)
     h, v_new, _ = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=False)
     # step 3
     dh, dv_new = torch.empty_like(h), torch.empty_like(v)
     dh0 = k.new_empty(B, H, K, V, dtype=torch.float32)
-    launch(_chunk_state_bwd_kernel, (triton.cdiv(V, t["BV"]), B * H),
+    c = t["state_bwd"]
+    launch(_chunk_state_bwd_kernel, (triton.cdiv(V, c["BV"]), B * H),
         q, k, w, gam if gam is not None else dh0, Aqk, do, dht if dht is not None else dh0, dh, dv_new,
-        dh0, scale, T, H, K, V, CHUNK, t["BK"], t["BV"], USE_G=gam is not None,
-        USE_DHT=dht is not None, PREC=prec, num_warps=t["NW"], num_stages=NUM_STAGES)
+        dh0, scale, T, H, K, V, CHUNK, t["BK"], c["BV"], USE_G=gam is not None,
+        USE_DHT=dht is not None, PREC=prec, num_warps=c["num_warps"], num_stages=c["num_stages"])
     # step 4
     dq = torch.empty_like(q)
     dk_part, dw = torch.empty_like(k), torch.empty_like(k)  # input dtype: half the bytes of fp32
     dgam = k.new_empty(NK, B, T, H, dtype=torch.float32) if g is not None else dw
     launch(_chunk_bwd_dqkw_kernel, (NK, NT, B * H),
         q, k, gam if gam is not None else dw, h, dh, v_new, do, dv_new, dq, dk_part, dw, dgam,
-        scale, T, H, K, V, CHUNK, t["BKS"], t["BV"], USE_G=g is not None, PREC=prec, num_warps=t["NW"],
-        num_stages=NUM_STAGES)
+        scale, T, H, K, V, CHUNK, t["BKS"], t["dqkw"]["BV"], USE_G=g is not None, PREC=prec,
+        num_warps=t["dqkw"]["num_warps"], num_stages=t["dqkw"]["num_stages"])
     # step 5
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty_like(beta)
     dg = torch.empty_like(g) if g is not None else dbeta.new_empty(0)
     launch(_chunk_wy_bwd_kernel, (NT, B * H),
         k, v, beta, gam if gam is not None else dw, X, dw, dv_new, dk_part, dgam, dk, dv, dbeta,
-        dg if g is not None else dbeta, T, H, K, V, CHUNK, t["BK"], t["BV"], NK,
-        USE_G=g is not None, PREC=prec, num_warps=t["NW"], num_stages=NUM_STAGES)
+        dg if g is not None else dbeta, T, H, K, V, CHUNK, t["BK"], t["wy_bwd"]["BV"], NK,
+        USE_G=g is not None, PREC=prec, num_warps=t["wy_bwd"]["num_warps"], num_stages=t["wy_bwd"]["num_stages"])
     if T != T0:  # drop the padding
         dq, dk, dv, dbeta = (x[:, :T0].contiguous() for x in (dq, dk, dv, dbeta))
         dg = dg[:, :T0].contiguous() if g is not None else dg
@@ -759,10 +776,10 @@ def _recurrent_fwd(q, k, v, g, beta, h0, scale, num_householder):
     t = _tiles(K, V)
     o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
     ht = q.new_empty(B, H, K, V, dtype=torch.float32)
-    launch(_recurrent_fwd_kernel, (triton.cdiv(V, t["BV"]), B * H),
+    launch(_recurrent_fwd_kernel, (triton.cdiv(V, t["recurrent"]["BV"]), B * H),
         q, k, v, g if g is not None else beta, beta, h0 if h0 is not None else ht, o, ht, scale, T,
-        H, K, V, num_householder, t["BK"], t["BV"], USE_G=g is not None, USE_H0=h0 is not None,
-        num_warps=4, num_stages=1)
+        H, K, V, num_householder, t["BK"], t["recurrent"]["BV"], USE_G=g is not None, USE_H0=h0 is not None,
+        num_warps=t["recurrent"]["num_warps"], num_stages=t["recurrent"]["num_stages"])
     return o, ht
 
 
