@@ -25,11 +25,14 @@ import zoo.deltaproduct as zoo_deltaproduct
 def gated_delta_product_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               g: torch.Tensor | None, beta: torch.Tensor, *, num_householder: int,
                               scale: float | None = None, initial_state: torch.Tensor | None = None,
-                              output_final_state: bool = False, chunk_size: int = 64):
+                              output_final_state: bool = False, chunk_size: int = 64, check_decay: bool = True):
     """zoo.deltaproduct.gated_delta_product_chunk in Triton, forward and backward (q, k, v, g, beta,
     initial state). The kernels always use chunks of 64 micro-steps; chunk_size is checked.
+    check_decay: raise if g > 0, in eager mode (reads g on the host: a sync that stalls the GPU's queue).
     Returns (o [B, T, H, V] in q's dtype, final state [B, H, K, V] fp32 or None)."""
     zoo_deltaproduct._check_inputs(q, k, v, g, beta, num_householder, initial_state, chunk_size)
+    if check_decay:  # reads g on the host: a sync
+        zoo_deltaproduct._check_log_decay(g)
     k, v, h0 = fast_deltanet.check_fast(q, k, v, initial_state, "fast.deltaproduct.gated_delta_product_chunk")
     n = num_householder
     q_m = fast_deltanet._interleave(q, n, last=True) if n > 1 else q  # (3) q at the last micro-step  [B, T·n_h, H, K]
@@ -41,10 +44,12 @@ def gated_delta_product_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def gated_delta_product_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                   g: torch.Tensor | None, beta: torch.Tensor, *, num_householder: int,
                                   scale: float | None = None, initial_state: torch.Tensor | None = None,
-                                  output_final_state: bool = False):
+                                  output_final_state: bool = False, check_decay: bool = True):
     """zoo.deltaproduct.gated_delta_product_recurrent in Triton: a token loop, n_h micro-steps each,
     with the state in registers, for decoding. Its gradient runs the chunk backward kernels."""
     zoo_deltaproduct._check_inputs(q, k, v, g, beta, num_householder, initial_state)
+    if check_decay:  # reads g on the host: a sync
+        zoo_deltaproduct._check_log_decay(g)
     k, v, h0 = fast_deltanet.check_fast(q, k, v, initial_state,
                                         "fast.deltaproduct.gated_delta_product_recurrent")
     o, ht = torch.ops.zoo.gated_delta_rule_recurrent_fwd(q, k, v, g, beta, h0, fast_deltanet._scale(q, scale),

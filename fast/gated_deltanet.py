@@ -24,12 +24,14 @@ import zoo.gated_deltanet as zoo_gated_deltanet
 def gated_delta_rule_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
                            beta: torch.Tensor, *, scale: float | None = None,
                            initial_state: torch.Tensor | None = None, output_final_state: bool = False,
-                           chunk_size: int = 64):
+                           chunk_size: int = 64, check_decay: bool = True):
     """zoo.gated_deltanet.gated_delta_rule_chunk in Triton, forward and backward (q, k, v, g, beta,
-    initial state). The kernels always use chunks of 64; chunk_size is checked. Returns
+    initial state). The kernels always use chunks of 64; chunk_size is checked. check_decay: raise
+    if g > 0, in eager mode (reads g on the host: a sync that stalls the GPU's queue). Returns
     (o [B, T, H, V] in q's dtype, final state [B, H, K, V] fp32 or None)."""
     zoo_gated_deltanet._check_inputs(q, k, v, g, beta, initial_state, chunk_size)
-    zoo_gated_deltanet._check_log_decay(g)
+    if check_decay:  # reads g on the host: a sync
+        zoo_gated_deltanet._check_log_decay(g)
     k, v, h0 = fast_deltanet.check_fast(q, k, v, initial_state, "fast.gated_deltanet.gated_delta_rule_chunk")
     o, ht = fast_deltanet.chunk_fwd(q, k, v, g, beta, h0, fast_deltanet._scale(q, scale), output_final_state)
     return o, (ht if output_final_state else None)
@@ -37,11 +39,13 @@ def gated_delta_rule_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
 
 def gated_delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
                                beta: torch.Tensor, *, scale: float | None = None,
-                               initial_state: torch.Tensor | None = None, output_final_state: bool = False):
+                               initial_state: torch.Tensor | None = None, output_final_state: bool = False,
+                               check_decay: bool = True):
     """zoo.gated_deltanet.gated_delta_rule_recurrent in Triton: a token loop with the state in
     registers, for decoding. Its gradient runs the chunk backward kernels (same function)."""
     zoo_gated_deltanet._check_inputs(q, k, v, g, beta, initial_state)
-    zoo_gated_deltanet._check_log_decay(g)
+    if check_decay:  # reads g on the host: a sync
+        zoo_gated_deltanet._check_log_decay(g)
     k, v, h0 = fast_deltanet.check_fast(q, k, v, initial_state,
                                         "fast.gated_deltanet.gated_delta_rule_recurrent")
     o, ht = torch.ops.zoo.gated_delta_rule_recurrent_fwd(q, k, v, g, beta, h0, fast_deltanet._scale(q, scale),

@@ -146,6 +146,26 @@ def assert_bad_input_raises(case, good, chunk, others):
             op(**args)
 
 
+def assert_check_decay_is_a_switch(forms, x, grow, ref_form, layer, monkeypatch, module, tol, **kw):
+    """g > 0 (growth) raises by default; check_decay=False skips the check (its host sync) and every
+    form computes the growth as `ref_form` does; `layer` (g ≤ 0 by construction) never runs the
+    check: `module`'s _check_log_decay is made to fail and the layer's forward still runs."""
+    bad = {**x, "g": grow}
+    ref = ref_form(**bad, **kw, check_decay=False)[0]
+    assert torch.isfinite(ref).all()
+    for form in forms:
+        with pytest.raises(ValueError, match="must be <= 0"):
+            form(**bad, **kw)
+        assert_close(form(**bad, **kw, check_decay=False)[0], ref, tol)
+
+    def checked(g):
+        raise AssertionError("the layer ran the g <= 0 check")
+
+    monkeypatch.setattr(module, "_check_log_decay", checked)
+    layer(torch.randn(1, 5, layer.hidden_size, dtype=next(layer.parameters()).dtype,
+                      device=next(layer.parameters()).device))
+
+
 def assert_nan_reaches_every_later_output(forms, x):
     """x holds a NaN at token 3 (batch 0): every output from token 3 on holds a NaN."""
     for name, op in forms.items():

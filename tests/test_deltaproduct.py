@@ -240,6 +240,14 @@ def test_bad_inputs_raise_clear_errors(case):
                                [zp.gated_delta_product_parallel, zp.gated_delta_product_recurrent])
 
 
+def test_check_decay_false_skips_the_check_and_the_layer_never_runs_it(monkeypatch):
+    q, k, v, g, beta = inputs(0, Shape(1, 10, 2, 4, 3), 2)
+    dc.assert_check_decay_is_a_switch(
+        [zp.gated_delta_product_parallel, zp.gated_delta_product_recurrent, zp.gated_delta_product_chunk],
+        dict(q=q, k=k, v=v, g=g, beta=beta), -0.1 * g, zp.gated_delta_product_parallel,
+        zp.GatedDeltaProduct(16, head_dim=4, num_heads=2).double(), monkeypatch, zp, TOL["f64"], num_householder=2)
+
+
 def test_layer_rejects_bad_arguments_and_inputs():
     with pytest.raises(ValueError, match="multiple of num_heads"):
         zp.GatedDeltaProduct(16, head_dim=4, num_heads=2, num_v_heads=3)

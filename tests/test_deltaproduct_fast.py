@@ -220,6 +220,16 @@ def test_fast_bad_inputs_raise_clear_errors():
         fp.gated_delta_product_chunk(q, k, v, g, beta, num_householder=0)
 
 
+def test_fast_check_decay_false_computes_growth_as_the_zoo_and_the_fast_layer_never_checks(monkeypatch):
+    s = Shape(1, 35, 2, 16, 16)  # 70 micro-steps: two kernel chunks
+    q, k, v, g, beta = inputs(22, s, 2, F32, DEV)
+    zoo_chunk = lambda **x: zp.gated_delta_product_chunk(
+        **{n: t.double() for n, t in x.items() if torch.is_tensor(t)}, num_householder=2, check_decay=x["check_decay"])
+    dc.assert_check_decay_is_a_switch([fp.gated_delta_product_chunk, fp.gated_delta_product_recurrent],
+                                      dict(q=q, k=k, v=v, g=g, beta=beta), -0.02 * g, zoo_chunk,
+                                      _layers()[1], monkeypatch, zp, TOL32, num_householder=2)
+
+
 # ------------------------------------------------------------------------------------------------
 # 8. torch.compile(fullgraph=True) over the custom ops
 # ------------------------------------------------------------------------------------------------

@@ -195,6 +195,14 @@ def test_bad_inputs_raise_clear_errors(case):
                                [zg.gated_delta_rule_parallel, zg.gated_delta_rule_recurrent])
 
 
+def test_check_decay_false_skips_the_check_and_the_layer_never_runs_it(monkeypatch):
+    q, k, v, g, beta = inputs(0, Shape(1, 20, 2, 4, 3))
+    dc.assert_check_decay_is_a_switch(
+        [zg.gated_delta_rule_parallel, zg.gated_delta_rule_recurrent, zg.gated_delta_rule_chunk],
+        dict(q=q, k=k, v=v, g=g, beta=beta), -0.1 * g, zg.gated_delta_rule_parallel,
+        zg.GatedDeltaNet(16, head_dim=4, num_heads=2).double(), monkeypatch, zg, TOL["f64"])
+
+
 def test_nan_inputs_give_nan_outputs_not_silence():
     q, k, v, g, beta = inputs(0, Shape(1, 20, 1, 4, 4))
     g[0, 3, 0] = float("nan")

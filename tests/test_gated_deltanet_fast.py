@@ -231,6 +231,16 @@ def test_fast_bad_inputs_raise_clear_errors():
         fg.gated_delta_rule_chunk(*(x.double() for x in (q, k, v, g, beta)))
 
 
+def test_fast_check_decay_false_computes_growth_as_the_zoo_and_the_fast_layer_never_checks(monkeypatch):
+    s = Shape(1, 70, 2, 16, 16)  # two kernel chunks
+    q, k, v, g, beta = inputs(22, s, F32, DEV)
+    zoo_chunk = lambda **x: zg.gated_delta_rule_chunk(**{n: t.double() for n, t in x.items() if torch.is_tensor(t)},
+                                                       check_decay=x["check_decay"])
+    dc.assert_check_decay_is_a_switch([fg.gated_delta_rule_chunk, fg.gated_delta_rule_recurrent],
+                                      dict(q=q, k=k, v=v, g=g, beta=beta), -0.02 * g, zoo_chunk,
+                                      _layers()[1], monkeypatch, zg, TOL32)
+
+
 # ------------------------------------------------------------------------------------------------
 # 8. torch.compile(fullgraph=True) over the custom ops
 # ------------------------------------------------------------------------------------------------

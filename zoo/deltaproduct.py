@@ -34,7 +34,8 @@ Dtype:  computes in the input dtype (float64 is exact); fp16/bf16 inputs compute
 Pitfalls:
   * k, v, beta hold n_h micro-steps per token *token-major*: index t·n_h + j, not j·T + t.
   * chunk_size counts micro-steps (a chunk may split a token: the micro-step recurrence does not care).
-  * g > 0 raises ValueError (eager mode only, as in zoo/gated_deltanet.py); k must be unit-norm.
+  * g > 0 raises ValueError (eager mode only; `check_decay=False` skips the check's host sync, and
+    the layer passes it: its g is ≤ 0 by construction; as in zoo/gated_deltanet.py); k must be unit-norm.
   * with n_h = 1 this is exactly Gated DeltaNet; without g it is DeltaNet with n_h steps per token.
 """
 
@@ -87,14 +88,20 @@ def _check_inputs(q, k, v, g, beta, num_householder, initial_state, chunk_size=N
             raise ValueError(f"initial_state is on {initial_state.device} but q is on {q.device}")
     if chunk_size is not None and (chunk_size < 1 or chunk_size & (chunk_size - 1)):
         raise ValueError(f"chunk_size must be a power of two, got {chunk_size}")
-    # g > 0 would grow the state. The value check needs a data-dependent branch: eager mode only.
+
+
+def _check_log_decay(g):
+    """g > 0 would grow the state. The value check needs a host sync and a data-dependent branch:
+    eager mode only."""
     if g is not None and not torch.compiler.is_compiling() and bool((g > 0).any()):
         raise ValueError(f"g is a log decay and must be <= 0 (got max {g.max().item():.3g})")
 
 
-def _prologue(q, k, v, g, beta, num_householder, scale, initial_state, chunk_size=None):
+def _prologue(q, k, v, g, beta, num_householder, scale, initial_state, check_decay, chunk_size=None):
     """Checks, default scale, compute dtype; head-first tensors [B, H, T(·n_h), ·], g zeros if None."""
     _check_inputs(q, k, v, g, beta, num_householder, initial_state, chunk_size)
+    if check_decay:
+        _check_log_decay(g)
     B, T, H, K = q.shape
     dtype = torch.promote_types(q.dtype, torch.float32)  # fp16/bf16 -> fp32; f64 stays f64
     scale = K ** -0.5 if scale is None else scale
@@ -126,15 +133,16 @@ def _decay_matrix(gamma):
 def gated_delta_product_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                  g: torch.Tensor | None, beta: torch.Tensor, *, num_householder: int,
                                  scale: float | None = None, initial_state: torch.Tensor | None = None,
-                                 output_final_state: bool = False):
+                                 output_final_state: bool = False, check_decay: bool = True):
     """The definition (3): the gated delta rule's [T·n_h, T·n_h] solve over the micro-steps.
 
     Args: q: [B, T, H, K] · k: [B, T·n_h, H, K] · v: [B, T·n_h, H, V] · g: [B, T, H] (≤ 0) or None ·
-          beta: [B, T·n_h, H] · num_householder: n_h · initial_state: [B, H, K, V]
+          beta: [B, T·n_h, H] · num_householder: n_h · initial_state: [B, H, K, V] ·
+          check_decay: raise if g > 0 (eager mode; a host sync)
     Returns: o [B, T, H, V] (input dtype), final state [B, H, K, V] or None.
     """
     out_dtype, n = q.dtype, num_householder
-    q, k, v, g, beta, S0 = _prologue(q, k, v, g, beta, n, scale, initial_state)
+    q, k, v, g, beta, S0 = _prologue(q, k, v, g, beta, n, scale, initial_state, check_decay)
     q, g = _micro_steps(q, g, n)  # (3)  [B, H, T·n_h, K], [B, H, T·n_h]
     M = q.shape[2]
     gamma = g.cumsum(-1)  # Γ_m  [B, H, M]
@@ -155,11 +163,11 @@ def gated_delta_product_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 def gated_delta_product_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                   g: torch.Tensor | None, beta: torch.Tensor, *, num_householder: int,
                                   scale: float | None = None, initial_state: torch.Tensor | None = None,
-                                  output_final_state: bool = False):
+                                  output_final_state: bool = False, check_decay: bool = True):
     """Token by token, n_h steps each, (1)–(2): what decoding runs. Under torch.compile the loops
     are unrolled: compile it only for small T. Args and returns as gated_delta_product_parallel."""
     out_dtype, n = q.dtype, num_householder
-    q, k, v, g, beta, S = _prologue(q, k, v, g, beta, n, scale, initial_state)
+    q, k, v, g, beta, S = _prologue(q, k, v, g, beta, n, scale, initial_state, check_decay)
     o = []
     for t in range(q.shape[2]):
         S = g[:, :, t, None, None].exp() * S  # (1) the gate, once per token
@@ -175,11 +183,12 @@ def gated_delta_product_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 def gated_delta_product_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               g: torch.Tensor | None, beta: torch.Tensor, *, num_householder: int,
                               scale: float | None = None, initial_state: torch.Tensor | None = None,
-                              output_final_state: bool = False, chunk_size: int = 64):
+                              output_final_state: bool = False, chunk_size: int = 64,
+                              check_decay: bool = True):
     """Chunkwise WY/UT form (4) over the micro-steps: what training runs and fast/ implements.
     chunk_size = L micro-steps per chunk (a power of two). Args and returns as the parallel form."""
     out_dtype, n = q.dtype, num_householder
-    q, k, v, g, beta, S = _prologue(q, k, v, g, beta, n, scale, initial_state, chunk_size)
+    q, k, v, g, beta, S = _prologue(q, k, v, g, beta, n, scale, initial_state, check_decay, chunk_size)
     q, g = _micro_steps(q, g, n)  # (3)  [B, H, T·n_h, K], [B, H, T·n_h]
     B, H, M, K = q.shape
     L = chunk_size
@@ -319,7 +328,7 @@ class GatedDeltaProduct(nn.Module):
             a = self.a_proj(x).to(torch.promote_types(x.dtype, torch.float32))  # the gate in ≥ float32
             g = -self.A_log.to(a.dtype).exp() * F.softplus(a + self.dt_bias.to(a.dtype))  # ≤ 0  [B, T, HV]
         o, new_cache['S'] = op(q, k, v, g, beta, num_householder=n, initial_state=cache.get('S'),
-                               output_final_state=output_final_state)
+                               output_final_state=output_final_state, check_decay=False)  # g ≤ 0 by construction
         gate = self.g_proj(x).view(B, T, HV, self.head_v_dim) if self.use_output_gate else None
         o = rms_norm(o, self.o_norm.weight, self.o_norm.eps, gate)  # [B, T, HV, V]
         return self.o_proj(o.reshape(B, T, self.value_dim)), new_cache  # [B, T, C]
