@@ -34,8 +34,8 @@ Switches (module globals, read at each call; benchmarks/results/h100-2026-11-23/
     stored state is rounded once, 2⁻⁹ relative); measured ±0.1 ms either way
     (runs 21-23): left off. FAST_TRIG (on): θ reduced to [−π, π] by a two-
     constant Cody-Waite split of 2π, then the SFU's sin.approx/cos.approx (abs error ~1e-6;
-    _random_features.cos_sin), in the walk and phase 3 (the serial and backward kernels keep
-    libdevice's accurate ones: untimed). FEATURE_DOTS_16 (on): bf16/fp16 inputs feed phase 3's
+    _random_features.cos_sin), in the walk, phase 3 and the parallel backward (the serial
+    kernels keep libdevice's accurate ones: untimed). FEATURE_DOTS_16 (on): bf16/fp16 inputs feed phase 3's
     A, A v and read-out dots in the input dtype (features, A and the records' S rounded to it:
     2x tf32's tensor-core rate, half the operand registers; accumulation stays fp32; the phase
     products keep their split-Ω tf32; fp32 inputs unchanged); its error against the fp64 zoo is
@@ -74,6 +74,58 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     >= 5x) are NOT met. Next levers: phase 3 still spills (2 blocks an SM at 4 warps); o = num/den
     and the stabiliser's torch passes fused into the kernels (~0.4 ms).
 
+Causal backward, parallel over chunks (the default: PARALLEL_BWD = True, with CHUNK_PARALLEL)
+-------------------------------------------------------------------------------------------
+The serial backward below (two sweeps over T a frequency tile, atomics for dq, dk, dv, da) made
+fwd+bwd ~62 ms at the issue's size, the backward ~20x the forward. This one is fla's chunk_bwd_dh
+plus a per-chunk gradient pass, three launches over the forward's chunks (BT = PARALLEL_BT):
+  walk again, grid (⌈M/BM⌉, B·H), _hrc_la_chunk_h_kernel at WALK_TILE: the records hs (S⁻ of each
+    chunk at c⁻ = c_last(n−1)); nothing but the inputs is saved by the forward.
+  reverse walk, grid (⌈M/BM⌉, B·H), _hrc_la_chunk_dh_kernel at DWALK_TILE: each program holds its
+    frequency slice of the state's cotangent dS_c, dS_s [BM, V], dz_c, dz_s [BM] (fp32 registers),
+    starting from dht, dzt (the final state is at c_T = c_last(NT−1)), and walks the chunks from the
+    last: store dS⁺ (the cotangent of the state AFTER chunk n, what its keys see) into dhs[n], then
+        dS⁻ = e^{c⁻ − c_last(n)} dS⁺ + Σ_t e^{c⁻ − c_t} φ̂(q_t) dnum_tᵀ   (dz⁻ with dden_t),
+    the transpose of (4)'s decay and of (5)'s read-out; after chunk 0 it is dh0, dz0 (at c0).
+    dhs has hs's layout, fp32 (its last element unused).
+  gradients, grid (NT, B·H, 2), _hrc_la_chunk_grad_kernel at BWD_TILE, all M frequencies walked BM
+    at a time (features transposed, as phase 3), dA = (dnum vᵀ + dden 1ᵀ) ⊙ Γ on both sides:
+      side 0 (queries, reads hs[n]):  dφ̂(q_t) = (dA φ̂_k)_t + e^{c⁻−c_t} (S⁻ dnum_t + z⁻ dden_t);
+      side 1 (keys, values, dhs[n]):  dφ̂_k(k_j) = (dAᵀ φ̂(q))_j + e^{c_j−c_last} (dS⁺ v_j + dz⁺),
+        dv_j = Σ_t (A ⊙ Γ)_tj dnum_t + e^{c_j−c_last} φ̂_k(k_j)ᵀ dS⁺,  da_j = Σ_m dφ̂_k·φ̂_k;
+    then dθ = (cos·dsin − sin·dcos)/√M (keys: times e^{a_j − c_j}) and dx = s_u·dθ Ω (tf32x3),
+    written once: no atomics for dq, dk, dv, da. dΩ += s_u·dθᵀ x only when Ω needs a gradient
+    (the op's need_domega, from ctx.needs_input_grad: a fixed Ω buffer skips it), added by
+    tl.atomic_add into [H, M, K] fp32 (1 MB, L2-resident; B·NT programs add into each head's rows).
+    Two sides rather than one program: one program held dq, dk, dv and A (four [64, 64] fp32
+    accumulators) and spilled 304 B a thread at BM 16, 8 warps (1312 at 4 warps); the sides hold
+    half each, at the price of computing the tile's q and k features twice.
+  Non-causal, or CHUNK_PARALLEL / PARALLEL_BWD off: the serial backward kernel below.
+sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; tests/test_hrc_la.py's
+AOT_BWD_SCRIPT bounds the defaults):
+  reverse walk: BM 32 at 4 warps, 2 stages (DWALK_TILE): 193, no stack; 1 stage 195; BM 16 194;
+    BM 64 at 8 warps 255 + 32 B.
+  gradients (two sides; the larger side sets the count): BM 16 at 8 warps, 1 stage (BWD_TILE):
+    255 + 16 B of spill, the same with dΩ; BM 32 at 8 warps 255 + 80 B (208 with dΩ); BM 16 at 4
+    warps 255 + 400 B (712 with dΩ), 2 stages 344; BM 32 at 4 warps 672; BM 64 at 8 warps 2488.
+    One block of 8 warps an SM (16384 programs at the issue's size).
+Cost at the issue's size (as the forward's: NT = 128 a sequence, 8192 records of R = 33281 fp32):
+  bytes: hs written (walk) and read (side 0), dhs written (reverse walk) and read (side 1): 4 ×
+    1.09 GB = 4.4 GB; dnum 134 MB (read by the reverse walk and both sides), dq, dk, dv 134 MB each
+    written (fp32, then cast), q, k, v 67 MB each (read 2-3 times, partly from L2): ~1 GB. ~5.4 GB:
+    1.8 ms at 3.0 TB/s. dΩ (learnable only): 2 × 8192 × M·K = 268 M fp32 atomics into L2.
+  FLOPs a token and head (tf32 dense; the phases' split-Ω products counted as 2): walk again 66 K
+    (phases) + 66 K (dS); reverse walk 66 K + 66 K; side 0: phases 131 K, dA φ̂_k 66 K, S⁻ dnumᵀ
+    66 K, dθ Ω 98 K (tf32x3); side 1: phases 131 K, A 66 K, dAᵀ φ̂(q) 66 K, dS⁺ vᵀ 66 K, dv 66 K,
+    dθ Ω 98 K, intra dv and both dA 24 K: ~1.1 MFLOP, 0.6 TFLOP in all: 1.2 ms at the
+    tf32 dense peak (~495 TFLOP/s), 2.4 ms at half of it; dΩ adds 2 × 98 K (0.1 TFLOP). sin/cos:
+    3072 a token and head (1.6 G, ~0.45 ms of MUFU).
+  floor: ~2.4 ms for the backward (tf32-bound at half the peak; memory 1.8 ms), so ~3.3 ms fwd+bwd
+    with the forward's 0.89 ms.
+  Measured: to be measured (.scratch/hrc_bwd_sweep.py: the forward alone, fwd+bwd at the default
+    and tile variants, fixed and learnable Ω, the serial backward once, per-kernel times, the
+    gradients' error against the fp64 zoo).
+
 Serial walk (non-causal, and causal with CHUNK_PARALLEL = False)
 ----------------------------------------------------------------
 Launch grid: one program per (feature tile of BM frequencies, batch·head). Each program walks the
@@ -90,7 +142,8 @@ The stabiliser's per-token numbers are computed on the host, from k alone: a_t =
 (differentiable: its gradient flows back through torch) and the prefix max c_t (a constant).
 Non-causal: a first sweep builds the whole state, a second reads it out.
 
-Backward, per program (the same grid with half the frequencies a tile: it also holds dS): sweep 1
+Serial backward (non-causal; causal with CHUNK_PARALLEL or PARALLEL_BWD off), per program (the
+same grid with half the frequencies a tile: it also holds dS): sweep 1
 forward in time recomputes the state and gives
     dcos_q = (dA ⊙ Γ) cos_k + e^{c⁻−c_t} (dnum S_cᵀ + dden z_cᵀ),   dA = dnum vᵀ + dden 1ᵀ,
 then dθ_q = (cos·dsin − sin·dcos)/√M, dq += √scale · dθ_q Ω, dΩ += dθ_qᵀ u_q; sweep 2 backward
@@ -944,9 +997,9 @@ _FWD_SIG = ("(Tensor q, Tensor k, Tensor v, Tensor omega, Tensor a, Tensor c, Te
 def _chunk_bwd_op(dnum: torch.Tensor, dden: torch.Tensor, dht: torch.Tensor | None, dzt: torch.Tensor | None,
                   q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, a: torch.Tensor,
                   c: torch.Tensor, h0: torch.Tensor | None, z0: torch.Tensor | None, c0: torch.Tensor,
-                  s_u: float, causal: bool, chunk_size: int, need_domega: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                      torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                      torch.Tensor]:
+                  s_u: float, causal: bool, chunk_size: int,
+                  need_domega: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                              torch.Tensor, torch.Tensor]:
     dnum, dden, dht, dzt, h0, z0 = _rf.contig(dnum, dden, dht, dzt, h0, z0)
     q, k, v, omega, a, c, c0 = _rf.contig(q, k, v, omega, a, c, c0)  # saved inputs may be views (an expanded Ω)
     dq, dk, dv, da, domega, dh0, dz0 = _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u,
@@ -984,7 +1037,8 @@ def _backward(ctx, dnum, dden, dmass, dht, dzt, dnt):
         cT = c[:, -1]
         da = da + dnt[:, None] * torch.exp(a - cT[:, None])
         dn0 = dnt * torch.exp(c0 - cT) if has_n0 else None
-    return (dq, dk, dv, domega if need_domega else None, da, None, _rf.or_none(dh0), _rf.or_none(dz0), dn0, None, None, None, None, None)
+    return (dq, dk, dv, domega if need_domega else None, da, None, _rf.or_none(dh0), _rf.or_none(dz0), dn0, None,
+            None, None, None, None)
 
 
 _chunk_fwd_op, _recurrent_fwd_op = _rf.register_fwd_ops(
