@@ -30,6 +30,13 @@ Kernel plan (chunk L = BT = 64 rows; Γ = chunk-local cumsum of g; X = (I + A)�
             fused_recurrent scheme), n_h micro-steps per token for DeltaProduct. Its gradient is the
             chunk backward (same function), so the recurrent op has forward and backward.
 
+Micro-steps (DeltaProduct, NH = n_h > 1; NH = 1 everywhere else): k, v, β have a row per
+  micro-step, q, g, dO and the outputs o, dq, dg a row per token. Micro-step t reads token t // NH
+  (duplicated rows, plain loads); g counts at a token's first micro-step and dO at its last (a
+  tl.where on the loaded rows), o and dq are stored from the last micro-step and dg from the first
+  (masked stores). A duplicated q on a micro-step without an output is harmless: o is not stored
+  there, and in the backward every use of q meets that row's zero dO (dR, the dS update, the dΓ
+  terms). NH must divide the 16-row slab of step 1 (_direct); other n_h interleave on the host.
 Tile rule (head dims only; T is never a compile key: it is in do_not_specialize):
   BT = 64 always (the chunk_size option is checked and accepted; the result does not depend on it
   beyond rounding). BK = next power of two ≥ K, whole K in one tile (K, V ≤ 256). One launch
@@ -170,9 +177,10 @@ def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
 def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BVF: tl.constexpr, USE_G: tl.constexpr, STORE_X,
-                         PREC: tl.constexpr):
+                         PREC: tl.constexpr, NH: tl.constexpr):
     """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V, and the output's mixing
-    matrix R = sQKᵀ ⊙ D (diagonal included) for one chunk (zoo (4))."""
+    matrix R = sQKᵀ ⊙ D (diagonal included) for one chunk (zoo (4)). NH: micro-steps per row of q
+    and g (DeltaProduct's direct path; 1 otherwise): see "Micro-steps" in the card."""
     # -------------------------------------------------------------- map program -> (chunk, head)
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -184,9 +192,13 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     mask_k, mask_v = offs_k < K, offs_v < V
     # pointers to this (batch, head)'s first row: the only 64-bit offsets; the tiles' are int32
     o_bh = i_b * T * H + i_h
-    q, k, w, v, u = q + o_bh * K, k + o_bh * K, w + o_bh * K, v + o_bh * V, u + o_bh * V
-    X, Aqk, beta, g, gam = X + o_bh * BT, Aqk + o_bh * BT, beta + o_bh, g + o_bh, gam + o_bh
+    o_bq = i_b * (T // NH) * H + i_h  # q and g: one row per token (T // NH of them)
+    q, k, w, v, u = q + o_bq * K, k + o_bh * K, w + o_bh * K, v + o_bh * V, u + o_bh * V
+    X, Aqk, beta, g, gam = X + o_bh * BT, Aqk + o_bh * BT, beta + o_bh, g + o_bq, gam + o_bh
     o_k = offs_s[:, None] * (H * K) + offs_k[None, :]  # one slab  [BS, BK]
+    o_q = (offs_s // NH)[:, None] * (H * K) + offs_k[None, :]  # a slab of q: micro-step r reads token r // NH
+    first = (offs_s % NH) == 0  # g enters at a token's first micro-step (zoo/deltaproduct.py (3))
+    p_g = g + (offs_s // NH) * H  # micro-step r of a slab reads token r // NH
     o_v = offs_s[:, None] * (H * V) + offs_v[None, :]
     o_x = offs_s[:, None] * (H * BT) + offs_s[None, :]
     o_s = offs_s * H
@@ -202,10 +214,10 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     b_b2 = tl.load(beta + o_s + (t0 + 2 * BS) * H).to(tl.float32)
     b_b3 = tl.load(beta + o_s + (t0 + 3 * BS) * H).to(tl.float32)
     if USE_G:  # Γ = cumsum of g inside the chunk; padded tokens have g = 0
-        b_g0 = tl.cumsum(tl.load(g + o_s + t0 * H).to(tl.float32), 0)
-        b_g1 = tl.cumsum(tl.load(g + o_s + (t0 + BS) * H).to(tl.float32), 0)
-        b_g2 = tl.cumsum(tl.load(g + o_s + (t0 + 2 * BS) * H).to(tl.float32), 0)
-        b_g3 = tl.cumsum(tl.load(g + o_s + (t0 + 3 * BS) * H).to(tl.float32), 0)
+        b_g0 = tl.cumsum(tl.where(first, tl.load(p_g + t0 // NH * H).to(tl.float32), 0.), 0)
+        b_g1 = tl.cumsum(tl.where(first, tl.load(p_g + (t0 + BS) // NH * H).to(tl.float32), 0.), 0)
+        b_g2 = tl.cumsum(tl.where(first, tl.load(p_g + (t0 + 2 * BS) // NH * H).to(tl.float32), 0.), 0)
+        b_g3 = tl.cumsum(tl.where(first, tl.load(p_g + (t0 + 3 * BS) // NH * H).to(tl.float32), 0.), 0)
         b_g1 += tl.sum(tl.where(offs_s == BS - 1, b_g0, 0.), 0)  # + Γ at the end of the slab above
         b_g2 += tl.sum(tl.where(offs_s == BS - 1, b_g1, 0.), 0)
         b_g3 += tl.sum(tl.where(offs_s == BS - 1, b_g2, 0.), 0)
@@ -218,7 +230,7 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     # (stored for steps 2 and 3, which would otherwise recompute it once per V-tile: measured with
     # ptxas for sm_90, computing it inside the sequential loop costs ~100 registers and spills)
     mask_d = offs_s[:, None] >= offs_s[None, :]
-    b_q0 = tl.load(q + o_k + t0 * H * K, mask=mask_sk, other=0.)  # [BS, BK]
+    b_q0 = tl.load(q + o_q + t0 // NH * H * K, mask=mask_sk, other=0.)  # [BS, BK]
     b_R = tl.dot(b_q0, tl.trans(b_k0), input_precision=PREC)
     if USE_G:
         b_R *= tl.exp(tl.where(mask_d, b_g0[:, None] - b_g0[None, :], float('-inf')))
@@ -227,7 +239,7 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     tl.store(Aqk + o_x + t0 * H * BT + BS, b_zero)
     tl.store(Aqk + o_x + t0 * H * BT + 2 * BS, b_zero)
     tl.store(Aqk + o_x + t0 * H * BT + 3 * BS, b_zero)
-    b_q1 = tl.load(q + o_k + (t0 + BS) * H * K, mask=mask_sk, other=0.)
+    b_q1 = tl.load(q + o_q + (t0 + BS) // NH * H * K, mask=mask_sk, other=0.)
     b_R = tl.dot(b_q1, tl.trans(b_k0), input_precision=PREC)
     if USE_G:
         b_R *= tl.exp(b_g1[:, None] - b_g0[None, :])
@@ -238,7 +250,7 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     tl.store(Aqk + o_x + (t0 + BS) * H * BT + BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
     tl.store(Aqk + o_x + (t0 + BS) * H * BT + 2 * BS, b_zero)
     tl.store(Aqk + o_x + (t0 + BS) * H * BT + 3 * BS, b_zero)
-    b_q2 = tl.load(q + o_k + (t0 + 2 * BS) * H * K, mask=mask_sk, other=0.)
+    b_q2 = tl.load(q + o_q + (t0 + 2 * BS) // NH * H * K, mask=mask_sk, other=0.)
     b_R = tl.dot(b_q2, tl.trans(b_k0), input_precision=PREC)
     if USE_G:
         b_R *= tl.exp(b_g2[:, None] - b_g0[None, :])
@@ -252,7 +264,7 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
         b_R *= tl.exp(tl.where(mask_d, b_g2[:, None] - b_g2[None, :], float('-inf')))
     tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + 2 * BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
     tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + 3 * BS, b_zero)
-    b_q3 = tl.load(q + o_k + (t0 + 3 * BS) * H * K, mask=mask_sk, other=0.)
+    b_q3 = tl.load(q + o_q + (t0 + 3 * BS) // NH * H * K, mask=mask_sk, other=0.)
     b_R = tl.dot(b_q3, tl.trans(b_k0), input_precision=PREC)
     if USE_G:
         b_R *= tl.exp(b_g3[:, None] - b_g0[None, :])
@@ -365,7 +377,8 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
 def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T, H: tl.constexpr,
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
-                            COMPUTE_O: tl.constexpr, STORE_H: tl.constexpr, PREC: tl.constexpr):
+                            COMPUTE_O: tl.constexpr, STORE_H: tl.constexpr, PREC: tl.constexpr,
+                            NH: tl.constexpr):
     """Step 2: V_new = U − W S; o = e^Γ⊙sQS + R V_new (R = sQKᵀ⊙D from step 1);
     S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new."""
     # -------------------------------------------------------------- map program -> (V tile, head)
@@ -378,11 +391,15 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T,
     o_bh = i_b * T * H + i_h  # this (batch, head)'s first row: the only 64-bit offset
     o_k = offs_r[:, None] * (H * K) + offs_k[None, :]  # chunk tile, int32  [BT, BK]
     o_v = offs_r[:, None] * (H * V) + offs_v[None, :]  # chunk tile, int32  [BT, BV]
-    q, k, w, u, o, v_new = q + o_bh * K, k + o_bh * K, w + o_bh * K, u + o_bh * V, o + o_bh * V, v_new + o_bh * V
+    o_bq = i_b * (T // NH) * H + i_h  # q and o: one row per token (NH micro-steps each)
+    q, k, w, u, o, v_new = q + o_bq * K, k + o_bh * K, w + o_bh * K, u + o_bh * V, o + o_bq * V, v_new + o_bh * V
     gam, Aqk = gam + o_bh, Aqk + o_bh * BT
+    o_q = (offs_r // NH)[:, None] * (H * K) + offs_k[None, :]  # micro-step r reads token r // NH  [BT, BK]
+    o_o = (offs_r // NH)[:, None] * (H * V) + offs_v[None, :]  # [BT, BV]
     o_a = offs_r[:, None] * (H * BT) + offs_r[None, :]  # the chunk's R  [BT, BT]
     mask_kv = mask_k[:, None] & mask_v[None, :]
     mask_tk, mask_tv = mask_k[None, :], mask_v[None, :]  # head dims only: T is a multiple of BT
+    mask_to = mask_tv & ((offs_r % NH) == NH - 1)[:, None]  # a token's output is its last micro-step's
     offs_kv = offs_k[:, None] * V + offs_v[None, :]
     # -------------------------------------------------------------- the state, fp32 registers
     b_S = tl.zeros([BK, BV], dtype=tl.float32)
@@ -405,13 +422,13 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T,
             b_g_last = tl.load(gam + (t0 + BT - 1) * H)  # Γ_L
         # ---------------------------------------------------------- (4) o = e^Γ⊙sQS + R V_new
         if COMPUTE_O:
-            b_q = tl.load(q + o_k + t0 * H * K, mask=mask_tk, other=0.)  # [BT, BK]
+            b_q = tl.load(q + o_q + t0 // NH * H * K, mask=mask_tk, other=0.)  # [BT, BK]
             b_o = tl.dot(b_q, b_S.to(DT), input_precision=PREC) * scale  # [BT, BV]
             if USE_G:
                 b_o = b_o * tl.exp(b_g)[:, None]
             b_R = tl.load(Aqk + o_a + t0 * H * BT)  # sQKᵀ ⊙ D from step 1  [BT, BT]
             b_o += tl.dot(b_R, b_v_new.to(DT), input_precision=PREC)
-            tl.store(o + o_v + t0 * H * V, b_o.to(o.dtype.element_ty), mask=mask_tv)
+            tl.store(o + o_o + t0 // NH * H * V, b_o.to(o.dtype.element_ty), mask=mask_to)
         # ---------------------------------------------------------- (4) S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new
         if USE_G:
             b_v_new = b_v_new * tl.exp(b_g_last - b_g)[:, None]
@@ -424,7 +441,7 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T,
 def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, T, H: tl.constexpr,
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
-                            PREC: tl.constexpr):
+                            PREC: tl.constexpr, NH: tl.constexpr):
     """Step 3, chunks in reverse: dV_new = RᵀdO + (e^{Γ_L−Γ}⊙K) dS (R = sQKᵀ⊙D from step 1);
     dS ← e^{Γ_L} dS + (e^Γ⊙sQ)ᵀ dO − Wᵀ dV_new. dS is the gradient of the state leaving the chunk."""
     # -------------------------------------------------------------- map program -> (V tile, head)
@@ -437,9 +454,13 @@ def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, 
     o_bh = i_b * T * H + i_h  # this (batch, head)'s first row: the only 64-bit offset
     o_k = offs_r[:, None] * (H * K) + offs_k[None, :]  # chunk tile, int32  [BT, BK]
     o_v = offs_r[:, None] * (H * V) + offs_v[None, :]  # chunk tile, int32  [BT, BV]
-    q, k, w, do, dv_new, gam = q + o_bh * K, k + o_bh * K, w + o_bh * K, do + o_bh * V, dv_new + o_bh * V, gam + o_bh
+    o_bq = i_b * (T // NH) * H + i_h  # q and do: one row per token (NH micro-steps each)
+    q, k, w, do, dv_new, gam = q + o_bq * K, k + o_bh * K, w + o_bh * K, do + o_bq * V, dv_new + o_bh * V, gam + o_bh
     Aqk = Aqk + o_bh * BT
     o_kT = offs_k[:, None] + offs_r[None, :] * (H * K)  # the transposed chunk tile  [BK, BT]
+    o_qT = offs_k[:, None] + (offs_r // NH)[None, :] * (H * K)  # micro-step r reads token r // NH  [BK, BT]
+    o_do = (offs_r // NH)[:, None] * (H * V) + offs_v[None, :]  # [BT, BV]
+    last = ((offs_r % NH) == NH - 1)[:, None]  # only a token's last micro-step has an output (and a dO)
     mask_kt = mask_k[:, None]
     o_a = offs_r[:, None] * (H * BT) + offs_r[None, :]  # the chunk's R  [BT, BT]
     mask_kv = mask_k[:, None] & mask_v[None, :]
@@ -455,9 +476,9 @@ def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, 
         tl.store(p_dh + offs_kv, b_dS.to(p_dh.dtype.element_ty), mask=mask_kv)
         # ---------------------------------------------------------- load
         b_k = tl.load(k + o_k + t0 * H * K, mask=mask_tk, other=0.)  # [BT, BK]
-        b_qT = tl.load(q + o_kT + t0 * H * K, mask=mask_kt, other=0.)  # Qᵀ, loaded transposed  [BK, BT]
+        b_qT = tl.load(q + o_qT + t0 // NH * H * K, mask=mask_kt, other=0.)  # Qᵀ, loaded transposed  [BK, BT]
         b_wT = tl.load(w + o_kT + t0 * H * K, mask=mask_kt, other=0.)  # Wᵀ  [BK, BT]
-        b_do = tl.load(do + o_v + t0 * H * V, mask=mask_tv, other=0.)  # [BT, BV]
+        b_do = tl.where(last, tl.load(do + o_do + t0 // NH * H * V, mask=mask_tv, other=0.), 0.)  # [BT, BV]
         # ---------------------------------------------------------- dV_new
         b_R = tl.load(Aqk + o_a + t0 * H * BT)  # sQKᵀ ⊙ D from step 1  [BT, BT]
         b_dSk = tl.dot(b_k, b_dS.to(DT), input_precision=PREC)  # K dS  [BT, BV]
@@ -481,7 +502,7 @@ def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, 
 def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam, scale, T,
                            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                            BKS: tl.constexpr, BV: tl.constexpr, USE_G: tl.constexpr,
-                           PREC: tl.constexpr):
+                           PREC: tl.constexpr, NH: tl.constexpr):
     """Step 4, one K slice of one chunk: dq = s(e^Γ⊙dO Sᵀ + dR K), dk = s dRᵀQ + e^{Γ_L−Γ}⊙V_new dS_outᵀ,
     dw = −dV_new Sᵀ, with dR = (dO V_newᵀ) ⊙ D; and this slice's share of dΓ."""
     # -------------------------------------------------------------- map program -> (K slice, chunk, head)
@@ -495,10 +516,13 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
     offs_k = i_k * BKS + tl.arange(0, BKS)
     mask_tk = (offs_k < K)[None, :]  # head dims only: T is a multiple of BT
     o_bh = i_b * T * H + i_h  # this (batch, head)'s first row: the only 64-bit offsets
-    q, k, dq, dk, dw = q + o_bh * K, k + o_bh * K, dq + o_bh * K, dk + o_bh * K, dw + o_bh * K
-    v_new, do, dv_new, gam = v_new + o_bh * V, do + o_bh * V, dv_new + o_bh * V, gam + o_bh
+    o_bq = i_b * (T // NH) * H + i_h  # q, dq and do: one row per token (NH micro-steps each)
+    q, k, dq, dk, dw = q + o_bq * K, k + o_bh * K, dq + o_bq * K, dk + o_bh * K, dw + o_bh * K
+    v_new, do, dv_new, gam = v_new + o_bh * V, do + o_bq * V, dv_new + o_bh * V, gam + o_bh
     h, dh = h + ((i_b * NT + i_t) * H + i_h) * K * V, dh + ((i_b * NT + i_t) * H + i_h) * K * V
     o_k = offs_t[:, None] * (H * K) + offs_k[None, :]  # int32  [BT, BKS]
+    o_q = (offs_t // NH)[:, None] * (H * K) + offs_k[None, :]  # micro-step t reads token t // NH  [BT, BKS]
+    last = ((offs_r % NH) == NH - 1)[:, None]  # only a token's last micro-step has an output (and a dO)
     # -------------------------------------------------------------- loop over V tiles (fp32 accumulators)
     b_dq = tl.zeros([BT, BKS], dtype=tl.float32)  # dO Sᵀ
     b_dkb = tl.zeros([BT, BKS], dtype=tl.float32)  # V_new dS_outᵀ
@@ -515,7 +539,8 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
         b_h = tl.load(h + o_kv, mask=mask_kv, other=0.)  # S  [BKS, BV]
         b_dh = tl.load(dh + o_kv, mask=mask_kv, other=0.)  # dS_out  [BKS, BV]
         b_vn = tl.load(v_new + o_v, mask=mask_tv, other=0.)  # [BT, BV]
-        b_do = tl.load(do + o_v, mask=mask_tv, other=0.)
+        b_do = tl.where(last, tl.load(do + (offs_t // NH)[:, None] * (H * V) + offs_v[None, :], mask=mask_tv,
+                                      other=0.), 0.)
         b_dvn = tl.load(dv_new + o_v, mask=mask_tv, other=0.)
         b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
         b_dkb += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
@@ -524,7 +549,7 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
         if USE_G:
             b_dSS += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), 1)
     # -------------------------------------------------------------- intra-chunk terms
-    b_q = tl.load(q + o_k, mask=mask_tk, other=0.)  # [BT, BKS]
+    b_q = tl.load(q + o_q, mask=mask_tk, other=0.)  # [BT, BKS]
     b_k = tl.load(k + o_k, mask=mask_tk, other=0.)
     mask_c = offs_r[:, None] >= offs_r[None, :]
     if USE_G:
@@ -539,7 +564,7 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
     if USE_G:
         b_dq_inter = b_dq * tl.exp(b_g)[:, None]
     b_dq_out = (b_dq_inter + tl.dot(b_dR.to(DT), b_k, input_precision=PREC)) * scale
-    tl.store(dq + o_k, b_dq_out.to(dq.dtype.element_ty), mask=mask_tk)
+    tl.store(dq + o_q, b_dq_out.to(dq.dtype.element_ty), mask=mask_tk & last)
     b_dk_out = tl.dot(tl.trans(b_dR).to(DT), b_q, input_precision=PREC) * scale
     if USE_G:
         b_dk_out += b_dkb * tl.exp(b_g_last - b_g)[:, None]
@@ -561,7 +586,7 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
 def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, dbeta, dg, T,
                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                          BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
-                         USE_G: tl.constexpr, PREC: tl.constexpr):
+                         USE_G: tl.constexpr, PREC: tl.constexpr, NH: tl.constexpr):
     """Step 5: back through W = X diag(β e^Γ) K, U = X diag(β) V and X = (I + A)⁻¹ (dA = −Xᵀ dX Xᵀ)."""
     # -------------------------------------------------------------- map program -> (chunk, head)
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
@@ -633,7 +658,9 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
             b_dgam += tl.load(dgam + i_k * tl.num_programs(1) * T + o_g)
         # g_t enters Γ_i for every i ≥ t in its chunk: dg = reverse cumsum of dΓ
         b_dg = tl.sum(b_dgam, 0) - tl.cumsum(b_dgam, 0) + b_dgam
-        tl.store(dg + o_g, b_dg.to(dg.dtype.element_ty))
+        # g is per token, entering at its first micro-step: that row's dg is the token's
+        p_dg = dg + i_b * (T // NH) * H + i_h + (offs_t // NH) * H
+        tl.store(p_dg, b_dg.to(dg.dtype.element_ty), mask=(offs_r % NH) == 0)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -673,7 +700,7 @@ def _recurrent_fwd_kernel(q, k, v, g, beta, h0, o, ht, scale, T, H: tl.constexpr
 # ================================================================================================
 # Host launchers
 # ================================================================================================
-def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool):
+def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int):
     B, T, H, K = k.shape
     V = v.shape[-1]
     t = _tiles(K, V)
@@ -684,52 +711,71 @@ def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool):
     gam = k.new_empty(B, T, H, dtype=torch.float32) if g is not None else w
     launch(_chunk_wy_fwd_kernel, (NT, B * H),
         q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, scale, T, H, K, V, CHUNK,
-        t["BK"], t["BVF"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype),
+        t["BK"], t["BVF"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype), NH=nh,
         **t["wy"])
     return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
 
 
-def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool):
+def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, nh: int = 1):
+    """`nh`: micro-steps per row of q and o (only the output reads q: the backward's pass leaves it 1)."""
     B, T, H, K = k.shape
     V = u.shape[-1]
     t = _tiles(K, V)
     c = t["state_fwd" if compute_o else "state_rec"]
     NT = triton.cdiv(T, CHUNK)
     ht = k.new_empty(B, H, K, V, dtype=torch.float32)
-    o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device) if compute_o else u
+    o = torch.empty(B, T // nh, H, V, dtype=q.dtype, device=q.device) if compute_o else u
     h = k.new_empty(B, NT, H, K, V) if not compute_o else u
     v_new = torch.empty_like(u) if not compute_o else u
     launch(_chunk_state_fwd_kernel, (triton.cdiv(V, c["BV"]), B * H),
         q, k, w, u, gam if gam is not None else u, Aqk, h0 if h0 is not None else ht, o, ht, h, v_new,
         scale, T, H, K, V, CHUNK, t["BK"], c["BV"], USE_G=gam is not None, USE_H0=h0 is not None,
-        COMPUTE_O=compute_o, STORE_H=not compute_o, PREC=_precision(k.dtype),
+        COMPUTE_O=compute_o, STORE_H=not compute_o, PREC=_precision(k.dtype), NH=nh,
         num_warps=c["num_warps"], num_stages=c["num_stages"])
     return (o, ht) if compute_o else (h, v_new, ht)
 
 
-def _pad_to_chunk(*xs):
-    """Zero-pad the time axis (dim 1) up to a multiple of CHUNK, so the kernels need no row masks
-    (a masked tile load costs the sequential kernels their registers: measured with ptxas for
-    sm_90, 168 registers unmasked vs 255 plus spills masked). Zero k, β and g make a padded token
-    the identity transition, and its zero q reads nothing: the real tokens are exact. Only a T
-    that is not a multiple of 64 pays for this copy."""
-    pad = -xs[0].shape[1] % CHUNK
-    if pad == 0:
-        return xs
-    return tuple(None if x is None else torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, pad)) for x in xs)
+def _pad_to_chunk(steps, tokens, nh):
+    """Zero-pad the time axis (dim 1) up to a multiple of CHUNK micro-steps, so the kernels need no
+    row masks (a masked tile load costs the sequential kernels their registers: measured with ptxas
+    for sm_90, 168 registers unmasked vs 255 plus spills masked). `steps` have a row per micro-step
+    (k, v, β), `tokens` a row per token of nh micro-steps (q, g, dO; nh divides CHUNK). Zero k, β
+    and g make a padded token the identity transition, and its zero q reads nothing: the real
+    tokens are exact. Only a T that is not a multiple of 64 pays for this copy."""
+    pad = -steps[0].shape[1] % CHUNK
+    fill = lambda x, p: None if x is None or p == 0 else torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, p))
+    return tuple(x if pad == 0 else fill(x, pad) for x in steps), tuple(x if pad == 0 else fill(x, pad // nh)
+                                                                        for x in tokens)
 
 
-def _chunk_fwd(q, k, v, g, beta, h0, scale):
+def _direct(nh: int) -> bool:
+    """Can the kernels read q, g and dO per token (NH = nh)? Step 1 works on slabs of 16 micro-steps,
+    which must hold whole tokens. Otherwise the host interleaves them into micro-steps (NH = 1)."""
+    return SOLVE_BLOCK % nh == 0
+
+
+def _chunk_fwd(q, k, v, g, beta, h0, scale, nh: int = 1):
+    """o [B, T, H, V] and the final state. q, g: a row per token; k, v, β: nh rows per token."""
+    if not _direct(nh):
+        g = None if g is None else _interleave(g, nh, last=False)
+        o, ht = _chunk_fwd(_interleave(q, nh, last=True), k, v, g, beta, h0, scale)
+        return o[:, nh - 1::nh].contiguous(), ht
     T = q.shape[1]
-    q, k, v, g, beta = _pad_to_chunk(q, k, v, g, beta)
-    w, u, Aqk, _, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=False)
-    o, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True)
+    (k, v, beta), (q, g) = _pad_to_chunk((k, v, beta), (q, g), nh)
+    w, u, Aqk, _, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=False, nh=nh)
+    o, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True, nh=nh)
     return (o if o.shape[1] == T else o[:, :T].contiguous()), ht
 
 
-def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale):
+def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, nh: int = 1):
+    """dq, dk, dv, dg, dβ, dh0 (empty without h0). q, g, dO: a row per token; k, v, β: nh rows."""
+    if not _direct(nh):
+        gi = None if g is None else _interleave(g, nh, last=False)
+        dq, dk, dv, dg, dbeta, dh0 = _chunk_bwd(_interleave(q, nh, last=True), k, v, gi, beta, h0,
+                                                _interleave(do, nh, last=True), dht, scale)
+        return dq[:, nh - 1::nh].contiguous(), dk, dv, (dg if g is None else dg[:, ::nh].contiguous()), dbeta, dh0
     T0 = q.shape[1]
-    q, k, v, g, beta, do = _pad_to_chunk(q, k, v, g, beta, do.to(q.dtype).contiguous())
+    (k, v, beta), (q, g, do) = _pad_to_chunk((k, v, beta), (q, g, do.to(q.dtype).contiguous()), nh)
     B, T, H, K = k.shape
     V = v.shape[-1]
     t = _tiles(K, V)
@@ -738,7 +784,7 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale):
     prec = _precision(k.dtype)
     # recompute step 1 (with X) and step 2 (storing the chunk-entry states and V_new)
     # (in the forward's configuration, so both use one compiled step 1: see _chunk_wy_fwd_kernel's STORE_X)
-    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=True)
+    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=True, nh=nh)
     h, v_new, _ = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=False)
     # step 3
     dh, dv_new = torch.empty_like(h), torch.empty_like(v)
@@ -747,14 +793,14 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale):
     launch(_chunk_state_bwd_kernel, (triton.cdiv(V, c["BV"]), B * H),
         q, k, w, gam if gam is not None else dh0, Aqk, do, dht if dht is not None else dh0, dh, dv_new,
         dh0, scale, T, H, K, V, CHUNK, t["BK"], c["BV"], USE_G=gam is not None,
-        USE_DHT=dht is not None, PREC=prec, num_warps=c["num_warps"], num_stages=c["num_stages"])
+        USE_DHT=dht is not None, PREC=prec, NH=nh, num_warps=c["num_warps"], num_stages=c["num_stages"])
     # step 4
     dq = torch.empty_like(q)
     dk_part, dw = torch.empty_like(k), torch.empty_like(k)  # input dtype: half the bytes of fp32
     dgam = k.new_empty(NK, B, T, H, dtype=torch.float32) if g is not None else dw
     launch(_chunk_bwd_dqkw_kernel, (NK, NT, B * H),
         q, k, gam if gam is not None else dw, h, dh, v_new, do, dv_new, dq, dk_part, dw, dgam,
-        scale, T, H, K, V, CHUNK, t["BKS"], t["dqkw"]["BV"], USE_G=g is not None, PREC=prec,
+        scale, T, H, K, V, CHUNK, t["BKS"], t["dqkw"]["BV"], USE_G=g is not None, PREC=prec, NH=nh,
         num_warps=t["dqkw"]["num_warps"], num_stages=t["dqkw"]["num_stages"])
     # step 5
     dk, dv = torch.empty_like(k), torch.empty_like(v)
@@ -763,9 +809,11 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale):
     launch(_chunk_wy_bwd_kernel, (NT, B * H),
         k, v, beta, gam if gam is not None else dw, X, dw, dv_new, dk_part, dgam, dk, dv, dbeta,
         dg if g is not None else dbeta, T, H, K, V, CHUNK, t["BK"], t["wy_bwd"]["BV"], NK,
-        USE_G=g is not None, PREC=prec, num_warps=t["wy_bwd"]["num_warps"], num_stages=t["wy_bwd"]["num_stages"])
-    if T != T0:  # drop the padding
-        dq, dk, dv, dbeta = (x[:, :T0].contiguous() for x in (dq, dk, dv, dbeta))
+        USE_G=g is not None, PREC=prec, NH=nh, num_warps=t["wy_bwd"]["num_warps"],
+        num_stages=t["wy_bwd"]["num_stages"])
+    if T != T0 * nh:  # drop the padding
+        dk, dv, dbeta = (x[:, :T0 * nh].contiguous() for x in (dk, dv, dbeta))
+        dq = dq[:, :T0].contiguous()
         dg = dg[:, :T0].contiguous() if g is not None else dg
     return dq, dk, dv, dg, dbeta, (dh0 if h0 is not None else dh0.new_empty(0))
 
@@ -804,14 +852,19 @@ def _contiguous(*xs):
 # is met for the delta rule only. A forward alone (two kernels) compiles in series: side by side
 # its WY compile slowed more than the other one saved (2.7 -> 3.9 s, delta rule); forwards alone
 # took 2.7-3.1 s (delta rule), 3.6-5.0 s (gated), 4.8-5.5 s (DeltaProduct).
-def _tiny(x):
-    """A zero tensor like x [B, T, H(, ·)] with batch 1 and one chunk of time."""
-    return None if x is None else x.new_zeros(1, CHUNK, *x.shape[2:])
+def _tiny(x, nh=1):
+    """A zero tensor like x [B, T, H(, ·)] with batch 1 and one chunk of micro-steps (CHUNK // nh
+    rows for a tensor with a row per token)."""
+    return None if x is None else x.new_zeros(1, CHUNK // nh, *x.shape[2:])
 
 
-def _variants(q, v, g, h0):
+def _variants(q, v, g, h0, nh):
     """What decides the chunk kernels' compiled variants (never B or T)."""
-    return (q.dtype, q.device, q.shape[2], q.shape[3], v.shape[3], g is None, h0 is None)
+    return (q.dtype, q.device, q.shape[2], q.shape[3], v.shape[3], g is None, h0 is None, nh)
+
+
+def _tiny_inputs(q, k, v, g, beta, nh):
+    return _tiny(q, nh), _tiny(k), _tiny(v), _tiny(g, nh), _tiny(beta)
 
 
 def _tiny_state(h0):
@@ -819,36 +872,37 @@ def _tiny_state(h0):
     return None if h0 is None else h0.new_zeros(1, *h0.shape[1:])
 
 
-def _fwd_plan(q, k, v, g, beta, h0, scale):
+def _fwd_plan(q, k, v, g, beta, h0, scale, nh=1):
     """{key: dry run} of the forward; the tiny inputs are made only if the dry run runs."""
-    return {("fwd",) + _variants(q, v, g, h0): lambda: _chunk_fwd(*map(_tiny, (q, k, v, g, beta)), _tiny_state(h0),
-                                                                   scale)}
+    return {("fwd",) + _variants(q, v, g, h0, nh): lambda: _chunk_fwd(*_tiny_inputs(q, k, v, g, beta, nh),
+                                                                       _tiny_state(h0), scale, nh)}
 
 
-def _bwd_plan(q, k, v, g, beta, h0, scale, has_dht: bool):
+def _bwd_plan(q, k, v, g, beta, h0, scale, has_dht: bool, nh=1):
     """{key: dry run} of the backward (dht given or not); tiny inputs as in _fwd_plan."""
     def dry():
         dht = q.new_zeros(1, q.shape[2], q.shape[3], v.shape[3], dtype=torch.float32) if has_dht else None
-        _chunk_bwd(*map(_tiny, (q, k, v, g, beta)), _tiny_state(h0), _tiny(v), dht, scale)
-    return {("bwd", has_dht) + _variants(q, v, g, h0): dry}
+        _chunk_bwd(*_tiny_inputs(q, k, v, g, beta, nh), _tiny_state(h0), _tiny(v, nh), dht, scale, nh)
+    return {("bwd", has_dht) + _variants(q, v, g, h0, nh): dry}
 
 
-def chunk_fwd(q, k, v, g, beta, h0, scale: float, output_final_state: bool):
-    """The family's chunk op as the public functions call it. In eager mode with gradients on, the
-    backward's kernels compile beside the forward's on the first call (see above)."""
+def chunk_fwd(q, k, v, g, beta, h0, scale: float, output_final_state: bool, num_householder: int = 1):
+    """The family's chunk op as the public functions call it: q and g a row per token, k, v, β
+    num_householder rows per token. In eager mode with gradients on, the backward's kernels compile
+    beside the forward's on the first call (see above)."""
     grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, beta, h0))
     if grad and not torch.compiler.is_compiling():  # compiled, the ops' own first calls compile theirs
-        precompile({**_fwd_plan(q, k, v, g, beta, h0, scale),
-                    **_bwd_plan(q, k, v, g, beta, h0, scale, output_final_state)})
-    return torch.ops.zoo.gated_delta_rule_chunk_fwd(q, k, v, g, beta, h0, scale, output_final_state)
+        precompile({**_fwd_plan(q, k, v, g, beta, h0, scale, num_householder),
+                    **_bwd_plan(q, k, v, g, beta, h0, scale, output_final_state, num_householder)})
+    return torch.ops.zoo.gated_delta_rule_chunk_fwd(q, k, v, g, beta, h0, scale, output_final_state, num_householder)
 
 
 @torch.library.custom_op("zoo::gated_delta_rule_chunk_fwd", mutates_args=())
 def _chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
                   beta: torch.Tensor, h0: Optional[torch.Tensor], scale: float,
-                  output_final_state: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                  output_final_state: bool, num_householder: int) -> tuple[torch.Tensor, torch.Tensor]:
     q, k, v, g, beta, h0 = _contiguous(q, k, v, g, beta, h0)
-    o, ht = _chunk_fwd(q, k, v, g, beta, h0, scale)  # two kernels: compiled in series (see above)
+    o, ht = _chunk_fwd(q, k, v, g, beta, h0, scale, num_householder)  # two kernels: compiled in series (see above)
     return o, (ht if output_final_state else q.new_empty(0))
 
 
@@ -875,15 +929,16 @@ _recurrent_fwd_op.register_fake(_fwd_fake)
 @torch.library.custom_op("zoo::gated_delta_rule_chunk_bwd", mutates_args=())
 def _chunk_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
                   beta: torch.Tensor, h0: Optional[torch.Tensor], do: torch.Tensor,
-                  dht: Optional[torch.Tensor], scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                     torch.Tensor, torch.Tensor, torch.Tensor]:
+                  dht: Optional[torch.Tensor], scale: float,
+                  num_householder: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                 torch.Tensor]:
     q, k, v, g, beta, h0, do, dht = _contiguous(q, k, v, g, beta, h0, do, dht)
-    precompile(_bwd_plan(q, k, v, g, beta, h0, scale, dht is not None))
-    return _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale)
+    precompile(_bwd_plan(q, k, v, g, beta, h0, scale, dht is not None, num_householder))
+    return _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, num_householder)
 
 
 @_chunk_bwd_op.register_fake
-def _(q, k, v, g, beta, h0, do, dht, scale):
+def _(q, k, v, g, beta, h0, do, dht, scale, num_householder):
     dg = q.new_empty(0) if g is None else torch.empty_like(g)
     dh0 = q.new_empty(0) if h0 is None else torch.empty_like(h0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dg, torch.empty_like(beta), dh0
@@ -898,23 +953,16 @@ def _interleave(x, n: int, last: bool):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, g, beta, h0, scale = inputs[:7]
+    q, k, v, g, beta, h0, scale, _, num_householder = inputs
     ctx.save_for_backward(q, k, v, g, beta, h0)
-    ctx.scale = scale
-    ctx.num_householder = inputs[8] if len(inputs) > 8 else 1
+    ctx.scale, ctx.num_householder = scale, num_householder
 
 
 def _backward(ctx, do, dht):
+    """Both ops' gradient is the chunk backward (the recurrent op's included: the same function)."""
     q, k, v, g, beta, h0 = ctx.saved_tensors
-    n = ctx.num_householder
-    if n > 1:  # the recurrent DeltaProduct op: its gradient is the chunk backward over micro-steps
-        q, do = _interleave(q, n, last=True), _interleave(do, n, last=True)
-        g = None if g is None else _interleave(g, n, last=False)
     dq, dk, dv, dg, dbeta, dh0 = torch.ops.zoo.gated_delta_rule_chunk_bwd(
-        q, k, v, g, beta, h0, do, _none_if_empty(dht), ctx.scale)
-    if n > 1:
-        dq = dq[:, n - 1::n]
-        dg = dg if g is None else dg[:, ::n]
+        q, k, v, g, beta, h0, do, _none_if_empty(dht), ctx.scale, ctx.num_householder)
     grads = (dq, dk, dv, None if g is None else dg, dbeta, None if h0 is None else dh0)
     return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))  # scale, flags: no gradient
 

@@ -4,11 +4,13 @@ Kernel plan: DeltaProduct is the gated delta rule over T·n_h micro-steps (zoo (
 (t, j) carries k_{t,j}, v_{t,j}, β_{t,j} (the inputs already come interleaved token-major,
 [B, T·n_h, H, ·]); the log gate g_t sits at j = 0 (so the state decays once per token, before its
 first Householder step) and 0 elsewhere; the query q_t sits at j = n_h − 1 and 0 elsewhere, and the
-outputs are read there. The chunk op builds the interleaved q and g (two small torch ops; autograd
-takes their gradients back to q and g) and runs fast/deltanet.py's chunk kernels unchanged (see
-that card for grids and what is stored/recomputed). Cost: the same as the gated delta rule over
-T·n_h tokens, plus writing the zero-padded q (n_h·T·K elements) and reading every micro-step's
-output: at n_h = 2 about +15 % bytes over the delta rule on 2T tokens.
+outputs are read there. The chunk kernels of fast/deltanet.py run over the micro-steps with
+NH = n_h (see "Micro-steps" in that card): they read q, g and dO a row per token, without building
+the interleaved, zero-padded copies (a micro-step reads its token's row; only the last micro-step
+stores an output or dq, only the first stores dg). n_h that does not divide 16 falls back to the
+interleaved copies on the host. Cost: the gated delta rule's over T·n_h micro-steps, with q, o,
+dq and dO at T rows (the interleaved copies cost the H100 about 0.2 ms of the 1.19 ms forward at
+the issue's size, run 27).
 Decode: fast/deltanet.py's recurrent kernel with NH = n_h micro-steps per token inside the
 token loop (q, g and o per token, no interleaving); its gradient is the chunk backward over the
 micro-steps.
@@ -34,11 +36,10 @@ def gated_delta_product_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if check_decay:  # reads g on the host: a sync
         zoo_deltaproduct._check_log_decay(g)
     k, v, h0 = fast_deltanet.check_fast(q, k, v, initial_state, "fast.deltaproduct.gated_delta_product_chunk")
-    n = num_householder
-    q_m = fast_deltanet._interleave(q, n, last=True) if n > 1 else q  # (3) q at the last micro-step  [B, T·n_h, H, K]
-    g_m = fast_deltanet._interleave(g, n, last=False) if n > 1 and g is not None else g  # (3) g at the first  [B, T·n_h, H]
-    o, ht = fast_deltanet.chunk_fwd(q_m, k, v, g_m, beta, h0, fast_deltanet._scale(q, scale), output_final_state)
-    return o[:, n - 1::n], (ht if output_final_state else None)  # each token's last micro-step  [B, T, H, V]
+    # (3): the kernels read q at each token's last micro-step and g at its first (NH = n_h)
+    o, ht = fast_deltanet.chunk_fwd(q, k, v, g, beta, h0, fast_deltanet._scale(q, scale), output_final_state,
+                                    num_householder)
+    return o, (ht if output_final_state else None)
 
 
 def gated_delta_product_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -3,7 +3,8 @@ order. (tests/test_deltaproduct.py holds the zoo's own spec; this file the fast 
 
 2. fast equals zoo: the chunk op (the gated delta rule kernels over T·n_h micro-steps) and the
    recurrent kernel (n_h micro-steps inside the token loop) in fp32 under the interpreter, n_h ∈
-   {1, 2, 3}, with the forget gate or without (g = None), β ∈ (0, 2), from an initial state or
+   {1, 2, 3, 4} (2 and 4: the kernels read q, g, dO per token; 3: the host's interleaved copies),
+   with the forget gate or without (g = None), β ∈ (0, 2), from an initial state or
    not; fp16/bf16 against the zoo in float64 on a GPU, and against fla's
    chunk_gated_delta_product where fla imports;
 3. gradients agree: q, k, v, g, beta and the initial state through random cotangents on o and
@@ -57,6 +58,7 @@ def state(seed, s: Shape, dtype=F64, dev="cpu"):
 @example(shape=Shape(1, 1, 1, 16, 16), n=2, gate=True, with_state=True, seed=0)  # T = 1
 @example(shape=Shape(1, 33, 2, 16, 16), n=2, gate=True, with_state=False, seed=1)  # 66 micro-steps
 @example(shape=Shape(2, 11, 1, 5, 3), n=3, gate=False, with_state=True, seed=2)  # odd head dims
+@example(shape=Shape(1, 17, 2, 16, 16), n=4, gate=True, with_state=True, seed=5)  # NH = 4, 68 micro-steps
 def test_fast_ops_equal_zoo_in_float32(shape, n, gate, with_state, seed):
     q, k, v, g, beta = inputs(seed, shape, n, F32, DEV, gate)
     S0 = state(seed, shape, F32, DEV) if with_state else None
@@ -129,6 +131,7 @@ def _as_fn(op, n):
 @example(shape=Shape(1, 1, 1, 16, 16), n=2, gate=True, with_state=True, seed=0)  # T = 1
 @example(shape=Shape(1, 35, 2, 16, 32), n=2, gate=True, with_state=True, seed=3)  # 70 micro-steps
 @example(shape=Shape(2, 9, 1, 16, 16), n=3, gate=False, with_state=False, seed=4)
+@example(shape=Shape(1, 17, 2, 16, 16), n=4, gate=True, with_state=True, seed=5)  # NH = 4, 68 micro-steps
 def test_fast_gradients_equal_zoo_in_float32(shape, n, gate, with_state, seed):
     q, k, v, g, beta = inputs(seed, shape, n, F32, DEV, gate)
     x = dict(q=q, k=k, v=v, beta=beta)
