@@ -18,7 +18,7 @@ from typing import Callable
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from strategies import TOL, Shape, assert_close, device, edge_examples, grad_tol, randn, seeds, shapes, tol_for
 
@@ -226,7 +226,7 @@ def _loss(op, cot, **kw):
     """Σ o·do + Σ over the final state but c of state·dstate, a complex part over its real and
     imaginary parts (a real loss). Takes q, k, v, Ω and the initial state."""
     def fn(q, k, v, omega, *state0):
-        o, final = op(q, k, v, omega, initial_state=state0, output_final_state=True, **kw)
+        o, final = op(q, k, v, omega, initial_state=state0 or None, output_final_state=True, **kw)
         outs = (o, *(_real(x) for x in final[:-1]))
         return sum((x * c).sum() for x, c in zip(outs, cot))
     return fn
@@ -269,34 +269,38 @@ def chunk_and_recurrent_gradients_equal_parallel_in_float64(m: Method):
     return test_chunk_and_recurrent_gradients_equal_parallel_in_float64
 
 
-def _fast_grads(m: Method, op, dtype, dev, shape, M, seed, causal, **kw):
-    """Gradients of q, k, v, Ω and the initial state (but c) through all cotangents, for the fast op
-    in `dtype` and the zoo parallel form in float64 on the same (rounded) inputs."""
+def _fast_grads(m: Method, op, dtype, dev, shape, M, seed, causal, with_state=True, **kw):
+    """Gradients of q, k, v, Ω and the initial state (but c; with_state) through all cotangents, for
+    the fast op in `dtype` and the zoo parallel form in float64 on the same (rounded) inputs."""
     q, k, v, omega = m.make(seed, shape, M, dtype=dtype, device=dev)
     omega = omega.float()
-    s0 = m.state(seed, shape, M, device=dev)
+    s0 = m.state(seed, shape, M, device=dev)  # its shapes give the final state's cotangents
     cot = _cotangents(seed, shape, s0, device=dev)
     low = [x.detach().clone().requires_grad_() for x in (q, k, v, omega)] + \
-          [x.detach().clone().requires_grad_() for x in _c64(s0[:-1])]
+          ([x.detach().clone().requires_grad_() for x in _c64(s0[:-1])] if with_state else [])
     high = [x.detach().to(torch.complex128 if x.is_complex() else F64).requires_grad_() for x in low]
-    _loss(op, cot, causal=causal, **kw)(*low, s0[-1].float()).backward()
-    _loss(m.parallel, cot, causal=causal)(*high, s0[-1]).backward()
+    _loss(op, cot, causal=causal, **kw)(*low, *((s0[-1].float(),) if with_state else ())).backward()
+    _loss(m.parallel, cot, causal=causal)(*high, *((s0[-1],) if with_state else ())).backward()
     return [(n, x.grad, y.grad) for n, x, y in zip(_grad_names(m), low, high)]
 
 
 def fast_gradients_equal_zoo_in_float32(m: Method):
     @settings(max_examples=3)
     @given(shape=shapes(max_T=40, max_H=2, max_K=9, max_V=9), M=st.sampled_from([5, 24]), causal=st.booleans(),
-           seed=seeds)
-    @edge_examples(chunk_size=16, M=5, causal=True)
-    def test_fast_gradients_equal_zoo_in_float32(shape, M, causal, seed):
+           with_state=st.booleans(), seed=seeds)
+    @edge_examples(chunk_size=16, M=5, causal=True, with_state=True)
+    @example(shape=Shape(1, 70, 2, 5, 3), M=24, causal=True, with_state=False, seed=1)  # 64-token chunks: 1 and a bit
+    def test_fast_gradients_equal_zoo_in_float32(shape, M, causal, with_state, seed):
         dev = device()
         tol = grad_tol(tol_for(torch.float32, dev))
         for op, kw in ((m.fast_chunk, dict(chunk_size=16)), (m.fast_recurrent, {})):
-            for name, g, r in _fast_grads(m, op, torch.float32, dev, shape, M, seed, causal, **kw):
+            for name, g, r in _fast_grads(m, op, torch.float32, dev, shape, M, seed, causal, with_state, **kw):
                 g, r = _real(g), _real(r)
                 assert g.dtype == torch.float32, name
-                assert_close(g, r, tol, f"{op.__name__} d{name}")
+                if r.norm() < 1e-12:  # T = 1 with no initial state: o = v whatever q is; fp32 leaves ~1e-7
+                    assert g.norm() < 1e-5, f"{op.__name__} d{name}: {g.norm():.3g}"
+                else:
+                    assert_close(g, r, tol, f"{op.__name__} d{name}")
     return test_fast_gradients_equal_zoo_in_float32
 
 
