@@ -71,23 +71,28 @@ def launch(kernel, grid, *args, **kwargs):
 def _spec(fn, args, kwargs) -> tuple:
     """What of a launch picks its compiled variant, as Triton specialises: a constexpr's value (and
     the launch options'), a tensor's dtype and 16-byte alignment, an int's being 1 or a multiple of
-    16 (nothing for a do_not_specialize one), a float's nothing, None as such."""
+    16 (nothing for a do_not_specialize one), a float's nothing, None as such. Keywords are read as
+    the parameters they name (a do_not_specialize flag passed by keyword must not split a variant:
+    the delta rule's STORE_X did, and its WY kernel compiled twice side by side, run 28)."""
     params = getattr(fn, "params", None) or []
-    out = []
-    for i, x in enumerate(args):
-        p = params[i] if i < len(params) else None
-        if p is not None and getattr(p, "is_constexpr", False):
-            out.append(x)
-        elif isinstance(x, torch.Tensor):
-            out.append(("tensor", x.dtype, x.data_ptr() % 16 == 0))
-        elif isinstance(x, bool) or x is None:
-            out.append(x)
-        elif isinstance(x, int):
-            out.append("int" if p is not None and getattr(p, "do_not_specialize", False)
-                       else ("int", x == 1, x % 16 == 0, -2**31 <= x < 2**31))
-        else:
-            out.append(type(x).__name__)
-    return tuple(out) + tuple(sorted(kwargs.items()))  # keywords: constexprs and launch options
+    by_name = {getattr(p, "name", None): p for p in params}
+    named = [(params[i] if i < len(params) else None, x) for i, x in enumerate(args)]
+    named += [(by_name.get(k), x) for k, x in sorted(kwargs.items()) if k in by_name]
+    out = [_arg_spec(p, x) for p, x in named]
+    return tuple(out) + tuple(sorted((k, x) for k, x in kwargs.items() if k not in by_name))  # launch options
+
+
+def _arg_spec(p, x):
+    if p is not None and getattr(p, "is_constexpr", False):
+        return x
+    if isinstance(x, torch.Tensor):
+        return ("tensor", x.dtype, x.data_ptr() % 16 == 0)
+    if isinstance(x, bool) or x is None:
+        return x
+    if isinstance(x, int):
+        return "int" if p is not None and getattr(p, "do_not_specialize", False) \
+            else ("int", x == 1, x % 16 == 0, -2**31 <= x < 2**31)
+    return type(x).__name__
 
 
 def jit_function(kernel):

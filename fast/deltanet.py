@@ -47,8 +47,10 @@ Tile rule (head dims only; T is never a compile key: it is in do_not_specialize)
     3 stages: S is a [128, 64] fp32 tile, 2 programs a head (128 at B·H = 64: one an SM), and the
     deeper pipeline hides the chunk loads of the serial walk: step 2 0.586 -> 0.257 ms, step 3 about
     0.33 ms less, against BV = 32 at 2 stages (4 stages do not fit in shared memory); step 4 BV 64,
-    8 warps, 2 stages; step 5 BV 32, 8 warps, 3 stages (0.17 and 0.12 ms less). Together: delta rule
-    forward 1.22 -> 0.88 ms, forward + backward 4.27 -> ~3.6 ms (see the results for the run).
+    8 warps, 3 stages over the whole K (BKS = 128, one program a chunk instead of two: dO, V_new
+    and dV_new read once; gated 4.39 -> 4.15 ms fwd+bwd, run 28); step 5 BV 32, 8 warps, 3 stages
+    (0.12 ms less). Together: delta rule forward 1.22 -> 0.88 ms, forward + backward 4.27 -> 3.54 ms
+    (runs 27-28, inputs' gradients reset between calls).
     Two warnings met on the way, both with the gate only and both outside the rule: step 2 at
     num_stages = 1 gave outputs off by up to 1.9 (BV 16, 4 warps) and then an illegal address (BV 16,
     8 warps), and step 4 at 4 warps gave gradients 1.2-1.4 (absolute) away from the 8-warp ones,
@@ -77,6 +79,9 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     writes o (5.5X, counting the V-tile programs of one head as one read: they run side by side
     and share L2): 11X = 1.5 GB, 0.49 ms at 3 TB/s, 2.75× the floor. (fla 0.6.0's forward writes
     and reads A, X, W, U, the chunk states h and V_new: ≈ 20X.)
+    Measured (H100, runs 27-28): forward 0.88 ms = 1.8× this plan's 0.49 ms and 4.9× the floor;
+    step 2 0.26 ms, at its own 5.5X (0.25 ms); step 1 0.63 ms against its 5.5X: the lever left
+    for issue 3's 0.70 ms (step 1 spills at 4 warps on Triton 3.6 and is slower at 8).
   bytes, backward: 1 (6.5X, X in fp32), 2' (6.5X: h is 2X), 3 (7.5X), 4 (12–15X), 5 (8X): ≈ 42X
     = 5.6 GB, 1.9 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
     read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
@@ -126,14 +131,14 @@ def _tiles(K: int, V: int) -> dict:
     nw = 8 if BK >= 64 else 4  # ptxas (sm_90, bf16): at 4 warps and K = 128 step 4 and 5 spill up to 1.8 KB
     rule = cfg(32, nw, 2)
     timed = BK == 128 and BVF == 128
-    return dict(BK=BK, BVF=BVF, BKS=min(BK, 64),
+    return dict(BK=BK, BVF=BVF, BKS=BK if timed else min(BK, 64),  # step 4's K slice (128: one slice, run 28)
                 wy=dict(num_warps=4, num_stages=1),  # step 1, forward and the backward's recomputation
                 # the sequential steps 2 and 3: 2 V tiles a head (128 programs at B·H = 64, one an SM)
                 # with a 3-deep pipeline, against 4 tiles and 2 stages: 2.3x (step 2), 1.9x (step 3)
                 state_fwd=cfg(64, 4, 3) if timed else cfg(32, 4, 2),  # step 2 computing o
                 state_rec=cfg(64, 4, 3) if timed else rule,  # step 2 in the backward (stores h, V_new)
                 state_bwd=cfg(64, 4, 3) if timed else rule,  # step 3
-                dqkw=cfg(64, 8, 2) if timed else rule,  # step 4
+                dqkw=cfg(64, 8, 3) if timed else rule,  # step 4
                 wy_bwd=cfg(32, 8, 3) if timed else rule,  # step 5
                 recurrent=cfg(32, 4, 1))
 

@@ -260,6 +260,9 @@ def test_fast_layer_compiles_with_fullgraph():
 # ------------------------------------------------------------------------------------------------
 # First calls (fast/_compile.py): the dry runs reach the launches the op makes
 # ------------------------------------------------------------------------------------------------
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
 import fast._compile as fcomp  # noqa: E402
 
 KERNELS = [fd._chunk_wy_fwd_kernel, fd._chunk_state_fwd_kernel, fd._chunk_state_bwd_kernel,
@@ -289,6 +292,32 @@ def test_first_call_dry_runs_make_the_launches_of_a_real_forward_and_backward(mo
     torch.autograd.backward((o, ht), (torch.ones_like(o), torch.ones_like(ht)))
     assert sorted(dry) == sorted(real) and len(real) == 7, (dry, real)
     assert fcomp.precompile(plans) == []  # each key once a process
+
+
+def _kernel_with_a_runtime_flag(x, T, STORE_X, USE_G: tl.constexpr):  # the WY kernel's kinds of argument
+    pass
+
+
+def test_a_flag_passed_by_keyword_splits_variants_only_as_triton_does():
+    # a JITFunction made by hand: under the interpreter @triton.jit gives none to inspect
+    fn = triton.runtime.jit.JITFunction(_kernel_with_a_runtime_flag, do_not_specialize=["T", "STORE_X"])
+    spec = lambda **kw: fcomp._spec(fn, (torch.zeros(4), 100), kw)  # noqa: E731
+    assert spec(STORE_X=0, USE_G=True) == spec(STORE_X=1, USE_G=True)  # do_not_specialize: one variant
+    assert spec(STORE_X=0, USE_G=True) != spec(STORE_X=0, USE_G=False)  # a constexpr: two
+    assert spec(STORE_X=0, num_warps=4) != spec(STORE_X=0, num_warps=8)  # a launch option: two
+
+
+@pytest.mark.gpu
+def test_the_dry_runs_compile_each_variant_once():
+    s = Shape(1, 200, 7, 48, 48)  # H = 7, K = V = 48: variants no other test compiles
+    q, k, v, g, beta, h0 = _first_call_case(s, True, True, torch.bfloat16, "cuda")
+    dev = torch.cuda.current_device()
+    fns = [fcomp.jit_function(kern) for kern in KERNELS]
+    count = lambda: sum(len(fn.device_caches[dev][0]) for fn in fns)  # noqa: E731
+    before = count()
+    futures = fcomp.precompile({**fd._fwd_plan(q, k, v, g, beta, h0, 0.5),
+                                **fd._bwd_plan(q, k, v, g, beta, h0, 0.5, True)})
+    assert count() - before == len(futures) == 7  # seven variants, seven compiles (no two of one variant)
 
 
 @pytest.mark.gpu
