@@ -56,9 +56,17 @@ cands = {
     "state_bwd": [(32, 8, 2), (64, 4, 3), (64, 8, 3), (32, 4, 3), (32, 8, 3), (128, 8, 3)],
     "dqkw": [(32, 8, 2), (32, 8, 3), (32, 4, 2), (32, 4, 3), (64, 8, 2), (64, 8, 3), (16, 4, 2)],
     "wy_bwd": [(32, 8, 2), (32, 8, 3), (32, 4, 2), (64, 8, 2), (16, 8, 2), (32, 8, 1)],
+    # step 4 with its K slice BKS too: (BKS, BV, warps, stages)
+    "dqkw_bks": [(64, 64, 8, 2), (128, 64, 8, 2), (128, 32, 8, 2), (128, 64, 8, 3), (32, 64, 4, 2), (32, 64, 8, 2),
+                 (32, 32, 4, 3), (128, 32, 8, 3)],
 }[key]
-for bv, nw, ns in cands:
-    fd._tiles = lambda K, V, c=(bv, nw, ns): {**real_tiles(K, V), key: dict(BV=c[0], num_warps=c[1], num_stages=c[2])}
+for cand in cands:
+    bks, (bv, nw, ns) = (cand[0], cand[1:]) if key == "dqkw_bks" else (None, cand)
+    if key == "dqkw_bks":
+        fd._tiles = lambda K, V, c=cand: {**real_tiles(K, V), "BKS": c[0],
+                                          "dqkw": dict(BV=c[1], num_warps=c[2], num_stages=c[3])}
+    else:
+        fd._tiles = lambda K, V, c=(bv, nw, ns): {**real_tiles(K, V), key: dict(BV=c[0], num_warps=c[1], num_stages=c[2])}
     try:
         got = outs()
         diff = max((a - b).abs().max().item() for a, b in zip(got, ref))
@@ -67,7 +75,7 @@ for bv, nw, ns in cands:
                 t = T_(lambda: f(x))
         else:
             t = T_(fb)
-        print(f"{case} {key} BV {bv} warps {nw} stages {ns}: {t:.3f} ms ({'fwd' if key == 'state_fwd' else 'fwd+bwd'}), max diff vs default {diff:.1e}", flush=True)
+        print(f"{case} {key} BKS {bks} BV {bv} warps {nw} stages {ns}: {t:.3f} ms ({'fwd' if key == 'state_fwd' else 'fwd+bwd'}), max diff vs default {diff:.1e}", flush=True)
     except Exception as e:
-        print(f"{case} {key} BV {bv} warps {nw} stages {ns}: FAILED {type(e).__name__}: {str(e)[:150]}", flush=True)
+        print(f"{case} {key} BKS {bks} BV {bv} warps {nw} stages {ns}: FAILED {type(e).__name__}: {str(e)[:150]}", flush=True)
         break
