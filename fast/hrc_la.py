@@ -111,9 +111,8 @@ AOT_BWD_SCRIPT bounds the defaults):
     One block of 8 warps an SM (16384 programs at the issue's size). The keys' side sets the count
     (the queries' alone: 174 registers at 8 warps, 238 at 4, no spill). Tried and not kept: A and
     the intra-chunk dv on the queries' side (a second dv buffer added on the host): 253, no spill,
-    at 8 warps, still 344 B at 4; plain tf32 for dθ Ω: no fewer spills. A switch, off until timed:
-    DV_PER_TILE (dv's intra term added per tile, no A accumulator): 0 B at 8 warps, 104 at 4 (88 at
-    2 stages), for 131 KFLOP a token and head more (the sweep times it).
+    at 8 warps, still 344 B at 4; plain tf32 for dθ Ω: no fewer spills; DV_PER_TILE (dv's intra
+    term per tile, no A): 14.16 ms at (16, 4, 1), an illegal address at (16, 8, 1) on Triton 3.6, removed.
 Cost at the issue's size (as the forward's: NT = 128 a sequence, 8192 records of R = 33281 fp32):
   bytes: hs written (walk) and read (side 0), dhs written (reverse walk) and read (side 1): 4 ×
     1.09 GB = 4.4 GB; dnum 134 MB (read by the reverse walk and both sides), dq, dk, dv 134 MB each
@@ -235,9 +234,6 @@ HALF_RECORDS = False
 PARALLEL_BWD = True
 DWALK_TILE = (32, 4, 2)
 BWD_TILE = (16, 8, 1)
-# DV_PER_TILE: the keys' side adds dv's intra-chunk term tile by tile ((A_m ⊙ Γ)ᵀ dnum, 131 KFLOP a
-# token and head more) instead of holding A [BT, BT]: fewer registers (the card). Off until GPU-timed.
-DV_PER_TILE = False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -578,7 +574,7 @@ def _hrc_la_chunk_grad_kernel(
     dq, dk, dv, da, domega,  # fp32 [B, T, H, K] ×2, [B, T, H, V], [B, T, H] written once; [H, M, K] zeroed (DOMEGA)
     s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, DOT: tl.constexpr,
-    FAST_TRIG: tl.constexpr, DOMEGA: tl.constexpr, DV_PER_TILE: tl.constexpr,
+    FAST_TRIG: tl.constexpr, DOMEGA: tl.constexpr,
 ):
     """The gradients of one chunk's tokens, one program per (chunk, batch·head, side), all M
     frequencies walked BM at a time (features transposed [BM, BT], as phase 3), written once:
@@ -640,12 +636,8 @@ def _hrc_la_chunk_grad_kernel(
             offs_m, mask_m, b_rm, b_omega = omega_tile(omega, i_h, i_m, r_m, offs_k, mask_k, K, M, BM)
             b_cos_q, b_sin_q, b_cq, b_sq, b_cos_k, b_sin_k, b_wk, b_ck, b_sk = _grad_features(
                 b_xqT, b_xkT, b_omega, b_rm, b_e, s_u, X_IS_TF32, FAST_TRIG)
-            b_Am = tl.dot(tl.trans(b_cq), b_ck, input_precision=DOT) + tl.dot(tl.trans(b_sq), b_sk,
+            b_A += tl.dot(tl.trans(b_cq), b_ck, input_precision=DOT) + tl.dot(tl.trans(b_sq), b_sk,
                                                                              input_precision=DOT)
-            if DV_PER_TILE:  # (3)'s intra-chunk values, this tile's share: no [BT, BT] accumulator
-                b_dv += tl.dot(tl.trans(b_Am * b_G), b_dn, input_precision=DOT)
-            else:
-                b_A += b_Am
             mask_S = mask_m[:, None] & mask_v[None, :]
             p_S = p_dh + offs_m[:, None] * V + offs_v[None, :]
             b_dSc = tl.load(p_S, mask=mask_S, other=0.0)
@@ -665,8 +657,7 @@ def _hrc_la_chunk_grad_kernel(
                 tl.atomic_add(domega + (i_h * M + offs_m[:, None]) * K + offs_k[None, :],
                               s_u * tl.dot(b_dth, tl.trans(b_xkT), input_precision=PHASE_PRECISION),
                               mask=mask_m[:, None] & mask_k[None, :])
-        if not DV_PER_TILE:
-            b_dv += tl.dot(tl.trans(b_A * b_G), b_dn, input_precision=DOT)  # (3)'s intra-chunk values
+        b_dv += tl.dot(tl.trans(b_A * b_G), b_dn, input_precision=DOT)  # (3)'s intra-chunk values
         tl.store(dk + p_t[:, None] * K + offs_k[None, :], s_u * b_dk, mask=mask_tk)
         tl.store(dv + p_t[:, None] * V + offs_v[None, :], b_dv, mask=mask_t[:, None] & mask_v[None, :])
         tl.store(da + p_t, b_da, mask=mask_t)
@@ -966,8 +957,8 @@ def _launch_parallel_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0,
     domega = torch.zeros(H, M, K, **f32)
     _hrc_la_chunk_grad_kernel[(NT, B * H, 2)](
         q, k, v, omega, a, c, c0, hs, dhs, dnum, dden, dq, dk, dv, da, domega, s_u, r_m, T, H, NT, K=K, V=V, M=M,
-        R=R, BT=BT, BK=BK, BV=BV, BM=BMg, DOT=dot, FAST_TRIG=FAST_TRIG, DOMEGA=need_domega, DV_PER_TILE=DV_PER_TILE,
-        num_warps=warps_g, num_stages=stages_g)
+        R=R, BT=BT, BK=BK, BV=BV, BM=BMg, DOT=dot, FAST_TRIG=FAST_TRIG, DOMEGA=need_domega, num_warps=warps_g,
+        num_stages=stages_g)
     return dq, dk, dv, da, domega, dh0, dz0
 
 

@@ -171,8 +171,7 @@ types = dict({n: "*bf16" for n in ("q", "k", "v")},
              s_u="fp32", r_m="fp32", T="i32", H="i32", NT="i32")
 const = dict(K=K, V=V, M=M, R=2 * M * V + 2 * M + 1, BT=BT, BK=BK, BV=BV, DOT="tf32", FAST_TRIG=fh.FAST_TRIG)
 grad = lambda domega: aot.stack_bytes(fh._hrc_la_chunk_grad_kernel, types,
-                                      dict(const, BM=BMg, DOMEGA=domega, DV_PER_TILE=fh.DV_PER_TILE), warps_g, stages_g,
-                                      aligned=("H",))
+                                      dict(const, BM=BMg, DOMEGA=domega), warps_g, stages_g, aligned=("H",))
 print(json.dumps(dict(
     dwalk=aot.stack_bytes(fh._hrc_la_chunk_dh_kernel, types, dict(const, BM=BMd, HAS_H0=True, HAS_DHT=True),
                           warps_d, stages_d, aligned=("H",)),
@@ -214,12 +213,10 @@ def test_fast_chunk_parallel_forward_equals_the_serial_kernel_in_bf16_on_gpu(T, 
 # frequencies in the tiles. (PARALLEL_BT, WALK_TILE, DWALK_TILE, BWD_TILE) for CPU draws.
 BWD_TILES = [(16, (32, 4, 1), (32, 4, 2), (16, 8, 1)), (32, (16, 4, 1), (64, 8, 1), (32, 4, 2)),
              (16, (64, 8, 1), (16, 4, 1), (64, 8, 1))]
-BWD_SWITCHES = ("CHUNK_PARALLEL", "PARALLEL_BWD", "PARALLEL_BT", "WALK_TILE", "DWALK_TILE", "BWD_TILE", "HALF_RECORDS",
-                "DV_PER_TILE")
+BWD_SWITCHES = ("CHUNK_PARALLEL", "PARALLEL_BWD", "PARALLEL_BT", "WALK_TILE", "DWALK_TILE", "BWD_TILE", "HALF_RECORDS")
 
 
-def _parallel_and_serial_grads(seed, s, M, with_state, final, learnable, dtype, dev, tiles, half_records=False,
-                               dv_per_tile=False):
+def _parallel_and_serial_grads(seed, s, M, with_state, final, learnable, dtype, dev, tiles, half_records=False):
     """Gradients of q, k, v (Ω when learnable, the initial state's S, z, n when given) through random
     cotangents on o (and the final state when `final`), with PARALLEL_BWD on, then off."""
     q, k, v, omega = HRC.make(seed, s, M, dtype=dtype, device=dev)
@@ -247,7 +244,7 @@ def _parallel_and_serial_grads(seed, s, M, with_state, final, learnable, dtype, 
     try:
         fast.PARALLEL_BT, fast.WALK_TILE, fast.DWALK_TILE, fast.BWD_TILE = tiles
         fast.CHUNK_PARALLEL, fast.HALF_RECORDS = True, half_records  # bf16 records: bf16 inputs only
-        fast.PARALLEL_BWD, fast.DV_PER_TILE = True, dv_per_tile
+        fast.PARALLEL_BWD = True
         got = grads()
         fast.PARALLEL_BWD = False
         serial = grads()
@@ -261,21 +258,21 @@ def _parallel_and_serial_grads(seed, s, M, with_state, final, learnable, dtype, 
 @settings(max_examples=3, deadline=None)
 @given(shape=shapes(max_T=70, max_H=2, max_K=9, max_V=9), M=st.sampled_from([3, 16, 40, 70]),
        with_state=st.booleans(), final=st.booleans(), learnable=st.booleans(),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16]), half_records=st.booleans(), dv_per_tile=st.booleans(),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), half_records=st.booleans(),
        tiles=st.sampled_from(BWD_TILES), seed=seeds)
 @edge_examples(chunk_size=16, M=70, with_state=True, final=True, learnable=True, dtype=torch.float32,
-               half_records=False, dv_per_tile=False, tiles=BWD_TILES[0])
+               half_records=False, tiles=BWD_TILES[0])
 @edge_examples(chunk_size=32, M=40, with_state=False, final=False, learnable=False, dtype=torch.bfloat16,
-               half_records=True, dv_per_tile=True, tiles=BWD_TILES[1])
+               half_records=True, tiles=BWD_TILES[1])
 def test_fast_parallel_causal_backward_equals_the_serial_kernel(shape, M, with_state, final, learnable, dtype,
-                                                                half_records, dv_per_tile, tiles, seed):
+                                                                half_records, tiles, seed):
     # Both paths under the interpreter (exact fp32 dots): only the summation order differs (and,
     # HALF_RECORDS with bf16 inputs, the records' bf16 rounding), so the fp32 gradients agree to the
     # interpreter's fp32 bound and the bf16 ones to the bf16 bound.
     dev = device()
     tol = grad_tol(tol_for(dtype, dev))
     for name, g, r in _parallel_and_serial_grads(seed, shape, M, with_state, final, learnable, dtype, dev, tiles,
-                                                 half_records, dv_per_tile):
+                                                 half_records):
         if r is None:  # n0 without the final state's cotangent: no gradient on either path
             assert g is None, name
         elif r.norm() < 1e-12:  # T = 1 leaves dq zero up to rounding on both paths
