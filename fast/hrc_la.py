@@ -105,8 +105,8 @@ sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; tests/te
 AOT_BWD_SCRIPT bounds the defaults):
   reverse walk: BM 32 at 4 warps, 2 stages (DWALK_TILE): 193, no stack; 1 stage 195; BM 16 194;
     BM 64 at 8 warps 255 + 32 B.
-  gradients (two sides; the larger side sets the count): BM 16 at 8 warps, 1 stage (BWD_TILE):
-    255 + 16 B of spill, the same with dΩ; BM 32 at 8 warps 255 + 80 B (208 with dΩ); BM 16 at 4
+  gradients (two sides; the larger side sets the count): BM 32 at 8 warps, 1 stage (BWD_TILE):
+    255 + 80 B of spill (208 with dΩ); BM 16 at 8 warps 255 + 16 B, the same with dΩ; BM 16 at 4
     warps 255 + 400 B (712 with dΩ), 2 stages 344; BM 32 at 4 warps 672; BM 64 at 8 warps 2488.
     One block of 8 warps an SM (16384 programs at the issue's size). The keys' side sets the count
     (the queries' alone: 174 registers at 8 warps, 238 at 4, no spill). Tried and not kept: A and
@@ -126,9 +126,14 @@ Cost at the issue's size (as the forward's: NT = 128 a sequence, 8192 records of
     3072 a token and head (1.6 G, ~0.45 ms of MUFU).
   floor: ~2.4 ms for the backward (tf32-bound at half the peak; memory 1.8 ms), so ~3.3 ms fwd+bwd
     with the forward's 0.89 ms.
-  Measured: to be measured (.scratch/hrc_bwd_sweep.py: the forward alone, fwd+bwd at the default
-    and tile variants, fixed and learnable Ω, the serial backward once, per-kernel times, the
-    gradients' error against the fp64 zoo).
+  Measured (H100, Triton 3.6, run 29, .scratch/hrc_bwd_sweep.py): fwd+bwd with fixed Ω at BWD_TILE
+    (16, 8, 1) 15.53 ms (gradient kernel 8.97, reverse walk 1.23, walk 1.90 twice, phase 3 1.42),
+    learnable Ω 18.16; the serial backward 61.3. BWD_TILE (32, 8, 1) 13.98 (gradient kernel 7.42:
+    the default now, the fastest despite its 80 B of spill), (16, 4, 1) 14.48, (16, 8, 2) 16.57.
+    Gradients vs the fp64 zoo (T = 1024, learnable Ω): rel RMS dq 3.8e-3, dk 4.0e-3, dv 2.2e-3,
+    dΩ 3.1e-3, the serial backward's. To time (.scratch/hrc_bwd_sweep2.py, a process a variant):
+    the new default with learnable Ω, DWALK_TILE, HALF_RECORDS (run 29's failed after the sticky
+    illegal address).
 
 Serial walk (non-causal, and causal with CHUNK_PARALLEL = False)
 ----------------------------------------------------------------
@@ -233,7 +238,7 @@ HALF_RECORDS = False
 # per-chunk gradient kernel (BM capped at M's power of two); the card has the sm_90 registers.
 PARALLEL_BWD = True
 DWALK_TILE = (32, 4, 2)
-BWD_TILE = (16, 8, 1)
+BWD_TILE = (32, 8, 1)
 
 
 # ------------------------------------------------------------------------------------------------
