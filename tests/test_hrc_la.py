@@ -34,6 +34,7 @@ from hypothesis import given, settings, strategies as st
 from random_features_cases import F64, flat, _c64, _real
 from strategies import (Shape, assert_close, device, edge_examples, grad_tol, has_cuda, run_aot_script, seeds, shapes,
                         tol_for)
+import fast._compile as fcomp
 import fast.hrc_la as fast
 import fast._random_features as _rf
 import zoo.hrc_la as hrc
@@ -188,6 +189,28 @@ def test_chunk_parallel_backward_compiles_for_an_h100_spilling_no_more_than_meas
     stacks = run_aot_script(AOT_BWD_SCRIPT, timeout=400)
     bound = dict(dwalk=0, grad=80, grad_domega=208)
     assert all(stacks[n] <= bound[n] for n in bound), stacks
+
+
+@pytest.mark.skipif(not fcomp.INTERPRET, reason="the interpreter's dry run records launches; a GPU compiles them")
+@pytest.mark.parametrize("with_state,final,learn", [(False, False, False), (True, True, True)])
+def test_first_call_dry_run_makes_the_launches_of_a_real_forward_and_backward(monkeypatch, with_state, final, learn):
+    B, T, H, K, V, M = 2, 100, 2, 16, 8, 24
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(B, T, H, d, generator=g).requires_grad_() for d in (K, K, V))
+    omega = torch.stack([hrc.orthogonal_random_features(M, K, generator=g) for _ in range(H)]).requires_grad_(learn)
+    state = fast.hrc_la_chunk(q.detach()[:, :5], k.detach()[:, :5], v.detach()[:, :5], omega.detach(),
+                              output_final_state=True)[1] if with_state else None
+    plan = fast._first_call_plan(q, v, omega.float(), state, 0.5, final, learn)
+    fcomp._done.difference_update(plan)
+    dry = fcomp.precompile(plan)
+    real, launch = [], fast.launch
+    monkeypatch.setattr(fast, "launch", lambda kern, grid, *a, **kw: (real.append(fcomp.signature(kern, kw)),
+                                                                      launch(kern, grid, *a, **kw)))
+    o, st_ = fast.hrc_la_chunk(q, k, v, omega, initial_state=state, output_final_state=final)
+    loss = o.sum() + (st_[0].real.sum() + st_[1].real.sum() if final else 0)
+    loss.backward()
+    assert sorted(dry) == sorted(real) and len(real) == 5, (dry, real)  # walk, phase 3, walk, reverse walk, grads
+    assert fcomp.precompile(plan) == []  # each key once a process
 
 
 @pytest.mark.gpu
