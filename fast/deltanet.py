@@ -92,6 +92,11 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     run 20): step 1 1.6–3.9 s a variant, the others 0.2–1.6 s; fwd + bwd first calls 7.3 s (delta
     rule), 11.3 s (gated), 10.5 s (DeltaProduct). So the ops' first calls compile every variant they
     will need side by side, from a dry run on tiny inputs (fast/_compile.py; chunk_fwd below).
+    Since run 28 the kernels run 3-stage pipelines and step 1 compiles 2.9-4.8 s on its own; the
+    dry runs compile six variants once each (run 28 had step 1 twice, see _compile._spec). Run 30:
+    fwd + bwd 4.81 s (delta rule), 6.12 s (gated), 5.60 s (DeltaProduct); forwards 3.82, 4.46,
+    4.99 s. Issue 3's 5 s: met for the delta rule and every forward, NOT for the gated and
+    DeltaProduct forward + backward.
   registers (ptxas, Triton 3.6, sm_90, bf16, K = V = 128, 8 warps): step 1 255 and 40–120 bytes
     of spill a thread; steps 2–5 198–255, no spills. At K = V = 64: 128–248, no spills.
 
@@ -870,10 +875,9 @@ def _contiguous(*xs):
 # side from a dry run on tiny inputs of the same dtypes, H, K, V and flags. Measured on the H100
 # (runs 20-22: fresh process, empty caches, B = 4, T = 8192, H = 16, K = V = 128): fwd + bwd in
 # series 7.3 s (delta rule), 11.3 s (gated), 10.5 s (DeltaProduct); side by side 4.7-5.0, 5.1-5.5,
-# 5.9-6.0 s, the WY kernel's compile (1.6-4.2 s, longer beside others) the longest: issue 3's 5 s
-# is met for the delta rule only. A forward alone (two kernels) compiles in series: side by side
-# its WY compile slowed more than the other one saved (2.7 -> 3.9 s, delta rule); forwards alone
-# took 2.7-3.1 s (delta rule), 3.6-5.0 s (gated), 4.8-5.5 s (DeltaProduct).
+# 5.9-6.0 s, the WY kernel's compile (1.6-4.2 s, longer beside others) the longest. A forward alone
+# (two kernels) compiles in series: side by side its WY compile slowed more than the other one
+# saved (2.7 -> 3.9 s, delta rule). The latest (run 30) are in the card's "first call".
 def _tiny(x, nh=1):
     """A zero tensor like x [B, T, H(, ·)] with batch 1 and one chunk of micro-steps (CHUNK // nh
     rows for a tensor with a row per token)."""
