@@ -126,14 +126,17 @@ Cost at the issue's size (as the forward's: NT = 128 a sequence, 8192 records of
     3072 a token and head (1.6 G, ~0.45 ms of MUFU).
   floor: ~2.4 ms for the backward (tf32-bound at half the peak; memory 1.8 ms), so ~3.3 ms fwd+bwd
     with the forward's 0.89 ms.
-  Measured (H100, Triton 3.6, run 29, .scratch/hrc_bwd_sweep.py): fwd+bwd with fixed Ω at BWD_TILE
-    (16, 8, 1) 15.53 ms (gradient kernel 8.97, reverse walk 1.23, walk 1.90 twice, phase 3 1.42),
-    learnable Ω 18.16; the serial backward 61.3. BWD_TILE (32, 8, 1) 13.98 (gradient kernel 7.42:
-    the default now, the fastest despite its 80 B of spill), (16, 4, 1) 14.48, (16, 8, 2) 16.57.
-    Gradients vs the fp64 zoo (T = 1024, learnable Ω): rel RMS dq 3.8e-3, dk 4.0e-3, dv 2.2e-3,
-    dΩ 3.1e-3, the serial backward's. To time (.scratch/hrc_bwd_sweep2.py, a process a variant):
-    the new default with learnable Ω, DWALK_TILE, HALF_RECORDS (run 29's failed after the sticky
-    illegal address).
+  Measured (H100, Triton 3.6, runs 29-30, benchmarks/results/h100-2026-11-23/run29-hrc_bwd_sweep.py
+    and run30-hrc_bwd_sweep2.py): fwd+bwd with fixed Ω at BWD_TILE (16, 8, 1) 15.53 ms (gradient
+    kernel 8.97, reverse walk 1.23, walk 1.90 twice, phase 3 1.42), learnable Ω 18.16; the serial
+    backward 61.3. BWD_TILE (32, 8, 1), the default: 13.93-13.98 ms (gradient kernel 7.41, the
+    fastest despite its 80 B of spill), learnable Ω 16.81; (32, 4, 1) 13.75, (16, 4, 1) 14.48,
+    (16, 8, 2) 16.57, (32, 8, 2) 14.87, (64, 8, 1) 24.58; DWALK_TILE (16, 4, 2) 14.12. HALF_RECORDS
+    and DWALK_TILE (64, 8, 2) untimed (the sweep's time ran out). Gradients vs the fp64 zoo
+    (T = 1024, learnable Ω): rel RMS dq 2.4e-3, dk 2.9e-3, dv 2.2e-3, dΩ 1.8e-3 (run 30), as the
+    serial backward's. The gradient kernel is ~3x the card's floor: the lever left.
+  First call (fwd+bwd, fresh process, empty caches): 7.0 s with the four kernels compiled at their
+    launches (run 30), 6.0 s side by side from a dry run (_first_call_plan, run 31): over issue 2's 5 s.
 
 Serial walk (non-causal, and causal with CHUNK_PARALLEL = False)
 ----------------------------------------------------------------
