@@ -96,7 +96,12 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     dry runs compile six variants once each (run 28 had step 1 twice, see _compile._spec). Run 30:
     fwd + bwd 4.81 s (delta rule), 6.12 s (gated), 5.60 s (DeltaProduct); forwards 3.82, 4.46,
     4.99 s. Issue 3's 5 s: met for the delta rule and every forward, NOT for the gated and
-    DeltaProduct forward + backward.
+    DeltaProduct forward + backward. Compiled for sm_90 on a CPU (Triton 3.9), the new
+    configurations cost more compile time than the old: steps 2, 2', 3, 4 0.76 / 0.61 / 0.83 /
+    0.93 s against 0.51 / 0.37 / 0.52 / 0.56 s (step 1 unchanged, 2.1 s): ~1.2 s more CPU beside
+    step 1's compile, the likely cause (one run each on the GPU; times vary up to 1.7×). The price
+    of 0.3 ms a forward and 0.7 ms a forward + backward; one compiled step 2 for both directions
+    (COMPUTE_O as a runtime flag, as STORE_X is) would take one compile off: not tried.
   registers (ptxas, Triton 3.6, sm_90, bf16, K = V = 128, 8 warps): step 1 255 and 40–120 bytes
     of spill a thread; steps 2–5 198–255, no spills. At K = V = 64: 128–248, no spills.
 
