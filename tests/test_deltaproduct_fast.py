@@ -59,6 +59,7 @@ def state(seed, s: Shape, dtype=F64, dev="cpu"):
 @example(shape=Shape(1, 33, 2, 16, 16), n=2, gate=True, with_state=False, seed=1)  # 66 micro-steps
 @example(shape=Shape(2, 11, 1, 5, 3), n=3, gate=False, with_state=True, seed=2)  # odd head dims
 @example(shape=Shape(1, 17, 2, 16, 16), n=4, gate=True, with_state=True, seed=5)  # NH = 4, 68 micro-steps
+@example(shape=Shape(1, 35, 1, 128, 128), n=2, gate=True, with_state=True, seed=6)  # K = V = 128: the timed tiles
 def test_fast_ops_equal_zoo_in_float32(shape, n, gate, with_state, seed):
     q, k, v, g, beta = inputs(seed, shape, n, F32, DEV, gate)
     S0 = state(seed, shape, F32, DEV) if with_state else None
@@ -132,6 +133,7 @@ def _as_fn(op, n):
 @example(shape=Shape(1, 35, 2, 16, 32), n=2, gate=True, with_state=True, seed=3)  # 70 micro-steps
 @example(shape=Shape(2, 9, 1, 16, 16), n=3, gate=False, with_state=False, seed=4)
 @example(shape=Shape(1, 17, 2, 16, 16), n=4, gate=True, with_state=True, seed=5)  # NH = 4, 68 micro-steps
+@example(shape=Shape(1, 35, 1, 128, 128), n=2, gate=True, with_state=True, seed=6)  # K = V = 128: the timed tiles
 def test_fast_gradients_equal_zoo_in_float32(shape, n, gate, with_state, seed):
     q, k, v, g, beta = inputs(seed, shape, n, F32, DEV, gate)
     x = dict(q=q, k=k, v=v, beta=beta)
