@@ -124,13 +124,6 @@ from fast._compile import launch, precompile
 
 CHUNK = 64  # BT: rows per chunk; 4 solve blocks of 16 (tl.dot's smallest tile side)
 SOLVE_BLOCK = 16  # the diagonal blocks inverted by forward substitution
-# The forward's R = sQKᵀ ⊙ D: computed and stored by step 1 (False), or computed by step 2 from the
-# q and k it loads anyway (True: step 1 then reads no q and stores no R; the backward still
-# stores it). Read at each call. Measured (H100, run 29, bf16, B = 4, T = 8192, H = 16, K = V = 128):
-# forward delta rule 0.880 -> 0.835 ms, but gated 1.005 -> 1.044 (step 2 spills 160 B a thread with
-# the gate) and DeltaProduct 0.945 -> 0.980; and the forward and the backward would compile two WY
-# variants instead of one. Left off.
-R_IN_STEP2 = False
 MAX_HEAD_DIM = 256  # whole K (and V in step 1) in one register tile
 
 
@@ -199,7 +192,7 @@ def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
 def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BVF: tl.constexpr, USE_G: tl.constexpr, STORE_X,
-                         PREC: tl.constexpr, NH: tl.constexpr, STORE_R: tl.constexpr):
+                         PREC: tl.constexpr, NH: tl.constexpr):
     """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V, and the output's mixing
     matrix R = sQKᵀ ⊙ D (diagonal included) for one chunk (zoo (4)). NH: micro-steps per row of q
     and g (DeltaProduct's direct path; 1 otherwise): see "Micro-steps" in the card."""
@@ -249,61 +242,62 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
         tl.store(gam + o_s + (t0 + 3 * BS) * H, b_g3)
 
     # -------------------------------------------------------------- (4) R = sQKᵀ ⊙ D, diagonal included
-    if STORE_R:  # (the forward may compute R in step 2 instead: R_IN_STEP2)
-        # (stored for steps 2 and 3, which would otherwise recompute it once per V-tile: measured with
-        # ptxas for sm_90, computing it inside the sequential loop costs ~100 registers and spills)
-        mask_d = offs_s[:, None] >= offs_s[None, :]
-        b_q0 = tl.load(q + o_q + t0 // NH * H * K, mask=mask_sk, other=0.)  # [BS, BK]
-        b_R = tl.dot(b_q0, tl.trans(b_k0), input_precision=PREC)
-        if USE_G:
-            b_R *= tl.exp(tl.where(mask_d, b_g0[:, None] - b_g0[None, :], float('-inf')))
-        tl.store(Aqk + o_x + t0 * H * BT, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
-        b_zero = tl.zeros([BS, BS], dtype=DT)
-        tl.store(Aqk + o_x + t0 * H * BT + BS, b_zero)
-        tl.store(Aqk + o_x + t0 * H * BT + 2 * BS, b_zero)
-        tl.store(Aqk + o_x + t0 * H * BT + 3 * BS, b_zero)
-        b_q1 = tl.load(q + o_q + (t0 + BS) // NH * H * K, mask=mask_sk, other=0.)
-        b_R = tl.dot(b_q1, tl.trans(b_k0), input_precision=PREC)
-        if USE_G:
-            b_R *= tl.exp(b_g1[:, None] - b_g0[None, :])
-        tl.store(Aqk + o_x + (t0 + BS) * H * BT, (b_R * scale).to(DT))
-        b_R = tl.dot(b_q1, tl.trans(b_k1), input_precision=PREC)
-        if USE_G:
-            b_R *= tl.exp(tl.where(mask_d, b_g1[:, None] - b_g1[None, :], float('-inf')))
-        tl.store(Aqk + o_x + (t0 + BS) * H * BT + BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
-        tl.store(Aqk + o_x + (t0 + BS) * H * BT + 2 * BS, b_zero)
-        tl.store(Aqk + o_x + (t0 + BS) * H * BT + 3 * BS, b_zero)
-        b_q2 = tl.load(q + o_q + (t0 + 2 * BS) // NH * H * K, mask=mask_sk, other=0.)
-        b_R = tl.dot(b_q2, tl.trans(b_k0), input_precision=PREC)
-        if USE_G:
-            b_R *= tl.exp(b_g2[:, None] - b_g0[None, :])
-        tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT, (b_R * scale).to(DT))
-        b_R = tl.dot(b_q2, tl.trans(b_k1), input_precision=PREC)
-        if USE_G:
-            b_R *= tl.exp(b_g2[:, None] - b_g1[None, :])
-        tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + BS, (b_R * scale).to(DT))
-        b_R = tl.dot(b_q2, tl.trans(b_k2), input_precision=PREC)
-        if USE_G:
-            b_R *= tl.exp(tl.where(mask_d, b_g2[:, None] - b_g2[None, :], float('-inf')))
-        tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + 2 * BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
-        tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + 3 * BS, b_zero)
-        b_q3 = tl.load(q + o_q + (t0 + 3 * BS) // NH * H * K, mask=mask_sk, other=0.)
-        b_R = tl.dot(b_q3, tl.trans(b_k0), input_precision=PREC)
-        if USE_G:
-            b_R *= tl.exp(b_g3[:, None] - b_g0[None, :])
-        tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT, (b_R * scale).to(DT))
-        b_R = tl.dot(b_q3, tl.trans(b_k1), input_precision=PREC)
-        if USE_G:
-            b_R *= tl.exp(b_g3[:, None] - b_g1[None, :])
-        tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT + BS, (b_R * scale).to(DT))
-        b_R = tl.dot(b_q3, tl.trans(b_k2), input_precision=PREC)
-        if USE_G:
-            b_R *= tl.exp(b_g3[:, None] - b_g2[None, :])
-        tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT + 2 * BS, (b_R * scale).to(DT))
-        b_R = tl.dot(b_q3, tl.trans(b_k3), input_precision=PREC)
-        if USE_G:
-            b_R *= tl.exp(tl.where(mask_d, b_g3[:, None] - b_g3[None, :], float('-inf')))
-        tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT + 3 * BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
+    # (stored for steps 2 and 3, which would otherwise recompute it once per V-tile: measured with
+    # ptxas for sm_90, computing it inside the sequential loop costs ~100 registers and spills; tried
+    # again at step 2's current tiles on the H100, run 29: the delta rule's forward 0.880 -> 0.835 ms,
+    # the gated 1.005 -> 1.044 and DeltaProduct 0.945 -> 0.980 (160 B of spill with the gate): dropped)
+    mask_d = offs_s[:, None] >= offs_s[None, :]
+    b_q0 = tl.load(q + o_q + t0 // NH * H * K, mask=mask_sk, other=0.)  # [BS, BK]
+    b_R = tl.dot(b_q0, tl.trans(b_k0), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(tl.where(mask_d, b_g0[:, None] - b_g0[None, :], float('-inf')))
+    tl.store(Aqk + o_x + t0 * H * BT, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
+    b_zero = tl.zeros([BS, BS], dtype=DT)
+    tl.store(Aqk + o_x + t0 * H * BT + BS, b_zero)
+    tl.store(Aqk + o_x + t0 * H * BT + 2 * BS, b_zero)
+    tl.store(Aqk + o_x + t0 * H * BT + 3 * BS, b_zero)
+    b_q1 = tl.load(q + o_q + (t0 + BS) // NH * H * K, mask=mask_sk, other=0.)
+    b_R = tl.dot(b_q1, tl.trans(b_k0), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(b_g1[:, None] - b_g0[None, :])
+    tl.store(Aqk + o_x + (t0 + BS) * H * BT, (b_R * scale).to(DT))
+    b_R = tl.dot(b_q1, tl.trans(b_k1), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(tl.where(mask_d, b_g1[:, None] - b_g1[None, :], float('-inf')))
+    tl.store(Aqk + o_x + (t0 + BS) * H * BT + BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
+    tl.store(Aqk + o_x + (t0 + BS) * H * BT + 2 * BS, b_zero)
+    tl.store(Aqk + o_x + (t0 + BS) * H * BT + 3 * BS, b_zero)
+    b_q2 = tl.load(q + o_q + (t0 + 2 * BS) // NH * H * K, mask=mask_sk, other=0.)
+    b_R = tl.dot(b_q2, tl.trans(b_k0), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(b_g2[:, None] - b_g0[None, :])
+    tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT, (b_R * scale).to(DT))
+    b_R = tl.dot(b_q2, tl.trans(b_k1), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(b_g2[:, None] - b_g1[None, :])
+    tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + BS, (b_R * scale).to(DT))
+    b_R = tl.dot(b_q2, tl.trans(b_k2), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(tl.where(mask_d, b_g2[:, None] - b_g2[None, :], float('-inf')))
+    tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + 2 * BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
+    tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + 3 * BS, b_zero)
+    b_q3 = tl.load(q + o_q + (t0 + 3 * BS) // NH * H * K, mask=mask_sk, other=0.)
+    b_R = tl.dot(b_q3, tl.trans(b_k0), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(b_g3[:, None] - b_g0[None, :])
+    tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT, (b_R * scale).to(DT))
+    b_R = tl.dot(b_q3, tl.trans(b_k1), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(b_g3[:, None] - b_g1[None, :])
+    tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT + BS, (b_R * scale).to(DT))
+    b_R = tl.dot(b_q3, tl.trans(b_k2), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(b_g3[:, None] - b_g2[None, :])
+    tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT + 2 * BS, (b_R * scale).to(DT))
+    b_R = tl.dot(b_q3, tl.trans(b_k3), input_precision=PREC)
+    if USE_G:
+        b_R *= tl.exp(tl.where(mask_d, b_g3[:, None] - b_g3[None, :], float('-inf')))
+    tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT + 3 * BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
 
     # -------------------------------------------------------------- (4) A = diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}, strictly lower
     b_A00 = tl.dot(b_k0, tl.trans(b_k0), input_precision=PREC) * b_b0[:, None]  # diagonal blocks  [BS, BS]
@@ -401,7 +395,7 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T,
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
                             COMPUTE_O: tl.constexpr, STORE_H: tl.constexpr, PREC: tl.constexpr,
-                            NH: tl.constexpr, R_ON_CHIP: tl.constexpr):
+                            NH: tl.constexpr):
     """Step 2: V_new = U − W S; o = e^Γ⊙sQS + R V_new (R = sQKᵀ⊙D from step 1);
     S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new."""
     # -------------------------------------------------------------- map program -> (V tile, head)
@@ -422,7 +416,6 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T,
     o_a = offs_r[:, None] * (H * BT) + offs_r[None, :]  # the chunk's R  [BT, BT]
     mask_kv = mask_k[:, None] & mask_v[None, :]
     mask_tk, mask_tv = mask_k[None, :], mask_v[None, :]  # head dims only: T is a multiple of BT
-    mask_c = offs_r[:, None] >= offs_r[None, :]  # R's causal mask, diagonal included
     mask_to = mask_tv & ((offs_r % NH) == NH - 1)[:, None]  # a token's output is its last micro-step's
     offs_kv = offs_k[:, None] * V + offs_v[None, :]
     # -------------------------------------------------------------- the state, fp32 registers
@@ -450,13 +443,7 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T,
             b_o = tl.dot(b_q, b_S.to(DT), input_precision=PREC) * scale  # [BT, BV]
             if USE_G:
                 b_o = b_o * tl.exp(b_g)[:, None]
-            if R_ON_CHIP:  # R = sQKᵀ ⊙ D here, from the q and k already on chip (step 1 skips it)
-                b_R = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)  # [BT, BT]
-                if USE_G:
-                    b_R *= tl.exp(tl.where(mask_c, b_g[:, None] - b_g[None, :], float('-inf')))
-                b_R = (tl.where(mask_c, b_R, 0.) * scale).to(DT)
-            else:
-                b_R = tl.load(Aqk + o_a + t0 * H * BT)  # sQKᵀ ⊙ D from step 1  [BT, BT]
+            b_R = tl.load(Aqk + o_a + t0 * H * BT)  # sQKᵀ ⊙ D from step 1  [BT, BT]
             b_o += tl.dot(b_R, b_v_new.to(DT), input_precision=PREC)
             tl.store(o + o_o + t0 // NH * H * V, b_o.to(o.dtype.element_ty), mask=mask_to)
         # ---------------------------------------------------------- (4) S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new
@@ -730,25 +717,24 @@ def _recurrent_fwd_kernel(q, k, v, g, beta, h0, o, ht, scale, T, H: tl.constexpr
 # ================================================================================================
 # Host launchers
 # ================================================================================================
-def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int, store_R: bool = True):
+def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int):
     B, T, H, K = k.shape
     V = v.shape[-1]
     t = _tiles(K, V)
     NT = triton.cdiv(T, CHUNK)
     w, u = torch.empty_like(k), torch.empty_like(v)
-    Aqk = k.new_empty(B, T, H, CHUNK) if store_R else k.new_empty(1)  # R = sQKᵀ ⊙ D a chunk, input dtype
+    Aqk = k.new_empty(B, T, H, CHUNK)  # R = sQKᵀ ⊙ D per chunk, input dtype (a dot operand)
     X = k.new_empty(B, T, H, CHUNK, dtype=torch.float32) if store_X else k.new_empty(1, dtype=torch.float32)
     gam = k.new_empty(B, T, H, dtype=torch.float32) if g is not None else w
     launch(_chunk_wy_fwd_kernel, (NT, B * H),
         q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, scale, T, H, K, V, CHUNK,
         t["BK"], t["BVF"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype), NH=nh,
-        STORE_R=store_R, **t["wy"])
+        **t["wy"])
     return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
 
 
-def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, nh: int = 1, r_on_chip: bool = False):
-    """`nh`: micro-steps per row of q and o (only the output reads q: the backward's pass leaves it 1);
-    `r_on_chip`: compute R here instead of reading step 1's (the forward under R_IN_STEP2)."""
+def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, nh: int = 1):
+    """`nh`: micro-steps per row of q and o (only the output reads q: the backward's pass leaves it 1)."""
     B, T, H, K = k.shape
     V = u.shape[-1]
     t = _tiles(K, V)
@@ -761,7 +747,7 @@ def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, nh: int =
     launch(_chunk_state_fwd_kernel, (triton.cdiv(V, c["BV"]), B * H),
         q, k, w, u, gam if gam is not None else u, Aqk, h0 if h0 is not None else ht, o, ht, h, v_new,
         scale, T, H, K, V, CHUNK, t["BK"], c["BV"], USE_G=gam is not None, USE_H0=h0 is not None,
-        COMPUTE_O=compute_o, STORE_H=not compute_o, PREC=_precision(k.dtype), NH=nh, R_ON_CHIP=r_on_chip,
+        COMPUTE_O=compute_o, STORE_H=not compute_o, PREC=_precision(k.dtype), NH=nh,
         num_warps=c["num_warps"], num_stages=c["num_stages"])
     return (o, ht) if compute_o else (h, v_new, ht)
 
@@ -774,9 +760,10 @@ def _pad_to_chunk(steps, tokens, nh):
     and g make a padded token the identity transition, and its zero q reads nothing: the real
     tokens are exact. Only a T that is not a multiple of 64 pays for this copy."""
     pad = -steps[0].shape[1] % CHUNK
-    fill = lambda x, p: None if x is None or p == 0 else torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, p))
-    return tuple(x if pad == 0 else fill(x, pad) for x in steps), tuple(x if pad == 0 else fill(x, pad // nh)
-                                                                        for x in tokens)
+    if pad == 0:
+        return steps, tokens
+    fill = lambda x, p: None if x is None else torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, p))  # noqa: E731
+    return tuple(fill(x, pad) for x in steps), tuple(fill(x, pad // nh) for x in tokens)
 
 
 def _direct(nh: int) -> bool:
@@ -793,9 +780,8 @@ def _chunk_fwd(q, k, v, g, beta, h0, scale, nh: int = 1):
         return o[:, nh - 1::nh].contiguous(), ht
     T = q.shape[1]
     (k, v, beta), (q, g) = _pad_to_chunk((k, v, beta), (q, g), nh)
-    r2 = R_IN_STEP2
-    w, u, Aqk, _, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=False, nh=nh, store_R=not r2)
-    o, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True, nh=nh, r_on_chip=r2)
+    w, u, Aqk, _, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=False, nh=nh)
+    o, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True, nh=nh)
     return (o if o.shape[1] == T else o[:, :T].contiguous()), ht
 
 

@@ -25,7 +25,6 @@ import delta_cases as dc
 from delta_cases import DEV, F32, TOL32
 from strategies import Shape, assert_close, edge_examples, rand, randn, seeds, tol_for
 import zoo.deltanet as zd
-import zoo.deltaproduct as zdp
 import fast.deltanet as fd
 
 F64 = torch.float64
@@ -124,24 +123,6 @@ def test_fast_equals_fla_chunk_delta_rule_on_gpu():
                               output_final_state=True)
     dc.assert_fast_and_fla_as_accurate(fd.delta_rule_chunk(q, k, v, beta, **kw), (o_fla, S_fla), ref,
                                        tol_for(torch.bfloat16, "cuda"))
-
-
-@pytest.mark.parametrize("gated,n", [(False, 1), (True, 1), (True, 2)])
-def test_the_forward_with_r_computed_in_step_2_equals_the_zoo(monkeypatch, gated, n):
-    """fast.deltanet.R_IN_STEP2: step 2 computes R = sQKᵀ ⊙ D itself (step 1 stores none)."""
-    monkeypatch.setattr(fd, "R_IN_STEP2", True)
-    s = Shape(2, 35, 2, 16, 32)  # 35·n micro-steps: one or two chunks, padding
-    q = randn(40, s.B, s.T, s.H, s.K, device=DEV)
-    k = F.normalize(randn(41, s.B, s.T * n, s.H, s.K, device=DEV), dim=-1)
-    v = randn(42, s.B, s.T * n, s.H, s.V, device=DEV)
-    beta = rand(43, s.B, s.T * n, s.H, device=DEV)
-    g = -rand(44, s.B, s.T, s.H, device=DEV) if gated else None
-    S0 = randn(45, s.B, s.H, s.K, s.V, device=DEV)
-    got = fd._chunk_fwd(q, k, v, g, beta, S0, 0.3, n)
-    f64 = lambda x: None if x is None else x.double()  # noqa: E731
-    ref = zdp.gated_delta_product_chunk(*map(f64, (q, k, v, g, beta)), num_householder=n, scale=0.3,
-                                        initial_state=f64(S0), output_final_state=True)
-    dc.assert_o_S_close(got, ref, TOL32)
 
 
 # ------------------------------------------------------------------------------------------------
