@@ -109,8 +109,14 @@ def signature(kernel, kwargs) -> tuple:
 
 
 def _warmup(device, kernel, grid, args, kwargs):
+    """Compile one variant, then make its launcher and load its binary onto the device: Triton does
+    those two lazily, at the first real launch, which would then do them one kernel after another."""
     with torch.cuda.device(device):
-        kernel.warmup(*args, grid=grid, **kwargs)
+        compiled = kernel.warmup(*args, grid=grid, **kwargs)
+        for c in compiled if isinstance(compiled, (list, tuple)) else (compiled,):
+            init = getattr(c, "_init_handles", None)  # (a private method: absent, it is only slower)
+            if init is not None:
+                init()
 
 
 def precompile(plans: dict) -> list:

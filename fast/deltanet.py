@@ -8,10 +8,10 @@ zoo/gated_deltanet.py (4): the chunk form; with g ≡ 0 they are zoo/deltanet.py
 
 Kernel plan (chunk L = BT = 64 rows; Γ = chunk-local cumsum of g; X = (I + A)⁻¹):
   forward   1. _chunk_wy_fwd_kernel, grid (NT, B·H), parallel over chunks:
-               A = strict_tril(diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}); X by blocked forward substitution on
-               16×16 blocks (fp32, exact dots); W = X diag(β e^Γ) K, U = X diag(β) V; and the
-               output's mixing matrix R = sQKᵀ ⊙ D (diagonal included). Stores W, U, R (input
-               dtype) and Γ (fp32).
+               A = strict_tril(diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}); X blockwise: the four diagonal 16×16
+               blocks by forward substitution column by column, then merged by exact fp32 dots;
+               W = X diag(β e^Γ) K, U = X diag(β) V; and the output's mixing matrix R = sQKᵀ ⊙ D
+               (diagonal included), one [64, 64] dot. Stores W, U, R (input dtype) and Γ (fp32).
             2. _chunk_state_fwd_kernel, grid (V/BV, B·H), sequential over chunks, S in fp32
                registers: V_new = U − W S; o = e^Γ ⊙ sQS + R V_new;
                S ← e^{Γ_L} S + (e^{Γ_L−Γ} ⊙ K)ᵀ V_new. The output is read on the way, so the
@@ -70,10 +70,11 @@ _precision). The final state is fp32.
 
 Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = V = D = 128; one [B, T, H, D]
 bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one head):
-  FLOPs, forward: step 1: the 10 lower 16×16 blocks of K Kᵀ and of Q Kᵀ, W and U: 4·10·16²·D =
-    1.3 M FMA, plus 81 k FMA of fp32 solve (forward substitution and merges, CUDA cores); step 2:
-    W S, sQS and Kᵀ V_new (L·D² each) and R V_new (L²·D): 3.7 M FMA. Total 5.1 M FMA = 10 MFLOP
-    per chunk-head, × 8192 chunk-heads = 83 GFLOP: ~0.11 ms at 750 TFLOP/s, so not the bound.
+  FLOPs, forward: step 1: the 10 lower 16×16 blocks of K Kᵀ, W and U, and the whole 64×64 Q Kᵀ
+    (16 blocks, 6 of them masked away): 46·16²·D = 1.5 M FMA, plus 81 k FMA of fp32 solve
+    (forward substitution and merges, CUDA cores); step 2: W S, sQS and Kᵀ V_new (L·D² each) and
+    R V_new (L²·D): 3.7 M FMA. Total 5.3 M FMA = 11 MFLOP per chunk-head, × 8192 chunk-heads =
+    87 GFLOP: ~0.12 ms at 750 TFLOP/s, so not the bound.
   bytes, forward: floor (q, k, v, β read once, o written once) = 4X = 537 MB: 0.18 ms at 3 TB/s.
     This plan: step 1 reads q, k, v and writes W, U and R (5.5X); step 2 reads q, k, W, U, R and
     writes o (5.5X, counting the V-tile programs of one head as one read: they run side by side
@@ -82,6 +83,17 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     Measured (H100, runs 27-28): forward 0.88 ms = 1.8× this plan's 0.49 ms and 4.9× the floor;
     step 2 0.26 ms, at its own 5.5X (0.25 ms); step 1 0.63 ms against its 5.5X: the lever left
     for issue 3's 0.70 ms (step 1 spills at 4 warps on Triton 3.6 and is slower at 8).
+    Session 6 (runs 32-34), step 1 only: R as one [64, 64] dot instead of ten 16×16 blocks and the
+    column-wise diagonal solve: step 1 0.631 -> 0.581 ms, forward 0.883 -> 0.831 ms, fwd + bwd
+    3.57 -> 3.45 ms (gated 0.999 -> 0.941 / 4.16 -> 4.03). Tried and not kept: (a) the "X route"
+    (step 1 stores X, step 2 forms U and W on the fly): forward 0.885 -> 0.879 (delta), 0.999 ->
+    0.978 (gated), DeltaProduct unchanged, but step 2 grew 0.257 -> 0.332 ms (one more dot in its
+    serial chain) and the backward then needs a second step-1 variant, a longer first call;
+    (b) 2 warps with tf32x3 merges: delta forward 0.794, fwd + bwd 3.35 ms, but the gated fwd +
+    bwd first call took 7.5 s; (c) 8 warps: ~2× slower. Without any diagonal inverse (a wrong
+    result, timed to bound it) step 1 takes 0.449 ms: the solve costs ~0.13 ms, the rest of step 1
+    is ~0.2 ms above its bytes (one chunk a program, nothing overlaps its loads but other
+    programs, and 255 registers leave room for few).
   bytes, backward: 1 (6.5X, X in fp32), 2' (6.5X: h is 2X), 3 (7.5X), 4 (12–15X), 5 (8X): ≈ 42X
     = 5.6 GB, 1.9 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
     read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
@@ -102,6 +114,10 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     step 1's compile, the likely cause (one run each on the GPU; times vary up to 1.7×). The price
     of 0.3 ms a forward and 0.7 ms a forward + backward; one compiled step 2 for both directions
     (COMPUTE_O as a runtime flag, as STORE_X is) would take one compile off: not tried.
+    Run 34: the dry run now also loads each compiled binary and builds its launcher (Triton does
+    both lazily, at a kernel's first launch, one kernel after another): fwd + bwd 3.09 s (delta
+    rule), 4.26 s (gated), 4.18 s (DeltaProduct), forwards 3.72, 4.28, 4.27 s, against 4.83,
+    5.30, 5.32 s fwd + bwd in run 33 just before. Issue 3's 5 s: met for every op measured.
   registers (ptxas, Triton 3.6, sm_90, bf16, K = V = 128, 8 warps): step 1 255 and 40–120 bytes
     of spill a thread; steps 2–5 198–255, no spills. At K = V = 64: 128–248, no spills.
 
@@ -125,6 +141,7 @@ from fast._compile import launch, precompile
 CHUNK = 64  # BT: rows per chunk; 4 solve blocks of 16 (tl.dot's smallest tile side)
 SOLVE_BLOCK = 16  # the diagonal blocks inverted by forward substitution
 MAX_HEAD_DIM = 256  # whole K (and V in step 1) in one register tile
+MERGE_PRECISION = "ieee"  # step 1's merges of the 16×16 inverses: exact fp32 dots (see _chunk_wy_fwd_kernel)
 
 
 def _pow2(n: int) -> int:
@@ -168,31 +185,31 @@ def _precision(dtype: torch.dtype) -> str:
 # every helper call re-patches triton.language (~2.5 ms), which dominated the CPU test time.
 @triton.jit
 def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
-    """(I + a)⁻¹ for four strictly lower-triangular [BS, BS] blocks at once, by forward substitution.
+    """(I + a)⁻¹ for four strictly lower-triangular [BS, BS] blocks at once, column by column.
 
-    Y = (I + a)⁻¹ − I satisfies Y_i = −a_i − Σ_{j<i} a_ij Y_j (row i from the rows above it).
-    Row i of the running block still holds −a_i when its turn comes, and its entries j ≥ i are
-    zero, so one masked vector-matrix product finishes it. The four blocks ride along a third
-    axis (tl.join), so the BS − 1 steps run once for all of them."""
-    b_y = -tl.reshape(tl.join(tl.join(b_a0, b_a1), tl.join(b_a2, b_a3)), (BS, BS, 4))  # [BS, BS, 4]
+    Start from X = I; step m subtracts a_im · X_m from every row i (zero for i ≤ m), after which
+    row m + 1 is final. Each step is one masked reduction of X (its row m) and a rank-1 update; the
+    columns of a do not depend on X, so their extraction is off the loop's critical path. (Row by
+    row, Y_i = −a_i − Σ_j a_ij Y_j, took two dependent reductions a step: as fast on the H100, and
+    1.7× the error on a stress case of near-parallel keys with β = 1.9, run 33.)"""
+    b_a = tl.reshape(tl.join(tl.join(b_a0, b_a1), tl.join(b_a2, b_a3)), (BS, BS, 4))  # [BS, BS, 4]
     offs = tl.arange(0, BS)
-    for i in range(1, BS):
-        mask_i = offs[:, None, None] == i
-        b_row = tl.sum(tl.where(mask_i, b_y, 0.), 0)  # −a_i  [BS, 4]
-        b_row = b_row + tl.sum(b_row[:, None, :] * b_y, 0)  # −a_i − Σ_j a_ij Y_j  [BS, 4]
-        b_y = tl.where(mask_i, b_row[None, :, :], b_y)
-    b_y01, b_y23 = tl.split(tl.reshape(b_y, (BS, BS, 2, 2)))
-    b_y0, b_y1 = tl.split(b_y01)
-    b_y2, b_y3 = tl.split(b_y23)
-    b_eye = tl.where(offs[:, None] == offs[None, :], 1., 0.)
-    return b_y0 + b_eye, b_y1 + b_eye, b_y2 + b_eye, b_y3 + b_eye
+    b_x = tl.where(offs[:, None, None] == offs[None, :, None], 1., 0.) + tl.zeros((BS, BS, 4), tl.float32)  # I
+    for m in range(0, BS - 1):
+        b_col = tl.sum(tl.where(offs[None, :, None] == m, b_a, 0.), 1)  # a_{·m}  [BS, 4]
+        b_row = tl.sum(tl.where(offs[:, None, None] == m, b_x, 0.), 0)  # X_m  [BS, 4]
+        b_x -= b_col[:, None, :] * b_row[None, :, :]
+    b_x01, b_x23 = tl.split(tl.reshape(b_x, (BS, BS, 2, 2)))
+    b_x0, b_x1 = tl.split(b_x01)
+    b_x2, b_x3 = tl.split(b_x23)
+    return b_x0, b_x1, b_x2, b_x3
 
 
 @triton.jit(do_not_specialize=["T", "STORE_X"])
 def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BVF: tl.constexpr, USE_G: tl.constexpr, STORE_X,
-                         PREC: tl.constexpr, NH: tl.constexpr):
+                         PREC: tl.constexpr, NH: tl.constexpr, MERGE_PREC: tl.constexpr):
     """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V, and the output's mixing
     matrix R = sQKᵀ ⊙ D (diagonal included) for one chunk (zoo (4)). NH: micro-steps per row of q
     and g (DeltaProduct's direct path; 1 otherwise): see "Micro-steps" in the card."""
@@ -211,7 +228,6 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     q, k, w, v, u = q + o_bq * K, k + o_bh * K, w + o_bh * K, v + o_bh * V, u + o_bh * V
     X, Aqk, beta, g, gam = X + o_bh * BT, Aqk + o_bh * BT, beta + o_bh, g + o_bq, gam + o_bh
     o_k = offs_s[:, None] * (H * K) + offs_k[None, :]  # one slab  [BS, BK]
-    o_q = (offs_s // NH)[:, None] * (H * K) + offs_k[None, :]  # a slab of q: micro-step r reads token r // NH
     first = (offs_s % NH) == 0  # g enters at a token's first micro-step (zoo/deltaproduct.py (3))
     p_g = g + (offs_s // NH) * H  # micro-step r of a slab reads token r // NH
     o_v = offs_s[:, None] * (H * V) + offs_v[None, :]
@@ -245,60 +261,21 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     # (stored for steps 2 and 3, which would otherwise recompute it once per V-tile: measured with
     # ptxas for sm_90, computing it inside the sequential loop costs ~100 registers and spills; tried
     # again at step 2's current tiles on the H100, run 29: the delta rule's forward 0.880 -> 0.835 ms,
-    # the gated 1.005 -> 1.044 and DeltaProduct 0.945 -> 0.980 (160 B of spill with the gate): dropped)
-    mask_d = offs_s[:, None] >= offs_s[None, :]
-    b_q0 = tl.load(q + o_q + t0 // NH * H * K, mask=mask_sk, other=0.)  # [BS, BK]
-    b_R = tl.dot(b_q0, tl.trans(b_k0), input_precision=PREC)
+    # the gated 1.005 -> 1.044 and DeltaProduct 0.945 -> 0.980 (160 B of spill with the gate): dropped).
+    # One [BT, BT] dot over the whole chunk, q and k read again as [BT, BK] tiles (from L1/L2): ten
+    # [16, 16] blocks from the slabs took 0.04-0.07 ms longer a call (run 33)
+    offs_r = tl.arange(0, BT)
+    o_qt = (offs_r // NH)[:, None] * (H * K) + offs_k[None, :]  # micro-step r reads token r // NH  [BT, BK]
+    b_qt = tl.load(q + o_qt + t0 // NH * H * K, mask=mask_sk, other=0.)  # [BT, BK]
+    b_kt = tl.load(k + offs_r[:, None] * (H * K) + offs_k[None, :] + t0 * H * K, mask=mask_sk, other=0.)
+    b_R = tl.dot(b_qt, tl.trans(b_kt), input_precision=PREC)  # [BT, BT]
+    mask_dt = offs_r[:, None] >= offs_r[None, :]
     if USE_G:
-        b_R *= tl.exp(tl.where(mask_d, b_g0[:, None] - b_g0[None, :], float('-inf')))
-    tl.store(Aqk + o_x + t0 * H * BT, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
-    b_zero = tl.zeros([BS, BS], dtype=DT)
-    tl.store(Aqk + o_x + t0 * H * BT + BS, b_zero)
-    tl.store(Aqk + o_x + t0 * H * BT + 2 * BS, b_zero)
-    tl.store(Aqk + o_x + t0 * H * BT + 3 * BS, b_zero)
-    b_q1 = tl.load(q + o_q + (t0 + BS) // NH * H * K, mask=mask_sk, other=0.)
-    b_R = tl.dot(b_q1, tl.trans(b_k0), input_precision=PREC)
-    if USE_G:
-        b_R *= tl.exp(b_g1[:, None] - b_g0[None, :])
-    tl.store(Aqk + o_x + (t0 + BS) * H * BT, (b_R * scale).to(DT))
-    b_R = tl.dot(b_q1, tl.trans(b_k1), input_precision=PREC)
-    if USE_G:
-        b_R *= tl.exp(tl.where(mask_d, b_g1[:, None] - b_g1[None, :], float('-inf')))
-    tl.store(Aqk + o_x + (t0 + BS) * H * BT + BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
-    tl.store(Aqk + o_x + (t0 + BS) * H * BT + 2 * BS, b_zero)
-    tl.store(Aqk + o_x + (t0 + BS) * H * BT + 3 * BS, b_zero)
-    b_q2 = tl.load(q + o_q + (t0 + 2 * BS) // NH * H * K, mask=mask_sk, other=0.)
-    b_R = tl.dot(b_q2, tl.trans(b_k0), input_precision=PREC)
-    if USE_G:
-        b_R *= tl.exp(b_g2[:, None] - b_g0[None, :])
-    tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT, (b_R * scale).to(DT))
-    b_R = tl.dot(b_q2, tl.trans(b_k1), input_precision=PREC)
-    if USE_G:
-        b_R *= tl.exp(b_g2[:, None] - b_g1[None, :])
-    tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + BS, (b_R * scale).to(DT))
-    b_R = tl.dot(b_q2, tl.trans(b_k2), input_precision=PREC)
-    if USE_G:
-        b_R *= tl.exp(tl.where(mask_d, b_g2[:, None] - b_g2[None, :], float('-inf')))
-    tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + 2 * BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
-    tl.store(Aqk + o_x + (t0 + 2 * BS) * H * BT + 3 * BS, b_zero)
-    b_q3 = tl.load(q + o_q + (t0 + 3 * BS) // NH * H * K, mask=mask_sk, other=0.)
-    b_R = tl.dot(b_q3, tl.trans(b_k0), input_precision=PREC)
-    if USE_G:
-        b_R *= tl.exp(b_g3[:, None] - b_g0[None, :])
-    tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT, (b_R * scale).to(DT))
-    b_R = tl.dot(b_q3, tl.trans(b_k1), input_precision=PREC)
-    if USE_G:
-        b_R *= tl.exp(b_g3[:, None] - b_g1[None, :])
-    tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT + BS, (b_R * scale).to(DT))
-    b_R = tl.dot(b_q3, tl.trans(b_k2), input_precision=PREC)
-    if USE_G:
-        b_R *= tl.exp(b_g3[:, None] - b_g2[None, :])
-    tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT + 2 * BS, (b_R * scale).to(DT))
-    b_R = tl.dot(b_q3, tl.trans(b_k3), input_precision=PREC)
-    if USE_G:
-        b_R *= tl.exp(tl.where(mask_d, b_g3[:, None] - b_g3[None, :], float('-inf')))
-    tl.store(Aqk + o_x + (t0 + 3 * BS) * H * BT + 3 * BS, (tl.where(mask_d, b_R, 0.) * scale).to(DT))
-
+        b_gt = tl.cumsum(tl.where((offs_r % NH) == 0,
+                                  tl.load(g + (offs_r // NH) * H + t0 // NH * H).to(tl.float32), 0.), 0)  # Γ  [BT]
+        b_R *= tl.exp(tl.where(mask_dt, b_gt[:, None] - b_gt[None, :], float('-inf')))
+    tl.store(Aqk + offs_r[:, None] * (H * BT) + offs_r[None, :] + t0 * H * BT,
+             (tl.where(mask_dt, b_R, 0.) * scale).to(DT))
     # -------------------------------------------------------------- (4) A = diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}, strictly lower
     b_A00 = tl.dot(b_k0, tl.trans(b_k0), input_precision=PREC) * b_b0[:, None]  # diagonal blocks  [BS, BS]
     b_A11 = tl.dot(b_k1, tl.trans(b_k1), input_precision=PREC) * b_b1[:, None]
@@ -329,16 +306,16 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     # Diagonal blocks by forward substitution; then block row r of (I + A) X = I gives
     # X_rj = −X_rr Σ_{j ≤ m < r} A_rm X_mj, one block diagonal further out at a time.
     b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4(b_A00, b_A11, b_A22, b_A33, BS)
-    b_X10 = -tl.dot(b_X11, tl.dot(b_A10, b_X00, input_precision="ieee"), input_precision="ieee")
-    b_X21 = -tl.dot(b_X22, tl.dot(b_A21, b_X11, input_precision="ieee"), input_precision="ieee")
-    b_X32 = -tl.dot(b_X33, tl.dot(b_A32, b_X22, input_precision="ieee"), input_precision="ieee")
-    b_X20 = -tl.dot(b_X22, tl.dot(b_A20, b_X00, input_precision="ieee")
-                    + tl.dot(b_A21, b_X10, input_precision="ieee"), input_precision="ieee")
-    b_X31 = -tl.dot(b_X33, tl.dot(b_A31, b_X11, input_precision="ieee")
-                    + tl.dot(b_A32, b_X21, input_precision="ieee"), input_precision="ieee")
-    b_X30 = -tl.dot(b_X33, tl.dot(b_A30, b_X00, input_precision="ieee")
-                    + tl.dot(b_A31, b_X10, input_precision="ieee")
-                    + tl.dot(b_A32, b_X20, input_precision="ieee"), input_precision="ieee")
+    b_X10 = -tl.dot(b_X11, tl.dot(b_A10, b_X00, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+    b_X21 = -tl.dot(b_X22, tl.dot(b_A21, b_X11, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+    b_X32 = -tl.dot(b_X33, tl.dot(b_A32, b_X22, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+    b_X20 = -tl.dot(b_X22, tl.dot(b_A20, b_X00, input_precision=MERGE_PREC)
+                    + tl.dot(b_A21, b_X10, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+    b_X31 = -tl.dot(b_X33, tl.dot(b_A31, b_X11, input_precision=MERGE_PREC)
+                    + tl.dot(b_A32, b_X21, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+    b_X30 = -tl.dot(b_X33, tl.dot(b_A30, b_X00, input_precision=MERGE_PREC)
+                    + tl.dot(b_A31, b_X10, input_precision=MERGE_PREC)
+                    + tl.dot(b_A32, b_X20, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
     if STORE_X != 0:  # for the backward; the blocks above the diagonal are never read. A runtime
         # flag, not a constexpr: the forward and the backward's recomputation share one compiled
         # kernel, the slowest of the family to compile (1.6-4.2 s on the H100, runs 20-22)
@@ -729,7 +706,7 @@ def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int):
     launch(_chunk_wy_fwd_kernel, (NT, B * H),
         q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, scale, T, H, K, V, CHUNK,
         t["BK"], t["BVF"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype), NH=nh,
-        **t["wy"])
+        MERGE_PREC=MERGE_PRECISION, **t["wy"])
     return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
 
 
@@ -1080,8 +1057,8 @@ def _benchmark(B=4, T=8192, H=16, D=128, dtype=torch.bfloat16):
 
     for gate in (None, g):
         tag = "gated" if gate is not None else "delta"
-        w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, gate, scale, store_X=True)
-        bench(f"{tag}: 1 wy fwd (W, U, R)", lambda: _chunk_wy_fwd(q, k, v, beta, gate, scale, store_X=False))
+        w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, gate, scale, store_X=True, nh=1)
+        bench(f"{tag}: 1 wy fwd (W, U, R)", lambda: _chunk_wy_fwd(q, k, v, beta, gate, scale, store_X=False, nh=1))
         bench(f"{tag}: 2 state fwd + output", lambda: _chunk_state_fwd(q, k, w, u, gam, Aqk, None, scale, True))
         bench(f"{tag}: 2' state fwd storing h, V_new",
               lambda: _chunk_state_fwd(q, k, w, u, gam, Aqk, None, scale, False))

@@ -322,6 +322,9 @@ def test_the_dry_runs_compile_each_variant_once():
     # six variants (step 1 once for both directions, step 2 with o and with the states, steps 3-5),
     # six compiles: none twice (run 28 compiled step 1 twice, side by side: 7 for 6)
     assert count() - before == len(futures) == 6
+    # and each loaded onto the device by the dry run (Triton would load them at their first launches,
+    # one after another)
+    assert all(getattr(c, "module", True) is not None for fn in fns for c in fn.device_caches[dev][0].values())
 
 
 @pytest.mark.gpu
