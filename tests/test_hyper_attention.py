@@ -431,6 +431,11 @@ def test_bad_dtypes_and_module_options_raise_clear_errors():
         zh.HyperAttention(smooth_block=True)
     with pytest.raises(ValueError, match="heads-first"):
         zh.HyperAttention()(torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.randn(2, 3, 4))
+    x = torch.randn(1, 2, 8, 4)  # [B, H, N, d] with d = 4
+    with pytest.raises(ValueError, match="input_dim = 8"):
+        zh.HyperAttention(input_dim=8)(x, x, x)
+    with pytest.raises(ValueError, match=r"unequal lengths.*\[1, 2, 8, 4\], \[1, 2, 6, 4\]"):
+        zh.HyperAttention(input_dim=4)(x, x[:, :, :6], x[:, :, :6])
 
 
 @pytest.mark.skipif(has_cuda() or interpreting(), reason="only without a GPU and without the interpreter")

@@ -405,6 +405,13 @@ class HyperAttention(nn.Module):
         """query, key [B, H, N, d], value [B, H, N, dv] -> o [B, H, N, dv] (, lse [B, H, N, 1])."""
         for name, x in (("query", query), ("key", key), ("value", value)):
             _check_tensor(name, x, "[B, H, N, d] (this module is heads-first, as the official code)")
+        if query.shape[-1] != self.input_dim or key.shape[-1] != self.input_dim:
+            raise ValueError(f"query and key must have head dim d = input_dim = {self.input_dim} (the LSH "
+                             f"projections' width); got query {list(query.shape)}, key {list(key.shape)} "
+                             f"as [B, H, N, d]")
+        if not (query.shape[:3] == key.shape[:3] and key.shape[:3] == value.shape[:3]):
+            raise ValueError(f"query, key and value must share [B, H, N] (unequal lengths are not supported); "
+                             f"got {list(query.shape)}, {list(key.shape)}, {list(value.shape)} as [B, H, N, d]")
         out = self.chunk_op(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
                             proj=self.proj, causal=causal, scale=scale, return_lse=return_lse,
                             block_size=self.block_size, sample_size=self.sample_size,
