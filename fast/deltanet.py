@@ -43,13 +43,15 @@ Tile rule (head dims only; T is never a compile key: it is in do_not_specialize)
   configuration per kernel (_tiles: the value tile BV, num_warps, num_stages). At K = V = 128,
   measured on the H100 (runs 26-27, benchmarks/results/h100-2026-11-23/run27-delta_tiles.py: every
   candidate of each kernel timed in the whole op, outputs and gradients compared with the old rule):
-    step 1 4 warps (1.21 -> 0.63 ms against 8, spills and all, run 8); without the gate two chunks a
-    program with a 2-stage pipeline, the next chunk's tiles loaded while this one is solved (run 35:
-    step 1 0.579 -> 0.496 ms, the delta rule's forward 0.834 -> 0.749, its backward 2.61 -> 2.54;
-    3 stages 0.719, 4-16 chunks 0.507-0.521); with the gate the same is slower (0.684 -> 0.817 ms;
-    sm_90 build by Triton 3.9 spills 640 bytes a thread against 136), so gated calls, DeltaProduct's
-    included, keep one chunk a program (and the solve's loop rolled: see _invert_unit_lower4); steps
-    2 and 3 BV = 64, 4 warps,
+    step 1 4 warps (1.21 -> 0.63 ms against 8, spills and all, run 8), one chunk a program. Tried
+    and not kept (runs 35-36, benchmarks/results/h100-2026-11-23/run35-wy_loop.py): two chunks a
+    program with a 2-stage pipeline, the next chunk's tiles loaded while this one is solved (which
+    needs the solve's loop unrolled: Triton pipelines innermost loops only). Without the gate step 1
+    0.579 -> 0.496 ms, the delta rule's forward 0.83 -> 0.75 ms, fwd + bwd 3.44 -> 3.28 ms; with the
+    gate slower (0.684 -> 0.817 ms; the sm_90 build spills 640 bytes a thread against 136). But the
+    unrolled kernel compiles 4.0-4.3 s against ~2.2 s on the H100's host, and the delta rule's
+    forward first call went to 5.2 s (from 2.5): over issue 2's 5 s, for a gain the gated and
+    DeltaProduct ops do not get. Steps 2 and 3 BV = 64, 4 warps,
     3 stages: S is a [128, 64] fp32 tile, 2 programs a head (128 at B·H = 64: one an SM), and the
     deeper pipeline hides the chunk loads of the serial walk: step 2 0.586 -> 0.257 ms, step 3 about
     0.33 ms less, against BV = 32 at 2 stages (4 stages do not fit in shared memory); step 4 BV 64,
@@ -99,7 +101,8 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     bwd first call took 7.5 s; (c) 8 warps: ~2× slower. Without any diagonal inverse (a wrong
     result, timed to bound it) step 1 takes 0.449 ms: the solve costs ~0.13 ms, the rest of step 1
     is ~0.2 ms above its bytes (one chunk a program, nothing overlaps its loads but other
-    programs, and 255 registers leave room for few).
+    programs, and 255 registers leave room for few; pipelining two chunks a program took 0.08 ms
+    of it back, at a price in compile time: see "Tiles").
   bytes, backward: 1 (6.5X, X in fp32), 2' (6.5X: h is 2X), 3 (7.5X), 4 (12–15X), 5 (8X): ≈ 42X
     = 5.6 GB, 1.9 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
     read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
@@ -165,10 +168,7 @@ def _tiles(K: int, V: int) -> dict:
     rule = cfg(32, nw, 2)
     timed = BK == 128 and BVF == 128
     return dict(BK=BK, BVF=BVF, BKS=BK if timed else min(BK, 64),  # step 4's K slice (128: one slice, run 28)
-                # step 1, forward and the backward's recomputation: with the gate one chunk a program;
-                # without, two, pipelined (run 35: 0.579 -> 0.496 ms; with the gate 0.684 -> 0.817)
-                wy=dict(CPP=1, num_warps=4, num_stages=1),
-                wy_nogate=dict(CPP=2, num_warps=4, num_stages=2) if timed else dict(CPP=1, num_warps=4, num_stages=1),
+                wy=dict(num_warps=4, num_stages=1),  # step 1, forward and the backward's recomputation
                 # the sequential steps 2 and 3: 2 V tiles a head (128 programs at B·H = 64, one an SM)
                 # with a 3-deep pipeline, against 4 tiles and 2 stages: 2.3x (step 2), 1.9x (step 3)
                 state_fwd=cfg(64, 4, 3) if timed else cfg(32, 4, 2),  # step 2 computing o
@@ -193,31 +193,21 @@ def _precision(dtype: torch.dtype) -> str:
 # Loads and stores are written inline, not through @triton.jit helpers: under the interpreter
 # every helper call re-patches triton.language (~2.5 ms), which dominated the CPU test time.
 @triton.jit
-def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr, UNROLL: tl.constexpr):
+def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
     """(I + a)⁻¹ for four strictly lower-triangular [BS, BS] blocks at once, column by column.
 
     Start from X = I; step m subtracts a_im · X_m from every row i (zero for i ≤ m), after which
     row m + 1 is final. Each step is one masked reduction of X (its row m) and a rank-1 update; the
     columns of a do not depend on X, so their extraction is off the loop's critical path. (Row by
     row, Y_i = −a_i − Σ_j a_ij Y_j, took two dependent reductions a step: as fast on the H100, and
-    1.7× the error on a stress case of near-parallel keys with β = 1.9, run 33.)
-    UNROLL: the loop unrolled (tl.static_range) where step 1 loops over several chunks: Triton
-    software-pipelines only innermost loops. Rolled otherwise: the same speed (run 35) and half
-    the compile time of the slowest kernel to compile (sm_90, Triton 3.9 on a CPU: 2.9-4.6 s
-    against 5.6-7.0 s)."""
+    1.7× the error on a stress case of near-parallel keys with β = 1.9, run 33.)"""
     b_a = tl.reshape(tl.join(tl.join(b_a0, b_a1), tl.join(b_a2, b_a3)), (BS, BS, 4))  # [BS, BS, 4]
     offs = tl.arange(0, BS)
     b_x = tl.where(offs[:, None, None] == offs[None, :, None], 1., 0.) + tl.zeros((BS, BS, 4), tl.float32)  # I
-    if UNROLL:
-        for m in tl.static_range(0, BS - 1):  # the same three lines as below
-            b_col = tl.sum(tl.where(offs[None, :, None] == m, b_a, 0.), 1)
-            b_row = tl.sum(tl.where(offs[:, None, None] == m, b_x, 0.), 0)
-            b_x -= b_col[:, None, :] * b_row[None, :, :]
-    else:
-        for m in range(0, BS - 1):
-            b_col = tl.sum(tl.where(offs[None, :, None] == m, b_a, 0.), 1)  # a_{·m}  [BS, 4]
-            b_row = tl.sum(tl.where(offs[:, None, None] == m, b_x, 0.), 0)  # X_m  [BS, 4]
-            b_x -= b_col[:, None, :] * b_row[None, :, :]
+    for m in range(0, BS - 1):
+        b_col = tl.sum(tl.where(offs[None, :, None] == m, b_a, 0.), 1)  # a_{·m}  [BS, 4]
+        b_row = tl.sum(tl.where(offs[:, None, None] == m, b_x, 0.), 0)  # X_m  [BS, 4]
+        b_x -= b_col[:, None, :] * b_row[None, :, :]
     b_x01, b_x23 = tl.split(tl.reshape(b_x, (BS, BS, 2, 2)))
     b_x0, b_x1 = tl.split(b_x01)
     b_x2, b_x3 = tl.split(b_x23)
@@ -228,17 +218,16 @@ def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr, UNROLL: tl.con
 def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BVF: tl.constexpr, USE_G: tl.constexpr, STORE_X,
-                         PREC: tl.constexpr, NH: tl.constexpr, MERGE_PREC: tl.constexpr, CPP: tl.constexpr):
+                         PREC: tl.constexpr, NH: tl.constexpr, MERGE_PREC: tl.constexpr):
     """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V, and the output's mixing
     matrix R = sQKᵀ ⊙ D (diagonal included) for one chunk (zoo (4)). NH: micro-steps per row of q
-    and g (DeltaProduct's direct path; 1 otherwise): see "Micro-steps" in the card. CPP: chunks a
-    program, one after another; with num_stages = 2 Triton prefetches the next chunk's tiles while
-    this one is solved (see "Tiles" in the card)."""
-    # -------------------------------------------------------------- map program -> (chunks, head)
-    i_p, i_bh = tl.program_id(0), tl.program_id(1)
+    and g (DeltaProduct's direct path; 1 otherwise): see "Micro-steps" in the card."""
+    # -------------------------------------------------------------- map program -> (chunk, head)
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     BS: tl.constexpr = 16  # the chunk is 4 slabs of 16 rows: r = 0..3 in the names below
     DT = k.dtype.element_ty
+    t0 = i_t * BT
     offs_s = tl.arange(0, BS)
     offs_k, offs_v = tl.arange(0, BK), tl.arange(0, BVF)
     mask_k, mask_v = offs_k < K, offs_v < V
@@ -255,138 +244,136 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     o_s = offs_s * H
     mask_sk, mask_sv = mask_k[None, :], mask_v[None, :]  # head dims only: T is a multiple of BT
 
-    for i_c in range(0, tl.minimum(CPP, T // BT - i_p * CPP)):  # the last program may have fewer
-        t0 = (i_p * CPP + i_c) * BT  # the chunk's first row
-        # -------------------------------------------------------------- load k, β, and Γ
-        b_k0 = tl.load(k + o_k + t0 * H * K, mask=mask_sk, other=0.)  # [BS, BK]
-        b_k1 = tl.load(k + o_k + (t0 + BS) * H * K, mask=mask_sk, other=0.)
-        b_k2 = tl.load(k + o_k + (t0 + 2 * BS) * H * K, mask=mask_sk, other=0.)
-        b_k3 = tl.load(k + o_k + (t0 + 3 * BS) * H * K, mask=mask_sk, other=0.)
-        b_b0 = tl.load(beta + o_s + t0 * H).to(tl.float32)  # [BS]
-        b_b1 = tl.load(beta + o_s + (t0 + BS) * H).to(tl.float32)
-        b_b2 = tl.load(beta + o_s + (t0 + 2 * BS) * H).to(tl.float32)
-        b_b3 = tl.load(beta + o_s + (t0 + 3 * BS) * H).to(tl.float32)
-        if USE_G:  # Γ = cumsum of g inside the chunk; padded tokens have g = 0
-            b_g0 = tl.cumsum(tl.where(first, tl.load(p_g + t0 // NH * H).to(tl.float32), 0.), 0)
-            b_g1 = tl.cumsum(tl.where(first, tl.load(p_g + (t0 + BS) // NH * H).to(tl.float32), 0.), 0)
-            b_g2 = tl.cumsum(tl.where(first, tl.load(p_g + (t0 + 2 * BS) // NH * H).to(tl.float32), 0.), 0)
-            b_g3 = tl.cumsum(tl.where(first, tl.load(p_g + (t0 + 3 * BS) // NH * H).to(tl.float32), 0.), 0)
-            b_g1 += tl.sum(tl.where(offs_s == BS - 1, b_g0, 0.), 0)  # + Γ at the end of the slab above
-            b_g2 += tl.sum(tl.where(offs_s == BS - 1, b_g1, 0.), 0)
-            b_g3 += tl.sum(tl.where(offs_s == BS - 1, b_g2, 0.), 0)
-            tl.store(gam + o_s + t0 * H, b_g0)
-            tl.store(gam + o_s + (t0 + BS) * H, b_g1)
-            tl.store(gam + o_s + (t0 + 2 * BS) * H, b_g2)
-            tl.store(gam + o_s + (t0 + 3 * BS) * H, b_g3)
+    # -------------------------------------------------------------- load k, β, and Γ
+    b_k0 = tl.load(k + o_k + t0 * H * K, mask=mask_sk, other=0.)  # [BS, BK]
+    b_k1 = tl.load(k + o_k + (t0 + BS) * H * K, mask=mask_sk, other=0.)
+    b_k2 = tl.load(k + o_k + (t0 + 2 * BS) * H * K, mask=mask_sk, other=0.)
+    b_k3 = tl.load(k + o_k + (t0 + 3 * BS) * H * K, mask=mask_sk, other=0.)
+    b_b0 = tl.load(beta + o_s + t0 * H).to(tl.float32)  # [BS]
+    b_b1 = tl.load(beta + o_s + (t0 + BS) * H).to(tl.float32)
+    b_b2 = tl.load(beta + o_s + (t0 + 2 * BS) * H).to(tl.float32)
+    b_b3 = tl.load(beta + o_s + (t0 + 3 * BS) * H).to(tl.float32)
+    if USE_G:  # Γ = cumsum of g inside the chunk; padded tokens have g = 0
+        b_g0 = tl.cumsum(tl.where(first, tl.load(p_g + t0 // NH * H).to(tl.float32), 0.), 0)
+        b_g1 = tl.cumsum(tl.where(first, tl.load(p_g + (t0 + BS) // NH * H).to(tl.float32), 0.), 0)
+        b_g2 = tl.cumsum(tl.where(first, tl.load(p_g + (t0 + 2 * BS) // NH * H).to(tl.float32), 0.), 0)
+        b_g3 = tl.cumsum(tl.where(first, tl.load(p_g + (t0 + 3 * BS) // NH * H).to(tl.float32), 0.), 0)
+        b_g1 += tl.sum(tl.where(offs_s == BS - 1, b_g0, 0.), 0)  # + Γ at the end of the slab above
+        b_g2 += tl.sum(tl.where(offs_s == BS - 1, b_g1, 0.), 0)
+        b_g3 += tl.sum(tl.where(offs_s == BS - 1, b_g2, 0.), 0)
+        tl.store(gam + o_s + t0 * H, b_g0)
+        tl.store(gam + o_s + (t0 + BS) * H, b_g1)
+        tl.store(gam + o_s + (t0 + 2 * BS) * H, b_g2)
+        tl.store(gam + o_s + (t0 + 3 * BS) * H, b_g3)
 
-        # -------------------------------------------------------------- (4) R = sQKᵀ ⊙ D, diagonal included
-        # (stored for steps 2 and 3, which would otherwise recompute it once per V-tile: measured with
-        # ptxas for sm_90, computing it inside the sequential loop costs ~100 registers and spills; tried
-        # again at step 2's current tiles on the H100, run 29: the delta rule's forward 0.880 -> 0.835 ms,
-        # the gated 1.005 -> 1.044 and DeltaProduct 0.945 -> 0.980 (160 B of spill with the gate): dropped).
-        # One [BT, BT] dot over the whole chunk, q and k read again as [BT, BK] tiles (from L1/L2): ten
-        # [16, 16] blocks from the slabs took 0.04-0.07 ms longer a call (run 33)
-        offs_r = tl.arange(0, BT)
-        o_qt = (offs_r // NH)[:, None] * (H * K) + offs_k[None, :]  # micro-step r reads token r // NH  [BT, BK]
-        b_qt = tl.load(q + o_qt + t0 // NH * H * K, mask=mask_sk, other=0.)  # [BT, BK]
-        b_kt = tl.load(k + offs_r[:, None] * (H * K) + offs_k[None, :] + t0 * H * K, mask=mask_sk, other=0.)
-        b_R = tl.dot(b_qt, tl.trans(b_kt), input_precision=PREC)  # [BT, BT]
-        mask_dt = offs_r[:, None] >= offs_r[None, :]
-        if USE_G:
-            b_gt = tl.cumsum(tl.where((offs_r % NH) == 0,
-                                      tl.load(g + (offs_r // NH) * H + t0 // NH * H).to(tl.float32), 0.), 0)  # Γ  [BT]
-            b_R *= tl.exp(tl.where(mask_dt, b_gt[:, None] - b_gt[None, :], float('-inf')))
-        tl.store(Aqk + offs_r[:, None] * (H * BT) + offs_r[None, :] + t0 * H * BT,
-                 (tl.where(mask_dt, b_R, 0.) * scale).to(DT))
-        # -------------------------------------------------------------- (4) A = diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}, strictly lower
-        b_A00 = tl.dot(b_k0, tl.trans(b_k0), input_precision=PREC) * b_b0[:, None]  # diagonal blocks  [BS, BS]
-        b_A11 = tl.dot(b_k1, tl.trans(b_k1), input_precision=PREC) * b_b1[:, None]
-        b_A22 = tl.dot(b_k2, tl.trans(b_k2), input_precision=PREC) * b_b2[:, None]
-        b_A33 = tl.dot(b_k3, tl.trans(b_k3), input_precision=PREC) * b_b3[:, None]
-        b_A10 = tl.dot(b_k1, tl.trans(b_k0), input_precision=PREC) * b_b1[:, None]  # below the diagonal
-        b_A20 = tl.dot(b_k2, tl.trans(b_k0), input_precision=PREC) * b_b2[:, None]
-        b_A21 = tl.dot(b_k2, tl.trans(b_k1), input_precision=PREC) * b_b2[:, None]
-        b_A30 = tl.dot(b_k3, tl.trans(b_k0), input_precision=PREC) * b_b3[:, None]
-        b_A31 = tl.dot(b_k3, tl.trans(b_k1), input_precision=PREC) * b_b3[:, None]
-        b_A32 = tl.dot(b_k3, tl.trans(b_k2), input_precision=PREC) * b_b3[:, None]
-        mask_s = offs_s[:, None] > offs_s[None, :]
-        if USE_G:  # decays; in a diagonal block mask before exp (above the diagonal Γ_i − Γ_j > 0)
-            b_A00 *= tl.exp(tl.where(mask_s, b_g0[:, None] - b_g0[None, :], float('-inf')))
-            b_A11 *= tl.exp(tl.where(mask_s, b_g1[:, None] - b_g1[None, :], float('-inf')))
-            b_A22 *= tl.exp(tl.where(mask_s, b_g2[:, None] - b_g2[None, :], float('-inf')))
-            b_A33 *= tl.exp(tl.where(mask_s, b_g3[:, None] - b_g3[None, :], float('-inf')))
-            b_A10 *= tl.exp(b_g1[:, None] - b_g0[None, :])
-            b_A20 *= tl.exp(b_g2[:, None] - b_g0[None, :])
-            b_A21 *= tl.exp(b_g2[:, None] - b_g1[None, :])
-            b_A30 *= tl.exp(b_g3[:, None] - b_g0[None, :])
-            b_A31 *= tl.exp(b_g3[:, None] - b_g1[None, :])
-            b_A32 *= tl.exp(b_g3[:, None] - b_g2[None, :])
-        b_A00, b_A11 = tl.where(mask_s, b_A00, 0.), tl.where(mask_s, b_A11, 0.)
-        b_A22, b_A33 = tl.where(mask_s, b_A22, 0.), tl.where(mask_s, b_A33, 0.)
+    # -------------------------------------------------------------- (4) R = sQKᵀ ⊙ D, diagonal included
+    # (stored for steps 2 and 3, which would otherwise recompute it once per V-tile: measured with
+    # ptxas for sm_90, computing it inside the sequential loop costs ~100 registers and spills; tried
+    # again at step 2's current tiles on the H100, run 29: the delta rule's forward 0.880 -> 0.835 ms,
+    # the gated 1.005 -> 1.044 and DeltaProduct 0.945 -> 0.980 (160 B of spill with the gate): dropped).
+    # One [BT, BT] dot over the whole chunk, q and k read again as [BT, BK] tiles (from L1/L2): ten
+    # [16, 16] blocks from the slabs took 0.04-0.07 ms longer a call (run 33)
+    offs_r = tl.arange(0, BT)
+    o_qt = (offs_r // NH)[:, None] * (H * K) + offs_k[None, :]  # micro-step r reads token r // NH  [BT, BK]
+    b_qt = tl.load(q + o_qt + t0 // NH * H * K, mask=mask_sk, other=0.)  # [BT, BK]
+    b_kt = tl.load(k + offs_r[:, None] * (H * K) + offs_k[None, :] + t0 * H * K, mask=mask_sk, other=0.)
+    b_R = tl.dot(b_qt, tl.trans(b_kt), input_precision=PREC)  # [BT, BT]
+    mask_dt = offs_r[:, None] >= offs_r[None, :]
+    if USE_G:
+        b_gt = tl.cumsum(tl.where((offs_r % NH) == 0,
+                                  tl.load(g + (offs_r // NH) * H + t0 // NH * H).to(tl.float32), 0.), 0)  # Γ  [BT]
+        b_R *= tl.exp(tl.where(mask_dt, b_gt[:, None] - b_gt[None, :], float('-inf')))
+    tl.store(Aqk + offs_r[:, None] * (H * BT) + offs_r[None, :] + t0 * H * BT,
+             (tl.where(mask_dt, b_R, 0.) * scale).to(DT))
+    # -------------------------------------------------------------- (4) A = diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}, strictly lower
+    b_A00 = tl.dot(b_k0, tl.trans(b_k0), input_precision=PREC) * b_b0[:, None]  # diagonal blocks  [BS, BS]
+    b_A11 = tl.dot(b_k1, tl.trans(b_k1), input_precision=PREC) * b_b1[:, None]
+    b_A22 = tl.dot(b_k2, tl.trans(b_k2), input_precision=PREC) * b_b2[:, None]
+    b_A33 = tl.dot(b_k3, tl.trans(b_k3), input_precision=PREC) * b_b3[:, None]
+    b_A10 = tl.dot(b_k1, tl.trans(b_k0), input_precision=PREC) * b_b1[:, None]  # below the diagonal
+    b_A20 = tl.dot(b_k2, tl.trans(b_k0), input_precision=PREC) * b_b2[:, None]
+    b_A21 = tl.dot(b_k2, tl.trans(b_k1), input_precision=PREC) * b_b2[:, None]
+    b_A30 = tl.dot(b_k3, tl.trans(b_k0), input_precision=PREC) * b_b3[:, None]
+    b_A31 = tl.dot(b_k3, tl.trans(b_k1), input_precision=PREC) * b_b3[:, None]
+    b_A32 = tl.dot(b_k3, tl.trans(b_k2), input_precision=PREC) * b_b3[:, None]
+    mask_s = offs_s[:, None] > offs_s[None, :]
+    if USE_G:  # decays; in a diagonal block mask before exp (above the diagonal Γ_i − Γ_j > 0)
+        b_A00 *= tl.exp(tl.where(mask_s, b_g0[:, None] - b_g0[None, :], float('-inf')))
+        b_A11 *= tl.exp(tl.where(mask_s, b_g1[:, None] - b_g1[None, :], float('-inf')))
+        b_A22 *= tl.exp(tl.where(mask_s, b_g2[:, None] - b_g2[None, :], float('-inf')))
+        b_A33 *= tl.exp(tl.where(mask_s, b_g3[:, None] - b_g3[None, :], float('-inf')))
+        b_A10 *= tl.exp(b_g1[:, None] - b_g0[None, :])
+        b_A20 *= tl.exp(b_g2[:, None] - b_g0[None, :])
+        b_A21 *= tl.exp(b_g2[:, None] - b_g1[None, :])
+        b_A30 *= tl.exp(b_g3[:, None] - b_g0[None, :])
+        b_A31 *= tl.exp(b_g3[:, None] - b_g1[None, :])
+        b_A32 *= tl.exp(b_g3[:, None] - b_g2[None, :])
+    b_A00, b_A11 = tl.where(mask_s, b_A00, 0.), tl.where(mask_s, b_A11, 0.)
+    b_A22, b_A33 = tl.where(mask_s, b_A22, 0.), tl.where(mask_s, b_A33, 0.)
 
-        # -------------------------------------------------------------- X = (I + A)⁻¹, blocked
-        # Diagonal blocks by forward substitution; then block row r of (I + A) X = I gives
-        # X_rj = −X_rr Σ_{j ≤ m < r} A_rm X_mj, one block diagonal further out at a time.
-        b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4(b_A00, b_A11, b_A22, b_A33, BS, CPP > 1)
-        b_X10 = -tl.dot(b_X11, tl.dot(b_A10, b_X00, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
-        b_X21 = -tl.dot(b_X22, tl.dot(b_A21, b_X11, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
-        b_X32 = -tl.dot(b_X33, tl.dot(b_A32, b_X22, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
-        b_X20 = -tl.dot(b_X22, tl.dot(b_A20, b_X00, input_precision=MERGE_PREC)
-                        + tl.dot(b_A21, b_X10, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
-        b_X31 = -tl.dot(b_X33, tl.dot(b_A31, b_X11, input_precision=MERGE_PREC)
-                        + tl.dot(b_A32, b_X21, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
-        b_X30 = -tl.dot(b_X33, tl.dot(b_A30, b_X00, input_precision=MERGE_PREC)
-                        + tl.dot(b_A31, b_X10, input_precision=MERGE_PREC)
-                        + tl.dot(b_A32, b_X20, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
-        if STORE_X != 0:  # for the backward; the blocks above the diagonal are never read. A runtime
-            # flag, not a constexpr: the forward and the backward's recomputation share one compiled
-            # kernel, the slowest of the family to compile (1.6-4.2 s on the H100, runs 20-22)
-            tl.store(X + o_x + t0 * H * BT, b_X00)
-            tl.store(X + o_x + (t0 + BS) * H * BT, b_X10)
-            tl.store(X + o_x + (t0 + BS) * H * BT + BS, b_X11)
-            tl.store(X + o_x + (t0 + 2 * BS) * H * BT, b_X20)
-            tl.store(X + o_x + (t0 + 2 * BS) * H * BT + BS, b_X21)
-            tl.store(X + o_x + (t0 + 2 * BS) * H * BT + 2 * BS, b_X22)
-            tl.store(X + o_x + (t0 + 3 * BS) * H * BT, b_X30)
-            tl.store(X + o_x + (t0 + 3 * BS) * H * BT + BS, b_X31)
-            tl.store(X + o_x + (t0 + 3 * BS) * H * BT + 2 * BS, b_X32)
-            tl.store(X + o_x + (t0 + 3 * BS) * H * BT + 3 * BS, b_X33)
-        # the X blocks as dot operands in the input dtype (16-bit tensor cores; a no-op for fp32)
-        b_X00, b_X10, b_X11, b_X20, b_X21 = b_X00.to(DT), b_X10.to(DT), b_X11.to(DT), b_X20.to(DT), b_X21.to(DT)
-        b_X22, b_X30, b_X31, b_X32, b_X33 = b_X22.to(DT), b_X30.to(DT), b_X31.to(DT), b_X32.to(DT), b_X33.to(DT)
+    # -------------------------------------------------------------- X = (I + A)⁻¹, blocked
+    # Diagonal blocks by forward substitution; then block row r of (I + A) X = I gives
+    # X_rj = −X_rr Σ_{j ≤ m < r} A_rm X_mj, one block diagonal further out at a time.
+    b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4(b_A00, b_A11, b_A22, b_A33, BS)
+    b_X10 = -tl.dot(b_X11, tl.dot(b_A10, b_X00, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+    b_X21 = -tl.dot(b_X22, tl.dot(b_A21, b_X11, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+    b_X32 = -tl.dot(b_X33, tl.dot(b_A32, b_X22, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+    b_X20 = -tl.dot(b_X22, tl.dot(b_A20, b_X00, input_precision=MERGE_PREC)
+                    + tl.dot(b_A21, b_X10, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+    b_X31 = -tl.dot(b_X33, tl.dot(b_A31, b_X11, input_precision=MERGE_PREC)
+                    + tl.dot(b_A32, b_X21, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+    b_X30 = -tl.dot(b_X33, tl.dot(b_A30, b_X00, input_precision=MERGE_PREC)
+                    + tl.dot(b_A31, b_X10, input_precision=MERGE_PREC)
+                    + tl.dot(b_A32, b_X20, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+    if STORE_X != 0:  # for the backward; the blocks above the diagonal are never read. A runtime
+        # flag, not a constexpr: the forward and the backward's recomputation share one compiled
+        # kernel, the slowest of the family to compile (1.6-4.2 s on the H100, runs 20-22)
+        tl.store(X + o_x + t0 * H * BT, b_X00)
+        tl.store(X + o_x + (t0 + BS) * H * BT, b_X10)
+        tl.store(X + o_x + (t0 + BS) * H * BT + BS, b_X11)
+        tl.store(X + o_x + (t0 + 2 * BS) * H * BT, b_X20)
+        tl.store(X + o_x + (t0 + 2 * BS) * H * BT + BS, b_X21)
+        tl.store(X + o_x + (t0 + 2 * BS) * H * BT + 2 * BS, b_X22)
+        tl.store(X + o_x + (t0 + 3 * BS) * H * BT, b_X30)
+        tl.store(X + o_x + (t0 + 3 * BS) * H * BT + BS, b_X31)
+        tl.store(X + o_x + (t0 + 3 * BS) * H * BT + 2 * BS, b_X32)
+        tl.store(X + o_x + (t0 + 3 * BS) * H * BT + 3 * BS, b_X33)
+    # the X blocks as dot operands in the input dtype (16-bit tensor cores; a no-op for fp32)
+    b_X00, b_X10, b_X11, b_X20, b_X21 = b_X00.to(DT), b_X10.to(DT), b_X11.to(DT), b_X20.to(DT), b_X21.to(DT)
+    b_X22, b_X30, b_X31, b_X32, b_X33 = b_X22.to(DT), b_X30.to(DT), b_X31.to(DT), b_X32.to(DT), b_X33.to(DT)
 
-        # -------------------------------------------------------------- (4) W = X diag(β e^Γ) K
-        b_c0, b_c1, b_c2, b_c3 = b_b0, b_b1, b_b2, b_b3
-        if USE_G:
-            b_c0, b_c1, b_c2, b_c3 = b_b0 * tl.exp(b_g0), b_b1 * tl.exp(b_g1), b_b2 * tl.exp(b_g2), b_b3 * tl.exp(b_g3)
-        b_y0, b_y1 = (b_k0.to(tl.float32) * b_c0[:, None]).to(DT), (b_k1.to(tl.float32) * b_c1[:, None]).to(DT)
-        b_y2, b_y3 = (b_k2.to(tl.float32) * b_c2[:, None]).to(DT), (b_k3.to(tl.float32) * b_c3[:, None]).to(DT)
-        b_w = tl.dot(b_X00, b_y0, input_precision=PREC)  # [BS, BK]
-        tl.store(w + o_k + t0 * H * K, b_w.to(DT), mask=mask_sk)
-        b_w = tl.dot(b_X10, b_y0, input_precision=PREC) + tl.dot(b_X11, b_y1, input_precision=PREC)
-        tl.store(w + o_k + (t0 + BS) * H * K, b_w.to(DT), mask=mask_sk)
-        b_w = (tl.dot(b_X20, b_y0, input_precision=PREC) + tl.dot(b_X21, b_y1, input_precision=PREC)
-               + tl.dot(b_X22, b_y2, input_precision=PREC))
-        tl.store(w + o_k + (t0 + 2 * BS) * H * K, b_w.to(DT), mask=mask_sk)
-        b_w = (tl.dot(b_X30, b_y0, input_precision=PREC) + tl.dot(b_X31, b_y1, input_precision=PREC)
-               + tl.dot(b_X32, b_y2, input_precision=PREC) + tl.dot(b_X33, b_y3, input_precision=PREC))
-        tl.store(w + o_k + (t0 + 3 * BS) * H * K, b_w.to(DT), mask=mask_sk)
+    # -------------------------------------------------------------- (4) W = X diag(β e^Γ) K
+    b_c0, b_c1, b_c2, b_c3 = b_b0, b_b1, b_b2, b_b3
+    if USE_G:
+        b_c0, b_c1, b_c2, b_c3 = b_b0 * tl.exp(b_g0), b_b1 * tl.exp(b_g1), b_b2 * tl.exp(b_g2), b_b3 * tl.exp(b_g3)
+    b_y0, b_y1 = (b_k0.to(tl.float32) * b_c0[:, None]).to(DT), (b_k1.to(tl.float32) * b_c1[:, None]).to(DT)
+    b_y2, b_y3 = (b_k2.to(tl.float32) * b_c2[:, None]).to(DT), (b_k3.to(tl.float32) * b_c3[:, None]).to(DT)
+    b_w = tl.dot(b_X00, b_y0, input_precision=PREC)  # [BS, BK]
+    tl.store(w + o_k + t0 * H * K, b_w.to(DT), mask=mask_sk)
+    b_w = tl.dot(b_X10, b_y0, input_precision=PREC) + tl.dot(b_X11, b_y1, input_precision=PREC)
+    tl.store(w + o_k + (t0 + BS) * H * K, b_w.to(DT), mask=mask_sk)
+    b_w = (tl.dot(b_X20, b_y0, input_precision=PREC) + tl.dot(b_X21, b_y1, input_precision=PREC)
+           + tl.dot(b_X22, b_y2, input_precision=PREC))
+    tl.store(w + o_k + (t0 + 2 * BS) * H * K, b_w.to(DT), mask=mask_sk)
+    b_w = (tl.dot(b_X30, b_y0, input_precision=PREC) + tl.dot(b_X31, b_y1, input_precision=PREC)
+           + tl.dot(b_X32, b_y2, input_precision=PREC) + tl.dot(b_X33, b_y3, input_precision=PREC))
+    tl.store(w + o_k + (t0 + 3 * BS) * H * K, b_w.to(DT), mask=mask_sk)
 
-        # -------------------------------------------------------------- (4) U = X diag(β) V
-        b_y0 = (tl.load(v + o_v + t0 * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b0[:, None]).to(DT)
-        b_y1 = (tl.load(v + o_v + (t0 + BS) * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b1[:, None]).to(DT)
-        b_y2 = (tl.load(v + o_v + (t0 + 2 * BS) * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b2[:, None]).to(DT)
-        b_y3 = (tl.load(v + o_v + (t0 + 3 * BS) * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b3[:, None]).to(DT)
-        b_u = tl.dot(b_X00, b_y0, input_precision=PREC)  # [BS, BVF]
-        tl.store(u + o_v + t0 * H * V, b_u.to(DT), mask=mask_sv)
-        b_u = tl.dot(b_X10, b_y0, input_precision=PREC) + tl.dot(b_X11, b_y1, input_precision=PREC)
-        tl.store(u + o_v + (t0 + BS) * H * V, b_u.to(DT), mask=mask_sv)
-        b_u = (tl.dot(b_X20, b_y0, input_precision=PREC) + tl.dot(b_X21, b_y1, input_precision=PREC)
-               + tl.dot(b_X22, b_y2, input_precision=PREC))
-        tl.store(u + o_v + (t0 + 2 * BS) * H * V, b_u.to(DT), mask=mask_sv)
-        b_u = (tl.dot(b_X30, b_y0, input_precision=PREC) + tl.dot(b_X31, b_y1, input_precision=PREC)
-               + tl.dot(b_X32, b_y2, input_precision=PREC) + tl.dot(b_X33, b_y3, input_precision=PREC))
-        tl.store(u + o_v + (t0 + 3 * BS) * H * V, b_u.to(DT), mask=mask_sv)
+    # -------------------------------------------------------------- (4) U = X diag(β) V
+    b_y0 = (tl.load(v + o_v + t0 * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b0[:, None]).to(DT)
+    b_y1 = (tl.load(v + o_v + (t0 + BS) * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b1[:, None]).to(DT)
+    b_y2 = (tl.load(v + o_v + (t0 + 2 * BS) * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b2[:, None]).to(DT)
+    b_y3 = (tl.load(v + o_v + (t0 + 3 * BS) * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b3[:, None]).to(DT)
+    b_u = tl.dot(b_X00, b_y0, input_precision=PREC)  # [BS, BVF]
+    tl.store(u + o_v + t0 * H * V, b_u.to(DT), mask=mask_sv)
+    b_u = tl.dot(b_X10, b_y0, input_precision=PREC) + tl.dot(b_X11, b_y1, input_precision=PREC)
+    tl.store(u + o_v + (t0 + BS) * H * V, b_u.to(DT), mask=mask_sv)
+    b_u = (tl.dot(b_X20, b_y0, input_precision=PREC) + tl.dot(b_X21, b_y1, input_precision=PREC)
+           + tl.dot(b_X22, b_y2, input_precision=PREC))
+    tl.store(u + o_v + (t0 + 2 * BS) * H * V, b_u.to(DT), mask=mask_sv)
+    b_u = (tl.dot(b_X30, b_y0, input_precision=PREC) + tl.dot(b_X31, b_y1, input_precision=PREC)
+           + tl.dot(b_X32, b_y2, input_precision=PREC) + tl.dot(b_X33, b_y3, input_precision=PREC))
+    tl.store(u + o_v + (t0 + 3 * BS) * H * V, b_u.to(DT), mask=mask_sv)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -725,11 +712,10 @@ def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int):
     Aqk = k.new_empty(B, T, H, CHUNK)  # R = sQKᵀ ⊙ D per chunk, input dtype (a dot operand)
     X = k.new_empty(B, T, H, CHUNK, dtype=torch.float32) if store_X else k.new_empty(1, dtype=torch.float32)
     gam = k.new_empty(B, T, H, dtype=torch.float32) if g is not None else w
-    cfg = t["wy"] if g is not None else t["wy_nogate"]
-    launch(_chunk_wy_fwd_kernel, (triton.cdiv(NT, cfg["CPP"]), B * H),
+    launch(_chunk_wy_fwd_kernel, (NT, B * H),
         q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, scale, T, H, K, V, CHUNK,
         t["BK"], t["BVF"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype), NH=nh,
-        MERGE_PREC=MERGE_PRECISION, **cfg)
+        MERGE_PREC=MERGE_PRECISION, **t["wy"])
     return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
 
 
