@@ -1,0 +1,1107 @@
+"""Triton mirror of zoo/deltanet.py (the delta rule); math, shapes and the layer's meaning there.
+
+This file also holds the one chunkwise kernel set of the whole delta-rule family: the gated delta
+rule S_t = e^{g_t}(I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ, o_t = S_tᵀ(s q_t). DeltaNet is the
+gate-free case (USE_G = False: every gate line is compiled out), fast/gated_deltanet.py passes g,
+and fast/deltaproduct.py runs it over T·n_h micro-steps. Zoo equation numbers below are those of
+zoo/gated_deltanet.py (4): the chunk form; with g ≡ 0 they are zoo/deltanet.py's (4).
+
+Kernel plan (chunk L = BT = 64 rows; Γ = chunk-local cumsum of g; X = (I + A)⁻¹):
+  forward   1. _chunk_wy_fwd_kernel, grid (NT, B·H), parallel over chunks:
+               A = strict_tril(diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}); X blockwise: the four diagonal 16×16
+               blocks by forward substitution column by column, then merged by exact fp32 dots;
+               W = X diag(β e^Γ) K, U = X diag(β) V; and the output's mixing matrix R = sQKᵀ ⊙ D
+               (diagonal included), one [64, 64] dot. Stores W, U, R (input dtype) and Γ (fp32).
+            2. _chunk_state_fwd_kernel, grid (V/BV, B·H), sequential over chunks, S in fp32
+               registers: V_new = U − W S; o = e^Γ ⊙ sQS + R V_new;
+               S ← e^{Γ_L} S + (e^{Γ_L−Γ} ⊙ K)ᵀ V_new. The output is read on the way, so the
+               per-chunk states are never written in the forward.
+  backward  recomputes 1 (now also storing X) and 2 (now storing the chunk-entry states h and
+            V_new instead of o), then
+            3. _chunk_state_bwd_kernel, grid (V/BV, B·H), sequential over chunks in reverse:
+               dV_new = Rᵀ dO + (e^{Γ_L−Γ}⊙K) dS,  dS ← e^{Γ_L} dS + (e^Γ⊙sQ)ᵀ dO − Wᵀ dV_new.
+            4. _chunk_bwd_dqkw_kernel, grid (K/BKS, NT, B·H): dq (final), the dk and dw terms that
+               come through the state and the output, and the gate terms of dΓ.
+            5. _chunk_wy_bwd_kernel, grid (NT, B·H): back through W, U and X = (I + A)⁻¹
+               (dA = −Xᵀ dX Xᵀ): dk (final), dv, dβ, and dg = reverse cumsum of dΓ in the chunk.
+  Stored by the forward for the backward: only the inputs (q, k, v, g, β, h0). Recomputed in
+  the backward: W, U, R, X, Γ, the chunk-entry states h [B, NT, H, K, V] and V_new.
+  decode    _recurrent_fwd_kernel, grid (V/BV, B·H): token loop with S in registers (fla's
+            fused_recurrent scheme), n_h micro-steps per token for DeltaProduct. Its gradient is the
+            chunk backward (same function), so the recurrent op has forward and backward.
+
+Micro-steps (DeltaProduct, NH = n_h > 1; NH = 1 everywhere else): k, v, β have a row per
+  micro-step, q, g, dO and the outputs o, dq, dg a row per token. Micro-step t reads token t // NH
+  (duplicated rows, plain loads); g counts at a token's first micro-step and dO at its last (a
+  tl.where on the loaded rows), o and dq are stored from the last micro-step and dg from the first
+  (masked stores). A duplicated q on a micro-step without an output is harmless: o is not stored
+  there, and in the backward every use of q meets that row's zero dO (dR, the dS update, the dΓ
+  terms). NH must divide the 16-row slab of step 1 (_direct); other n_h interleave on the host.
+Tile rule (head dims only; T is never a compile key: it is in do_not_specialize):
+  BT = 64 always (the chunk_size option is checked and accepted; the result does not depend on it
+  beyond rounding). BK = next power of two ≥ K, whole K in one tile (K, V ≤ 256). One launch
+  configuration per kernel (_tiles: the value tile BV, num_warps, num_stages). At K = V = 128,
+  measured on the H100 (runs 26-27, benchmarks/results/h100-2026-11-23/run27-delta_tiles.py: every
+  candidate of each kernel timed in the whole op, outputs and gradients compared with the old rule):
+    step 1 4 warps (1.21 -> 0.63 ms against 8, spills and all, run 8); steps 2 and 3 BV = 64, 4 warps,
+    3 stages: S is a [128, 64] fp32 tile, 2 programs a head (128 at B·H = 64: one an SM), and the
+    deeper pipeline hides the chunk loads of the serial walk: step 2 0.586 -> 0.257 ms, step 3 about
+    0.33 ms less, against BV = 32 at 2 stages (4 stages do not fit in shared memory); step 4 BV 64,
+    8 warps, 3 stages over the whole K (BKS = 128, one program a chunk instead of two: dO, V_new
+    and dV_new read once; gated 4.39 -> 4.15 ms fwd+bwd, run 28); step 5 BV 32, 8 warps, 3 stages
+    (0.12 ms less). Together: delta rule forward 1.22 -> 0.88 ms, forward + backward 4.27 -> 3.54 ms
+    (runs 27-28, inputs' gradients reset between calls).
+    Two warnings met on the way, both with the gate only and both outside the rule: step 2 at
+    num_stages = 1 gave outputs off by up to 1.9 (BV 16, 4 warps) and then an illegal address (BV 16,
+    8 warps), and step 4 at 4 warps gave gradients 1.2-1.4 (absolute) away from the 8-warp ones,
+    where without the gate the same configurations are bit-identical; not investigated further
+    (Triton 3.6), so the rule keeps to configurations whose results matched bit for bit.
+  Other head dims keep the rule ptxas counts chose (BV = 32, 2 stages; 8 warps from K = 64, 4 below:
+  at 4 warps and K = 128 steps 4 and 5 spill up to 1.8 KB a thread). H stays a compile-time
+  constant (with a runtime H the row strides H·K are not constants, and ptxas for sm_90 spills
+  ~550 bytes a thread in the sequential kernels).
+  No row masks: the host pads T to a multiple of 64 (see _pad_to_chunk); head dims are masked
+  against constexpr K, V, which costs nothing when they are powers of two.
+
+Numerics: every accumulator is fp32 (the state, the dots' outputs). The 16×16 inverses and
+their merges run in fp32 with exact (ieee) dots: the solve is the precision-sensitive step. Other
+dots take operands in the input dtype (bf16/fp16 tensor cores; fp32 inputs use tf32x3, see
+_precision). The final state is fp32.
+
+Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = V = D = 128; one [B, T, H, D]
+bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one head):
+  FLOPs, forward: step 1: the 10 lower 16×16 blocks of K Kᵀ, W and U, and the whole 64×64 Q Kᵀ
+    (16 blocks, 6 of them masked away): 46·16²·D = 1.5 M FMA, plus 81 k FMA of fp32 solve
+    (forward substitution and merges, CUDA cores); step 2: W S, sQS and Kᵀ V_new (L·D² each) and
+    R V_new (L²·D): 3.7 M FMA. Total 5.3 M FMA = 11 MFLOP per chunk-head, × 8192 chunk-heads =
+    87 GFLOP: ~0.12 ms at 750 TFLOP/s, so not the bound.
+  bytes, forward: floor (q, k, v, β read once, o written once) = 4X = 537 MB: 0.18 ms at 3 TB/s.
+    This plan: step 1 reads q, k, v and writes W, U and R (5.5X); step 2 reads q, k, W, U, R and
+    writes o (5.5X, counting the V-tile programs of one head as one read: they run side by side
+    and share L2): 11X = 1.5 GB, 0.49 ms at 3 TB/s, 2.75× the floor. (fla 0.6.0's forward writes
+    and reads A, X, W, U, the chunk states h and V_new: ≈ 20X.)
+    Measured (H100, runs 27-28): forward 0.88 ms = 1.8× this plan's 0.49 ms and 4.9× the floor;
+    step 2 0.26 ms, at its own 5.5X (0.25 ms); step 1 0.63 ms against its 5.5X: the lever left
+    for issue 3's 0.70 ms (step 1 spills at 4 warps on Triton 3.6 and is slower at 8).
+    Session 6 (runs 32-34), step 1 only: R as one [64, 64] dot instead of ten 16×16 blocks and the
+    column-wise diagonal solve: step 1 0.631 -> 0.581 ms, forward 0.883 -> 0.831 ms, fwd + bwd
+    3.57 -> 3.45 ms (gated 0.999 -> 0.941 / 4.16 -> 4.03). Tried and not kept: (a) the "X route"
+    (step 1 stores X, step 2 forms U and W on the fly): forward 0.885 -> 0.879 (delta), 0.999 ->
+    0.978 (gated), DeltaProduct unchanged, but step 2 grew 0.257 -> 0.332 ms (one more dot in its
+    serial chain) and the backward then needs a second step-1 variant, a longer first call;
+    (b) 2 warps with tf32x3 merges: delta forward 0.794, fwd + bwd 3.35 ms, but the gated fwd +
+    bwd first call took 7.5 s; (c) 8 warps: ~2× slower. Without any diagonal inverse (a wrong
+    result, timed to bound it) step 1 takes 0.449 ms: the solve costs ~0.13 ms, the rest of step 1
+    is ~0.2 ms above its bytes (one chunk a program, nothing overlaps its loads but other
+    programs, and 255 registers leave room for few).
+  bytes, backward: 1 (6.5X, X in fp32), 2' (6.5X: h is 2X), 3 (7.5X), 4 (12–15X), 5 (8X): ≈ 42X
+    = 5.6 GB, 1.9 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
+    read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
+    recomputation of steps 1 and 2 (13X of the 42X); saving W, U, R, h, V_new instead would cost
+    the forward 5.5X more writes and the training step that much memory per layer.
+  first call: five kernels (two variants each of steps 1 and 2) compile once per (H, K, V, dtype, gate);
+    T never recompiles. Compiled in series at their launches they took, on the H100 (Triton 3.6,
+    run 20): step 1 1.6–3.9 s a variant, the others 0.2–1.6 s; fwd + bwd first calls 7.3 s (delta
+    rule), 11.3 s (gated), 10.5 s (DeltaProduct). So the ops' first calls compile every variant they
+    will need side by side, from a dry run on tiny inputs (fast/_compile.py; chunk_fwd below).
+    Since run 28 the kernels run 3-stage pipelines and step 1 compiles 2.9-4.8 s on its own; the
+    dry runs compile six variants once each (run 28 had step 1 twice, see _compile._spec). Run 30:
+    fwd + bwd 4.81 s (delta rule), 6.12 s (gated), 5.60 s (DeltaProduct); forwards 3.82, 4.46,
+    4.99 s. Issue 3's 5 s: met for the delta rule and every forward, NOT for the gated and
+    DeltaProduct forward + backward. Compiled for sm_90 on a CPU (Triton 3.9), the new
+    configurations cost more compile time than the old: steps 2, 2', 3, 4 0.76 / 0.61 / 0.83 /
+    0.93 s against 0.51 / 0.37 / 0.52 / 0.56 s (step 1 unchanged, 2.1 s): ~1.2 s more CPU beside
+    step 1's compile, the likely cause (one run each on the GPU; times vary up to 1.7×). The price
+    of 0.3 ms a forward and 0.7 ms a forward + backward; one compiled step 2 for both directions
+    (COMPUTE_O as a runtime flag, as STORE_X is) would take one compile off: not tried.
+    Run 34: the dry run now also loads each compiled binary and builds its launcher (Triton does
+    both lazily, at a kernel's first launch, one kernel after another): fwd + bwd 3.09 s (delta
+    rule), 4.26 s (gated), 4.18 s (DeltaProduct), forwards 3.72, 4.28, 4.27 s, against 4.83,
+    5.30, 5.32 s fwd + bwd in run 33 just before. Issue 3's 5 s: met for every op measured.
+  registers (ptxas, Triton 3.6, sm_90, bf16, K = V = 128, 8 warps): step 1 255 and 40–120 bytes
+    of spill a thread; steps 2–5 198–255, no spills. At K = V = 64: 128–248, no spills.
+
+Legend: i_ program ids · p_ pointers · b_ on-chip blocks (b_S, b_A, b_X, b_w, b_u, b_v_new ...
+names as in the zoo) · offs_ index vectors · mask_ masks · BT BK BV tile sizes · NT number of
+chunks · h0/ht initial/final state · DT the input dtype inside a kernel.
+"""
+
+import os
+from typing import Optional
+
+import torch
+import torch._dynamo  # noqa: F401  a custom op's first call imports it lazily (~1-2 s): pay it here, at import
+import triton
+import triton.language as tl
+
+import zoo.deltanet as zoo_deltanet
+from fast._checks import check_device_and_dtype
+from fast._compile import launch, precompile
+
+CHUNK = 64  # BT: rows per chunk; 4 solve blocks of 16 (tl.dot's smallest tile side)
+SOLVE_BLOCK = 16  # the diagonal blocks inverted by forward substitution
+MAX_HEAD_DIM = 256  # whole K (and V in step 1) in one register tile
+MERGE_PRECISION = "ieee"
+CPP_RUN = 1
+WY_OVERRIDE = {}  # step 1's merges of the 16×16 inverses: exact fp32 dots (see _chunk_wy_fwd_kernel)
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def _tiles(K: int, V: int) -> dict:
+    """The tile rule: a function of the head dims only (never of B or T). One launch configuration
+    per kernel: BV (the value tile of the sequential kernels, the V loop's step in steps 4 and 5),
+    num_warps, num_stages. Chosen by measurement on the H100 at K = V = 128 (the card's "Tiles");
+    other head dims keep the rule ptxas counts chose before (BV 32, 2 stages, 8 warps from K = 64)."""
+    BK, BVF = _pow2(K), _pow2(V)
+    cfg = lambda bv, warps, stages: dict(BV=min(BVF, bv), num_warps=warps, num_stages=stages)
+    nw = 8 if BK >= 64 else 4  # ptxas (sm_90, bf16): at 4 warps and K = 128 step 4 and 5 spill up to 1.8 KB
+    rule = cfg(32, nw, 2)
+    timed = BK == 128 and BVF == 128
+    return dict(BK=BK, BVF=BVF, BKS=BK if timed else min(BK, 64),  # step 4's K slice (128: one slice, run 28)
+                wy=dict(num_warps=4, num_stages=1),  # step 1, forward and the backward's recomputation
+                # the sequential steps 2 and 3: 2 V tiles a head (128 programs at B·H = 64, one an SM)
+                # with a 3-deep pipeline, against 4 tiles and 2 stages: 2.3x (step 2), 1.9x (step 3)
+                state_fwd=cfg(64, 4, 3) if timed else cfg(32, 4, 2),  # step 2 computing o
+                state_rec=cfg(64, 4, 3) if timed else rule,  # step 2 in the backward (stores h, V_new)
+                state_bwd=cfg(64, 4, 3) if timed else rule,  # step 3
+                dqkw=cfg(64, 8, 3) if timed else rule,  # step 4
+                wy_bwd=cfg(32, 8, 3) if timed else rule,  # step 5
+                recurrent=cfg(32, 4, 1))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """Dots on fp32 operands. fp32 inputs: tf32x3 (three tf32 products, about fp32 accuracy, still
+    on tensor cores; "ieee" made ptxas unroll FMA loops with 13 KB of spills and 40 s compiles).
+    16-bit inputs: operands are 16-bit, and tf32 only touches the WY backward's fp32-operand dots.
+    The 16×16 solve always runs in exact fp32 ("ieee"). The interpreter computes every dot exactly."""
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+# ================================================================================================
+# Kernels
+# ================================================================================================
+# Loads and stores are written inline, not through @triton.jit helpers: under the interpreter
+# every helper call re-patches triton.language (~2.5 ms), which dominated the CPU test time.
+@triton.jit
+def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
+    """(I + a)⁻¹ for four strictly lower-triangular [BS, BS] blocks at once, column by column.
+
+    Start from X = I; step m subtracts a_im · X_m from every row i (zero for i ≤ m), after which
+    row m + 1 is final. Each step is one masked reduction of X (its row m) and a rank-1 update; the
+    columns of a do not depend on X, so their extraction is off the loop's critical path. (Row by
+    row, Y_i = −a_i − Σ_j a_ij Y_j, took two dependent reductions a step: as fast on the H100, and
+    1.7× the error on a stress case of near-parallel keys with β = 1.9, run 33.)"""
+    b_a = tl.reshape(tl.join(tl.join(b_a0, b_a1), tl.join(b_a2, b_a3)), (BS, BS, 4))  # [BS, BS, 4]
+    offs = tl.arange(0, BS)
+    b_x = tl.where(offs[:, None, None] == offs[None, :, None], 1., 0.) + tl.zeros((BS, BS, 4), tl.float32)  # I
+    for m in tl.static_range(0, BS - 1):
+        b_col = tl.sum(tl.where(offs[None, :, None] == m, b_a, 0.), 1)  # a_{·m}  [BS, 4]
+        b_row = tl.sum(tl.where(offs[:, None, None] == m, b_x, 0.), 0)  # X_m  [BS, 4]
+        b_x -= b_col[:, None, :] * b_row[None, :, :]
+    b_x01, b_x23 = tl.split(tl.reshape(b_x, (BS, BS, 2, 2)))
+    b_x0, b_x1 = tl.split(b_x01)
+    b_x2, b_x3 = tl.split(b_x23)
+    return b_x0, b_x1, b_x2, b_x3
+
+
+@triton.jit(do_not_specialize=["T", "STORE_X"])
+def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.constexpr,
+                         K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                         BVF: tl.constexpr, USE_G: tl.constexpr, STORE_X,
+                         PREC: tl.constexpr, NH: tl.constexpr, MERGE_PREC: tl.constexpr, CPP: tl.constexpr = 1):
+    """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V, and the output's mixing
+    matrix R = sQKᵀ ⊙ D (diagonal included) for one chunk (zoo (4)). NH: micro-steps per row of q
+    and g (DeltaProduct's direct path; 1 otherwise): see "Micro-steps" in the card."""
+    # -------------------------------------------------------------- map program -> (chunk, head)
+    i_p, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    BS: tl.constexpr = 16  # the chunk is 4 slabs of 16 rows: r = 0..3 in the names below
+    DT = k.dtype.element_ty
+    offs_s = tl.arange(0, BS)
+    offs_k, offs_v = tl.arange(0, BK), tl.arange(0, BVF)
+    mask_k, mask_v = offs_k < K, offs_v < V
+    # pointers to this (batch, head)'s first row: the only 64-bit offsets; the tiles' are int32
+    o_bh = i_b * T * H + i_h
+    o_bq = i_b * (T // NH) * H + i_h  # q and g: one row per token (T // NH of them)
+    q, k, w, v, u = q + o_bq * K, k + o_bh * K, w + o_bh * K, v + o_bh * V, u + o_bh * V
+    X, Aqk, beta, g, gam = X + o_bh * BT, Aqk + o_bh * BT, beta + o_bh, g + o_bq, gam + o_bh
+    o_k = offs_s[:, None] * (H * K) + offs_k[None, :]  # one slab  [BS, BK]
+    first = (offs_s % NH) == 0  # g enters at a token's first micro-step (zoo/deltaproduct.py (3))
+    p_g = g + (offs_s // NH) * H  # micro-step r of a slab reads token r // NH
+    o_v = offs_s[:, None] * (H * V) + offs_v[None, :]
+    o_x = offs_s[:, None] * (H * BT) + offs_s[None, :]
+    o_s = offs_s * H
+    mask_sk, mask_sv = mask_k[None, :], mask_v[None, :]  # head dims only: T is a multiple of BT
+
+    n_c = tl.minimum(CPP, T // BT - i_p * CPP)
+    for i_c in range(0, n_c):
+        t0 = (i_p * CPP + i_c) * BT
+        # -------------------------------------------------------------- load k, β, and Γ
+        b_k0 = tl.load(k + o_k + t0 * H * K, mask=mask_sk, other=0.)  # [BS, BK]
+        b_k1 = tl.load(k + o_k + (t0 + BS) * H * K, mask=mask_sk, other=0.)
+        b_k2 = tl.load(k + o_k + (t0 + 2 * BS) * H * K, mask=mask_sk, other=0.)
+        b_k3 = tl.load(k + o_k + (t0 + 3 * BS) * H * K, mask=mask_sk, other=0.)
+        b_b0 = tl.load(beta + o_s + t0 * H).to(tl.float32)  # [BS]
+        b_b1 = tl.load(beta + o_s + (t0 + BS) * H).to(tl.float32)
+        b_b2 = tl.load(beta + o_s + (t0 + 2 * BS) * H).to(tl.float32)
+        b_b3 = tl.load(beta + o_s + (t0 + 3 * BS) * H).to(tl.float32)
+        if USE_G:  # Γ = cumsum of g inside the chunk; padded tokens have g = 0
+            b_g0 = tl.cumsum(tl.where(first, tl.load(p_g + t0 // NH * H).to(tl.float32), 0.), 0)
+            b_g1 = tl.cumsum(tl.where(first, tl.load(p_g + (t0 + BS) // NH * H).to(tl.float32), 0.), 0)
+            b_g2 = tl.cumsum(tl.where(first, tl.load(p_g + (t0 + 2 * BS) // NH * H).to(tl.float32), 0.), 0)
+            b_g3 = tl.cumsum(tl.where(first, tl.load(p_g + (t0 + 3 * BS) // NH * H).to(tl.float32), 0.), 0)
+            b_g1 += tl.sum(tl.where(offs_s == BS - 1, b_g0, 0.), 0)  # + Γ at the end of the slab above
+            b_g2 += tl.sum(tl.where(offs_s == BS - 1, b_g1, 0.), 0)
+            b_g3 += tl.sum(tl.where(offs_s == BS - 1, b_g2, 0.), 0)
+            tl.store(gam + o_s + t0 * H, b_g0)
+            tl.store(gam + o_s + (t0 + BS) * H, b_g1)
+            tl.store(gam + o_s + (t0 + 2 * BS) * H, b_g2)
+            tl.store(gam + o_s + (t0 + 3 * BS) * H, b_g3)
+
+        # -------------------------------------------------------------- (4) R = sQKᵀ ⊙ D, diagonal included
+        # (stored for steps 2 and 3, which would otherwise recompute it once per V-tile: measured with
+        # ptxas for sm_90, computing it inside the sequential loop costs ~100 registers and spills; tried
+        # again at step 2's current tiles on the H100, run 29: the delta rule's forward 0.880 -> 0.835 ms,
+        # the gated 1.005 -> 1.044 and DeltaProduct 0.945 -> 0.980 (160 B of spill with the gate): dropped).
+        # One [BT, BT] dot over the whole chunk, q and k read again as [BT, BK] tiles (from L1/L2): ten
+        # [16, 16] blocks from the slabs took 0.04-0.07 ms longer a call (run 33)
+        offs_r = tl.arange(0, BT)
+        o_qt = (offs_r // NH)[:, None] * (H * K) + offs_k[None, :]  # micro-step r reads token r // NH  [BT, BK]
+        b_qt = tl.load(q + o_qt + t0 // NH * H * K, mask=mask_sk, other=0.)  # [BT, BK]
+        b_kt = tl.load(k + offs_r[:, None] * (H * K) + offs_k[None, :] + t0 * H * K, mask=mask_sk, other=0.)
+        b_R = tl.dot(b_qt, tl.trans(b_kt), input_precision=PREC)  # [BT, BT]
+        mask_dt = offs_r[:, None] >= offs_r[None, :]
+        if USE_G:
+            b_gt = tl.cumsum(tl.where((offs_r % NH) == 0,
+                                      tl.load(g + (offs_r // NH) * H + t0 // NH * H).to(tl.float32), 0.), 0)  # Γ  [BT]
+            b_R *= tl.exp(tl.where(mask_dt, b_gt[:, None] - b_gt[None, :], float('-inf')))
+        tl.store(Aqk + offs_r[:, None] * (H * BT) + offs_r[None, :] + t0 * H * BT,
+                 (tl.where(mask_dt, b_R, 0.) * scale).to(DT))
+        # -------------------------------------------------------------- (4) A = diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}, strictly lower
+        b_A00 = tl.dot(b_k0, tl.trans(b_k0), input_precision=PREC) * b_b0[:, None]  # diagonal blocks  [BS, BS]
+        b_A11 = tl.dot(b_k1, tl.trans(b_k1), input_precision=PREC) * b_b1[:, None]
+        b_A22 = tl.dot(b_k2, tl.trans(b_k2), input_precision=PREC) * b_b2[:, None]
+        b_A33 = tl.dot(b_k3, tl.trans(b_k3), input_precision=PREC) * b_b3[:, None]
+        b_A10 = tl.dot(b_k1, tl.trans(b_k0), input_precision=PREC) * b_b1[:, None]  # below the diagonal
+        b_A20 = tl.dot(b_k2, tl.trans(b_k0), input_precision=PREC) * b_b2[:, None]
+        b_A21 = tl.dot(b_k2, tl.trans(b_k1), input_precision=PREC) * b_b2[:, None]
+        b_A30 = tl.dot(b_k3, tl.trans(b_k0), input_precision=PREC) * b_b3[:, None]
+        b_A31 = tl.dot(b_k3, tl.trans(b_k1), input_precision=PREC) * b_b3[:, None]
+        b_A32 = tl.dot(b_k3, tl.trans(b_k2), input_precision=PREC) * b_b3[:, None]
+        mask_s = offs_s[:, None] > offs_s[None, :]
+        if USE_G:  # decays; in a diagonal block mask before exp (above the diagonal Γ_i − Γ_j > 0)
+            b_A00 *= tl.exp(tl.where(mask_s, b_g0[:, None] - b_g0[None, :], float('-inf')))
+            b_A11 *= tl.exp(tl.where(mask_s, b_g1[:, None] - b_g1[None, :], float('-inf')))
+            b_A22 *= tl.exp(tl.where(mask_s, b_g2[:, None] - b_g2[None, :], float('-inf')))
+            b_A33 *= tl.exp(tl.where(mask_s, b_g3[:, None] - b_g3[None, :], float('-inf')))
+            b_A10 *= tl.exp(b_g1[:, None] - b_g0[None, :])
+            b_A20 *= tl.exp(b_g2[:, None] - b_g0[None, :])
+            b_A21 *= tl.exp(b_g2[:, None] - b_g1[None, :])
+            b_A30 *= tl.exp(b_g3[:, None] - b_g0[None, :])
+            b_A31 *= tl.exp(b_g3[:, None] - b_g1[None, :])
+            b_A32 *= tl.exp(b_g3[:, None] - b_g2[None, :])
+        b_A00, b_A11 = tl.where(mask_s, b_A00, 0.), tl.where(mask_s, b_A11, 0.)
+        b_A22, b_A33 = tl.where(mask_s, b_A22, 0.), tl.where(mask_s, b_A33, 0.)
+
+        # -------------------------------------------------------------- X = (I + A)⁻¹, blocked
+        # Diagonal blocks by forward substitution; then block row r of (I + A) X = I gives
+        # X_rj = −X_rr Σ_{j ≤ m < r} A_rm X_mj, one block diagonal further out at a time.
+        b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4(b_A00, b_A11, b_A22, b_A33, BS)
+        b_X10 = -tl.dot(b_X11, tl.dot(b_A10, b_X00, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+        b_X21 = -tl.dot(b_X22, tl.dot(b_A21, b_X11, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+        b_X32 = -tl.dot(b_X33, tl.dot(b_A32, b_X22, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+        b_X20 = -tl.dot(b_X22, tl.dot(b_A20, b_X00, input_precision=MERGE_PREC)
+                        + tl.dot(b_A21, b_X10, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+        b_X31 = -tl.dot(b_X33, tl.dot(b_A31, b_X11, input_precision=MERGE_PREC)
+                        + tl.dot(b_A32, b_X21, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+        b_X30 = -tl.dot(b_X33, tl.dot(b_A30, b_X00, input_precision=MERGE_PREC)
+                        + tl.dot(b_A31, b_X10, input_precision=MERGE_PREC)
+                        + tl.dot(b_A32, b_X20, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+        if STORE_X != 0:  # for the backward; the blocks above the diagonal are never read. A runtime
+            # flag, not a constexpr: the forward and the backward's recomputation share one compiled
+            # kernel, the slowest of the family to compile (1.6-4.2 s on the H100, runs 20-22)
+            tl.store(X + o_x + t0 * H * BT, b_X00)
+            tl.store(X + o_x + (t0 + BS) * H * BT, b_X10)
+            tl.store(X + o_x + (t0 + BS) * H * BT + BS, b_X11)
+            tl.store(X + o_x + (t0 + 2 * BS) * H * BT, b_X20)
+            tl.store(X + o_x + (t0 + 2 * BS) * H * BT + BS, b_X21)
+            tl.store(X + o_x + (t0 + 2 * BS) * H * BT + 2 * BS, b_X22)
+            tl.store(X + o_x + (t0 + 3 * BS) * H * BT, b_X30)
+            tl.store(X + o_x + (t0 + 3 * BS) * H * BT + BS, b_X31)
+            tl.store(X + o_x + (t0 + 3 * BS) * H * BT + 2 * BS, b_X32)
+            tl.store(X + o_x + (t0 + 3 * BS) * H * BT + 3 * BS, b_X33)
+        # the X blocks as dot operands in the input dtype (16-bit tensor cores; a no-op for fp32)
+        b_X00, b_X10, b_X11, b_X20, b_X21 = b_X00.to(DT), b_X10.to(DT), b_X11.to(DT), b_X20.to(DT), b_X21.to(DT)
+        b_X22, b_X30, b_X31, b_X32, b_X33 = b_X22.to(DT), b_X30.to(DT), b_X31.to(DT), b_X32.to(DT), b_X33.to(DT)
+
+        # -------------------------------------------------------------- (4) W = X diag(β e^Γ) K
+        b_c0, b_c1, b_c2, b_c3 = b_b0, b_b1, b_b2, b_b3
+        if USE_G:
+            b_c0, b_c1, b_c2, b_c3 = b_b0 * tl.exp(b_g0), b_b1 * tl.exp(b_g1), b_b2 * tl.exp(b_g2), b_b3 * tl.exp(b_g3)
+        b_y0, b_y1 = (b_k0.to(tl.float32) * b_c0[:, None]).to(DT), (b_k1.to(tl.float32) * b_c1[:, None]).to(DT)
+        b_y2, b_y3 = (b_k2.to(tl.float32) * b_c2[:, None]).to(DT), (b_k3.to(tl.float32) * b_c3[:, None]).to(DT)
+        b_w = tl.dot(b_X00, b_y0, input_precision=PREC)  # [BS, BK]
+        tl.store(w + o_k + t0 * H * K, b_w.to(DT), mask=mask_sk)
+        b_w = tl.dot(b_X10, b_y0, input_precision=PREC) + tl.dot(b_X11, b_y1, input_precision=PREC)
+        tl.store(w + o_k + (t0 + BS) * H * K, b_w.to(DT), mask=mask_sk)
+        b_w = (tl.dot(b_X20, b_y0, input_precision=PREC) + tl.dot(b_X21, b_y1, input_precision=PREC)
+               + tl.dot(b_X22, b_y2, input_precision=PREC))
+        tl.store(w + o_k + (t0 + 2 * BS) * H * K, b_w.to(DT), mask=mask_sk)
+        b_w = (tl.dot(b_X30, b_y0, input_precision=PREC) + tl.dot(b_X31, b_y1, input_precision=PREC)
+               + tl.dot(b_X32, b_y2, input_precision=PREC) + tl.dot(b_X33, b_y3, input_precision=PREC))
+        tl.store(w + o_k + (t0 + 3 * BS) * H * K, b_w.to(DT), mask=mask_sk)
+
+        # -------------------------------------------------------------- (4) U = X diag(β) V
+        b_y0 = (tl.load(v + o_v + t0 * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b0[:, None]).to(DT)
+        b_y1 = (tl.load(v + o_v + (t0 + BS) * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b1[:, None]).to(DT)
+        b_y2 = (tl.load(v + o_v + (t0 + 2 * BS) * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b2[:, None]).to(DT)
+        b_y3 = (tl.load(v + o_v + (t0 + 3 * BS) * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b3[:, None]).to(DT)
+        b_u = tl.dot(b_X00, b_y0, input_precision=PREC)  # [BS, BVF]
+        tl.store(u + o_v + t0 * H * V, b_u.to(DT), mask=mask_sv)
+        b_u = tl.dot(b_X10, b_y0, input_precision=PREC) + tl.dot(b_X11, b_y1, input_precision=PREC)
+        tl.store(u + o_v + (t0 + BS) * H * V, b_u.to(DT), mask=mask_sv)
+        b_u = (tl.dot(b_X20, b_y0, input_precision=PREC) + tl.dot(b_X21, b_y1, input_precision=PREC)
+               + tl.dot(b_X22, b_y2, input_precision=PREC))
+        tl.store(u + o_v + (t0 + 2 * BS) * H * V, b_u.to(DT), mask=mask_sv)
+        b_u = (tl.dot(b_X30, b_y0, input_precision=PREC) + tl.dot(b_X31, b_y1, input_precision=PREC)
+               + tl.dot(b_X32, b_y2, input_precision=PREC) + tl.dot(b_X33, b_y3, input_precision=PREC))
+        tl.store(u + o_v + (t0 + 3 * BS) * H * V, b_u.to(DT), mask=mask_sv)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T, H: tl.constexpr,
+                            K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                            BV: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
+                            COMPUTE_O: tl.constexpr, STORE_H: tl.constexpr, PREC: tl.constexpr,
+                            NH: tl.constexpr):
+    """Step 2: V_new = U − W S; o = e^Γ⊙sQS + R V_new (R = sQKᵀ⊙D from step 1);
+    S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new."""
+    # -------------------------------------------------------------- map program -> (V tile, head)
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    DT = k.dtype.element_ty
+    NT = tl.cdiv(T, BT)
+    offs_r, offs_k, offs_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    mask_k, mask_v = offs_k < K, offs_v < V
+    o_bh = i_b * T * H + i_h  # this (batch, head)'s first row: the only 64-bit offset
+    o_k = offs_r[:, None] * (H * K) + offs_k[None, :]  # chunk tile, int32  [BT, BK]
+    o_v = offs_r[:, None] * (H * V) + offs_v[None, :]  # chunk tile, int32  [BT, BV]
+    o_bq = i_b * (T // NH) * H + i_h  # q and o: one row per token (NH micro-steps each)
+    q, k, w, u, o, v_new = q + o_bq * K, k + o_bh * K, w + o_bh * K, u + o_bh * V, o + o_bq * V, v_new + o_bh * V
+    gam, Aqk = gam + o_bh, Aqk + o_bh * BT
+    o_q = (offs_r // NH)[:, None] * (H * K) + offs_k[None, :]  # micro-step r reads token r // NH  [BT, BK]
+    o_o = (offs_r // NH)[:, None] * (H * V) + offs_v[None, :]  # [BT, BV]
+    o_a = offs_r[:, None] * (H * BT) + offs_r[None, :]  # the chunk's R  [BT, BT]
+    mask_kv = mask_k[:, None] & mask_v[None, :]
+    mask_tk, mask_tv = mask_k[None, :], mask_v[None, :]  # head dims only: T is a multiple of BT
+    mask_to = mask_tv & ((offs_r % NH) == NH - 1)[:, None]  # a token's output is its last micro-step's
+    offs_kv = offs_k[:, None] * V + offs_v[None, :]
+    # -------------------------------------------------------------- the state, fp32 registers
+    b_S = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_S += tl.load(h0 + i_bh.to(tl.int64) * K * V + offs_kv, mask=mask_kv, other=0.)
+    for i_t in range(NT):
+        t0 = i_t * BT
+        if STORE_H:  # the state entering chunk i_t, for the backward
+            p_h = h + ((i_b * NT + i_t) * H + i_h) * K * V
+            tl.store(p_h + offs_kv, b_S.to(p_h.dtype.element_ty), mask=mask_kv)
+        # ---------------------------------------------------------- (4) V_new = U − W S
+        b_w = tl.load(w + o_k + t0 * H * K, mask=mask_tk, other=0.)  # [BT, BK]
+        b_u = tl.load(u + o_v + t0 * H * V, mask=mask_tv, other=0.).to(tl.float32)  # [BT, BV]
+        b_v_new = b_u - tl.dot(b_w, b_S.to(DT), input_precision=PREC)  # [BT, BV]
+        if STORE_H:
+            tl.store(v_new + o_v + t0 * H * V, b_v_new.to(DT), mask=mask_tv)
+        b_k = tl.load(k + o_k + t0 * H * K, mask=mask_tk, other=0.)  # [BT, BK]
+        if USE_G:
+            b_g = tl.load(gam + (t0 + offs_r) * H)  # Γ  [BT]
+            b_g_last = tl.load(gam + (t0 + BT - 1) * H)  # Γ_L
+        # ---------------------------------------------------------- (4) o = e^Γ⊙sQS + R V_new
+        if COMPUTE_O:
+            b_q = tl.load(q + o_q + t0 // NH * H * K, mask=mask_tk, other=0.)  # [BT, BK]
+            b_o = tl.dot(b_q, b_S.to(DT), input_precision=PREC) * scale  # [BT, BV]
+            if USE_G:
+                b_o = b_o * tl.exp(b_g)[:, None]
+            b_R = tl.load(Aqk + o_a + t0 * H * BT)  # sQKᵀ ⊙ D from step 1  [BT, BT]
+            b_o += tl.dot(b_R, b_v_new.to(DT), input_precision=PREC)
+            tl.store(o + o_o + t0 // NH * H * V, b_o.to(o.dtype.element_ty), mask=mask_to)
+        # ---------------------------------------------------------- (4) S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new
+        if USE_G:
+            b_v_new = b_v_new * tl.exp(b_g_last - b_g)[:, None]
+            b_S = b_S * tl.exp(b_g_last)
+        b_S += tl.dot(tl.trans(b_k), b_v_new.to(DT), input_precision=PREC)
+    tl.store(ht + i_bh.to(tl.int64) * K * V + offs_kv, b_S, mask=mask_kv)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _chunk_state_bwd_kernel(q, k, w, gam, Aqk, do, dht, dh, dv_new, dh0, scale, T, H: tl.constexpr,
+                            K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                            BV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
+                            PREC: tl.constexpr, NH: tl.constexpr):
+    """Step 3, chunks in reverse: dV_new = RᵀdO + (e^{Γ_L−Γ}⊙K) dS (R = sQKᵀ⊙D from step 1);
+    dS ← e^{Γ_L} dS + (e^Γ⊙sQ)ᵀ dO − Wᵀ dV_new. dS is the gradient of the state leaving the chunk."""
+    # -------------------------------------------------------------- map program -> (V tile, head)
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    DT = k.dtype.element_ty
+    NT = tl.cdiv(T, BT)
+    offs_r, offs_k, offs_v = tl.arange(0, BT), tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    mask_k, mask_v = offs_k < K, offs_v < V
+    o_bh = i_b * T * H + i_h  # this (batch, head)'s first row: the only 64-bit offset
+    o_k = offs_r[:, None] * (H * K) + offs_k[None, :]  # chunk tile, int32  [BT, BK]
+    o_v = offs_r[:, None] * (H * V) + offs_v[None, :]  # chunk tile, int32  [BT, BV]
+    o_bq = i_b * (T // NH) * H + i_h  # q and do: one row per token (NH micro-steps each)
+    q, k, w, do, dv_new, gam = q + o_bq * K, k + o_bh * K, w + o_bh * K, do + o_bq * V, dv_new + o_bh * V, gam + o_bh
+    Aqk = Aqk + o_bh * BT
+    o_kT = offs_k[:, None] + offs_r[None, :] * (H * K)  # the transposed chunk tile  [BK, BT]
+    o_qT = offs_k[:, None] + (offs_r // NH)[None, :] * (H * K)  # micro-step r reads token r // NH  [BK, BT]
+    o_do = (offs_r // NH)[:, None] * (H * V) + offs_v[None, :]  # [BT, BV]
+    last = ((offs_r % NH) == NH - 1)[:, None]  # only a token's last micro-step has an output (and a dO)
+    mask_kt = mask_k[:, None]
+    o_a = offs_r[:, None] * (H * BT) + offs_r[None, :]  # the chunk's R  [BT, BT]
+    mask_kv = mask_k[:, None] & mask_v[None, :]
+    mask_tk, mask_tv = mask_k[None, :], mask_v[None, :]  # head dims only: T is a multiple of BT
+    offs_kv = offs_k[:, None] * V + offs_v[None, :]
+    b_dS = tl.zeros([BK, BV], dtype=tl.float32)  # fp32 accumulator
+    if USE_DHT:
+        b_dS += tl.load(dht + i_bh.to(tl.int64) * K * V + offs_kv, mask=mask_kv, other=0.)
+    for i_rev in range(NT):
+        i_t = NT - 1 - i_rev
+        t0 = i_t * BT
+        p_dh = dh + ((i_b * NT + i_t) * H + i_h) * K * V
+        tl.store(p_dh + offs_kv, b_dS.to(p_dh.dtype.element_ty), mask=mask_kv)
+        # ---------------------------------------------------------- load
+        b_k = tl.load(k + o_k + t0 * H * K, mask=mask_tk, other=0.)  # [BT, BK]
+        b_qT = tl.load(q + o_qT + t0 // NH * H * K, mask=mask_kt, other=0.)  # Qᵀ, loaded transposed  [BK, BT]
+        b_wT = tl.load(w + o_kT + t0 * H * K, mask=mask_kt, other=0.)  # Wᵀ  [BK, BT]
+        b_do = tl.where(last, tl.load(do + o_do + t0 // NH * H * V, mask=mask_tv, other=0.), 0.)  # [BT, BV]
+        # ---------------------------------------------------------- dV_new
+        b_R = tl.load(Aqk + o_a + t0 * H * BT)  # sQKᵀ ⊙ D from step 1  [BT, BT]
+        b_dSk = tl.dot(b_k, b_dS.to(DT), input_precision=PREC)  # K dS  [BT, BV]
+        b_dos = b_do.to(tl.float32) * scale  # (e^Γ⊙sQ)ᵀdO = Qᵀ(s e^Γ⊙dO): scale the small tile  [BT, BV]
+        if USE_G:
+            b_g = tl.load(gam + (t0 + offs_r) * H)
+            b_g_last = tl.load(gam + (t0 + BT - 1) * H)
+            b_dSk = b_dSk * tl.exp(b_g_last - b_g)[:, None]
+            b_dos = b_dos * tl.exp(b_g)[:, None]
+        b_dv = tl.dot(tl.trans(b_R), b_do, input_precision=PREC) + b_dSk  # [BT, BV]
+        tl.store(dv_new + o_v + t0 * H * V, b_dv.to(dv_new.dtype.element_ty), mask=mask_tv)
+        # ---------------------------------------------------------- dS of the state entering the chunk
+        if USE_G:
+            b_dS = b_dS * tl.exp(b_g_last)
+        b_dS += tl.dot(b_qT, b_dos.to(DT), input_precision=PREC)
+        b_dS -= tl.dot(b_wT, b_dv.to(DT), input_precision=PREC)
+    tl.store(dh0 + i_bh.to(tl.int64) * K * V + offs_kv, b_dS, mask=mask_kv)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam, scale, T,
+                           H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                           BKS: tl.constexpr, BV: tl.constexpr, USE_G: tl.constexpr,
+                           PREC: tl.constexpr, NH: tl.constexpr):
+    """Step 4, one K slice of one chunk: dq = s(e^Γ⊙dO Sᵀ + dR K), dk = s dRᵀQ + e^{Γ_L−Γ}⊙V_new dS_outᵀ,
+    dw = −dV_new Sᵀ, with dR = (dO V_newᵀ) ⊙ D; and this slice's share of dΓ."""
+    # -------------------------------------------------------------- map program -> (K slice, chunk, head)
+    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    DT = k.dtype.element_ty
+    NT = tl.cdiv(T, BT)
+    t0 = i_t * BT
+    offs_r = tl.arange(0, BT)
+    offs_t = t0 + offs_r
+    offs_k = i_k * BKS + tl.arange(0, BKS)
+    mask_tk = (offs_k < K)[None, :]  # head dims only: T is a multiple of BT
+    o_bh = i_b * T * H + i_h  # this (batch, head)'s first row: the only 64-bit offsets
+    o_bq = i_b * (T // NH) * H + i_h  # q, dq and do: one row per token (NH micro-steps each)
+    q, k, dq, dk, dw = q + o_bq * K, k + o_bh * K, dq + o_bq * K, dk + o_bh * K, dw + o_bh * K
+    v_new, do, dv_new, gam = v_new + o_bh * V, do + o_bq * V, dv_new + o_bh * V, gam + o_bh
+    h, dh = h + ((i_b * NT + i_t) * H + i_h) * K * V, dh + ((i_b * NT + i_t) * H + i_h) * K * V
+    o_k = offs_t[:, None] * (H * K) + offs_k[None, :]  # int32  [BT, BKS]
+    o_q = (offs_t // NH)[:, None] * (H * K) + offs_k[None, :]  # micro-step t reads token t // NH  [BT, BKS]
+    last = ((offs_r % NH) == NH - 1)[:, None]  # only a token's last micro-step has an output (and a dO)
+    # -------------------------------------------------------------- loop over V tiles (fp32 accumulators)
+    b_dq = tl.zeros([BT, BKS], dtype=tl.float32)  # dO Sᵀ
+    b_dkb = tl.zeros([BT, BKS], dtype=tl.float32)  # V_new dS_outᵀ
+    b_dw = tl.zeros([BT, BKS], dtype=tl.float32)  # dV_new Sᵀ
+    b_dP = tl.zeros([BT, BT], dtype=tl.float32)  # dO V_newᵀ
+    b_dSS = tl.zeros([BKS], dtype=tl.float32)  # Σ_v S ⊙ dS_out, for the chunk decay e^{Γ_L}
+    for i_v in range(tl.cdiv(V, BV)):
+        offs_v = i_v * BV + tl.arange(0, BV)
+        mask_v = offs_v < V
+        mask_kv = (offs_k < K)[:, None] & mask_v[None, :]
+        mask_tv = mask_v[None, :]
+        o_kv = offs_k[:, None] * V + offs_v[None, :]
+        o_v = offs_t[:, None] * (H * V) + offs_v[None, :]
+        b_h = tl.load(h + o_kv, mask=mask_kv, other=0.)  # S  [BKS, BV]
+        b_dh = tl.load(dh + o_kv, mask=mask_kv, other=0.)  # dS_out  [BKS, BV]
+        b_vn = tl.load(v_new + o_v, mask=mask_tv, other=0.)  # [BT, BV]
+        b_do = tl.where(last, tl.load(do + (offs_t // NH)[:, None] * (H * V) + offs_v[None, :], mask=mask_tv,
+                                      other=0.), 0.)
+        b_dvn = tl.load(dv_new + o_v, mask=mask_tv, other=0.)
+        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+        b_dkb += tl.dot(b_vn, tl.trans(b_dh), input_precision=PREC)
+        b_dw += tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
+        b_dP += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
+        if USE_G:
+            b_dSS += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), 1)
+    # -------------------------------------------------------------- intra-chunk terms
+    b_q = tl.load(q + o_q, mask=mask_tk, other=0.)  # [BT, BKS]
+    b_k = tl.load(k + o_k, mask=mask_tk, other=0.)
+    mask_c = offs_r[:, None] >= offs_r[None, :]
+    if USE_G:
+        b_g = tl.load(gam + offs_t * H)
+        t_last = t0 + BT - 1
+        b_g_last = tl.load(gam + t_last * H)
+        b_dR = b_dP * tl.exp(tl.where(mask_c, b_g[:, None] - b_g[None, :], float('-inf')))
+    else:
+        b_dR = b_dP
+    b_dR = tl.where(mask_c, b_dR, 0.)  # dL/d(sQKᵀ)  [BT, BT]
+    b_dq_inter = b_dq
+    if USE_G:
+        b_dq_inter = b_dq * tl.exp(b_g)[:, None]
+    b_dq_out = (b_dq_inter + tl.dot(b_dR.to(DT), b_k, input_precision=PREC)) * scale
+    tl.store(dq + o_q, b_dq_out.to(dq.dtype.element_ty), mask=mask_tk & last)
+    b_dk_out = tl.dot(tl.trans(b_dR).to(DT), b_q, input_precision=PREC) * scale
+    if USE_G:
+        b_dk_out += b_dkb * tl.exp(b_g_last - b_g)[:, None]
+    else:
+        b_dk_out += b_dkb
+    tl.store(dk + o_k, b_dk_out.to(dk.dtype.element_ty), mask=mask_tk)
+    tl.store(dw + o_k, (-b_dw).to(dw.dtype.element_ty), mask=mask_tk)
+    # -------------------------------------------------------------- this slice's share of dΓ
+    if USE_G:
+        b_Y = b_dR * tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale  # dR ⊙ R (this slice's share)
+        b_kdk = tl.sum(b_k.to(tl.float32) * b_dkb, 1) * tl.exp(b_g_last - b_g)  # k̄·dk̄ per row  [BT]
+        b_dg = scale * tl.exp(b_g) * tl.sum(b_q.to(tl.float32) * b_dq, 1) + tl.sum(b_Y, 1) - tl.sum(b_Y, 0) - b_kdk
+        b_dg += tl.where(offs_t == t_last, tl.sum(b_kdk, 0) + tl.exp(b_g_last) * tl.sum(b_dSS, 0), 0.)
+        p_dgam = dgam + i_k.to(tl.int64) * tl.num_programs(2) * T + o_bh  # [NK, B, T, H]
+        tl.store(p_dgam + offs_t * H, b_dg)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, dbeta, dg, T,
+                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                         BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
+                         USE_G: tl.constexpr, PREC: tl.constexpr, NH: tl.constexpr):
+    """Step 5: back through W = X diag(β e^Γ) K, U = X diag(β) V and X = (I + A)⁻¹ (dA = −Xᵀ dX Xᵀ)."""
+    # -------------------------------------------------------------- map program -> (chunk, head)
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    DT = k.dtype.element_ty
+    t0 = i_t * BT
+    offs_r = tl.arange(0, BT)
+    offs_t = t0 + offs_r
+    offs_k = tl.arange(0, BK)
+    mask_tk = (offs_k < K)[None, :]  # head dims only: T is a multiple of BT
+    o_bh = i_b * T * H + i_h  # this (batch, head)'s first row: the only 64-bit offsets
+    k, dw, dk_in, dk = k + o_bh * K, dw + o_bh * K, dk_in + o_bh * K, dk + o_bh * K
+    v, dv_new, dv, X = v + o_bh * V, dv_new + o_bh * V, dv + o_bh * V, X + o_bh * BT
+    o_k = offs_t[:, None] * (H * K) + offs_k[None, :]  # int32  [BT, BK]
+    o_g = o_bh + offs_t * H  # [BT]
+    # -------------------------------------------------------------- load X, β, Γ, k, dw
+    mask_low = offs_r[:, None] >= offs_r[None, :]
+    b_X = tl.load(X + offs_t[:, None] * (H * BT) + offs_r[None, :],
+                  mask=mask_low, other=0.)  # [BT, BT]
+    b_beta = tl.load(beta + o_g).to(tl.float32)
+    b_bg = b_beta  # β e^Γ
+    if USE_G:
+        b_g = tl.load(gam + o_g)
+        b_bg = b_beta * tl.exp(b_g)
+    b_Xd = b_X.to(DT)  # X as a 16-bit dot operand where it meets [BT, BK] or [BT, BV] tiles
+    b_kd = tl.load(k + o_k, mask=mask_tk, other=0.)  # input dtype: exact products in the dots  [BT, BK]
+    b_dwd = tl.load(dw + o_k, mask=mask_tk, other=0.)
+    b_k = b_kd.to(tl.float32)
+    # -------------------------------------------------------------- W = X (β e^Γ ⊙ K)
+    b_dX = tl.dot(b_dwd, tl.trans(b_kd), input_precision=PREC) * b_bg[None, :]  # dW (β e^Γ K)ᵀ  [BT, BT]
+    b_dB = tl.dot(tl.trans(b_Xd), b_dwd, input_precision=PREC)  # Xᵀ dW  [BT, BK]
+    b_dk = tl.load(dk_in + o_k, mask=mask_tk, other=0.).to(tl.float32) + b_dB * b_bg[:, None]
+    b_kdB = tl.sum(b_k * b_dB, 1)  # [BT]
+    b_dbeta = b_kdB  # dβ = e^Γ (k·dB)
+    if USE_G:
+        b_dbeta = b_kdB * tl.exp(b_g)
+        b_dgam = b_bg * b_kdB  # dΓ = β e^Γ (k·dB)
+    # -------------------------------------------------------------- U = X (β ⊙ V), tile by tile
+    for i_v in range(tl.cdiv(V, BV)):
+        offs_v = i_v * BV + tl.arange(0, BV)
+        mask_tv = (offs_v < V)[None, :]
+        o_v = offs_t[:, None] * (H * V) + offs_v[None, :]
+        b_vd = tl.load(v + o_v, mask=mask_tv, other=0.)  # [BT, BV]
+        b_dud = tl.load(dv_new + o_v, mask=mask_tv, other=0.)
+        b_dX += tl.dot(b_dud, tl.trans(b_vd), input_precision=PREC) * b_beta[None, :]  # dU (β V)ᵀ
+        b_dC = tl.dot(tl.trans(b_Xd), b_dud, input_precision=PREC)  # Xᵀ dU  [BT, BV]
+        tl.store(dv + o_v, (b_dC * b_beta[:, None]).to(dv.dtype.element_ty), mask=mask_tv)
+        b_dbeta += tl.sum(b_vd.to(tl.float32) * b_dC, 1)
+    # -------------------------------------------------------------- X = (I + A)⁻¹: dA = −Xᵀ dX Xᵀ
+    mask_s = offs_r[:, None] > offs_r[None, :]
+    b_dA = -tl.dot(tl.dot(tl.trans(b_X), b_dX, input_precision=PREC), tl.trans(b_X), input_precision=PREC)
+    b_dA = tl.where(mask_s, b_dA, 0.)
+    b_G = tl.dot(b_kd, tl.trans(b_kd), input_precision=PREC)  # K Kᵀ  [BT, BT]
+    if USE_G:
+        b_E = tl.exp(tl.where(mask_s, b_g[:, None] - b_g[None, :], float('-inf')))
+    else:
+        b_E = tl.where(mask_s, 1., 0.)
+    # A = diag(β) (K Kᵀ ⊙ E): dβ, dk, and (gated) dΓ
+    b_dAE = b_dA * b_E
+    b_dbeta += tl.sum(b_dAE * b_G, 1)
+    b_dG = b_dAE * b_beta[:, None]
+    b_dk += tl.dot((b_dG + tl.trans(b_dG)).to(DT), b_kd, input_precision=PREC)
+    tl.store(dk + o_k, b_dk.to(dk.dtype.element_ty), mask=mask_tk)
+    tl.store(dbeta + o_g, b_dbeta.to(dbeta.dtype.element_ty))
+    if USE_G:
+        b_Z = b_dG * b_G  # dA ⊙ A
+        b_dgam += tl.sum(b_Z, 1) - tl.sum(b_Z, 0)
+        for i_k in range(NK):  # the K slices' shares from step 4
+            b_dgam += tl.load(dgam + i_k * tl.num_programs(1) * T + o_g)
+        # g_t enters Γ_i for every i ≥ t in its chunk: dg = reverse cumsum of dΓ
+        b_dg = tl.sum(b_dgam, 0) - tl.cumsum(b_dgam, 0) + b_dgam
+        # g is per token, entering at its first micro-step: that row's dg is the token's
+        p_dg = dg + i_b * (T // NH) * H + i_h + (offs_t // NH) * H
+        tl.store(p_dg, b_dg.to(dg.dtype.element_ty), mask=(offs_r % NH) == 0)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _recurrent_fwd_kernel(q, k, v, g, beta, h0, o, ht, scale, T, H: tl.constexpr, K: tl.constexpr,
+                          V: tl.constexpr, NH: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                          USE_G: tl.constexpr, USE_H0: tl.constexpr):
+    """Decode: per token S ← e^{g_t}S, then NH times S ← S + k(β(v − Sᵀk))ᵀ; o_t = Sᵀ(s q_t)."""
+    # -------------------------------------------------------------- map program -> (V tile, head)
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
+    offs_k, offs_v = tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
+    mask_k, mask_v = offs_k < K, offs_v < V
+    mask_kv = mask_k[:, None] & mask_v[None, :]
+    offs_kv = offs_k[:, None] * V + offs_v[None, :]
+    p_q, p_o = q + i_b * T * H * K + i_h * K, o + i_b * T * H * V + i_h * V
+    p_k, p_v = k + i_b * T * NH * H * K + i_h * K, v + i_b * T * NH * H * V + i_h * V
+    p_beta, p_g = beta + i_b * T * NH * H + i_h, g + i_b * T * H + i_h
+    b_S = tl.zeros([BK, BV], dtype=tl.float32)  # fp32 state in registers
+    if USE_H0:
+        b_S += tl.load(h0 + i_bh.to(tl.int64) * K * V + offs_kv, mask=mask_kv, other=0.)
+    for t in range(T):
+        if USE_G:  # (1) the decay, once per token
+            b_S = b_S * tl.exp(tl.load(p_g + t * H).to(tl.float32))
+        for j in tl.static_range(NH):  # (1) u = β(v − Sᵀk); S ← S + k uᵀ
+            m = t * NH + j
+            b_k = tl.load(p_k + m * H * K + offs_k, mask=mask_k, other=0.).to(tl.float32)  # [BK]
+            b_v = tl.load(p_v + m * H * V + offs_v, mask=mask_v, other=0.).to(tl.float32)  # [BV]
+            b_beta = tl.load(p_beta + m * H).to(tl.float32)
+            b_u = b_beta * (b_v - tl.sum(b_S * b_k[:, None], 0))
+            b_S += b_k[:, None] * b_u[None, :]
+        b_q = tl.load(p_q + t * H * K + offs_k, mask=mask_k, other=0.).to(tl.float32) * scale
+        b_o = tl.sum(b_S * b_q[:, None], 0)  # (2) o_t = Sᵀ(s q_t)  [BV]
+        tl.store(p_o + t * H * V + offs_v, b_o.to(p_o.dtype.element_ty), mask=mask_v)
+    tl.store(ht + i_bh.to(tl.int64) * K * V + offs_kv, b_S, mask=mask_kv)
+
+
+# ================================================================================================
+# Host launchers
+# ================================================================================================
+def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int):
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    t = _tiles(K, V)
+    NT = triton.cdiv(T, CHUNK)
+    w, u = torch.empty_like(k), torch.empty_like(v)
+    Aqk = k.new_empty(B, T, H, CHUNK)  # R = sQKᵀ ⊙ D per chunk, input dtype (a dot operand)
+    X = k.new_empty(B, T, H, CHUNK, dtype=torch.float32) if store_X else k.new_empty(1, dtype=torch.float32)
+    gam = k.new_empty(B, T, H, dtype=torch.float32) if g is not None else w
+    launch(_chunk_wy_fwd_kernel, (triton.cdiv(NT, CPP_RUN), B * H),
+        q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, scale, T, H, K, V, CHUNK,
+        t["BK"], t["BVF"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype), NH=nh,
+        MERGE_PREC=MERGE_PRECISION, CPP=CPP_RUN, **{**t["wy"], **WY_OVERRIDE})
+    return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
+
+
+def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, nh: int = 1):
+    """`nh`: micro-steps per row of q and o (only the output reads q: the backward's pass leaves it 1)."""
+    B, T, H, K = k.shape
+    V = u.shape[-1]
+    t = _tiles(K, V)
+    c = t["state_fwd" if compute_o else "state_rec"]
+    NT = triton.cdiv(T, CHUNK)
+    ht = k.new_empty(B, H, K, V, dtype=torch.float32)
+    o = torch.empty(B, T // nh, H, V, dtype=q.dtype, device=q.device) if compute_o else u
+    h = k.new_empty(B, NT, H, K, V) if not compute_o else u
+    v_new = torch.empty_like(u) if not compute_o else u
+    launch(_chunk_state_fwd_kernel, (triton.cdiv(V, c["BV"]), B * H),
+        q, k, w, u, gam if gam is not None else u, Aqk, h0 if h0 is not None else ht, o, ht, h, v_new,
+        scale, T, H, K, V, CHUNK, t["BK"], c["BV"], USE_G=gam is not None, USE_H0=h0 is not None,
+        COMPUTE_O=compute_o, STORE_H=not compute_o, PREC=_precision(k.dtype), NH=nh,
+        num_warps=c["num_warps"], num_stages=c["num_stages"])
+    return (o, ht) if compute_o else (h, v_new, ht)
+
+
+def _pad_to_chunk(steps, tokens, nh):
+    """Zero-pad the time axis (dim 1) up to a multiple of CHUNK micro-steps, so the kernels need no
+    row masks (a masked tile load costs the sequential kernels their registers: measured with ptxas
+    for sm_90, 168 registers unmasked vs 255 plus spills masked). `steps` have a row per micro-step
+    (k, v, β), `tokens` a row per token of nh micro-steps (q, g, dO; nh divides CHUNK). Zero k, β
+    and g make a padded token the identity transition, and its zero q reads nothing: the real
+    tokens are exact. Only a T that is not a multiple of 64 pays for this copy."""
+    pad = -steps[0].shape[1] % CHUNK
+    if pad == 0:
+        return steps, tokens
+    fill = lambda x, p: None if x is None else torch.nn.functional.pad(x, (0, 0) * (x.dim() - 2) + (0, p))  # noqa: E731
+    return tuple(fill(x, pad) for x in steps), tuple(fill(x, pad // nh) for x in tokens)
+
+
+def _direct(nh: int) -> bool:
+    """Can the kernels read q, g and dO per token (NH = nh)? Step 1 works on slabs of 16 micro-steps,
+    which must hold whole tokens. Otherwise the host interleaves them into micro-steps (NH = 1)."""
+    return SOLVE_BLOCK % nh == 0
+
+
+def _chunk_fwd(q, k, v, g, beta, h0, scale, nh: int = 1):
+    """o [B, T, H, V] and the final state. q, g: a row per token; k, v, β: nh rows per token."""
+    if not _direct(nh):
+        g = None if g is None else _interleave(g, nh, last=False)
+        o, ht = _chunk_fwd(_interleave(q, nh, last=True), k, v, g, beta, h0, scale)
+        return o[:, nh - 1::nh].contiguous(), ht
+    T = q.shape[1]
+    (k, v, beta), (q, g) = _pad_to_chunk((k, v, beta), (q, g), nh)
+    w, u, Aqk, _, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=False, nh=nh)
+    o, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True, nh=nh)
+    return (o if o.shape[1] == T else o[:, :T].contiguous()), ht
+
+
+def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, nh: int = 1):
+    """dq, dk, dv, dg, dβ, dh0 (empty without h0). q, g, dO: a row per token; k, v, β: nh rows."""
+    if not _direct(nh):
+        gi = None if g is None else _interleave(g, nh, last=False)
+        dq, dk, dv, dg, dbeta, dh0 = _chunk_bwd(_interleave(q, nh, last=True), k, v, gi, beta, h0,
+                                                _interleave(do, nh, last=True), dht, scale)
+        return dq[:, nh - 1::nh].contiguous(), dk, dv, (dg if g is None else dg[:, ::nh].contiguous()), dbeta, dh0
+    T0 = q.shape[1]
+    (k, v, beta), (q, g, do) = _pad_to_chunk((k, v, beta), (q, g, do.to(q.dtype).contiguous()), nh)
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    t = _tiles(K, V)
+    NT = triton.cdiv(T, CHUNK)
+    NK = triton.cdiv(K, t["BKS"])
+    prec = _precision(k.dtype)
+    # recompute step 1 (with X) and step 2 (storing the chunk-entry states and V_new)
+    # (in the forward's configuration, so both use one compiled step 1: see _chunk_wy_fwd_kernel's STORE_X)
+    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=True, nh=nh)
+    h, v_new, _ = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=False)
+    # step 3
+    dh, dv_new = torch.empty_like(h), torch.empty_like(v)
+    dh0 = k.new_empty(B, H, K, V, dtype=torch.float32)
+    c = t["state_bwd"]
+    launch(_chunk_state_bwd_kernel, (triton.cdiv(V, c["BV"]), B * H),
+        q, k, w, gam if gam is not None else dh0, Aqk, do, dht if dht is not None else dh0, dh, dv_new,
+        dh0, scale, T, H, K, V, CHUNK, t["BK"], c["BV"], USE_G=gam is not None,
+        USE_DHT=dht is not None, PREC=prec, NH=nh, num_warps=c["num_warps"], num_stages=c["num_stages"])
+    # step 4
+    dq = torch.empty_like(q)
+    dk_part, dw = torch.empty_like(k), torch.empty_like(k)  # input dtype: half the bytes of fp32
+    dgam = k.new_empty(NK, B, T, H, dtype=torch.float32) if g is not None else dw
+    launch(_chunk_bwd_dqkw_kernel, (NK, NT, B * H),
+        q, k, gam if gam is not None else dw, h, dh, v_new, do, dv_new, dq, dk_part, dw, dgam,
+        scale, T, H, K, V, CHUNK, t["BKS"], t["dqkw"]["BV"], USE_G=g is not None, PREC=prec, NH=nh,
+        num_warps=t["dqkw"]["num_warps"], num_stages=t["dqkw"]["num_stages"])
+    # step 5
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dbeta = torch.empty_like(beta)
+    dg = torch.empty_like(g) if g is not None else dbeta.new_empty(0)
+    launch(_chunk_wy_bwd_kernel, (NT, B * H),
+        k, v, beta, gam if gam is not None else dw, X, dw, dv_new, dk_part, dgam, dk, dv, dbeta,
+        dg if g is not None else dbeta, T, H, K, V, CHUNK, t["BK"], t["wy_bwd"]["BV"], NK,
+        USE_G=g is not None, PREC=prec, NH=nh, num_warps=t["wy_bwd"]["num_warps"],
+        num_stages=t["wy_bwd"]["num_stages"])
+    if T != T0 * nh:  # drop the padding
+        dk, dv, dbeta = (x[:, :T0 * nh].contiguous() for x in (dk, dv, dbeta))
+        dq = dq[:, :T0].contiguous()
+        dg = dg[:, :T0].contiguous() if g is not None else dg
+    return dq, dk, dv, dg, dbeta, (dh0 if h0 is not None else dh0.new_empty(0))
+
+
+def _recurrent_fwd(q, k, v, g, beta, h0, scale, num_householder):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    t = _tiles(K, V)
+    o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
+    ht = q.new_empty(B, H, K, V, dtype=torch.float32)
+    launch(_recurrent_fwd_kernel, (triton.cdiv(V, t["recurrent"]["BV"]), B * H),
+        q, k, v, g if g is not None else beta, beta, h0 if h0 is not None else ht, o, ht, scale, T,
+        H, K, V, num_householder, t["BK"], t["recurrent"]["BV"], USE_G=g is not None, USE_H0=h0 is not None,
+        num_warps=t["recurrent"]["num_warps"], num_stages=t["recurrent"]["num_stages"])
+    return o, ht
+
+
+# ================================================================================================
+# Custom ops: what torch.compile(fullgraph=True) sees (the kernels stay opaque to it). One set
+# serves the family: g = None is DeltaNet; num_householder > 1 is DeltaProduct's decode loop.
+# ================================================================================================
+def _none_if_empty(x):
+    return None if x is None or x.numel() == 0 else x
+
+
+def _contiguous(*xs):
+    return tuple(None if x is None else x.contiguous() for x in xs)
+
+
+# First calls (fast/_compile.py): the backward's five kernels (steps 1 and 2 again with other
+# flags, 3, 4, 5), and in eager mode with gradients on the forward's two as well, compile side by
+# side from a dry run on tiny inputs of the same dtypes, H, K, V and flags. Measured on the H100
+# (runs 20-22: fresh process, empty caches, B = 4, T = 8192, H = 16, K = V = 128): fwd + bwd in
+# series 7.3 s (delta rule), 11.3 s (gated), 10.5 s (DeltaProduct); side by side 4.7-5.0, 5.1-5.5,
+# 5.9-6.0 s, the WY kernel's compile (1.6-4.2 s, longer beside others) the longest. A forward alone
+# (two kernels) compiles in series: side by side its WY compile slowed more than the other one
+# saved (2.7 -> 3.9 s, delta rule). The latest (run 30) are in the card's "first call".
+def _tiny(x, nh=1):
+    """A zero tensor like x [B, T, H(, ·)] with batch 1 and one chunk of micro-steps (CHUNK // nh
+    rows for a tensor with a row per token)."""
+    return None if x is None else x.new_zeros(1, CHUNK // nh, *x.shape[2:])
+
+
+def _variants(q, v, g, h0, nh):
+    """What decides the chunk kernels' compiled variants (never B or T)."""
+    return (q.dtype, q.device, q.shape[2], q.shape[3], v.shape[3], g is None, h0 is None, nh)
+
+
+def _tiny_inputs(q, k, v, g, beta, nh):
+    return _tiny(q, nh), _tiny(k), _tiny(v), _tiny(g, nh), _tiny(beta)
+
+
+def _tiny_state(h0):
+    """A zero state like h0 [B, H, K, V] with batch 1 (None stays None)."""
+    return None if h0 is None else h0.new_zeros(1, *h0.shape[1:])
+
+
+def _fwd_plan(q, k, v, g, beta, h0, scale, nh=1):
+    """{key: dry run} of the forward; the tiny inputs are made only if the dry run runs."""
+    return {("fwd",) + _variants(q, v, g, h0, nh): lambda: _chunk_fwd(*_tiny_inputs(q, k, v, g, beta, nh),
+                                                                       _tiny_state(h0), scale, nh)}
+
+
+def _bwd_plan(q, k, v, g, beta, h0, scale, has_dht: bool, nh=1):
+    """{key: dry run} of the backward (dht given or not); tiny inputs as in _fwd_plan."""
+    def dry():
+        dht = q.new_zeros(1, q.shape[2], q.shape[3], v.shape[3], dtype=torch.float32) if has_dht else None
+        _chunk_bwd(*_tiny_inputs(q, k, v, g, beta, nh), _tiny_state(h0), _tiny(v, nh), dht, scale, nh)
+    return {("bwd", has_dht) + _variants(q, v, g, h0, nh): dry}
+
+
+def chunk_fwd(q, k, v, g, beta, h0, scale: float, output_final_state: bool, num_householder: int = 1):
+    """The family's chunk op as the public functions call it: q and g a row per token, k, v, β
+    num_householder rows per token. In eager mode with gradients on, the backward's kernels compile
+    beside the forward's on the first call (see above)."""
+    grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, beta, h0))
+    if grad and not torch.compiler.is_compiling():  # compiled, the ops' own first calls compile theirs
+        precompile({**_fwd_plan(q, k, v, g, beta, h0, scale, num_householder),
+                    **_bwd_plan(q, k, v, g, beta, h0, scale, output_final_state, num_householder)})
+    return torch.ops.zoo.gated_delta_rule_chunk_fwd(q, k, v, g, beta, h0, scale, output_final_state, num_householder)
+
+
+@torch.library.custom_op("zoocpp::gated_delta_rule_chunk_fwd", mutates_args=())
+def _chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+                  beta: torch.Tensor, h0: Optional[torch.Tensor], scale: float,
+                  output_final_state: bool, num_householder: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v, g, beta, h0 = _contiguous(q, k, v, g, beta, h0)
+    o, ht = _chunk_fwd(q, k, v, g, beta, h0, scale, num_householder)  # two kernels: compiled in series (see above)
+    return o, (ht if output_final_state else q.new_empty(0))
+
+
+@torch.library.custom_op("zoocpp::gated_delta_rule_recurrent_fwd", mutates_args=())
+def _recurrent_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+                      beta: torch.Tensor, h0: Optional[torch.Tensor], scale: float,
+                      output_final_state: bool, num_householder: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v, g, beta, h0 = _contiguous(q, k, v, g, beta, h0)
+    o, ht = _recurrent_fwd(q, k, v, g, beta, h0, scale, num_householder)
+    return o, (ht if output_final_state else q.new_empty(0))
+
+
+def _fwd_fake(q, k, v, g, beta, h0, scale, output_final_state, num_householder=1):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    ht = q.new_empty(B, H, K, V, dtype=torch.float32) if output_final_state else q.new_empty(0)
+    return q.new_empty(B, T, H, V), ht
+
+
+_chunk_fwd_op.register_fake(_fwd_fake)
+_recurrent_fwd_op.register_fake(_fwd_fake)
+
+
+@torch.library.custom_op("zoocpp::gated_delta_rule_chunk_bwd", mutates_args=())
+def _chunk_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+                  beta: torch.Tensor, h0: Optional[torch.Tensor], do: torch.Tensor,
+                  dht: Optional[torch.Tensor], scale: float,
+                  num_householder: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                 torch.Tensor]:
+    q, k, v, g, beta, h0, do, dht = _contiguous(q, k, v, g, beta, h0, do, dht)
+    precompile(_bwd_plan(q, k, v, g, beta, h0, scale, dht is not None, num_householder))
+    return _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, num_householder)
+
+
+@_chunk_bwd_op.register_fake
+def _(q, k, v, g, beta, h0, do, dht, scale, num_householder):
+    dg = q.new_empty(0) if g is None else torch.empty_like(g)
+    dh0 = q.new_empty(0) if h0 is None else torch.empty_like(h0)
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dg, torch.empty_like(beta), dh0
+
+
+def _interleave(x, n: int, last: bool):
+    """[B, T, H, ·] → [B, T·n, H, ·] with x at micro-step n−1 of each token (last) or 0, zeros elsewhere."""
+    B, T = x.shape[:2]
+    z = x.new_zeros(B, T, n - 1, *x.shape[2:])
+    parts = (z, x[:, :, None]) if last else (x[:, :, None], z)
+    return torch.cat(parts, dim=2).reshape(B, T * n, *x.shape[2:])
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, g, beta, h0, scale, _, num_householder = inputs
+    ctx.save_for_backward(q, k, v, g, beta, h0)
+    ctx.scale, ctx.num_householder = scale, num_householder
+
+
+def _backward(ctx, do, dht):
+    """Both ops' gradient is the chunk backward (the recurrent op's included: the same function)."""
+    q, k, v, g, beta, h0 = ctx.saved_tensors
+    dq, dk, dv, dg, dbeta, dh0 = torch.ops.zoo.gated_delta_rule_chunk_bwd(
+        q, k, v, g, beta, h0, do, _none_if_empty(dht), ctx.scale, ctx.num_householder)
+    grads = (dq, dk, dv, None if g is None else dg, dbeta, None if h0 is None else dh0)
+    return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))  # scale, flags: no gradient
+
+
+torch.library.register_autograd("zoocpp::gated_delta_rule_chunk_fwd", _backward, setup_context=_setup_context)
+torch.library.register_autograd("zoocpp::gated_delta_rule_recurrent_fwd", _backward, setup_context=_setup_context)
+
+
+# ================================================================================================
+# Public ops: the zoo's names and signatures
+# ================================================================================================
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @triton.jit does
+
+
+def check_fast(q, k, v, initial_state, where: str):
+    """What the kernels add to the zoo's checks: a device they can run on, fp16/bf16/fp32 inputs,
+    head dims up to MAX_HEAD_DIM. Returns q, k, v in one dtype and the state in fp32."""
+    check_device_and_dtype(q, where, INTERPRET, what="q")
+    K, V = q.shape[-1], v.shape[-1]
+    if K > MAX_HEAD_DIM or V > MAX_HEAD_DIM:
+        raise ValueError(f"head dims K = {K}, V = {V}: the kernels take K, V <= {MAX_HEAD_DIM}")
+    k, v = k.to(q.dtype), v.to(q.dtype)  # one operand dtype for tl.dot
+    h0 = None if initial_state is None else initial_state.float()  # the state lives in fp32
+    return k, v, h0
+
+
+def _scale(q, scale):
+    return float(q.shape[-1] ** -0.5 if scale is None else scale)
+
+
+def delta_rule_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, *,
+                     scale: float | None = None, initial_state: torch.Tensor | None = None,
+                     output_final_state: bool = False, chunk_size: int = 64):
+    """zoo.deltanet.delta_rule_chunk in Triton, forward and backward (q, k, v, beta, initial
+    state). The kernels always use chunks of 64; chunk_size is checked and otherwise only changes
+    rounding in the zoo. Returns (o [B, T, H, V] in q's dtype, final state [B, H, K, V] fp32 or None)."""
+    zoo_deltanet._check_inputs(q, k, v, beta, initial_state, chunk_size)
+    k, v, h0 = check_fast(q, k, v, initial_state, "fast.deltanet.delta_rule_chunk")
+    o, ht = chunk_fwd(q, k, v, None, beta, h0, _scale(q, scale), output_final_state)
+    return o, (ht if output_final_state else None)
+
+
+def delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, *,
+                         scale: float | None = None, initial_state: torch.Tensor | None = None,
+                         output_final_state: bool = False):
+    """zoo.deltanet.delta_rule_recurrent in Triton: a token loop with the state in registers, for
+    decoding. Its gradient runs the chunk backward kernels (same function)."""
+    zoo_deltanet._check_inputs(q, k, v, beta, initial_state)
+    k, v, h0 = check_fast(q, k, v, initial_state, "fast.deltanet.delta_rule_recurrent")
+    o, ht = torch.ops.zoo.gated_delta_rule_recurrent_fwd(q, k, v, None, beta, h0, _scale(q, scale),
+                                                         output_final_state, 1)
+    return o, (ht if output_final_state else None)
+
+
+# ================================================================================================
+# The layer: the zoo layer with the ops swapped (same parameters, same state dict)
+# ================================================================================================
+class DeltaNet(zoo_deltanet.DeltaNet):
+    """zoo.deltanet.DeltaNet running the Triton chunk and recurrent ops (form="parallel" keeps
+    the zoo's parallel form: the oracle has no kernel)."""
+
+    chunk_op = staticmethod(delta_rule_chunk)
+    recurrent_op = staticmethod(delta_rule_recurrent)
+
+
+__all__ = ["delta_rule_chunk", "delta_rule_recurrent", "DeltaNet"]
+
+
+# ================================================================================================
+# Benchmark beside the kernels (GPU): `python -m fast.deltanet [B T H D]`. Times each stage of the
+# plan above at the headline size, the ops end to end (delta rule, gated, DeltaProduct n_h = 2 on
+# the same number of micro-steps), and fla's chunk ops where fla imports. The project-wide
+# comparison is `python -m benchmarks`; this is the per-stage view for tuning the kernels.
+# ================================================================================================
+def _benchmark(B=4, T=8192, H=16, D=128, dtype=torch.bfloat16):
+    import time
+    from triton.testing import do_bench
+    dev = "cuda"
+    gen = torch.Generator(device=dev).manual_seed(0)
+    rnd = lambda *s: torch.randn(*s, device=dev, generator=gen)
+    q = rnd(B, T, H, D).to(dtype)
+    k = torch.nn.functional.normalize(rnd(B, T, H, D), dim=-1).to(dtype)
+    v = rnd(B, T, H, D).to(dtype)
+    beta = torch.rand(B, T, H, device=dev, generator=gen).to(dtype)
+    g = -torch.rand(B, T, H, device=dev, generator=gen) * 0.1
+    do, scale = torch.randn_like(v), D ** -0.5
+    rows = []
+
+    def bench(name, fn):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        ms = do_bench(fn, warmup=5, rep=50)
+        rows.append((name, ms, first))
+        print(f"{name:48s} {ms:8.3f} ms   (first call {first:6.2f} s)", flush=True)
+
+    for gate in (None, g):
+        tag = "gated" if gate is not None else "delta"
+        w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, gate, scale, store_X=True, nh=1)
+        bench(f"{tag}: 1 wy fwd (W, U, R)", lambda: _chunk_wy_fwd(q, k, v, beta, gate, scale, store_X=False, nh=1))
+        bench(f"{tag}: 2 state fwd + output", lambda: _chunk_state_fwd(q, k, w, u, gam, Aqk, None, scale, True))
+        bench(f"{tag}: 2' state fwd storing h, V_new",
+              lambda: _chunk_state_fwd(q, k, w, u, gam, Aqk, None, scale, False))
+        bench(f"{tag}: forward", lambda: _chunk_fwd(q, k, v, gate, beta, None, scale))
+        bench(f"{tag}: backward (1, 2', 3, 4, 5)", lambda: _chunk_bwd(q, k, v, gate, beta, None, do, None, scale))
+        bench(f"{tag}: recurrent fwd (T = 256)", lambda: _recurrent_fwd(
+            q[:, :256], k[:, :256], v[:, :256], None if gate is None else gate[:, :256], beta[:, :256], None, scale, 1))
+
+    # the public ops, forward and forward + backward, beside fla
+    def fwd_bwd(op, *args, **kw):
+        xs = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        o = op(*xs, **kw)[0]
+        o.backward(do[:, :o.shape[1]])
+
+    import fast.gated_deltanet as fg
+    import fast.deltaproduct as fp
+    T2 = T // 2  # DeltaProduct with n_h = 2 over the same T micro-steps
+    ops = {
+        "delta_rule_chunk": (delta_rule_chunk, (q, k, v, beta), {}),
+        "gated_delta_rule_chunk": (fg.gated_delta_rule_chunk, (q, k, v, g, beta), {}),
+        "gated_delta_product_chunk n_h=2": (fp.gated_delta_product_chunk, (q[:, :T2], k, v, g[:, :T2], beta),
+                                            dict(num_householder=2)),
+    }
+    try:
+        from fla.ops.delta_rule import chunk_delta_rule
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        ops["fla chunk_delta_rule"] = (chunk_delta_rule, (q, k, v, beta), dict(scale=scale))
+        ops["fla chunk_gated_delta_rule"] = (chunk_gated_delta_rule, (q, k, v, g, beta), dict(scale=scale))
+    except ImportError:
+        print("fla not importable: no fla rows")
+    for name, (op, args, kw) in ops.items():
+        try:
+            bench(f"{name} fwd", lambda: op(*args, **kw))
+            bench(f"{name} fwd+bwd", lambda: fwd_bwd(op, *args, **kw))
+        except Exception as e:  # e.g. fla refusing its gated kernels on this Triton
+            print(f"{name}: failed: {type(e).__name__}: {str(e)[:200]}")
+    return rows
+
+
+if __name__ == "__main__":
+    import sys
+    _benchmark(*(int(a) for a in sys.argv[1:5]))
