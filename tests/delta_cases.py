@@ -106,16 +106,18 @@ def assert_layer_state_dict_loads_both_ways_with_fla(ours_cls, fla_name, opts, *
     ours.load_state_dict(theirs.state_dict())
 
 
-def assert_layer_output_equals_fla(ours_cls, fla_name, opts, refused=(), **size):
+def assert_layer_output_equals_fla(ours_cls, fla_name, opts, refused=(), fla_mode=None, **size):
     """Our layer in float64 against fla's in fp16 with the same weights; an error of a type in
     `refused` that names Triton skips (fla 0.6.0 refuses its gated kernels on Hopper under
-    Triton < 3.7.1)."""
+    Triton < 3.7.1). `fla_mode`: fla's `mode` argument, where its default kernel is not the one
+    to compare against (see test_deltanet.py)."""
     # One configuration, T = 150 (> 64: fla's chunk kernels, which its layers use in training): each
     # new shape costs fla a Triton compile and autotune, and the GPU run's test budget is shared.
     fla_layers = pytest.importorskip("fla.layers")
     torch.manual_seed(0)
     ours = ours_cls(64, num_heads=2, **size, **opts).cuda()
-    theirs = getattr(fla_layers, fla_name)(hidden_size=64, num_heads=2, **size, **opts).cuda()
+    mode = {} if fla_mode is None else dict(mode=fla_mode)
+    theirs = getattr(fla_layers, fla_name)(hidden_size=64, num_heads=2, **size, **opts, **mode).cuda()
     theirs.load_state_dict(ours.state_dict())
     # fla's kernels refuse fp32. fp16, not bf16: a whole layer rounds ~8 times, which in bf16 costs
     # ~1e-2 relative RMS (the zoo layer on a CPU: 0.6-1.1e-2), half the bf16 bound; in fp16 ~1e-3.

@@ -169,7 +169,14 @@ def test_layer_state_dict_loads_both_ways_with_fla(opts):
 
 @pytest.mark.gpu
 def test_layer_output_equals_fla():
-    dc.assert_layer_output_equals_fla(zd.DeltaNet, "DeltaNet", LAYER_OPTIONS[1])
+    # fla's layer in its fused_recurrent mode. In its default chunk mode (used from T = 65) fla
+    # 0.6.0 gave a relative RMS error of 0.37 against this layer on the H100 with Triton 3.6 in
+    # three of four runs (1, 9, 36; bf16 and fp16), while its fused_recurrent mode equals this layer
+    # to 4e-7 in fp32 for this option set and five others (fla run on a CPU under Triton's
+    # interpreter, the first autotune configuration each; its chunk kernels do not run there).
+    # The projections, convolutions and gated norm around the op are the same code in both
+    # modes: the difference is fla's chunk kernel, not the layer this test is about.
+    dc.assert_layer_output_equals_fla(zd.DeltaNet, "DeltaNet", LAYER_OPTIONS[1], fla_mode="fused_recurrent")
 
 
 # ------------------------------------------------------------------------------------------------
