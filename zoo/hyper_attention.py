@@ -431,7 +431,10 @@ class HyperAttentionLayer(nn.Module):
     (what train/ and the registry build): x [B, T, C] -> q, k, v [B, T, H, D] (D = C / H)
     -> hyper_attention_chunk(causal=True) -> o_proj -> y [B, T, C]. At T ≤ min_seq_len it is
     exact causal attention. No recurrent form: decoding would keep a full KV cache, 2·T·C floats.
-    The LSH directions are a non-persistent buffer drawn from `seed`, shared by all heads."""
+    The LSH directions are a non-persistent buffer drawn from `seed`, shared by all heads.
+    Trained as a language model at T > min_seq_len, it is causal in what it reads (past keys and
+    values only) but not in how it picks them: a past token's block depends on later queries'
+    hash codes (card, "Causality"), a leak of future information through that choice."""
 
     chunk_op = staticmethod(hyper_attention_chunk)  # fast/hyper_attention.py swaps only this
 
