@@ -17,7 +17,7 @@ LM to them (`hidden`, `embed`, and LM's forward with labels). On a GPU every for
 autocast, as the trainer does; on a CPU in fp32. Seeds are fixed: a CPU run repeats bit for bit.
 
     python -m benchmarks.holo_claims                     # CPU, 2 threads, about 6 minutes
-    python -m benchmarks.holo_claims --device cuda       # GPU: longer sequences, more steps
+    python -m benchmarks.holo_claims --device cuda       # GPU: longer sequences, a wider model, twice the batch
     python -m benchmarks.holo_claims --quick --out /tmp  # a few steps of tiny models (the test)
 
 Writes <out>/holo_claims-<cpu|h100>.json (a meta record, then one record per task and model) and
@@ -81,7 +81,7 @@ SETTINGS = {
                    tasks={"mqar": _mqar(64, 8, 8192, 512, 128),
                           "reversal": _seq("reversal", 33, 16, 8192, 512),
                           "needle": _seq("needle", 32, 16, 8192, 512)}),
-    # One H100: longer sequences, a wider model, more steps (sized for under a minute in all).
+    # One H100: longer sequences, a wider model, twice the batch; the same 400 steps (under a minute in all).
     "cuda": Setting(dim=128, n_layers=2, n_heads=4, hd_dim=512, steps=400, batch_size=64, lr=2e-3, warmup_steps=40,
                     tasks={"mqar": _mqar(128, 8, 20000, 1000, 256),
                            "reversal": _seq("reversal", 65, 16, 20000, 1000),
