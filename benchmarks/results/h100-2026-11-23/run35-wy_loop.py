@@ -1,7 +1,8 @@
 """Step 1 (_chunk_wy_fwd_kernel) with several chunks a program, pipelined (issue 3, run 35).
-Variants: HEAD's kernel (one chunk a program, solve loop rolled) against .scratch/deltanet_cpp.py
-(ran as .scratch/deltanet_cpp.py, committed as run35-deltanet_cpp.py: solve loop unrolled with tl.static_range so that the chunk loop is the innermost loop and Triton's
-pipeliner prefetches the next chunk's tiles; CPP chunks a program, num_stages). Times step 1, the
+Variants: HEAD's kernel (one chunk a program, solve loop rolled) against the variant that
+run35-deltanet_cpp.py builds from fast/deltanet.py (solve loop unrolled with tl.static_range so that
+the chunk loop is the innermost loop and Triton's pipeliner prefetches the next chunk's tiles; CPP
+chunks a program, num_stages). Times step 1, the
 forward and the backward (recomputes step 1 with X); max |diff| of o against HEAD. B=4, T=8192,
 H=16, K=V=128, bf16, delta and gated."""
 import os, sys
@@ -10,9 +11,10 @@ import importlib.util
 import torch, torch.nn.functional as F
 from benchmarks.measure import time_ms
 import fast.deltanet as fd
-# the variant kernel file (ran as .scratch/deltanet_cpp.py, committed beside this script)
-_spec = importlib.util.spec_from_file_location("deltanet_cpp", os.path.join(os.path.dirname(os.path.abspath(__file__)), "run35-deltanet_cpp.py"))
-fc = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(fc)
+# the variant kernels (ran as .scratch/deltanet_cpp.py; run35-deltanet_cpp.py rebuilds that file from fast/deltanet.py)
+_spec = importlib.util.spec_from_file_location("build", os.path.join(os.path.dirname(os.path.abspath(__file__)), "run35-deltanet_cpp.py"))
+_build = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(_build)
+fc = _build.load()
 SMALL = os.environ.get("SMALL") == "1"  # a CPU check of this script under TRITON_INTERPRET=1
 dev = torch.device("cpu" if SMALL else "cuda")
 gen = torch.Generator(device=dev).manual_seed(0)
