@@ -116,7 +116,7 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     Since run 28 the kernels run 3-stage pipelines and step 1 compiles 2.9-4.8 s on its own; the
     dry runs compile six variants once each (run 28 had step 1 twice, see _compile._spec). Run 30:
     fwd + bwd 4.81 s (delta rule), 6.12 s (gated), 5.60 s (DeltaProduct); forwards 3.82, 4.46,
-    4.99 s. Issue 3's 5 s: met for the delta rule and every forward, NOT for the gated and
+    4.99 s. Issue 2's 5 s: met for the delta rule and every forward, NOT for the gated and
     DeltaProduct forward + backward. Compiled for sm_90 on a CPU (Triton 3.9), the new
     configurations cost more compile time than the old: steps 2, 2', 3, 4 0.76 / 0.61 / 0.83 /
     0.93 s against 0.51 / 0.37 / 0.52 / 0.56 s (step 1 unchanged, 2.1 s): ~1.2 s more CPU beside
@@ -126,7 +126,7 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     Run 34: the dry run now also loads each compiled binary and builds its launcher (Triton does
     both lazily, at a kernel's first launch, one kernel after another): fwd + bwd 3.09 s (delta
     rule), 4.26 s (gated), 4.18 s (DeltaProduct), forwards 3.72, 4.28, 4.27 s, against 4.83,
-    5.30, 5.32 s fwd + bwd in run 33 just before. Issue 3's 5 s: met for every op measured.
+    5.30, 5.32 s fwd + bwd in run 33 just before. Issue 2's 5 s: met for every op measured.
   registers (ptxas, Triton 3.6, sm_90, bf16, K = V = 128, 8 warps): step 1 255 and 40–120 bytes
     of spill a thread; steps 2–5 198–255, no spills. At K = V = 64: 128–248, no spills.
 
@@ -150,7 +150,6 @@ from fast._compile import launch, precompile
 CHUNK = 64  # BT: rows per chunk; 4 solve blocks of 16 (tl.dot's smallest tile side)
 SOLVE_BLOCK = 16  # the diagonal blocks inverted by forward substitution
 MAX_HEAD_DIM = 256  # whole K (and V in step 1) in one register tile
-MERGE_PRECISION = "ieee"  # step 1's merges of the 16×16 inverses: exact fp32 dots (see _chunk_wy_fwd_kernel)
 
 
 def _pow2(n: int) -> int:
@@ -218,7 +217,7 @@ def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
 def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                          BVF: tl.constexpr, USE_G: tl.constexpr, STORE_X,
-                         PREC: tl.constexpr, NH: tl.constexpr, MERGE_PREC: tl.constexpr):
+                         PREC: tl.constexpr, NH: tl.constexpr):
     """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V, and the output's mixing
     matrix R = sQKᵀ ⊙ D (diagonal included) for one chunk (zoo (4)). NH: micro-steps per row of q
     and g (DeltaProduct's direct path; 1 otherwise): see "Micro-steps" in the card."""
@@ -280,6 +279,8 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     b_R = tl.dot(b_qt, tl.trans(b_kt), input_precision=PREC)  # [BT, BT]
     mask_dt = offs_r[:, None] >= offs_r[None, :]
     if USE_G:
+        # Γ again, over the whole chunk at once: g re-read (64 values, from L1) rather than the four
+        # slab vectors above stitched into one
         b_gt = tl.cumsum(tl.where((offs_r % NH) == 0,
                                   tl.load(g + (offs_r // NH) * H + t0 // NH * H).to(tl.float32), 0.), 0)  # Γ  [BT]
         b_R *= tl.exp(tl.where(mask_dt, b_gt[:, None] - b_gt[None, :], float('-inf')))
@@ -315,16 +316,16 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     # Diagonal blocks by forward substitution; then block row r of (I + A) X = I gives
     # X_rj = −X_rr Σ_{j ≤ m < r} A_rm X_mj, one block diagonal further out at a time.
     b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4(b_A00, b_A11, b_A22, b_A33, BS)
-    b_X10 = -tl.dot(b_X11, tl.dot(b_A10, b_X00, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
-    b_X21 = -tl.dot(b_X22, tl.dot(b_A21, b_X11, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
-    b_X32 = -tl.dot(b_X33, tl.dot(b_A32, b_X22, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
-    b_X20 = -tl.dot(b_X22, tl.dot(b_A20, b_X00, input_precision=MERGE_PREC)
-                    + tl.dot(b_A21, b_X10, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
-    b_X31 = -tl.dot(b_X33, tl.dot(b_A31, b_X11, input_precision=MERGE_PREC)
-                    + tl.dot(b_A32, b_X21, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
-    b_X30 = -tl.dot(b_X33, tl.dot(b_A30, b_X00, input_precision=MERGE_PREC)
-                    + tl.dot(b_A31, b_X10, input_precision=MERGE_PREC)
-                    + tl.dot(b_A32, b_X20, input_precision=MERGE_PREC), input_precision=MERGE_PREC)
+    b_X10 = -tl.dot(b_X11, tl.dot(b_A10, b_X00, input_precision="ieee"), input_precision="ieee")
+    b_X21 = -tl.dot(b_X22, tl.dot(b_A21, b_X11, input_precision="ieee"), input_precision="ieee")
+    b_X32 = -tl.dot(b_X33, tl.dot(b_A32, b_X22, input_precision="ieee"), input_precision="ieee")
+    b_X20 = -tl.dot(b_X22, tl.dot(b_A20, b_X00, input_precision="ieee")
+                    + tl.dot(b_A21, b_X10, input_precision="ieee"), input_precision="ieee")
+    b_X31 = -tl.dot(b_X33, tl.dot(b_A31, b_X11, input_precision="ieee")
+                    + tl.dot(b_A32, b_X21, input_precision="ieee"), input_precision="ieee")
+    b_X30 = -tl.dot(b_X33, tl.dot(b_A30, b_X00, input_precision="ieee")
+                    + tl.dot(b_A31, b_X10, input_precision="ieee")
+                    + tl.dot(b_A32, b_X20, input_precision="ieee"), input_precision="ieee")
     if STORE_X != 0:  # for the backward; the blocks above the diagonal are never read. A runtime
         # flag, not a constexpr: the forward and the backward's recomputation share one compiled
         # kernel, the slowest of the family to compile (1.6-4.2 s on the H100, runs 20-22)
@@ -715,7 +716,7 @@ def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int):
     launch(_chunk_wy_fwd_kernel, (NT, B * H),
         q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, scale, T, H, K, V, CHUNK,
         t["BK"], t["BVF"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype), NH=nh,
-        MERGE_PREC=MERGE_PRECISION, **t["wy"])
+        **t["wy"])
     return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
 
 
