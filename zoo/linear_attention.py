@@ -33,7 +33,10 @@ Pitfalls: normalize=False is fla's chunk_linear_attn(q, k, v, scale, normalize=F
           key sum covers only the call's own tokens (no z in the state; newer fla adds one).
           The normaliser needs positive features: elu + 1 > 0; raw q, k can make it cross zero.
           Un-normalised outputs grow like T: accumulate in fp32, and fp16 can overflow.
-          NaN/inf inputs give NaN/inf outputs wherever they are read, never finite garbage.
+          NaN/inf inputs give NaN/inf outputs wherever they are read, never finite garbage. The
+          chunk form (as fast/) can also spread one to earlier tokens of its chunk: the masked
+          matmul multiplies it by an exact 0, and 0·NaN = NaN. Its prefix matmul over chunks
+          likewise spreads one to every chunk; the other two forms keep it where it is read.
 Dtype: computed in the input dtype (float64 tests are exact); fp16/bf16 inputs are computed in
        float32 and the output cast back (the chunk form keeps matmul operands in the input dtype,
        with fp32 sums, as fast/ does); the final state stays float32.
@@ -186,7 +189,7 @@ def linear_attention_chunk(q, k, v, *, scale=None, causal=True, normalize=True, 
     rounding points as fast/, and what makes this form fast under torch.compile.
     Memory traffic, not arithmetic, bounds this form on a GPU: the comments count the bytes each
     step reads and writes under torch.compile at B = 4, T = 8192, H = 16, K = V = 128, L = 64, bf16,
-    causal (q is 134 MB). Forward total ≈ 4.7 GB; fast/ keeps S in registers and moves 0.54 GB."""
+    causal (q is 134 MB). Forward total ≈ 3.6 GB; fast/ keeps S in registers and moves 0.54 GB."""
     dtype = q.dtype
     q, k, v, S0, z0 = _prologue(q, k, v, scale, initial_state, normalize, chunk_size, upcast=False)
     acc = S0.dtype  # float32 for half inputs, else the input dtype: where sums accumulate
@@ -215,27 +218,32 @@ def linear_attention_chunk(q, k, v, *, scale=None, causal=True, normalize=True, 
         if normalize:
             den = torch.einsum("bhnlk,bhk->bhnl", q_c.to(acc), z)  # [B, H, N, L]
     else:
-        # S_{n-1}: the exclusive prefix sum (chunk n sees every earlier chunk, not itself). Shift
-        # the inclusive sum by one chunk; cumsum − dS would be the same in exact arithmetic, but its
-        # rounding depends on chunk n's later tokens, and causality must hold to the last bit.
-        # Compiled, the cumsum is one scan kernel (read dS 268 MB, sum in fp32, write 537 MB), and
-        # the shift, + S_0 and the rounding to the operand dtype are one pass (read 537 MB, write
-        # 268 MB). The fp32 prefix is written only to be read again, and costs a third of the
-        # total: Inductor (torch 2.13) fuses no cast into a scan over a dimension other than the
-        # last, and a cumsum of bf16 dS would sum in bf16 in eager CUDA.
-        S_c = S0.unsqueeze(2) + F.pad(torch.cumsum(dS.to(acc), 2)[:, :, :-1], (0, 0, 0, 0, 1, 0))  # [B, H, N, K, V]
+        # S_{n-1} = S_0 + Σ_{m<n} K_mᵀ V_m for every chunk at once. The exclusive prefix sum over
+        # chunks is itself a matmul: U, the [N, N] matrix of ones strictly below the diagonal (row n
+        # has ones where m < n), times dS. That is the causal mask again, one level up and without
+        # its diagonal: chunk n sees every earlier chunk, not itself. As a matmul the sum runs in
+        # fp32 inside it and rounds once to the operand dtype, fast/'s rounding points, in one
+        # kernel that reads dS once and writes S_c once (268 + 268 MB). A cumsum in its place
+        # writes an fp32 prefix only to read it again (+ 0.8 GB: Inductor fuses no cast into a
+        # scan over a dimension other than the last). And causality holds to the last bit: the
+        # later chunks meet exact zeros, where cumsum − dS would let them into the rounding.
+        U = torch.ones(N, N, dtype=dS.dtype, device=dS.device).tril(-1)  # [N, N]
+        S_c = (U @ dS.flatten(3)).view(B, H, N, K, -1)  # Σ_{m<n} K_mᵀ V_m [B, H, N, K, V]
+        if initial_state is not None:
+            S_c = (S0.unsqueeze(2) + S_c.to(acc)).to(q.dtype)  # + S_0, in fp32
         # intra-chunk, (4) A_n = s·Q_n K_nᵀ ⊙ M_L: the parallel form (3) on the diagonal block.
         # Q Kᵀ, the mask, A V: 336 + 134 + 336 MB (A is 67 MB).
         A = torch.einsum("bhnlk,bhnmk->bhnlm", q_c, k_c).masked_fill(~causal_mask(L, q.device), 0)  # [B, H, N, L, L]
         o_intra = torch.einsum("bhnlm,bhnmv->bhnlv", A, v_c)  # A_n V_n [B, H, N, L, V]
-        # inter-chunk, (4) s·Q_n S_{n-1}: what all earlier chunks left in the state (rounded to the
-        # operand dtype for the matmul, as fast/ does). Read 134 + 268 MB, write 134 MB.
-        o_inter = torch.einsum("bhnlk,bhnkv->bhnlv", q_c, S_c.to(q.dtype))  # [B, H, N, L, V]
+        # inter-chunk, (4) s·Q_n S_{n-1}: what all earlier chunks left in the state (S_c is in the
+        # operand dtype, as fast/ rounds it for this matmul). Read 134 + 268 MB, write 134 MB.
+        o_inter = torch.einsum("bhnlk,bhnkv->bhnlv", q_c, S_c)  # [B, H, N, L, V]
         # The sum in fp32, the layout back to [B, T, H, V] below and the cast to the output dtype
         # are one pass under torch.compile (read 2 × 134 MB, write 134 MB); eager makes a tensor
         # per step.
         o = o_intra.to(acc) + o_inter.to(acc)
-        if normalize:  # (4) the same two pieces with a column of ones for V and z for S
+        if normalize:  # (4) the same two pieces with a column of ones for V and z for S (z is a
+            # vector per chunk, 1/V of S: a plain cumsum, shifted by one chunk, costs nothing here)
             z_c = z0.unsqueeze(2) + F.pad(torch.cumsum(dz, 2)[:, :, :-1], (0, 0, 1, 0))  # z_{n-1} [B, H, N, K]
             den = A.sum(-1, dtype=acc) + torch.einsum("bhnlk,bhnk->bhnl", q_c.to(acc), z_c)  # [B, H, N, L]
     o = o.permute(0, 2, 3, 1, 4).reshape(B, N * L, H, -1)[:, :T]  # [B, T, H, V]
