@@ -993,6 +993,37 @@ def check_fast(q, k, v, initial_state, where: str):
     return k, v, h0
 
 
+def start_decay_check(g, check):
+    """Starts `check(g)` (raise if the log decay g > 0) without draining the GPU's queue. On a GPU
+    the verdict (g > 0).any() is copied to pinned host memory behind an event, and the kernels are
+    queued before finish_decay_check waits for that event: the wait ends when the reduction over g
+    is done, while the GPU goes on with the kernels, and the next launches are not held back by a
+    round trip through the host (`bool(t)` on a GPU tensor waits for everything queued before it,
+    then launches into an idle GPU: 0.10-0.14 ms of a 0.9 ms forward on the H100, run 35).
+    Elsewhere (the interpreter) the check runs at once. Under torch.compile it is skipped, as the
+    zoo's is. Returns what finish_decay_check needs, or None."""
+    if g is None or torch.compiler.is_compiling():
+        return None
+    if g.device.type != "cuda":
+        check(g)
+        return None
+    verdict = torch.empty((), dtype=torch.bool, pin_memory=True)
+    verdict.copy_((g > 0).any(), non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return verdict, done, g, check
+
+
+def finish_decay_check(pending) -> None:
+    """Waits for start_decay_check's verdict; on g > 0 runs the check itself, which raises."""
+    if pending is None:
+        return
+    verdict, done, g, check = pending
+    done.synchronize()
+    if bool(verdict):
+        check(g)
+
+
 def _scale(q, scale):
     return float(q.shape[-1] ** -0.5 if scale is None else scale)
 

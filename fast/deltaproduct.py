@@ -30,15 +30,16 @@ def gated_delta_product_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               output_final_state: bool = False, chunk_size: int = 64, check_decay: bool = True):
     """zoo.deltaproduct.gated_delta_product_chunk in Triton, forward and backward (q, k, v, g, beta,
     initial state). The kernels always use chunks of 64 micro-steps; chunk_size is checked.
-    check_decay: raise if g > 0, in eager mode (reads g on the host: a sync that stalls the GPU's queue).
+    check_decay: raise if g > 0, in eager mode (the verdict is read once the kernels are queued: no
+    stall of the GPU's queue, fast_deltanet.start_decay_check).
     Returns (o [B, T, H, V] in q's dtype, final state [B, H, K, V] fp32 or None)."""
     zoo_deltaproduct._check_inputs(q, k, v, g, beta, num_householder, initial_state, chunk_size)
-    if check_decay:  # reads g on the host: a sync
-        zoo_deltaproduct._check_log_decay(g)
+    pending = fast_deltanet.start_decay_check(g, zoo_deltaproduct._check_log_decay) if check_decay else None
     k, v, h0 = fast_deltanet.check_fast(q, k, v, initial_state, "fast.deltaproduct.gated_delta_product_chunk")
     # (3): the kernels read q at each token's last micro-step and g at its first (NH = n_h)
     o, ht = fast_deltanet.chunk_fwd(q, k, v, g, beta, h0, fast_deltanet._scale(q, scale), output_final_state,
                                     num_householder)
+    fast_deltanet.finish_decay_check(pending)  # raises on g > 0, the kernels queued meanwhile
     return o, (ht if output_final_state else None)
 
 
@@ -49,12 +50,12 @@ def gated_delta_product_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     """zoo.deltaproduct.gated_delta_product_recurrent in Triton: a token loop, n_h micro-steps each,
     with the state in registers, for decoding. Its gradient runs the chunk backward kernels."""
     zoo_deltaproduct._check_inputs(q, k, v, g, beta, num_householder, initial_state)
-    if check_decay:  # reads g on the host: a sync
-        zoo_deltaproduct._check_log_decay(g)
+    pending = fast_deltanet.start_decay_check(g, zoo_deltaproduct._check_log_decay) if check_decay else None
     k, v, h0 = fast_deltanet.check_fast(q, k, v, initial_state,
                                         "fast.deltaproduct.gated_delta_product_recurrent")
     o, ht = torch.ops.zoo.gated_delta_rule_recurrent_fwd(q, k, v, g, beta, h0, fast_deltanet._scale(q, scale),
                                                          output_final_state, num_householder)
+    fast_deltanet.finish_decay_check(pending)  # raises on g > 0, the kernels queued meanwhile
     return o, (ht if output_final_state else None)
 
 

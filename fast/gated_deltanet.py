@@ -27,13 +27,14 @@ def gated_delta_rule_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
                            chunk_size: int = 64, check_decay: bool = True):
     """zoo.gated_deltanet.gated_delta_rule_chunk in Triton, forward and backward (q, k, v, g, beta,
     initial state). The kernels always use chunks of 64; chunk_size is checked. check_decay: raise
-    if g > 0, in eager mode (reads g on the host: a sync that stalls the GPU's queue). Returns
+    if g > 0, in eager mode (the verdict is read once the kernels are queued: no stall of the GPU's
+    queue, fast_deltanet.start_decay_check). Returns
     (o [B, T, H, V] in q's dtype, final state [B, H, K, V] fp32 or None)."""
     zoo_gated_deltanet._check_inputs(q, k, v, g, beta, initial_state, chunk_size)
-    if check_decay:  # reads g on the host: a sync
-        zoo_gated_deltanet._check_log_decay(g)
+    pending = fast_deltanet.start_decay_check(g, zoo_gated_deltanet._check_log_decay) if check_decay else None
     k, v, h0 = fast_deltanet.check_fast(q, k, v, initial_state, "fast.gated_deltanet.gated_delta_rule_chunk")
     o, ht = fast_deltanet.chunk_fwd(q, k, v, g, beta, h0, fast_deltanet._scale(q, scale), output_final_state)
+    fast_deltanet.finish_decay_check(pending)  # raises on g > 0, the kernels queued meanwhile
     return o, (ht if output_final_state else None)
 
 
@@ -44,12 +45,12 @@ def gated_delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     """zoo.gated_deltanet.gated_delta_rule_recurrent in Triton: a token loop with the state in
     registers, for decoding. Its gradient runs the chunk backward kernels (same function)."""
     zoo_gated_deltanet._check_inputs(q, k, v, g, beta, initial_state)
-    if check_decay:  # reads g on the host: a sync
-        zoo_gated_deltanet._check_log_decay(g)
+    pending = fast_deltanet.start_decay_check(g, zoo_gated_deltanet._check_log_decay) if check_decay else None
     k, v, h0 = fast_deltanet.check_fast(q, k, v, initial_state,
                                         "fast.gated_deltanet.gated_delta_rule_recurrent")
     o, ht = torch.ops.zoo.gated_delta_rule_recurrent_fwd(q, k, v, g, beta, h0, fast_deltanet._scale(q, scale),
                                                          output_final_state, 1)
+    fast_deltanet.finish_decay_check(pending)  # raises on g > 0, the kernels queued meanwhile
     return o, (ht if output_final_state else None)
 
 
