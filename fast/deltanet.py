@@ -1010,7 +1010,7 @@ def start_decay_check(g, check):
     verdict = torch.empty((), dtype=torch.bool, pin_memory=True)
     verdict.copy_((g > 0).any(), non_blocking=True)
     done = torch.cuda.Event()
-    done.record()
+    done.record(torch.cuda.current_stream(g.device))  # g's device, which need not be the current one
     return verdict, done, g, check
 
 

@@ -168,6 +168,23 @@ def assert_check_decay_is_a_switch(forms, x, grow, ref_form, layer, monkeypatch,
                       device=next(layer.parameters()).device))
 
 
+def assert_default_check_makes_no_host_sync_on_gpu(forms, x, grow, **kw):
+    """On a GPU the default g <= 0 check makes no synchronising call before the kernels are queued
+    (torch's sync debug mode raises on one; waiting on the verdict's event is not one) and gives
+    check_decay=False's output bit for bit; g = `grow` (> 0) still raises ValueError."""
+    for form in forms:
+        ref = form(**x, **kw, check_decay=False)[0]
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            o = form(**x, **kw)[0]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.equal(o, ref), form.__name__
+        with pytest.raises(ValueError, match="must be <= 0"):
+            form(**{**x, "g": grow}, **kw)
+
+
 def assert_nan_reaches_every_later_output(forms, x):
     """x holds a NaN at token 3 (batch 0): every output from token 3 on holds a NaN."""
     for name, op in forms.items():

@@ -13,7 +13,7 @@ order. (tests/test_deltaproduct.py holds the zoo's own spec; this file the fast 
 5. state carry: two chained fast calls equal one call; the fast layer equals the zoo layer with
    the same weights (outputs and parameter gradients) and decodes like its forward;
 6. own law: with n_h = 1 fast DeltaProduct equals the fast gated delta rule;
-7. bad inputs: k, v, beta lengths that are not T·n_h, g > 0;
+7. bad inputs: k, v, beta lengths that are not T·n_h, g > 0 (on a GPU the default g check makes no host sync before the kernels);
 8. torch.compile(fullgraph=True) over the fast ops, forward and backward, and the fast layer.
 """
 
@@ -233,6 +233,14 @@ def test_fast_check_decay_false_computes_growth_as_the_zoo_and_the_fast_layer_ne
     dc.assert_check_decay_is_a_switch([fp.gated_delta_product_chunk, fp.gated_delta_product_recurrent],
                                       dict(q=q, k=k, v=v, g=g, beta=beta), -0.02 * g, zoo_chunk,
                                       _layers()[1], monkeypatch, zp, TOL32, num_householder=2)
+
+
+@pytest.mark.gpu
+def test_fast_default_check_makes_no_host_sync_on_gpu():
+    q, k, v, g, beta = inputs(23, Shape(2, 150, 3, 64, 64), 2, torch.bfloat16, "cuda")
+    dc.assert_default_check_makes_no_host_sync_on_gpu([fp.gated_delta_product_chunk, fp.gated_delta_product_recurrent],
+                                                      dict(q=q, k=k, v=v, g=g, beta=beta), -0.02 * g,
+                                                      num_householder=2)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ law order. (tests/test_gated_deltanet.py holds the zoo's own spec; this file the
    included) equals the zoo layer with the same weights, outputs and parameter gradients, and
    decodes like its forward;
 6. own law: with g = 0 the fast gated rule equals the fast delta rule;
-7. bad inputs: g > 0, g of the wrong shape, plus the common checks;
+7. bad inputs: g > 0, g of the wrong shape, plus the common checks (on a GPU the default g check makes no host sync before the kernels);
 8. torch.compile(fullgraph=True) over the fast ops, forward and backward, and the fast layer.
 """
 
@@ -241,6 +241,13 @@ def test_fast_check_decay_false_computes_growth_as_the_zoo_and_the_fast_layer_ne
     dc.assert_check_decay_is_a_switch([fg.gated_delta_rule_chunk, fg.gated_delta_rule_recurrent],
                                       dict(q=q, k=k, v=v, g=g, beta=beta), -0.02 * g, zoo_chunk,
                                       _layers()[1], monkeypatch, zg, TOL32)
+
+
+@pytest.mark.gpu
+def test_fast_default_check_makes_no_host_sync_on_gpu():
+    q, k, v, g, beta = inputs(23, Shape(2, 300, 3, 64, 64), torch.bfloat16, "cuda")
+    dc.assert_default_check_makes_no_host_sync_on_gpu([fg.gated_delta_rule_chunk, fg.gated_delta_rule_recurrent],
+                                                      dict(q=q, k=k, v=v, g=g, beta=beta), -0.02 * g)
 
 
 # ------------------------------------------------------------------------------------------------
