@@ -13,7 +13,8 @@ order. (tests/test_deltaproduct.py holds the zoo's own spec; this file the fast 
 5. state carry: two chained fast calls equal one call; the fast layer equals the zoo layer with
    the same weights (outputs and parameter gradients) and decodes like its forward;
 6. own law: with n_h = 1 fast DeltaProduct equals the fast gated delta rule;
-7. bad inputs: k, v, beta lengths that are not T·n_h, g > 0 (on a GPU the default g check makes no host sync before the kernels);
+7. bad inputs: k, v, beta lengths that are not T·n_h, g > 0;
+   on a GPU the default g check makes no host sync before the kernels are queued;
 8. torch.compile(fullgraph=True) over the fast ops, forward and backward, and the fast layer.
 """
 

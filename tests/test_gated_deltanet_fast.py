@@ -12,7 +12,8 @@ law order. (tests/test_gated_deltanet.py holds the zoo's own spec; this file the
    included) equals the zoo layer with the same weights, outputs and parameter gradients, and
    decodes like its forward;
 6. own law: with g = 0 the fast gated rule equals the fast delta rule;
-7. bad inputs: g > 0, g of the wrong shape, plus the common checks (on a GPU the default g check makes no host sync before the kernels);
+7. bad inputs: g > 0, g of the wrong shape, plus the common checks;
+   on a GPU the default g check makes no host sync before the kernels are queued;
 8. torch.compile(fullgraph=True) over the fast ops, forward and backward, and the fast layer.
 """
 
