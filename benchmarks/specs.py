@@ -285,7 +285,8 @@ GATED_DELTANET = MethodSpec(
     make_inputs=lambda B, T, H, D, dtype, device, causal, seed: _delta_inputs(B, T, H, D, dtype, device, seed,
                                                                                 gate=True),
     # check_decay=False, as the layers call it (their g is <= 0 by construction) and as fla has no
-    # such check: the g <= 0 value check is a host sync (0.14-0.64 ms a call on the H100, run 27)
+    # such check: the zoo's g <= 0 value check is a host sync (0.14-0.64 ms a call on the H100, run 27);
+    # fast/'s reads its verdict after the kernels are queued (fast.deltanet.start_decay_check)
     call=lambda op, x, causal: op(x["q"], x["k"], x["v"], x["g"], x["beta"], check_decay=False)[0],
     flops=_delta_flops(1),
     bytes=_delta_bytes(1, gate=True),
