@@ -213,8 +213,9 @@ def run_aot_script(script: str, timeout: float = 600) -> dict:
     and return the JSON object the script prints last (e.g. stack bytes, i.e. register spills,
     per kernel). The interpreter never compiles: this catches what only the GPU compiler rejects,
     on a CPU. The script runs in the repository root with tests/ on its path, so it can
-    `from aot import stack_bytes` (tests/aot.py: compile one kernel, count its spills). Skips when
-    this Triton has no bundled ptxas."""
+    `from aot import stack_bytes` (tests/aot.py: compile one kernel, count its spills). On a GPU it
+    also isolates a case that may fault (test_hrc_la.py's small head dims): a fault ends the child,
+    not the CUDA context of the test worker. Skips when this Triton has no bundled ptxas."""
     import json
     import pathlib
     import subprocess

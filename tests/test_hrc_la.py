@@ -325,6 +325,37 @@ test_chunk_and_recurrent_gradients_equal_parallel_in_float64 = \
     cases.chunk_and_recurrent_gradients_equal_parallel_in_float64(HRC)
 test_fast_gradients_equal_zoo_in_float32 = cases.fast_gradients_equal_zoo_in_float32(HRC)
 test_fast_gradients_equal_zoo_in_bf16_on_gpu = cases.fast_gradients_equal_zoo_in_bf16_on_gpu(HRC)
+
+# Small head dims, causal, bf16, on the GPU. On the H100 (Triton 3.6, run 40) phase 3 of the
+# chunk-parallel forward hit an illegal address inside test_train's tiny LM (B 2, T 100, H 2,
+# K = V = 32, M = 32: one frequency tile); the GPU tests above cover causal only at D >= 64 and
+# D = 32 only non-causal, and the interpreter runs the case correctly. Each case runs in a child
+# process: a fault kills the CUDA context of the process that meets it, and with it every later
+# test of that worker. (32, 64) and (64, 32) tell whether one frequency tile or the head dim matters.
+SMALL_CHILD = r"""
+import json
+import torch
+import test_hrc_la as t
+from random_features_cases import _fast_grads, _real
+from strategies import Shape, assert_close, grad_tol, tol_for
+
+K, M = {K}, {M}
+s = Shape(2, 100, 2, K, K)
+q, k, v, omega = t.HRC.make(3, s, M, dtype=torch.bfloat16, device="cuda")
+o = t.fast.hrc_la_chunk(q, k, v, omega.float())[0]
+torch.cuda.synchronize()
+ref = t.hrc.hrc_la_chunk(*(x.double() for x in (q, k, v, omega)))[0]
+assert_close(o, ref, tol_for(torch.bfloat16, "cuda"), "o")
+for name, g, r in _fast_grads(t.HRC, t.HRC.fast_chunk, torch.bfloat16, "cuda", s, M, 3, True):
+    assert_close(_real(g), _real(r), grad_tol(tol_for(torch.bfloat16, "cuda")), "d" + name)
+print(json.dumps(dict(ok=True)))
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K,M", [(32, 32), (32, 64), (64, 32), (32, 16)])
+def test_fast_small_head_dims_run_and_equal_zoo_in_bf16_on_gpu(K, M):
+    assert run_aot_script(SMALL_CHILD.replace("{K}", str(K)).replace("{M}", str(M)), timeout=300)["ok"]
 test_fast_gradients_with_one_omega_expanded_over_the_heads = \
     cases.fast_gradients_with_one_omega_expanded_over_the_heads(HRC)
 test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu = \
