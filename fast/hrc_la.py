@@ -74,6 +74,11 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     >= 5x) are NOT met. Next levers: phase 3 still spills (2 blocks an SM at 4 warps); o = num/den
     and the stabiliser's torch passes fused into the kernels (~0.4 ms).
 
+Known defect (run 40, H100, Triton 3.6): phase 3 hit an illegal address at K = V = 32, M = 32
+(causal, bf16, T = 100; one frequency tile). Every load is masked or in bounds by hand count, the
+interpreter computes the case correctly and Triton 3.9 compiles it for sm_90: cause not found.
+tests/test_hrc_la.py's small-head-dim GPU test probes the shapes around it, each in a child process.
+
 Causal backward, parallel over chunks (the default: PARALLEL_BWD = True, with CHUNK_PARALLEL)
 -------------------------------------------------------------------------------------------
 The serial backward below (two sweeps over T a frequency tile, atomics for dq, dk, dv, da) made

@@ -31,9 +31,9 @@ Dtype:  computes in the input dtype (float64 is exact); fp16/bf16 inputs compute
 Pitfalls:
   * g is a log decay: g > 0 is growth and raises ValueError (checked in eager mode only: under
     torch.compile the check would need a data-dependent branch, so it is skipped there). The check
-    reads g on the host, a sync that stalls a GPU pipeline (0.14-0.6 ms a call measured for the
-    fast op on an H100); `check_decay=False` skips it, and the layer passes that: its
-    g = −e^{A_log}·softplus(·) is ≤ 0 by construction.
+    reads g on the host, a sync that stalls a GPU pipeline (0.14-0.6 ms a call on an H100; fast/
+    reads its verdict only after queuing its kernels); `check_decay=False` skips it, and the layer
+    passes that: its g = −e^{A_log}·softplus(·) is ≤ 0 by construction.
   * D is masked *before* exponentiating: above the diagonal Γ_i − Γ_j > 0 and e^{…} can overflow.
     Every exponent used here is ≤ 0, so nothing overflows; long decays underflow to an exact 0.
   * k must be unit-norm (the layer L2-normalises); the ops do not check it.
