@@ -1,5 +1,7 @@
 """Session 8: zoo linear_attention_chunk compiled, before (cumsum prefix, e976c71) and after (prefix
-as a matmul with a strictly lower-triangular ones matrix), at L = 64 / 128 / 256, beside the fast kernel."""
+as a matmul with a strictly lower-triangular ones matrix), at L = 64 / 128 / 256, beside the fast kernel.
+The old form is zoo/linear_attention.py at e976c71, put beside this script by
+    git show e976c71:zoo/linear_attention.py > .scratch/linear_attention_old.py"""
 import os, sys, importlib.util
 sys.path.insert(0, os.getcwd())
 import torch, triton
