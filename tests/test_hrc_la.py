@@ -325,6 +325,10 @@ test_chunk_and_recurrent_gradients_equal_parallel_in_float64 = \
     cases.chunk_and_recurrent_gradients_equal_parallel_in_float64(HRC)
 test_fast_gradients_equal_zoo_in_float32 = cases.fast_gradients_equal_zoo_in_float32(HRC)
 test_fast_gradients_equal_zoo_in_bf16_on_gpu = cases.fast_gradients_equal_zoo_in_bf16_on_gpu(HRC)
+test_fast_gradients_with_one_omega_expanded_over_the_heads = \
+    cases.fast_gradients_with_one_omega_expanded_over_the_heads(HRC)
+test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu = \
+    cases.fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu(HRC, learnable_omega=True)
 
 # Small head dims, causal, bf16, on the GPU. On the H100 (Triton 3.6, run 40) phase 3 of the
 # chunk-parallel forward hit an illegal address inside test_train's tiny LM (B 2, T 100, H 2,
@@ -356,10 +360,7 @@ print(json.dumps(dict(ok=True)))
 @pytest.mark.parametrize("K,M", [(32, 32), (32, 64), (64, 32), (32, 16)])
 def test_fast_small_head_dims_run_and_equal_zoo_in_bf16_on_gpu(K, M):
     assert run_aot_script(SMALL_CHILD.replace("{K}", str(K)).replace("{M}", str(M)), timeout=300)["ok"]
-test_fast_gradients_with_one_omega_expanded_over_the_heads = \
-    cases.fast_gradients_with_one_omega_expanded_over_the_heads(HRC)
-test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu = \
-    cases.fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu(HRC, learnable_omega=True)
+
 
 # ------------------------------------------------------------------------------------------------
 # 4. Causality
