@@ -231,6 +231,23 @@ def _grad_case(seed, shape, dtype, dev, with_state):
     return inputs, cot
 
 
+def _eps_sized(normalize, shape, with_state, state_cot):
+    """The inputs whose gradients are O(ε): normalised, one token, no state, o = v·a/(a + ε) with
+    a = φ(q)·φ(k), so dq (and dk, unless the final state takes a cotangent) is ε times O(1) terms
+    minus as much, whose leading digits no two summation orders share (test_linear_attention's
+    _conditioned leaves the same cases out of its comparisons)."""
+    if not (normalize and shape.T == 1 and not with_state):
+        return set()
+    return {"q"} if state_cot else {"q", "k"}
+
+
+def _assert_eps_sized(xs, dv, what):
+    """Each gradient in xs is ε-sized: within 1e-3 of dv's scale (dv = do·a/(a + ε) is O(1) there),
+    so a wrong kernel's O(1) garbage still fails."""
+    for x in xs:
+        assert x.abs().max() <= 1e-3 * dv.abs().max(), f"{what}: {x.abs().max():.3g} vs dv {dv.abs().max():.3g}"
+
+
 def _with_state(op, **kw):
     def run(q, k, v, S0=None, z0=None):
         o, (S, z) = op(q, k, v, initial_state=None if S0 is None else (S0, z0), output_final_state=True, **kw)
@@ -252,8 +269,12 @@ def test_fast_gradients_equal_zoo_in_float32(shape, causal, normalize, with_stat
     got = grads(_with_state(fb.based_chunk, chunk_size=L, **kw), inputs, cot)
     got_rec = grads(_with_state(fb.based_recurrent, **kw), inputs, cot)
     assert set(got) == set(ref) == set(got_rec)
+    eps_sized = _eps_sized(normalize, shape, with_state, state_cot=True)  # cot holds the final state's
     for n in ref:
         assert got[n].dtype == inputs[n].dtype
+        if n in eps_sized:
+            _assert_eps_sized((got[n], got_rec[n], ref[n]), ref["v"], f"d{n}")
+            continue
         assert_close(got[n], ref[n], grad_tol(tol_for(torch.float32, dev)), f"chunk d{n}")
         assert_close(got_rec[n], ref[n], grad_tol(tol_for(torch.float32, dev)), f"recurrent d{n}")
 
@@ -304,9 +325,14 @@ def test_fast_chunk_parallel_causal_backward_equals_zoo_and_the_sweeps(shape, no
     ref = [x.grad for x in x64] + [None if x is None else torch.zeros_like(x) if x.grad is None else x.grad
                                    for x in s64]
     tol = grad_tol(tol_for(torch.float32, dev))
-    for name, x, r, old in zip(("dq", "dk", "dv", "dS0", "dz0"), got, ref, sweep):
+    eps_sized = _eps_sized(normalize, shape, with_state, state_cot)
+    for name, x, r, old in zip(("q", "k", "v", "S0", "z0"), got, ref, sweep):
+        name = "d" + name
         if r is None:
             assert x is None and old is None, name
+            continue
+        if name[1:] in eps_sized:
+            _assert_eps_sized((x, r, old), ref[2], f"{name} tiles={tiles}")
             continue
         assert_close(x, r, tol, f"{name} tiles={tiles}")
         assert_close(x, old, tol, f"{name} vs the sweeps, tiles={tiles}")
