@@ -24,6 +24,12 @@ from strategies import TOL, Shape, assert_close, device, edge_examples, grad_tol
 
 F64 = torch.float64
 zoo_chunk_sizes = st.sampled_from([1, 4, 16, 64])
+# q and k scaled by this keep the estimated normaliser far from its floor: den/n, the estimate of
+# Σ_j e^{q·k_j} over the mass Σ_j e^{(|q|² + |k_j|²)/2}, is about e^{−|q − k|²/2} per key. With unit
+# randn inputs and K >= 32 it falls under eps = 1e-2 for over half of the tokens (HRC-LA, K = 32 to 64,
+# M = 16 to 256, T = 100), where max(den, eps·n) switches branch on a rounding and a bf16 gradient
+# jumps with it; at 0.35 den >= 0.2·n there, so a bf16 gradient test compares the estimator itself.
+WELL_CONDITIONED = 0.35
 features = st.integers(1, 20)
 
 
@@ -45,18 +51,19 @@ class Method:
     def forms(self):
         return [self.parallel, self.recurrent, self.chunk]
 
-    def make(self, seed, s: Shape, M, dtype=F64, device="cpu", scaling="chi"):
-        q = randn(seed, s.B, s.T, s.H, s.K, dtype=dtype, device=device)
-        k = randn(seed + 1, s.B, s.T, s.H, s.K, dtype=dtype, device=device)
+    def make(self, seed, s: Shape, M, dtype=F64, device="cpu", scaling="chi", qk_scale=1.0):
+        """q, k, v and Ω [H, M, K]; q and k times qk_scale (see WELL_CONDITIONED)."""
+        q = randn(seed, s.B, s.T, s.H, s.K, dtype=dtype, device=device) * qk_scale
+        k = randn(seed + 1, s.B, s.T, s.H, s.K, dtype=dtype, device=device) * qk_scale
         v = randn(seed + 2, s.B, s.T, s.H, s.V, dtype=dtype, device=device)
         g = torch.Generator().manual_seed(seed)
         omega = torch.stack([self.orthogonal_random_features(M, s.K, generator=g, scaling=scaling, dtype=dtype)
                              for _ in range(s.H)]).to(device)
         return q, k, v, omega
 
-    def state(self, seed, s: Shape, M, dtype=F64, device="cpu"):
+    def state(self, seed, s: Shape, M, dtype=F64, device="cpu", qk_scale=1.0):
         """A state as a previous call would leave it, from a short random prefix."""
-        q, k, v, omega = self.make(seed + 11, Shape(s.B, 5, s.H, s.K, s.V), M, dtype=dtype)
+        q, k, v, omega = self.make(seed + 11, Shape(s.B, 5, s.H, s.K, s.V), M, dtype=dtype, qk_scale=qk_scale)
         _, st_ = self.parallel(q, k, v, omega, output_final_state=True)
         return tuple(x.to(device) for x in st_)
 
@@ -269,12 +276,12 @@ def chunk_and_recurrent_gradients_equal_parallel_in_float64(m: Method):
     return test_chunk_and_recurrent_gradients_equal_parallel_in_float64
 
 
-def _fast_grads(m: Method, op, dtype, dev, shape, M, seed, causal, with_state=True, **kw):
+def _fast_grads(m: Method, op, dtype, dev, shape, M, seed, causal, with_state=True, qk_scale=1.0, **kw):
     """Gradients of q, k, v, Ω and the initial state (but c; with_state) through all cotangents, for
     the fast op in `dtype` and the zoo parallel form in float64 on the same (rounded) inputs."""
-    q, k, v, omega = m.make(seed, shape, M, dtype=dtype, device=dev)
+    q, k, v, omega = m.make(seed, shape, M, dtype=dtype, device=dev, qk_scale=qk_scale)
     omega = omega.float()
-    s0 = m.state(seed, shape, M, device=dev)  # its shapes give the final state's cotangents
+    s0 = m.state(seed, shape, M, device=dev, qk_scale=qk_scale)  # its shapes give the final state's cotangents
     cot = _cotangents(seed, shape, s0, device=dev)
     low = [x.detach().clone().requires_grad_() for x in (q, k, v, omega)] + \
           ([x.detach().clone().requires_grad_() for x in _c64(s0[:-1])] if with_state else [])
@@ -306,10 +313,14 @@ def fast_gradients_equal_zoo_in_float32(m: Method):
 
 def fast_gradients_equal_zoo_in_bf16_on_gpu(m: Method):
     @pytest.mark.gpu
-    @pytest.mark.parametrize("T,causal", [(300, True), (1500, True), (700, False)])
-    def test_fast_gradients_equal_zoo_in_bf16_on_gpu(T, causal):
+    # unit inputs put HRC-LA's normaliser at its floor for most tokens (see WELL_CONDITIONED); the
+    # last case compares the estimator away from it
+    @pytest.mark.parametrize("T,causal,qk_scale", [(300, True, 1.0), (1500, True, 1.0), (700, False, 1.0),
+                                                   (300, True, WELL_CONDITIONED)])
+    def test_fast_gradients_equal_zoo_in_bf16_on_gpu(T, causal, qk_scale):
         tol = grad_tol(tol_for(torch.bfloat16, "cuda"))
-        for name, g, r in _fast_grads(m, m.fast_chunk, torch.bfloat16, "cuda", Shape(2, T, 2, 64, 64), 256, 3, causal):
+        for name, g, r in _fast_grads(m, m.fast_chunk, torch.bfloat16, "cuda", Shape(2, T, 2, 64, 64), 256, 3, causal,
+                                      qk_scale=qk_scale):
             assert_close(_real(g), _real(r), tol, f"d{name}")
     return test_fast_gradients_equal_zoo_in_bf16_on_gpu
 

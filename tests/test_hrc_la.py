@@ -332,25 +332,29 @@ test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu = \
 
 # Small head dims, causal, bf16, on the GPU. On the H100 (Triton 3.6, run 40) phase 3 of the
 # chunk-parallel forward hit an illegal address inside test_train's tiny LM (B 2, T 100, H 2,
-# K = V = 32, M = 32: one frequency tile); the GPU tests above cover causal only at D >= 64 and
-# D = 32 only non-causal, and the interpreter runs the case correctly. Each case runs in a child
-# process: a fault kills the CUDA context of the process that meets it, and with it every later
-# test of that worker. (32, 64) and (64, 32) tell whether one frequency tile or the head dim matters.
+# K = V = 32, M = 32: one frequency tile); the GPU tests above cover causal only at D >= 64. Each
+# case runs in a child process: a fault kills the CUDA context of the process that meets it, and
+# with it every later test of that worker. Run 41 (H200): no fault, but the output at (32, 32) 0.59
+# off (the interpreter: 3.4e-3), and bf16 gradients at (32, 16) and (64, 32) as far off as the
+# interpreter's own, because unit inputs put the normaliser at its floor (WELL_CONDITIONED): the
+# gradients are now compared off it.
 SMALL_CHILD = r"""
 import json
 import torch
 import test_hrc_la as t
-from random_features_cases import _fast_grads, _real
+from random_features_cases import WELL_CONDITIONED, _fast_grads, _real
 from strategies import Shape, assert_close, grad_tol, tol_for
 
 K, M = {K}, {M}
 s = Shape(2, 100, 2, K, K)
-q, k, v, omega = t.HRC.make(3, s, M, dtype=torch.bfloat16, device="cuda")
-o = t.fast.hrc_la_chunk(q, k, v, omega.float())[0]
-torch.cuda.synchronize()
-ref = t.hrc.hrc_la_chunk(*(x.double() for x in (q, k, v, omega)))[0]
-assert_close(o, ref, tol_for(torch.bfloat16, "cuda"), "o")
-for name, g, r in _fast_grads(t.HRC, t.HRC.fast_chunk, torch.bfloat16, "cuda", s, M, 3, True):
+for qk_scale in (1.0, WELL_CONDITIONED):  # the output at the floor (unit inputs) and off it
+    q, k, v, omega = t.HRC.make(3, s, M, dtype=torch.bfloat16, device="cuda", qk_scale=qk_scale)
+    o = t.fast.hrc_la_chunk(q, k, v, omega.float())[0]
+    torch.cuda.synchronize()
+    ref = t.hrc.hrc_la_chunk(*(x.double() for x in (q, k, v, omega)))[0]
+    assert_close(o, ref, tol_for(torch.bfloat16, "cuda"), f"o (q, k times {qk_scale})")
+for name, g, r in _fast_grads(t.HRC, t.HRC.fast_chunk, torch.bfloat16, "cuda", s, M, 3, True,
+                              qk_scale=WELL_CONDITIONED):
     assert_close(_real(g), _real(r), grad_tol(tol_for(torch.bfloat16, "cuda")), "d" + name)
 print(json.dumps(dict(ok=True)))
 """
