@@ -74,10 +74,15 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     >= 5x) are NOT met. Next levers: phase 3 still spills (2 blocks an SM at 4 warps); o = num/den
     and the stabiliser's torch passes fused into the kernels (~0.4 ms).
 
-Known defect (run 40, H100, Triton 3.6): phase 3 hit an illegal address at K = V = 32, M = 32
-(causal, bf16, T = 100; one frequency tile). Every load is masked or in bounds by hand count, the
-interpreter computes the case correctly and Triton 3.9 compiles it for sm_90: cause not found.
-tests/test_hrc_la.py's small-head-dim GPU test probes the shapes around it, each in a child process.
+Known defect (runs 40-42, H100 and H200, Triton 3.6): at small head dims the GPU gets wrong results.
+K = V = M = 32, causal, bf16: the output 0.58 relative RMS error off the zoo (the interpreter,
+same inputs: 3.4e-3), and at times an illegal address (test_train's tiny LM; with FAST_TRIG off,
+every time). memcheck: phase 3's second K-step of an HGMMA.64x32x16 (a 64×32 tensor-core product,
+B from shared memory: the S⁻ read-out or A·v, N = V = 32) reads shared memory at 0x4400, past the
+kernel's 12,288 bytes. The PTX's descriptors look right; the cause lies lower and is not found.
+K = V = 32, M = 16: the backward wrong (dk 0.76 off). (32, 64) and (64, 32) pass forward and
+backward. So the ops refuse head dims < 64 with M < 64 on a GPU (REFUSE_SMALL_HEADS); the
+shapes between are not all measured. tests/test_hrc_la.py's small-head-dim GPU test probes them.
 
 Causal backward, parallel over chunks (the default: PARALLEL_BWD = True, with CHUNK_PARALLEL)
 -------------------------------------------------------------------------------------------
@@ -240,6 +245,9 @@ FEATURE_DOTS_16 = True
 # still adds in fp32; each stored state is rounded once, 2⁻⁹ relative, under the half-precision
 # output's own rounding). fp32 inputs always keep fp32 records. Off until GPU-timed.
 HALF_RECORDS = False
+# Head dims under 64 with M under 64 on a GPU: refused with a NotImplementedError (the card's
+# "Known defect": wrong results and an illegal address at such shapes). Read at each call.
+REFUSE_SMALL_HEADS = True
 # The causal backward: True runs the chunk-parallel kernels (the card's "Causal backward, parallel
 # over chunks": the walk again, a reverse walk, then every chunk's gradients), False the serial
 # _hrc_la_chunk_bwd_kernel. Only with CHUNK_PARALLEL (non-causal always takes the serial one). Read
@@ -1093,6 +1101,13 @@ def _check_fast(q, k, v, omega, initial_state, chunk_size=None):
     """The zoo's checks, then what the kernels add."""
     _check_inputs(q, k, v, omega, initial_state, chunk_size)
     _rf.check_kernel_inputs("hrc_la", q, v, chunk_size, INTERPRET)
+    K, V, M = q.shape[-1], v.shape[-1], omega.shape[1]
+    if REFUSE_SMALL_HEADS and q.is_cuda and not INTERPRET and min(K, V) < 64 and M < 64:
+        raise NotImplementedError(
+            f"fast.hrc_la with head dims K = {K}, V = {V} and M = {M} features gives wrong results on "
+            "the GPU (Triton 3.6, sm_90: the card's Known defect). Use zoo.hrc_la (the same function "
+            "and layer), or M >= 64, or head dims >= 64; fast.hrc_la.REFUSE_SMALL_HEADS = False runs "
+            "the kernels anyway (to try another Triton)")
 
 
 def _run(op, q, k, v, omega, scale, causal, eps, initial_state, output_final_state, chunk_size):
