@@ -83,9 +83,9 @@ kernel's 12,288 bytes. The PTX is right (descriptor = zext(bfe(addr, 4, 14)) | f
 K-step); the SASS of Triton 3.6's ptxas (CUDA 12.8.93), compiled for sm_90 on a CPU, builds the
 second K-step's descriptor from the raw shared-window base instead (lo = 0x400 + 0x40, the 0x4400
 memcheck names; hi = 0x80000420 for 0x80000020; in the default build, from a uniform register
-nothing writes): a ptxas miscompile. CUDA 12.9.86's ptxas
-(Triton 3.9's) compiles the same PTX right: TRITON_PTXAS_PATH pointing at it, with
-REFUSE_SMALL_HEADS = False, may be a way round; not run on a GPU.
+nothing writes): a ptxas miscompile. CUDA 12.9.86's ptxas (Triton 3.9's) compiles the same PTX
+right: TRITON_PTXAS_PATH pointing at it, with REFUSE_SMALL_HEADS = False, may be a way round; not
+run on a GPU.
 K = V = 32, M = 16: the backward wrong (dk 0.76 off). (32, 64) and (64, 32) pass forward and
 backward. So the ops refuse head dims < 64 with M < 64 on a GPU (REFUSE_SMALL_HEADS); the
 shapes between are not all measured. tests/test_hrc_la.py's small-head-dim GPU test probes them.
