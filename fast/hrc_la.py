@@ -1110,8 +1110,9 @@ def _check_fast(q, k, v, omega, initial_state, chunk_size=None):
     K, V, M = q.shape[-1], v.shape[-1], omega.shape[1]
     if REFUSE_SMALL_HEADS and q.is_cuda and not INTERPRET and min(K, V) < 64 and M < 64:
         raise NotImplementedError(
-            f"fast.hrc_la with head dims K = {K}, V = {V} and M = {M} features gives wrong results on "
-            "the GPU (Triton 3.6, sm_90: see 'Known defect' in fast/hrc_la.py's docstring). Use "
+            f"fast.hrc_la refuses head dims K = {K}, V = {V} with M = {M} features on the GPU: such "
+            "shapes gave wrong results under Triton 3.6 on sm_90 (not every one measured; see 'Known "
+            "defect' in fast/hrc_la.py's docstring). Use "
             "zoo.hrc_la (the same function and layer), or M >= 64, or head dims >= 64; "
             "fast.hrc_la.REFUSE_SMALL_HEADS = False runs the kernels anyway (to try another ptxas)")
 
