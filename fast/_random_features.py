@@ -23,6 +23,15 @@ STATE_ELEMENTS = 4096  # fp32 state elements per program: 16 registers a thread 
 MAX_BT = 32
 MAX_V = 256  # V sits in one tile
 MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
+# Head dims under 64: every chunk-parallel kernel (walk, phase 3, reverse walk, gradients) runs at
+# (BM <= 32, 2 warps), whatever its module tile says. At 4 or 8 warps Triton lowers their products to
+# wgmma (a warpgroup is 4 warps), and Triton 3.6's ptxas (CUDA 12.8.93) miscompiles a wgmma's
+# shared-memory descriptor at such shapes (fast/hrc_la.py's card, "Small head dims"): on the H100 (run
+# 43), HRC-LA at head dims 32/16 with M 16-128 gave outputs 0.4-0.5 off, a backward 0.76 off or an
+# illegal address, and FAVOR+ the same (NaN at head dim 16, M 128). At 2 warps (mma.sync, no wgmma)
+# all 16 shapes equalled the zoo, as they did at the default tiles under CUDA 12.9.86's ptxas.
+SMALL_HEAD_DIM = 64
+SMALL_HEAD_TILE = (32, 2)  # (largest BM, num_warps); num_stages stays the module tile's
 # Phases θ = u Ωᵀ (and their gradients) at fp32 accuracy: plain tf32 (10-bit mantissa) would move
 # cos θ by ~1e-3·|θ|. tf32x3 splits each operand into two tf32 parts (three tensor-core products),
 # close to fp32 and much faster than "ieee" (CUDA-core FMAs). The interpreter computes fp32 exactly.
@@ -91,10 +100,15 @@ def parallel_tiles(K: int, V: int, M: int, BT: int, walk_tile, out_tile):
     """(BT, BK, BV, (BM, num_warps, num_stages) of the state walk, (BM, num_warps, num_stages) of
     phase 3) of a chunk-parallel causal forward (the two-launch plan of fast/hrc_la.py's card), from
     the head dims, M and the module's PARALLEL_BT, WALK_TILE, OUT_TILE (BM capped by M's power of
-    two; nothing keyed on T or B)."""
+    two; nothing keyed on T or B). Head dims under SMALL_HEAD_DIM take SMALL_HEAD_TILE instead."""
     BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
-    BM = lambda bm: max(16, min(triton.next_power_of_2(M), bm))
-    return BT, BK, BV, (BM(walk_tile[0]), *walk_tile[1:]), (BM(out_tile[0]), *out_tile[1:])
+    small = min(K, V) < SMALL_HEAD_DIM
+
+    def tile(bm, warps, stages):
+        if small:
+            bm, warps = min(bm, SMALL_HEAD_TILE[0]), SMALL_HEAD_TILE[1]
+        return max(16, min(triton.next_power_of_2(M), bm)), warps, stages
+    return BT, BK, BV, tile(*walk_tile), tile(*out_tile)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -74,21 +74,22 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     >= 5x) are NOT met. Next levers: phase 3 still spills (2 blocks an SM at 4 warps); o = num/den
     and the stabiliser's torch passes fused into the kernels (~0.4 ms).
 
-Known defect (runs 40-42, H100 and H200, Triton 3.6): at small head dims the GPU gets wrong results.
-K = V = M = 32, causal, bf16: the output 0.58 relative RMS error off the zoo (the interpreter,
-same inputs: 3.4e-3), and at times an illegal address (test_train's tiny LM; with FAST_TRIG off,
-every time). memcheck: phase 3's second K-step of an HGMMA.64x32x16 (a 64×32 tensor-core product,
-B from shared memory: the S⁻ read-out or A·v, N = V = 32) reads shared memory at 0x4400, past the
-kernel's 12,288 bytes. The PTX is right (descriptor = zext(bfe(addr, 4, 14)) | flags, + 0x40 a
-K-step); the SASS of Triton 3.6's ptxas (CUDA 12.8.93), compiled for sm_90 on a CPU, builds the
-second K-step's descriptor from the raw shared-window base instead (lo = 0x400 + 0x40, the 0x4400
-memcheck names; hi = 0x80000420 for 0x80000020; in the default build, from a uniform register
-nothing writes): a ptxas miscompile. CUDA 12.9.86's ptxas (Triton 3.9's) compiles the same PTX
-right: TRITON_PTXAS_PATH pointing at it, with REFUSE_SMALL_HEADS = False, may be a way round; not
-run on a GPU.
-K = V = 32, M = 16: the backward wrong (dk 0.76 off). (32, 64) and (64, 32) pass forward and
-backward. So the ops refuse head dims < 64 with M < 64 on a GPU (REFUSE_SMALL_HEADS); the
-shapes between are not all measured. tests/test_hrc_la.py's small-head-dim GPU test probes them.
+Small head dims (runs 40-43, H100 and H200, Triton 3.6): a ptxas miscompile, worked round.
+At K = V = M = 32 (causal, bf16) the output came out 0.58 relative RMS error off the zoo (the
+interpreter, same inputs: 3.4e-3), at times with an illegal address. memcheck: phase 3's second
+K-step of an HGMMA.64x32x16 (a 64×32 tensor-core product, B from shared memory: the S⁻ read-out or
+A·v, N = V = 32) reads shared memory at 0x4400, past the kernel's 12,288 bytes. The PTX is right
+(descriptor = zext(bfe(addr, 4, 14)) | flags, + 0x40 a K-step); the SASS of Triton 3.6's ptxas
+(CUDA 12.8.93) builds the second K-step's descriptor from the raw shared-window base instead
+(in the default build, from a uniform register nothing writes): a ptxas miscompile. Run 43 (16
+shapes, head dims 16-64, M 16-128, HRC-LA and FAVOR+, bf16 outputs and gradients against the fp64
+zoo): the default tiles failed at 7 of them, with head dims 16 and 32 only (outputs 0.4-0.55 off,
+a backward 0.76 off, illegal addresses; FAVOR+ NaN at head dim 16, M 128); the same PTX through
+CUDA 12.9.86's ptxas passed all 16, and so did the default ptxas with every chunk-parallel kernel
+at 2 warps (no wgmma: a warpgroup is 4 warps). So head dims < 64 run those kernels at 2 warps,
+BM <= 32 (_random_features.SMALL_HEAD_TILE); their speed there is not timed.
+tests/test_hrc_la.py and tests/test_performer.py probe the shapes on the GPU, each in a child
+process.
 
 Causal backward, parallel over chunks (the default: PARALLEL_BWD = True, with CHUNK_PARALLEL)
 -------------------------------------------------------------------------------------------
@@ -251,9 +252,6 @@ FEATURE_DOTS_16 = True
 # still adds in fp32; each stored state is rounded once, 2⁻⁹ relative, under the half-precision
 # output's own rounding). fp32 inputs always keep fp32 records. Off until GPU-timed.
 HALF_RECORDS = False
-# Head dims under 64 with M under 64 on a GPU: refused with a NotImplementedError (the card's
-# "Known defect": wrong results and an illegal address at such shapes). Read at each call.
-REFUSE_SMALL_HEADS = True
 # The causal backward: True runs the chunk-parallel kernels (the card's "Causal backward, parallel
 # over chunks": the walk again, a reverse walk, then every chunk's gradients), False the serial
 # _hrc_la_chunk_bwd_kernel. Only with CHUNK_PARALLEL (non-causal always takes the serial one). Read
@@ -1107,14 +1105,6 @@ def _check_fast(q, k, v, omega, initial_state, chunk_size=None):
     """The zoo's checks, then what the kernels add."""
     _check_inputs(q, k, v, omega, initial_state, chunk_size)
     _rf.check_kernel_inputs("hrc_la", q, v, chunk_size, INTERPRET)
-    K, V, M = q.shape[-1], v.shape[-1], omega.shape[1]
-    if REFUSE_SMALL_HEADS and q.is_cuda and not INTERPRET and min(K, V) < 64 and M < 64:
-        raise NotImplementedError(
-            f"fast.hrc_la refuses head dims K = {K}, V = {V} with M = {M} features on the GPU: such "
-            "shapes gave wrong results under Triton 3.6 on sm_90 (not every one measured; see 'Known "
-            "defect' in fast/hrc_la.py's docstring). Use "
-            "zoo.hrc_la (the same function and layer), or M >= 64, or head dims >= 64; "
-            "fast.hrc_la.REFUSE_SMALL_HEADS = False runs the kernels anyway (to try another ptxas)")
 
 
 def _run(op, q, k, v, omega, scale, causal, eps, initial_state, output_final_state, chunk_size):

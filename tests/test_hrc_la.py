@@ -330,49 +330,7 @@ test_fast_gradients_with_one_omega_expanded_over_the_heads = \
 test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu = \
     cases.fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu(HRC, learnable_omega=True)
 
-# Small head dims, causal, bf16, on the GPU (fast/hrc_la.py's card, "Known defect"). Runs 40-42
-# (Triton 3.6): at K = V = M = 32 the output is wrong on the GPU and at times an illegal address;
-# at (32, 16) the backward is wrong; (32, 64) and (64, 32) pass. So the ops refuse head dims < 64
-# with M < 64 on a GPU: refused shapes must raise, the others must equal the zoo. With
-# REFUSE_SMALL_HEADS = False in the child the same test probes whether another Triton fixed it.
-# Each case runs in a child process: a fault kills the CUDA context of the process that meets it,
-# and with it every later test of that worker. Gradients are compared off the normaliser's floor
-# (WELL_CONDITIONED): run 41's unit inputs left (32, 16) and (64, 32) 0.24 and 0.04 off, as the
-# interpreter does too.
-SMALL_CHILD = r"""
-import json
-import pytest
-import torch
-import test_hrc_la as t
-from random_features_cases import WELL_CONDITIONED, _fast_grads, _real
-from strategies import Shape, assert_close, grad_tol, tol_for
-
-K, M = {K}, {M}
-s = Shape(2, 100, 2, K, K)
-if t.fast.REFUSE_SMALL_HEADS and K < 64 and M < 64:  # v has K too
-    q, k, v, omega = t.HRC.make(3, s, M, dtype=torch.bfloat16, device="cuda")
-    with pytest.raises(NotImplementedError, match="REFUSE_SMALL_HEADS"):
-        t.fast.hrc_la_chunk(q, k, v, omega.float())
-    with pytest.raises(NotImplementedError, match="REFUSE_SMALL_HEADS"):
-        t.fast.hrc_la_recurrent(q, k, v, omega.float())
-else:
-    for qk_scale in (1.0, WELL_CONDITIONED):  # the output at the floor (unit inputs) and off it
-        q, k, v, omega = t.HRC.make(3, s, M, dtype=torch.bfloat16, device="cuda", qk_scale=qk_scale)
-        o = t.fast.hrc_la_chunk(q, k, v, omega.float())[0]
-        torch.cuda.synchronize()
-        ref = t.hrc.hrc_la_chunk(*(x.double() for x in (q, k, v, omega)))[0]
-        assert_close(o, ref, tol_for(torch.bfloat16, "cuda"), f"o (q, k times {qk_scale})")
-    for name, g, r in _fast_grads(t.HRC, t.HRC.fast_chunk, torch.bfloat16, "cuda", s, M, 3, True,
-                                  qk_scale=WELL_CONDITIONED):
-        assert_close(_real(g), _real(r), grad_tol(tol_for(torch.bfloat16, "cuda")), "d" + name)
-print(json.dumps(dict(ok=True)))
-"""
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("K,M", [(32, 32), (32, 64), (64, 32), (32, 16)])
-def test_fast_small_head_dims_are_refused_or_equal_zoo_in_bf16_on_gpu(K, M):
-    assert run_aot_script(SMALL_CHILD.replace("{K}", str(K)).replace("{M}", str(M)), timeout=300)["ok"]
+test_fast_small_head_dims_equal_zoo_in_bf16_on_gpu = cases.fast_small_head_dims_equal_zoo_in_bf16_on_gpu(HRC)
 
 
 # ------------------------------------------------------------------------------------------------

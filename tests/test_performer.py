@@ -128,6 +128,7 @@ test_fast_gradients_with_one_omega_expanded_over_the_heads = \
     cases.fast_gradients_with_one_omega_expanded_over_the_heads(PERF)
 test_fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu = \
     cases.fast_layer_gradients_equal_zoo_layer_with_the_same_weights_on_gpu(PERF)
+test_fast_small_head_dims_equal_zoo_in_bf16_on_gpu = cases.fast_small_head_dims_equal_zoo_in_bf16_on_gpu(PERF)
 
 # ------------------------------------------------------------------------------------------------
 # 4. Causality
