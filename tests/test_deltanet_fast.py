@@ -81,7 +81,8 @@ def test_fast_returns_no_state_unless_asked_and_honours_scale():
         assert_close(o, zd.delta_rule_recurrent(q, k, v, beta, scale=0.3)[0], TOL32, op.__name__)
 
 
-HALF_CASES = [(dt, D, T) for dt in (torch.float16, torch.bfloat16) for D, T in ((64, 1), (64, 777), (128, 2000))]
+HALF_CASES = [(dt, D, T) for dt in (torch.float16, torch.bfloat16)
+              for D, T in ((64, 1), (64, 777), (128, 2000), (32, 300))]
 
 
 @pytest.mark.gpu

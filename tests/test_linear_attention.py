@@ -148,7 +148,7 @@ def test_fast_equals_zoo_for_wider_and_unequal_head_dims(K, V, scale):
                          tol_for(torch.float32, dev))
 
 
-HALF_CASES = [(dt, D, T, causal, normalize) for dt in (torch.float16, torch.bfloat16) for D in (64, 128)
+HALF_CASES = [(dt, D, T, causal, normalize) for dt in (torch.float16, torch.bfloat16) for D in (32, 64, 128)
               for T, causal, normalize in ((1, True, True), (63, True, False), (500, True, True),
                                            (2000, True, False), (2000, True, True), (333, False, True),
                                            (1000, False, False))]

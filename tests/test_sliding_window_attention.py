@@ -168,7 +168,8 @@ def test_fast_takes_negative_and_zero_scales(scale):
 # 512 (an interior); T = 1, ragged, and long enough to cross many blocks. Few, so the GPU run
 # compiles a handful of kernel variants.
 HALF_CASES = [(torch.bfloat16, 128, 1, 64), (torch.bfloat16, 128, 1000, 64), (torch.bfloat16, 128, 1000, 512),
-              (torch.bfloat16, 128, 777, 129), (torch.float16, 64, 1000, 512), (torch.float16, 64, 127, 64)]
+              (torch.bfloat16, 128, 777, 129), (torch.float16, 64, 1000, 512), (torch.float16, 64, 127, 64),
+              (torch.bfloat16, 32, 500, 64)]
 
 
 @pytest.mark.gpu

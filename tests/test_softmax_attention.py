@@ -139,7 +139,7 @@ def test_fast_equals_zoo_for_negative_and_zero_scale(scale):
         assert_close(got[n], ref[n], grad_tol(tol_for(torch.float32, dev)), f"d{n}")
 
 
-HALF_CASES = [(dt, D, T, causal) for dt in (torch.float16, torch.bfloat16) for D in (64, 128)
+HALF_CASES = [(dt, D, T, causal) for dt in (torch.float16, torch.bfloat16) for D in (32, 64, 128)
               for T, causal in ((1, True), (127, True), (1000, True), (1000, False), (333, False))]
 
 
