@@ -103,6 +103,12 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     is ~0.2 ms above its bytes (one chunk a program, nothing overlaps its loads but other
     programs, and 255 registers leave room for few; pipelining two chunks a program took 0.08 ms
     of it back, at a price in compile time: see "Tiles").
+    Session 12 (runs 44-45, benchmarks/results/h100-2026-11-23/run4[45]-*), bit-identical results,
+    not kept: (d) whole-chunk products (X assembled from its blocks in registers, W and U one
+    64-row wgmma each, A from one K Kᵀ): step 1 0.576-0.607 ms against 0.580 (±0.03; compiles in
+    1.0-1.6 s against 3.3-4.3); at 8 warps or under maxnreg 128/168 0.74-0.84 ms; (e) step 1 split
+    into a solve kernel (X stored) and an apply kernel (R, W, U), each at its own occupancy: 0.657
+    ms at best. The solve's latency, at two blocks an SM, is what holds step 1.
   bytes, backward: 1 (6.5X, X in fp32), 2' (6.5X: h is 2X), 3 (7.5X), 4 (12–15X), 5 (8X): ≈ 42X
     = 5.6 GB, 1.9 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
     read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
