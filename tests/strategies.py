@@ -214,8 +214,8 @@ def run_aot_script(script: str, timeout: float = 600) -> dict:
     per kernel). The interpreter never compiles: this catches what only the GPU compiler rejects,
     on a CPU. The script runs in the repository root with tests/ on its path, so it can
     `from aot import stack_bytes` (tests/aot.py: compile one kernel, count its spills). On a GPU it
-    also isolates a case that may fault (test_hrc_la.py's small head dims): a fault ends the child,
-    not the CUDA context of the test worker. Skips when this Triton has no bundled ptxas."""
+    also isolates a case that may fault (random_features_cases.py's small head dims): a fault ends
+    the child, not the CUDA context of the test worker. Skips when this Triton has no bundled ptxas."""
     import json
     import pathlib
     import subprocess
