@@ -210,7 +210,6 @@ Naming legend (fla's prefixes, STYLE rule 29):
     s_u  √scale (u = s_u·x);  r_m  1/√M
 """
 
-import math
 import os
 
 import torch
@@ -222,9 +221,9 @@ import zoo.hrc_la as zhrc
 from zoo.hrc_la import EPS_DENOMINATOR, HRCMultiheadAttention as _ZooLayer, _check_inputs
 
 from fast._random_features import (
-    EMPTY_SCALE, MAX_BT, MAX_V, MIN_CHUNK, PHASE_PRECISION, STATE_ELEMENTS, causal_decay, chunk_end, chunk_rows,
-    chunk_program, chunk_record, chunk_state_in, cos_sin, frequency_tile, half_operand, load_rows, omega_tile,
-    phases_t, state_or_zeros, state_ptrs, store_chunk_out, store_share, store_state,
+    EMPTY_SCALE, PHASE_PRECISION, causal_decay, chunk_end, chunk_rows, chunk_program, chunk_record, chunk_state_in,
+    cos_sin, frequency_tile, half_operand, load_rows, omega_tile, phases_t, state_or_zeros, state_ptrs,
+    store_chunk_out, store_share, store_state,
 )
 from fast import _random_features as _rf
 from fast._compile import launch, precompile

@@ -38,7 +38,10 @@ same loaded rows. Switches (module globals, read at each call; benchmarks/result
     dtype (features, A and the records' S rounded to it; fp32 accumulation; the exponents stay
     fp32-accurate; fp32 inputs unchanged). HALF_RECORDS (off): records in bf16 for bf16/fp16
     inputs (the walk still adds in fp32). WALK_TILE (32, 4 warps, 2 stages), OUT_TILE (32, 4
-    warps, 2 stages): HRC-LA's measured winners, taken over untimed.
+    warps, 2 stages): HRC-LA's measured winners, taken over untimed. Head dims under 64 run both
+    kernels at _random_features.SMALL_HEAD_TILE (2 warps) instead: Triton 3.6's ptxas miscompiled
+    them there (run 43: illegal addresses at head dims 16 and 32, NaN at 16 with M 128; the
+    reason and the price are in fast/hrc_la.py's card, "Small head dims").
 sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; tests/test_performer.py's AOT script compiles the defaults):
   walk: BM 32 at 4 warps, 2 stages: 168, no spill (1 stage: 168 + 24 B); BM 64: 226, no spill;
     BM 16: 128.
@@ -108,9 +111,9 @@ import zoo.performer as zperf
 from zoo.performer import EPS_DENOMINATOR, PerformerAttention as _ZooLayer, _check_inputs
 
 from fast._random_features import (
-    EMPTY_SCALE, MAX_BT, MAX_V, MIN_CHUNK, PHASE_PRECISION, STATE_ELEMENTS, causal_decay, chunk_end, chunk_program,
-    chunk_record, chunk_state_in, chunk_rows, frequency_tile, half_operand, load_rows, omega_tile, phases_t,
-    state_or_zeros, state_ptrs, store_chunk_out, store_share, store_state,
+    EMPTY_SCALE, PHASE_PRECISION, causal_decay, chunk_end, chunk_program, chunk_record, chunk_state_in, chunk_rows,
+    frequency_tile, half_operand, load_rows, omega_tile, phases_t, state_or_zeros, state_ptrs, store_chunk_out,
+    store_share, store_state,
 )
 from fast import _random_features as _rf
 
