@@ -38,6 +38,7 @@ SMALL_HEAD_TILE = (32, 2)  # (largest BM, num_warps); num_stages stays the modul
 # close to fp32 and much faster than "ieee" (CUDA-core FMAs). The interpreter computes fp32 exactly.
 PHASE_PRECISION = tl.constexpr("tf32x3")
 EMPTY_SCALE = torch.finfo(torch.float32).min  # the log-scale of an empty state, as in the zoo
+EMPTY = tl.constexpr(EMPTY_SCALE)  # the same, in kernels
 # cos_sin(θ, FAST=True): θ reduced to r = θ − 2π·n, n = round(θ/2π), r in [−π, π], by a two-constant
 # Cody-Waite split of 2π: TWO_PI_HI has 8 significant bits, so n·TWO_PI_HI is exact for |n| < 2¹⁶ and
 # θ − n·TWO_PI_HI is exact (Sterbenz); TWO_PI_LO = 2π − TWO_PI_HI in fp32 (its own error 2⁻²⁴ of
@@ -136,6 +137,29 @@ def running_scale(a, c0, causal):
     return torch.maximum(c, c0[..., None]).transpose(1, 2).contiguous()
 
 
+def divide(num, den, floor, dtype):
+    """(3) o = num / max(den, floor) in `dtype` (`floor`: a tensor like den, or a float). For the
+    serial kernels, whose frequency tiles add shares of num and den into fp32 buffers: they divide
+    here, after their launch; the chunk-parallel phase 3 divides in its kernel (store_chunk_out)."""
+    D = den.clamp_min(floor) if isinstance(floor, float) else torch.maximum(den, floor)
+    return (num / D[..., None]).to(dtype)
+
+
+def output_cotangents(do, dden, o, den, floor, V):
+    """(dnum [B, T, H, V], dden [B, T, H]) fp32 from the cotangent `do` of o = num / max(den, floor),
+    the floor a constant (the zoo detaches it), D = max(den, floor):
+        dnum = do / D,   dden = −Σ_v do·o / D where den >= floor, 0 where the floor holds,
+    plus `dden`, a cotangent of den itself (an output of the op; None when unused). o is the op's
+    output in v's dtype (bf16: rounded by 2⁻⁹ relative, as its cotangent is); num is never stored."""
+    D = den.clamp_min(floor) if isinstance(floor, float) else torch.maximum(den, floor)
+    if do is None:
+        dnum, dden_o = den.new_zeros(*den.shape, V), torch.zeros_like(den)
+    else:
+        dnum = do.float() / D[..., None]
+        dden_o = torch.where(den >= floor, -(dnum * o.float()).sum(-1), 0.0)
+    return dnum, dden_o if dden is None else dden_o + dden
+
+
 # ------------------------------------------------------------------------------------------------
 # Custom-op plumbing: what torch.compile(fullgraph=True) sees (the kernels stay opaque to it)
 # ------------------------------------------------------------------------------------------------
@@ -162,15 +186,16 @@ def state_cotangents(dht, dzt, q, rows, V):
 
 
 def register_fwd_ops(name, schema, launch, fake, setup_context, backward):
-    """zoo::{name}_chunk_fwd and zoo::{name}_recurrent_fwd, both with `schema` (inputs first, c the
-    sixth, chunk_size last; the recurrent op ignores chunk_size): the inputs made contiguous,
-    `launch(*inputs, chunk_size or None)`, its Nones as empty tensors (custom ops return no None),
-    and autograd through the chunk backward. Returns the two ops."""
+    """zoo::{name}_chunk_fwd and zoo::{name}_recurrent_fwd, both with `schema` (q first, chunk_size
+    last; the recurrent op ignores chunk_size): the inputs made contiguous, `launch(*inputs,
+    chunk_size or None)`, its Nones as empty fp32 tensors (custom ops return no None), and autograd
+    through the chunk backward. Returns the two ops."""
     def forward(chunk):
         def op(*args):
             *args, chunk_size = contig(*args)
             out = launch(*args, chunk_size if chunk else None)
-            return tuple(or_empty(x, args[5]) for x in out)
+            empty = args[0].new_empty(0, dtype=torch.float32)
+            return tuple(or_empty(x, empty) for x in out)
         return op
 
     ops = []
@@ -286,6 +311,17 @@ def half_operand(x, DT: tl.constexpr):
 
 
 @triton.jit
+def _max(x, y):
+    return tl.maximum(x, y)
+
+
+@triton.jit
+def prefix_max(x):
+    """The running maximum of x [BT] along its only axis (tl has cumsum, not cummax)."""
+    return tl.associative_scan(x, 0, _max)
+
+
+@triton.jit
 def causal_decay(offs_t, mask_t, b_c):
     """(3) Γ_tj = e^{c_j − c_t} for j <= t inside the chunk, 0 elsewhere [BT, BT]."""
     mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]
@@ -353,10 +389,10 @@ def phases_t(b_xT, b_omega, s_u, X_IS_TF32: tl.constexpr):
 
 
 @triton.jit
-def chunk_program(q, k, c, s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+def chunk_program(q, k, s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr):
     """Map a phase-3 program to chunk i_t of (batch, head) i_bh: offsets and masks of K and V, the
-    chunk's rows, its q and k transposed [BK, BT] as loaded (unscaled: see phases_t) and c_t [BT]."""
+    chunk's rows and its q and k transposed [BK, BT] as loaded (unscaled: see phases_t)."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     s_u, r_m = tl.cast(s_u, tl.float32), tl.cast(r_m, tl.float32)
@@ -366,8 +402,7 @@ def chunk_program(q, k, c, s_u, r_m, T, H, K: tl.constexpr, V: tl.constexpr, BT:
     offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
     b_xqT = tl.trans(load_rows(q, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT]
     b_xkT = tl.trans(load_rows(k, p_t, mask_t, offs_k, mask_k, K))
-    b_c = tl.load(c + p_t, mask=mask_t, other=0.0)  # c_t, the prefix max [BT]
-    return i_t, i_bh, i_h, row0, s_u, r_m, offs_k, offs_v, mask_k, mask_v, offs_t, mask_t, p_t, b_xqT, b_xkT, b_c
+    return i_t, i_bh, i_h, row0, s_u, r_m, offs_k, offs_v, mask_k, mask_v, offs_t, mask_t, p_t, b_xqT, b_xkT
 
 
 @triton.jit
@@ -379,12 +414,19 @@ def chunk_state_in(c, c0, hs, i_t, i_bh, i_h, row0, b_c, mask_t, H, NT, R: tl.co
 
 
 @triton.jit
-def store_chunk_out(num, den, v, b_A, b_oi, b_di, b_dec, p_t, mask_t, offs_v, mask_v, V: tl.constexpr,
+def store_chunk_out(o, den, v, b_A, b_oi, b_di, b_dec, b_floor, p_t, mask_t, offs_v, mask_v, V: tl.constexpr,
                     FT: tl.constexpr, DOT: tl.constexpr):
-    """(5) for the chunk's queries, written once: num_t = (A v)_t + e^{c⁻−c_t} (φ̂_tᵀS⁻), den_t =
-    Σ_j A_tj + e^{c⁻−c_t} (φ̂_tᵀz⁻); A [BT, BT] already masked and decayed (Γ), the read-outs b_oi
-    [BT, BV] and b_di [BT] at the state's scale c⁻. A and v enter the dot as FT (see half_operand)."""
+    """(5) for the chunk's queries, then (3) the division, written once: num_t = (A v)_t +
+    e^{c⁻−c_t} (φ̂_tᵀS⁻), den_t = Σ_j A_tj + e^{c⁻−c_t} (φ̂_tᵀz⁻), o_t = num_t / max(den_t, floor_t)
+    in o's dtype, and den (fp32, for the backward: see output_cotangents). A [BT, BT] already masked
+    and decayed (Γ), the read-outs b_oi [BT, BV] and b_di [BT] at the state's scale c⁻, b_floor
+    [BT] or a scalar. A and v enter the dot as FT (see half_operand); o is rounded by half_operand
+    too (the interpreter's own cast truncates). A NaN den gives a NaN o, as torch.maximum does."""
     b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
-    b_o = tl.dot(half_operand(b_A, FT), half_operand(b_v, FT), input_precision=DOT) + b_dec[:, None] * b_oi
-    b_d = tl.sum(b_A, 1) + b_dec * b_di
-    store_share(num, den, p_t, mask_t, offs_v, mask_v, b_o, b_d, V, False)
+    b_num = tl.dot(half_operand(b_A, FT), half_operand(b_v, FT), input_precision=DOT) + b_dec[:, None] * b_oi
+    b_den = tl.sum(b_A, 1) + b_dec * b_di
+    b_D = tl.where(mask_t, tl.maximum(b_den, b_floor, propagate_nan=tl.PropagateNan.ALL), 1.0)  # 1 past T: no 0/0
+    b_o = b_num / b_D[:, None]  # [BT, BV]
+    tl.store(o + p_t[:, None] * V + offs_v[None, :], half_operand(b_o, o.dtype.element_ty).to(o.dtype.element_ty),
+             mask=mask_t[:, None] & mask_v[None, :])
+    tl.store(den + p_t, b_den, mask=mask_t)

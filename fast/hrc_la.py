@@ -16,15 +16,28 @@ record per (batch·head, chunk), hs [B, H, NT, R], R = 2M·V + 2M + 1: S_c, S_s,
 state BEFORE the chunk, at the scale c_last(n−1) of the previous chunk's last token (c0 first).
   walk, grid (⌈M/BM⌉, B·H), _hrc_la_chunk_h_kernel (fla's chunk_fwd_h): each program holds its
     frequency slice S_c, S_s [BM, V], z_c, z_s [BM] (and the mass n in tile 0) in fp32 registers
-    and walks the chunks in order: store the state into chunk n's record, then (4) a chunk at a time
+    and walks the chunks in order: store the state into chunk n's record (and, tile 0, its scale
+    c⁻ into cs [B, H, NT]), then (4) a chunk at a time
         S ← e^{c_last(n−1) − c_last(n)} S + Σ_j e^{a_j − c_last(n)} conj φ̂(k_j) v_jᵀ  ([cos; sin] rows),
-    the keys' features on chip; the last state goes straight to ht, zt, nt. Records are written
-    once and read once (round 1 had phase 1 write increments and phase 2 read and rewrite them in
-    place: 4 record passes, phase 2 a dependent load/store chain at ~0.75 TB/s).
-  phase 3, grid (NT, B·H), _hrc_la_chunk_out_kernel: (5) for the chunk's queries, all M frequencies
-    walked BM at a time (queries' and keys' features on chip):
+    the keys' features and the stabiliser (2) on chip: a_j = ‖u_j‖²/2 from the loaded keys,
+    c_last(n) = max(c_last(n−1), a_j of the chunk); the last state goes straight to ht, zt, nt.
+    Records are written once and read once (round 1 had phase 1 write increments and phase 2 read
+    and rewrite them in place: 4 record passes, phase 2 a dependent load/store chain at ~0.75 TB/s).
+    Split walk: when B·H·⌈M/BM⌉ programs leave SMs idle (B = 1: 64 programs at the issue's H, 128
+    chunks each... 1024 at T = 65536, a latency-bound chain), _launch_walk cuts the chunks into NS
+    segments: pass 1 (LOCAL) walks every segment but the last from an empty state, keeping only its
+    end state L_s at its own scale ℓ_s; pass 2 starts segment s from the initial state with L_0..L_{s−1}
+    folded in (S ← e^{c−c'} S + e^{ℓ_r−c'} L_r, c' = max(c, ℓ_r): exact, the same function) and walks
+    it, writing records. NS = ⌊WALK_SLOTS_PER_SM · SMs / programs⌋, a run-time number (no rebuild).
+  phase 3, grid (NT, B·H), _hrc_la_chunk_out_kernel: the stabiliser of its chunk from its keys and
+    the record's c⁻ (c_t = max(c⁻, a_1..a_t), a prefix max on chip; a and c written for the
+    backward), then (5) for the chunk's queries, all M frequencies walked BM at a time (queries' and
+    keys' features on chip):
         A = Σ_m (cos_q cos_kᵀ + sin_q sin_kᵀ) ⊙ Γ,  num_t = (A v)_t + e^{c⁻−c_t} Re(φ̂_tᵀS⁻),
-    den and the mass n_t likewise; num, den, mass written once, no atomics.
+    den and the mass n_t likewise, and (3) o_t = num_t / max(den_t, eps·n_t) in v's dtype: o, den,
+    mass written once, no atomics, num never. The mass is computed and stored before the frequency
+    loop, so only its floor stays live through it (after the loop it spilled 320 bytes a thread).
+  Nothing else runs: no torch pass for the stabiliser or the division (they took 0.35-0.4 ms).
 The products are transposed (frequencies down the rows, θᵀ = Ω uᵀ) so the chunk's q and k, fixed
 through the frequency loop, are the right-hand operands and stay in shared memory; bf16/fp16
 inputs, exact in tf32, split only Ω (phases_t: two tf32 products, the accuracy of tf32x3). With x
@@ -39,28 +52,31 @@ Switches (module globals, read at each call; benchmarks/results/h100-2026-11-23/
     A, A v and read-out dots in the input dtype (features, A and the records' S rounded to it:
     2x tf32's tensor-core rate, half the operand registers; accumulation stays fp32; the phase
     products keep their split-Ω tf32; fp32 inputs unchanged); its error against the fp64 zoo is
-    printed by the sweep. WALK_TILE (32, 4 warps, 2 stages), OUT_TILE (32, 4 warps, 2 stages): measured
-    fastest (runs 21-23), spills and all (72 and 320 B a thread, tests/test_hrc_la.py bounds them).
+    printed by the sweep. WALK_TILE (64, 4 warps, 2 stages; run 49), OUT_TILE (32, 4 warps, 2
+    stages; runs 21-23, 47): measured fastest, spills and all (tests/test_hrc_la.py bounds them).
 sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; tests/test_hrc_la.py's AOT_SCRIPT compiles the defaults):
-  walk: BM 32 at 4 warps, 1 stage: 191, no stack (2 blocks an SM; 512 programs at the issue's
-    size: ~2 waves); 2 stages 255 + 96 B of spill; BM 16: 163 (3 blocks an SM); BM 64 at 8 warps
-    255; libdevice sin/cos: 220 + its 32 B of stack.
+  walk (session 13's, the stabiliser on chip, the split walk's fold): BM 64 at 4 warps, 2 stages
+    254 + 16 B of spill (Triton 3.6's ptxas, what the H100 runs: 255 + 8 B); BM 32 255 + 32 B
+    (3.6); BM 16 177-198, none. Before session 13 (a and c loaded): BM 32 at 4 warps, 1 stage:
+    191, no stack; 2 stages 255 + 72-96 B (Triton 3.6: 255, none); BM 64 at 8 warps 255;
+    libdevice sin/cos: 220 + its 32 B of stack.
   phase 3: BM 16 at 8 warps, 2 stages: 230 with both levers (228 with bf16 records), 252 with
     FAST_TRIG alone, 238 + 32 B (libdevice's Payne-Hanek array) with neither; 1 stage 224; BM 32:
     232-236. Still 1 block of 8 warps an SM: the aim of 2 (<= 128 registers at 8 warps, or <= 255
-    at 4) is NOT met: at 4 warps 255 + 200-256 B of spill. BT = 128 spills 904 B in phase 3 and
-    96 B in the walk (the sweep times it anyway).
+    at 4) is NOT met: at 4 warps 255 + 200-256 B of spill (BM 32, the default: 320 B; session 13
+    stores the mass before the frequency loop: 255 + 104 B, 120 B by Triton 3.6's ptxas against 368
+    before). BT = 128 spills 904 B in phase 3 and 96 B in the walk (the sweep times it anyway).
 Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 128 a sequence):
   bytes: records 8192 × R × 4 B = 1.09 GB, written (walk) and read (phase 3): 2.18 GB; q, k, v
     67 MB each (k, v read by the walk's 8 frequency tiles of one head, adjacent programs: ~1 GB
-    from L2, 134 MB from DRAM), num 134 MB, a, c, den, mass 2 MB each: ~0.5 GB. 2.7 GB in all:
-    0.89 ms at 3.0 TB/s (HALF_RECORDS: 1.6 GB, 0.52 ms).
+    from L2, 134 MB from DRAM), o 67 MB (bf16), a, c, den, mass 2 MB each (written): ~0.4 GB.
+    2.6 GB in all: 0.87 ms at 3.0 TB/s (HALF_RECORDS: 1.5 GB, 0.5 ms).
   FLOPs a token and head: phases 2 products × 2·K·M = 66 K (keys, walk) + 131 K (queries and
     keys, phase 3), tf32; dS 2·2M·V = 66 K (tf32); A 2·BT·2M = 66 K; A v 2·BT·V = 8 K; the
     read-out 2·2M·V = 66 K (these three bf16 under FEATURE_DOTS_16): ~400 KFLOP, 210 GFLOP in all:
     0.58 ms at half the bf16 ceiling; and 3·2·M = 1536 sin/cos a token and head (0.8 G: on the
     SFU with FAST_TRIG, ~0.2 ms of MUFU at 16 a clock an SM, spread over both kernels).
-  floor: 0.89 ms (memory bound; 0.52 ms with HALF_RECORDS, then the tf32 phase products compete).
+  floor: 0.87 ms (memory bound; 0.5 ms with HALF_RECORDS, then the tf32 phase products compete).
   Measured: round 1 (H100, run 14, benchmarks/results/h100-2026-11-23/run14-hrc-sweep.log, three
     launches): the op 9.1 ms; phase 3 4.15 ms, phase 2 2.95 ms, phase 1 1.26 ms. This plan (runs
     21-23, benchmarks/results/h100-2026-11-23/run2[123]-*): at the round-2 defaults (walk 32/4/1,
@@ -70,9 +86,18 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     at BM 32 1.43; the walk with 2 stages 0.97. Defaults now: the op 2.79 ms (walk 0.97, phase 3
     1.44; the rest: the stabiliser's a and c, o = num/den), 3.1x the 0.89 ms floor; by
     benchmarks.hrc_seed 3.22 ms = 2.75x the linear attention on 512 features (1.17 ms) and, at
-    B = 1, T = 65536, 7.3-9.2 ms = 2.1-2.6x faster than SDPA. Issue 5's targets (<= 1.5x and
-    >= 5x) are NOT met. Next levers: phase 3 still spills (2 blocks an SM at 4 warps); o = num/den
-    and the stabiliser's torch passes fused into the kernels (~0.4 ms).
+    B = 1, T = 65536, 7.3-9.2 ms = 2.1-2.6x faster than SDPA.
+  Session 13 (runs 47-50, benchmarks/results/h100-2026-11-23/run4[7-9]-*, run50-*; each against
+    1dedd13's code in the same run): the division in phase 3 (the mass before the loop) 2.80 ->
+    2.44 ms (phase 3 1.42 -> 1.28); the stabiliser on chip too, and the walk at BM 64 (0.79 ms; at
+    32 it slowed to 1.27 once it computed a itself): 2.07 ms (walk 0.79, phase 3 1.25), 2.4x the
+    floor. At B = 1, T = 65536 the walk has 64 programs: unsplit 4.20 ms, split in 4 (the rule)
+    2.68, the op 5.23 against 6.40. benchmarks.hrc_seed (run 50; it syncs every call, so the op's
+    ~0.2 ms of host work shows): **2.25 ms = 2.03x** the linear attention on 512 features (1.11
+    ms), and at B = 1, T = 65536 **5.48 ms = 3.46x** faster than SDPA (18.94). Issue 5's targets
+    (<= 1.5x and >= 5x) are still NOT met. Next levers: phase 3 (1.25 ms; 4 warps, 255 registers
+    + 120 B, two blocks an SM) is ~3x its share of the floor; the split walk's pass 1 (~1 ms of
+    the 2.68 at T = 65536).
 
 Small head dims (runs 40-43, H100 and H200, Triton 3.6): a ptxas miscompile, worked round.
 At K = V = M = 32 (causal, bf16) the output came out 0.58 relative RMS error off the zoo (the
@@ -153,9 +178,11 @@ Cost at the issue's size (as the forward's: NT = 128 a sequence, 8192 records of
     (16, 8, 2) 16.57, (32, 8, 2) 14.87, (64, 8, 1) 24.58; DWALK_TILE (16, 4, 2) 14.12. HALF_RECORDS
     and DWALK_TILE (64, 8, 2) untimed (the sweep's time ran out). Gradients vs the fp64 zoo
     (T = 1024, learnable Ω): rel RMS dq 2.4e-3, dk 2.9e-3, dv 2.2e-3, dΩ 1.8e-3 (run 30), as the
-    serial backward's. The gradient kernel is ~3x the card's floor: the lever left.
+    serial backward's. The gradient kernel is ~3x the card's floor: the lever left. Session 13
+    (the walk at BM 64, the stabiliser on chip; run 50, benchmarks.hrc_seed): fwd+bwd 13.59 ms.
   First call (fwd+bwd, fresh process, empty caches): 7.0 s with the four kernels compiled at their
-    launches (run 30), 6.0 s side by side from a dry run (_first_call_plan, run 31): over issue 2's 5 s.
+    launches (run 30), 6.0 s side by side from a dry run (_first_call_plan, run 31), 4.66 s (run
+    34), 2.94 s (run 50; the forward alone 2.72 s): under issue 2's 5 s.
 
 Serial walk (non-causal, and causal with CHUNK_PARALLEL = False)
 ----------------------------------------------------------------
@@ -167,10 +194,13 @@ registers, and per chunk computes its share of (5):
 with the keys' features pre-weighted by e^{a_j − c_j} <= 1. Numerators and denominators are sums
 over frequencies, so the programs of one (batch, head) add their shares into fp32 buffers
 (tl.atomic_add; a plain store when one tile holds all M); the division
-o = num / max(den, eps·n) is one elementwise torch line after the kernel, and autograd takes it.
-The mass n_t (no gradient: the floor passes none) comes from the first tile.
-The stabiliser's per-token numbers are computed on the host, from k alone: a_t = ‖u_t‖²/2 [B, T, H]
-(differentiable: its gradient flows back through torch) and the prefix max c_t (a constant).
+o = num / max(den, eps·n) is one elementwise torch line after the kernel, inside the op
+(_random_features.divide). The mass n_t (no gradient: the floor passes none) comes from the first
+tile. The stabiliser's per-token numbers are computed by the launcher (_stabiliser), from k alone:
+a_t = ‖u_t‖²/2 [B, T, H] and the prefix max c_t (a constant). Every path returns (o, den, mass,
+a, c, state); the backward takes o's cotangent to num's and den's on the host
+(_random_features.output_cotangents: dnum = do/D, dden = −Σ do·o/D where den >= eps·n) and a's
+gradient to k inside the backward op (dk += s_u²·da·k, from a = ‖s_u k‖²/2).
 Non-causal: a first sweep builds the whole state, a second reads it out.
 
 Serial backward (non-causal; causal with CHUNK_PARALLEL or PARALLEL_BWD off), per program (the
@@ -221,8 +251,8 @@ import zoo.hrc_la as zhrc
 from zoo.hrc_la import EPS_DENOMINATOR, HRCMultiheadAttention as _ZooLayer, _check_inputs
 
 from fast._random_features import (
-    EMPTY_SCALE, PHASE_PRECISION, causal_decay, chunk_end, chunk_rows, chunk_program, chunk_record, chunk_state_in,
-    cos_sin, frequency_tile, half_operand, load_rows, omega_tile, phases_t, state_or_zeros, state_ptrs,
+    EMPTY, EMPTY_SCALE, PHASE_PRECISION, causal_decay, chunk_end, chunk_rows, chunk_program, chunk_record, chunk_state_in,
+    cos_sin, frequency_tile, half_operand, load_rows, omega_tile, phases_t, prefix_max, state_or_zeros, state_ptrs,
     store_chunk_out, store_share, store_state,
 )
 from fast import _random_features as _rf
@@ -234,13 +264,18 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @tri
 CHUNK_PARALLEL = True
 PARALLEL_BT = 64  # their chunk, whatever chunk_size asks (the same function; only summation order moves)
 # (BM, num_warps, num_stages) of the state walk and of phase 3 (BM capped at M's power of two); the
-# card has the sm_90 register counts. Read at each call. Chosen by measurement on the H100 (runs
-# 21-23, the issue's size), though ptxas spills at both (phase 3 ~240 bytes a thread, the walk 96):
-# phase 3 at 4 warps 1.43-1.71 ms against 2.96 at 8 (one 8-warp block an SM; at 4, two blocks hide
-# each other's latency), BM 32 beating 16; the walk with its k, v loads pipelined (2 stages) 0.97 ms
-# against 1.40 with one.
-WALK_TILE = (32, 4, 2)
+# card has the sm_90 register counts. Read at each call. Chosen by measurement on the H100 at the
+# issue's size: phase 3 at 4 warps 1.43-1.71 ms against 2.96 at 8 (runs 21-23: one 8-warp block an
+# SM; at 4, two blocks hide each other's latency), BM 32 beating 16 and 64 (runs 47-48); the walk,
+# since it computes the stabiliser itself (run 49), at BM 64 0.79 ms against 1.27 at 32, 1.63 at 16,
+# 1.21 at 8 warps and 0.92 with 3 stages.
+WALK_TILE = (64, 4, 2)
 OUT_TILE = (32, 4, 2)
+# The split walk (_launch_walk): segments enough for WALK_SLOTS_PER_SM walk programs an SM (4 warps
+# at <= 255 registers: 2 blocks an SM); WALK_SEGMENTS, when not None, forces the count (tests and
+# sweeps). B = 1, T = 65536 (run 49): 64 programs, 4 segments, the walk 2.68 ms against 4.20 unsplit.
+WALK_SLOTS_PER_SM = 2
+WALK_SEGMENTS = None
 # Phase 3's levers, read at each call (the GPU sweep compares them; the card says why each default):
 # FAST_TRIG: sin/cos after an explicit 2π range reduction on the SFU (fast/_random_features.py's
 #   cos_sin) instead of libdevice's accurate ones (Payne-Hanek slow path); the state walk too.
@@ -401,47 +436,76 @@ def _hrc_la_chunk_fwd_kernel(
     "HAS_H0": lambda args: args["h0"] is not None,
     "STORE_HT": lambda args: args["ht"] is not None,
 })
-@triton.jit(do_not_specialize=["T", "NT"])
+@triton.jit(do_not_specialize=["T", "NT", "SEG", "NS"])
 def _hrc_la_chunk_h_kernel(
-    k, v, omega, a, c, hs,  # [B, T, H, K], [B, T, H, V], [H, M, K], [B, T, H] ×2 (fp32), [B, H, NT, R] (records)
+    k, v, omega, hs, cs,  # [B, T, H, K], [B, T, H, V], [H, M, K], [B, H, NT, R] (records), [B, H, NT] fp32
     h0, z0, n0, c0, ht, zt, nt,  # [B, H, 2M, V], [B, H, 2M], [B, H], [B, H] fp32 (h0.., ht.. may be None)
-    s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
+    ls, lc,  # [B, H, NS, R], [B, H, NS] fp32: each segment's own state and scale (a split walk's pass 1)
+    s_u, r_m, T, H, NT, SEG, NS, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, FAST_TRIG: tl.constexpr, DOT: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, LOCAL: tl.constexpr, FAST_TRIG: tl.constexpr,
+    DOT: tl.constexpr,
 ):
-    """The state walk (phases 1 + 2 in one launch, fla's chunk_fwd_h), one program per (frequency
-    tile of BM, batch·head), its slice S_c, S_s [BM, BV], z_c, z_s [BM] (and the mass n in tile 0)
-    in fp32 registers, walking the chunks in order. Per chunk n, (4) a chunk at a time:
+    """The state walk (phases 1 + 2, fla's chunk_fwd_h), one program per (frequency tile of BM,
+    batch·head, segment of SEG chunks), its slice S_c, S_s [BM, BV], z_c, z_s [BM] (and the mass n
+    in tile 0) in fp32 registers, walking its chunks in order. Per chunk n, (4) a chunk at a time:
         record n  <-  the state before the chunk, at scale c_last(n−1) (c0 for the first),
         S <- e^{c_last(n−1) − c_last(n)} S + Σ_j e^{a_j − c_last(n)} conj φ̂(k_j) v_jᵀ  (as [cos; sin] rows),
     z likewise with v = 1, n with φ̂ = 1. The keys' features stay on chip; the records are written
-    once (here) and read once (phase 3). WALK_TILE: BM = 32 at 4 warps, 191 registers (the card)."""
+    once (here) and read once (phase 3). The stabiliser (2) comes from the keys as they pass: the
+    chunk's a_j = ‖u_j‖²/2 and its scale c_last = max(c⁻, a_j...); tile 0 writes each record's
+    scale c⁻ into cs (phase 3 takes its c_t from there and its own keys).
+    Split walk (NS > 1 segments, when B·H is too small to fill the GPU): pass 1 (LOCAL) walks each
+    segment but the last from an empty state, writing no records, and leaves its state and scale
+    in ls, lc; pass 2 starts segment s from the initial state with segments 0..s−1 folded in,
+        S <- e^{c − c'} S + e^{ℓ_r − c'} L_r,  c' = max(c, ℓ_r),
+    then walks it as above. NS = 1: pass 2 alone, the plain walk.
+    WALK_TILE: BM = 64 at 4 warps (the card has the registers)."""
     i_m, i_bh, i_h, row0, s_u, offs_k, offs_v, offs_m, mask_k, mask_v, mask_m, b_rm, b_omega = frequency_tile(
         omega, s_u, r_m, T, H, K, V, M, BK, BV, BM)  # b_rm = 0 on padding frequencies (θ = 0 there: cos = 1)
+    i_s = tl.program_id(2)
     first = i_m == 0
-
-    # -- the state slice, fp32, at the log-scale b_crun ----------------------------------------------
-    p_Sc, p_zc, mask_S, b_Sc, b_Ss, b_zc, b_zs, b_n, b_crun = _initial_state(
-        h0, z0, n0, c0, i_bh, offs_m, offs_v, mask_m, mask_v, HAS_H0, M, V, BM, BV)  # b_crun: the state's scale
-    p_Ss, p_zs = p_Sc + M * V, p_zc + M  # rows [M, 2M): sin
     # a record's offsets: S_c, S_s rows of V, then z_c, z_s, then n (see chunk_record)
     o_S = offs_m[:, None] * V + offs_v[None, :]
 
-    for i_t in range(NT):
+    # -- the state slice, fp32, at the log-scale b_crun ----------------------------------------------
+    p_Sc, p_zc, mask_S, b_Sc, b_Ss, b_zc, b_zs, b_n, b_crun = _initial_state(
+        h0, z0, n0, c0, i_bh, offs_m, offs_v, mask_m, mask_v, HAS_H0 and not LOCAL, M, V, BM, BV)
+    p_Ss, p_zs = p_Sc + M * V, p_zc + M  # rows [M, 2M): sin
+    if LOCAL:
+        b_crun = tl.full([], EMPTY, tl.float32)  # a segment alone: the empty state
+    else:
+        for i_r in range(i_s):  # fold in the segments before this one (pass 1's states)
+            p_l = chunk_record(ls, i_bh, i_r, NS, R)
+            b_cl = tl.load(lc + i_bh.to(tl.int64) * NS + i_r)
+            b_cnew = tl.maximum(b_crun, b_cl)
+            b_d, b_dl = tl.exp(b_crun - b_cnew), tl.exp(b_cl - b_cnew)
+            b_Sc = b_Sc * b_d + b_dl * tl.load(p_l + o_S, mask=mask_S, other=0.0)
+            b_Ss = b_Ss * b_d + b_dl * tl.load(p_l + M * V + o_S, mask=mask_S, other=0.0)
+            b_zc = b_zc * b_d + b_dl * tl.load(p_l + 2 * M * V + offs_m, mask=mask_m, other=0.0)
+            b_zs = b_zs * b_d + b_dl * tl.load(p_l + 2 * M * V + M + offs_m, mask=mask_m, other=0.0)
+            b_n = b_n * b_d + b_dl * tl.load(p_l + 2 * M * V + 2 * M)
+            b_crun = b_cnew
+
+    for i_t in range(i_s * SEG, tl.minimum(i_s * SEG + SEG, NT)):
         # -- record n: the state before the chunk, as phase 3 reads it -------------------------------
-        p_h = chunk_record(hs, i_bh, i_t, NT, R)
-        tl.store(p_h + o_S, b_Sc.to(hs.dtype.element_ty), mask=mask_S)
-        tl.store(p_h + M * V + o_S, b_Ss.to(hs.dtype.element_ty), mask=mask_S)
-        tl.store(p_h + 2 * M * V + offs_m, b_zc.to(hs.dtype.element_ty), mask=mask_m)
-        tl.store(p_h + 2 * M * V + M + offs_m, b_zs.to(hs.dtype.element_ty), mask=mask_m)
-        if first:
-            tl.store(p_h + 2 * M * V + 2 * M, b_n.to(hs.dtype.element_ty))
+        if not LOCAL:
+            p_h = chunk_record(hs, i_bh, i_t, NT, R)
+            tl.store(p_h + o_S, b_Sc.to(hs.dtype.element_ty), mask=mask_S)
+            tl.store(p_h + M * V + o_S, b_Ss.to(hs.dtype.element_ty), mask=mask_S)
+            tl.store(p_h + 2 * M * V + offs_m, b_zc.to(hs.dtype.element_ty), mask=mask_m)
+            tl.store(p_h + 2 * M * V + M + offs_m, b_zs.to(hs.dtype.element_ty), mask=mask_m)
+            if first:
+                tl.store(p_h + 2 * M * V + 2 * M, b_n.to(hs.dtype.element_ty))
+                tl.store(cs + i_bh.to(tl.int64) * NT + i_t, b_crun)  # c⁻, the record's scale (fp32 whatever hs holds)
         # -- (4) the chunk's keys, at the scale of its last token ------------------------------------
         offs_t, mask_t, p_t = chunk_rows(i_t, row0, i_h, T, H, BT)
         b_xkT = tl.trans(load_rows(k, p_t, mask_t, offs_k, mask_k, K))  # [BK, BT], unscaled (see phases_t)
         b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)
-        b_clast = tl.load(c + (row0 + tl.minimum(i_t * BT + BT, T) - 1) * H + i_h)  # c is a prefix max
-        b_w = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_clast)  # e^{a_j − c_last} <= 1
+        # (2) the stabiliser: a_j = ‖s_u·k_j‖²/2, c_last = max(c⁻, the chunk's a) (c is a prefix max)
+        b_a = tl.where(mask_t, (0.5 * s_u * s_u) * tl.sum(b_xkT * b_xkT, 0), float("-inf"))  # [BT]
+        b_clast = tl.maximum(b_crun, tl.max(b_a, 0))
+        b_w = tl.exp(b_a - b_clast)  # e^{a_j − c_last} <= 1
         b_th = phases_t(b_xkT, b_omega, s_u, k.dtype.element_ty != tl.float32)  # θᵀ = Ω uᵀ [BM, BT]
         b_cos, b_sin = cos_sin(b_th, FAST_TRIG)
         b_ck = b_cos * b_w[None, :] * b_rm[:, None]  # e^{a_j − c_last} Re conj φ̂(k_j), transposed
@@ -454,35 +518,59 @@ def _hrc_la_chunk_h_kernel(
         b_n = b_n * b_dec + tl.sum(b_w, 0)
         b_crun = b_clast
 
-    # -- the final state -------------------------------------------------------------------------------
-    if STORE_HT:
-        store_state(ht, zt, p_Sc, p_zc, mask_S, mask_m, b_Sc, b_zc)
-        store_state(ht, zt, p_Ss, p_zs, mask_S, mask_m, b_Ss, b_zs)
+    # -- the segment's state (pass 1), or the final state ------------------------------------------------
+    if LOCAL:
+        p_l = chunk_record(ls, i_bh, i_s, NS, R)
+        tl.store(p_l + o_S, b_Sc, mask=mask_S)
+        tl.store(p_l + M * V + o_S, b_Ss, mask=mask_S)
+        tl.store(p_l + 2 * M * V + offs_m, b_zc, mask=mask_m)
+        tl.store(p_l + 2 * M * V + M + offs_m, b_zs, mask=mask_m)
         if first:
-            tl.store(nt + i_bh, b_n)
+            tl.store(p_l + 2 * M * V + 2 * M, b_n)
+            tl.store(lc + i_bh.to(tl.int64) * NS + i_s, b_crun)
+    elif STORE_HT:
+        if i_s == NS - 1:
+            store_state(ht, zt, p_Sc, p_zc, mask_S, mask_m, b_Sc, b_zc)
+            store_state(ht, zt, p_Ss, p_zs, mask_S, mask_m, b_Ss, b_zs)
+            if first:
+                tl.store(nt + i_bh, b_n)
 
 
 @triton.jit(do_not_specialize=["T", "NT"])
 def _hrc_la_chunk_out_kernel(
-    q, k, v, omega, a, c, c0, hs,  # inputs as in the walk, c0 [B, H], hs: the states before each chunk
-    num, den, mass,  # [B, T, H, V], [B, T, H] ×2 fp32, written once
-    s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
+    q, k, v, omega, hs, cs,  # inputs as in the walk; hs, cs: the states before each chunk and their scales
+    o, den, mass, a, c,  # [B, T, H, V] in v's dtype, [B, T, H] ×4 fp32, written once
+    s_u, eps, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, DOT: tl.constexpr,
     FAST_TRIG: tl.constexpr, DOTS_16: tl.constexpr,
 ):
     """Phase 3, one program per (chunk, batch·head): (5) for the chunk's queries, all M frequencies
-    walked BM at a time (queries' and keys' features on chip), so num, den and the mass are
+    walked BM at a time (queries' and keys' features on chip), so o, den and the mass are
     written once, with no atomics:
         A = Σ_m (cos_q cos_kᵀ + sin_q sin_kᵀ) ⊙ Γ,  keys weighted e^{a_j − c_j},
         Γ_tj = e^{c_j − c_t} [j ≤ t],
-        num_t = (A v)_t + e^{c⁻−c_t} (cos_t S_c + sin_t S_s),  den_t likewise with z, n_t with n⁻.
+        num_t = (A v)_t + e^{c⁻−c_t} (cos_t S_c + sin_t S_s),  den_t likewise with z, n_t with n⁻,
+        o_t = num_t / max(den_t, eps·n_t)  (3), num never written;
+    the stabiliser (2) from the chunk's keys, a_j = ‖u_j‖²/2, c_t = max(c⁻, a_1..a_t), with c⁻ the
+    walk's (cs): a and c are written for the backward and the final state's scale.
     OUT_TILE: BM = 16 at 8 warps, 2 stages: 230 registers on sm_90 (the card has the others); the
     chunk's record is read once, BM rows at a time. FAST_TRIG and DOTS_16: the card's switches."""
-    # the chunk's q, k transposed [BK, BT] (unscaled: see phases_t), c_t
-    i_t, i_bh, i_h, row0, s_u, r_m, offs_k, offs_v, mask_k, mask_v, offs_t, mask_t, p_t, b_xqT, b_xkT, b_c = \
-        chunk_program(q, k, c, s_u, r_m, T, H, K, V, BT, BK, BV)
-    b_e = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_c)  # e^{a_j − c_j} <= 1
-    b_dec, p_h = chunk_state_in(c, c0, hs, i_t, i_bh, i_h, row0, b_c, mask_t, H, NT, R, BT)  # e^{c⁻ − c_t}, record
+    # the chunk's q, k transposed [BK, BT] (unscaled: see phases_t) and its record
+    i_t, i_bh, i_h, row0, s_u, r_m, offs_k, offs_v, mask_k, mask_v, offs_t, mask_t, p_t, b_xqT, b_xkT = \
+        chunk_program(q, k, s_u, r_m, T, H, K, V, BT, BK, BV)
+    p_h = chunk_record(hs, i_bh, i_t, NT, R)
+    # (2) the stabiliser: a_j = ‖s_u·k_j‖²/2 and the prefix max c_t from the record's scale c⁻ on
+    b_cprev = tl.load(cs + i_bh.to(tl.int64) * NT + i_t)  # c⁻
+    b_a = tl.where(mask_t, (0.5 * s_u * s_u) * tl.sum(b_xkT * b_xkT, 0), float("-inf"))  # [BT]
+    b_c = tl.maximum(prefix_max(b_a), b_cprev)  # c_t [BT]
+    tl.store(a + p_t, b_a, mask=mask_t)
+    tl.store(c + p_t, b_c, mask=mask_t)
+    b_e = tl.exp(b_a - b_c)  # e^{a_j − c_j} <= 1
+    b_dec = tl.exp(tl.where(mask_t, b_cprev - b_c, float("-inf")))  # e^{c⁻ − c_t}
+    # the mass n_t = Σ_{j<=t} e^{a_j − c_t} + e^{c⁻ − c_t} n⁻, stored now: only its floor eps·n_t [BT] stays live
+    b_n = tl.sum(causal_decay(offs_t, mask_t, b_c) * b_e[None, :], 1) + b_dec * tl.load(p_h + 2 * M * V + 2 * M).to(tl.float32)
+    tl.store(mass + p_t, b_n, mask=mask_t)
+    b_floor = tl.cast(eps, tl.float32) * b_n
     b_A = tl.zeros([BT, BT], dtype=tl.float32)  # Re(φ̂_t conj φ̂_j) e^{a_j − c_j}, summed over frequencies
     b_oi = tl.zeros([BT, BV], dtype=tl.float32)  # Re(φ̂_tᵀ S⁻)
     b_di = tl.zeros([BT], dtype=tl.float32)  # Re(φ̂_tᵀ z⁻)
@@ -511,9 +599,7 @@ def _hrc_la_chunk_out_kernel(
     # (3) intra-chunk: A_tj = Re(φ̂_t conj φ̂_j)·e^{a_j − c_t} for j <= t
     b_G = causal_decay(offs_t, mask_t, b_c)
     b_A *= b_G
-    store_chunk_out(num, den, v, b_A, b_oi, b_di, b_dec, p_t, mask_t, offs_v, mask_v, V, FT, DOT)
-    tl.store(mass + p_t, tl.sum(b_G * b_e[None, :], 1) + b_dec * tl.load(p_h + 2 * M * V + 2 * M).to(tl.float32),
-             mask=mask_t)
+    store_chunk_out(o, den, v, b_A, b_oi, b_di, b_dec, b_floor, p_t, mask_t, offs_v, mask_v, V, FT, DOT)  # (3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -616,8 +702,9 @@ def _hrc_la_chunk_grad_kernel(
     by atomics (the only ones). Two sides, not one program: each holds half the accumulators (one
     program held dq, dk, dv and A: 255 registers and 300-1300 B of spill on sm_90) at the price of
     computing the tile's features twice. BWD_TILE: the card has its registers."""
-    i_t, i_bh, i_h, row0, s_u, r_m, offs_k, offs_v, mask_k, mask_v, offs_t, mask_t, p_t, b_xqT, b_xkT, b_c = \
-        chunk_program(q, k, c, s_u, r_m, T, H, K, V, BT, BK, BV)
+    i_t, i_bh, i_h, row0, s_u, r_m, offs_k, offs_v, mask_k, mask_v, offs_t, mask_t, p_t, b_xqT, b_xkT = \
+        chunk_program(q, k, s_u, r_m, T, H, K, V, BT, BK, BV)
+    b_c = tl.load(c + p_t, mask=mask_t, other=0.0)  # c_t, the prefix max [BT] (the forward's)
     b_e = tl.exp(tl.load(a + p_t, mask=mask_t, other=float("-inf")) - b_c)  # e^{a_j − c_j} <= 1
     b_v = load_rows(v, p_t, mask_t, offs_v, mask_v, V)  # [BT, BV]
     b_dn = load_rows(dnum, p_t, mask_t, offs_v, mask_v, V)
@@ -902,10 +989,19 @@ def _hrc_la_recurrent_fwd_kernel(
 # ------------------------------------------------------------------------------------------------
 # Host launchers
 # ------------------------------------------------------------------------------------------------
-def _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_state, chunk_size):
-    """num [B, T, H, V], den, mass [B, T, H] (fp32) and the final state (ht, zt, nt) or Nones."""
+def _stabiliser(k, s_u, c0, causal):
+    """(2) a_t = ‖u_t‖²/2 [B, T, H] and c_t, its prefix max (the global max when non-causal) and at
+    least c0, in fp32: the serial kernels' inputs (the chunk-parallel walk computes both on chip)."""
+    a = (0.5 * s_u * s_u) * k.float().square().sum(-1)
+    return a, _rf.running_scale(a, c0, causal)
+
+
+def _launch_fwd(q, k, v, omega, h0, z0, n0, c0, s_u, eps, causal, output_final_state, chunk_size):
+    """o [B, T, H, V] in v's dtype; den, mass, the stabiliser's a and c [B, T, H] (fp32); the final
+    state (ht, zt, nt) or Nones."""
     if causal and chunk_size is not None and CHUNK_PARALLEL:
-        return _launch_parallel_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, output_final_state)
+        return _launch_parallel_fwd(q, k, v, omega, h0, z0, n0, c0, s_u, eps, output_final_state)
+    a, c = _stabiliser(k, s_u, c0, causal)
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
     tiles = _tile_rule(K, V, M)
@@ -919,7 +1015,7 @@ def _launch_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, output_final_
     args = (q, k, v, omega, a, c, num, den, mass, h0, z0, n0, c0, ht, zt, nt, s_u, M ** -0.5, T, H)
     _rf.launch_fwd(_hrc_la_chunk_fwd_kernel, _hrc_la_recurrent_fwd_kernel, args, q, V, M, tiles, atomic, causal,
                    chunk_size)
-    return num, den, mass, ht, zt, nt
+    return _rf.divide(num, den, eps * mass, v.dtype), den, mass, a, c, ht, zt, nt
 
 
 def _parallel_tiles(K: int, V: int, M: int):
@@ -930,29 +1026,61 @@ def _parallel_tiles(K: int, V: int, M: int):
     return _rf.parallel_tiles(K, V, M, PARALLEL_BT, WALK_TILE, OUT_TILE)
 
 
-def _launch_parallel_fwd(q, k, v, omega, a, c, h0, z0, n0, c0, s_u, output_final_state):
+def _walk_segments(programs: int, NT: int, device: torch.device) -> int:
+    """NS, the segments of the state walk: as many as fill the GPU's WALK_SLOTS_PER_SM programs an SM
+    (floor: no split while B·H·tiles programs fill it), at most one a chunk; WALK_SEGMENTS forces
+    it. A run-time number (grid and loop bounds): no rebuild whatever B or T."""
+    if WALK_SEGMENTS is not None:
+        return max(1, min(WALK_SEGMENTS, NT))
+    if device.type != "cuda":
+        return 1
+    slots = WALK_SLOTS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(slots // programs, NT))
+
+
+def _launch_walk(k, v, omega, hs, cs, h0, z0, n0, c0, ht, zt, nt, s_u, T, NT, R, BT, BK, BV, tile, dot):
+    """The state walk (the card's plan), split into segments when B·H leaves the GPU half idle: pass 1
+    (LOCAL) the segments' own states into ls, lc, then pass 2 every segment's records."""
+    B, _, H, K = k.shape
+    V, M = v.shape[-1], omega.shape[1]
+    BM, warps, stages = tile
+    grid = (triton.cdiv(M, BM), B * H)
+    NS = _walk_segments(grid[0] * grid[1], NT, k.device)
+    SEG = triton.cdiv(NT, NS)
+    NS = triton.cdiv(NT, SEG)  # no empty segment
+    ls, lc = cs, cs  # unread when NS = 1 (the same pointer types: the same compiled pass 2)
+    if NS > 1:
+        ls, lc = k.new_empty(B, H, NS, R, dtype=torch.float32), k.new_empty(B, H, NS, dtype=torch.float32)
+    for local in ((True, False) if NS > 1 else (False,)):
+        launch(_hrc_la_chunk_h_kernel, (*grid, NS - 1 if local else NS),
+               k, v, omega, hs, cs, h0, z0, n0, c0, ht, zt, nt, ls, lc, s_u, M ** -0.5, T, H, NT, SEG, NS, K=K, V=V,
+               M=M, R=R, BT=BT, BK=BK, BV=BV, BM=BM, LOCAL=local, FAST_TRIG=FAST_TRIG, DOT=dot, num_warps=warps,
+               num_stages=stages)
+
+
+def _launch_parallel_fwd(q, k, v, omega, h0, z0, n0, c0, s_u, eps, output_final_state):
     """The causal forward in two launches (the card's plan): the state walk writes each chunk's
     starting state, then every chunk's outputs. Returns what _launch_fwd returns."""
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
-    BT, BK, BV, (BMh, warps_h, stages_h), (BMo, warps_o, stages_o) = _parallel_tiles(K, V, M)
+    BT, BK, BV, walk_tile, (BMo, warps_o, stages_o) = _parallel_tiles(K, V, M)
     NT, R = triton.cdiv(T, BT), 2 * M * V + 2 * M + 1  # a chunk's record: S_c, S_s, z_c, z_s, n
     f32 = dict(device=q.device, dtype=torch.float32)
     half = HALF_RECORDS and q.dtype != torch.float32
     hs = torch.empty(B, H, NT, R, device=q.device, dtype=torch.bfloat16 if half else torch.float32)
-    num, den, mass = torch.empty(B, T, H, V, **f32), torch.empty(B, T, H, **f32), torch.empty(B, T, H, **f32)
+    o, den, mass = v.new_empty(B, T, H, V), torch.empty(B, T, H, **f32), torch.empty(B, T, H, **f32)
+    a, c = torch.empty(B, T, H, **f32), torch.empty(B, T, H, **f32)  # written by phase 3
+    cs = torch.empty(B, H, NT, **f32)  # each record's scale c⁻, written by the walk
     ht = torch.empty(B, H, 2 * M, V, **f32) if output_final_state else None
     zt = torch.empty(B, H, 2 * M, **f32) if output_final_state else None
     nt = torch.empty(B, H, **f32) if output_final_state else None
     r_m, dot = M ** -0.5, _rf.dot_precision(q)
     dots16 = FEATURE_DOTS_16 and q.dtype != torch.float32
-    launch(_hrc_la_chunk_h_kernel, (triton.cdiv(M, BMh), B * H),
-           k, v, omega, a, c, hs, h0, z0, n0, c0, ht, zt, nt, s_u, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT, BK=BK,
-           BV=BV, BM=BMh, FAST_TRIG=FAST_TRIG, DOT=dot, num_warps=warps_h, num_stages=stages_h)
+    _launch_walk(k, v, omega, hs, cs, h0, z0, n0, c0, ht, zt, nt, s_u, T, NT, R, BT, BK, BV, walk_tile, dot)
     launch(_hrc_la_chunk_out_kernel, (NT, B * H),
-           q, k, v, omega, a, c, c0, hs, num, den, mass, s_u, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT, BK=BK,
+           q, k, v, omega, hs, cs, o, den, mass, a, c, s_u, eps, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT, BK=BK,
            BV=BV, BM=BMo, DOT=dot, FAST_TRIG=FAST_TRIG, DOTS_16=dots16, num_warps=warps_o, num_stages=stages_o)
-    return num, den, mass, ht, zt, nt
+    return o, den, mass, a, c, ht, zt, nt
 
 
 def _launch_parallel_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, need_domega):
@@ -961,8 +1089,7 @@ def _launch_parallel_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0,
     Returns what _launch_bwd returns (dΩ zeros when not need_domega)."""
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
-    BT, BK, BV, (BMh, warps_h, stages_h), (BMg, warps_g, stages_g) = _rf.parallel_tiles(
-        K, V, M, PARALLEL_BT, WALK_TILE, BWD_TILE)
+    BT, BK, BV, walk_tile, (BMg, warps_g, stages_g) = _rf.parallel_tiles(K, V, M, PARALLEL_BT, WALK_TILE, BWD_TILE)
     _, _, _, (BMd, warps_d, stages_d), _ = _rf.parallel_tiles(K, V, M, PARALLEL_BT, DWALK_TILE, BWD_TILE)
     NT, R = triton.cdiv(T, BT), 2 * M * V + 2 * M + 1
     f32 = dict(device=q.device, dtype=torch.float32)
@@ -971,9 +1098,8 @@ def _launch_parallel_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0,
     dhs = torch.empty(B, H, NT, R, **f32)
     n0 = torch.zeros(B, H, **f32) if h0 is not None else None  # the records' mass: unread here
     r_m, dot = M ** -0.5, _rf.dot_precision(q)
-    launch(_hrc_la_chunk_h_kernel, (triton.cdiv(M, BMh), B * H),
-           k, v, omega, a, c, hs, h0, z0, n0, c0, None, None, None, s_u, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT,
-           BK=BK, BV=BV, BM=BMh, FAST_TRIG=FAST_TRIG, DOT=dot, num_warps=warps_h, num_stages=stages_h)
+    cs = torch.empty(B, H, NT, **f32)  # unread here: the gradient kernels take c from the forward
+    _launch_walk(k, v, omega, hs, cs, h0, z0, n0, c0, None, None, None, s_u, T, NT, R, BT, BK, BV, walk_tile, dot)
     dh0 = torch.empty(B, H, 2 * M, V, **f32) if h0 is not None else None
     dz0 = torch.empty(B, H, 2 * M, **f32) if h0 is not None else None
     launch(_hrc_la_chunk_dh_kernel, (triton.cdiv(M, BMd), B * H),
@@ -1002,9 +1128,10 @@ def _first_call_plan(q, v, omega, h0, s_u, output_final_state, need_domega):
     def dry():
         f32 = lambda *shape: q.new_zeros(*shape, dtype=torch.float32)  # noqa: E731
         x, xv = q.new_zeros(1, PARALLEL_BT, H, K), q.new_zeros(1, PARALLEL_BT, H, V)
-        a, c, c0 = f32(1, PARALLEL_BT, H), f32(1, PARALLEL_BT, H), f32(1, H)
+        c0 = f32(1, H)
         h0t, z0t, n0t = (f32(1, H, 2 * M, V), f32(1, H, 2 * M), f32(1, H)) if h0 is not None else (None,) * 3
-        _launch_parallel_fwd(x, x, xv, omega, a, c, h0t, z0t, n0t, c0, s_u, output_final_state)
+        _, _, _, a, c, *_ = _launch_parallel_fwd(x, x, xv, omega, h0t, z0t, n0t, c0, s_u, EPS_DENOMINATOR,
+                                                 output_final_state)
         dht, dzt = (f32(1, H, 2 * M, V), f32(1, H, 2 * M)) if output_final_state else (None, None)
         _launch_parallel_bwd(f32(1, PARALLEL_BT, H, V), f32(1, PARALLEL_BT, H), dht, dzt, x, x, xv, omega, a, c,
                              h0t, z0t, c0, s_u, need_domega)
@@ -1037,61 +1164,62 @@ def _fwd_like(q, v, omega, output_final_state):
     f32 = dict(dtype=torch.float32)
     e = q.new_empty(0, **f32)
     st = (q.new_empty(B, H, 2 * M, V, **f32), q.new_empty(B, H, 2 * M, **f32), q.new_empty(B, H, **f32))
-    return (q.new_empty(B, T, H, V, **f32), q.new_empty(B, T, H, **f32), q.new_empty(B, T, H, **f32),
+    return (v.new_empty(B, T, H, V), *(q.new_empty(B, T, H, **f32) for _ in range(4)),
             *(st if output_final_state else (e, e, e)))
 
 
-_FWD_SIG = ("(Tensor q, Tensor k, Tensor v, Tensor omega, Tensor a, Tensor c, Tensor? h0, Tensor? z0, "
-            "Tensor? n0, Tensor c0, float s_u, bool causal, bool output_final_state, int chunk_size) "
-            "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+# outputs: o, den, mass, a, c, then the final state (ht, zt, nt) or empties
+_FWD_SIG = ("(Tensor q, Tensor k, Tensor v, Tensor omega, Tensor? h0, Tensor? z0, Tensor? n0, Tensor c0, float s_u, "
+            "float eps, bool causal, bool output_final_state, int chunk_size) "
+            "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 
 
 @torch.library.custom_op("zoo::hrc_la_chunk_bwd", mutates_args=())
 def _chunk_bwd_op(dnum: torch.Tensor, dden: torch.Tensor, dht: torch.Tensor | None, dzt: torch.Tensor | None,
-                  q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, a: torch.Tensor,
-                  c: torch.Tensor, h0: torch.Tensor | None, z0: torch.Tensor | None, c0: torch.Tensor,
-                  s_u: float, causal: bool, chunk_size: int,
+                  dnt: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, omega: torch.Tensor,
+                  a: torch.Tensor, c: torch.Tensor, h0: torch.Tensor | None, z0: torch.Tensor | None,
+                  c0: torch.Tensor, s_u: float, causal: bool, chunk_size: int,
                   need_domega: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                              torch.Tensor, torch.Tensor]:
+                                              torch.Tensor]:
     dnum, dden, dht, dzt, h0, z0 = _rf.contig(dnum, dden, dht, dzt, h0, z0)
     q, k, v, omega, a, c, c0 = _rf.contig(q, k, v, omega, a, c, c0)  # saved inputs may be views (an expanded Ω)
     dq, dk, dv, da, domega, dh0, dz0 = _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u,
                                                    causal, chunk_size, need_domega)
-    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), da, domega.to(omega.dtype), _rf.or_empty(dh0, a),
+    if dnt is not None:  # the final mass n_T = n0·e^{c0 − c_T} + Σ_j e^{a_j − c_T}
+        da += dnt[:, None] * torch.exp(a - c[:, -1:])
+    dk += (s_u * s_u) * da[..., None] * k.float()  # (2) a_j = ‖s_u·k_j‖²/2: the stabiliser's path to k
+    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), domega.to(omega.dtype), _rf.or_empty(dh0, a),
             _rf.or_empty(dz0, a))
 
 
 @_chunk_bwd_op.register_fake
-def _(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size, need_domega):
+def _(dnum, dden, dht, dzt, dnt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size, need_domega):
     e = a.new_empty(0)
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(a),
-            torch.empty_like(omega), e if h0 is None else torch.empty_like(h0), e if z0 is None else torch.empty_like(z0))
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(omega),
+            e if h0 is None else torch.empty_like(h0), e if z0 is None else torch.empty_like(z0))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, omega, a, c, h0, z0, n0, c0, s_u, causal, _, chunk_size = inputs
-    ctx.save_for_backward(q, k, v, omega, a, c, h0, z0, c0)
-    ctx.opts = (s_u, causal, chunk_size if chunk_size > 0 else 64, n0 is not None)
+    q, k, v, omega, h0, z0, n0, c0, s_u, eps, causal, _, chunk_size = inputs
+    ctx.save_for_backward(q, k, v, omega, h0, z0, c0, *output[:5])  # o, den, mass, a, c
+    ctx.opts = (s_u, eps, causal, chunk_size if chunk_size > 0 else 64, n0 is not None)
 
 
-def _backward(ctx, dnum, dden, dmass, dht, dzt, dnt):
-    q, k, v, omega, a, c, h0, z0, c0 = ctx.saved_tensors
-    s_u, causal, chunk_size, has_n0 = ctx.opts
-    # The state is (S, z, n): a half without a cotangent gets zeros; n's cotangent is added on the host.
+def _backward(ctx, do, dden, dmass, da, dc, dht, dzt, dnt):
+    """The op's outputs a and c (the stabiliser) and mass carry no gradient of their own: the zoo
+    detaches c and the floor, and a reaches k inside the backward op."""
+    q, k, v, omega, h0, z0, c0, o, den, mass, a, c = ctx.saved_tensors
+    s_u, eps, causal, chunk_size, has_n0 = ctx.opts
+    # The state is (S, z, n): a half without a cotangent gets zeros; n's cotangent is added in the op.
     dht, dzt = _rf.state_cotangents(dht, dzt, q, 2 * omega.shape[1], v.shape[-1])
-    dnum = torch.zeros_like(a)[..., None].expand(*a.shape, v.shape[-1]) if dnum is None else dnum
-    dden = torch.zeros_like(a) if dden is None else dden
+    dnum, dden = _rf.output_cotangents(do, dden, o, den, eps * mass, v.shape[-1])  # (3) backwards, the floor constant
     need_domega = ctx.needs_input_grad[3]  # Ω: a fixed buffer unless learnable_omega (then dΩ's atomics run)
-    dq, dk, dv, da, domega, dh0, dz0 = torch.ops.zoo.hrc_la_chunk_bwd(
-        dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size, need_domega)
-    dn0 = None
     dnt = _rf.or_none(dnt)
-    if dnt is not None:  # n_T = n0·e^{c0 − c_T} + Σ_j e^{a_j − c_T}
-        cT = c[:, -1]
-        da = da + dnt[:, None] * torch.exp(a - cT[:, None])
-        dn0 = dnt * torch.exp(c0 - cT) if has_n0 else None
-    return (dq, dk, dv, domega if need_domega else None, da, None, _rf.or_none(dh0), _rf.or_none(dz0), dn0, None,
-            None, None, None, None)
+    dq, dk, dv, domega, dh0, dz0 = torch.ops.zoo.hrc_la_chunk_bwd(
+        dnum, dden, dht, dzt, dnt, q, k, v, omega, a, c, h0, z0, c0, s_u, causal, chunk_size, need_domega)
+    dn0 = dnt * torch.exp(c0 - c[:, -1]) if dnt is not None and has_n0 else None
+    return (dq, dk, dv, domega if need_domega else None, _rf.or_none(dh0), _rf.or_none(dz0), dn0, None, None, None,
+            None, None, None)
 
 
 _chunk_fwd_op, _recurrent_fwd_op = _rf.register_fwd_ops(
@@ -1114,24 +1242,21 @@ def _run(op, q, k, v, omega, scale, causal, eps, initial_state, output_final_sta
     scale = K ** -0.5 if scale is None else scale
     s_u = scale ** 0.5
     omega32 = omega.float()
-    # (2) the stabiliser's per-token numbers, from k alone: a_t (differentiable) and c_t (a constant)
-    a = (0.5 * s_u * s_u) * torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32) ** 2  # ‖u‖²/2 [B, T, H]
     if initial_state is None:
         h0 = z0 = n0 = None
-        c0 = a.new_full((B, H), EMPTY_SCALE)
+        c0 = q.new_full((B, H), EMPTY_SCALE, dtype=torch.float32)
     else:
         S0, z0c, n0, c0 = initial_state
         h0 = torch.cat([S0.real, -S0.imag], dim=2).float()  # [B, H, 2M, V]: S = S_c − i·S_s
         z0 = torch.cat([z0c.real, -z0c.imag], dim=2).float()
         n0, c0 = n0.float(), c0.detach().float()
-    c = _rf.running_scale(a.detach(), c0, causal)  # [B, T, H]
     ins = (q, k, v, omega, *(initial_state or ()))
     grad = torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in ins)
     if (grad and causal and chunk_size and CHUNK_PARALLEL and PARALLEL_BWD and not torch.compiler.is_compiling()):
         precompile(_first_call_plan(q, v, omega32, h0, float(s_u), output_final_state, omega.requires_grad))
-    num, den, mass, ht, zt, nt = op(q, k, v, omega32, a, c, h0, z0, n0, c0, float(s_u), causal,
-                                    output_final_state, chunk_size)
-    o = (num / torch.maximum(den, eps * mass.detach())[..., None]).to(v.dtype)  # (3), the floor
+    # (3) o = num / max(den, eps·n) and (2) the stabiliser's a, c [B, T, H] come out of the op
+    o, _, _, _, c, ht, zt, nt = op(q, k, v, omega32, h0, z0, n0, c0, float(s_u), float(eps), causal,
+                                   output_final_state, chunk_size)
     if not output_final_state:
         return o, None
     S = torch.complex(ht[:, :, :M], -ht[:, :, M:])  # back to the zoo's complex state

@@ -29,8 +29,10 @@ BEFORE the chunk, at the scale c_last(n−1) of the previous chunk's last token 
   phase 3, grid (NT, B·H), _performer_chunk_out_kernel: (5) for the chunk's queries, all M
     frequencies walked BM at a time (queries' and keys' features on chip):
         A = Σ_m φ̂_q φ̄_kᵀ ⊙ Γ,  num_t = (A v)_t + e^{c⁻−c_t} φ̂_tᵀS⁻,  den_t likewise with z⁻;
-    num and den written once, no atomics. The outputs are the serial kernel's (num, den, ht, zt):
-    the backward and the host are unchanged.
+    then (3) o_t = num_t / max(den_t, eps) in v's dtype: o and den written once (num never), no
+    atomics. The op returns (o, den, ht, zt) on every path (the serial kernels' launcher divides
+    after them, _random_features.divide); the backward takes o's cotangent to num's and den's on
+    the host (_random_features.output_cotangents) for the unchanged backward kernels.
 Features transposed [BM, BT] (θᵀ = Ω uᵀ, _random_features.phases_t: bf16/fp16 inputs split only Ω,
 two tf32 products) so the chunk's q and k are the dots' right-hand operands; ‖u‖²/2 comes from the
 same loaded rows. Switches (module globals, read at each call; benchmarks/results/h100-2026-11-23/run24-perf_sweep.py flips them):
@@ -45,15 +47,16 @@ same loaded rows. Switches (module globals, read at each call; benchmarks/result
 sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; tests/test_performer.py's AOT script compiles the defaults):
   walk: BM 32 at 4 warps, 2 stages: 168, no spill (1 stage: 168 + 24 B); BM 64: 226, no spill;
     BM 16: 128.
-  phase 3: BM 32 at 4 warps, 2 stages: 255 + 160 B of spill (264 B with FEATURE_DOTS_16 off;
+  phase 3: BM 32 at 4 warps, 2 stages: 255 + 152 B of spill (264 B with FEATURE_DOTS_16 off;
     tests/test_performer.py bounds them); BM 16: 255 + 32 B; BM 32 at 8 warps: 186, no spill
     (220 with the dots in fp32); BM 64 at 4 warps: 255 + 352 B.
 Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 128 a sequence):
   bytes: records 8192 × R × 4 B = 0.55 GB, written (walk) and read (phase 3): 1.09 GB; q, k, v
     67 MB each (k, v read by the walk's 8 frequency tiles of one head, adjacent programs: mostly
-    from L2; q, k, v again by phase 3), num 134 MB, a_q, c, den 2 MB each: ~0.5 GB. ~1.6 GB in the
-    two kernels: 0.53 ms at 3.0 TB/s (HALF_RECORDS: ~1.05 GB, 0.35 ms). The host passes around
-    them (row maxima of q and k: 0.14 GB; the prefix max; o = num/den: 0.2 GB) add ~0.35 GB.
+    from L2; q, k, v again by phase 3), o 67 MB, a_q, c, den 2 MB each: ~0.4 GB. ~1.5 GB in the
+    two kernels: 0.5 ms at 3.0 TB/s (HALF_RECORDS: ~1 GB, 0.33 ms). The host passes around them
+    (row maxima of q and k: 0.14 GB; the prefix max) add ~0.15 GB (o = num/den, 0.2 GB more, was
+    one until session 13).
   FLOPs a token and head: exponents 2 products × 2·K·M = 66 K (keys, walk) + 131 K (queries and
     keys, phase 3), tf32; dS 2·M·V = 33 K (tf32); A 2·BT·M = 33 K; A v 2·BT·V = 8 K; the read-out
     2·M·V = 33 K (these three bf16 under FEATURE_DOTS_16): ~300 KFLOP, 160 GFLOP in all: 0.44 ms
@@ -68,6 +71,9 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     3.28 ms, (32, 8, 2) 3.61 ms. The row-max pass over q and k took 1.1 ms of that, a third of the
     op; in the transposed form at 4 warps (run 25, run25-rowmax.log) 0.39 ms (0.67 at 8
     warps), and the op **2.40 ms** (against 3.12 in the same script). Floor of the op ~0.65 ms.
+    Session 13 (runs 48-50, benchmarks/results/h100-2026-11-23/run48-hrc-fused.log): the division
+    in phase 3, 2.22 ms against 2.43 for 1dedd13's op in the same run (B = 1, T = 65536: 6.17
+    against 6.58); benchmarks.hrc_seed 2.27-2.40 ms.
 
 Serial walk (non-causal, and causal with CHUNK_PARALLEL = False)
 ----------------------------------------------------------------
@@ -76,7 +82,7 @@ BT tokens holding its slice S [BM, V] of the state in fp32 registers and adds it
     num_t = Σ_j A_tj v_j + e^{c⁻−c_t} φ̂_tᵀS,   den_t likewise with v = 1,
     A = (φ̂_q φ̄_kᵀ) ⊙ Γ,  Γ_tj = e^{c_j − c_t} [j ≤ t],  φ̄_k = exp(θ − ‖u‖²/2 − c_j)/√M <= 1/√M,
 into fp32 buffers (tl.atomic_add; a plain store when one tile holds all M). o = num / max(den, eps)
-is one torch line after the kernel. Non-causal: a first sweep builds the state, a second reads it.
+is one torch line after the kernel (_random_features.divide, inside the op). Non-causal: a first sweep builds the state, a second reads it.
 
 Backward (the same grid with half the frequencies a tile: it also holds dS): sweep 1 forward in
 time gives dφ̂_q, sweep 2 backward in time carries dS and
@@ -330,21 +336,22 @@ def _performer_chunk_h_kernel(
 @triton.jit(do_not_specialize=["T", "NT"])
 def _performer_chunk_out_kernel(
     q, k, v, omega, a_q, c, c0, hs,  # inputs as in the walk, a_q [B, T, H], c0 [B, H], hs: states before each chunk
-    num, den,  # [B, T, H, V], [B, T, H] fp32, written once
-    s_u, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
+    o, den,  # [B, T, H, V] in v's dtype, [B, T, H] fp32, written once
+    s_u, eps, r_m, T, H, NT, K: tl.constexpr, V: tl.constexpr, M: tl.constexpr, R: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, BM: tl.constexpr, DOT: tl.constexpr,
     DOTS_16: tl.constexpr,
 ):
     """Phase 3, one program per (chunk, batch·head): (5) for the chunk's queries, all M frequencies
-    walked BM at a time (queries' and keys' features on chip), so num and den are written once,
-    with no atomics:
+    walked BM at a time (queries' and keys' features on chip), so o and den are written once,
+    with no atomics (num_t / max(den_t, eps) divided here, (3)):
         A = Σ_m φ̂_q φ̄_kᵀ ⊙ Γ,  φ̂_q = exp(ℓ_q − a_q)/√M,  φ̄_k = exp(ℓ_k − c_j)/√M,  Γ_tj = e^{c_j − c_t} [j ≤ t],
         num_t = (A v)_t + e^{c⁻−c_t} φ̂_tᵀS⁻,  den_t likewise with z⁻.
     The features are transposed [BM, BT] (see phases_t); the chunk's record is read once, BM rows
     at a time. OUT_TILE: BM 32 at 4 warps, 2 stages; DOTS_16: the card's switch."""
     # the chunk's q, k transposed [BK, BT] (unscaled: see phases_t), c_t, e^{c⁻ − c_t}, its record
-    i_t, i_bh, i_h, row0, s_u, r_m, offs_k, offs_v, mask_k, mask_v, offs_t, mask_t, p_t, b_xqT, b_xkT, b_c = \
-        chunk_program(q, k, c, s_u, r_m, T, H, K, V, BT, BK, BV)
+    i_t, i_bh, i_h, row0, s_u, r_m, offs_k, offs_v, mask_k, mask_v, offs_t, mask_t, p_t, b_xqT, b_xkT = \
+        chunk_program(q, k, s_u, r_m, T, H, K, V, BT, BK, BV)
+    b_c = tl.load(c + p_t, mask=mask_t, other=0.0)  # c_t, the prefix max [BT]
     b_dec, p_h = chunk_state_in(c, c0, hs, i_t, i_bh, i_h, row0, b_c, mask_t, H, NT, R, BT)
     b_aq = tl.load(a_q + p_t, mask=mask_t, other=0.0)  # the queries' row max: e^{a(q)} cancels (2)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)  # φ̂_q φ̄_kᵀ, summed over frequencies
@@ -364,7 +371,8 @@ def _performer_chunk_out_kernel(
         b_di += tl.sum(b_qT.to(tl.float32) * b_z[:, None], 0)
     # (3) intra-chunk: A_tj = φ̂_t·φ̄_j e^{c_j − c_t} for j <= t
     b_A *= causal_decay(offs_t, mask_t, b_c)
-    store_chunk_out(num, den, v, b_A, b_oi, b_di, b_dec, p_t, mask_t, offs_v, mask_v, V, FT, DOT)
+    store_chunk_out(o, den, v, b_A, b_oi, b_di, b_dec, tl.cast(eps, tl.float32), p_t, mask_t, offs_v, mask_v, V, FT,
+                    DOT)  # (3) the floor eps
 
 
 @triton.heuristics({
@@ -555,10 +563,10 @@ def _launch_row_max(x, omega, s_u):
     return out
 
 
-def _launch_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size):
-    """num [B, T, H, V], den [B, T, H] (fp32) and the final state (ht, zt) or Nones."""
+def _launch_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, eps, causal, output_final_state, chunk_size):
+    """o [B, T, H, V] in v's dtype, den [B, T, H] (fp32) and the final state (ht, zt) or Nones."""
     if causal and chunk_size is not None and CHUNK_PARALLEL:
-        return _launch_parallel_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, output_final_state)
+        return _launch_parallel_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, eps, output_final_state)
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
     tiles = _tile_rule(K, V, M)
@@ -571,10 +579,10 @@ def _launch_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, output_final_st
     args = (q, k, v, omega, a_q, c, num, den, h0, z0, c0, ht, zt, s_u, M ** -0.5, T, H)
     _rf.launch_fwd(_performer_chunk_fwd_kernel, _performer_recurrent_fwd_kernel, args, q, V, M, tiles, atomic,
                    causal, chunk_size)
-    return num, den, ht, zt
+    return _rf.divide(num, den, eps, v.dtype), den, ht, zt
 
 
-def _launch_parallel_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, output_final_state):
+def _launch_parallel_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, eps, output_final_state):
     """The causal forward in two launches (the card's plan): the state walk writes each chunk's
     starting state, then every chunk's outputs. Returns what _launch_fwd returns."""
     B, T, H, K = q.shape
@@ -585,7 +593,7 @@ def _launch_parallel_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, output_final_s
     f32 = dict(device=q.device, dtype=torch.float32)
     half = HALF_RECORDS and q.dtype != torch.float32
     hs = torch.empty(B, H, NT, R, device=q.device, dtype=torch.bfloat16 if half else torch.float32)
-    num, den = torch.empty(B, T, H, V, **f32), torch.empty(B, T, H, **f32)
+    o, den = v.new_empty(B, T, H, V), torch.empty(B, T, H, **f32)
     ht = torch.empty(B, H, M, V, **f32) if output_final_state else None
     zt = torch.empty(B, H, M, **f32) if output_final_state else None
     r_m, dot = M ** -0.5, _rf.dot_precision(q)
@@ -593,10 +601,10 @@ def _launch_parallel_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, output_final_s
         k, v, omega, c, hs, h0, z0, c0, ht, zt, s_u, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT, BK=BK, BV=BV,
         BM=BMh, DOT=dot, num_warps=warps_h, num_stages=stages_h)
     _performer_chunk_out_kernel[(NT, B * H)](
-        q, k, v, omega, a_q, c, c0, hs, num, den, s_u, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT, BK=BK, BV=BV,
+        q, k, v, omega, a_q, c, c0, hs, o, den, s_u, eps, r_m, T, H, NT, K=K, V=V, M=M, R=R, BT=BT, BK=BK, BV=BV,
         BM=BMo, DOT=dot, DOTS_16=FEATURE_DOTS_16 and q.dtype != torch.float32, num_warps=warps_o,
         num_stages=stages_o)
-    return num, den, ht, zt
+    return o, den, ht, zt
 
 
 def _launch_bwd(dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, chunk_size):
@@ -632,11 +640,11 @@ def _fwd_like(q, v, omega, output_final_state):
     f32 = dict(dtype=torch.float32)
     e = q.new_empty(0, **f32)
     st = (q.new_empty(B, H, M, V, **f32), q.new_empty(B, H, M, **f32))
-    return (q.new_empty(B, T, H, V, **f32), q.new_empty(B, T, H, **f32), *(st if output_final_state else (e, e)))
+    return (v.new_empty(B, T, H, V), q.new_empty(B, T, H, **f32), *(st if output_final_state else (e, e)))
 
 
 _FWD_SIG = ("(Tensor q, Tensor k, Tensor v, Tensor omega, Tensor a_q, Tensor c, Tensor? h0, Tensor? z0, "
-            "Tensor c0, float s_u, bool causal, bool output_final_state, int chunk_size) "
+            "Tensor c0, float s_u, float eps, bool causal, bool output_final_state, int chunk_size) "
             "-> (Tensor, Tensor, Tensor, Tensor)")
 
 
@@ -662,20 +670,19 @@ def _(dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, chu
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, _, chunk_size = inputs
-    ctx.save_for_backward(q, k, v, omega, a_q, c, h0, z0, c0)
-    ctx.opts = (s_u, causal, chunk_size if chunk_size > 0 else 64)
+    q, k, v, omega, a_q, c, h0, z0, c0, s_u, eps, causal, _, chunk_size = inputs
+    ctx.save_for_backward(q, k, v, omega, a_q, c, h0, z0, c0, *output[:2])
+    ctx.opts = (s_u, eps, causal, chunk_size if chunk_size > 0 else 64)
 
 
-def _backward(ctx, dnum, dden, dht, dzt):
-    q, k, v, omega, a_q, c, h0, z0, c0 = ctx.saved_tensors
-    s_u, causal, chunk_size = ctx.opts
+def _backward(ctx, do, dden, dht, dzt):
+    q, k, v, omega, a_q, c, h0, z0, c0, o, den = ctx.saved_tensors
+    s_u, eps, causal, chunk_size = ctx.opts
     dht, dzt = _rf.state_cotangents(dht, dzt, q, omega.shape[1], v.shape[-1])  # a missing half gets zeros
-    dnum = c.new_zeros(*c.shape, v.shape[-1]) if dnum is None else dnum
-    dden = torch.zeros_like(c) if dden is None else dden
+    dnum, dden = _rf.output_cotangents(do, dden, o, den, eps, v.shape[-1])  # (3) backwards, the floor constant
     dq, dk, dv, domega, dh0, dz0 = torch.ops.zoo.performer_chunk_bwd(
         dnum, dden, dht, dzt, q, k, v, omega, a_q, c, h0, z0, c0, s_u, causal, chunk_size)
-    return (dq, dk, dv, domega, None, None, _rf.or_none(dh0), _rf.or_none(dz0), None, None, None, None, None)
+    return (dq, dk, dv, domega, None, None, _rf.or_none(dh0), _rf.or_none(dz0), None, None, None, None, None, None)
 
 
 _chunk_fwd_op, _recurrent_fwd_op = _rf.register_fwd_ops(
@@ -706,8 +713,8 @@ def _run(op, q, k, v, omega, scale, causal, eps, initial_state, output_final_sta
     else:
         h0, z0, c0 = initial_state[0].float(), initial_state[1].float(), initial_state[2].detach().float()
     c = _rf.running_scale(a_k, c0, causal)  # [B, T, H]
-    num, den, ht, zt = op(q, k, v, omega32, a_q, c, h0, z0, c0, s_u, causal, output_final_state, chunk_size)
-    o = (num / den.clamp_min(eps)[..., None]).to(v.dtype)  # (3), the floor
+    o, _, ht, zt = op(q, k, v, omega32, a_q, c, h0, z0, c0, s_u, float(eps), causal, output_final_state,
+                      chunk_size)  # (3) o = num / max(den, eps) in the op
     return o, ((ht, zt, c[:, -1]) if output_final_state else None)
 
 

@@ -69,9 +69,9 @@ def stack_bytes(records="*fp32", dots16=fp.FEATURE_DOTS_16, K=64, V=64, M=256):
     # 16-byte-aligned pointers.
     BT, BK, BV, (BMh, warps_h, stages_h), (BMo, warps_o, stages_o) = rf.parallel_tiles(
         K, V, M, fp.PARALLEL_BT, fp.WALK_TILE, fp.OUT_TILE)
-    types = dict({n: "*bf16" for n in ("q", "k", "v")},
-                 **{n: "*fp32" for n in ("omega", "a_q", "c", "c0", "hs", "num", "den", "h0", "z0", "ht", "zt")},
-                 s_u="fp32", r_m="fp32", T="i32", H="i32", NT="i32")
+    types = dict({n: "*bf16" for n in ("q", "k", "v", "o")},
+                 **{n: "*fp32" for n in ("omega", "a_q", "c", "c0", "hs", "den", "h0", "z0", "ht", "zt")},
+                 s_u="fp32", eps="fp32", r_m="fp32", T="i32", H="i32", NT="i32")
     types["hs"] = records  # fp32, or bf16 under HALF_RECORDS
     const = dict(K=K, V=V, M=M, R=M * V + M, BT=BT, BK=BK, BV=BV, DOT="tf32")
     return dict(
@@ -91,10 +91,10 @@ def test_chunk_parallel_forward_compiles_for_an_h100_spilling_no_more_than_count
     # The issue's size (K = V = 64, M = 256, bf16) at the module's tiles (HRC-LA's measured winners,
     # not yet timed for FAVOR+). The bounds are ptxas's stack bytes for sm_90 (Triton 3.9) at these
     # tiles, so a change that spills more fails here: the walk (BM 32, 4 warps, 2 stages) 168
-    # registers, no spill; phase 3 (BM 32, 4 warps, 2 stages) 255 registers and 160 bytes of spill
+    # registers, no spill; phase 3 (BM 32, 4 warps, 2 stages) 255 registers and 152 bytes of spill
     # (112 with bf16 records and fp32 feature dots; the card has the other tiles' counts).
     stacks = run_aot_script(AOT_SCRIPT, timeout=400)
-    bound = {"default": dict(walk=0, out=160), "bf16 records, dots flipped": dict(walk=0, out=112)}
+    bound = {"default": dict(walk=0, out=152), "bf16 records, dots flipped": dict(walk=0, out=112)}
     for case, stack in stacks.items():
         assert all(stack[n] <= bound[case][n] for n in ("walk", "out")), (case, stack, stacks)
 
