@@ -322,6 +322,22 @@ def prefix_max(x):
 
 
 @triton.jit
+def record_operand(p, mask, FT: tl.constexpr):
+    """A block of a chunk's record (S⁻ rows [BM, BV]) as a dot operand in FT. A record stored in
+    FT already (HALF_RECORDS with FEATURE_DOTS_16) goes from memory into the product untouched (no
+    fp32 round trip; phase 3 timed the same either way, run 51); any other is converted by
+    half_operand. The interpreter cannot dot bf16, so there it is widened to fp32 (its values are
+    FT's already)."""
+    b = tl.load(p, mask=mask, other=0.0)
+    if b.dtype == FT:
+        if KERNEL_INTERPRET:
+            b = b.to(tl.float32)
+    else:
+        b = half_operand(b.to(tl.float32), FT)
+    return b
+
+
+@triton.jit
 def causal_decay(offs_t, mask_t, b_c):
     """(3) Γ_tj = e^{c_j − c_t} for j <= t inside the chunk, 0 elsewhere [BT, BT]."""
     mask_A = (offs_t[:, None] >= offs_t[None, :]) & mask_t[:, None] & mask_t[None, :]

@@ -23,8 +23,8 @@ state BEFORE the chunk, at the scale c_last(n−1) of the previous chunk's last 
     c_last(n) = max(c_last(n−1), a_j of the chunk); the last state goes straight to ht, zt, nt.
     Records are written once and read once (round 1 had phase 1 write increments and phase 2 read
     and rewrite them in place: 4 record passes, phase 2 a dependent load/store chain at ~0.75 TB/s).
-    Split walk: when B·H·⌈M/BM⌉ programs leave SMs idle (B = 1: 64 programs at the issue's H, 128
-    chunks each... 1024 at T = 65536, a latency-bound chain), _launch_walk cuts the chunks into NS
+    Split walk: when B·H·⌈M/BM⌉ programs leave SMs idle (B = 1, H = 16, T = 65536: 64 programs of
+    1024 chunks each, a latency-bound chain), _launch_walk cuts the chunks into NS
     segments: pass 1 (LOCAL) walks every segment but the last from an empty state, keeping only its
     end state L_s at its own scale ℓ_s; pass 2 starts segment s from the initial state with L_0..L_{s−1}
     folded in (S ← e^{c−c'} S + e^{ℓ_r−c'} L_r, c' = max(c, ℓ_r): exact, the same function) and walks
@@ -43,20 +43,22 @@ through the frequency loop, are the right-hand operands and stay in shared memor
 inputs, exact in tf32, split only Ω (phases_t: two tf32 products, the accuracy of tf32x3). With x
 on the left and tf32x3, phase 3 took 255 registers and spilled 200-400 bytes a thread at any BM.
 Switches (module globals, read at each call; benchmarks/results/h100-2026-11-23/run21-hrc_sweep2.py flips each):
-  HALF_RECORDS (off): records in bf16 for bf16/fp16 inputs (the walk still adds in fp32, each
-    stored state is rounded once, 2⁻⁹ relative); measured ±0.1 ms either way
-    (runs 21-23): left off. FAST_TRIG (on): θ reduced to [−π, π] by a two-
-    constant Cody-Waite split of 2π, then the SFU's sin.approx/cos.approx (abs error ~1e-6;
-    _random_features.cos_sin), in the walk, phase 3 and the parallel backward (the serial
-    kernels keep libdevice's accurate ones: untimed). FEATURE_DOTS_16 (on): bf16/fp16 inputs feed phase 3's
-    A, A v and read-out dots in the input dtype (features, A and the records' S rounded to it:
-    2x tf32's tensor-core rate, half the operand registers; accumulation stays fp32; the phase
-    products keep their split-Ω tf32; fp32 inputs unchanged); its error against the fp64 zoo is
-    printed by the sweep. WALK_TILE (64, 4 warps, 2 stages; run 49), OUT_TILE (32, 4 warps, 2
-    stages; runs 21-23, 47): measured fastest, spills and all (tests/test_hrc_la.py bounds them).
+  HALF_RECORDS (on since run 51): records in bf16 for bf16/fp16 inputs (the walk still adds in
+    fp32, each stored state is rounded once, 2⁻⁹ relative); measured ±0.1 ms either way in runs
+    21-23, 0.15 ms faster (the walk) in run 51 once the walk was memory-bound. FAST_TRIG (on): θ
+    reduced to [−π, π] by a two-constant Cody-Waite split of 2π, then the SFU's sin.approx /
+    cos.approx (abs error ~1e-6; _random_features.cos_sin), in the walk, phase 3 and the parallel
+    backward (the serial kernels keep libdevice's accurate ones: untimed). FEATURE_DOTS_16 (on):
+    bf16/fp16 inputs feed phase 3's A, A v and read-out dots in the input dtype (features, A and
+    the records' S rounded to it: 2x tf32's tensor-core rate, half the operand registers;
+    accumulation stays fp32; the phase products keep their split-Ω tf32; fp32 inputs unchanged);
+    its error against the fp64 zoo is printed by the sweep. WALK_TILE (64, 4 warps, 2 stages; run
+    49), OUT_TILE (32, 4 warps, 2 stages; runs 21-23, 47, 51): measured fastest, spills and all
+    (tests/test_hrc_la.py bounds them).
 sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; tests/test_hrc_la.py's AOT_SCRIPT compiles the defaults):
   walk (session 13's, the stabiliser on chip, the split walk's fold): BM 64 at 4 warps, 2 stages
-    254 + 16 B of spill (Triton 3.6's ptxas, what the H100 runs: 255 + 8 B); BM 32 255 + 32 B
+    254 + 8 B of spill with bf16 records, 16 B with fp32 ones (Triton 3.6's ptxas, what the H100
+    runs: 255 + 8 B); BM 32 255 + 32 B
     (3.6); BM 16 177-198, none. Before session 13 (a and c loaded): BM 32 at 4 warps, 1 stage:
     191, no stack; 2 stages 255 + 72-96 B (Triton 3.6: 255, none); BM 64 at 8 warps 255;
     libdevice sin/cos: 220 + its 32 B of stack.
@@ -65,18 +67,20 @@ sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; tests/te
     232-236. Still 1 block of 8 warps an SM: the aim of 2 (<= 128 registers at 8 warps, or <= 255
     at 4) is NOT met: at 4 warps 255 + 200-256 B of spill (BM 32, the default: 320 B; session 13
     stores the mass before the frequency loop: 255 + 104 B, 120 B by Triton 3.6's ptxas against 368
-    before). BT = 128 spills 904 B in phase 3 and 96 B in the walk (the sweep times it anyway).
+    before; 96 B with bf16 records). BT = 128 spills 904 B in phase 3 and 96 B in the walk (the sweep times it anyway).
 Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 128 a sequence):
-  bytes: records 8192 × R × 4 B = 1.09 GB, written (walk) and read (phase 3): 2.18 GB; q, k, v
+  bytes: records 8192 × R × 4 B = 1.09 GB (fp32; HALF_RECORDS, the default: 0.55 GB), written
+    (walk) and read (phase 3): 2.18 GB (1.09); q, k, v
     67 MB each (k, v read by the walk's 8 frequency tiles of one head, adjacent programs: ~1 GB
     from L2, 134 MB from DRAM), o 67 MB (bf16), a, c, den, mass 2 MB each (written): ~0.4 GB.
-    2.6 GB in all: 0.87 ms at 3.0 TB/s (HALF_RECORDS: 1.5 GB, 0.5 ms).
+    2.6 GB in all with fp32 records: 0.87 ms at 3.0 TB/s (HALF_RECORDS: 1.5 GB, 0.5 ms).
   FLOPs a token and head: phases 2 products × 2·K·M = 66 K (keys, walk) + 131 K (queries and
     keys, phase 3), tf32; dS 2·2M·V = 66 K (tf32); A 2·BT·2M = 66 K; A v 2·BT·V = 8 K; the
     read-out 2·2M·V = 66 K (these three bf16 under FEATURE_DOTS_16): ~400 KFLOP, 210 GFLOP in all:
     0.58 ms at half the bf16 ceiling; and 3·2·M = 1536 sin/cos a token and head (0.8 G: on the
     SFU with FAST_TRIG, ~0.2 ms of MUFU at 16 a clock an SM, spread over both kernels).
-  floor: 0.87 ms (memory bound; 0.5 ms with HALF_RECORDS, then the tf32 phase products compete).
+  floor: 0.5 ms with HALF_RECORDS (0.87 with fp32 records; memory bound, the tf32 phase products
+    close behind).
   Measured: round 1 (H100, run 14, benchmarks/results/h100-2026-11-23/run14-hrc-sweep.log, three
     launches): the op 9.1 ms; phase 3 4.15 ms, phase 2 2.95 ms, phase 1 1.26 ms. This plan (runs
     21-23, benchmarks/results/h100-2026-11-23/run2[123]-*): at the round-2 defaults (walk 32/4/1,
@@ -95,9 +99,16 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     2.68, the op 5.23 against 6.40. benchmarks.hrc_seed (run 50; it syncs every call, so the op's
     ~0.2 ms of host work shows): **2.25 ms = 2.03x** the linear attention on 512 features (1.11
     ms), and at B = 1, T = 65536 **5.48 ms = 3.46x** faster than SDPA (18.94). Issue 5's targets
-    (<= 1.5x and >= 5x) are still NOT met. Next levers: phase 3 (1.25 ms; 4 warps, 255 registers
-    + 120 B, two blocks an SM) is ~3x its share of the floor; the split walk's pass 1 (~1 ms of
-    the 2.68 at T = 65536).
+    (<= 1.5x and >= 5x) are still NOT met. Runs 51-52: HALF_RECORDS on (bf16 records, fed to phase
+    3's read-out as stored): the walk 0.65 ms, the op 1.92 ms (1.88 with phase 3 at 3 stages:
+    left at 2), 3.8x the 0.5 ms floor; benchmarks.hrc_seed **2.155 ms = 1.75x** the linear
+    attention on 512 features (1.234 ms in that run; 1.105 in run 50, where 2.155 would be 1.95x),
+    **3.45x** SDPA at T = 65536 (5.55 against 19.13 ms). ncu of phase 3 (run 51): 8 warps an SM
+    (two 4-warp blocks, 255 registers), 1.31 instructions a cycle, a warp issuing every 6.1
+    cycles, the tensor pipe 23% busy, 2.2 M spill requests; the walk 1.12 IPC, DRAM 46%. Both
+    wait on latency with too few warps. Next levers: phase 3's registers (the [64, 64] A and
+    read-out accumulators of a 64-query program: 32 queries a program would halve them, at 1.5x
+    the keys' phase work); the split walk's pass 1 (~1 ms of the 2.4 at T = 65536).
 
 Small head dims (runs 40-43, H100 and H200, Triton 3.6): a ptxas miscompile, worked round.
 At K = V = M = 32 (causal, bf16) the output came out 0.58 relative RMS error off the zoo (the
@@ -179,10 +190,12 @@ Cost at the issue's size (as the forward's: NT = 128 a sequence, 8192 records of
     and DWALK_TILE (64, 8, 2) untimed (the sweep's time ran out). Gradients vs the fp64 zoo
     (T = 1024, learnable Ω): rel RMS dq 2.4e-3, dk 2.9e-3, dv 2.2e-3, dΩ 1.8e-3 (run 30), as the
     serial backward's. The gradient kernel is ~3x the card's floor: the lever left. Session 13
-    (the walk at BM 64, the stabiliser on chip; run 50, benchmarks.hrc_seed): fwd+bwd 13.59 ms.
+    (the walk at BM 64, the stabiliser on chip; run 50, benchmarks.hrc_seed): fwd+bwd 13.59 ms;
+    with bf16 records (run 52) 13.26 ms.
   First call (fwd+bwd, fresh process, empty caches): 7.0 s with the four kernels compiled at their
     launches (run 30), 6.0 s side by side from a dry run (_first_call_plan, run 31), 4.66 s (run
-    34), 2.94 s (run 50; the forward alone 2.72 s): under issue 2's 5 s.
+    34), 2.94 s (run 50; the forward alone 2.72 s), 3.49 s (run 52, another host; forward 3.43 s):
+    under issue 2's 5 s.
 
 Serial walk (non-causal, and causal with CHUNK_PARALLEL = False)
 ----------------------------------------------------------------
@@ -251,9 +264,10 @@ import zoo.hrc_la as zhrc
 from zoo.hrc_la import EPS_DENOMINATOR, HRCMultiheadAttention as _ZooLayer, _check_inputs
 
 from fast._random_features import (
-    EMPTY, EMPTY_SCALE, PHASE_PRECISION, causal_decay, chunk_end, chunk_rows, chunk_program, chunk_record, chunk_state_in,
-    cos_sin, frequency_tile, half_operand, load_rows, omega_tile, phases_t, prefix_max, state_or_zeros, state_ptrs,
-    store_chunk_out, store_share, store_state,
+    EMPTY, EMPTY_SCALE, PHASE_PRECISION, causal_decay, chunk_end, chunk_rows, chunk_program, chunk_record,
+    chunk_state_in,
+    cos_sin, frequency_tile, half_operand, load_rows, omega_tile, phases_t, prefix_max, record_operand, state_or_zeros,
+    state_ptrs, store_chunk_out, store_share, store_state,
 )
 from fast import _random_features as _rf
 from fast._compile import launch, precompile
@@ -286,8 +300,11 @@ FEATURE_DOTS_16 = True
 # The per-chunk records between the walk and phase 3 (1.09 GB in fp32 at the issue's size, written
 # once and read once): True stores them in bf16 for bf16/fp16 inputs, halving those bytes (the walk
 # still adds in fp32; each stored state is rounded once, 2⁻⁹ relative, under the half-precision
-# output's own rounding). fp32 inputs always keep fp32 records. Off until GPU-timed.
-HALF_RECORDS = False
+# output's own rounding). fp32 inputs always keep fp32 records. On since run 51: the walk 0.80 ->
+# 0.65 ms, the op 2.07 -> 1.92 ms; under FEATURE_DOTS_16 phase 3 rounds S⁻ to bf16 for its dots anyway
+# (record_operand now feeds a bf16 record to them as stored), so only z and n are new roundings
+# (error against the fp64 zoo 3.01e-3 -> 3.17e-3, the bf16 output's own rounding ~2e-3).
+HALF_RECORDS = True
 # The causal backward: True runs the chunk-parallel kernels (the card's "Causal backward, parallel
 # over chunks": the walk again, a reverse walk, then every chunk's gradients), False the serial
 # _hrc_la_chunk_bwd_kernel. Only with CHUNK_PARALLEL (non-causal always takes the serial one). Read
@@ -567,8 +584,9 @@ def _hrc_la_chunk_out_kernel(
     tl.store(c + p_t, b_c, mask=mask_t)
     b_e = tl.exp(b_a - b_c)  # e^{a_j − c_j} <= 1
     b_dec = tl.exp(tl.where(mask_t, b_cprev - b_c, float("-inf")))  # e^{c⁻ − c_t}
-    # the mass n_t = Σ_{j<=t} e^{a_j − c_t} + e^{c⁻ − c_t} n⁻, stored now: only its floor eps·n_t [BT] stays live
-    b_n = tl.sum(causal_decay(offs_t, mask_t, b_c) * b_e[None, :], 1) + b_dec * tl.load(p_h + 2 * M * V + 2 * M).to(tl.float32)
+    # the mass n_t = Σ_{j<=t} e^{a_j − c_t} + e^{c⁻ − c_t} n⁻, stored now: only its floor stays live
+    b_n = tl.sum(causal_decay(offs_t, mask_t, b_c) * b_e[None, :], 1)
+    b_n += b_dec * tl.load(p_h + 2 * M * V + 2 * M).to(tl.float32)
     tl.store(mass + p_t, b_n, mask=mask_t)
     b_floor = tl.cast(eps, tl.float32) * b_n
     b_A = tl.zeros([BT, BT], dtype=tl.float32)  # Re(φ̂_t conj φ̂_j) e^{a_j − c_j}, summed over frequencies
@@ -589,8 +607,8 @@ def _hrc_la_chunk_out_kernel(
         b_A += tl.dot(tl.trans(b_cq), b_ck, input_precision=DOT) + tl.dot(tl.trans(b_sq), b_sk, input_precision=DOT)
         mask_S = mask_m[:, None] & mask_v[None, :]
         p_S = p_h + offs_m[:, None] * V + offs_v[None, :]
-        b_Sc = half_operand(tl.load(p_S, mask=mask_S, other=0.0).to(tl.float32), FT)  # S⁻ (bf16: HALF_RECORDS)
-        b_Ss = half_operand(tl.load(p_S + M * V, mask=mask_S, other=0.0).to(tl.float32), FT)
+        b_Sc = record_operand(p_S, mask_S, FT)  # S⁻ (bf16: HALF_RECORDS)
+        b_Ss = record_operand(p_S + M * V, mask_S, FT)
         b_oi += tl.dot(tl.trans(b_cq), b_Sc, input_precision=DOT)  # (5) inter-chunk
         b_oi += tl.dot(tl.trans(b_sq), b_Ss, input_precision=DOT)
         b_zc = tl.load(p_h + 2 * M * V + offs_m, mask=mask_m, other=0.0).to(tl.float32)

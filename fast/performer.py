@@ -82,7 +82,8 @@ BT tokens holding its slice S [BM, V] of the state in fp32 registers and adds it
     num_t = Σ_j A_tj v_j + e^{c⁻−c_t} φ̂_tᵀS,   den_t likewise with v = 1,
     A = (φ̂_q φ̄_kᵀ) ⊙ Γ,  Γ_tj = e^{c_j − c_t} [j ≤ t],  φ̄_k = exp(θ − ‖u‖²/2 − c_j)/√M <= 1/√M,
 into fp32 buffers (tl.atomic_add; a plain store when one tile holds all M). o = num / max(den, eps)
-is one torch line after the kernel (_random_features.divide, inside the op). Non-causal: a first sweep builds the state, a second reads it.
+is one torch line after the kernel (_random_features.divide, inside the op). Non-causal: a first
+sweep builds the state, a second reads it.
 
 Backward (the same grid with half the frequencies a tile: it also holds dS): sweep 1 forward in
 time gives dφ̂_q, sweep 2 backward in time carries dS and
@@ -118,8 +119,8 @@ from zoo.performer import EPS_DENOMINATOR, PerformerAttention as _ZooLayer, _che
 
 from fast._random_features import (
     EMPTY_SCALE, PHASE_PRECISION, causal_decay, chunk_end, chunk_program, chunk_record, chunk_state_in, chunk_rows,
-    frequency_tile, half_operand, load_rows, omega_tile, phases_t, state_or_zeros, state_ptrs, store_chunk_out,
-    store_share, store_state,
+    frequency_tile, half_operand, load_rows, omega_tile, phases_t, record_operand, state_or_zeros, state_ptrs,
+    store_chunk_out, store_share, store_state,
 )
 from fast import _random_features as _rf
 
@@ -365,7 +366,7 @@ def _performer_chunk_out_kernel(
         b_kT = half_operand(_features_t(b_xkT, b_omega, b_rm, s_u, b_c, mask_t, k.dtype.element_ty != tl.float32), FT)
         b_A += tl.dot(tl.trans(b_qT), b_kT, input_precision=DOT)
         p_S = p_h + offs_m[:, None] * V + offs_v[None, :]
-        b_S = half_operand(tl.load(p_S, mask=mask_m[:, None] & mask_v[None, :], other=0.0).to(tl.float32), FT)  # S⁻
+        b_S = record_operand(p_S, mask_m[:, None] & mask_v[None, :], FT)  # S⁻
         b_oi += tl.dot(tl.trans(b_qT), b_S, input_precision=DOT)  # (5) inter-chunk
         b_z = tl.load(p_h + M * V + offs_m, mask=mask_m, other=0.0).to(tl.float32)
         b_di += tl.sum(b_qT.to(tl.float32) * b_z[:, None], 0)
