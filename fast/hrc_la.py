@@ -106,9 +106,11 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     **3.45x** SDPA at T = 65536 (5.55 against 19.13 ms). ncu of phase 3 (run 51): 8 warps an SM
     (two 4-warp blocks, 255 registers), 1.31 instructions a cycle, a warp issuing every 6.1
     cycles, the tensor pipe 23% busy, 2.2 M spill requests; the walk 1.12 IPC, DRAM 46%. Both
-    wait on latency with too few warps. Next levers: phase 3's registers (the [64, 64] A and
-    read-out accumulators of a 64-query program: 32 queries a program would halve them, at 1.5x
-    the keys' phase work); the split walk's pass 1 (~1 ms of the 2.4 at T = 65536).
+    wait on latency with too few warps. Tried and not kept (run 53): phase 3 with 32 queries a
+    program against the chunk's 64 keys (half the A and read-out accumulators; ptxas still took
+    255 registers, 16 B of spill against 152): 2.12 ms against 1.27, the keys' features computed
+    twice a chunk for no more warps an SM. Next levers: phase 3's register count itself (<= 168
+    for three blocks an SM); the split walk's pass 1 (~1 ms of the 2.4 at T = 65536).
 
 Small head dims (runs 40-43, H100 and H200, Triton 3.6): a ptxas miscompile, worked round.
 At K = V = M = 32 (causal, bf16) the output came out 0.58 relative RMS error off the zoo (the
