@@ -5,7 +5,8 @@
 2. fast equals zoo: the Triton chunk and recurrent ops in fp32 under the interpreter, bf16/fp16 on a
    GPU (and no NaN for ‖x‖ = 30 in bf16);
 3. gradients agree: q, k, v, Ω and the initial state through random cotangents on o and the final
-   state, zoo chunk and recurrent vs parallel in float64, fast vs zoo in fp32 / bf16 (GPU);
+   state, zoo chunk and recurrent vs parallel in float64, fast vs zoo in fp32 / bf16 (GPU); the
+   ops' own division o = num / max(den, floor) and its cotangents against torch's autograd;
 4. causality: perturbing tokens after t leaves outputs up to t bit-identical (the stabiliser is a
    prefix max, so it cannot leak the future);
 5. state carry: two calls chained by the state equal one call; prefill then decode equals forward;
@@ -109,6 +110,34 @@ def test_half_operand_rounds_to_nearest_even_as_the_gpu_does():
     y = torch.empty_like(x)
     _half_operand_kernel[(1,)](x, y, N=4096)
     assert torch.equal(y, x.bfloat16().float())
+
+
+# The division o = num / max(den, floor) runs inside the ops now (phase 3, or divide() after the
+# serial kernels), and the backward gets dnum, dden from o's cotangent with output_cotangents: both
+# must equal torch's autograd of the zoo's line, the floor detached. Dens below, near and above the
+# floor (negative ones too: trigonometric normalisers can cross zero), a tensor floor and a float.
+@settings(max_examples=20, deadline=None)
+@given(B=st.integers(1, 2), T=st.integers(1, 9), V=st.integers(1, 5), tensor_floor=st.booleans(),
+       with_dden=st.booleans(), seed=seeds)
+def test_output_division_and_its_cotangents_equal_torch_autograd(B, T, V, tensor_floor, with_dden, seed):
+    g = torch.Generator().manual_seed(seed)
+    num = torch.randn(B, T, 2, V, generator=g, dtype=torch.float64)
+    den = torch.randn(B, T, 2, generator=g, dtype=torch.float64)
+    mass = torch.rand(B, T, 2, generator=g, dtype=torch.float64) + 0.5
+    floor = 0.3 * mass if tensor_floor else 0.3
+    den = torch.where((den - 0.3 * (mass if tensor_floor else 1.0)).abs() < 1e-3, den + 0.01, den)  # no ties
+    do = torch.randn(B, T, 2, V, generator=g, dtype=torch.float64)
+    dden_extra = torch.randn(B, T, 2, generator=g, dtype=torch.float64) if with_dden else None
+    n, d = num.clone().requires_grad_(), den.clone().requires_grad_()
+    D = d.clamp_min(floor) if isinstance(floor, float) else torch.maximum(d, floor)
+    o = n / D[..., None]
+    loss = (o * do).sum() + ((d * dden_extra).sum() if with_dden else 0)
+    loss.backward()
+    got_o = _rf.divide(num, den, floor, torch.float64)
+    dnum, dden = _rf.output_cotangents(do, dden_extra, o.detach(), den, floor, V)
+    assert torch.allclose(got_o, o.detach(), rtol=1e-6, atol=0)
+    assert torch.allclose(dnum.double(), n.grad, rtol=1e-6, atol=1e-9)
+    assert torch.allclose(dden.double(), d.grad, rtol=1e-6, atol=1e-9)
 
 
 AOT_SCRIPT = r"""
