@@ -24,11 +24,11 @@ state BEFORE the chunk, at the scale c_last(n−1) of the previous chunk's last 
     Records are written once and read once (round 1 had phase 1 write increments and phase 2 read
     and rewrite them in place: 4 record passes, phase 2 a dependent load/store chain at ~0.75 TB/s).
     Split walk: when B·H·⌈M/BM⌉ programs leave SMs idle (B = 1, H = 16, T = 65536: 64 programs of
-    1024 chunks each, a latency-bound chain), _launch_walk cuts the chunks into NS
-    segments: pass 1 (LOCAL) walks every segment but the last from an empty state, keeping only its
-    end state L_s at its own scale ℓ_s; pass 2 starts segment s from the initial state with L_0..L_{s−1}
-    folded in (S ← e^{c−c'} S + e^{ℓ_r−c'} L_r, c' = max(c, ℓ_r): exact, the same function) and walks
-    it, writing records. NS = ⌊WALK_SLOTS_PER_SM · SMs / programs⌋, a run-time number (no rebuild).
+    1024 chunks each, a latency-bound chain), _launch_walk cuts the chunks into NS segments: pass 1
+    (LOCAL) walks every segment but the last from an empty state, keeping only its end state L_s
+    at its own scale ℓ_s; pass 2 starts segment s from the initial state with L_0..L_{s−1} folded
+    in (S ← e^{c−c'} S + e^{ℓ_r−c'} L_r, c' = max(c, ℓ_r): exact, the same function) and walks it,
+    writing records. NS = ⌊WALK_SLOTS_PER_SM · SMs / programs⌋, a run-time number (no rebuild).
   phase 3, grid (NT, B·H), _hrc_la_chunk_out_kernel: the stabiliser of its chunk from its keys and
     the record's c⁻ (c_t = max(c⁻, a_1..a_t), a prefix max on chip; a and c written for the
     backward), then (5) for the chunk's queries, all M frequencies walked BM at a time (queries' and
@@ -58,8 +58,7 @@ Switches (module globals, read at each call; benchmarks/results/h100-2026-11-23/
 sm_90 registers (ptxas, Triton 3.9, K = V = 64, M = 256, bf16, BT = 64; tests/test_hrc_la.py's AOT_SCRIPT compiles the defaults):
   walk (session 13's, the stabiliser on chip, the split walk's fold): BM 64 at 4 warps, 2 stages
     254 + 8 B of spill with bf16 records, 16 B with fp32 ones (Triton 3.6's ptxas, what the H100
-    runs: 255 + 8 B); BM 32 255 + 32 B
-    (3.6); BM 16 177-198, none. Before session 13 (a and c loaded): BM 32 at 4 warps, 1 stage:
+    runs: 255 + 8 B); BM 32 255 + 32 B (3.6); BM 16 177-198, none. Before session 13 (a and c loaded): BM 32 at 4 warps, 1 stage:
     191, no stack; 2 stages 255 + 72-96 B (Triton 3.6: 255, none); BM 64 at 8 warps 255;
     libdevice sin/cos: 220 + its 32 B of stack.
   phase 3: BM 16 at 8 warps, 2 stages: 230 with both levers (228 with bf16 records), 252 with
