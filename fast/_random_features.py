@@ -137,12 +137,16 @@ def running_scale(a, c0, causal):
     return torch.maximum(c, c0[..., None]).transpose(1, 2).contiguous()
 
 
+def floored(den, floor):
+    """D = max(den, floor), `floor` a tensor like den or a float: the zoo's normaliser (3)."""
+    return den.clamp_min(floor) if isinstance(floor, float) else torch.maximum(den, floor)
+
+
 def divide(num, den, floor, dtype):
     """(3) o = num / max(den, floor) in `dtype` (`floor`: a tensor like den, or a float). For the
     serial kernels, whose frequency tiles add shares of num and den into fp32 buffers: they divide
     here, after their launch; the chunk-parallel phase 3 divides in its kernel (store_chunk_out)."""
-    D = den.clamp_min(floor) if isinstance(floor, float) else torch.maximum(den, floor)
-    return (num / D[..., None]).to(dtype)
+    return (num / floored(den, floor)[..., None]).to(dtype)
 
 
 def output_cotangents(do, dden, o, den, floor, V):
@@ -151,7 +155,7 @@ def output_cotangents(do, dden, o, den, floor, V):
         dnum = do / D,   dden = −Σ_v do·o / D where den >= floor, 0 where the floor holds,
     plus `dden`, a cotangent of den itself (an output of the op; None when unused). o is the op's
     output in v's dtype (bf16: rounded by 2⁻⁹ relative, as its cotangent is); num is never stored."""
-    D = den.clamp_min(floor) if isinstance(floor, float) else torch.maximum(den, floor)
+    D = floored(den, floor)
     if do is None:
         dnum, dden_o = den.new_zeros(*den.shape, V), torch.zeros_like(den)
     else:

@@ -616,8 +616,7 @@ def _hrc_la_chunk_out_kernel(
         b_zs = tl.load(p_h + 2 * M * V + M + offs_m, mask=mask_m, other=0.0).to(tl.float32)
         b_di += tl.sum(b_cq.to(tl.float32) * b_zc[:, None], 0) + tl.sum(b_sq.to(tl.float32) * b_zs[:, None], 0)
     # (3) intra-chunk: A_tj = Re(φ̂_t conj φ̂_j)·e^{a_j − c_t} for j <= t
-    b_G = causal_decay(offs_t, mask_t, b_c)
-    b_A *= b_G
+    b_A *= causal_decay(offs_t, mask_t, b_c)  # Γ again: held through the loop for the mass, it spilled
     store_chunk_out(o, den, v, b_A, b_oi, b_di, b_dec, b_floor, p_t, mask_t, offs_v, mask_v, V, FT, DOT)  # (3)
 
 
