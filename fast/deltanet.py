@@ -14,18 +14,23 @@ Kernel plan (chunk L = BT = 64 rows; Γ = chunk-local cumsum of g; X = (I + A)�
                (diagonal included), one [64, 64] dot. Stores W, U, R (input dtype) and Γ (fp32).
             2. _chunk_state_fwd_kernel, grid (V/BV, B·H), sequential over chunks, S in fp32
                registers: V_new = U − W S; o = e^Γ ⊙ sQS + R V_new;
-               S ← e^{Γ_L} S + (e^{Γ_L−Γ} ⊙ K)ᵀ V_new. The output is read on the way, so the
-               per-chunk states are never written in the forward.
-  backward  recomputes 1 (now also storing X) and 2 (now storing the chunk-entry states h and
-            V_new instead of o), then
+               S ← e^{Γ_L} S + (e^{Γ_L−Γ} ⊙ K)ᵀ V_new. The output is read on the way, so an
+               inference forward never writes the per-chunk states.
+  training  with gradients on (and SAVE_INTERMEDIATES, the default), step 1 also stores X (fp32)
+            and step 2 also stores the chunk-entry states h [B, NT, H, K, V] and V_new beside o:
+            the op keeps them, W, R and Γ for the backward (SAVED).
+  backward  starts from SAVED. Without it (SAVE_INTERMEDIATES off, or the recurrent op's gradient)
+            it first recomputes 1 (storing X) and 2 (storing h and V_new instead of o). Then
             3. _chunk_state_bwd_kernel, grid (V/BV, B·H), sequential over chunks in reverse:
                dV_new = Rᵀ dO + (e^{Γ_L−Γ}⊙K) dS,  dS ← e^{Γ_L} dS + (e^Γ⊙sQ)ᵀ dO − Wᵀ dV_new.
             4. _chunk_bwd_dqkw_kernel, grid (K/BKS, NT, B·H): dq (final), the dk and dw terms that
                come through the state and the output, and the gate terms of dΓ.
             5. _chunk_wy_bwd_kernel, grid (NT, B·H): back through W, U and X = (I + A)⁻¹
                (dA = −Xᵀ dX Xᵀ): dk (final), dv, dβ, and dg = reverse cumsum of dΓ in the chunk.
-  Stored by the forward for the backward: only the inputs (q, k, v, g, β, h0). Recomputed in
-  the backward: W, U, R, X, Γ, the chunk-entry states h [B, NT, H, K, V] and V_new.
+  Kept by a training forward for the backward: the inputs and SAVED, 5.5X of memory (W, R, V_new
+  and h in the input dtype, X in fp32; X is one [B, T, H, D] input's size, see "Cost"); with
+  SAVE_INTERMEDIATES off only the inputs (q, k, v, g, β, h0), and the backward recomputes
+  W, U, R, X, Γ, h and V_new: the memory floor, at the price measured under "Cost".
   decode    _recurrent_fwd_kernel, grid (V/BV, B·H): token loop with S in registers (fla's
             fused_recurrent scheme), n_h micro-steps per token for DeltaProduct. Its gradient is the
             chunk backward (same function), so the recurrent op has forward and backward.
@@ -156,6 +161,14 @@ from fast._compile import launch, precompile
 CHUNK = 64  # BT: rows per chunk; 4 solve blocks of 16 (tl.dot's smallest tile side)
 SOLVE_BLOCK = 16  # the diagonal blocks inverted by forward substitution
 MAX_HEAD_DIM = 256  # whole K (and V in step 1) in one register tile
+# What the backward reads besides the inputs: W, R, X (step 1), Γ (gated; else empty), the
+# chunk-entry states h and V_new (step 2). SAVE_INTERMEDIATES (read at each call): True, a forward
+# with gradients on keeps them (W, R, V_new in the input dtype, X fp32, h in the input dtype: 5.5
+# inputs' worth of memory, 0.74 GB a layer at B·T = 32k, H = 16, K = V = 128) and the backward
+# starts at step 3; False, the forward keeps only its inputs and the backward recomputes steps 1
+# and 2 (the memory floor; the card's "backward").
+SAVED = ("w", "Aqk", "X", "gam", "h", "v_new")
+SAVE_INTERMEDIATES = True
 
 
 def _pow2(n: int) -> int:
@@ -726,23 +739,25 @@ def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int):
     return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
 
 
-def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, nh: int = 1):
-    """`nh`: micro-steps per row of q and o (only the output reads q: the backward's pass leaves it 1)."""
+def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, store_h: bool, nh: int = 1):
+    """Step 2: o (compute_o) and/or the chunk-entry states h and V_new (store_h), and the final
+    state. `nh`: micro-steps per row of q and o (only the output reads q). Returns (o, h, v_new, ht),
+    None for what it did not compute."""
     B, T, H, K = k.shape
     V = u.shape[-1]
     t = _tiles(K, V)
     c = t["state_fwd" if compute_o else "state_rec"]
     NT = triton.cdiv(T, CHUNK)
     ht = k.new_empty(B, H, K, V, dtype=torch.float32)
-    o = torch.empty(B, T // nh, H, V, dtype=q.dtype, device=q.device) if compute_o else u
-    h = k.new_empty(B, NT, H, K, V) if not compute_o else u
-    v_new = torch.empty_like(u) if not compute_o else u
+    o = torch.empty(B, T // nh, H, V, dtype=q.dtype, device=q.device) if compute_o else None
+    h, v_new = (k.new_empty(B, NT, H, K, V), torch.empty_like(u)) if store_h else (None, None)
     launch(_chunk_state_fwd_kernel, (triton.cdiv(V, c["BV"]), B * H),
-        q, k, w, u, gam if gam is not None else u, Aqk, h0 if h0 is not None else ht, o, ht, h, v_new,
+        q, k, w, u, gam if gam is not None else u, Aqk, h0 if h0 is not None else ht,
+        o if compute_o else u, ht, h if store_h else u, v_new if store_h else u,
         scale, T, H, K, V, CHUNK, t["BK"], c["BV"], USE_G=gam is not None, USE_H0=h0 is not None,
-        COMPUTE_O=compute_o, STORE_H=not compute_o, PREC=_precision(k.dtype), NH=nh,
+        COMPUTE_O=compute_o, STORE_H=store_h, PREC=_precision(k.dtype), NH=nh,
         num_warps=c["num_warps"], num_stages=c["num_stages"])
-    return (o, ht) if compute_o else (h, v_new, ht)
+    return o, h, v_new, ht
 
 
 def _pad_to_chunk(steps, tokens, nh):
@@ -765,25 +780,28 @@ def _direct(nh: int) -> bool:
     return SOLVE_BLOCK % nh == 0
 
 
-def _chunk_fwd(q, k, v, g, beta, h0, scale, nh: int = 1):
-    """o [B, T, H, V] and the final state. q, g: a row per token; k, v, β: nh rows per token."""
+def _chunk_fwd(q, k, v, g, beta, h0, scale, nh: int = 1, keep: bool = False):
+    """o [B, T, H, V], the final state, and (keep) what the backward reads, the tuple SAVED names
+    (else None). q, g: a row per token; k, v, β: nh rows per token."""
     if not _direct(nh):
         g = None if g is None else _interleave(g, nh, last=False)
-        o, ht = _chunk_fwd(_interleave(q, nh, last=True), k, v, g, beta, h0, scale)
-        return o[:, nh - 1::nh].contiguous(), ht
+        o, ht, saved = _chunk_fwd(_interleave(q, nh, last=True), k, v, g, beta, h0, scale, keep=keep)
+        return o[:, nh - 1::nh].contiguous(), ht, saved
     T = q.shape[1]
     (k, v, beta), (q, g) = _pad_to_chunk((k, v, beta), (q, g), nh)
-    w, u, Aqk, _, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=False, nh=nh)
-    o, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True, nh=nh)
-    return (o if o.shape[1] == T else o[:, :T].contiguous()), ht
+    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=keep, nh=nh)
+    o, h, v_new, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True, store_h=keep, nh=nh)
+    saved = (w, Aqk, X, gam, h, v_new) if keep else None
+    return (o if o.shape[1] == T else o[:, :T].contiguous()), ht, saved
 
 
-def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, nh: int = 1):
-    """dq, dk, dv, dg, dβ, dh0 (empty without h0). q, g, dO: a row per token; k, v, β: nh rows."""
+def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, nh: int = 1, saved=None):
+    """dq, dk, dv, dg, dβ, dh0 (empty without h0). q, g, dO: a row per token; k, v, β: nh rows.
+    `saved`: the forward's intermediates (_chunk_fwd with keep), or None to recompute them."""
     if not _direct(nh):
         gi = None if g is None else _interleave(g, nh, last=False)
         dq, dk, dv, dg, dbeta, dh0 = _chunk_bwd(_interleave(q, nh, last=True), k, v, gi, beta, h0,
-                                                _interleave(do, nh, last=True), dht, scale)
+                                                _interleave(do, nh, last=True), dht, scale, saved=saved)
         return dq[:, nh - 1::nh].contiguous(), dk, dv, (dg if g is None else dg[:, ::nh].contiguous()), dbeta, dh0
     T0 = q.shape[1]
     (k, v, beta), (q, g, do) = _pad_to_chunk((k, v, beta), (q, g, do.to(q.dtype).contiguous()), nh)
@@ -793,10 +811,12 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, nh: int = 1):
     NT = triton.cdiv(T, CHUNK)
     NK = triton.cdiv(K, t["BKS"])
     prec = _precision(k.dtype)
-    # recompute step 1 (with X) and step 2 (storing the chunk-entry states and V_new)
-    # (in the forward's configuration, so both use one compiled step 1: see _chunk_wy_fwd_kernel's STORE_X)
-    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=True, nh=nh)
-    h, v_new, _ = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=False)
+    if saved is None:  # recompute step 1 (with X) and step 2 (storing the chunk-entry states and V_new),
+        # in the forward's configuration, so both use one compiled step 1: see _chunk_wy_fwd_kernel's STORE_X
+        w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=True, nh=nh)
+        h, v_new = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=False, store_h=True)[1:3]
+    else:
+        w, Aqk, X, gam, h, v_new = saved
     # step 3
     dh, dv_new = torch.empty_like(h), torch.empty_like(v)
     dh0 = k.new_empty(B, H, K, V, dtype=torch.float32)
@@ -883,37 +903,51 @@ def _tiny_state(h0):
 
 
 def _fwd_plan(q, k, v, g, beta, h0, scale, nh=1):
-    """{key: dry run} of the forward; the tiny inputs are made only if the dry run runs."""
-    return {("fwd",) + _variants(q, v, g, h0, nh): lambda: _chunk_fwd(*_tiny_inputs(q, k, v, g, beta, nh),
-                                                                       _tiny_state(h0), scale, nh)}
+    """{key: dry run} of the forward as training calls it (keeping SAVED when SAVE_INTERMEDIATES);
+    the tiny inputs are made only if the dry run runs."""
+    keep = SAVE_INTERMEDIATES
+    return {("fwd", keep) + _variants(q, v, g, h0, nh): lambda: _chunk_fwd(
+        *_tiny_inputs(q, k, v, g, beta, nh), _tiny_state(h0), scale, nh, keep=keep)}
 
 
-def _bwd_plan(q, k, v, g, beta, h0, scale, has_dht: bool, nh=1):
-    """{key: dry run} of the backward (dht given or not); tiny inputs as in _fwd_plan."""
+def _bwd_plan(q, k, v, g, beta, h0, scale, has_dht: bool, saved: bool, nh=1):
+    """{key: dry run} of the backward (dht given or not; the forward's intermediates saved or to be
+    recomputed); tiny inputs as in _fwd_plan (the tiny forward that makes the saved ones launches
+    only kernels the forward's plan has, and a dry run compiles each variant once)."""
     def dry():
+        x = _tiny_inputs(q, k, v, g, beta, nh)
+        kept = _chunk_fwd(*x, _tiny_state(h0), scale, nh, keep=True)[2] if saved else None
         dht = q.new_zeros(1, q.shape[2], q.shape[3], v.shape[3], dtype=torch.float32) if has_dht else None
-        _chunk_bwd(*_tiny_inputs(q, k, v, g, beta, nh), _tiny_state(h0), _tiny(v, nh), dht, scale, nh)
-    return {("bwd", has_dht) + _variants(q, v, g, h0, nh): dry}
+        _chunk_bwd(*x, _tiny_state(h0), _tiny(v, nh), dht, scale, nh, saved=kept)
+    return {("bwd", has_dht, saved) + _variants(q, v, g, h0, nh): dry}
 
 
 def chunk_fwd(q, k, v, g, beta, h0, scale: float, output_final_state: bool, num_householder: int = 1):
     """The family's chunk op as the public functions call it: q and g a row per token, k, v, β
-    num_householder rows per token. In eager mode with gradients on, the backward's kernels compile
-    beside the forward's on the first call (see above)."""
+    num_householder rows per token. With gradients on, the forward keeps its intermediates for the
+    backward (SAVE_INTERMEDIATES), and in eager mode the backward's kernels compile beside the
+    forward's on the first call (see above)."""
     grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, beta, h0))
+    keep = grad and SAVE_INTERMEDIATES
     if grad and not torch.compiler.is_compiling():  # compiled, the ops' own first calls compile theirs
         precompile({**_fwd_plan(q, k, v, g, beta, h0, scale, num_householder),
-                    **_bwd_plan(q, k, v, g, beta, h0, scale, output_final_state, num_householder)})
-    return torch.ops.zoo.gated_delta_rule_chunk_fwd(q, k, v, g, beta, h0, scale, output_final_state, num_householder)
+                    **_bwd_plan(q, k, v, g, beta, h0, scale, output_final_state, keep, num_householder)})
+    return torch.ops.zoo.gated_delta_rule_chunk_fwd(q, k, v, g, beta, h0, scale, output_final_state,
+                                                    num_householder, keep)[:2]
+
+
+_FWD_OUT = tuple[(torch.Tensor,) * (2 + len(SAVED))]  # o, the final state, SAVED
 
 
 @torch.library.custom_op("zoo::gated_delta_rule_chunk_fwd", mutates_args=())
 def _chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
                   beta: torch.Tensor, h0: Optional[torch.Tensor], scale: float,
-                  output_final_state: bool, num_householder: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  output_final_state: bool, num_householder: int, keep: bool) -> _FWD_OUT:
+    """(o, final state (empty unless output_final_state), *SAVED (keep; else six empty tensors))."""
     q, k, v, g, beta, h0 = _contiguous(q, k, v, g, beta, h0)
-    o, ht = _chunk_fwd(q, k, v, g, beta, h0, scale, num_householder)  # two kernels: compiled in series (see above)
-    return o, (ht if output_final_state else q.new_empty(0))
+    o, ht, saved = _chunk_fwd(q, k, v, g, beta, h0, scale, num_householder, keep)  # compiled in series (above)
+    saved = [x if x is not None else q.new_empty(0) for x in saved] if keep else [q.new_empty(0) for _ in SAVED]
+    return (o, ht if output_final_state else q.new_empty(0), *saved)
 
 
 @torch.library.custom_op("zoo::gated_delta_rule_recurrent_fwd", mutates_args=())
@@ -932,23 +966,37 @@ def _fwd_fake(q, k, v, g, beta, h0, scale, output_final_state, num_householder=1
     return q.new_empty(B, T, H, V), ht
 
 
-_chunk_fwd_op.register_fake(_fwd_fake)
+@_chunk_fwd_op.register_fake
+def _(q, k, v, g, beta, h0, scale, output_final_state, num_householder, keep):
+    out = list(_fwd_fake(q, k, v, g, beta, h0, scale, output_final_state))
+    if not keep:
+        return (*out, *(q.new_empty(0) for _ in SAVED))
+    B, S, H, K = k.shape  # S micro-steps, padded to whole chunks
+    S += -S % CHUNK
+    V = v.shape[-1]
+    gam = k.new_empty(B, S, H, dtype=torch.float32) if g is not None else q.new_empty(0)
+    return (*out, k.new_empty(B, S, H, K), k.new_empty(B, S, H, CHUNK), k.new_empty(B, S, H, CHUNK, dtype=torch.float32),
+            gam, k.new_empty(B, S // CHUNK, H, K, V), k.new_empty(B, S, H, V))
+
+
 _recurrent_fwd_op.register_fake(_fwd_fake)
 
 
 @torch.library.custom_op("zoo::gated_delta_rule_chunk_bwd", mutates_args=())
 def _chunk_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
                   beta: torch.Tensor, h0: Optional[torch.Tensor], do: torch.Tensor,
-                  dht: Optional[torch.Tensor], scale: float,
-                  num_householder: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                 torch.Tensor]:
+                  dht: Optional[torch.Tensor], scale: float, num_householder: int,
+                  saved: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                      torch.Tensor, torch.Tensor]:
+    """`saved`: the forward's SAVED intermediates, or [] to recompute them."""
     q, k, v, g, beta, h0, do, dht = _contiguous(q, k, v, g, beta, h0, do, dht)
-    precompile(_bwd_plan(q, k, v, g, beta, h0, scale, dht is not None, num_householder))
-    return _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, num_householder)
+    kept = tuple(_none_if_empty(x) for x in saved) if saved else None
+    precompile(_bwd_plan(q, k, v, g, beta, h0, scale, dht is not None, kept is not None, num_householder))
+    return _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, num_householder, saved=kept)
 
 
 @_chunk_bwd_op.register_fake
-def _(q, k, v, g, beta, h0, do, dht, scale, num_householder):
+def _(q, k, v, g, beta, h0, do, dht, scale, num_householder, saved):
     dg = q.new_empty(0) if g is None else torch.empty_like(g)
     dh0 = q.new_empty(0) if h0 is None else torch.empty_like(h0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dg, torch.empty_like(beta), dh0
@@ -963,16 +1011,23 @@ def _interleave(x, n: int, last: bool):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, g, beta, h0, scale, _, num_householder = inputs
-    ctx.save_for_backward(q, k, v, g, beta, h0)
+    q, k, v, g, beta, h0, scale, _, num_householder = inputs[:9]
+    kept = list(output[2:]) if len(inputs) > 9 and inputs[9] else []  # the chunk op's SAVED, when it kept them
+    ctx.save_for_backward(q, k, v, g, beta, h0, *kept)
     ctx.scale, ctx.num_householder = scale, num_householder
+    # an output the loss does not reach comes to the backward as None, not as zeros: SAVED gets no
+    # cotangent, and filling six of them with zeros took 0.23 ms of a 3 ms forward + backward (run 54)
+    ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, do, dht):
-    """Both ops' gradient is the chunk backward (the recurrent op's included: the same function)."""
-    q, k, v, g, beta, h0 = ctx.saved_tensors
+def _backward(ctx, do, dht, *_saved_cotangents):
+    """Both ops' gradient is the chunk backward (the recurrent op's included: the same function),
+    from the chunk op's saved intermediates when it kept them."""
+    q, k, v, g, beta, h0, *kept = ctx.saved_tensors
+    if do is None:  # only the final state reaches the loss
+        do = q.new_zeros(*q.shape[:3], v.shape[-1])
     dq, dk, dv, dg, dbeta, dh0 = torch.ops.zoo.gated_delta_rule_chunk_bwd(
-        q, k, v, g, beta, h0, do, _none_if_empty(dht), ctx.scale, ctx.num_householder)
+        q, k, v, g, beta, h0, do, _none_if_empty(dht), ctx.scale, ctx.num_householder, kept)
     grads = (dq, dk, dv, None if g is None else dg, dbeta, None if h0 is None else dh0)
     return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))  # scale, flags: no gradient
 
@@ -1106,11 +1161,19 @@ def _benchmark(B=4, T=8192, H=16, D=128, dtype=torch.bfloat16):
         tag = "gated" if gate is not None else "delta"
         w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, gate, scale, store_X=True, nh=1)
         bench(f"{tag}: 1 wy fwd (W, U, R)", lambda: _chunk_wy_fwd(q, k, v, beta, gate, scale, store_X=False, nh=1))
-        bench(f"{tag}: 2 state fwd + output", lambda: _chunk_state_fwd(q, k, w, u, gam, Aqk, None, scale, True))
+        bench(f"{tag}: 1 wy fwd storing X", lambda: _chunk_wy_fwd(q, k, v, beta, gate, scale, store_X=True, nh=1))
+        bench(f"{tag}: 2 state fwd + output", lambda: _chunk_state_fwd(q, k, w, u, gam, Aqk, None, scale, True, False))
+        bench(f"{tag}: 2 state fwd + output storing h, V_new",
+              lambda: _chunk_state_fwd(q, k, w, u, gam, Aqk, None, scale, True, True))
         bench(f"{tag}: 2' state fwd storing h, V_new",
-              lambda: _chunk_state_fwd(q, k, w, u, gam, Aqk, None, scale, False))
+              lambda: _chunk_state_fwd(q, k, w, u, gam, Aqk, None, scale, False, True))
         bench(f"{tag}: forward", lambda: _chunk_fwd(q, k, v, gate, beta, None, scale))
-        bench(f"{tag}: backward (1, 2', 3, 4, 5)", lambda: _chunk_bwd(q, k, v, gate, beta, None, do, None, scale))
+        bench(f"{tag}: forward keeping SAVED", lambda: _chunk_fwd(q, k, v, gate, beta, None, scale, keep=True))
+        saved = _chunk_fwd(q, k, v, gate, beta, None, scale, keep=True)[2]
+        bench(f"{tag}: backward from SAVED (3, 4, 5)",
+              lambda: _chunk_bwd(q, k, v, gate, beta, None, do, None, scale, saved=saved))
+        bench(f"{tag}: backward recomputing (1, 2', 3, 4, 5)",
+              lambda: _chunk_bwd(q, k, v, gate, beta, None, do, None, scale))
         bench(f"{tag}: recurrent fwd (T = 256)", lambda: _recurrent_fwd(
             q[:, :256], k[:, :256], v[:, :256], None if gate is None else gate[:, :256], beta[:, :256], None, scale, 1))
 

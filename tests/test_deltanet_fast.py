@@ -23,7 +23,7 @@ from hypothesis import example, given, settings, strategies as st
 
 import delta_cases as dc
 from delta_cases import DEV, F32, TOL32
-from strategies import Shape, assert_close, edge_examples, rand, randn, seeds, tol_for
+from strategies import Shape, assert_close, edge_examples, grads, rand, randn, seeds, tol_for
 import zoo.deltanet as zd
 import fast.deltanet as fd
 
@@ -170,6 +170,44 @@ def test_fast_gradients_with_only_the_output_or_only_the_state_used():
     _assert_grads_equal(fd.delta_rule_chunk, x, [None, dS], TOL32)
 
 
+@settings(max_examples=4)
+@given(shape=small, nh=st.sampled_from([1, 2, 3]), gated=st.booleans(), with_state=st.booleans(),
+       used=st.sampled_from(["o", "S", "both"]), seed=seeds)
+@example(shape=Shape(2, 67, 1, 16, 32), nh=2, gated=True, with_state=True, used="both", seed=3)  # ragged, n_h 2
+@example(shape=Shape(1, 30, 2, 16, 16), nh=3, gated=True, with_state=False, used="S", seed=4)  # interleaved
+def test_kept_intermediates_give_the_gradients_of_recomputed_ones_bit_for_bit(shape, nh, gated, with_state, used,
+                                                                             seed):
+    # SAVE_INTERMEDIATES: the backward reads W, R, X, Γ, h and V_new from the forward instead of
+    # recomputing them by the same kernels, so every gradient is the same to the bit, whichever
+    # outputs the loss reaches (those it does not reach get no cotangent: none is filled with zeros)
+    import fast.deltaproduct as fp
+    q = randn(seed, shape.B, shape.T, shape.H, shape.K, dtype=F32, device=DEV)
+    k = F.normalize(randn(seed + 1, shape.B, shape.T * nh, shape.H, shape.K, dtype=F32, device=DEV), dim=-1)
+    v = randn(seed + 2, shape.B, shape.T * nh, shape.H, shape.V, dtype=F32, device=DEV)
+    beta = rand(seed + 3, shape.B, shape.T * nh, shape.H, high=2.0, dtype=F32, device=DEV)
+    x = dict(q=q, k=k, v=v, beta=beta)
+    if gated:
+        x["g"] = -rand(seed + 4, shape.B, shape.T, shape.H, dtype=F32, device=DEV)
+    if with_state:
+        x["S0"] = state(seed, shape, F32, DEV)
+    cot = [randn(seed + 5, shape.B, shape.T, shape.H, shape.V, dtype=F32, device=DEV),
+           randn(seed + 6, shape.B, shape.H, shape.K, shape.V, device=DEV)]
+    cot = {"o": [cot[0], None], "S": [None, cot[1]], "both": cot}[used]
+    x = {n: t.requires_grad_() for n, t in x.items()}
+    fn = lambda q, k, v, beta, g=None, S0=None: fp.gated_delta_product_chunk(  # noqa: E731
+        q, k, v, g, beta, num_householder=nh, initial_state=S0, output_final_state=True)
+    got, default = {}, fd.SAVE_INTERMEDIATES
+    try:
+        for keep in (True, False):
+            fd.SAVE_INTERMEDIATES = keep
+            got[keep] = grads(fn, x, cot)
+    finally:
+        fd.SAVE_INTERMEDIATES = default
+    for n in x:
+        a, b = got[True][n], got[False][n]
+        assert (a is None and b is None) or torch.equal(a, b), n
+
+
 # ------------------------------------------------------------------------------------------------
 # 4. Causality
 # ------------------------------------------------------------------------------------------------
@@ -281,10 +319,12 @@ def _first_call_case(s: Shape, gated: bool, with_state: bool, dtype=F32, dev=DEV
 
 @pytest.mark.skipif(not fcomp.INTERPRET, reason="the interpreter's dry run records launches; a GPU compiles them")
 @pytest.mark.parametrize("gated,with_state", [(False, False), (True, True)])
-def test_first_call_dry_runs_make_the_launches_of_a_real_forward_and_backward(monkeypatch, gated, with_state):
+@pytest.mark.parametrize("keep", [True, False])
+def test_first_call_dry_runs_make_the_launches_of_a_real_forward_and_backward(monkeypatch, gated, with_state, keep):
+    monkeypatch.setattr(fd, "SAVE_INTERMEDIATES", keep)
     s = Shape(2, 100, 3, 16, 32)
     q, k, v, g, beta, h0 = _first_call_case(s, gated, with_state)
-    plans = {**fd._fwd_plan(q, k, v, g, beta, h0, 0.5), **fd._bwd_plan(q, k, v, g, beta, h0, 0.5, True)}
+    plans = {**fd._fwd_plan(q, k, v, g, beta, h0, 0.5), **fd._bwd_plan(q, k, v, g, beta, h0, 0.5, True, keep)}
     fcomp._done.difference_update(plans)
     dry = fcomp.precompile(plans)
     real, launch = [], fd.launch
@@ -293,7 +333,10 @@ def test_first_call_dry_runs_make_the_launches_of_a_real_forward_and_backward(mo
     x = [t.requires_grad_() if t is not None else None for t in (q, k, v, g, beta, h0)]
     o, ht = fd.chunk_fwd(*x, 0.5, True)
     torch.autograd.backward((o, ht), (torch.ones_like(o), torch.ones_like(ht)))
-    assert sorted(dry) == sorted(real) and len(real) == 7, (dry, real)
+    # kept: steps 1 and 2 (storing X, h and V_new beside o), then 3, 4, 5; else the backward
+    # recomputes steps 1 and 2 first. The dry run compiles each variant once (its tiny forward for
+    # the saved tensors launches the forward's own variants again)
+    assert sorted(set(dry)) == sorted(set(real)) and len(real) == (5 if keep else 7), (dry, real)
     assert fcomp.precompile(plans) == []  # each key once a process
 
 
@@ -319,10 +362,11 @@ def test_the_dry_runs_compile_each_variant_once():
     count = lambda: sum(len(fn.device_caches[dev][0]) for fn in fns)  # noqa: E731
     before = count()
     futures = fcomp.precompile({**fd._fwd_plan(q, k, v, g, beta, h0, 0.5),
-                                **fd._bwd_plan(q, k, v, g, beta, h0, 0.5, True)})
-    # six variants (step 1 once for both directions, step 2 with o and with the states, steps 3-5),
-    # six compiles: none twice (run 28 compiled step 1 twice, side by side: 7 for 6)
-    assert count() - before == len(futures) == 6
+                                **fd._bwd_plan(q, k, v, g, beta, h0, 0.5, True, fd.SAVE_INTERMEDIATES)})
+    # with the intermediates kept, five variants (step 1, step 2 storing o, h and V_new, steps 3-5);
+    # recomputed, six (step 1 once for both directions, step 2 with o and with the states, steps
+    # 3-5). One compile each: none twice (run 28 compiled step 1 twice, side by side: 7 for 6)
+    assert count() - before == len(futures) == (5 if fd.SAVE_INTERMEDIATES else 6)
     # and each loaded onto the device by the dry run (Triton would load them at their first launches,
     # one after another)
     assert all(getattr(c, "module", True) is not None for fn in fns for c in fn.device_caches[dev][0].values())
@@ -335,7 +379,8 @@ def test_after_the_dry_runs_a_first_forward_and_backward_compiles_nothing(gated)
     q, k, v, g, beta, h0 = _first_call_case(s, gated, True, torch.bfloat16, "cuda")
     dev = torch.cuda.current_device()
     fns = [fcomp.jit_function(kern) for kern in KERNELS]
-    fcomp.precompile({**fd._fwd_plan(q, k, v, g, beta, h0, 0.5), **fd._bwd_plan(q, k, v, g, beta, h0, 0.5, False)})
+    fcomp.precompile({**fd._fwd_plan(q, k, v, g, beta, h0, 0.5),
+                      **fd._bwd_plan(q, k, v, g, beta, h0, 0.5, False, fd.SAVE_INTERMEDIATES)})
     compiled = [len(fn.device_caches[dev][0]) for fn in fns]
     x = [t.requires_grad_() if t is not None else None for t in (q, k, v, g, beta, h0)]
     o, _ = fd.chunk_fwd(*x, 0.5, False)
