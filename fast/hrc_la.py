@@ -108,8 +108,13 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     wait on latency with too few warps. Tried and not kept (run 53): phase 3 with 32 queries a
     program against the chunk's 64 keys (half the A and read-out accumulators; ptxas still took
     255 registers, 16 B of spill against 152): 2.12 ms against 1.27, the keys' features computed
-    twice a chunk for no more warps an SM. Next levers: phase 3's register count itself (<= 168
-    for three blocks an SM); the split walk's pass 1 (~1 ms of the 2.4 at T = 65536).
+    twice a chunk for no more warps an SM. Run 54 (benchmarks/results/h100-2026-11-23/run54-*):
+    phase 3 under a register cap (Triton's maxnreg) for more blocks an SM, ptxas spilling the rest:
+    168 at (32, 4, 2) (three blocks, 600 B of spill) 1.54 ms against 1.27; (16, 4, 2) 1.78; 128 at
+    8 warps (two blocks of 8) 2.10-2.50; 128 at 4 warps 3.59: the spills cost more than the warps
+    gain. Not kept. Next levers: fewer live registers in phase 3 itself (its accumulators A and the
+    read-out, [64, 64] fp32 each, are half the budget); the split walk's pass 1 (~1 ms of the 2.4 at
+    T = 65536).
 
 Small head dims (runs 40-43, H100 and H200, Triton 3.6): a ptxas miscompile, worked round.
 At K = V = M = 32 (causal, bf16) the output came out 0.58 relative RMS error off the zoo (the
