@@ -117,8 +117,14 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
   bytes, backward: 1 (6.5X, X in fp32), 2' (6.5X: h is 2X), 3 (7.5X), 4 (12–15X), 5 (8X): ≈ 42X
     = 5.6 GB, 1.9 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
     read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
-    recomputation of steps 1 and 2 (13X of the 42X); saving W, U, R, h, V_new instead would cost
-    the forward 5.5X more writes and the training step that much memory per layer.
+    recomputation of steps 1 and 2 (13X of the 42X). SAVE_INTERMEDIATES keeps them instead: W and
+    R are written by the forward anyway, so it adds only X's 1X (step 1) and h and V_new's 3X
+    (step 2) of writes to the forward, and 5.5X of memory held until the backward. Measured (run
+    54, benchmarks/results/h100-2026-11-23/run54-*): step 1 0.577 -> 0.642 ms storing X, step 2
+    0.257 -> 0.416 ms storing h and V_new, the backward 2.624 -> 1.709 ms; the delta rule's fwd +
+    bwd 3.443 -> 2.984 ms (gated 4.060 -> 3.485, DeltaProduct 3.896 -> 3.324), peak memory above
+    the inputs 1.57 -> 2.13 GiB. Of the 2.98 ms, 0.23 ms was autograd filling the kept outputs'
+    (unused) cotangents with zeros, since fixed (the kernels: 1.050 + 1.709 = 2.76 ms).
   first call: five kernels (two variants each of steps 1 and 2) compile once per (H, K, V, dtype, gate);
     T never recompiles. Compiled in series at their launches they took, on the H100 (Triton 3.6,
     run 20): step 1 1.6–3.9 s a variant, the others 0.2–1.6 s; fwd + bwd first calls 7.3 s (delta
@@ -138,8 +144,16 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     both lazily, at a kernel's first launch, one kernel after another): fwd + bwd 3.09 s (delta
     rule), 4.26 s (gated), 4.18 s (DeltaProduct), forwards 3.72, 4.28, 4.27 s, against 4.83,
     5.30, 5.32 s fwd + bwd in run 33 just before. Issue 2's 5 s: met for every op measured.
+    Run 54 (SAVE_INTERMEDIATES: a training forward and its backward make five variants, step 1,
+    step 2 storing o, h and V_new, steps 3-5; an inference forward two): fwd + bwd 1.94 s (delta
+    rule), 2.92 s (gated), 2.44 s (DeltaProduct); forwards 2.51, 3.03, 3.67 s.
   registers (ptxas, Triton 3.6, sm_90, bf16, K = V = 128, 8 warps): step 1 255 and 40–120 bytes
     of spill a thread; steps 2–5 198–255, no spills. At K = V = 64: 128–248, no spills.
+    Untimed (session 14: the device time ran out): step 1 loading its k slabs again after the solve
+    spills 0 B instead of 40 (gated 56 instead of 112); step 5 with no [BT, BK] tile live through
+    its V loop (k and dW loaded again after it) spills 24 B at 4 warps instead of 240 (gated 48
+    instead of 232), which could let it run two 4-warp blocks an SM instead of one of 8 (run 27:
+    4 warps were 0.12 ms faster a fwd + bwd, spills and all).
 
 Legend: i_ program ids · p_ pointers · b_ on-chip blocks (b_S, b_A, b_X, b_w, b_u, b_v_new ...
 names as in the zoo) · offs_ index vectors · mask_ masks · BT BK BV tile sizes · NT number of
@@ -874,9 +888,10 @@ def _contiguous(*xs):
     return tuple(None if x is None else x.contiguous() for x in xs)
 
 
-# First calls (fast/_compile.py): the backward's five kernels (steps 1 and 2 again with other
-# flags, 3, 4, 5), and in eager mode with gradients on the forward's two as well, compile side by
-# side from a dry run on tiny inputs of the same dtypes, H, K, V and flags. Measured on the H100
+# First calls (fast/_compile.py): in eager mode with gradients on, the forward's two kernels (step 2
+# storing h and V_new beside o under SAVE_INTERMEDIATES) and the backward's three (3, 4, 5; and
+# steps 1 and 2 again when it recomputes) compile side by side from a dry run on tiny inputs of the
+# same dtypes, H, K, V and flags. Measured on the H100
 # (runs 20-22: fresh process, empty caches, B = 4, T = 8192, H = 16, K = V = 128): fwd + bwd in
 # series 7.3 s (delta rule), 11.3 s (gated), 10.5 s (DeltaProduct); side by side 4.7-5.0, 5.1-5.5,
 # 5.9-6.0 s, the WY kernel's compile (1.6-4.2 s, longer beside others) the longest. A forward alone
