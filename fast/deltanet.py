@@ -148,7 +148,9 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     step 2 storing o, h and V_new, steps 3-5; an inference forward two): fwd + bwd 1.94 s (delta
     rule), 2.92 s (gated), 2.44 s (DeltaProduct); forwards 2.51, 3.03, 3.67 s.
   registers (ptxas, Triton 3.6, sm_90, bf16, K = V = 128, 8 warps): step 1 255 and 40–120 bytes
-    of spill a thread; steps 2–5 198–255, no spills. At K = V = 64: 128–248, no spills.
+    of spill a thread; steps 2–5 198–255, no spills. At K = V = 64: 128–248, no spills. Triton
+    3.9's ptxas (what CI has; tests/test_deltanet_fast.py bounds its counts, h0 and dht given):
+    step 1 none; step 5 128 B (64 gated); with the gate step 2 24 B (8 storing h, V_new), step 3 40.
     Untimed (session 14: the device time ran out): step 1 loading its k slabs again after the solve
     spills 0 B instead of 40 (gated 56 instead of 112); step 5 with no [BT, BK] tile live through
     its V loop (k and dW loaded again after it) spills 24 B at 4 warps instead of 240 (gated 48

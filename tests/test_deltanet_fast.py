@@ -23,7 +23,8 @@ from hypothesis import example, given, settings, strategies as st
 
 import delta_cases as dc
 from delta_cases import DEV, F32, TOL32
-from strategies import Shape, assert_close, edge_examples, grads, rand, randn, seeds, tol_for
+from strategies import (Shape, assert_close, edge_examples, grads, has_cuda, rand, randn, run_aot_script, seeds,
+                        tol_for)
 import zoo.deltanet as zd
 import fast.deltanet as fd
 
@@ -296,6 +297,55 @@ def test_fast_ops_compile_with_fullgraph_forward_and_backward(op):
 
 def test_fast_layer_compiles_with_fullgraph():
     dc.assert_fast_layer_compiles(_layers(2)[1], randn(19, 1, 12, 32, dtype=F32, device=DEV))
+
+
+# ------------------------------------------------------------------------------------------------
+# The kernels as ptxas builds them for an H100 (on a CPU: Triton's bundled ptxas)
+# ------------------------------------------------------------------------------------------------
+AOT_SCRIPT = r"""
+import json
+import aot
+import fast.deltanet as fd
+
+# As the JIT compiles the chunk kernels for bf16 at H = 16, K = V = 128 (the timed size), the
+# module's tiles (fd._tiles): 16-byte-aligned pointers; the fp32 buffers typed as such.
+K = V = 128
+t = fd._tiles(K, V)
+types = dict(T="i32", scale="fp32", STORE_X="i32", X="*fp32", gam="*fp32", dgam="*fp32", ht="*fp32", h0="*fp32",
+             dht="*fp32", dh0="*fp32")
+base = dict(H=16, K=K, V=V, BT=fd.CHUNK, PREC="tf32", NH=1)
+cfg = lambda c: (c["num_warps"], c["num_stages"])
+out = {}
+for G in (False, True):
+    state = lambda c, **kw: aot.stack_bytes(fd._chunk_state_fwd_kernel, types, dict(
+        base, BK=t["BK"], BV=t[c]["BV"], USE_G=G, USE_H0=True, **kw), *cfg(t[c]), default="*bf16")
+    out["gated" if G else "delta"] = dict(
+        wy=aot.stack_bytes(fd._chunk_wy_fwd_kernel, types, dict(base, BK=t["BK"], BVF=t["BVF"], USE_G=G),
+                           t["wy"]["num_warps"], t["wy"]["num_stages"], default="*bf16"),
+        state_o=state("state_fwd", COMPUTE_O=True, STORE_H=False),
+        state_kept=state("state_fwd", COMPUTE_O=True, STORE_H=True),
+        state_rec=state("state_rec", COMPUTE_O=False, STORE_H=True),
+        state_bwd=aot.stack_bytes(fd._chunk_state_bwd_kernel, types, dict(
+            base, BK=t["BK"], BV=t["state_bwd"]["BV"], USE_G=G, USE_DHT=True), *cfg(t["state_bwd"]), default="*bf16"),
+        dqkw=aot.stack_bytes(fd._chunk_bwd_dqkw_kernel, types, dict(
+            base, BKS=t["BKS"], BV=t["dqkw"]["BV"], USE_G=G), *cfg(t["dqkw"]), default="*bf16"),
+        wy_bwd=aot.stack_bytes(fd._chunk_wy_bwd_kernel, types, dict(
+            base, BK=t["BK"], BV=t["wy_bwd"]["BV"], NK=K // t["BKS"], USE_G=G), *cfg(t["wy_bwd"]), default="*bf16"))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(has_cuda(), reason="on a GPU the kernels compile for real in the GPU tests")
+def test_chunk_kernels_compile_for_an_h100_spilling_no_more_than_measured():
+    # The module's tiles were chosen by timing on the H100 (the card's "Tiles"), spills and all; the
+    # bounds are ptxas's counts for sm_90 (Triton 3.9, session 14), so a change that spills more
+    # fails here. Triton 3.6's ptxas (what the H100 runs) counts differently: step 1 40 B (112 gated),
+    # step 5 none (the card's "registers"). The initial state and dht given: the longer kernels.
+    stacks = run_aot_script(AOT_SCRIPT, timeout=400)
+    none = dict(wy=0, state_o=0, state_kept=0, state_rec=0, state_bwd=0, dqkw=0, wy_bwd=0)
+    bound = dict(delta=dict(none, wy_bwd=128), gated=dict(none, state_o=24, state_kept=8, state_bwd=40, wy_bwd=64))
+    for case, stack in stacks.items():
+        assert all(stack[n] <= bound[case][n] for n in none), (case, stack, bound[case])
 
 
 # ------------------------------------------------------------------------------------------------
