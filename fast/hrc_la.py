@@ -112,9 +112,12 @@ Cost at the issue's size (B·T = 32768, H = 16, D = 64, M = 256, BT = 64, NT = 1
     phase 3 under a register cap (Triton's maxnreg) for more blocks an SM, ptxas spilling the rest:
     168 at (32, 4, 2) (three blocks, 600 B of spill) 1.54 ms against 1.27; (16, 4, 2) 1.78; 128 at
     8 warps (two blocks of 8) 2.10-2.50; 128 at 4 warps 3.59: the spills cost more than the warps
-    gain. Not kept. Next levers: fewer live registers in phase 3 itself (its accumulators A and the
-    read-out, [64, 64] fp32 each, are half the budget); the split walk's pass 1 (~1 ms of the 2.4 at
-    T = 65536).
+    gain. Not kept. Fewer live registers in phase 3 itself: one try, compiled only (session 14,
+    no device time left): each frequency tile's A ⊙ Γ multiplied into v at once and the read-out
+    added into the same accumulator (num, den; no [64, 64] A held across the loop) takes Triton
+    3.6's ptxas 245 registers and no spill at BM 16 (255 + 128 B at 32): still two blocks an SM,
+    untimed. Next levers: the rest of phase 3's live set (features, phases); the split walk's pass
+    1 (~1 ms of the 2.4 at T = 65536).
 
 Small head dims (runs 40-43, H100 and H200, Triton 3.6): a ptxas miscompile, worked round.
 At K = V = M = 32 (causal, bf16) the output came out 0.58 relative RMS error off the zoo (the
