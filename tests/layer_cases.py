@@ -115,9 +115,16 @@ def assert_fast_gradients_equal_zoo(zoo_fn, fast_fn, inputs, cot, dtype):
     inputs64 = {n: x.detach().double().requires_grad_() for n, x in inputs.items()}
     ref = grads(zoo_fn, inputs64, cot)
     got = grads(fast_fn, inputs, cot)
+    tol = grad_tol(tol_for(dtype, dev))
+    scale = max(r.abs().max().item() for r in ref.values())  # the size of this call's gradients
     for n in ref:
         assert got[n].dtype == inputs[n].dtype
-        assert_close(got[n], ref[n], grad_tol(tol_for(dtype, dev)), f"d{n}")
+        if ref[n].any():
+            assert_close(got[n], ref[n], tol, f"d{n}")
+        else:  # zero by the math, e.g. dq at T = 1 without lse (o = v whatever q is): the kernel's
+            # terms cancel, to rounding at the scale of the gradients (seen: 4.8e-8, fp32, CI)
+            err = got[n].detach().abs().max().item()
+            assert err <= tol.worst * scale, f"d{n}: should be zero, {err:.3g} against gradients of size {scale:.3g}"
 
 
 def with_future_replaced(xs, t, new):

@@ -19,7 +19,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from strategies import (run_aot_script, TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol,
                         grads, randn, seeds, shapes, tol_for)
@@ -190,6 +190,7 @@ def test_chunk_gradients_equal_parallel_in_float64(shape, causal, L, seed):
 @settings(max_examples=5)
 @given(shape=shapes(max_T=50, max_H=2), causal=causals, seed=seeds, with_lse=st.booleans())
 @edge_examples(chunk_size=32, causal=True, with_lse=True)
+@example(shape=Shape(1, 1, 1, 1, 3), causal=False, seed=2, with_lse=False)  # dq = 0 by the math, not by the kernel (CI)
 def test_fast_gradients_equal_zoo_in_float32(shape, causal, seed, with_lse):
     dev = device()
     inputs, (do, dlse) = _grad_inputs(seed, shape, torch.float32, dev)
