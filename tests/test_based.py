@@ -14,8 +14,6 @@
    inductor, the fast op on the CPU under the interpreter.
 """
 
-import math
-import os
 import re
 
 import pytest

@@ -96,7 +96,6 @@ def fast_vs_zoo(xs, init, L, tol, cot_seed=None):
     names = ["a_phase", "a_mag", "q_re", "q_im", "freqs", "M0"]
     args = dict(zip(names, xs + [init[0] if init else None]))
     t0 = init[1] if init else None
-    s = xs[0].shape
 
     def call(op, **kw):
         def fn(a_phase, a_mag, q_re, q_im, freqs, M0=None):

@@ -17,8 +17,6 @@
    inductor, the fast op under the interpreter.
 """
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -17,7 +17,6 @@
    Triton compiler itself: the chunk sweep compiles for an H100 (sm_90) without register spills.
 """
 
-import os
 import re
 
 import pytest
@@ -25,7 +24,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from strategies import (run_aot_script, TOL, Shape, assert_close, chunk_sizes, device, edge_examples, grad_tol, grads, has_cuda,
-                        interpreting, rand, randn, seeds, shapes, tol_for)
+                        rand, randn, seeds, shapes, tol_for)
 import layer_cases as cases
 import zoo.linear_attention as zla
 import fast.linear_attention as fla_fast

@@ -14,7 +14,6 @@
    inductor, the fast op on the CPU under the interpreter.
 """
 
-import os
 import re
 
 import pytest
