@@ -12,6 +12,8 @@ Kernel plan (chunk L = BT = 64 rows; Γ = chunk-local cumsum of g; X = (I + A)�
                blocks by forward substitution column by column, then merged by exact fp32 dots;
                W = X diag(β e^Γ) K, U = X diag(β) V; and the output's mixing matrix R = sQKᵀ ⊙ D
                (diagonal included), one [64, 64] dot. Stores W, U, R (input dtype) and Γ (fp32).
+               q, k, v are read in column slices of BC (= BV of _tiles): K Kᵀ and QKᵀ accumulate
+               over the slices, W and U are written slice by slice.
             2. _chunk_state_fwd_kernel, grid (V/BV, B·H), sequential over chunks, S in fp32
                registers: V_new = U − W S; o = e^Γ ⊙ sQS + R V_new;
                S ← e^{Γ_L} S + (e^{Γ_L−Γ} ⊙ K)ᵀ V_new. The output is read on the way, so an
@@ -27,6 +29,8 @@ Kernel plan (chunk L = BT = 64 rows; Γ = chunk-local cumsum of g; X = (I + A)�
                come through the state and the output, and the gate terms of dΓ.
             5. _chunk_wy_bwd_kernel, grid (NT, B·H): back through W, U and X = (I + A)⁻¹
                (dA = −Xᵀ dX Xᵀ): dk (final), dv, dβ, and dg = reverse cumsum of dΓ in the chunk.
+               Only [64, 64] matrices stay live (X, dX then dA, K Kᵀ); k, dW, v, dU are walked in
+               column slices, k and dW twice (dX is complete only after the V slices).
   Kept by a training forward for the backward: the inputs and SAVED, 5.5X of memory (W, R, V_new
   and h in the input dtype, X in fp32; X is one [B, T, H, D] input's size, see "Cost"); with
   SAVE_INTERMEDIATES off only the inputs (q, k, v, g, β, h0), and the backward recomputes
@@ -191,26 +195,35 @@ def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _tiles(K: int, V: int) -> dict:
-    """The tile rule: a function of the head dims only (never of B or T). One launch configuration
-    per kernel: BV (the value tile of the sequential kernels, the V loop's step in steps 4 and 5),
-    num_warps, num_stages. Chosen by measurement on the H100 at K = V = 128 (the card's "Tiles");
-    other head dims keep the rule ptxas counts chose before (BV 32, 2 stages, 8 warps from K = 64)."""
+def _tiles(K: int, V: int, dtype: torch.dtype) -> dict:
+    """The tile rule: a function of the head dims and the dtype only (never of B or T). One launch
+    configuration per kernel: BV (the value tile of the sequential kernels, the column slice of
+    steps 1, 4 and 5), num_warps, num_stages. Chosen by measurement on the H100 at K = V = 128 in
+    16-bit (the card's "Tiles"); other head dims and fp32 keep the rule ptxas counts chose before
+    (BV 32, 2 stages, 8 warps from K = 64): in fp32 the timed 3-stage pipelines of steps 2-4 ask
+    for 330-360 KB of shared memory, over the H100's 227 KB (OutOfResources on the GPU, run 56)."""
     BK, BVF = _pow2(K), _pow2(V)
     cfg = lambda bv, warps, stages: dict(BV=min(BVF, bv), num_warps=warps, num_stages=stages)
     nw = 8 if BK >= 64 else 4  # ptxas (sm_90, bf16): at 4 warps and K = 128 step 4 and 5 spill up to 1.8 KB
-    rule = cfg(32, nw, 2)
-    timed = BK == 128 and BVF == 128
+    # K = 256: the sequential steps' [BT, 256] chunk tiles, double-buffered, ask for 240-290 KB of
+    # shared memory (over the H100's 227 KB, compiled for sm_90 on a CPU): one stage there
+    rule = cfg(32, nw, 2 if BK <= 128 else 1)
+    timed = BK == 128 and BVF == 128 and dtype.itemsize == 2
     return dict(BK=BK, BVF=BVF, BKS=BK if timed else min(BK, 64),  # step 4's K slice (128: one slice, run 28)
-                wy=dict(num_warps=4, num_stages=1),  # step 1, forward and the backward's recomputation
+                wy=dict(BV=min(BK, 64), num_warps=4, num_stages=1),  # step 1, forward and the backward's recomputation
                 # the sequential steps 2 and 3: 2 V tiles a head (128 programs at B·H = 64, one an SM)
                 # with a 3-deep pipeline, against 4 tiles and 2 stages: 2.3x (step 2), 1.9x (step 3)
-                state_fwd=cfg(64, 4, 3) if timed else cfg(32, 4, 2),  # step 2 computing o
+                state_fwd=cfg(64, 4, 3) if timed else dict(rule, num_warps=4),  # step 2 computing o
                 state_rec=cfg(64, 4, 3) if timed else rule,  # step 2 in the backward (stores h, V_new)
                 state_bwd=cfg(64, 4, 3) if timed else rule,  # step 3
                 dqkw=cfg(64, 8, 3) if timed else rule,  # step 4
                 wy_bwd=cfg(32, 8, 3) if timed else rule,  # step 5
                 recurrent=cfg(32, 4, 1))
+
+
+def _launch_options(c: dict) -> dict:
+    """A kernel's entry of _tiles without its tile sizes: num_warps, num_stages (maxnreg if set)."""
+    return {k: x for k, x in c.items() if k not in ("BV",)}
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -250,39 +263,38 @@ def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
 
 @triton.jit(do_not_specialize=["T", "STORE_X"])
 def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.constexpr,
-                         K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                         BVF: tl.constexpr, USE_G: tl.constexpr, STORE_X,
-                         PREC: tl.constexpr, NH: tl.constexpr):
+                         K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                         USE_G: tl.constexpr, STORE_X, PREC: tl.constexpr, NH: tl.constexpr):
     """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V, and the output's mixing
     matrix R = sQKᵀ ⊙ D (diagonal included) for one chunk (zoo (4)). NH: micro-steps per row of q
-    and g (DeltaProduct's direct path; 1 otherwise): see "Micro-steps" in the card."""
+    and g (DeltaProduct's direct path; 1 otherwise): see "Micro-steps" in the card.
+
+    q, k and v are read in column slices of width BC: only [BT, BT] and [16, 16] matrices live
+    through the kernel (R, the blocks of A and X), none of K's width. ptxas for sm_90 still gives
+    it 252-255 registers at 4 warps (spilling 360 B under a cap of 168): what holds them is not the
+    [BT, K] tiles."""
     # -------------------------------------------------------------- map program -> (chunk, head)
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
     BS: tl.constexpr = 16  # the chunk is 4 slabs of 16 rows: r = 0..3 in the names below
     DT = k.dtype.element_ty
     t0 = i_t * BT
-    offs_s = tl.arange(0, BS)
-    offs_k, offs_v = tl.arange(0, BK), tl.arange(0, BVF)
-    mask_k, mask_v = offs_k < K, offs_v < V
+    offs_s, offs_r, offs_c = tl.arange(0, BS), tl.arange(0, BT), tl.arange(0, BC)
     # pointers to this (batch, head)'s first row: the only 64-bit offsets; the tiles' are int32
     o_bh = i_b * T * H + i_h
     o_bq = i_b * (T // NH) * H + i_h  # q and g: one row per token (T // NH of them)
     q, k, w, v, u = q + o_bq * K, k + o_bh * K, w + o_bh * K, v + o_bh * V, u + o_bh * V
     X, Aqk, beta, g, gam = X + o_bh * BT, Aqk + o_bh * BT, beta + o_bh, g + o_bq, gam + o_bh
-    o_k = offs_s[:, None] * (H * K) + offs_k[None, :]  # one slab  [BS, BK]
+    o_sk = offs_s[:, None] * (H * K) + t0 * H * K  # slab 0's rows in k and w  [BS, 1]
+    o_sv = offs_s[:, None] * (H * V) + t0 * H * V  # ... in v and u
+    o_tq = (offs_r // NH)[:, None] * (H * K) + t0 // NH * H * K  # the chunk's rows in q (micro-step r reads token r // NH)
+    o_tk = offs_r[:, None] * (H * K) + t0 * H * K  # ... in k  [BT, 1]
     first = (offs_s % NH) == 0  # g enters at a token's first micro-step (zoo/deltaproduct.py (3))
     p_g = g + (offs_s // NH) * H  # micro-step r of a slab reads token r // NH
-    o_v = offs_s[:, None] * (H * V) + offs_v[None, :]
     o_x = offs_s[:, None] * (H * BT) + offs_s[None, :]
     o_s = offs_s * H
-    mask_sk, mask_sv = mask_k[None, :], mask_v[None, :]  # head dims only: T is a multiple of BT
 
-    # -------------------------------------------------------------- load k, β, and Γ
-    b_k0 = tl.load(k + o_k + t0 * H * K, mask=mask_sk, other=0.)  # [BS, BK]
-    b_k1 = tl.load(k + o_k + (t0 + BS) * H * K, mask=mask_sk, other=0.)
-    b_k2 = tl.load(k + o_k + (t0 + 2 * BS) * H * K, mask=mask_sk, other=0.)
-    b_k3 = tl.load(k + o_k + (t0 + 3 * BS) * H * K, mask=mask_sk, other=0.)
+    # -------------------------------------------------------------- load β and Γ
     b_b0 = tl.load(beta + o_s + t0 * H).to(tl.float32)  # [BS]
     b_b1 = tl.load(beta + o_s + (t0 + BS) * H).to(tl.float32)
     b_b2 = tl.load(beta + o_s + (t0 + 2 * BS) * H).to(tl.float32)
@@ -300,18 +312,40 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
         tl.store(gam + o_s + (t0 + 2 * BS) * H, b_g2)
         tl.store(gam + o_s + (t0 + 3 * BS) * H, b_g3)
 
+    # -------------------------------------------------------------- (4) Q Kᵀ and K Kᵀ, slice by slice
+    # R = Q Kᵀ as one [BT, BT] product (ten [16, 16] blocks from the slabs took 0.04-0.07 ms longer
+    # a call, run 33); of K Kᵀ the ten [16, 16] blocks on or below the diagonal, from the 4 slabs
+    # (q and k are read twice, as a chunk tile and as slabs: the second read comes from L1/L2)
+    b_R = tl.zeros([BT, BT], dtype=tl.float32)
+    b_A00 = tl.zeros([BS, BS], dtype=tl.float32)  # diagonal blocks
+    b_A11, b_A22, b_A33 = tl.zeros_like(b_A00), tl.zeros_like(b_A00), tl.zeros_like(b_A00)
+    b_A10, b_A20, b_A21 = tl.zeros_like(b_A00), tl.zeros_like(b_A00), tl.zeros_like(b_A00)  # below it
+    b_A30, b_A31, b_A32 = tl.zeros_like(b_A00), tl.zeros_like(b_A00), tl.zeros_like(b_A00)
+    for i_c in range(tl.cdiv(K, BC)):
+        offs_k = i_c * BC + offs_c
+        mask_c = (offs_k < K)[None, :]  # head dims only: T is a multiple of BT
+        b_qt = tl.load(q + o_tq + offs_k[None, :], mask=mask_c, other=0.)  # [BT, BC]
+        b_kt = tl.load(k + o_tk + offs_k[None, :], mask=mask_c, other=0.)
+        b_R = tl.dot(b_qt, tl.trans(b_kt), b_R, input_precision=PREC)  # [BT, BT]
+        b_k0 = tl.load(k + o_sk + offs_k[None, :], mask=mask_c, other=0.)  # [BS, BC]
+        b_k1 = tl.load(k + o_sk + BS * H * K + offs_k[None, :], mask=mask_c, other=0.)
+        b_k2 = tl.load(k + o_sk + 2 * BS * H * K + offs_k[None, :], mask=mask_c, other=0.)
+        b_k3 = tl.load(k + o_sk + 3 * BS * H * K + offs_k[None, :], mask=mask_c, other=0.)
+        b_A00 = tl.dot(b_k0, tl.trans(b_k0), b_A00, input_precision=PREC)  # [BS, BS]
+        b_A11 = tl.dot(b_k1, tl.trans(b_k1), b_A11, input_precision=PREC)
+        b_A22 = tl.dot(b_k2, tl.trans(b_k2), b_A22, input_precision=PREC)
+        b_A33 = tl.dot(b_k3, tl.trans(b_k3), b_A33, input_precision=PREC)
+        b_A10 = tl.dot(b_k1, tl.trans(b_k0), b_A10, input_precision=PREC)
+        b_A20 = tl.dot(b_k2, tl.trans(b_k0), b_A20, input_precision=PREC)
+        b_A21 = tl.dot(b_k2, tl.trans(b_k1), b_A21, input_precision=PREC)
+        b_A30 = tl.dot(b_k3, tl.trans(b_k0), b_A30, input_precision=PREC)
+        b_A31 = tl.dot(b_k3, tl.trans(b_k1), b_A31, input_precision=PREC)
+        b_A32 = tl.dot(b_k3, tl.trans(b_k2), b_A32, input_precision=PREC)
     # -------------------------------------------------------------- (4) R = sQKᵀ ⊙ D, diagonal included
     # (stored for steps 2 and 3, which would otherwise recompute it once per V-tile: measured with
     # ptxas for sm_90, computing it inside the sequential loop costs ~100 registers and spills; tried
     # again at step 2's current tiles on the H100, run 29: the delta rule's forward 0.880 -> 0.835 ms,
-    # the gated 1.005 -> 1.044 and DeltaProduct 0.945 -> 0.980 (160 B of spill with the gate): dropped).
-    # One [BT, BT] dot over the whole chunk, q and k read again as [BT, BK] tiles (from L1/L2): ten
-    # [16, 16] blocks from the slabs took 0.04-0.07 ms longer a call (run 33)
-    offs_r = tl.arange(0, BT)
-    o_qt = (offs_r // NH)[:, None] * (H * K) + offs_k[None, :]  # micro-step r reads token r // NH  [BT, BK]
-    b_qt = tl.load(q + o_qt + t0 // NH * H * K, mask=mask_sk, other=0.)  # [BT, BK]
-    b_kt = tl.load(k + offs_r[:, None] * (H * K) + offs_k[None, :] + t0 * H * K, mask=mask_sk, other=0.)
-    b_R = tl.dot(b_qt, tl.trans(b_kt), input_precision=PREC)  # [BT, BT]
+    # the gated 1.005 -> 1.044 and DeltaProduct 0.945 -> 0.980 (160 B of spill with the gate): dropped)
     mask_dt = offs_r[:, None] >= offs_r[None, :]
     if USE_G:
         # Γ again, over the whole chunk at once: g re-read (64 values, from L1) rather than the four
@@ -322,16 +356,9 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     tl.store(Aqk + offs_r[:, None] * (H * BT) + offs_r[None, :] + t0 * H * BT,
              (tl.where(mask_dt, b_R, 0.) * scale).to(DT))
     # -------------------------------------------------------------- (4) A = diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}, strictly lower
-    b_A00 = tl.dot(b_k0, tl.trans(b_k0), input_precision=PREC) * b_b0[:, None]  # diagonal blocks  [BS, BS]
-    b_A11 = tl.dot(b_k1, tl.trans(b_k1), input_precision=PREC) * b_b1[:, None]
-    b_A22 = tl.dot(b_k2, tl.trans(b_k2), input_precision=PREC) * b_b2[:, None]
-    b_A33 = tl.dot(b_k3, tl.trans(b_k3), input_precision=PREC) * b_b3[:, None]
-    b_A10 = tl.dot(b_k1, tl.trans(b_k0), input_precision=PREC) * b_b1[:, None]  # below the diagonal
-    b_A20 = tl.dot(b_k2, tl.trans(b_k0), input_precision=PREC) * b_b2[:, None]
-    b_A21 = tl.dot(b_k2, tl.trans(b_k1), input_precision=PREC) * b_b2[:, None]
-    b_A30 = tl.dot(b_k3, tl.trans(b_k0), input_precision=PREC) * b_b3[:, None]
-    b_A31 = tl.dot(b_k3, tl.trans(b_k1), input_precision=PREC) * b_b3[:, None]
-    b_A32 = tl.dot(b_k3, tl.trans(b_k2), input_precision=PREC) * b_b3[:, None]
+    b_A00, b_A10, b_A20, b_A30 = b_A00 * b_b0[:, None], b_A10 * b_b1[:, None], b_A20 * b_b2[:, None], b_A30 * b_b3[:, None]
+    b_A11, b_A21, b_A31 = b_A11 * b_b1[:, None], b_A21 * b_b2[:, None], b_A31 * b_b3[:, None]
+    b_A22, b_A32, b_A33 = b_A22 * b_b2[:, None], b_A32 * b_b3[:, None], b_A33 * b_b3[:, None]
     mask_s = offs_s[:, None] > offs_s[None, :]
     if USE_G:  # decays; in a diagonal block mask before exp (above the diagonal Γ_i − Γ_j > 0)
         b_A00 *= tl.exp(tl.where(mask_s, b_g0[:, None] - b_g0[None, :], float('-inf')))
@@ -378,38 +405,48 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     b_X00, b_X10, b_X11, b_X20, b_X21 = b_X00.to(DT), b_X10.to(DT), b_X11.to(DT), b_X20.to(DT), b_X21.to(DT)
     b_X22, b_X30, b_X31, b_X32, b_X33 = b_X22.to(DT), b_X30.to(DT), b_X31.to(DT), b_X32.to(DT), b_X33.to(DT)
 
-    # -------------------------------------------------------------- (4) W = X diag(β e^Γ) K
+    # -------------------------------------------------------------- (4) W = X diag(β e^Γ) K, slice by slice
     b_c0, b_c1, b_c2, b_c3 = b_b0, b_b1, b_b2, b_b3
     if USE_G:
         b_c0, b_c1, b_c2, b_c3 = b_b0 * tl.exp(b_g0), b_b1 * tl.exp(b_g1), b_b2 * tl.exp(b_g2), b_b3 * tl.exp(b_g3)
-    b_y0, b_y1 = (b_k0.to(tl.float32) * b_c0[:, None]).to(DT), (b_k1.to(tl.float32) * b_c1[:, None]).to(DT)
-    b_y2, b_y3 = (b_k2.to(tl.float32) * b_c2[:, None]).to(DT), (b_k3.to(tl.float32) * b_c3[:, None]).to(DT)
-    b_w = tl.dot(b_X00, b_y0, input_precision=PREC)  # [BS, BK]
-    tl.store(w + o_k + t0 * H * K, b_w.to(DT), mask=mask_sk)
-    b_w = tl.dot(b_X10, b_y0, input_precision=PREC) + tl.dot(b_X11, b_y1, input_precision=PREC)
-    tl.store(w + o_k + (t0 + BS) * H * K, b_w.to(DT), mask=mask_sk)
-    b_w = (tl.dot(b_X20, b_y0, input_precision=PREC) + tl.dot(b_X21, b_y1, input_precision=PREC)
-           + tl.dot(b_X22, b_y2, input_precision=PREC))
-    tl.store(w + o_k + (t0 + 2 * BS) * H * K, b_w.to(DT), mask=mask_sk)
-    b_w = (tl.dot(b_X30, b_y0, input_precision=PREC) + tl.dot(b_X31, b_y1, input_precision=PREC)
-           + tl.dot(b_X32, b_y2, input_precision=PREC) + tl.dot(b_X33, b_y3, input_precision=PREC))
-    tl.store(w + o_k + (t0 + 3 * BS) * H * K, b_w.to(DT), mask=mask_sk)
+    for i_c in range(tl.cdiv(K, BC)):
+        offs_k = i_c * BC + offs_c
+        mask_c = (offs_k < K)[None, :]
+        o_k = o_sk + offs_k[None, :]  # [BS, BC]
+        b_y0 = (tl.load(k + o_k, mask=mask_c, other=0.).to(tl.float32) * b_c0[:, None]).to(DT)
+        b_y1 = (tl.load(k + o_k + BS * H * K, mask=mask_c, other=0.).to(tl.float32) * b_c1[:, None]).to(DT)
+        b_y2 = (tl.load(k + o_k + 2 * BS * H * K, mask=mask_c, other=0.).to(tl.float32) * b_c2[:, None]).to(DT)
+        b_y3 = (tl.load(k + o_k + 3 * BS * H * K, mask=mask_c, other=0.).to(tl.float32) * b_c3[:, None]).to(DT)
+        b_w = tl.dot(b_X00, b_y0, input_precision=PREC)  # [BS, BC]
+        tl.store(w + o_k, b_w.to(DT), mask=mask_c)
+        b_w = tl.dot(b_X10, b_y0, input_precision=PREC) + tl.dot(b_X11, b_y1, input_precision=PREC)
+        tl.store(w + o_k + BS * H * K, b_w.to(DT), mask=mask_c)
+        b_w = (tl.dot(b_X20, b_y0, input_precision=PREC) + tl.dot(b_X21, b_y1, input_precision=PREC)
+               + tl.dot(b_X22, b_y2, input_precision=PREC))
+        tl.store(w + o_k + 2 * BS * H * K, b_w.to(DT), mask=mask_c)
+        b_w = (tl.dot(b_X30, b_y0, input_precision=PREC) + tl.dot(b_X31, b_y1, input_precision=PREC)
+               + tl.dot(b_X32, b_y2, input_precision=PREC) + tl.dot(b_X33, b_y3, input_precision=PREC))
+        tl.store(w + o_k + 3 * BS * H * K, b_w.to(DT), mask=mask_c)
 
-    # -------------------------------------------------------------- (4) U = X diag(β) V
-    b_y0 = (tl.load(v + o_v + t0 * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b0[:, None]).to(DT)
-    b_y1 = (tl.load(v + o_v + (t0 + BS) * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b1[:, None]).to(DT)
-    b_y2 = (tl.load(v + o_v + (t0 + 2 * BS) * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b2[:, None]).to(DT)
-    b_y3 = (tl.load(v + o_v + (t0 + 3 * BS) * H * V, mask=mask_sv, other=0.).to(tl.float32) * b_b3[:, None]).to(DT)
-    b_u = tl.dot(b_X00, b_y0, input_precision=PREC)  # [BS, BVF]
-    tl.store(u + o_v + t0 * H * V, b_u.to(DT), mask=mask_sv)
-    b_u = tl.dot(b_X10, b_y0, input_precision=PREC) + tl.dot(b_X11, b_y1, input_precision=PREC)
-    tl.store(u + o_v + (t0 + BS) * H * V, b_u.to(DT), mask=mask_sv)
-    b_u = (tl.dot(b_X20, b_y0, input_precision=PREC) + tl.dot(b_X21, b_y1, input_precision=PREC)
-           + tl.dot(b_X22, b_y2, input_precision=PREC))
-    tl.store(u + o_v + (t0 + 2 * BS) * H * V, b_u.to(DT), mask=mask_sv)
-    b_u = (tl.dot(b_X30, b_y0, input_precision=PREC) + tl.dot(b_X31, b_y1, input_precision=PREC)
-           + tl.dot(b_X32, b_y2, input_precision=PREC) + tl.dot(b_X33, b_y3, input_precision=PREC))
-    tl.store(u + o_v + (t0 + 3 * BS) * H * V, b_u.to(DT), mask=mask_sv)
+    # -------------------------------------------------------------- (4) U = X diag(β) V, slice by slice
+    for i_c in range(tl.cdiv(V, BC)):
+        offs_v = i_c * BC + offs_c
+        mask_c = (offs_v < V)[None, :]
+        o_v = o_sv + offs_v[None, :]  # [BS, BC]
+        b_y0 = (tl.load(v + o_v, mask=mask_c, other=0.).to(tl.float32) * b_b0[:, None]).to(DT)
+        b_y1 = (tl.load(v + o_v + BS * H * V, mask=mask_c, other=0.).to(tl.float32) * b_b1[:, None]).to(DT)
+        b_y2 = (tl.load(v + o_v + 2 * BS * H * V, mask=mask_c, other=0.).to(tl.float32) * b_b2[:, None]).to(DT)
+        b_y3 = (tl.load(v + o_v + 3 * BS * H * V, mask=mask_c, other=0.).to(tl.float32) * b_b3[:, None]).to(DT)
+        b_u = tl.dot(b_X00, b_y0, input_precision=PREC)  # [BS, BC]
+        tl.store(u + o_v, b_u.to(DT), mask=mask_c)
+        b_u = tl.dot(b_X10, b_y0, input_precision=PREC) + tl.dot(b_X11, b_y1, input_precision=PREC)
+        tl.store(u + o_v + BS * H * V, b_u.to(DT), mask=mask_c)
+        b_u = (tl.dot(b_X20, b_y0, input_precision=PREC) + tl.dot(b_X21, b_y1, input_precision=PREC)
+               + tl.dot(b_X22, b_y2, input_precision=PREC))
+        tl.store(u + o_v + 2 * BS * H * V, b_u.to(DT), mask=mask_c)
+        b_u = (tl.dot(b_X30, b_y0, input_precision=PREC) + tl.dot(b_X31, b_y1, input_precision=PREC)
+               + tl.dot(b_X32, b_y2, input_precision=PREC) + tl.dot(b_X33, b_y3, input_precision=PREC))
+        tl.store(u + o_v + 3 * BS * H * V, b_u.to(DT), mask=mask_c)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -624,9 +661,14 @@ def _chunk_bwd_dqkw_kernel(q, k, gam, h, dh, v_new, do, dv_new, dq, dk, dw, dgam
 @triton.jit(do_not_specialize=["T"])
 def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, dbeta, dg, T,
                          H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                         BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
-                         USE_G: tl.constexpr, PREC: tl.constexpr, NH: tl.constexpr):
-    """Step 5: back through W = X diag(β e^Γ) K, U = X diag(β) V and X = (I + A)⁻¹ (dA = −Xᵀ dX Xᵀ)."""
+                         BC: tl.constexpr, NK: tl.constexpr, USE_G: tl.constexpr, PREC: tl.constexpr,
+                         NH: tl.constexpr):
+    """Step 5: back through W = X diag(β e^Γ) K, U = X diag(β) V and X = (I + A)⁻¹ (dA = −Xᵀ dX Xᵀ).
+
+    Only [BT, BT] matrices stay live (X, dX then dA, and K Kᵀ); k, dW, v and dU are walked in
+    column slices of width BC, k and dW twice (before dX is complete and after; the second read
+    comes from L2), so no [BT, K] tile holds registers across the kernel: a whole-K version took
+    255 registers at 8 warps, one block an SM (run 54)."""
     # -------------------------------------------------------------- map program -> (chunk, head)
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -634,67 +676,78 @@ def _chunk_wy_bwd_kernel(k, v, beta, gam, X, dw, dv_new, dk_in, dgam, dk, dv, db
     t0 = i_t * BT
     offs_r = tl.arange(0, BT)
     offs_t = t0 + offs_r
-    offs_k = tl.arange(0, BK)
-    mask_tk = (offs_k < K)[None, :]  # head dims only: T is a multiple of BT
+    offs_c = tl.arange(0, BC)
     o_bh = i_b * T * H + i_h  # this (batch, head)'s first row: the only 64-bit offsets
     k, dw, dk_in, dk = k + o_bh * K, dw + o_bh * K, dk_in + o_bh * K, dk + o_bh * K
     v, dv_new, dv, X = v + o_bh * V, dv_new + o_bh * V, dv + o_bh * V, X + o_bh * BT
-    o_k = offs_t[:, None] * (H * K) + offs_k[None, :]  # int32  [BT, BK]
+    o_tk, o_tv = offs_t[:, None] * (H * K), offs_t[:, None] * (H * V)  # rows, int32  [BT, 1]
     o_g = o_bh + offs_t * H  # [BT]
-    # -------------------------------------------------------------- load X, β, Γ, k, dw
+    # -------------------------------------------------------------- load X, β, Γ
     mask_low = offs_r[:, None] >= offs_r[None, :]
-    b_X = tl.load(X + offs_t[:, None] * (H * BT) + offs_r[None, :],
-                  mask=mask_low, other=0.)  # [BT, BT]
-    b_beta = tl.load(beta + o_g).to(tl.float32)
+    b_X = tl.load(X + offs_t[:, None] * (H * BT) + offs_r[None, :], mask=mask_low, other=0.)  # [BT, BT]
+    b_Xd = b_X.to(DT)  # X as a 16-bit dot operand where it meets [BT, BC] slices
+    b_beta = tl.load(beta + o_g).to(tl.float32)  # [BT]
     b_bg = b_beta  # β e^Γ
     if USE_G:
         b_g = tl.load(gam + o_g)
         b_bg = b_beta * tl.exp(b_g)
-    b_Xd = b_X.to(DT)  # X as a 16-bit dot operand where it meets [BT, BK] or [BT, BV] tiles
-    b_kd = tl.load(k + o_k, mask=mask_tk, other=0.)  # input dtype: exact products in the dots  [BT, BK]
-    b_dwd = tl.load(dw + o_k, mask=mask_tk, other=0.)
-    b_k = b_kd.to(tl.float32)
-    # -------------------------------------------------------------- W = X (β e^Γ ⊙ K)
-    b_dX = tl.dot(b_dwd, tl.trans(b_kd), input_precision=PREC) * b_bg[None, :]  # dW (β e^Γ K)ᵀ  [BT, BT]
-    b_dB = tl.dot(tl.trans(b_Xd), b_dwd, input_precision=PREC)  # Xᵀ dW  [BT, BK]
-    b_dk = tl.load(dk_in + o_k, mask=mask_tk, other=0.).to(tl.float32) + b_dB * b_bg[:, None]
-    b_kdB = tl.sum(b_k * b_dB, 1)  # [BT]
-    b_dbeta = b_kdB  # dβ = e^Γ (k·dB)
-    if USE_G:
-        b_dbeta = b_kdB * tl.exp(b_g)
-        b_dgam = b_bg * b_kdB  # dΓ = β e^Γ (k·dB)
-    # -------------------------------------------------------------- U = X (β ⊙ V), tile by tile
-    for i_v in range(tl.cdiv(V, BV)):
-        offs_v = i_v * BV + tl.arange(0, BV)
+    # -------------------------------------------------------------- W = X (β e^Γ ⊙ K): dX = dW (β e^Γ K)ᵀ + ...
+    b_dX = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BC)):
+        offs_k = i_k * BC + offs_c
+        mask_tk = (offs_k < K)[None, :]  # head dims only: T is a multiple of BT
+        b_kd = tl.load(k + o_tk + offs_k[None, :], mask=mask_tk, other=0.)  # input dtype  [BT, BC]
+        b_dwd = tl.load(dw + o_tk + offs_k[None, :], mask=mask_tk, other=0.)
+        b_dX += tl.dot(b_dwd, tl.trans(b_kd), input_precision=PREC)
+    b_dX *= b_bg[None, :]
+    # -------------------------------------------------------------- U = X (β ⊙ V): ... + dU (β V)ᵀ; dV, dβ
+    b_dbeta = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BC)):
+        offs_v = i_v * BC + offs_c
         mask_tv = (offs_v < V)[None, :]
-        o_v = offs_t[:, None] * (H * V) + offs_v[None, :]
-        b_vd = tl.load(v + o_v, mask=mask_tv, other=0.)  # [BT, BV]
-        b_dud = tl.load(dv_new + o_v, mask=mask_tv, other=0.)
-        b_dX += tl.dot(b_dud, tl.trans(b_vd), input_precision=PREC) * b_beta[None, :]  # dU (β V)ᵀ
-        b_dC = tl.dot(tl.trans(b_Xd), b_dud, input_precision=PREC)  # Xᵀ dU  [BT, BV]
-        tl.store(dv + o_v, (b_dC * b_beta[:, None]).to(dv.dtype.element_ty), mask=mask_tv)
+        b_vd = tl.load(v + o_tv + offs_v[None, :], mask=mask_tv, other=0.)  # [BT, BC]
+        b_dud = tl.load(dv_new + o_tv + offs_v[None, :], mask=mask_tv, other=0.)
+        b_dX += tl.dot(b_dud, tl.trans(b_vd), input_precision=PREC) * b_beta[None, :]
+        b_dC = tl.dot(tl.trans(b_Xd), b_dud, input_precision=PREC)  # Xᵀ dU  [BT, BC]
+        tl.store(dv + o_tv + offs_v[None, :], (b_dC * b_beta[:, None]).to(dv.dtype.element_ty), mask=mask_tv)
         b_dbeta += tl.sum(b_vd.to(tl.float32) * b_dC, 1)
     # -------------------------------------------------------------- X = (I + A)⁻¹: dA = −Xᵀ dX Xᵀ
     mask_s = offs_r[:, None] > offs_r[None, :]
     b_dA = -tl.dot(tl.dot(tl.trans(b_X), b_dX, input_precision=PREC), tl.trans(b_X), input_precision=PREC)
-    b_dA = tl.where(mask_s, b_dA, 0.)
-    b_G = tl.dot(b_kd, tl.trans(b_kd), input_precision=PREC)  # K Kᵀ  [BT, BT]
     if USE_G:
         b_E = tl.exp(tl.where(mask_s, b_g[:, None] - b_g[None, :], float('-inf')))
     else:
         b_E = tl.where(mask_s, 1., 0.)
-    # A = diag(β) (K Kᵀ ⊙ E): dβ, dk, and (gated) dΓ
-    b_dAE = b_dA * b_E
-    b_dbeta += tl.sum(b_dAE * b_G, 1)
-    b_dG = b_dAE * b_beta[:, None]
-    b_dk += tl.dot((b_dG + tl.trans(b_dG)).to(DT), b_kd, input_precision=PREC)
-    tl.store(dk + o_k, b_dk.to(dk.dtype.element_ty), mask=mask_tk)
+    # A = diag(β) (K Kᵀ ⊙ E): with dA ⊙ E =: dAE, d(K Kᵀ) = diag(β) dAE, so dk gets (dG + dGᵀ) K
+    b_dAE = tl.where(mask_s, b_dA, 0.) * b_E  # [BT, BT]
+    b_dGs = (b_dAE * b_beta[:, None] + tl.trans(b_dAE * b_beta[:, None])).to(DT)  # dG + dGᵀ
+    # -------------------------------------------------------------- dk = dk_in + β e^Γ ⊙ Xᵀ dW + (dG + dGᵀ) K
+    b_G = tl.zeros([BT, BT], dtype=tl.float32)  # K Kᵀ, summed over the slices
+    b_kdB = tl.zeros([BT], dtype=tl.float32)  # k·(Xᵀ dW) per row
+    for i_k in range(tl.cdiv(K, BC)):
+        offs_k = i_k * BC + offs_c
+        mask_tk = (offs_k < K)[None, :]
+        o_k = o_tk + offs_k[None, :]  # [BT, BC]
+        b_kd = tl.load(k + o_k, mask=mask_tk, other=0.)
+        b_dwd = tl.load(dw + o_k, mask=mask_tk, other=0.)
+        b_G += tl.dot(b_kd, tl.trans(b_kd), input_precision=PREC)
+        b_dB = tl.dot(tl.trans(b_Xd), b_dwd, input_precision=PREC)  # Xᵀ dW  [BT, BC]
+        b_kdB += tl.sum(b_kd.to(tl.float32) * b_dB, 1)
+        b_dk = tl.load(dk_in + o_k, mask=mask_tk, other=0.).to(tl.float32) + b_dB * b_bg[:, None]
+        b_dk += tl.dot(b_dGs, b_kd, input_precision=PREC)
+        tl.store(dk + o_k, b_dk.to(dk.dtype.element_ty), mask=mask_tk)
+    b_dAEG = b_dAE * b_G
+    b_dbeta += tl.sum(b_dAEG, 1)  # through A
+    if USE_G:
+        b_dbeta += b_kdB * tl.exp(b_g)  # through W: dβ = e^Γ (k·dB)
+    else:
+        b_dbeta += b_kdB
     tl.store(dbeta + o_g, b_dbeta.to(dbeta.dtype.element_ty))
     if USE_G:
-        b_Z = b_dG * b_G  # dA ⊙ A
-        b_dgam += tl.sum(b_Z, 1) - tl.sum(b_Z, 0)
-        for i_k in range(NK):  # the K slices' shares from step 4
-            b_dgam += tl.load(dgam + i_k * tl.num_programs(1) * T + o_g)
+        b_Z = b_dAEG * b_beta[:, None]  # dA ⊙ A
+        b_dgam = b_bg * b_kdB + tl.sum(b_Z, 1) - tl.sum(b_Z, 0)  # dΓ through W (β e^Γ (k·dB)) and A
+        for i_s in range(NK):  # the K slices' shares from step 4
+            b_dgam += tl.load(dgam + i_s * tl.num_programs(1) * T + o_g)
         # g_t enters Γ_i for every i ≥ t in its chunk: dg = reverse cumsum of dΓ
         b_dg = tl.sum(b_dgam, 0) - tl.cumsum(b_dgam, 0) + b_dgam
         # g is per token, entering at its first micro-step: that row's dg is the token's
@@ -742,7 +795,7 @@ def _recurrent_fwd_kernel(q, k, v, g, beta, h0, o, ht, scale, T, H: tl.constexpr
 def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int):
     B, T, H, K = k.shape
     V = v.shape[-1]
-    t = _tiles(K, V)
+    t = _tiles(K, V, k.dtype)
     NT = triton.cdiv(T, CHUNK)
     w, u = torch.empty_like(k), torch.empty_like(v)
     Aqk = k.new_empty(B, T, H, CHUNK)  # R = sQKᵀ ⊙ D per chunk, input dtype (a dot operand)
@@ -750,8 +803,8 @@ def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int):
     gam = k.new_empty(B, T, H, dtype=torch.float32) if g is not None else w
     launch(_chunk_wy_fwd_kernel, (NT, B * H),
         q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, scale, T, H, K, V, CHUNK,
-        t["BK"], t["BVF"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype), NH=nh,
-        **t["wy"])
+        t["wy"]["BV"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype), NH=nh,
+        **_launch_options(t["wy"]))
     return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
 
 
@@ -761,7 +814,7 @@ def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, store_h: 
     None for what it did not compute."""
     B, T, H, K = k.shape
     V = u.shape[-1]
-    t = _tiles(K, V)
+    t = _tiles(K, V, k.dtype)
     c = t["state_fwd" if compute_o else "state_rec"]
     NT = triton.cdiv(T, CHUNK)
     ht = k.new_empty(B, H, K, V, dtype=torch.float32)
@@ -823,7 +876,7 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, nh: int = 1, saved=None):
     (k, v, beta), (q, g, do) = _pad_to_chunk((k, v, beta), (q, g, do.to(q.dtype).contiguous()), nh)
     B, T, H, K = k.shape
     V = v.shape[-1]
-    t = _tiles(K, V)
+    t = _tiles(K, V, k.dtype)
     NT = triton.cdiv(T, CHUNK)
     NK = triton.cdiv(K, t["BKS"])
     prec = _precision(k.dtype)
@@ -855,9 +908,8 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, nh: int = 1, saved=None):
     dg = torch.empty_like(g) if g is not None else dbeta.new_empty(0)
     launch(_chunk_wy_bwd_kernel, (NT, B * H),
         k, v, beta, gam if gam is not None else dw, X, dw, dv_new, dk_part, dgam, dk, dv, dbeta,
-        dg if g is not None else dbeta, T, H, K, V, CHUNK, t["BK"], t["wy_bwd"]["BV"], NK,
-        USE_G=g is not None, PREC=prec, NH=nh, num_warps=t["wy_bwd"]["num_warps"],
-        num_stages=t["wy_bwd"]["num_stages"])
+        dg if g is not None else dbeta, T, H, K, V, CHUNK, t["wy_bwd"]["BV"], NK,
+        USE_G=g is not None, PREC=prec, NH=nh, **_launch_options(t["wy_bwd"]))
     if T != T0 * nh:  # drop the padding
         dk, dv, dbeta = (x[:, :T0 * nh].contiguous() for x in (dk, dv, dbeta))
         dq = dq[:, :T0].contiguous()
@@ -868,7 +920,7 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, nh: int = 1, saved=None):
 def _recurrent_fwd(q, k, v, g, beta, h0, scale, num_householder):
     B, T, H, K = q.shape
     V = v.shape[-1]
-    t = _tiles(K, V)
+    t = _tiles(K, V, k.dtype)
     o = torch.empty(B, T, H, V, dtype=q.dtype, device=q.device)
     ht = q.new_empty(B, H, K, V, dtype=torch.float32)
     launch(_recurrent_fwd_kernel, (triton.cdiv(V, t["recurrent"]["BV"]), B * H),

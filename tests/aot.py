@@ -1,7 +1,9 @@
-"""Compile one Triton kernel for an H100 (sm_90) on a CPU and count its stack bytes (register spills).
+"""Compile one Triton kernel for an H100 (sm_90) on a CPU: its stack bytes (register spills), its shared memory.
 
 Imported by the AOT_SCRIPTs of the test files, which `strategies.run_aot_script` runs in a fresh
 Python with Triton's interpreter off and tests/ on the path (`from aot import stack_bytes`).
+A kernel that asks for more shared memory than H100_SHARED compiles here and fails only at its
+launch on the GPU (OutOfResources): compile_for_h100(...).metadata.shared catches it on a CPU.
 Triton ships ptxas and cuobjdump, so no GPU and no CUDA toolkit are needed.
 """
 
@@ -17,6 +19,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 H100 = GPUTarget("cuda", 90, 32)
+H100_SHARED = 232448  # bytes of shared memory one block may use on an H100 (Triton's OutOfResources bound)
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 
 
@@ -27,10 +30,10 @@ def jit_function(kernel):
     return kernel
 
 
-def stack_bytes(kernel, types: dict[str, str], consts: dict, num_warps: int, num_stages: int | None = None, *,
-                default: str | None = None, aligned: tuple[str, ...] = ()) -> int:
-    """Compile `kernel` for sm_90 as the JIT would and return the STACK bytes cuobjdump reports
-    (0: no register spills).
+def compile_for_h100(kernel, types: dict[str, str], consts: dict, num_warps: int, num_stages: int | None = None, *,
+                     default: str | None = None, aligned: tuple[str, ...] = ()):
+    """Compile `kernel` for sm_90 as the JIT would; Triton's compiled kernel (its .asm["cubin"],
+    .metadata.shared: the dynamic shared memory a block asks for).
 
     types:   the Triton type ("*bf16", "i32", "fp32", "tensordesc<...>") of each argument not in
              `consts`, by name; `default` types those it leaves out (None: it must name them all).
@@ -45,9 +48,18 @@ def stack_bytes(kernel, types: dict[str, str], consts: dict, num_warps: int, num
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(fn.arg_names)
              if sig[n].startswith("*") or n in aligned}
     options = dict(num_warps=num_warps) if num_stages is None else dict(num_warps=num_warps, num_stages=num_stages)
-    compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=H100, options=options)
+    return triton.compile(ASTSource(fn, sig, consts, attrs), target=H100, options=options)
+
+
+def spill_bytes(compiled) -> int:
+    """The STACK bytes cuobjdump reports for a compiled kernel (0: no register spills)."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
         usage = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True).stdout
     return int(re.search(r"STACK:(\d+)", usage).group(1))
+
+
+def stack_bytes(*args, **kwargs) -> int:
+    """spill_bytes(compile_for_h100(*args, **kwargs))."""
+    return spill_bytes(compile_for_h100(*args, **kwargs))

@@ -54,7 +54,8 @@ def state(seed, s: Shape, dtype=F64, dev="cpu"):
 @given(shape=small, with_state=st.booleans(), g_max=st.sampled_from([0.05, 1.0, 4.0]), seed=seeds)
 @edge_examples(chunk_size=16, with_state=True, g_max=1.0)  # T = 1, 15, 17, 35; K, V = 5, 3 and 7, 7
 @example(shape=Shape(1, 65, 2, 16, 16), with_state=False, g_max=4.0, seed=1)  # one past the kernel chunk
-@example(shape=Shape(1, 70, 1, 128, 128), with_state=True, g_max=1.0, seed=5)  # K = V = 128: the timed tiles
+@example(shape=Shape(1, 70, 1, 128, 128), with_state=True, g_max=1.0, seed=5)  # K = V = 128 (fp32 tiles: the 16-bit ones are timed)
+@example(shape=Shape(1, 70, 1, 256, 256), with_state=True, g_max=1.0, seed=5)  # K = V = 256: one-stage pipelines
 def test_fast_chunk_equals_zoo_in_float32(shape, with_state, g_max, seed):
     q, k, v, g, beta = inputs(seed, shape, F32, DEV, g_max)
     S0 = state(seed, shape, F32, DEV) if with_state else None
@@ -147,7 +148,8 @@ def _assert_grads_equal(op, x, cot, tol):
 @example(shape=Shape(1, 1, 1, 16, 16), with_state=True, g_max=1.0, seed=0)  # T = 1
 @example(shape=Shape(2, 67, 1, 16, 32), with_state=True, g_max=1.0, seed=3)  # two chunks, ragged
 @example(shape=Shape(1, 33, 2, 5, 3), with_state=False, g_max=0.05, seed=4)  # odd head dims
-@example(shape=Shape(1, 70, 1, 128, 128), with_state=True, g_max=1.0, seed=5)  # K = V = 128: the timed tiles
+@example(shape=Shape(1, 70, 1, 128, 128), with_state=True, g_max=1.0, seed=5)  # K = V = 128 (fp32 tiles: the 16-bit ones are timed)
+@example(shape=Shape(1, 70, 1, 256, 256), with_state=True, g_max=1.0, seed=5)  # K = V = 256: one-stage pipelines
 def test_fast_chunk_gradients_equal_zoo_in_float32(shape, with_state, g_max, seed):
     x, cot = _grad_case(seed, shape, with_state, g_max)
     _assert_grads_equal(fg.gated_delta_rule_chunk, x, cot, TOL32)
