@@ -358,7 +358,7 @@ def test_chunk_kernels_compile_for_an_h100_within_its_shared_memory_spilling_no_
     over = {case: {n: b for n, b in shared.items() if b > got["limit"]} for case, shared in got["shared"].items()}
     assert not any(over.values()), over
     none = dict(wy=0, state_o=0, state_kept=0, state_rec=0, state_bwd=0, dqkw=0, wy_bwd=0)
-    bound = dict(delta=none, gated=dict(none, state_o=24, state_kept=8, state_bwd=40))
+    bound = dict(delta=none, gated=dict(none, wy=32, state_o=24, state_kept=8, state_bwd=40))
     for case, stack in got["spills"].items():
         assert all(stack[n] <= bound[case][n] for n in none), (case, stack, bound[case])
 
