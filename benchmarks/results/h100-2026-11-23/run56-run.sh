@@ -1,7 +1,7 @@
 #!/bin/bash
 # run 56 (session 15): the delta family's steps 1 and 5 in column slices (registers that do not grow
 # with K) against run 54's whole-K kernels, at several launch configurations; first calls; GPU tests
-# of the delta family. .scratch/v/deltanet_head.py is the committed fast/deltanet.py of run 54.
+# of the delta family. .scratch/v/deltanet_head.py = `git show e7bab50:fast/deltanet.py` (run 54).
 R=$OUT/results; mkdir -p $R; export PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; git log --oneline -1 2>/dev/null; } > $R/env.txt 2>&1
 cat $R/env.txt

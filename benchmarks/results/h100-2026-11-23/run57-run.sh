@@ -1,7 +1,7 @@
 #!/bin/bash
 # run 57 (session 15; run 56 lost its timings: the fp32 reference of run 54's code asks for more shared
 # memory than the H100 has, fixed in fast.deltanet._tiles): steps 1 and 5 in column slices against run
-# 54's kernels (.scratch/v/deltanet_head.py, the committed fast/deltanet.py of run 54) at several launch
+# 54's kernels (.scratch/v/deltanet_head.py = `git show e7bab50:fast/deltanet.py`) at several launch
 # configurations; the delta family's GPU tests and the fast files' fp32 tests on the GPU; kept vs
 # recomputed intermediates with and without the g check (run54-delta_save.py).
 R=$OUT/results; mkdir -p $R; export PYTHONUNBUFFERED=1
