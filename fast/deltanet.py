@@ -202,7 +202,7 @@ from fast._compile import launch, precompile
 
 CHUNK = 64  # BT: rows per chunk; 4 solve blocks of 16 (tl.dot's smallest tile side)
 SOLVE_BLOCK = 16  # the diagonal blocks inverted by forward substitution
-MAX_HEAD_DIM = 256  # whole K (and V in step 1) in one register tile
+MAX_HEAD_DIM = 256  # whole K in one register tile in steps 2-4 (steps 1 and 5 walk column slices)
 # What the backward reads besides the inputs: W, R, X (step 1), Γ (gated; else empty), the
 # chunk-entry states h and V_new (step 2). SAVE_INTERMEDIATES (read at each call): True, a forward
 # with gradients on keeps them (W, R, V_new in the input dtype, X fp32, h in the input dtype: 5.5
@@ -231,7 +231,7 @@ def _tiles(K: int, V: int, dtype: torch.dtype) -> dict:
     # shared memory (over the H100's 227 KB, compiled for sm_90 on a CPU): one stage there
     rule = cfg(32, nw, 2 if BK <= 128 else 1)
     timed = BK == 128 and BVF == 128 and dtype.itemsize == 2
-    return dict(BK=BK, BVF=BVF, BKS=BK if timed else min(BK, 64),  # step 4's K slice (128: one slice, run 28)
+    return dict(BK=BK, BKS=BK if timed else min(BK, 64),  # step 4's K slice (128: one slice, run 28)
                 wy=dict(BV=min(BK, 128), num_warps=4, num_stages=1),  # step 1, forward and the backward's recomputation
                 # the sequential steps 2 and 3: 2 V tiles a head (128 programs at B·H = 64, one an SM)
                 # with a 3-deep pipeline, against 4 tiles and 2 stages: 2.3x (step 2), 1.9x (step 3)
