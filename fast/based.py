@@ -94,8 +94,12 @@ Cost at the headline size (bf16, B = 4, T = 8192, H = 16, K = 16, V = 128; NT = 
     against the measured 0.9 ms forward, the target being 5 ms.
   sm_90 (ptxas, Triton 3.9, bf16, K = 16, V = 128, normalised): dq 182 registers, dk/dv 251 at 8
     warps (BV = 128), reverse walk 192 at 4 warps (BV = 128), no spills; the reverse walk with
-    both state ends (dS_T in, dS₀ out) 255 registers, 8 B of spill. At 4 warps dq spills 952 B,
+    both state ends (dS_T in, dS₀ out) 255 registers, 8 B of spill at 2 stages, 16 B at the
+    3 the launchers run (Triton's default). At 4 warps dq spills 952 B,
     dk/dv 928; BV = 64 at 8 warps spills nothing either (2 V-tiles, s and G computed twice).
+  fp32 inputs take BV = 64 in dq and dk/dv (PARALLEL_BWD_BV_FP32): at 128 fp32 dk/dv asks 262 KB of
+    shared memory, over the H100's 227 KB a block, at 64 it asks 164 KB (compiled for sm_90 on a
+    CPU; not run on a GPU; the AOT test checks it). bf16 and fp16 keep 128.
   Measured (H100, 2026-11-23, run 19, benchmarks/results/h100-2026-11-23/run19-based-bwd-sweep.log;
     B 4, T 8192, H 16, V 128, bf16, causal, normalize): forward + backward 3.788 ms against 9.311
     with the sweeps (backward ≈ 2.89 against 8.41 ms); issue 4's fwd+bwd target (<= 5 ms) met.
@@ -188,6 +192,7 @@ PARALLEL_WARPS = (4, 8)  # warps of the state walk and of the read-out
 # chunk, the card's "Causal backward, parallel over chunks"), False the dq and dk/dv sweeps.
 CHUNK_PARALLEL_BWD = True
 PARALLEL_BWD_BV = 128  # V-tile of the per-chunk dq and dk/dv kernels (the walks take PARALLEL_BV[0])
+PARALLEL_BWD_BV_FP32 = 64  # ... for fp32 inputs: at 128 dk/dv asks 262 KB of shared memory (H100: 227 KB)
 PARALLEL_BWD_WARPS = 8
 
 
@@ -1047,13 +1052,15 @@ def _based_chunk_fwd(q, k, v, h0, z0, scale, causal, normalize, output_final_sta
     return o, ht, zt, den
 
 
-def _parallel_tiles(K: int, V: int, parallel_tiles=None, backward=False):
+def _parallel_tiles(K: int, V: int, parallel_tiles=None, backward=False, element_size=2):
     """(BT, BKX, BR, (BV, warps) of the state walk, (BV, warps) of the read-out, or with backward of
-    the per-chunk dq and dk/dv kernels) from the head dims alone (nothing keyed on T or B);
-    `parallel_tiles` = (BT, BR, BV1, warps1, BV3, warps3) overrides it (tests and sweep scripts)."""
+    the per-chunk dq and dk/dv kernels) from the head dims and the inputs' element size (nothing
+    keyed on T or B); `parallel_tiles` = (BT, BR, BV1, warps1, BV3, warps3) overrides it (tests and
+    sweep scripts)."""
     BKX = max(MIN_CHUNK, triton.next_power_of_2(K + 1))  # x̃ = [x, 1]
     vmax = max(16, triton.next_power_of_2(V))
-    per_chunk = (PARALLEL_BWD_BV, PARALLEL_BWD_WARPS) if backward else (PARALLEL_BV[1], PARALLEL_WARPS[1])
+    bwd_bv = PARALLEL_BWD_BV_FP32 if element_size == 4 else PARALLEL_BWD_BV
+    per_chunk = (bwd_bv, PARALLEL_BWD_WARPS) if backward else (PARALLEL_BV[1], PARALLEL_WARPS[1])
     BT, BR, BV1, w1, BV3, w3 = parallel_tiles or (PARALLEL_BT, PARALLEL_BR, PARALLEL_BV[0], PARALLEL_WARPS[0],
                                                   *per_chunk)
     if INTERPRET:
@@ -1101,7 +1108,7 @@ def _based_parallel_bwd(do, dht, dzt, q, k, v, den, dd, h0, z0, scale, parallel_
     with dq, dk fp32 partials [NV, B, T, H, K]."""
     B, T, H, K = q.shape
     V, M = v.shape[-1], zb.feature_count(K)
-    BT, BKX, BR, (BV1, warps1), (BV3, warps3) = _parallel_tiles(K, V, parallel_tiles, backward=True)
+    BT, BKX, BR, (BV1, warps1), (BV3, warps3) = _parallel_tiles(K, V, parallel_tiles, True, q.element_size())
     NT, NV = triton.cdiv(T, BT), triton.cdiv(V, BV3)
     f32 = dict(device=q.device, dtype=torch.float32)
     prec = "ieee" if q.dtype == torch.float32 else "tf32"

@@ -43,7 +43,10 @@ Kernel plan:
 - Tiles from a rule on the head dims (`_tiles`), never autotuned on T; T, S and block_size are
   do_not_specialize. Head dims pad to a power of two ≥ 16 (tl.dot's minimum) through masks.
   When block_size is a multiple of the query tile, a tile lies in one block and needs no block
-  mask; otherwise (small blocks, tests) rows are masked by block id.
+  mask; otherwise (small blocks, tests) rows are masked by block id. fp32 at head dims in
+  (128, 256] takes half-size dq and dk/dv tiles (and the exact forward, which shares dq's): bf16's
+  D = 256 tiles in fp32 asked 262 KB of shared memory, over the H100's 227 KB a block; now 115 KB
+  (compiled for sm_90 on a CPU; not run on a GPU). Checked for every kernel by the AOT test.
 - Cost at the headline shape (B = 1, H = 32, T = 131072, D = 64, b = s = 256), non-causal
   forward: 4·T·(b + s)·D·H = 0.55 TFLOP (≈ 1.2 ms at 450 TFLOP/s) and, at the minimum, q, k, v
   read once and o written once, 4·T·H·D·2 B = 2.1 GB (≈ 0.65 ms at 3.35 TB/s), plus the hash
@@ -125,6 +128,12 @@ def _tiles(K: int, V: int, dtype: torch.dtype) -> Tiles:
     if INTERPRET:  # programs run one after another: small tiles so small tests cross tile edges
         return Tiles(BK, BV, 16, 16, 16, 16, 32, 1, 1, 1, 16, 16, 1, 1)
     D = max(BK, BV)
+    if dtype == torch.float32 and D > 128:
+        # 4-byte rows at D = 256 double bf16's bytes: the tiles below ask 262 KB of shared memory in
+        # dq and dk/dv (H100 limit 227 KB), one stage still 229-262 KB. Half the rows, as
+        # softmax_attention's fp32 D = 256: exact forward and dq 32 × 16 at 4 warps (115 KB), dk/dv
+        # 16 × 32 at 8 warps (115 KB), no spills (sm_90 compiles on a CPU; not run on a GPU).
+        return Tiles(BK, BV, 32, 16, 16, 32, 8192, 4, 2, 8, 64, 32, 4, 2)
     if dtype == torch.float32 or D > 128:
         return Tiles(BK, BV, 64, 32, 32, 64, 8192, 4, 2, 4, 64, 32, 4, 2)
     if D <= 64:

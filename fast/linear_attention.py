@@ -67,6 +67,11 @@ compiling ahead of time for sm_90 (Triton 3.9, no GPU; cuobjdump -res-usage), bf
     fp32 inputs spill (80-300 B at 8 warps): they are for checking, not for speed.
 The rule is a guess from those counts, not a measurement: `python -m fast.linear_attention` on the
 GPU times the forward under other tiles beside it.
+chunk_size above the default runs as a chunk of BT = _chunk_rows(...) tokens: chunk_size halved
+while one chunk's staged q, k, v rows pass the H100's 227 KB of shared memory a block (bf16 K = 256
+asked 272 KB at chunk 256, fp32 K = V = 128 448 KB at 256, fp32 K = 256 400 KB at 128; now 136,
+224, 200 KB); the result differs from chunk_size's only by rounding. Compiled for sm_90 on a CPU;
+not run on a GPU. The timed shape (bf16, K = V = 128, chunk 64) is unchanged.
 T is in do_not_specialize, so a new length never recompiles.
 
 Naming legend (fla's prefixes, STYLE rule 29):
@@ -93,6 +98,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read at import, as @tri
 STATE_ELEMENTS = 8192  # fp32 state elements per program: 64 registers per thread at 4 warps
 MAX_BV = 64  # two V-tiles at V = 128: enough programs to fill an H100 (132 SMs) at B·H = 64
 SMEM_BUDGET = 128 * 1024  # bytes of shared memory for pipelined loads (H100: 228 KB per SM)
+SMEM_LIMIT = 232448  # bytes of shared memory one block may use on the H100 (past it: OutOfResources at launch)
 MAX_HEAD_DIM = 256  # K and V up to this: the whole of K must fit one tile
 MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
 
@@ -119,6 +125,22 @@ def _tile_rule(DK: int, DV: int, BT: int, element_size: int, carries: bool = Fal
     # normalised forward spills.
     num_stages = max(1, min(3, SMEM_BUDGET // stage_bytes))
     return BK, BV, num_warps, num_stages
+
+
+def _chunk_rows(DK: int, DV: int, chunk_size: int, element_size: int) -> int:
+    """BT, the chunk the sweep runs: chunk_size, halved while one chunk's q, k, v rows would pass the
+    H100's shared memory a block. As compiled for sm_90, a single-stage sweep asks BT·(2·BK + BV)
+    elements, fp32 BT·(3·BK + BV) (every single-stage compile measured, K = 16-256, BT = 128-512).
+    So the default chunk (64) always fits and only larger ones shrink: bf16 K = 256 from 256 to 128,
+    fp32 K = 64-128 from 256 to 128, fp32 K = 256 from 128 to 64. Pipelined sweeps (2-3 stages)
+    stay within 1.5·SMEM_BUDGET. The result differs from chunk_size's only by rounding (the chunk
+    form (4) is exact for any chunk length)."""
+    BK, BV, _, _ = _tile_rule(DK, DV, chunk_size, element_size)
+    row = ((3 if element_size == 4 else 2) * BK + BV) * element_size
+    BT = chunk_size
+    while BT > MIN_CHUNK and BT * row > SMEM_LIMIT:
+        BT //= 2
+    return BT
 
 
 # ------------------------------------------------------------------------------------------------
@@ -331,8 +353,8 @@ def _sweep(q, k, v, *, h0=None, z0=None, a=None, b=None, u0=None, s_q=1.0, s_k=1
     `tiles` = (BK, BV, num_warps, num_stages) overrides the rule (for the benchmark below only)."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    BK, BV, num_warps, num_stages = tiles or _tile_rule(DK, DV, chunk_size, q.element_size(),
-                                                        normalize or a is not None)
+    BT = _chunk_rows(DK, DV, chunk_size, q.element_size())
+    BK, BV, num_warps, num_stages = tiles or _tile_rule(DK, DV, BT, q.element_size(), normalize or a is not None)
     f32 = dict(device=q.device, dtype=torch.float32)
     o = torch.empty(B, T, H, DV, device=q.device, dtype=v.dtype)
     den = torch.empty(B, T, H, **f32) if normalize else None
@@ -342,7 +364,7 @@ def _sweep(q, k, v, *, h0=None, z0=None, a=None, b=None, u0=None, s_q=1.0, s_k=1
     grid = (triton.cdiv(DV, BV), B * H)
     _linear_attention_chunk_kernel[grid](
         q, k, v, o, h0, ht, z0, zt, den, a, b, u0, ut, float(s_q), float(s_k),
-        T, H, K=DK, V=DV, BT=chunk_size, BK=BK, BV=BV, EPS=zla.EPS, CAUSAL=causal, REVERSE=reverse,
+        T, H, K=DK, V=DV, BT=BT, BK=BK, BV=BV, EPS=zla.EPS, CAUSAL=causal, REVERSE=reverse,
         num_warps=num_warps, num_stages=num_stages)
     return o, den, ht, zt, ut
 

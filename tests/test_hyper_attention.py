@@ -510,7 +510,7 @@ def test_fast_op_compiles_fullgraph_forward_and_backward():
 AOT_SCRIPT = r"""
 import json
 import torch
-from aot import stack_bytes
+from aot import H100_SHARED, compile_for_h100, stack_bytes
 import fast.hyper_attention as fh
 
 I32 = {"perm_q", "perm_k", "smp_k", "smp_blk", "codes"}
@@ -545,7 +545,21 @@ for D in (64, 128):
             dims, BM=t.BM1, BN=t.BN1, ACC=acc, **flags), t.bwd_warps, t.stages)
     out[f"dkdv samples D={D}"] = spills(fh._hyper_attention_bwd_dkdv_sample_kernel, dict(
         dims, BM=t.BM1, BN=t.BN1), t.bwd_warps, t.stages)
-print(json.dumps(out))
+# Shared memory at the worst shape: fp32, D = 256 (bf16's tiles asked 262 KB in dq and dk/dv, card).
+F = dict(TYPES, **dict.fromkeys(HALF, "*fp32"))
+t = fh._tiles(256, 256, torch.float32)
+dims = dict(K=256, V=256, BK=t.BK, BV=t.BV, UPCAST=False, GATHER=True, CAUSAL=False, BLOCK_MASK=True)
+shared = lambda kernel, consts, num_warps: compile_for_h100(  # noqa: E731
+    kernel, F, consts, num_warps, t.stages, default="i32").metadata.shared
+smem = {
+    "dq fp32 D=256": shared(fh._hyper_attention_bwd_dq_kernel, dict(dims, BM=t.BM, BN=t.BN, SAMPLES=True, ACC=False),
+                            t.warps),
+    "dkdv fp32 D=256": shared(fh._hyper_attention_bwd_dkdv_block_kernel, dict(dims, BM=t.BM1, BN=t.BN1, ACC=False),
+                              t.bwd_warps),
+    "dkdv samples fp32 D=256": shared(fh._hyper_attention_bwd_dkdv_sample_kernel, dict(
+        {k: v for k, v in dims.items() if k in ("K", "V", "BK", "BV", "UPCAST")}, BM=t.BM1, BN=t.BN1), t.bwd_warps),
+}
+print(json.dumps(dict(spills=out, shared=smem, limit=H100_SHARED)))
 """
 
 
@@ -553,8 +567,10 @@ print(json.dumps(out))
 def test_kernels_compile_for_an_h100_without_spilling():
     # The interpreter never compiles: this catches what only the GPU compiler rejects, and register
     # spills, on a CPU. Triton ships ptxas; without it the test skips.
-    stack = run_aot_script(AOT_SCRIPT, timeout=600)
-    assert all(v == 0 for v in stack.values()), stack
+    got = run_aot_script(AOT_SCRIPT, timeout=600)
+    assert all(v == 0 for v in got["spills"].values()), got["spills"]
+    # and within the H100's shared memory a block, where a launch would fail (OutOfResources)
+    assert all(v <= got["limit"] for v in got["shared"].values()), got["shared"]
 
 
 # ------------------------------------------------------------------------------------------------

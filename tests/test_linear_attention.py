@@ -657,7 +657,24 @@ def stack_bytes(normalize=False, augment=False, reverse=False, K=128, V=128):
     return aot.stack_bytes(fl._linear_attention_chunk_kernel, types, const, num_warps, num_stages, aligned=("H",))
 
 
-print(json.dumps(dict(plain=stack_bytes(), dk_normalized=stack_bytes(augment=True, reverse=True),
+def shared_bytes(dtype, element_size, K, V, chunk_size):
+    # Shared memory of the plain sweep at the chunk the rule runs for chunk_size (_chunk_rows).
+    BT = fl._chunk_rows(K, V, chunk_size, element_size)
+    BK, BV, num_warps, num_stages = fl._tile_rule(K, V, BT, element_size)
+    types = dict({n: dtype for n in ("q", "k", "v", "o")}, h0="*fp32", ht="*fp32", s_q="fp32", s_k="fp32",
+                 T="i32", H="i32")
+    const = dict(z0=None, zt=None, den=None, a=None, b=None, u0=None, ut=None, K=K, V=V, BT=BT, BK=BK, BV=BV,
+                 EPS=1e-6, CAUSAL=True, REVERSE=False, HAS_H0=True, STORE_HT=True, NORMALIZE=False, AUGMENT=False)
+    return aot.compile_for_h100(fl._linear_attention_chunk_kernel, types, const, num_warps, num_stages,
+                                aligned=("H",)).metadata.shared
+
+
+# chunk_size above the default, where chunk_size itself asked 272-448 KB (card): bf16 K = 256 at 256,
+# fp32 K = V = 128 at 256 (the most the rule keeps: 224 KB), fp32 K = 256 at 128
+shared = {f"{d} K={K} V={V} chunk={c}": shared_bytes(d, e, K, V, c)
+          for d, e, K, V, c in (("*bf16", 2, 256, 256, 256), ("*fp32", 4, 128, 128, 256), ("*fp32", 4, 256, 256, 128))}
+print(json.dumps(dict(shared=shared, limit=aot.H100_SHARED,
+                      plain=stack_bytes(), dk_normalized=stack_bytes(augment=True, reverse=True),
                       fwd_normalized=stack_bytes(normalize=True),
                       # K = 256 (random features), where 4 warps replaced the 8 that faulted on the H100
                       wide_plain=stack_bytes(K=256, V=64), wide_normalized=stack_bytes(normalize=True, K=256, V=64),
@@ -677,3 +694,5 @@ def test_chunk_sweep_compiles_for_an_h100_without_spilling():
     # K = 256 spills at 4 warps (fast/linear_attention.py's card: the 8-warp build that does not
     # faulted on the H100); bounded here so a change that makes it worse shows.
     assert stack["wide_plain"] <= 104 and stack["wide_normalized"] <= 248, stack
+    # within the H100's shared memory a block at every chunk_size (past it a launch fails: OutOfResources)
+    assert all(v <= stack["limit"] for v in stack["shared"].values()), stack["shared"]
