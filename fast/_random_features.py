@@ -22,6 +22,7 @@ STATE_ELEMENTS = 4096  # fp32 state elements per program: 16 registers a thread 
 # fits (HRC-LA 240 registers, no spill; FAVOR+ 48 bytes of spill), the backward spills ~0.5 KB.
 MAX_BT = 32
 MAX_V = 256  # V sits in one tile
+MAX_K = 256  # so does K; the shared-memory rules below are checked up to it (tests: AOT_SHARED_SCRIPT)
 MIN_CHUNK = 16  # tl.dot needs every dimension >= 16
 # Head dims under 64: every chunk-parallel kernel (walk, phase 3, reverse walk, gradients) runs at
 # (BM <= 32, 2 warps), whatever its module tile says. At 4 or 8 warps Triton lowers their products to
@@ -60,11 +61,22 @@ KERNEL_INTERPRET = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1")
 # ------------------------------------------------------------------------------------------------
 def tile_rule(K: int, V: int, M: int, state_blocks: int):
     """(BK, BV, BM, num_warps, num_stages): V in one tile, BM from the budget of STATE_ELEMENTS fp32
-    state elements shared by `state_blocks` [BM, BV] blocks (HRC-LA's S_c and S_s: 2; FAVOR+'s S: 1)."""
+    state elements shared by `state_blocks` [BM, BV] blocks (HRC-LA's S_c and S_s: 2; FAVOR+'s S: 1),
+    at most 32 at K = 256: FAVOR+'s serial forward at K = 256, V = 64, BM 64 asks for 262272 B of
+    shared memory in fp32 (245888 in bf16), over an H100 block's 232448 (sm_90, compiled on a CPU)."""
     BK = max(16, triton.next_power_of_2(K))
     BV = max(16, triton.next_power_of_2(V))
-    BM = max(16, min(triton.next_power_of_2(M), STATE_ELEMENTS // (state_blocks * BV)))
+    BM = min(triton.next_power_of_2(M), STATE_ELEMENTS // (state_blocks * BV))
+    BM = max(16, min(BM, 32) if BK > 128 else BM)
     return BK, BV, BM, 8, 2  # 8 warps: the state and four [BT, BM] feature blocks live in registers
+
+
+def serial_bwd_bt(BK: int, chunk_size: int) -> int:
+    """The serial backward's chunk: min(chunk_size, MAX_BT), and 16 at K = 256, where its [BT, BK]
+    blocks take more shared memory than an H100 block has (sm_90, BM 16, 2 stages: FAVOR+'s causal
+    backward 311808 B in bf16, 262144 at 1 stage; HRC-LA's non-causal 262272 in fp32; at BT 16
+    <= 196608). The same function: only the summation order moves."""
+    return min(chunk_size, MAX_BT if BK <= 128 else MIN_CHUNK)
 
 
 def dot_precision(q):
@@ -93,24 +105,44 @@ def launch_bwd(bwd_kernel, args, q, V, M, tiles, causal, chunk_size):
     B, T, H, K = q.shape
     BK, BV, BM, num_warps, num_stages = tiles
     BM = max(16, BM // 2)
-    bwd_kernel[(triton.cdiv(M, BM), B * H)](*args, K=K, V=V, M=M, BT=min(chunk_size, MAX_BT), BK=BK, BV=BV, BM=BM,
+    bwd_kernel[(triton.cdiv(M, BM), B * H)](*args, K=K, V=V, M=M, BT=serial_bwd_bt(BK, chunk_size), BK=BK, BV=BV, BM=BM,
                                              CAUSAL=causal, DOT=dot_precision(q), num_warps=num_warps,
                                              num_stages=num_stages)
 
 
-def parallel_tiles(K: int, V: int, M: int, BT: int, walk_tile, out_tile):
+def parallel_tiles(K: int, V: int, M: int, BT: int, walk_tile, out_tile, fp32: bool = False, backward: bool = False):
     """(BT, BK, BV, (BM, num_warps, num_stages) of the state walk, (BM, num_warps, num_stages) of
     phase 3) of a chunk-parallel causal forward (the two-launch plan of fast/hrc_la.py's card), from
     the head dims, M and the module's PARALLEL_BT, WALK_TILE, OUT_TILE (BM capped by M's power of
-    two; nothing keyed on T or B). Head dims under SMALL_HEAD_DIM take SMALL_HEAD_TILE instead."""
+    two; nothing keyed on T or B). Head dims under SMALL_HEAD_DIM take SMALL_HEAD_TILE instead.
+    `backward`: the tiles of HRC-LA's parallel backward, walk_tile a walk's (forward or reverse) and
+    out_tile the gradient kernel's. `fp32`: the inputs' dtype (fp16/bf16 otherwise).
+    Shared memory (an H100 block takes at most 232448 B; ptxas for sm_90, Triton 3.9, compiled on a
+    CPU and not run on a GPU): the module tiles fit at the timed K = V = 64 and are kept there; at
+    larger head dims they step down only where the bytes require it (M = 256; M only caps BM):
+      walks: K = 256: BM <= 32 (the walk at BM 64, K = 256: 253968-393216 B in bf16 and fp32);
+        fp32 and BK + BV > 256: 1 stage (a stage of k and v rows: (64, 256) 245760 B at 2 stages,
+        163840 at 1; the reverse walk at K = 256, V = 64: 278788 at 2, <= 196608 at 1).
+      phase 3: fp32 and BK + BV > 320: 1 stage ((128, 256) 245760 B, (256, 256) ~327 KB at 2;
+        229376 at 1).
+      backward: BT 32 unless K <= 64 and V <= 128 (the gradient kernel, K = 128, V = 64, bf16:
+        262144 B at BT 64, 69632 at 32), 16 in fp32 at K = 256 (V = 64: 286720 B at 32; V = 256:
+        335872 at 32, 198656 at 16); the walks take the backward's BT (the same function, only
+        the summation order moves; their rules above, measured at BT 64, are kept)."""
     BK, BV = max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
     small = min(K, V) < SMALL_HEAD_DIM
+    if backward and not (BK <= 64 and BV <= 128):
+        BT = min(BT, 16 if fp32 and BK > 128 else 32)
 
-    def tile(bm, warps, stages):
+    def tile(bm, warps, stages, walk=False):
         if small:
             bm, warps = min(bm, SMALL_HEAD_TILE[0]), SMALL_HEAD_TILE[1]
+        if walk and BK > 128:
+            bm = min(bm, 32)
+        if fp32 and BK + BV > (256 if walk else 320):
+            stages = 1
         return max(16, min(triton.next_power_of_2(M), bm)), warps, stages
-    return BT, BK, BV, tile(*walk_tile), tile(*out_tile)
+    return BT, BK, BV, tile(*walk_tile, walk=True), tile(*out_tile)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,6 +152,8 @@ def check_kernel_inputs(name, q, v, chunk_size, interpret):
     """What the kernels add to the zoo's checks (`name`: the method's file stem, for the messages;
     `interpret`: the fast module's own INTERPRET switch, read at the call)."""
     check_device_and_dtype(q, f"fast.{name}", interpret, zoo=f"zoo.{name}")
+    if q.shape[-1] > MAX_K:
+        raise ValueError(f"q's head dim K = {q.shape[-1]}: the kernels take K <= {MAX_K}")
     if v.shape[-1] > MAX_V:
         raise ValueError(f"v's head dim V = {v.shape[-1]}: the kernels take V <= {MAX_V}")
     if chunk_size is not None and chunk_size < MIN_CHUNK:

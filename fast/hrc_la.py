@@ -251,6 +251,15 @@ one tile (BV = next power of two >= 16, V <= 256), the frequencies take the rest
 (S_c and S_s: 2·BM·BV): BM = 32 at V = 64 (16 in the backward, which also holds dS).
 BT = min(chunk_size, 32): see MAX_BT for the ptxas register counts that chose it. num_warps 8,
 num_stages 2.
+Large head dims and shared memory (an H100 block has 232448 B): at K = V = 64 every tile above fits
+with room and is unchanged; at larger K, V several asked for 245-639 KB (the chunk-parallel walk,
+phase 3, reverse walk and gradient kernel, the serial backward) and would fail at launch. So the
+rule steps down there, and only there (_random_features.parallel_tiles, tile_rule, serial_bwd_bt
+have the bytes): the walks BM 32 at K = 256 and one stage in fp32 past BK + BV = 256, phase 3 one
+stage in fp32 past 320, the parallel backward's chunk 32 unless K <= 64 and V <= 128 (16 in fp32
+at K = 256), the serial kernels BM <= 32 and, backward, BT 16 at K = 256. K > 256 is refused.
+Compiled for sm_90 on a CPU (tests/test_hrc_la.py's AOT_SHARED_SCRIPT checks K = V = 256); not run
+on a GPU, and the smaller tiles are untimed.
 
 Naming legend (fla's prefixes, STYLE rule 29):
     i_   program ids and loop indices (i_m frequency tile, i_bh batch·head, i_t chunk)
@@ -1044,12 +1053,12 @@ def _launch_fwd(q, k, v, omega, h0, z0, n0, c0, s_u, eps, causal, output_final_s
     return _rf.divide(num, den, eps * mass, v.dtype), den, mass, a, c, ht, zt, nt
 
 
-def _parallel_tiles(K: int, V: int, M: int):
+def _parallel_tiles(K: int, V: int, M: int, fp32: bool = False):
     """(BT, BK, BV, (BM, num_warps, num_stages) of the state walk, (BM, num_warps, num_stages) of
-    phase 3) of the chunk-parallel causal forward, from the head dims and M alone (nothing keyed on
-    T or B): see the card. The walk's BM and phase 3's tile come from WALK_TILE and OUT_TILE (BM
-    capped by M's power of two)."""
-    return _rf.parallel_tiles(K, V, M, PARALLEL_BT, WALK_TILE, OUT_TILE)
+    phase 3) of the chunk-parallel causal forward, from the head dims, M and whether the inputs are
+    fp32 (nothing keyed on T or B): see the card. The walk's BM and phase 3's tile come from
+    WALK_TILE and OUT_TILE (BM capped by M's power of two; stepped down where shared memory needs it)."""
+    return _rf.parallel_tiles(K, V, M, PARALLEL_BT, WALK_TILE, OUT_TILE, fp32)
 
 
 def _walk_segments(programs: int, NT: int, device: torch.device) -> int:
@@ -1089,7 +1098,7 @@ def _launch_parallel_fwd(q, k, v, omega, h0, z0, n0, c0, s_u, eps, output_final_
     starting state, then every chunk's outputs. Returns what _launch_fwd returns."""
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
-    BT, BK, BV, walk_tile, (BMo, warps_o, stages_o) = _parallel_tiles(K, V, M)
+    BT, BK, BV, walk_tile, (BMo, warps_o, stages_o) = _parallel_tiles(K, V, M, q.dtype == torch.float32)
     NT, R = triton.cdiv(T, BT), 2 * M * V + 2 * M + 1  # a chunk's record: S_c, S_s, z_c, z_s, n
     f32 = dict(device=q.device, dtype=torch.float32)
     half = HALF_RECORDS and q.dtype != torch.float32
@@ -1115,8 +1124,11 @@ def _launch_parallel_bwd(dnum, dden, dht, dzt, q, k, v, omega, a, c, h0, z0, c0,
     Returns what _launch_bwd returns (dΩ zeros when not need_domega)."""
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
-    BT, BK, BV, walk_tile, (BMg, warps_g, stages_g) = _rf.parallel_tiles(K, V, M, PARALLEL_BT, WALK_TILE, BWD_TILE)
-    _, _, _, (BMd, warps_d, stages_d), _ = _rf.parallel_tiles(K, V, M, PARALLEL_BT, DWALK_TILE, BWD_TILE)
+    fp32 = q.dtype == torch.float32
+    BT, BK, BV, walk_tile, (BMg, warps_g, stages_g) = _rf.parallel_tiles(K, V, M, PARALLEL_BT, WALK_TILE, BWD_TILE,
+                                                                         fp32, backward=True)
+    _, _, _, (BMd, warps_d, stages_d), _ = _rf.parallel_tiles(K, V, M, PARALLEL_BT, DWALK_TILE, BWD_TILE, fp32,
+                                                              backward=True)
     NT, R = triton.cdiv(T, BT), 2 * M * V + 2 * M + 1
     f32 = dict(device=q.device, dtype=torch.float32)
     half = HALF_RECORDS and q.dtype != torch.float32

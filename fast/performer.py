@@ -96,6 +96,12 @@ Tile rule (no autotuning; nothing keyed on T or B): V in one tile (BV = next pow
 V <= 256), BM from a register budget of 4096 fp32 state elements (BM·BV): BM = 64 at V = 64 (32
 in the backward, which also holds dS). BT = min(chunk_size, 32): see MAX_BT for the ptxas register
 counts that chose it. num_warps 8, num_stages 2.
+Large head dims and shared memory (an H100 block has 232448 B): at K = V = 64 every tile fits and
+is unchanged; at larger K, V the walk, phase 3, the chunk backward, the serial forward and the row
+max asked for 245-393 KB and would fail at launch, so the rule steps down there alone (fast/hrc_la.py's
+card and _random_features.parallel_tiles have the steps and bytes; the row max: _row_max_tiles).
+K > 256 is refused. Compiled for sm_90 on a CPU (tests/test_performer.py's AOT_SHARED_SCRIPT checks
+K = V = 256); not run on a GPU, and the smaller tiles are untimed.
 
 Naming legend (fla's prefixes, STYLE rule 29):
     i_   program ids and loop indices (i_m frequency tile, i_bh batch·head, i_t chunk)
@@ -553,11 +559,19 @@ def _performer_recurrent_fwd_kernel(
 # ------------------------------------------------------------------------------------------------
 # Host launchers
 # ------------------------------------------------------------------------------------------------
+def _row_max_tiles(K: int, M: int, element_size: int):
+    """(BK, BM) of the row-max kernel: 128 frequencies a step, fewer at K = 256, where [128, 256] Ω
+    tiles in Triton's default 3 stages ask for 393216 B of shared memory in fp32 (327936 in bf16),
+    over an H100 block's 232448; BM 64 fits in bf16 (196864), 32 in fp32 (196608; sm_90, compiled
+    on a CPU, not run on a GPU)."""
+    BK = max(16, triton.next_power_of_2(K))
+    return BK, max(16, min(triton.next_power_of_2(M), 128 if BK <= 128 else 64 if element_size == 2 else 32))
+
+
 def _launch_row_max(x, omega, s_u):
     B, T, H, K = x.shape
     M = omega.shape[1]
-    BK = max(16, triton.next_power_of_2(K))
-    BM = max(16, min(triton.next_power_of_2(M), 128))
+    BK, BM = _row_max_tiles(K, M, x.element_size())
     out = torch.empty(B, T, H, device=x.device, dtype=torch.float32)
     _performer_row_max_kernel[(triton.cdiv(T, ROW_MAX_BT), B * H)](
         x, omega, out, s_u, T, H, K=K, M=M, BT=ROW_MAX_BT, BK=BK, BM=BM, num_warps=ROW_MAX_WARPS)
@@ -589,7 +603,7 @@ def _launch_parallel_fwd(q, k, v, omega, a_q, c, h0, z0, c0, s_u, eps, output_fi
     B, T, H, K = q.shape
     V, M = v.shape[-1], omega.shape[1]
     BT, BK, BV, (BMh, warps_h, stages_h), (BMo, warps_o, stages_o) = _rf.parallel_tiles(
-        K, V, M, PARALLEL_BT, WALK_TILE, OUT_TILE)
+        K, V, M, PARALLEL_BT, WALK_TILE, OUT_TILE, q.dtype == torch.float32)
     NT, R = triton.cdiv(T, BT), M * V + M  # a chunk's record: S, z
     f32 = dict(device=q.device, dtype=torch.float32)
     half = HALF_RECORDS and q.dtype != torch.float32

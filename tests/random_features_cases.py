@@ -674,6 +674,8 @@ def fast_ops_reject_what_the_kernels_cannot_take(m: Method):
             m.fast_chunk(q, k, v, omega, chunk_size=8)
         with pytest.raises(ValueError, match="V <= 256"):
             m.fast_chunk(q, k, torch.randn(1, 5, 1, 300), omega)
+        with pytest.raises(ValueError, match="K <= 256"):  # no tile rule (shared memory) past it
+            m.fast_chunk(torch.randn(1, 5, 1, 300), torch.randn(1, 5, 1, 300), v, torch.randn(1, 6, 300))
         with pytest.raises(TypeError, match="q must be a real floating"):
             m.fast_chunk(q.to(torch.complex64), k, v, omega)
         monkeypatch.setattr(m.fast, "INTERPRET", False)
