@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -63,3 +64,26 @@ def spill_bytes(compiled) -> int:
 def stack_bytes(*args, **kwargs) -> int:
     """spill_bytes(compile_for_h100(*args, **kwargs))."""
     return spill_bytes(compile_for_h100(*args, **kwargs))
+
+
+def random_features_shared(kernel, dt: str, K: int, V: int, M: int, R: int, BT: int, tile, half_records: bool,
+                           **flags) -> int:
+    """Shared memory of one of fast/hrc_la.py's or fast/performer.py's chunk kernels (their argument
+    names: q, k, v, o, x in the input dtype `dt` ("fp32", "bf16"), the chunk records hs, the
+    scalars s_u, eps, r_m, the sizes T, H, NT, SEG, NS) at a launcher's tile (BM, num_warps,
+    num_stages) and chunk BT; R is a chunk record's length. Constants the kernel does not take are
+    dropped."""
+    BM, warps, stages = tile
+    types = dict({n: "*" + dt for n in ("q", "k", "v", "o", "x")}, hs="*bf16" if half_records and dt != "fp32" else "*fp32",
+                 s_u="fp32", eps="fp32", r_m="fp32", **{n: "i32" for n in ("T", "H", "NT", "SEG", "NS")})
+    consts = dict(K=K, V=V, M=M, R=R, BT=BT, BK=triton.next_power_of_2(K), BV=triton.next_power_of_2(V), BM=BM,
+                  DOT="tf32x3" if dt == "fp32" else "tf32", **flags)
+    consts = {n: x for n, x in consts.items() if n in jit_function(kernel).arg_names}
+    return compile_for_h100(kernel, types, consts, warps, stages, default="*fp32", aligned=("H",)).metadata.shared
+
+
+def side_by_side(fn, jobs: dict) -> dict:
+    """{name: fn(*args, **kwargs)} for jobs {name: (args, kwargs)}, on threads: Triton's compiler
+    releases the GIL, so compiles overlap."""
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        return dict(zip(jobs, pool.map(lambda job: fn(*job[0], **job[1]), jobs.values())))

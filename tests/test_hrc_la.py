@@ -231,10 +231,6 @@ def test_chunk_parallel_backward_compiles_for_an_h100_spilling_no_more_than_meas
 
 AOT_SHARED_SCRIPT = r"""
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
-
-import triton
 
 import aot
 import fast.hrc_la as fh
@@ -242,42 +238,27 @@ import fast.hrc_la as fh
 # The largest head dims the kernels take (fast/_random_features.py's MAX_K, MAX_V), M = 256, at the
 # tiles the launchers pick: each kernel once in the dtype that was over an H100 block's shared
 # memory before the rule stepped its tile down (both where both were). About 100 s on two cores.
-K = V = 256
-M = 256
-
-
-def shared(kernel, dt, BT, tile, K=K, V=V, **flags):
-    BM, warps, stages = tile
-    BK, BV = triton.next_power_of_2(K), triton.next_power_of_2(V)
-    records = "*bf16" if fh.HALF_RECORDS and dt != "fp32" else "*fp32"
-    types = dict({n: "*" + dt for n in ("q", "k", "v", "o")}, hs=records, s_u="fp32", eps="fp32", r_m="fp32",
-                 **{n: "i32" for n in ("T", "H", "NT", "SEG", "NS")})
-    const = dict(K=K, V=V, M=M, R=2 * M * V + 2 * M + 1, BT=BT, BK=BK, BV=BV, BM=BM,
-                 DOT="tf32x3" if dt == "fp32" else "tf32", **flags)
-    fn = aot.jit_function(kernel)
-    const = {n: x for n, x in const.items() if n in fn.arg_names}
-    return aot.compile_for_h100(kernel, types, const, warps, stages, default="*fp32", aligned=("H",)).metadata.shared
-
-
+K = V = M = 256
+size = dict(K=K, V=V, M=M, R=2 * M * V + 2 * M + 1)
 builds = {}
 for dt in ("fp32", "bf16"):
     fp32 = dt == "fp32"
+    job = lambda kernel, BT, tile, **flags: ((kernel, dt), dict(size, BT=BT, tile=tile, half_records=fh.HALF_RECORDS,
+                                                                **flags))
     BT, BK, BV, walk, out = fh._parallel_tiles(K, V, M, fp32)
     if fp32:  # the walk in bf16 (327696 B before): tests/test_performer.py's, the same walk with one state block
-        builds["walk fp32"] = (fh._hrc_la_chunk_h_kernel, dt, BT, walk, dict(HAS_H0=True, STORE_HT=True, LOCAL=False,
-                                                                             FAST_TRIG=fh.FAST_TRIG))
-        builds["out fp32"] = (fh._hrc_la_chunk_out_kernel, dt, BT, out, dict(FAST_TRIG=fh.FAST_TRIG, DOTS_16=False))
+        builds["walk fp32"] = job(fh._hrc_la_chunk_h_kernel, BT, walk, HAS_H0=True, STORE_HT=True, LOCAL=False,
+                                  FAST_TRIG=fh.FAST_TRIG)
+        builds["out fp32"] = job(fh._hrc_la_chunk_out_kernel, BT, out, FAST_TRIG=fh.FAST_TRIG, DOTS_16=False)
     BT, _, _, dwalk, grad = fh._rf.parallel_tiles(K, V, M, fh.PARALLEL_BT, fh.DWALK_TILE, fh.BWD_TILE, fp32, True)
-    builds[f"grad {dt}"] = (fh._hrc_la_chunk_grad_kernel, dt, BT, grad, dict(FAST_TRIG=fh.FAST_TRIG, DOMEGA=True))
+    builds[f"grad {dt}"] = job(fh._hrc_la_chunk_grad_kernel, BT, grad, FAST_TRIG=fh.FAST_TRIG, DOMEGA=True)
     if fp32:
-        builds["dwalk fp32"] = (fh._hrc_la_chunk_dh_kernel, dt, BT, dwalk, dict(HAS_H0=True, HAS_DHT=True,
-                                                                                 FAST_TRIG=fh.FAST_TRIG))
+        builds["dwalk fp32"] = job(fh._hrc_la_chunk_dh_kernel, BT, dwalk, HAS_H0=True, HAS_DHT=True,
+                                   FAST_TRIG=fh.FAST_TRIG)
         _, _, BM, warps, stages = fh._tile_rule(K, V, M)  # the serial backward: half of BM (launch_bwd)
-        builds["serial bwd fp32"] = (fh._hrc_la_chunk_bwd_kernel, dt, fh._rf.serial_bwd_bt(BK, 64),
-                                     (max(16, BM // 2), warps, stages), dict(CAUSAL=False, HAS_H0=True, HAS_DHT=True))
-with ThreadPoolExecutor(os.cpu_count()) as pool:  # Triton's compiler releases the GIL
-    got = dict(zip(builds, pool.map(lambda b: shared(*b[:4], **b[4]), builds.values())))
-print(json.dumps(dict(shared=got, limit=aot.H100_SHARED)))
+        builds["serial bwd fp32"] = job(fh._hrc_la_chunk_bwd_kernel, fh._rf.serial_bwd_bt(BK, 64),
+                                        (max(16, BM // 2), warps, stages), CAUSAL=False, HAS_H0=True, HAS_DHT=True)
+print(json.dumps(dict(shared=aot.side_by_side(aot.random_features_shared, builds), limit=aot.H100_SHARED)))
 """
 
 

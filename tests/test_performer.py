@@ -101,10 +101,6 @@ def test_chunk_parallel_forward_compiles_for_an_h100_spilling_no_more_than_count
 
 AOT_SHARED_SCRIPT = r"""
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
-
-import triton
 
 import aot
 import fast.performer as fp
@@ -112,42 +108,27 @@ import fast.performer as fp
 # The largest head dims the kernels take (fast/_random_features.py's MAX_K, MAX_V), M = 256, at the
 # tiles the launchers pick: each kernel once in the dtype that was over an H100 block's shared
 # memory before the rule stepped its tile down (both where both were).
-K = V = 256
-M = 256
-
-
-def shared(kernel, dt, BT, tile, K=K, V=V, **flags):
-    BM, warps, stages = tile
-    BK, BV = triton.next_power_of_2(K), triton.next_power_of_2(V)
-    types = dict({n: "*" + dt for n in ("q", "k", "v", "o", "x")}, hs="*bf16" if fp.HALF_RECORDS and dt != "fp32"
-                 else "*fp32", s_u="fp32", eps="fp32", r_m="fp32", T="i32", H="i32", NT="i32")
-    const = dict(K=K, V=V, M=M, R=M * V + M, BT=BT, BK=BK, BV=BV, BM=BM, DOT="tf32x3" if dt == "fp32" else "tf32",
-                 **flags)
-    fn = aot.jit_function(kernel)
-    const = {n: x for n, x in const.items() if n in fn.arg_names}
-    return aot.compile_for_h100(kernel, types, const, warps, stages, default="*fp32", aligned=("H",)).metadata.shared
-
-
+K = V = M = 256
 builds = {}
 for dt in ("fp32", "bf16"):
     fp32 = dt == "fp32"
+    job = lambda kernel, BT, tile, V=V, **flags: ((kernel, dt), dict(K=K, V=V, M=M, R=M * V + M, BT=BT, tile=tile,
+                                                                     half_records=fp.HALF_RECORDS, **flags))
     BT, BK, _, walk, out = fp._rf.parallel_tiles(K, V, M, fp.PARALLEL_BT, fp.WALK_TILE, fp.OUT_TILE, fp32)
-    builds[f"walk {dt}"] = (fp._performer_chunk_h_kernel, dt, BT, walk, dict(HAS_H0=True, STORE_HT=True))
+    builds[f"walk {dt}"] = job(fp._performer_chunk_h_kernel, BT, walk, HAS_H0=True, STORE_HT=True)
     if fp32:
-        builds["out fp32"] = (fp._performer_chunk_out_kernel, dt, BT, out, dict(DOTS_16=False))
+        builds["out fp32"] = job(fp._performer_chunk_out_kernel, BT, out, DOTS_16=False)
         # the serial forward at V = 64, where its tile rule gives the most frequencies at K = 256
         _, _, BM, warps, stages = fp._tile_rule(K, 64, M)
-        builds["serial fwd fp32 V=64"] = (fp._performer_chunk_fwd_kernel, dt, fp._rf.MAX_BT, (BM, warps, stages),
-                                          dict(V=64, CAUSAL=False, ATOMIC=True, HAS_H0=True, STORE_HT=True))
+        builds["serial fwd fp32 V=64"] = job(fp._performer_chunk_fwd_kernel, fp._rf.MAX_BT, (BM, warps, stages), V=64,
+                                             CAUSAL=False, ATOMIC=True, HAS_H0=True, STORE_HT=True)
     else:  # the chunk backward, causal (the larger): half of the tile rule's BM (launch_bwd)
         _, _, BM, warps, stages = fp._tile_rule(K, V, M)
-        builds["chunk bwd bf16"] = (fp._performer_chunk_bwd_kernel, dt, fp._rf.serial_bwd_bt(BK, 64),
-                                    (max(16, BM // 2), warps, stages), dict(CAUSAL=True, HAS_H0=True, HAS_DHT=True))
+        builds["chunk bwd bf16"] = job(fp._performer_chunk_bwd_kernel, fp._rf.serial_bwd_bt(BK, 64),
+                                       (max(16, BM // 2), warps, stages), CAUSAL=True, HAS_H0=True, HAS_DHT=True)
     _, BM = fp._row_max_tiles(K, M, 4 if fp32 else 2)
-    builds[f"row max {dt}"] = (fp._performer_row_max_kernel, dt, fp.ROW_MAX_BT, (BM, fp.ROW_MAX_WARPS, None), {})
-with ThreadPoolExecutor(os.cpu_count()) as pool:  # Triton's compiler releases the GIL
-    got = dict(zip(builds, pool.map(lambda b: shared(*b[:4], **b[4]), builds.values())))
-print(json.dumps(dict(shared=got, limit=aot.H100_SHARED)))
+    builds[f"row max {dt}"] = job(fp._performer_row_max_kernel, fp.ROW_MAX_BT, (BM, fp.ROW_MAX_WARPS, None))
+print(json.dumps(dict(shared=aot.side_by_side(aot.random_features_shared, builds), limit=aot.H100_SHARED)))
 """
 
 
