@@ -244,7 +244,8 @@ def _tiles(K: int, V: int, dtype: torch.dtype) -> dict:
 
 
 def _launch_options(c: dict) -> dict:
-    """A kernel's entry of _tiles without its tile sizes: num_warps, num_stages (maxnreg if set)."""
+    """A kernel's entry of _tiles without its tile size: the launch options (num_warps, num_stages,
+    and maxnreg where an entry sets one), what every launcher passes."""
     return {k: x for k, x in c.items() if k not in ("BV",)}
 
 
@@ -847,7 +848,7 @@ def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, store_h: 
         o if compute_o else u, ht, h if store_h else u, v_new if store_h else u,
         scale, T, H, K, V, CHUNK, t["BK"], c["BV"], USE_G=gam is not None, USE_H0=h0 is not None,
         COMPUTE_O=compute_o, STORE_H=store_h, PREC=_precision(k.dtype), NH=nh,
-        num_warps=c["num_warps"], num_stages=c["num_stages"])
+        **_launch_options(c))
     return o, h, v_new, ht
 
 
@@ -915,7 +916,7 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, nh: int = 1, saved=None):
     launch(_chunk_state_bwd_kernel, (triton.cdiv(V, c["BV"]), B * H),
         q, k, w, gam if gam is not None else dh0, Aqk, do, dht if dht is not None else dh0, dh, dv_new,
         dh0, scale, T, H, K, V, CHUNK, t["BK"], c["BV"], USE_G=gam is not None,
-        USE_DHT=dht is not None, PREC=prec, NH=nh, num_warps=c["num_warps"], num_stages=c["num_stages"])
+        USE_DHT=dht is not None, PREC=prec, NH=nh, **_launch_options(c))
     # step 4
     dq = torch.empty_like(q)
     dk_part, dw = torch.empty_like(k), torch.empty_like(k)  # input dtype: half the bytes of fp32
@@ -923,7 +924,7 @@ def _chunk_bwd(q, k, v, g, beta, h0, do, dht, scale, nh: int = 1, saved=None):
     launch(_chunk_bwd_dqkw_kernel, (NK, NT, B * H),
         q, k, gam if gam is not None else dw, h, dh, v_new, do, dv_new, dq, dk_part, dw, dgam,
         scale, T, H, K, V, CHUNK, t["BKS"], t["dqkw"]["BV"], USE_G=g is not None, PREC=prec, NH=nh,
-        num_warps=t["dqkw"]["num_warps"], num_stages=t["dqkw"]["num_stages"])
+        **_launch_options(t["dqkw"]))
     # step 5
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty_like(beta)
@@ -948,7 +949,7 @@ def _recurrent_fwd(q, k, v, g, beta, h0, scale, num_householder):
     launch(_recurrent_fwd_kernel, (triton.cdiv(V, t["recurrent"]["BV"]), B * H),
         q, k, v, g if g is not None else beta, beta, h0 if h0 is not None else ht, o, ht, scale, T,
         H, K, V, num_householder, t["BK"], t["recurrent"]["BV"], USE_G=g is not None, USE_H0=h0 is not None,
-        num_warps=t["recurrent"]["num_warps"], num_stages=t["recurrent"]["num_stages"])
+        **_launch_options(t["recurrent"]))
     return o, ht
 
 
