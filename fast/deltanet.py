@@ -83,18 +83,30 @@ Tile rule (head dims and dtype only; T is never a compile key: it is in do_not_s
     both, the delta rule's kernels sum to 0.552 + 0.405 + 0.359 + 0.580 + 0.536 = 2.43 ms a fwd
     + bwd (measured: 2.82 ms with the new step 1, 2.60 with the new step 5); the gated and
     DeltaProduct ops are untimed with the new step 1.
-    Two warnings met on the way, both with the gate only and both outside the rule: step 2 at
-    num_stages = 1 gave outputs off by up to 1.9 (BV 16, 4 warps) and then an illegal address (BV 16,
-    8 warps), and step 4 at 4 warps gave gradients 1.2-1.4 (absolute) away from the 8-warp ones,
-    where without the gate the same configurations are bit-identical; not investigated further
-    (Triton 3.6), so the rule keeps to configurations whose results matched bit for bit.
+    Session 16 (runs 58-61): both together, the delta rule's forward 0.781 ms and fwd + bwd 2.523 ms
+    (gated 0.875 / 2.841, DeltaProduct 0.847 / 2.680), with step 4 at 2 stages (below): 0.06 ms
+    slower than at 3 stages (2.460 in run 58), which gave wrong results.
+  Triton 3.6 miscompiles, found on the H100 and avoided by the rule (not by a change to the math):
+    step 4 at 3 stages (8 warps, BV 32 or 64) wrote a different dw on two launches with the same
+    inputs: with the gate and n_h = 2, off by 31-69% of dw's largest entry in 9 k to 32 k of its 32 k
+    (batch, micro-step) rows, every repeat; the gated rule's once in 63 rows (runs 58-60: one captured launch replayed,
+    benchmarks/results/h100-2026-11-23/run59-step4.py). At 2 stages, at 1, and at 4 warps with 3
+    stages every repeat was identical and dw matched fp32 torch to 2.4e-3. Step 4 at 4 warps is 0.08
+    ms slower (gated 0.41), so 8 warps and 2 stages. This was DeltaProduct's nondeterminism and its
+    4-6e-2 dk error (now 5.8e-3, as the gated rule's), and likely the "4 warps away from 8 warps"
+    gated gradients met in session 5. Step 3 at one stage (any BV, 4 or 8 warps) faults with an
+    illegal memory access at K = V = 256 in 16-bit; step 2 at one stage gave gated outputs off by up
+    to 1.9 at BV 16 once (session 5). So in 16-bit only step 1 (no loop to pipeline at K = 128) and
+    step 2 computing o at K = 256 (below) run at one stage.
   Other head dims and fp32 keep the rule ptxas counts chose (BV = 32, 2 stages; 8 warps from K =
-  64, 4 below: at 4 warps and K = 128 steps 4 and 5 spill up to 1.8 KB a thread), with one stage
-  at K = 256, where two do not fit in shared memory (tests/test_deltanet_fast.py compiles every
-  kernel for sm_90 on a CPU and bounds its shared memory). K = 256 on the GPU is unverified: run
-  57's gradient test at K = V = 256 was reported failed as the run's time limit cut the test
-  session (so was the fla comparison, which passed in run 56), and step 2 at one stage once gave
-  wrong gated outputs at BV = 16 (below). H stays a compile-time
+  64, 4 below: at 4 warps and K = 128 steps 4 and 5 spill up to 1.8 KB a thread). At K = 256 two
+  stages at BV 32 ask more shared memory than the H100 has (232-290 KB; tests/test_deltanet_fast.py
+  compiles every kernel for sm_90 on a CPU and bounds it): 16-bit takes BV 16 and 2 stages for
+  steps 2' to 5 (steps 2' and 3 at 4 warps), step 2 computing o BV 32 at one stage (what the
+  forward and gradient tests passed with on the H100; BV 16 at two stages fits, 223-228 KB, but
+  never ran); fp32 one stage, where BV 16 at two still asks 250 KB. On the H100 (run 61)
+  every fast GPU test of the family passed, the K = 256 gradients in 16-bit among them; fp32 at K =
+  256 is compiled, not run on the GPU. H stays a compile-time
   constant (with a runtime H the row strides H·K are not constants, and ptxas for sm_90 spills
   ~550 bytes a thread in the sequential kernels).
   No row masks: the host pads T to a multiple of 64 (see _pad_to_chunk); head dims are masked
@@ -174,7 +186,9 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     step 2 storing o, h and V_new, steps 3-5; an inference forward two): fwd + bwd 1.94 s (delta
     rule), 2.92 s (gated), 2.44 s (DeltaProduct); forwards 2.51, 3.03, 3.67 s. Run 56 (steps 1 and
     5 in slices of 64 and 32 at 4 and 8 warps; the kept tiles, one slice of 128 and 32 at 4 warps,
-    not measured for first calls): 1.45, 1.98, 1.98 s; forwards 2.06, 2.53, 2.58 s.
+    not measured for first calls): 1.45, 1.98, 1.98 s; forwards 2.06, 2.53, 2.58 s. Run 58 (the kept
+    tiles, step 4 still at 3 stages; one run each): 2.88, 3.28, 3.91 s; forwards 4.06, 3.57, 4.87 s:
+    under issue 2's 5 s, DeltaProduct's forward by 0.13 s only.
   registers (ptxas, Triton 3.6, sm_90, bf16, K = V = 128, the module's tiles): step 1 (4 warps,
     one slice of 128) 255, no spill (gated too; it spilled 40-120 B before k was read again for W);
     step 5 (4 warps, slices of 32) 196, gated 236, no spill (the whole-K kernel: 254 at 8 warps);
@@ -227,18 +241,25 @@ def _tiles(K: int, V: int, dtype: torch.dtype) -> dict:
     BK, BVF = _pow2(K), _pow2(V)
     cfg = lambda bv, warps, stages: dict(BV=min(BVF, bv), num_warps=warps, num_stages=stages)
     nw = 8 if BK >= 64 else 4  # ptxas (sm_90, bf16): at 4 warps and K = 128 step 4 and 5 spill up to 1.8 KB
-    # K = 256: the sequential steps' [BT, 256] chunk tiles, double-buffered, ask for 240-290 KB of
-    # shared memory (over the H100's 227 KB, compiled for sm_90 on a CPU): one stage there
-    rule = cfg(32, nw, 2 if BK <= 128 else 1)
+    rule = cfg(32, nw, 2)
+    if BK > 128:  # K = 256: the sequential steps' [BT, 256] chunk tiles, double-buffered, ask for 232-290
+        # KB of shared memory at BV 32 (the H100 has 227 KB): 16-bit takes BV 16 (up to 228 KB, compiled
+        # for sm_90), fp32 one stage (250 KB at BV 16). Not one stage in 16-bit: Triton 3.6 builds step 3
+        # at one stage into an illegal memory access on the H100 (runs 58-60; the fp32 build unverified)
+        rule = cfg(16, nw, 2) if dtype.itemsize == 2 else cfg(32, nw, 1)
+    # steps 2 and 3 at 4 warps where K = 256 in 16-bit (the configuration run 60 ran), step 2 computing
+    # o there at BV 32 and one stage, as the forward tests ran it on the H100
+    seq = dict(rule, num_warps=4) if BK > 128 and dtype.itemsize == 2 else rule
+    state_o = dict(rule, num_warps=4) if BK <= 128 else cfg(32, 4, 1)
     timed = BK == 128 and BVF == 128 and dtype.itemsize == 2
     return dict(BK=BK, BKS=BK if timed else min(BK, 64),  # step 4's K slice (128: one slice, run 28)
                 wy=dict(BV=min(BK, 128), num_warps=4, num_stages=1),  # step 1, forward and the backward's recomputation
                 # the sequential steps 2 and 3: 2 V tiles a head (128 programs at B·H = 64, one an SM)
                 # with a 3-deep pipeline, against 4 tiles and 2 stages: 2.3x (step 2), 1.9x (step 3)
-                state_fwd=cfg(64, 4, 3) if timed else dict(rule, num_warps=4),  # step 2 computing o
-                state_rec=cfg(64, 4, 3) if timed else rule,  # step 2 in the backward (stores h, V_new)
-                state_bwd=cfg(64, 4, 3) if timed else rule,  # step 3
-                dqkw=cfg(64, 8, 3) if timed else rule,  # step 4
+                state_fwd=cfg(64, 4, 3) if timed else state_o,  # step 2 computing o
+                state_rec=cfg(64, 4, 3) if timed else seq,  # step 2 in the backward (stores h, V_new)
+                state_bwd=cfg(64, 4, 3) if timed else seq,  # step 3
+                dqkw=cfg(64, 8, 2) if timed else rule,  # step 4 (3 stages: wrong dw on the H100, runs 58-60)
                 wy_bwd=cfg(32, 4, 3) if timed else rule,  # step 5
                 recurrent=cfg(32, 4, 1))
 

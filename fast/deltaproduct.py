@@ -15,12 +15,14 @@ Decode: fast/deltanet.py's recurrent kernel with NH = n_h micro-steps per token 
 token loop (q, g and o per token, no interleaving); its gradient is the chunk backward over the
 micro-steps.
 
-Known, not understood (runs 54 and 57, H100, Triton 3.6, n_h = 2, B 4, 4096 tokens, bf16): two
-fwd + bwd on the same inputs give gradients that are not bit-identical (the delta and gated rules'
-are), and dk's error against the fp32 op is 4-6e-2 of its largest entry where the gated rule's is
-5e-3 (dq, dv 5e-3 as theirs; dg, dβ 1-2e-2). Under the interpreter the repeats are identical and
-no kernel reads memory it did not write (torch's fill_uninitialized_memory): the cause is on the
-GPU, unfound. The GPU tests against the zoo in float64 pass at their tolerances.
+Found and fixed (runs 58-61, H100, Triton 3.6): the gradients of runs 54-57 differed between two
+fwd + bwd on the same inputs, and dk was 4-6e-2 of its largest entry off the fp32 op's (the gated
+rule's 5e-3). The cause was step 4 of fast/deltanet.py built at 3 stages, 8 warps: a launch replayed
+on the same inputs wrote a different, wrong dw (off by up to 69% of its largest entry) in thousands
+of rows, with n_h = 2 every time, with the gated rule once. At 2 stages (the tile rule now) repeats
+are bit-identical, dk's error is 5.8e-3, and kept and recomputed intermediates give the same
+gradients to the bit (tests/test_deltaproduct_fast.py repeats a fwd + bwd on the GPU). The GPU
+tests against the zoo in float64 had passed at their tolerances throughout: too small to meet it.
 
 Legend: as in fast/deltanet.py (b_ blocks, p_ pointers, offs_/mask_, BT BK BV, h0/ht).
 """

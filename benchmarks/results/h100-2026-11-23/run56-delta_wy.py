@@ -17,7 +17,7 @@ import fast.deltanet as fd, fast.gated_deltanet as fg, fast.deltaproduct as fp
 import zoo.gated_deltanet as zg, zoo.deltaproduct as zdp
 label, cases = sys.argv[1], sys.argv[2].split(",")
 parse = lambda spec: {kv.split("=")[0]: tuple(int(x) for x in kv.split("=")[1].split(",")) for kv in spec.split(";")}
-configs = [parse(c) for c in sys.argv[3:]] or [None]
+configs = [parse(c) if c else None for c in sys.argv[3:]] or [None]  # "": the defaults
 dev = torch.device(os.environ.get("RUN56_DEVICE", "cuda"))  # cpu + TRITON_INTERPRET=1: a check of this script
 B, T, H, D = (4, 8192, 16, 128) if dev.type == "cuda" else (1, 128, 2, 32)
 DT = torch.bfloat16 if dev.type == "cuda" else torch.float32  # the interpreter gets bf16 wrong
