@@ -87,26 +87,31 @@ Tile rule (head dims and dtype only; T is never a compile key: it is in do_not_s
     (gated 0.875 / 2.841, DeltaProduct 0.847 / 2.680), with step 4 at 2 stages (below): 0.06 ms
     slower than at 3 stages (2.460 in run 58), which gave wrong results.
   Triton 3.6 miscompiles, found on the H100 and avoided by the rule (not by a change to the math):
-    step 4 at 3 stages (8 warps, BV 32 or 64) wrote a different dw on two launches with the same
-    inputs: with the gate and n_h = 2, off by 31-69% of dw's largest entry in 9 k to 32 k of its 32 k
-    (batch, micro-step) rows, every repeat; the gated rule's once in 63 rows (runs 58-60: one captured launch replayed,
-    benchmarks/results/h100-2026-11-23/run59-step4.py). At 2 stages, at 1, and at 4 warps with 3
-    stages every repeat was identical and dw matched fp32 torch to 2.4e-3. Step 4 at 4 warps is 0.08
-    ms slower (gated 0.41), so 8 warps and 2 stages. This was DeltaProduct's nondeterminism and its
-    4-6e-2 dk error (now 5.8e-3, as the gated rule's), and likely the "4 warps away from 8 warps"
-    gated gradients met in session 5. Step 3 at one stage (any BV, 4 or 8 warps) faults with an
-    illegal memory access at K = V = 256 in 16-bit; step 2 at one stage gave gated outputs off by up
-    to 1.9 at BV 16 once (session 5). So in 16-bit only step 1 (no loop to pipeline at K = 128) and
-    step 2 computing o at K = 256 (below) run at one stage.
+    step 4 with the gate, its loop over V tiles pipelined, wrote a different dw on two launches with
+    the same inputs (one captured launch replayed, benchmarks/results/h100-2026-11-23/run59-step4.py):
+    at K = 128, BV 32 or 64 at 3 stages, 8 warps (runs 58-60); at K = 64, BV 32 at 2 stages, 4 or 8
+    warps (run 62). With n_h = 2 off by 31-69% of dw's largest entry in thousands of rows, every
+    repeat; the gated rule's once in 63 rows. Identical on every repeat, with dw matching fp32 torch
+    to 2.3-2.4e-3: one stage (K = 64 and 128), one V tile at 2 stages (K = 64, BV 64), and at K = 128
+    BV 64 at 2 stages or at 4 warps with 3 stages. So step 4 takes one V tile up to V = 64 in
+    16-bit and one stage otherwise, but for the timed (64, 8, 2) at K = V = 128 (4 warps there:
+    0.08 ms slower, gated 0.41); the other head dims' new step 4 is compiled, not run on the GPU. This was DeltaProduct's
+    nondeterminism and its 4-6e-2 dk error (5.8e-3 at K = 128 now, as the gated rule's), and likely
+    the "4 warps away from 8 warps" gated gradients met in session 5. Step 3 at one stage (any BV,
+    4 or 8 warps) faults with an illegal memory access at K = V = 256 in 16-bit; step 2 at one stage
+    gave gated outputs off by up to 1.9 at BV 16 once (session 5). So in 16-bit steps 2' and 3 keep
+    2 stages everywhere (step 1 has no loop to pipeline at K = 128; step 2 computing o at K = 256
+    runs one stage, below).
   Other head dims and fp32 keep the rule ptxas counts chose (BV = 32, 2 stages; 8 warps from K =
   64, 4 below: at 4 warps and K = 128 steps 4 and 5 spill up to 1.8 KB a thread). At K = 256 two
   stages at BV 32 ask more shared memory than the H100 has (232-290 KB; tests/test_deltanet_fast.py
   compiles every kernel for sm_90 on a CPU and bounds it): 16-bit takes BV 16 and 2 stages for
-  steps 2' to 5 (steps 2' and 3 at 4 warps), step 2 computing o BV 32 at one stage (what the
-  forward and gradient tests passed with on the H100; BV 16 at two stages fits, 223-228 KB, but
-  never ran); fp32 one stage, where BV 16 at two still asks 250 KB. On the H100 (run 61)
-  every fast GPU test of the family passed, the K = 256 gradients in 16-bit among them; fp32 at K =
-  256 is compiled, not run on the GPU. H stays a compile-time
+  steps 2', 3 and 5 (2' and 3 at 4 warps), step 4 one stage (above), step 2 computing o BV 32 at
+  one stage (what the forward and gradient tests passed with on the H100; BV 16 at two stages
+  fits, 223-228 KB, but never ran); fp32 one stage, where BV 16 at two still asks 250 KB. On the
+  H100 (run 61) every fast GPU test of the family passed, the K = 256 gradients in 16-bit among
+  them (step 4 then at BV 16 and 2 stages); fp32 at K = 256 and step 4's one-stage rule are
+  compiled, not run on the GPU. H stays a compile-time
   constant (with a runtime H the row strides H·K are not constants, and ptxas for sm_90 spills
   ~550 bytes a thread in the sequential kernels).
   No row masks: the host pads T to a multiple of 64 (see _pad_to_chunk); head dims are masked
@@ -250,6 +255,13 @@ def _tiles(K: int, V: int, dtype: torch.dtype) -> dict:
     # steps 2 and 3 at 4 warps where K = 256 in 16-bit (the configuration run 60 ran), step 2 computing
     # o there at BV 32 and one stage, as the forward tests ran it on the H100
     seq = dict(rule, num_warps=4) if BK > 128 and dtype.itemsize == 2 else rule
+    # step 4 walks V in tiles of BV: with the gate, Triton 3.6 builds that loop, pipelined over two or
+    # more tiles, into a wrong and nondeterministic dw on the H100 (K = 64: BV 32 at 2 stages, 4 or 8
+    # warps; K = 128: BV 32 or 64 at 3 stages; runs 58-62). Correct in every replay: one tile (BV = V)
+    # at 2 stages, or one stage. So V ≤ 64 in 16-bit takes one tile, the rest one stage (fp32 at one
+    # tile of 64 spills 1.2 KB, Triton 3.6's ptxas), but for the timed (64, 8, 2) at K = V = 128,
+    # replayed correct at the benchmark's size (run 60)
+    dqkw = cfg(64, nw, 2) if BVF <= 64 and dtype.itemsize == 2 else dict(rule, num_stages=1)
     state_o = dict(rule, num_warps=4) if BK <= 128 else cfg(32, 4, 1)
     timed = BK == 128 and BVF == 128 and dtype.itemsize == 2
     return dict(BK=BK, BKS=BK if timed else min(BK, 64),  # step 4's K slice (128: one slice, run 28)
@@ -259,7 +271,7 @@ def _tiles(K: int, V: int, dtype: torch.dtype) -> dict:
                 state_fwd=cfg(64, 4, 3) if timed else state_o,  # step 2 computing o
                 state_rec=cfg(64, 4, 3) if timed else seq,  # step 2 in the backward (stores h, V_new)
                 state_bwd=cfg(64, 4, 3) if timed else seq,  # step 3
-                dqkw=cfg(64, 8, 2) if timed else rule,  # step 4 (3 stages: wrong dw on the H100, runs 58-60)
+                dqkw=cfg(64, 8, 2) if timed else dqkw,  # step 4 (3 stages: wrong dw on the H100, runs 58-60)
                 wy_bwd=cfg(32, 4, 3) if timed else rule,  # step 5
                 recurrent=cfg(32, 4, 1))
 
