@@ -241,7 +241,7 @@ def _tiles(K: int, V: int, dtype: torch.dtype) -> dict:
     configuration per kernel: BV (the value tile of the sequential kernels, the column slice of
     steps 1, 4 and 5), num_warps, num_stages. Chosen by measurement on the H100 at K = V = 128 in
     16-bit (the card's "Tiles"); other head dims and fp32 keep the rule ptxas counts chose before
-    (BV 32, 2 stages, 8 warps from K = 64): in fp32 the timed 3-stage pipelines of steps 2-4 ask
+    (BV 32, 2 stages, 8 warps from K = 64; step 4 and K = 256 apart, below): in fp32 the timed 3-stage pipelines of steps 2-4 ask
     for 330-360 KB of shared memory, over the H100's 227 KB (OutOfResources on the GPU, run 56)."""
     BK, BVF = _pow2(K), _pow2(V)
     cfg = lambda bv, warps, stages: dict(BV=min(BVF, bv), num_warps=warps, num_stages=stages)
