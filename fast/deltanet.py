@@ -249,8 +249,8 @@ def _tiles(K: int, V: int, dtype: torch.dtype) -> dict:
     rule = cfg(32, nw, 2)
     if BK > 128:  # K = 256: the sequential steps' [BT, 256] chunk tiles, double-buffered, ask for 232-290
         # KB of shared memory at BV 32 (the H100 has 227 KB): 16-bit takes BV 16 (up to 228 KB, compiled
-        # for sm_90), fp32 one stage (250 KB at BV 16). Not one stage in 16-bit: Triton 3.6 builds step 3
-        # at one stage into an illegal memory access on the H100 (runs 58-60; the fp32 build unverified)
+        # for sm_90), fp32 one stage (250 KB at BV 16). Steps 2' and 3 not at one stage in 16-bit: Triton
+        # 3.6 builds step 3 so into an illegal memory access on the H100 (runs 58-60; fp32 unverified)
         rule = cfg(16, nw, 2) if dtype.itemsize == 2 else cfg(32, nw, 1)
     # steps 2 and 3 at 4 warps where K = 256 in 16-bit (the configuration run 60 ran), step 2 computing
     # o there at BV 32 and one stage, as the forward tests ran it on the H100
