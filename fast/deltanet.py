@@ -1004,9 +1004,14 @@ def _contiguous(*xs):
 # same dtypes, H, K, V and flags. Measured on the H100
 # (runs 20-22: fresh process, empty caches, B = 4, T = 8192, H = 16, K = V = 128): fwd + bwd in
 # series 7.3 s (delta rule), 11.3 s (gated), 10.5 s (DeltaProduct); side by side 4.7-5.0, 5.1-5.5,
-# 5.9-6.0 s, the WY kernel's compile (1.6-4.2 s, longer beside others) the longest. A forward alone
-# (two kernels) compiles in series: side by side its WY compile slowed more than the other one
-# saved (2.7 -> 3.9 s, delta rule). The latest (run 30) are in the card's "first call".
+# 5.9-6.0 s, the WY kernel's compile (1.6-4.2 s, longer beside others) the longest. A forward
+# without gradients (two kernels) compiled in series at its launches until session 17: side by
+# side its WY compile had slowed more than the other one saved, once (2.7 -> 3.9 s, delta rule,
+# run 21). But in runs 58 and 64 every such forward took longer than the same op's forward +
+# backward with its five kernels side by side (delta rule 4.06 / 4.86 s against 2.88 / 3.93, gated
+# 3.57 / 5.59 against 3.28, DeltaProduct 4.87 against 3.91; each loads its binaries and builds its
+# launchers at the launch, not on the pool), and the gated one went over 5 s: so it dry-runs too.
+# The latest are in the card's "first call".
 def _tiny(x, nh=1):
     """A zero tensor like x [B, T, H(, ·)] with batch 1 and one chunk of micro-steps (CHUNK // nh
     rows for a tensor with a row per token)."""
@@ -1027,10 +1032,10 @@ def _tiny_state(h0):
     return None if h0 is None else h0.new_zeros(1, *h0.shape[1:])
 
 
-def _fwd_plan(q, k, v, g, beta, h0, scale, nh=1):
-    """{key: dry run} of the forward as training calls it (keeping SAVED when SAVE_INTERMEDIATES);
-    the tiny inputs are made only if the dry run runs."""
-    keep = SAVE_INTERMEDIATES
+def _fwd_plan(q, k, v, g, beta, h0, scale, nh=1, keep=None):
+    """{key: dry run} of the forward, keeping SAVED or not (None: as training calls it, keeping them
+    when SAVE_INTERMEDIATES); the tiny inputs are made only if the dry run runs."""
+    keep = SAVE_INTERMEDIATES if keep is None else keep
     return {("fwd", keep) + _variants(q, v, g, h0, nh): lambda: _chunk_fwd(
         *_tiny_inputs(q, k, v, g, beta, nh), _tiny_state(h0), scale, nh, keep=keep)}
 
@@ -1050,13 +1055,15 @@ def _bwd_plan(q, k, v, g, beta, h0, scale, has_dht: bool, saved: bool, nh=1):
 def chunk_fwd(q, k, v, g, beta, h0, scale: float, output_final_state: bool, num_householder: int = 1):
     """The family's chunk op as the public functions call it: q and g a row per token, k, v, β
     num_householder rows per token. With gradients on, the forward keeps its intermediates for the
-    backward (SAVE_INTERMEDIATES), and in eager mode the backward's kernels compile beside the
-    forward's on the first call (see above)."""
+    backward (SAVE_INTERMEDIATES). In eager mode the first call compiles the forward's kernels side
+    by side, and with gradients on the backward's beside them (see above)."""
     grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, beta, h0))
     keep = grad and SAVE_INTERMEDIATES
-    if grad and not torch.compiler.is_compiling():  # compiled, the ops' own first calls compile theirs
-        precompile({**_fwd_plan(q, k, v, g, beta, h0, scale, num_householder),
-                    **_bwd_plan(q, k, v, g, beta, h0, scale, output_final_state, keep, num_householder)})
+    if not torch.compiler.is_compiling():  # compiled, the ops' own first calls compile theirs
+        plans = _fwd_plan(q, k, v, g, beta, h0, scale, num_householder, keep)
+        if grad:
+            plans.update(_bwd_plan(q, k, v, g, beta, h0, scale, output_final_state, keep, num_householder))
+        precompile(plans)
     return torch.ops.zoo.gated_delta_rule_chunk_fwd(q, k, v, g, beta, h0, scale, output_final_state,
                                                     num_householder, keep)[:2]
 

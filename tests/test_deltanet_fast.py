@@ -405,6 +405,29 @@ def test_first_call_dry_runs_make_the_launches_of_a_real_forward_and_backward(mo
     assert fcomp.precompile(plans) == []  # each key once a process
 
 
+@pytest.mark.skipif(not fcomp.INTERPRET, reason="the interpreter's dry run records launches; a GPU compiles them")
+@pytest.mark.parametrize("gated,with_state", [(False, False), (True, True)])
+def test_a_forward_without_gradients_compiles_from_its_own_dry_run(monkeypatch, gated, with_state):
+    # its two kernels side by side on the first call (runs 58, 64: compiled at their launches, one
+    # after the other, the forward's first call took longer than the forward + backward's)
+    s = Shape(2, 100, 3, 16, 32)
+    q, k, v, g, beta, h0 = _first_call_case(s, gated, with_state)
+    plans = fd._fwd_plan(q, k, v, g, beta, h0, 0.5, keep=False)
+    fcomp._done.difference_update(plans)
+    dry = fcomp.precompile(plans)
+    real, launch = [], fd.launch
+    monkeypatch.setattr(fd, "launch", lambda kern, grid, *a, **kw: (real.append(fcomp.signature(kern, kw)),
+                                                                    launch(kern, grid, *a, **kw)))
+    x = [t.requires_grad_() if t is not None else None for t in (q, k, v, g, beta, h0)]
+    with torch.no_grad():
+        fd.chunk_fwd(*x, 0.5, True)
+    assert sorted(set(dry)) == sorted(set(real)) and len(real) == 2, (dry, real)  # step 1, step 2 (o only)
+    fcomp._done.difference_update(plans)
+    with torch.no_grad():
+        fd.chunk_fwd(*x, 0.5, True)
+    assert set(plans) <= fcomp._done  # the op ran the dry run itself
+
+
 def _kernel_with_a_runtime_flag(x, T, STORE_X, USE_G: tl.constexpr):  # the WY kernel's kinds of argument
     pass
 
@@ -438,16 +461,21 @@ def test_the_dry_runs_compile_each_variant_once():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("gated", [False, True])
-def test_after_the_dry_runs_a_first_forward_and_backward_compiles_nothing(gated):
-    s = Shape(1, 200, 5, 48, 48)  # H = 5, K = V = 48: variants no other test compiles
+@pytest.mark.parametrize("gated,grad", [(False, True), (True, True), (True, False)])
+def test_after_the_dry_runs_a_first_forward_and_backward_compiles_nothing(gated, grad):
+    s = Shape(1, 200, 5 if grad else 6, 48, 48)  # H = 5 or 6, K = V = 48: variants no other test compiles
     q, k, v, g, beta, h0 = _first_call_case(s, gated, True, torch.bfloat16, "cuda")
     dev = torch.cuda.current_device()
     fns = [fcomp.jit_function(kern) for kern in KERNELS]
-    fcomp.precompile({**fd._fwd_plan(q, k, v, g, beta, h0, 0.5),
-                      **fd._bwd_plan(q, k, v, g, beta, h0, 0.5, False, fd.SAVE_INTERMEDIATES)})
+    keep = grad and fd.SAVE_INTERMEDIATES
+    plans = fd._fwd_plan(q, k, v, g, beta, h0, 0.5, keep=keep)
+    if grad:
+        plans.update(fd._bwd_plan(q, k, v, g, beta, h0, 0.5, False, keep))
+    fcomp.precompile(plans)
     compiled = [len(fn.device_caches[dev][0]) for fn in fns]
     x = [t.requires_grad_() if t is not None else None for t in (q, k, v, g, beta, h0)]
-    o, _ = fd.chunk_fwd(*x, 0.5, False)
-    o.float().sum().backward()
+    with torch.set_grad_enabled(grad):
+        o, _ = fd.chunk_fwd(*x, 0.5, False)
+    if grad:
+        o.float().sum().backward()
     assert [len(fn.device_caches[dev][0]) for fn in fns] == compiled
