@@ -95,7 +95,8 @@ Tile rule (head dims and dtype only; T is never a compile key: it is in do_not_s
     to 2.3-2.4e-3: one stage (K = 64 and 128), one V tile at 2 stages (K = 64, BV 64), and at K = 128
     BV 64 at 2 stages or at 4 warps with 3 stages. So step 4 takes one V tile up to V = 64 in
     16-bit and one stage otherwise, but for the timed (64, 8, 2) at K = V = 128 (4 warps there:
-    0.08 ms slower, gated 0.41); the other head dims' new step 4 is compiled, not run on the GPU. This was DeltaProduct's
+    0.08 ms slower, gated 0.41); at K = 64 the repeat test's gradients came out bit-identical on
+    the H100 (run 63), as at 128. This was DeltaProduct's
     nondeterminism and its 4-6e-2 dk error (5.8e-3 at K = 128 now, as the gated rule's), and likely
     the "4 warps away from 8 warps" gated gradients met in session 5. Step 3 at one stage (any BV,
     4 or 8 warps) faults with an illegal memory access at K = V = 256 in 16-bit; step 2 at one stage
@@ -110,8 +111,8 @@ Tile rule (head dims and dtype only; T is never a compile key: it is in do_not_s
   one stage (what the forward and gradient tests passed with on the H100; BV 16 at two stages
   fits, 223-228 KB, but never ran); fp32 one stage, where BV 16 at two still asks 250 KB. On the
   H100 (run 61) every fast GPU test of the family passed, the K = 256 gradients in 16-bit among
-  them (step 4 then at BV 16 and 2 stages); fp32 at K = 256 and step 4's one-stage rule are
-  compiled, not run on the GPU. H stays a compile-time
+  them (step 4 then at BV 16 and 2 stages); run 63, with step 4 at one stage there, passed them
+  all again (40), and the fp32 tests on the GPU (10, K = 256 among them). H stays a compile-time
   constant (with a runtime H the row strides H·K are not constants, and ptxas for sm_90 spills
   ~550 bytes a thread in the sequential kernels).
   No row masks: the host pads T to a multiple of 64 (see _pad_to_chunk); head dims are masked
@@ -250,7 +251,8 @@ def _tiles(K: int, V: int, dtype: torch.dtype) -> dict:
     if BK > 128:  # K = 256: the sequential steps' [BT, 256] chunk tiles, double-buffered, ask for 232-290
         # KB of shared memory at BV 32 (the H100 has 227 KB): 16-bit takes BV 16 (up to 228 KB, compiled
         # for sm_90), fp32 one stage (250 KB at BV 16). Steps 2' and 3 not at one stage in 16-bit: Triton
-        # 3.6 builds step 3 so into an illegal memory access on the H100 (runs 58-60; fp32 unverified)
+        # 3.6 builds step 3 so into an illegal memory access on the H100 (runs 58-60; fp32 at one stage
+        # passed its GPU tests, run 63)
         rule = cfg(16, nw, 2) if dtype.itemsize == 2 else cfg(32, nw, 1)
     # steps 2 and 3 at 4 warps where K = 256 in 16-bit (the configuration run 60 ran), step 2 computing
     # o there at BV 32 and one stage, as the forward tests ran it on the H100
