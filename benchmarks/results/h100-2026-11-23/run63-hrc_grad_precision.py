@@ -9,8 +9,8 @@ B 4, T 4096, H 16, D 64, M 256, causal, bf16 inputs of benchmarks.specs (seed 0)
 Each configuration: max |diff| / max |ref| and relative RMS of o, dq, dk, dv against (a) the fast
 op on the same inputs in fp32 (tf32x3) and (b) the zoo chunk form in fp64; the row of dq's largest
 error; fwd+bwd median ms (CUDA events through benchmarks.measure.time_ms). argv: configuration
-names (default: the six run 63 ran; run 65 added "fp32 records and tf32x3 in the backward":
-HALF_RECORDS off and tf32x3 for the backward's launches only).
+names (default: the six run 63 ran; levers joined by " + ", see setting(); "fp32 records and tf32x3
+in the backward": HALF_RECORDS off and tf32x3 for the backward's launches only).
 On a CPU (TRITON_INTERPRET=1): a check of the script at a tiny size."""
 import contextlib, os, sys
 sys.path.insert(0, os.getcwd())
@@ -22,6 +22,8 @@ import zoo.hrc_la as zh
 
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 B, T, H, D = (4, 4096, 16, 64) if dev.type == "cuda" else (1, 128, 2, 16)
+if os.environ.get("RUN63_SHAPE"):  # "B,T,H,D": another size (the interpreter at head dim 64, session 17)
+    B, T, H, D = (int(n) for n in os.environ["RUN63_SHAPE"].split(","))
 x = specs.HRC_LA.make_inputs(B, T, H, D, torch.bfloat16, dev, True, 0)
 om = x["omega"][0].expand(H, *x["omega"][0].shape).contiguous()
 cot = torch.randn(B, T, H, D, device=dev, generator=torch.Generator(device=dev).manual_seed(1))
@@ -42,25 +44,29 @@ print("fast fp32 vs zoo fp64: " + " ".join(f"{n} {((a - r).abs().max() / r.abs()
 
 @contextlib.contextmanager
 def setting(name):
+    """name: "default", "all three", or levers joined by " + " ("HALF_RECORDS off", "FEATURE_DOTS_16
+    off", "tf32x3 everywhere", "tf32x3 in the backward", "fp32 records and tf32x3 in the backward")."""
     saved = (fh.HALF_RECORDS, fh.FEATURE_DOTS_16, rf.dot_precision, fh._launch_parallel_bwd)
     exact = lambda q: "tf32x3"  # noqa: E731
-    if name == "HALF_RECORDS off":
-        fh.HALF_RECORDS = False
-    elif name == "FEATURE_DOTS_16 off":
-        fh.FEATURE_DOTS_16 = False
-    elif name == "tf32x3 everywhere":
-        rf.dot_precision = exact
-    elif name in ("tf32x3 in the backward", "fp32 records and tf32x3 in the backward"):
-        def bwd(*a, **kw):  # the backward walks again and writes its own records
+    levers = ["HALF_RECORDS off", "FEATURE_DOTS_16 off", "tf32x3 everywhere"] if name == "all three" else name.split(" + ")
+    for lever in levers:
+        if lever == "HALF_RECORDS off":
+            fh.HALF_RECORDS = False
+        elif lever == "FEATURE_DOTS_16 off":
+            fh.FEATURE_DOTS_16 = False
+        elif lever == "tf32x3 everywhere":
             rf.dot_precision = exact
-            fh.HALF_RECORDS = saved[0] and name == "tf32x3 in the backward"
-            try:
-                return saved[3](*a, **kw)
-            finally:
-                rf.dot_precision, fh.HALF_RECORDS = saved[2], saved[0]
-        fh._launch_parallel_bwd = bwd
-    elif name == "all three":
-        fh.HALF_RECORDS, fh.FEATURE_DOTS_16, rf.dot_precision = False, False, exact
+        elif lever in ("tf32x3 in the backward", "fp32 records and tf32x3 in the backward"):
+            def bwd(*a, lever=lever, half=fh.HALF_RECORDS, **kw):  # the backward walks again, writing its own records
+                rf.dot_precision = exact
+                fh.HALF_RECORDS = half and lever == "tf32x3 in the backward"
+                try:
+                    return saved[3](*a, **kw)
+                finally:
+                    rf.dot_precision, fh.HALF_RECORDS = saved[2], half
+            fh._launch_parallel_bwd = bwd
+        elif lever != "default":
+            raise ValueError(f"unknown setting {lever!r}")
     try:
         yield
     finally:
