@@ -194,7 +194,11 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     5 in slices of 64 and 32 at 4 and 8 warps; the kept tiles, one slice of 128 and 32 at 4 warps,
     not measured for first calls): 1.45, 1.98, 1.98 s; forwards 2.06, 2.53, 2.58 s. Run 58 (the kept
     tiles, step 4 still at 3 stages; one run each): 2.88, 3.28, 3.91 s; forwards 4.06, 3.57, 4.87 s:
-    under issue 2's 5 s, DeltaProduct's forward by 0.13 s only.
+    under issue 2's 5 s, DeltaProduct's forward by 0.13 s only. Run 64 (the benchmark harness):
+    delta rule 3.93 s, forwards 4.86 (delta rule) and **5.59 s (gated): over 5 s**. Every forward
+    without gradients took longer than its op's fwd + bwd: it compiled at its launches, one kernel
+    after the other. Since session 17 it dry-runs its two kernels side by side (chunk_fwd; the
+    comment above _tiny): not yet measured on the GPU.
   registers (ptxas, Triton 3.6, sm_90, bf16, K = V = 128, the module's tiles): step 1 (4 warps,
     one slice of 128) 255, no spill (gated too; it spilled 40-120 B before k was read again for W);
     step 5 (4 warps, slices of 32) 196, gated 236, no spill (the whole-K kernel: 254 at 8 warps);

@@ -205,6 +205,17 @@ Cost at the issue's size (as the forward's: NT = 128 a sequence, 8192 records of
     launches (run 30), 6.0 s side by side from a dry run (_first_call_plan, run 31), 4.66 s (run
     34), 2.94 s (run 50; the forward alone 2.72 s), 3.49 s (run 52, another host; forward 3.43 s):
     under issue 2's 5 s.
+  Gradients in 16-bit near the floor (runs 62-63; benchmarks/results/h100-2026-11-23/run63-*): on
+    bf16 inputs at B 4, T 4096, H 16, D 64, dq was off by 6.6e-2 of its largest entry (dk 3.5e-2;
+    relative RMS 1.0e-2) against the same op on the inputs in fp32, which agrees with the fp64 zoo
+    to 2e-6. Not a rounding that grows: the worst rows are those where den_t is within a rounding
+    of the floor eps·n_t, and there (3)'s max takes den's side in one precision and the floor's in
+    the other, so the gradient through den is there or not (the floor passes none). The
+    interpreter reproduces it at T = 128 (dq 1.7e-1 over all 8192 rows, 6.9e-3 without the 27
+    within 1% of the floor; run63-hrc_kink_cpu.py), so neither tf32 nor the SFU's sin/cos cause
+    it. On the GPU only turning off bf16 records, bf16 feature dots and tf32 together brought it
+    to 3.0e-3, at 1.85x the time (12.1 ms against 6.6, that size): a different rounding picks
+    other rows' sides, it does not remove the kink. Any max() safeguard has it; the zoo's too.
 
 Serial walk (non-causal, and causal with CHUNK_PARALLEL = False)
 ----------------------------------------------------------------
