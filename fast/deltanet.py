@@ -198,7 +198,8 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     delta rule 3.93 s, forwards 4.86 (delta rule) and **5.59 s (gated): over 5 s**. Every forward
     without gradients took longer than its op's fwd + bwd: it compiled at its launches, one kernel
     after the other. Since session 17 it dry-runs its two kernels side by side (chunk_fwd; the
-    comment above _tiny): not yet measured on the GPU.
+    comment above _tiny): not yet measured on the GPU. Compiled for sm_90 on a 2-core CPU (compile
+    only): 2.4-3.5 s one after the other, 2.0-2.6 s side by side (delta rule and gated).
   registers (ptxas, Triton 3.6, sm_90, bf16, K = V = 128, the module's tiles): step 1 (4 warps,
     one slice of 128) 255, no spill (gated too; it spilled 40-120 B before k was read again for W);
     step 5 (4 warps, slices of 32) 196, gated 236, no spill (the whole-K kernel: 254 at 8 warps);
