@@ -382,6 +382,17 @@ def _first_call_case(s: Shape, gated: bool, with_state: bool, dtype=F32, dev=DEV
     return q, k, v, g, beta, h0
 
 
+def _dry_run_then_real_launches(monkeypatch, plans, call):
+    """The launches `plans`' dry runs record (their keys forgotten first), then those `call` makes."""
+    fcomp._done.difference_update(plans)
+    dry = fcomp.precompile(plans)
+    real, launch = [], fd.launch
+    monkeypatch.setattr(fd, "launch", lambda kern, grid, *a, **kw: (real.append(fcomp.signature(kern, kw)),
+                                                                    launch(kern, grid, *a, **kw)))
+    call()
+    return dry, real
+
+
 @pytest.mark.skipif(not fcomp.INTERPRET, reason="the interpreter's dry run records launches; a GPU compiles them")
 @pytest.mark.parametrize("gated,with_state", [(False, False), (True, True)])
 @pytest.mark.parametrize("keep", [True, False])
@@ -390,14 +401,12 @@ def test_first_call_dry_runs_make_the_launches_of_a_real_forward_and_backward(mo
     s = Shape(2, 100, 3, 16, 32)
     q, k, v, g, beta, h0 = _first_call_case(s, gated, with_state)
     plans = {**fd._fwd_plan(q, k, v, g, beta, h0, 0.5), **fd._bwd_plan(q, k, v, g, beta, h0, 0.5, True, keep)}
-    fcomp._done.difference_update(plans)
-    dry = fcomp.precompile(plans)
-    real, launch = [], fd.launch
-    monkeypatch.setattr(fd, "launch", lambda kern, grid, *a, **kw: (real.append(fcomp.signature(kern, kw)),
-                                                                    launch(kern, grid, *a, **kw)))
     x = [t.requires_grad_() if t is not None else None for t in (q, k, v, g, beta, h0)]
-    o, ht = fd.chunk_fwd(*x, 0.5, True)
-    torch.autograd.backward((o, ht), (torch.ones_like(o), torch.ones_like(ht)))
+
+    def real_call():
+        o, ht = fd.chunk_fwd(*x, 0.5, True)
+        torch.autograd.backward((o, ht), (torch.ones_like(o), torch.ones_like(ht)))
+    dry, real = _dry_run_then_real_launches(monkeypatch, plans, real_call)
     # kept: steps 1 and 2 (storing X, h and V_new beside o), then 3, 4, 5; else the backward
     # recomputes steps 1 and 2 first. The dry run compiles each variant once (its tiny forward for
     # the saved tensors launches the forward's own variants again)
@@ -413,14 +422,8 @@ def test_a_forward_without_gradients_compiles_from_its_own_dry_run(monkeypatch, 
     s = Shape(2, 100, 3, 16, 32)
     q, k, v, g, beta, h0 = _first_call_case(s, gated, with_state)
     plans = fd._fwd_plan(q, k, v, g, beta, h0, 0.5, keep=False)
-    fcomp._done.difference_update(plans)
-    dry = fcomp.precompile(plans)
-    real, launch = [], fd.launch
-    monkeypatch.setattr(fd, "launch", lambda kern, grid, *a, **kw: (real.append(fcomp.signature(kern, kw)),
-                                                                    launch(kern, grid, *a, **kw)))
     x = [t.requires_grad_() if t is not None else None for t in (q, k, v, g, beta, h0)]
-    with torch.no_grad():
-        fd.chunk_fwd(*x, 0.5, True)
+    dry, real = _dry_run_then_real_launches(monkeypatch, plans, torch.no_grad()(lambda: fd.chunk_fwd(*x, 0.5, True)))
     assert sorted(set(dry)) == sorted(set(real)) and len(real) == 2, (dry, real)  # step 1, step 2 (o only)
     fcomp._done.difference_update(plans)
     with torch.no_grad():
