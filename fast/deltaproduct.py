@@ -23,8 +23,8 @@ of rows, with n_h = 2 every time, with the gated rule once; at K = 64 the same a
 62). At K = 128 at 2 stages (run 61) repeats are bit-identical, dk's error is 5.8e-3, and kept and
 recomputed intermediates give the same gradients to the bit; with the tile rule's fix for other
 head dims (one V tile up to V = 64 in 16-bit, or one stage) the repeated fwd + bwd of
-tests/test_deltaproduct_fast.py gave bit-identical gradients at K = 64 and 128 (run 63). The GPU tests against the zoo in float64 had passed at their
-tolerances throughout: too small to meet it.
+tests/test_deltaproduct_fast.py gave bit-identical gradients at K = 64 and 128 (run 63). The GPU
+tests against the zoo in float64 had passed at their tolerances throughout: too small to meet it.
 
 Legend: as in fast/deltanet.py (b_ blocks, p_ pointers, offs_/mask_, BT BK BV, h0/ht).
 """
