@@ -156,6 +156,13 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     1.0-1.6 s against 3.3-4.3); at 8 warps or under maxnreg 128/168 0.74-0.84 ms; (e) step 1 split
     into a solve kernel (X stored) and an apply kernel (R, W, U), each at its own occupancy: 0.657
     ms at best. The solve's latency, at two blocks an SM, is what holds step 1.
+    Session 17, from the sm_90 build (Triton 3.6, compiled on a CPU; not timed): Triton lays the
+    [16, 16, 4] tensor of _invert_unit_lower4 out with column bit 3 on the warps (and 2 of the 4
+    warps holding copies), so each of the 15 steps extracts column m of A across warps: 3
+    bar.sync, 18 shared-memory accesses and 41 shuffles a step, though that column does not depend
+    on X (X's row, reduced over rows, stays inside a warp). 15 such steps, ~31 programs in series
+    an SM, are of the order of the ~0.13 ms the solve costs. The lead for issue 3's forward: a
+    solve whose per-step extraction stays inside a warp (Triton's language sets no layouts).
   bytes, backward: 1 (6.5X, X in fp32), 2' (6.5X: h is 2X), 3 (7.5X), 4 (12–15X), 5 (8X): ≈ 42X
     = 5.6 GB, 1.9 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
     read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
