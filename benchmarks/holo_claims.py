@@ -40,7 +40,6 @@ import time
 import torch
 import torch.nn as nn
 
-from train import data as D
 from train.config import validate
 from train.holo_transformer import HoloConfig, HoloTransformer
 from train.model import LM

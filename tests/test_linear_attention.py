@@ -531,7 +531,7 @@ def _bad_cases():
 @pytest.mark.parametrize("case", range(len(_bad_cases()[0])), ids=[c[0] for c in _bad_cases()[0]])
 @pytest.mark.parametrize("mod", [zla, fla_fast], ids=["zoo", "fast"])
 def test_bad_inputs_raise_clear_errors(case, mod):
-    (name, changes, err, msg), (q, k, v) = _bad_cases()[0][case], _bad_cases()[1]
+    (_, changes, err, msg), (q, k, v) = _bad_cases()[0][case], _bad_cases()[1]
     args = {**dict(q=q, k=k, v=v), **changes}
     ops = [mod.linear_attention_chunk, mod.linear_attention_recurrent]
     if mod is zla:

@@ -363,7 +363,7 @@ def _bad_cases():
 
 @pytest.mark.parametrize("case", range(len(_bad_cases()[0])), ids=[c[0] for c in _bad_cases()[0]])
 def test_bad_inputs_raise_clear_errors(case):
-    (name, changes, err, msg), (q, k, v) = _bad_cases()[0][case], _bad_cases()[1]
+    (_, changes, err, msg), (q, k, v) = _bad_cases()[0][case], _bad_cases()[1]
     args = {**dict(q=q, k=k, v=v), **changes}
     ops = [zw.sliding_window_attention_chunk, fw.sliding_window_attention_chunk]
     if "chunk_size" not in changes:

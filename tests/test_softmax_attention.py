@@ -378,7 +378,7 @@ def _bad_cases():
 @pytest.mark.parametrize("case", range(len(_bad_cases()[0])), ids=[c[0] for c in _bad_cases()[0]])
 @pytest.mark.parametrize("mod", [zsa, fsa], ids=["zoo", "fast"])
 def test_bad_inputs_raise_clear_errors(case, mod):
-    (name, changes, err, msg), (q, k, v) = _bad_cases()[0][case], _bad_cases()[1]
+    (_, changes, err, msg), (q, k, v) = _bad_cases()[0][case], _bad_cases()[1]
     args = {**dict(q=q, k=k, v=v), **changes}
     ops = [mod.softmax_attention_chunk]
     if mod is zsa and "chunk_size" not in changes:
