@@ -293,7 +293,7 @@ def _tiles(K: int, V: int, dtype: torch.dtype) -> dict:
 def _launch_options(c: dict) -> dict:
     """A kernel's entry of _tiles without its tile size: the launch options (num_warps, num_stages,
     and maxnreg where an entry sets one), what every launcher passes."""
-    return {k: x for k, x in c.items() if k not in ("BV",)}
+    return {k: x for k, x in c.items() if k != "BV"}
 
 
 def _precision(dtype: torch.dtype) -> str:
