@@ -163,6 +163,11 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     on X (X's row, reduced over rows, stays inside a warp). 15 such steps, ~31 programs in series
     an SM, are of the order of the ~0.13 ms the solve costs. The lead for issue 3's forward: a
     solve whose per-step extraction stays inside a warp (Triton's language sets no layouts).
+    Session 18 wrote one, SOLVE_BY_GATHER (off: untimed, no device that session): the blocks go
+    to a scratch and come back a column at a time (loads, off the chain), X is held transposed so
+    that its row m is a column along the lanes, taken by tl.gather (one shuffle a value): 36
+    instructions a step in the sm_90 build, 8 shuffles, no barrier. Compiles as fast on the CPU
+    (1.5-2.3 s against 1.5-1.8), no spill (Triton 3.6's ptxas; 88 B, gated 120, by 3.9's).
   bytes, backward: 1 (6.5X, X in fp32), 2' (6.5X: h is 2X), 3 (7.5X), 4 (12–15X), 5 (8X): ≈ 42X
     = 5.6 GB, 1.9 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
     read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
@@ -243,6 +248,14 @@ MAX_HEAD_DIM = 256  # whole K in one register tile in steps 2-4 (steps 1 and 5 w
 # and 2 (the memory floor; the card's "backward").
 SAVED = ("w", "Aqk", "X", "gam", "h", "v_new")
 SAVE_INTERMEDIATES = True
+# Step 1's diagonal solve (read at each call). False: _invert_unit_lower4, the 16×16 blocks from
+# registers, as every timing in the card. True: _invert_unit_lower4_from_memory, the blocks stored
+# to a scratch ([B, T, H, 16] fp32: 34 MB at B·T = 32k, H = 16) and read back column by column, the row
+# of X taken by one shuffle; the same arithmetic in the same order (bit-identical under the
+# interpreter). Its sm_90 build (Triton 3.6, compiled on a CPU) runs a solve step in 36
+# instructions, no barrier, against 192 and 3 barriers: NOT timed on the GPU yet (session 18 had
+# no device), so off; benchmarks/results/h100-2026-11-23/run66-run.sh measures both.
+SOLVE_BY_GATHER = False
 
 
 def _pow2(n: int) -> int:
@@ -331,10 +344,36 @@ def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
     return b_x0, b_x1, b_x2, b_x3
 
 
+@triton.jit
+def _invert_unit_lower4_from_memory(p_a, s_a, BS: tl.constexpr):
+    """_invert_unit_lower4's steps, in the same order (SOLVE_BY_GATHER), with the blocks read from
+    memory: a_r[i, j] at p_a + (r·BS + i)·s_a + j (fp32, written by the caller).
+
+    X is held transposed, Z[r, j, i] = X_r[i, j], so that the row X_m a step reads is a column of
+    Z, Z[:, :, m]: its index i lies along a warp's lanes in Triton's layout, and tl.gather takes it
+    with one shuffle a value. The column a_{·m} is loaded (an L1 hit after the first step): taken
+    from a register tensor, it crossed warps (3 barriers, 41 shuffles and 8 shared-memory loads a
+    step in the sm_90 build, against 8 shuffles and 4 loads here)."""
+    offs = tl.arange(0, BS)
+    blk = tl.arange(0, 4)
+    p_col = p_a + (blk[:, None, None] * BS + offs[None, None, :]) * s_a  # a_r[i, ·]  [4, 1, BS]
+    b_z = tl.where(offs[None, :, None] == offs[None, None, :], 1., 0.) + tl.zeros((4, BS, BS), tl.float32)  # I
+    for m in range(0, BS - 1):
+        b_col = tl.load(p_col + m)  # a_{·m} along i  [4, 1, BS]
+        b_row = tl.gather(b_z, tl.full((4, BS, 1), m, tl.int32), 2)  # X_m along j  [4, BS, 1]
+        b_z -= b_col * b_row
+    b_x = tl.permute(tl.reshape(tl.trans(b_z, (0, 2, 1)), (2, 2, BS, BS)), (2, 3, 1, 0))  # X_{2a+b} at [.., b, a]
+    b_x01, b_x23 = tl.split(b_x)
+    b_x0, b_x1 = tl.split(b_x01)
+    b_x2, b_x3 = tl.split(b_x23)
+    return b_x0, b_x1, b_x2, b_x3
+
+
 @triton.jit(do_not_specialize=["T", "STORE_X"])
-def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.constexpr,
+def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, Ad, scale, T, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                         USE_G: tl.constexpr, STORE_X, PREC: tl.constexpr, NH: tl.constexpr):
+                         USE_G: tl.constexpr, STORE_X, PREC: tl.constexpr, NH: tl.constexpr,
+                         GATHER_SOLVE: tl.constexpr):
     """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V, and the output's mixing
     matrix R = sQKᵀ ⊙ D (diagonal included) for one chunk (zoo (4)). NH: micro-steps per row of q
     and g (DeltaProduct's direct path; 1 otherwise): see "Micro-steps" in the card.
@@ -447,7 +486,16 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.co
     # -------------------------------------------------------------- X = (I + A)⁻¹, blocked
     # Diagonal blocks by forward substitution; then block row r of (I + A) X = I gives
     # X_rj = −X_rr Σ_{j ≤ m < r} A_rm X_mj, one block diagonal further out at a time.
-    b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4(b_A00, b_A11, b_A22, b_A33, BS)
+    if GATHER_SOLVE:  # SOLVE_BY_GATHER: the diagonal blocks through memory, read back column by column
+        p_ad = Ad + o_bh * BS + o_s[:, None] * BS + offs_s[None, :] + t0 * H * BS  # the chunk's rows of Ad  [BS, BS]
+        tl.store(p_ad, b_A00)
+        tl.store(p_ad + BS * H * BS, b_A11)
+        tl.store(p_ad + 2 * BS * H * BS, b_A22)
+        tl.store(p_ad + 3 * BS * H * BS, b_A33)
+        tl.debug_barrier()  # the block's stores visible to all its threads
+        b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4_from_memory(Ad + o_bh * BS + t0 * H * BS, H * BS, BS)
+    else:
+        b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4(b_A00, b_A11, b_A22, b_A33, BS)
     b_X10 = -tl.dot(b_X11, tl.dot(b_A10, b_X00, input_precision="ieee"), input_precision="ieee")
     b_X21 = -tl.dot(b_X22, tl.dot(b_A21, b_X11, input_precision="ieee"), input_precision="ieee")
     b_X32 = -tl.dot(b_X33, tl.dot(b_A32, b_X22, input_precision="ieee"), input_precision="ieee")
@@ -871,10 +919,12 @@ def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int):
     Aqk = k.new_empty(B, T, H, CHUNK)  # R = sQKᵀ ⊙ D per chunk, input dtype (a dot operand)
     X = k.new_empty(B, T, H, CHUNK, dtype=torch.float32) if store_X else k.new_empty(1, dtype=torch.float32)
     gam = k.new_empty(B, T, H, dtype=torch.float32) if g is not None else w
+    # A's diagonal blocks, the scratch of the solve by gather
+    Ad = k.new_empty(B, T, H, SOLVE_BLOCK, dtype=torch.float32) if SOLVE_BY_GATHER else X
     launch(_chunk_wy_fwd_kernel, (NT, B * H),
-        q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, scale, T, H, K, V, CHUNK,
+        q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, Ad, scale, T, H, K, V, CHUNK,
         t["wy"]["BV"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype), NH=nh,
-        **_launch_options(t["wy"]))
+        GATHER_SOLVE=SOLVE_BY_GATHER, **_launch_options(t["wy"]))
     return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
 
 
