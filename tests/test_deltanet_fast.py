@@ -343,8 +343,8 @@ import fast.deltanet as fd
 # As the JIT compiles the chunk kernels at H = 16 with the module's tiles (fd._tiles): 16-byte-aligned
 # pointers, the fp32 buffers typed as such, the initial state and dht given (the longer kernels).
 # Spills at the timed size (bf16, K = V = 128); shared memory at every size the tile rule treats apart.
-types = dict(T="i32", scale="fp32", STORE_X="i32", X="*fp32", gam="*fp32", Ad="*fp32", dgam="*fp32", ht="*fp32", h0="*fp32",
-             dht="*fp32", dh0="*fp32")
+types = dict(T="i32", scale="fp32", STORE_X="i32", X="*fp32", gam="*fp32", Ad="*fp32", dgam="*fp32", ht="*fp32",
+             h0="*fp32", dht="*fp32", dh0="*fp32")
 cfg = lambda c: (c["num_warps"], c["num_stages"])
 
 
