@@ -249,12 +249,9 @@ MAX_HEAD_DIM = 256  # whole K in one register tile in steps 2-4 (steps 1 and 5 w
 SAVED = ("w", "Aqk", "X", "gam", "h", "v_new")
 SAVE_INTERMEDIATES = True
 # Step 1's diagonal solve (read at each call). False: _invert_unit_lower4, the 16×16 blocks from
-# registers, as every timing in the card. True: _invert_unit_lower4_from_memory, the blocks stored
-# to a scratch ([B, T, H, 16] fp32: 34 MB at B·T = 32k, H = 16) and read back column by column, the row
-# of X taken by one shuffle; the same arithmetic in the same order (bit-identical under the
-# interpreter). Its sm_90 build (Triton 3.6, compiled on a CPU) runs a solve step in 36
-# instructions, no barrier, against 192 and 3 barriers: NOT timed on the GPU yet (session 18 had
-# no device), so off; benchmarks/results/h100-2026-11-23/run66-run.sh measures both.
+# registers, as every timing in the card. True: _invert_unit_lower4_from_memory, the blocks through
+# a scratch ([B, T, H, 16] fp32, 34 MB at B·T = 32k, H = 16); the same arithmetic in the same order.
+# Off until timed on the GPU (the card's "Session 18"; benchmarks/results/h100-2026-11-23/run66-run.sh).
 SOLVE_BY_GATHER = False
 
 
@@ -362,7 +359,7 @@ def _invert_unit_lower4_from_memory(p_a, s_a, BS: tl.constexpr):
         b_col = tl.load(p_col + m)  # a_{·m} along i  [4, 1, BS]
         b_row = tl.gather(b_z, tl.full((4, BS, 1), m, tl.int32), 2)  # X_m along j  [4, BS, 1]
         b_z -= b_col * b_row
-    b_x = tl.permute(tl.reshape(tl.trans(b_z, (0, 2, 1)), (2, 2, BS, BS)), (2, 3, 1, 0))  # X_{2a+b} at [.., b, a]
+    b_x = tl.permute(tl.reshape(b_z, (2, 2, BS, BS)), (3, 2, 1, 0))  # X_r[i, j] at [i, j, b, a], r = 2a + b
     b_x01, b_x23 = tl.split(b_x)
     b_x0, b_x1 = tl.split(b_x01)
     b_x2, b_x3 = tl.split(b_x23)
