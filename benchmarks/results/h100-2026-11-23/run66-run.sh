@@ -1,5 +1,5 @@
 #!/bin/bash
-# run 66 (prepared in session 18, which had no device: NOT run yet), one call on an H100:
+# run 66 (prepared in session 18; sessions 18 and 19 found no device: NOT run yet), one call on an H100:
 # 1. step 1's solve: fast.deltanet.SOLVE_BY_GATHER (the 16x16 blocks read back from memory, the row of X
 #    by one shuffle) against the default solve from registers, alternating, each the whole ops' fwd and
 #    fwd+bwd and kernel times (run56-delta_wy.py, B 4, T 8192, H 16, D 128, bf16; dp2 4096 tokens x 2),
