@@ -484,13 +484,14 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, Ad, scale, T, H: t
     # Diagonal blocks by forward substitution; then block row r of (I + A) X = I gives
     # X_rj = −X_rr Σ_{j ≤ m < r} A_rm X_mj, one block diagonal further out at a time.
     if GATHER_SOLVE:  # SOLVE_BY_GATHER: the diagonal blocks through memory, read back column by column
-        p_ad = Ad + o_bh * BS + o_s[:, None] * BS + offs_s[None, :] + t0 * H * BS  # the chunk's rows of Ad  [BS, BS]
-        tl.store(p_ad, b_A00)
-        tl.store(p_ad + BS * H * BS, b_A11)
-        tl.store(p_ad + 2 * BS * H * BS, b_A22)
-        tl.store(p_ad + 3 * BS * H * BS, b_A33)
+        p_ad = Ad + (o_bh + t0 * H) * BS  # the chunk's first row of Ad
+        o_ad = o_s[:, None] * BS + offs_s[None, :]  # a slab's rows  [BS, BS]
+        tl.store(p_ad + o_ad, b_A00)
+        tl.store(p_ad + o_ad + BS * H * BS, b_A11)
+        tl.store(p_ad + o_ad + 2 * BS * H * BS, b_A22)
+        tl.store(p_ad + o_ad + 3 * BS * H * BS, b_A33)
         tl.debug_barrier()  # the block's stores visible to all its threads
-        b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4_from_memory(Ad + o_bh * BS + t0 * H * BS, H * BS, BS)
+        b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4_from_memory(p_ad, H * BS, BS)
     else:
         b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4(b_A00, b_A11, b_A22, b_A33, BS)
     b_X10 = -tl.dot(b_X11, tl.dot(b_A10, b_X00, input_precision="ieee"), input_precision="ieee")
