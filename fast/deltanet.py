@@ -167,7 +167,12 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     to a scratch and come back a column at a time (loads, off the chain), X is held transposed so
     that its row m is a column along the lanes, taken by tl.gather (one shuffle a value): 36
     instructions a step in the sm_90 build, 8 shuffles, no barrier. Compiles as fast on the CPU
-    (1.5-2.3 s against 1.5-1.8), no spill (Triton 3.6's ptxas; 88 B, gated 120, by 3.9's).
+    (1.5-2.3 s against 1.5-1.8), no spill (Triton 3.6's ptxas; 64 B, gated 120, by 3.9's).
+    Session 20 added the second lever run 29 had measured at older tiles (delta forward 0.880 ->
+    0.835 ms, gated 1.005 -> 1.044), R_IN_STEP2 (off: untimed): a forward without gradients forms R
+    in step 2 from the q and k tiles it loads anyway, so step 1 neither reads q nor writes R (67 MB
+    each way at the issue's size). Step 2 then spills 64 B (gated 264) on Triton 3.6's ptxas, none
+    before: only a timing decides (run 66 times both levers, alone and together).
   bytes, backward: 1 (6.5X, X in fp32), 2' (6.5X: h is 2X), 3 (7.5X), 4 (12–15X), 5 (8X): ≈ 42X
     = 5.6 GB, 1.9 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
     read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
@@ -253,6 +258,13 @@ SAVE_INTERMEDIATES = True
 # a scratch ([B, T, H, 16] fp32, 34 MB at B·T = 32k, H = 16); the same arithmetic in the same order.
 # Off until timed on the GPU (the card's "Session 18"; benchmarks/results/h100-2026-11-23/run66-run.sh).
 SOLVE_BY_GATHER = False
+# Where a forward without gradients gets R = sQKᵀ ⊙ D (read at each call). False: step 1 computes and
+# stores it, step 2 reads it back (as a training forward and the backward always do: step 3 reads
+# it). True: step 2 computes it from the q and k tiles it loads anyway (one [64, 64] product a chunk
+# in each of its V/BV programs), and step 1 neither reads q nor writes R. Run 29 measured this
+# once, at older tiles: the delta rule's forward 0.880 -> 0.835 ms, the gated 1.005 -> 1.044.
+# Off until timed again (benchmarks/results/h100-2026-11-23/run66-run.sh).
+R_IN_STEP2 = False
 
 
 def _pow2(n: int) -> int:
@@ -370,7 +382,7 @@ def _invert_unit_lower4_from_memory(p_a, s_a, BS: tl.constexpr):
 def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, Ad, scale, T, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                          USE_G: tl.constexpr, STORE_X, PREC: tl.constexpr, NH: tl.constexpr,
-                         GATHER_SOLVE: tl.constexpr):
+                         GATHER_SOLVE: tl.constexpr, STORE_R: tl.constexpr):
     """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V, and the output's mixing
     matrix R = sQKᵀ ⊙ D (diagonal included) for one chunk (zoo (4)). NH: micro-steps per row of q
     and g (DeltaProduct's direct path; 1 otherwise): see "Micro-steps" in the card.
@@ -430,9 +442,10 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, Ad, scale, T, H: t
     for i_c in range(tl.cdiv(K, BC)):
         offs_k = i_c * BC + offs_c
         mask_c = (offs_k < K)[None, :]  # head dims only: T is a multiple of BT
-        b_qt = tl.load(q + o_tq + offs_k[None, :], mask=mask_c, other=0.)  # [BT, BC]
-        b_kt = tl.load(k + o_tk + offs_k[None, :], mask=mask_c, other=0.)
-        b_R = tl.dot(b_qt, tl.trans(b_kt), b_R, input_precision=PREC)  # [BT, BT]
+        if STORE_R:
+            b_qt = tl.load(q + o_tq + offs_k[None, :], mask=mask_c, other=0.)  # [BT, BC]
+            b_kt = tl.load(k + o_tk + offs_k[None, :], mask=mask_c, other=0.)
+            b_R = tl.dot(b_qt, tl.trans(b_kt), b_R, input_precision=PREC)  # [BT, BT]
         b_k0 = tl.load(k + o_sk + offs_k[None, :], mask=mask_c, other=0.)  # [BS, BC]
         b_k1 = tl.load(k + o_sk + BS * H * K + offs_k[None, :], mask=mask_c, other=0.)
         b_k2 = tl.load(k + o_sk + 2 * BS * H * K + offs_k[None, :], mask=mask_c, other=0.)
@@ -452,15 +465,17 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, Ad, scale, T, H: t
     # ptxas for sm_90, computing it inside the sequential loop costs ~100 registers and spills; tried
     # again at step 2's current tiles on the H100, run 29: the delta rule's forward 0.880 -> 0.835 ms,
     # the gated 1.005 -> 1.044 and DeltaProduct 0.945 -> 0.980 (160 B of spill with the gate): dropped)
-    mask_dt = offs_r[:, None] >= offs_r[None, :]
-    if USE_G:
-        # Γ again, over the whole chunk at once: g re-read (64 values, from L1) rather than the four
-        # slab vectors above stitched into one
-        b_gt = tl.cumsum(tl.where((offs_r % NH) == 0,
-                                  tl.load(g + (offs_r // NH) * H + t0 // NH * H).to(tl.float32), 0.), 0)  # Γ  [BT]
-        b_R *= tl.exp(tl.where(mask_dt, b_gt[:, None] - b_gt[None, :], float('-inf')))
-    tl.store(Aqk + offs_r[:, None] * (H * BT) + offs_r[None, :] + t0 * H * BT,
-             (tl.where(mask_dt, b_R, 0.) * scale).to(DT))
+    # (not STORE_R: step 2 computes R itself; R_IN_STEP2)
+    if STORE_R:
+        mask_dt = offs_r[:, None] >= offs_r[None, :]
+        if USE_G:
+            # Γ again, over the whole chunk at once: g re-read (64 values, from L1) rather than the four
+            # slab vectors above stitched into one
+            b_gt = tl.cumsum(tl.where((offs_r % NH) == 0,
+                                      tl.load(g + (offs_r // NH) * H + t0 // NH * H).to(tl.float32), 0.), 0)  # Γ  [BT]
+            b_R *= tl.exp(tl.where(mask_dt, b_gt[:, None] - b_gt[None, :], float('-inf')))
+        tl.store(Aqk + offs_r[:, None] * (H * BT) + offs_r[None, :] + t0 * H * BT,
+                 (tl.where(mask_dt, b_R, 0.) * scale).to(DT))
     # -------------------------------------------------------------- (4) A = diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}, strictly lower
     b_A00, b_A10, b_A20, b_A30 = b_A00 * b_b0[:, None], b_A10 * b_b1[:, None], b_A20 * b_b2[:, None], b_A30 * b_b3[:, None]
     b_A11, b_A21, b_A31 = b_A11 * b_b1[:, None], b_A21 * b_b2[:, None], b_A31 * b_b3[:, None]
@@ -570,9 +585,9 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T,
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
                             COMPUTE_O: tl.constexpr, STORE_H: tl.constexpr, PREC: tl.constexpr,
-                            NH: tl.constexpr):
-    """Step 2: V_new = U − W S; o = e^Γ⊙sQS + R V_new (R = sQKᵀ⊙D from step 1);
-    S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new."""
+                            NH: tl.constexpr, R_HERE: tl.constexpr):
+    """Step 2: V_new = U − W S; o = e^Γ⊙sQS + R V_new (R = sQKᵀ⊙D from step 1, or computed here
+    from the chunk's q and k tiles when R_HERE); S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new."""
     # -------------------------------------------------------------- map program -> (V tile, head)
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -618,7 +633,14 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T,
             b_o = tl.dot(b_q, b_S.to(DT), input_precision=PREC) * scale  # [BT, BV]
             if USE_G:
                 b_o = b_o * tl.exp(b_g)[:, None]
-            b_R = tl.load(Aqk + o_a + t0 * H * BT)  # sQKᵀ ⊙ D from step 1  [BT, BT]
+            if R_HERE:  # R = sQKᵀ ⊙ D as step 1 computes it, from the tiles loaded above  [BT, BT]
+                b_R = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+                mask_dt = offs_r[:, None] >= offs_r[None, :]
+                if USE_G:
+                    b_R *= tl.exp(tl.where(mask_dt, b_g[:, None] - b_g[None, :], float('-inf')))
+                b_R = (tl.where(mask_dt, b_R, 0.) * scale).to(DT)
+            else:
+                b_R = tl.load(Aqk + o_a + t0 * H * BT)  # sQKᵀ ⊙ D from step 1  [BT, BT]
             b_o += tl.dot(b_R, b_v_new.to(DT), input_precision=PREC)
             tl.store(o + o_o + t0 // NH * H * V, b_o.to(o.dtype.element_ty), mask=mask_to)
         # ---------------------------------------------------------- (4) S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new
@@ -908,13 +930,13 @@ def _recurrent_fwd_kernel(q, k, v, g, beta, h0, o, ht, scale, T, H: tl.constexpr
 # ================================================================================================
 # Host launchers
 # ================================================================================================
-def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int):
+def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int, store_R: bool = True):
     B, T, H, K = k.shape
     V = v.shape[-1]
     t = _tiles(K, V, k.dtype)
     NT = triton.cdiv(T, CHUNK)
     w, u = torch.empty_like(k), torch.empty_like(v)
-    Aqk = k.new_empty(B, T, H, CHUNK)  # R = sQKᵀ ⊙ D per chunk, input dtype (a dot operand)
+    Aqk = k.new_empty(B, T, H, CHUNK) if store_R else w  # R = sQKᵀ ⊙ D per chunk, input dtype (a dot operand)
     X = k.new_empty(B, T, H, CHUNK, dtype=torch.float32) if store_X else k.new_empty(1, dtype=torch.float32)
     gam = k.new_empty(B, T, H, dtype=torch.float32) if g is not None else w
     # A's diagonal blocks, the scratch of the solve by gather
@@ -922,14 +944,14 @@ def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int):
     launch(_chunk_wy_fwd_kernel, (NT, B * H),
         q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, Ad, scale, T, H, K, V, CHUNK,
         t["wy"]["BV"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype), NH=nh,
-        GATHER_SOLVE=SOLVE_BY_GATHER, **_launch_options(t["wy"]))
-    return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
+        GATHER_SOLVE=SOLVE_BY_GATHER, STORE_R=store_R, **_launch_options(t["wy"]))
+    return w, u, (Aqk if store_R else None), (X if store_X else None), (gam if g is not None else None)
 
 
 def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, store_h: bool, nh: int = 1):
     """Step 2: o (compute_o) and/or the chunk-entry states h and V_new (store_h), and the final
-    state. `nh`: micro-steps per row of q and o (only the output reads q). Returns (o, h, v_new, ht),
-    None for what it did not compute."""
+    state. `nh`: micro-steps per row of q and o (only the output reads q). Aqk None: the output's R
+    is computed here (R_IN_STEP2). Returns (o, h, v_new, ht), None for what it did not compute."""
     B, T, H, K = k.shape
     V = u.shape[-1]
     t = _tiles(K, V, k.dtype)
@@ -939,10 +961,10 @@ def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, store_h: 
     o = torch.empty(B, T // nh, H, V, dtype=q.dtype, device=q.device) if compute_o else None
     h, v_new = (k.new_empty(B, NT, H, K, V), torch.empty_like(u)) if store_h else (None, None)
     launch(_chunk_state_fwd_kernel, (triton.cdiv(V, c["BV"]), B * H),
-        q, k, w, u, gam if gam is not None else u, Aqk, h0 if h0 is not None else ht,
+        q, k, w, u, gam if gam is not None else u, Aqk if Aqk is not None else u, h0 if h0 is not None else ht,
         o if compute_o else u, ht, h if store_h else u, v_new if store_h else u,
         scale, T, H, K, V, CHUNK, t["BK"], c["BV"], USE_G=gam is not None, USE_H0=h0 is not None,
-        COMPUTE_O=compute_o, STORE_H=store_h, PREC=_precision(k.dtype), NH=nh,
+        COMPUTE_O=compute_o, STORE_H=store_h, PREC=_precision(k.dtype), NH=nh, R_HERE=Aqk is None,
         **_launch_options(c))
     return o, h, v_new, ht
 
@@ -976,7 +998,8 @@ def _chunk_fwd(q, k, v, g, beta, h0, scale, nh: int = 1, keep: bool = False):
         return o[:, nh - 1::nh].contiguous(), ht, saved
     T = q.shape[1]
     (k, v, beta), (q, g) = _pad_to_chunk((k, v, beta), (q, g), nh)
-    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=keep, nh=nh)
+    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=keep, nh=nh,
+                                      store_R=keep or not R_IN_STEP2)  # the backward reads R
     o, h, v_new, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True, store_h=keep, nh=nh)
     saved = (w, Aqk, X, gam, h, v_new) if keep else None
     return (o if o.shape[1] == T else o[:, :T].contiguous()), ht, saved
@@ -1098,7 +1121,7 @@ def _fwd_plan(q, k, v, g, beta, h0, scale, nh=1, keep=None):
     """{key: dry run} of the forward, keeping SAVED or not (None: as training calls it, keeping them
     when SAVE_INTERMEDIATES); the tiny inputs are made only if the dry run runs."""
     keep = SAVE_INTERMEDIATES if keep is None else keep
-    return {("fwd", keep) + _variants(q, v, g, h0, nh): lambda: _chunk_fwd(
+    return {("fwd", keep, R_IN_STEP2) + _variants(q, v, g, h0, nh): lambda: _chunk_fwd(
         *_tiny_inputs(q, k, v, g, beta, nh), _tiny_state(h0), scale, nh, keep=keep)}
 
 

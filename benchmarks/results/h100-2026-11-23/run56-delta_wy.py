@@ -7,9 +7,7 @@ fit the H100's shared memory in fp32), the cases (delta,gated,dp2), then variant
 B=4, T=8192, H=16, K=V=128, bf16 (dp2: 4096 tokens x 2 micro-steps), g check off (as the layers call
 the ops). Prints fwd and fwd+bwd medians (CUDA events) keeping the intermediates, the kernels' times
 in a fwd+bwd (torch.profiler), each gradient's error against the fp32 run of the same op (max |diff|
-/ max |ref|), and whether two fwd+bwd give bit-identical gradients (and, dp2, kept vs recomputed).
-RUN56_SAVE=path (run 66): saves each case's output and gradients under its first configuration there.
-FD_SET="NAME=0|1,..." (run 66): sets fast.deltanet's module switches first (SOLVE_BY_GATHER=1)."""
+/ max |ref|), and whether two fwd+bwd give bit-identical gradients (and, dp2, kept vs recomputed)."""
 import os, sys
 sys.path.insert(0, os.getcwd())
 import torch, torch.nn.functional as F
@@ -24,8 +22,6 @@ dev = torch.device(os.environ.get("RUN56_DEVICE", "cuda"))  # cpu + TRITON_INTER
 B, T, H, D = (4, 8192, 16, 128) if dev.type == "cuda" else (1, 128, 2, 32)
 DT = torch.bfloat16 if dev.type == "cuda" else torch.float32  # the interpreter gets bf16 wrong
 zg._check_log_decay = zdp._check_log_decay = lambda g: None
-for kv in filter(None, os.environ.get("FD_SET", "").split(",")):
-    setattr(fd, kv.split("=")[0], bool(int(kv.split("=")[1])))
 ops = {"delta": lambda x: fd.delta_rule_chunk(x[0], x[1], x[2], x[4])[0],
        "gated": lambda x: fg.gated_delta_rule_chunk(x[0], x[1], x[2], x[3], x[4])[0],
        "dp2": lambda x: fp.gated_delta_product_chunk(x[0], x[1], x[2], x[3], x[4], num_householder=2)[0]}
@@ -59,7 +55,6 @@ def kernels(fb):
             rows.append(f"{e.key.replace('_kernel', '')[7:]} {us / 1e3 / 3:.3f}")
     return ", ".join(rows)
 orig_tiles = fd._tiles
-save, saved = os.environ.get("RUN56_SAVE"), {}
 for case in cases:
     f = ops[case]
     x, do = mk(case)
@@ -78,9 +73,6 @@ for case in cases:
         try:
             fd.SAVE_INTERMEDIATES = True
             got = grads(f, x, do)
-            if save and case not in saved:
-                with torch.no_grad():
-                    saved[case] = [f(x).float()] + got
             err = " ".join(f"{e:.1e}" for e in ((a - b).abs().max().item() / b.abs().max().item() for a, b in zip(got, ref)))
             same = all(torch.equal(a, b) for a, b in zip(got, grads(f, x, do)))
             xs = [None if t is None else t.detach().requires_grad_() for t in x]
@@ -102,5 +94,3 @@ for case in cases:
         except Exception as e:  # a configuration that does not compile or launch
             print(f"{label} {case} {c}: FAILED {type(e).__name__}: {str(e)[:200]}", flush=True)
         fd._tiles = orig_tiles
-if save:
-    torch.save(saved, save)
