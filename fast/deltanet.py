@@ -163,16 +163,14 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     on X (X's row, reduced over rows, stays inside a warp). 15 such steps, ~31 programs in series
     an SM, are of the order of the ~0.13 ms the solve costs. The lead for issue 3's forward: a
     solve whose per-step extraction stays inside a warp (Triton's language sets no layouts).
-    Session 18 wrote one, SOLVE_BY_GATHER (off: untimed, no device that session): the blocks go
-    to a scratch and come back a column at a time (loads, off the chain), X is held transposed so
-    that its row m is a column along the lanes, taken by tl.gather (one shuffle a value): 36
-    instructions a step in the sm_90 build, 8 shuffles, no barrier. Compiles as fast on the CPU
-    (1.5-2.3 s against 1.5-1.8), no spill (Triton 3.6's ptxas; 64 B, gated 120, by 3.9's).
-    Session 20 added the second lever run 29 had measured at older tiles (delta forward 0.880 ->
-    0.835 ms, gated 1.005 -> 1.044), R_IN_STEP2 (off: untimed): a forward without gradients forms R
-    in step 2 from the q and k tiles it loads anyway, so step 1 neither reads q nor writes R (67 MB
-    each way at the issue's size). Step 2 then spills 64 B (gated 264) on Triton 3.6's ptxas, none
-    before: only a timing decides (run 66 times both levers, alone and together).
+    Run 66 (session 21, benchmarks/results/h100-2026-11-23/run66-*) timed the two levers sessions
+    18 and 20 wrote, bit-identical outputs and gradients, not kept: (f) that solve, the blocks
+    through a scratch and read back a column at a time, X's row by one gather (36 instructions a
+    step in the sm_90 build, no barrier): step 1 0.522 -> 0.549 ms (gated 0.593 -> 0.610), the
+    forward 0.777 -> 0.801: the cross-warp extraction was not what holds the solve, or its loads
+    cost as much; (g) a forward without gradients forming R in step 2 from its q and k tiles (step
+    1 reads no q, writes no R): step 1 0.522 -> 0.503 ms but step 2 0.246 -> 0.327 (gated 0.248
+    -> 0.493, spilling), the forward 0.777 -> 0.834 (gated 0.866 -> 1.074), as run 29 had found.
   bytes, backward: 1 (6.5X, X in fp32), 2' (6.5X: h is 2X), 3 (7.5X), 4 (12–15X), 5 (8X): ≈ 42X
     = 5.6 GB, 1.9 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
     read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the
@@ -215,8 +213,9 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     delta rule 3.93 s, forwards 4.86 (delta rule) and **5.59 s (gated): over 5 s**. Every forward
     without gradients took longer than its op's fwd + bwd: it compiled at its launches, one kernel
     after the other. Since session 17 it dry-runs its two kernels side by side (chunk_fwd; the
-    comment above _tiny): not yet measured on the GPU. Compiled for sm_90 on a 2-core CPU (compile
-    only): 2.4-3.5 s one after the other, 2.0-2.6 s side by side (delta rule and gated).
+    comment above _tiny). Compiled for sm_90 on a 2-core CPU (compile only): 2.4-3.5 s one after
+    the other, 2.0-2.6 s side by side (delta rule and gated). Run 66, on the H100: forwards 3.13 s
+    (delta rule), 4.02 s (gated), 3.77 s (DeltaProduct); fwd + bwd 2.86, 3.56, 4.08 s: all under 5 s.
   registers (ptxas, Triton 3.6, sm_90, bf16, K = V = 128, the module's tiles): step 1 (4 warps,
     one slice of 128) 255, no spill (gated too; it spilled 40-120 B before k was read again for W);
     step 5 (4 warps, slices of 32) 196, gated 236, no spill (the whole-K kernel: 254 at 8 warps);
@@ -253,18 +252,6 @@ MAX_HEAD_DIM = 256  # whole K in one register tile in steps 2-4 (steps 1 and 5 w
 # and 2 (the memory floor; the card's "backward").
 SAVED = ("w", "Aqk", "X", "gam", "h", "v_new")
 SAVE_INTERMEDIATES = True
-# Step 1's diagonal solve (read at each call). False: _invert_unit_lower4, the 16×16 blocks from
-# registers, as every timing in the card. True: _invert_unit_lower4_from_memory, the blocks through
-# a scratch ([B, T, H, 16] fp32, 34 MB at B·T = 32k, H = 16); the same arithmetic in the same order.
-# Off until timed on the GPU (the card's "Session 18"; benchmarks/results/h100-2026-11-23/run66-run.sh).
-SOLVE_BY_GATHER = False
-# Where a forward without gradients gets R = sQKᵀ ⊙ D (read at each call). False: step 1 computes and
-# stores it, step 2 reads it back (as a training forward and the backward always do: step 3 reads
-# it). True: step 2 computes it from the q and k tiles it loads anyway (one [64, 64] product a chunk
-# in each of its V/BV programs), and step 1 neither reads q nor writes R. Run 29 measured this
-# once, at older tiles: the delta rule's forward 0.880 -> 0.835 ms, the gated 1.005 -> 1.044.
-# Off until timed again (benchmarks/results/h100-2026-11-23/run66-run.sh).
-R_IN_STEP2 = False
 
 
 def _pow2(n: int) -> int:
@@ -353,36 +340,10 @@ def _invert_unit_lower4(b_a0, b_a1, b_a2, b_a3, BS: tl.constexpr):
     return b_x0, b_x1, b_x2, b_x3
 
 
-@triton.jit
-def _invert_unit_lower4_from_memory(p_a, s_a, BS: tl.constexpr):
-    """_invert_unit_lower4's steps, in the same order (SOLVE_BY_GATHER), with the blocks read from
-    memory: a_r[i, j] at p_a + (r·BS + i)·s_a + j (fp32, written by the caller).
-
-    X is held transposed, Z[r, j, i] = X_r[i, j], so that the row X_m a step reads is a column of
-    Z, Z[:, :, m]: its index i lies along a warp's lanes in Triton's layout, and tl.gather takes it
-    with one shuffle a value. The column a_{·m} is loaded (an L1 hit after the first step): taken
-    from a register tensor, it crossed warps (3 barriers, 41 shuffles and 8 shared-memory loads a
-    step in the sm_90 build, against 8 shuffles and 4 loads here)."""
-    offs = tl.arange(0, BS)
-    blk = tl.arange(0, 4)
-    p_col = p_a + (blk[:, None, None] * BS + offs[None, None, :]) * s_a  # a_r[i, ·]  [4, 1, BS]
-    b_z = tl.where(offs[None, :, None] == offs[None, None, :], 1., 0.) + tl.zeros((4, BS, BS), tl.float32)  # I
-    for m in range(0, BS - 1):
-        b_col = tl.load(p_col + m)  # a_{·m} along i  [4, 1, BS]
-        b_row = tl.gather(b_z, tl.full((4, BS, 1), m, tl.int32), 2)  # X_m along j  [4, BS, 1]
-        b_z -= b_col * b_row
-    b_x = tl.permute(tl.reshape(b_z, (2, 2, BS, BS)), (3, 2, 1, 0))  # X_r[i, j] at [i, j, b, a], r = 2a + b
-    b_x01, b_x23 = tl.split(b_x)
-    b_x0, b_x1 = tl.split(b_x01)
-    b_x2, b_x3 = tl.split(b_x23)
-    return b_x0, b_x1, b_x2, b_x3
-
-
 @triton.jit(do_not_specialize=["T", "STORE_X"])
-def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, Ad, scale, T, H: tl.constexpr,
+def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, scale, T, H: tl.constexpr,
                          K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                         USE_G: tl.constexpr, STORE_X, PREC: tl.constexpr, NH: tl.constexpr,
-                         GATHER_SOLVE: tl.constexpr, STORE_R: tl.constexpr):
+                         USE_G: tl.constexpr, STORE_X, PREC: tl.constexpr, NH: tl.constexpr):
     """Step 1: X = (I + A)⁻¹, W = X diag(β e^Γ) K, U = X diag(β) V, and the output's mixing
     matrix R = sQKᵀ ⊙ D (diagonal included) for one chunk (zoo (4)). NH: micro-steps per row of q
     and g (DeltaProduct's direct path; 1 otherwise): see "Micro-steps" in the card.
@@ -442,10 +403,9 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, Ad, scale, T, H: t
     for i_c in range(tl.cdiv(K, BC)):
         offs_k = i_c * BC + offs_c
         mask_c = (offs_k < K)[None, :]  # head dims only: T is a multiple of BT
-        if STORE_R:
-            b_qt = tl.load(q + o_tq + offs_k[None, :], mask=mask_c, other=0.)  # [BT, BC]
-            b_kt = tl.load(k + o_tk + offs_k[None, :], mask=mask_c, other=0.)
-            b_R = tl.dot(b_qt, tl.trans(b_kt), b_R, input_precision=PREC)  # [BT, BT]
+        b_qt = tl.load(q + o_tq + offs_k[None, :], mask=mask_c, other=0.)  # [BT, BC]
+        b_kt = tl.load(k + o_tk + offs_k[None, :], mask=mask_c, other=0.)
+        b_R = tl.dot(b_qt, tl.trans(b_kt), b_R, input_precision=PREC)  # [BT, BT]
         b_k0 = tl.load(k + o_sk + offs_k[None, :], mask=mask_c, other=0.)  # [BS, BC]
         b_k1 = tl.load(k + o_sk + BS * H * K + offs_k[None, :], mask=mask_c, other=0.)
         b_k2 = tl.load(k + o_sk + 2 * BS * H * K + offs_k[None, :], mask=mask_c, other=0.)
@@ -465,17 +425,15 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, Ad, scale, T, H: t
     # ptxas for sm_90, computing it inside the sequential loop costs ~100 registers and spills; tried
     # again at step 2's current tiles on the H100, run 29: the delta rule's forward 0.880 -> 0.835 ms,
     # the gated 1.005 -> 1.044 and DeltaProduct 0.945 -> 0.980 (160 B of spill with the gate): dropped)
-    # (not STORE_R: step 2 computes R itself; R_IN_STEP2)
-    if STORE_R:
-        mask_dt = offs_r[:, None] >= offs_r[None, :]
-        if USE_G:
-            # Γ again, over the whole chunk at once: g re-read (64 values, from L1) rather than the four
-            # slab vectors above stitched into one
-            b_gt = tl.cumsum(tl.where((offs_r % NH) == 0,
-                                      tl.load(g + (offs_r // NH) * H + t0 // NH * H).to(tl.float32), 0.), 0)  # Γ  [BT]
-            b_R *= tl.exp(tl.where(mask_dt, b_gt[:, None] - b_gt[None, :], float('-inf')))
-        tl.store(Aqk + offs_r[:, None] * (H * BT) + offs_r[None, :] + t0 * H * BT,
-                 (tl.where(mask_dt, b_R, 0.) * scale).to(DT))
+    mask_dt = offs_r[:, None] >= offs_r[None, :]
+    if USE_G:
+        # Γ again, over the whole chunk at once: g re-read (64 values, from L1) rather than the four
+        # slab vectors above stitched into one
+        b_gt = tl.cumsum(tl.where((offs_r % NH) == 0,
+                                  tl.load(g + (offs_r // NH) * H + t0 // NH * H).to(tl.float32), 0.), 0)  # Γ  [BT]
+        b_R *= tl.exp(tl.where(mask_dt, b_gt[:, None] - b_gt[None, :], float('-inf')))
+    tl.store(Aqk + offs_r[:, None] * (H * BT) + offs_r[None, :] + t0 * H * BT,
+             (tl.where(mask_dt, b_R, 0.) * scale).to(DT))
     # -------------------------------------------------------------- (4) A = diag(β) K Kᵀ ⊙ e^{Γ_i−Γ_j}, strictly lower
     b_A00, b_A10, b_A20, b_A30 = b_A00 * b_b0[:, None], b_A10 * b_b1[:, None], b_A20 * b_b2[:, None], b_A30 * b_b3[:, None]
     b_A11, b_A21, b_A31 = b_A11 * b_b1[:, None], b_A21 * b_b2[:, None], b_A31 * b_b3[:, None]
@@ -498,17 +456,7 @@ def _chunk_wy_fwd_kernel(q, k, v, beta, g, w, u, X, gam, Aqk, Ad, scale, T, H: t
     # -------------------------------------------------------------- X = (I + A)⁻¹, blocked
     # Diagonal blocks by forward substitution; then block row r of (I + A) X = I gives
     # X_rj = −X_rr Σ_{j ≤ m < r} A_rm X_mj, one block diagonal further out at a time.
-    if GATHER_SOLVE:  # SOLVE_BY_GATHER: the diagonal blocks through memory, read back column by column
-        p_ad = Ad + (o_bh + t0 * H) * BS  # the chunk's first row of Ad
-        o_ad = o_s[:, None] * BS + offs_s[None, :]  # a slab's rows  [BS, BS]
-        tl.store(p_ad + o_ad, b_A00)
-        tl.store(p_ad + o_ad + BS * H * BS, b_A11)
-        tl.store(p_ad + o_ad + 2 * BS * H * BS, b_A22)
-        tl.store(p_ad + o_ad + 3 * BS * H * BS, b_A33)
-        tl.debug_barrier()  # the block's stores visible to all its threads
-        b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4_from_memory(p_ad, H * BS, BS)
-    else:
-        b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4(b_A00, b_A11, b_A22, b_A33, BS)
+    b_X00, b_X11, b_X22, b_X33 = _invert_unit_lower4(b_A00, b_A11, b_A22, b_A33, BS)
     b_X10 = -tl.dot(b_X11, tl.dot(b_A10, b_X00, input_precision="ieee"), input_precision="ieee")
     b_X21 = -tl.dot(b_X22, tl.dot(b_A21, b_X11, input_precision="ieee"), input_precision="ieee")
     b_X32 = -tl.dot(b_X33, tl.dot(b_A32, b_X22, input_precision="ieee"), input_precision="ieee")
@@ -585,9 +533,9 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T,
                             K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                             BV: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
                             COMPUTE_O: tl.constexpr, STORE_H: tl.constexpr, PREC: tl.constexpr,
-                            NH: tl.constexpr, R_HERE: tl.constexpr):
-    """Step 2: V_new = U − W S; o = e^Γ⊙sQS + R V_new (R = sQKᵀ⊙D from step 1, or computed here
-    from the chunk's q and k tiles when R_HERE); S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new."""
+                            NH: tl.constexpr):
+    """Step 2: V_new = U − W S; o = e^Γ⊙sQS + R V_new (R = sQKᵀ⊙D from step 1);
+    S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new."""
     # -------------------------------------------------------------- map program -> (V tile, head)
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), i_bh % H
@@ -633,14 +581,7 @@ def _chunk_state_fwd_kernel(q, k, w, u, gam, Aqk, h0, o, ht, h, v_new, scale, T,
             b_o = tl.dot(b_q, b_S.to(DT), input_precision=PREC) * scale  # [BT, BV]
             if USE_G:
                 b_o = b_o * tl.exp(b_g)[:, None]
-            if R_HERE:  # R = sQKᵀ ⊙ D as step 1 computes it, from the tiles loaded above  [BT, BT]
-                b_R = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-                mask_dt = offs_r[:, None] >= offs_r[None, :]
-                if USE_G:
-                    b_R *= tl.exp(tl.where(mask_dt, b_g[:, None] - b_g[None, :], float('-inf')))
-                b_R = (tl.where(mask_dt, b_R, 0.) * scale).to(DT)
-            else:
-                b_R = tl.load(Aqk + o_a + t0 * H * BT)  # sQKᵀ ⊙ D from step 1  [BT, BT]
+            b_R = tl.load(Aqk + o_a + t0 * H * BT)  # sQKᵀ ⊙ D from step 1  [BT, BT]
             b_o += tl.dot(b_R, b_v_new.to(DT), input_precision=PREC)
             tl.store(o + o_o + t0 // NH * H * V, b_o.to(o.dtype.element_ty), mask=mask_to)
         # ---------------------------------------------------------- (4) S ← e^{Γ_L}S + (e^{Γ_L−Γ}⊙K)ᵀV_new
@@ -930,28 +871,26 @@ def _recurrent_fwd_kernel(q, k, v, g, beta, h0, o, ht, scale, T, H: tl.constexpr
 # ================================================================================================
 # Host launchers
 # ================================================================================================
-def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int, store_R: bool = True):
+def _chunk_wy_fwd(q, k, v, beta, g, scale, store_X: bool, nh: int):
     B, T, H, K = k.shape
     V = v.shape[-1]
     t = _tiles(K, V, k.dtype)
     NT = triton.cdiv(T, CHUNK)
     w, u = torch.empty_like(k), torch.empty_like(v)
-    Aqk = k.new_empty(B, T, H, CHUNK) if store_R else w  # R = sQKᵀ ⊙ D per chunk, input dtype (a dot operand)
+    Aqk = k.new_empty(B, T, H, CHUNK)  # R = sQKᵀ ⊙ D per chunk, input dtype (a dot operand)
     X = k.new_empty(B, T, H, CHUNK, dtype=torch.float32) if store_X else k.new_empty(1, dtype=torch.float32)
     gam = k.new_empty(B, T, H, dtype=torch.float32) if g is not None else w
-    # A's diagonal blocks, the scratch of the solve by gather
-    Ad = k.new_empty(B, T, H, SOLVE_BLOCK, dtype=torch.float32) if SOLVE_BY_GATHER else X
     launch(_chunk_wy_fwd_kernel, (NT, B * H),
-        q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, Ad, scale, T, H, K, V, CHUNK,
+        q, k, v, beta, g if g is not None else beta, w, u, X, gam, Aqk, scale, T, H, K, V, CHUNK,
         t["wy"]["BV"], USE_G=g is not None, STORE_X=int(store_X), PREC=_precision(k.dtype), NH=nh,
-        GATHER_SOLVE=SOLVE_BY_GATHER, STORE_R=store_R, **_launch_options(t["wy"]))
-    return w, u, (Aqk if store_R else None), (X if store_X else None), (gam if g is not None else None)
+        **_launch_options(t["wy"]))
+    return w, u, Aqk, (X if store_X else None), (gam if g is not None else None)
 
 
 def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, store_h: bool, nh: int = 1):
     """Step 2: o (compute_o) and/or the chunk-entry states h and V_new (store_h), and the final
-    state. `nh`: micro-steps per row of q and o (only the output reads q). Aqk None: the output's R
-    is computed here (R_IN_STEP2). Returns (o, h, v_new, ht), None for what it did not compute."""
+    state. `nh`: micro-steps per row of q and o (only the output reads q). Returns (o, h, v_new, ht),
+    None for what it did not compute."""
     B, T, H, K = k.shape
     V = u.shape[-1]
     t = _tiles(K, V, k.dtype)
@@ -961,10 +900,10 @@ def _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o: bool, store_h: 
     o = torch.empty(B, T // nh, H, V, dtype=q.dtype, device=q.device) if compute_o else None
     h, v_new = (k.new_empty(B, NT, H, K, V), torch.empty_like(u)) if store_h else (None, None)
     launch(_chunk_state_fwd_kernel, (triton.cdiv(V, c["BV"]), B * H),
-        q, k, w, u, gam if gam is not None else u, Aqk if Aqk is not None else u, h0 if h0 is not None else ht,
+        q, k, w, u, gam if gam is not None else u, Aqk, h0 if h0 is not None else ht,
         o if compute_o else u, ht, h if store_h else u, v_new if store_h else u,
         scale, T, H, K, V, CHUNK, t["BK"], c["BV"], USE_G=gam is not None, USE_H0=h0 is not None,
-        COMPUTE_O=compute_o, STORE_H=store_h, PREC=_precision(k.dtype), NH=nh, R_HERE=Aqk is None,
+        COMPUTE_O=compute_o, STORE_H=store_h, PREC=_precision(k.dtype), NH=nh,
         **_launch_options(c))
     return o, h, v_new, ht
 
@@ -998,8 +937,7 @@ def _chunk_fwd(q, k, v, g, beta, h0, scale, nh: int = 1, keep: bool = False):
         return o[:, nh - 1::nh].contiguous(), ht, saved
     T = q.shape[1]
     (k, v, beta), (q, g) = _pad_to_chunk((k, v, beta), (q, g), nh)
-    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=keep, nh=nh,
-                                      store_R=keep or not R_IN_STEP2)  # the backward reads R
+    w, u, Aqk, X, gam = _chunk_wy_fwd(q, k, v, beta, g, scale, store_X=keep, nh=nh)
     o, h, v_new, ht = _chunk_state_fwd(q, k, w, u, gam, Aqk, h0, scale, compute_o=True, store_h=keep, nh=nh)
     saved = (w, Aqk, X, gam, h, v_new) if keep else None
     return (o if o.shape[1] == T else o[:, :T].contiguous()), ht, saved
@@ -1121,7 +1059,7 @@ def _fwd_plan(q, k, v, g, beta, h0, scale, nh=1, keep=None):
     """{key: dry run} of the forward, keeping SAVED or not (None: as training calls it, keeping them
     when SAVE_INTERMEDIATES); the tiny inputs are made only if the dry run runs."""
     keep = SAVE_INTERMEDIATES if keep is None else keep
-    return {("fwd", keep, R_IN_STEP2) + _variants(q, v, g, h0, nh): lambda: _chunk_fwd(
+    return {("fwd", keep) + _variants(q, v, g, h0, nh): lambda: _chunk_fwd(
         *_tiny_inputs(q, k, v, g, beta, nh), _tiny_state(h0), scale, nh, keep=keep)}
 
 

@@ -174,10 +174,16 @@ def test_fast_gradients_with_only_the_output_or_only_the_state_used():
     _assert_grads_equal(fd.delta_rule_chunk, x, [None, dS], TOL32)
 
 
-def _product_case(shape, nh, gated, with_state, used, seed):
-    """The family's most general op (DeltaProduct with n_h micro-steps, gate and initial state optional,
-    β ∈ (0, 2)) as fn(**x), its fp32 inputs x (requiring gradients) and the cotangents of the outputs
-    the loss reaches (`used`: "o", "S" or "both")."""
+@settings(max_examples=4)
+@given(shape=small, nh=st.sampled_from([1, 2, 3]), gated=st.booleans(), with_state=st.booleans(),
+       used=st.sampled_from(["o", "S", "both"]), seed=seeds)
+@example(shape=Shape(2, 67, 1, 16, 32), nh=2, gated=True, with_state=True, used="both", seed=3)  # ragged, n_h 2
+@example(shape=Shape(1, 30, 2, 16, 16), nh=3, gated=True, with_state=False, used="S", seed=4)  # interleaved
+def test_kept_intermediates_give_the_gradients_of_recomputed_ones_bit_for_bit(shape, nh, gated, with_state, used,
+                                                                             seed):
+    # SAVE_INTERMEDIATES: the backward reads W, R, X, Γ, h and V_new from the forward instead of
+    # recomputing them by the same kernels, so every gradient is the same to the bit, whichever
+    # outputs the loss reaches (those it does not reach get no cotangent: none is filled with zeros)
     import fast.deltaproduct as fp
     q = randn(seed, shape.B, shape.T, shape.H, shape.K, dtype=F32, device=DEV)
     k = F.normalize(randn(seed + 1, shape.B, shape.T * nh, shape.H, shape.K, dtype=F32, device=DEV), dim=-1)
@@ -194,72 +200,16 @@ def _product_case(shape, nh, gated, with_state, used, seed):
     x = {n: t.requires_grad_() for n, t in x.items()}
     fn = lambda q, k, v, beta, g=None, S0=None: fp.gated_delta_product_chunk(  # noqa: E731
         q, k, v, g, beta, num_householder=nh, initial_state=S0, output_final_state=True)
-    return fn, x, cot
-
-
-def _bit_identical_under_both(switch: str, fn, x, cot, outputs: bool):
-    """Runs fn's backward (and, `outputs`, its forward) with the module switch fd.<switch> True and
-    False, and asserts the two give the same tensors to the bit."""
-    got, default = {}, getattr(fd, switch)
+    got, default = {}, fd.SAVE_INTERMEDIATES
     try:
-        for on in (True, False):
-            setattr(fd, switch, on)
-            got[on] = grads(fn, x, cot)
-            if outputs:
-                with torch.no_grad():
-                    got[on].update(zip(("o", "S"), fn(**x)))
+        for keep in (True, False):
+            fd.SAVE_INTERMEDIATES = keep
+            got[keep] = grads(fn, x, cot)
     finally:
-        setattr(fd, switch, default)
-    for n in got[True]:
+        fd.SAVE_INTERMEDIATES = default
+    for n in x:
         a, b = got[True][n], got[False][n]
         assert (a is None and b is None) or torch.equal(a, b), n
-
-
-@settings(max_examples=4)
-@given(shape=small, nh=st.sampled_from([1, 2, 3]), gated=st.booleans(), with_state=st.booleans(),
-       used=st.sampled_from(["o", "S", "both"]), seed=seeds)
-@example(shape=Shape(2, 67, 1, 16, 32), nh=2, gated=True, with_state=True, used="both", seed=3)  # ragged, n_h 2
-@example(shape=Shape(1, 30, 2, 16, 16), nh=3, gated=True, with_state=False, used="S", seed=4)  # interleaved
-def test_kept_intermediates_give_the_gradients_of_recomputed_ones_bit_for_bit(shape, nh, gated, with_state, used,
-                                                                             seed):
-    # SAVE_INTERMEDIATES: the backward reads W, R, X, Γ, h and V_new from the forward instead of
-    # recomputing them by the same kernels, so every gradient is the same to the bit, whichever
-    # outputs the loss reaches (those it does not reach get no cotangent: none is filled with zeros)
-    _bit_identical_under_both("SAVE_INTERMEDIATES", *_product_case(shape, nh, gated, with_state, used, seed),
-                              outputs=False)
-
-
-@settings(max_examples=4)
-@given(shape=small, nh=st.sampled_from([1, 2, 3]), gated=st.booleans(), with_state=st.booleans(), seed=seeds)
-@example(shape=Shape(1, 70, 1, 128, 128), nh=1, gated=True, with_state=True, seed=5)  # K = V = 128, ragged
-@example(shape=Shape(2, 67, 1, 5, 3), nh=2, gated=False, with_state=False, seed=3)  # odd head dims
-def test_a_forward_forming_r_in_step_2_gives_the_outputs_of_the_r_step_1_stores(shape, nh, gated, with_state, seed):
-    # R_IN_STEP2: a forward without gradients forms R = sQKᵀ ⊙ D in step 2 from the q and k tiles it
-    # loads: step 1's products up to fp32 rounding (its Γ and K slices are summed in another order);
-    # the state never reads R, so it is the same to the bit
-    fn, x, _ = _product_case(shape, nh, gated, with_state, "both", seed)
-    got = {}
-    try:
-        for on in (True, False):
-            fd.R_IN_STEP2 = on
-            with torch.no_grad():
-                got[on] = fn(**x)
-    finally:
-        fd.R_IN_STEP2 = False
-    assert_close(got[True][0], got[False][0], TOL32, "o")
-    assert torch.equal(got[True][1], got[False][1])
-
-
-@settings(max_examples=4)
-@given(shape=small, nh=st.sampled_from([1, 2]), gated=st.booleans(), with_state=st.booleans(), seed=seeds)
-@example(shape=Shape(1, 70, 1, 128, 128), nh=1, gated=True, with_state=True, seed=5)  # K = V = 128
-@example(shape=Shape(2, 67, 1, 5, 3), nh=2, gated=False, with_state=False, seed=3)  # odd head dims, ragged
-def test_the_solve_by_gather_gives_the_outputs_and_gradients_of_the_default_solve_bit_for_bit(shape, nh, gated,
-                                                                                            with_state, seed):
-    # SOLVE_BY_GATHER: step 1's 16×16 blocks read back from memory and the row of X taken by a
-    # gather do the same fp32 operations in the same order as the solve from registers
-    _bit_identical_under_both("SOLVE_BY_GATHER", *_product_case(shape, nh, gated, with_state, "both", seed),
-                              outputs=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -364,8 +314,8 @@ import fast.deltanet as fd
 # As the JIT compiles the chunk kernels at H = 16 with the module's tiles (fd._tiles): 16-byte-aligned
 # pointers, the fp32 buffers typed as such, the initial state and dht given (the longer kernels).
 # Spills at the timed size (bf16, K = V = 128); shared memory at every size the tile rule treats apart.
-types = dict(T="i32", scale="fp32", STORE_X="i32", X="*fp32", gam="*fp32", Ad="*fp32", dgam="*fp32", ht="*fp32",
-             h0="*fp32", dht="*fp32", dh0="*fp32")
+types = dict(T="i32", scale="fp32", STORE_X="i32", X="*fp32", gam="*fp32", dgam="*fp32", ht="*fp32", h0="*fp32",
+             dht="*fp32", dh0="*fp32")
 cfg = lambda c: (c["num_warps"], c["num_stages"])
 
 
@@ -375,13 +325,10 @@ def kernels(K, dtype, G):
     base = dict(H=16, K=K, V=K, BT=fd.CHUNK, PREC=fd._precision(dtype), NH=1, USE_G=G)
     make = lambda kernel, c, **kw: aot.compile_for_h100(kernel, types, dict(base, **kw), *cfg(t[c]), default=dt)
     state = lambda c, **kw: make(fd._chunk_state_fwd_kernel, c, BK=t["BK"], BV=t[c]["BV"], USE_H0=True, **kw)
-    wy = lambda **kw: make(fd._chunk_wy_fwd_kernel, "wy", BC=t["wy"]["BV"], **kw)
-    return dict(wy=wy(GATHER_SOLVE=False, STORE_R=True), wy_gather=wy(GATHER_SOLVE=True, STORE_R=True),
-                wy_no_r=wy(GATHER_SOLVE=False, STORE_R=False),
-                state_o=state("state_fwd", COMPUTE_O=True, STORE_H=False, R_HERE=False),
-                state_o_r=state("state_fwd", COMPUTE_O=True, STORE_H=False, R_HERE=True),
-                state_kept=state("state_fwd", COMPUTE_O=True, STORE_H=True, R_HERE=False),
-                state_rec=state("state_rec", COMPUTE_O=False, STORE_H=True, R_HERE=False),
+    return dict(wy=make(fd._chunk_wy_fwd_kernel, "wy", BC=t["wy"]["BV"]),
+                state_o=state("state_fwd", COMPUTE_O=True, STORE_H=False),
+                state_kept=state("state_fwd", COMPUTE_O=True, STORE_H=True),
+                state_rec=state("state_rec", COMPUTE_O=False, STORE_H=True),
                 state_bwd=make(fd._chunk_state_bwd_kernel, "state_bwd", BK=t["BK"], BV=t["state_bwd"]["BV"], USE_DHT=True),
                 dqkw=make(fd._chunk_bwd_dqkw_kernel, "dqkw", BKS=t["BKS"], BV=t["dqkw"]["BV"]),
                 wy_bwd=make(fd._chunk_wy_bwd_kernel, "wy_bwd", BC=t["wy_bwd"]["BV"], NK=K // t["BKS"]))
@@ -410,13 +357,10 @@ def test_chunk_kernels_compile_for_an_h100_within_its_shared_memory_spilling_no_
     got = run_aot_script(AOT_SCRIPT, timeout=600)
     over = {case: {n: b for n, b in shared.items() if b > got["limit"]} for case, shared in got["shared"].items()}
     assert not any(over.values()), over
-    none = dict(wy=0, wy_no_r=0, state_o=0, state_kept=0, state_rec=0, state_bwd=0, dqkw=0, wy_bwd=0)
-    # untimed and off by default: step 1 with SOLVE_BY_GATHER, 64 and 120 B here (none by Triton 3.6's
-    # ptxas); step 2 forming R (R_IN_STEP2), 104 and 240 B here (64 and 264 by Triton 3.6's)
-    bound = dict(delta=dict(none, wy_gather=64, state_o_r=104),
-                 gated=dict(none, wy=32, wy_gather=120, state_o=24, state_o_r=240, state_kept=8, state_bwd=40))
+    none = dict(wy=0, state_o=0, state_kept=0, state_rec=0, state_bwd=0, dqkw=0, wy_bwd=0)
+    bound = dict(delta=none, gated=dict(none, wy=32, state_o=24, state_kept=8, state_bwd=40))
     for case, stack in got["spills"].items():
-        assert all(stack[n] <= bound[case][n] for n in bound[case]), (case, stack, bound[case])
+        assert all(stack[n] <= bound[case][n] for n in none), (case, stack, bound[case])
 
 
 # ------------------------------------------------------------------------------------------------

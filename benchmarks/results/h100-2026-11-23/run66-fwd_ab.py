@@ -8,7 +8,8 @@ warm-ups, L2 flushed), step 1 and step 2's kernel times (torch.profiler), and th
 the default's (max |diff| / max |ref|, bit-identical?). Then the forward + backward for the two
 settings that change it (SOLVE_BY_GATHER off and on: a training forward always stores R), its
 gradients against the default's. argv: the ops (delta,gated,dp2).
-RUN66_DEVICE=cpu with TRITON_INTERPRET=1 checks the script on tiny sizes."""
+RUN66_DEVICE=cpu with TRITON_INTERPRET=1 checks the script on tiny sizes. Ran in session 21 at commit
+11dc28e; both switches were removed after it (neither was faster: run66-fwd-ab.log)."""
 import os, sys
 sys.path.insert(0, os.getcwd())
 import torch, torch.nn.functional as F

@@ -1,5 +1,6 @@
 #!/bin/bash
-# run 66 (prepared in session 18, revised in session 20; sessions 18 and 19 found no device: NOT run yet), one
+# run 66 (prepared in session 18, revised in session 20, run in session 21 at commit 11dc28e with
+# RUN66_METHODS=delta,gated; both switches were removed after it: their logs are run66-*.log), one
 # call on an H100:
 # 1. the delta family's two forward levers (run66-fwd_ab.py, B 4, T 8192, H 16, D 128, bf16; dp2 4096 tokens
 #    x 2): fast.deltanet.SOLVE_BY_GATHER (step 1's 16x16 blocks read back from memory, the row of X by one
