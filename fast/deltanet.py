@@ -171,6 +171,9 @@ bf16 tensor is X = 134 MB; 1 FMA = 2 FLOPs; per chunk of L = 64 rows and one hea
     cost as much; (g) a forward without gradients forming R in step 2 from its q and k tiles (step
     1 reads no q, writes no R): step 1 0.522 -> 0.503 ms but step 2 0.246 -> 0.327 (gated 0.248
     -> 0.493, spilling), the forward 0.777 -> 0.834 (gated 0.866 -> 1.074), as run 29 had found.
+    What is left for 0.70 ms: step 2 runs at its own bytes (0.246 ms), and step 1 without any
+    solve took 0.449 ms (session 6), so even a free solve leaves this plan at ~0.70: step 1's
+    loads and stores (0.2 ms above their bytes, one chunk a program) must shrink too.
   bytes, backward: 1 (6.5X, X in fp32), 2' (6.5X: h is 2X), 3 (7.5X), 4 (12–15X), 5 (8X): ≈ 42X
     = 5.6 GB, 1.9 ms at 3 TB/s; FLOPs ≈ 3× the forward's. Floor of the backward (q, k, v, β, do
     read, dq, dk, dv, dβ written) = 7X: 0.31 ms. Storing nothing but the inputs costs the

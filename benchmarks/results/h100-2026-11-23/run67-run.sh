@@ -1,5 +1,5 @@
 #!/bin/bash
-# run 67 (session 21), one call on an H100: 1. the first call and steady per-token latency of the
+# run 67 (prepared in session 21; NOT run: that session's device loans were paused), one call on an H100: 1. the first call and steady per-token latency of the
 # delta family's recurrent (decode) ops, never measured before (run67-decode_first.py); 2. run 66's
 # two slowest chunk-op first calls again (a second sample, at the defaults run 66 kept).
 R=$OUT/results; mkdir -p $R; export PYTHONUNBUFFERED=1
