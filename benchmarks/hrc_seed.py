@@ -28,6 +28,7 @@ Non-causal throughout, as the seed (its layer has no causal form).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -277,7 +278,8 @@ def targets_table(args):
                         _time_cuda(lambda: fh.hrc_la_chunk(q, k, v, omega)))
             rec("fast performer_chunk fwd (feature map fused)", T, B, _time_cuda(lambda: fp.performer_chunk(q, k, v, omega)))
             qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # [B, H, T, D] for SDPA
-            t_sdpa = rec("sdpa causal fwd", T, B, _time_cuda(lambda: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)))
+            sdpa = functools.partial(F.scaled_dot_product_attention, qt, kt, vt, is_causal=True)
+            t_sdpa = rec("sdpa causal fwd", T, B, _time_cuda(sdpa))
             rec("  ratio sdpa / fast hrc_la", T, B, None, f"{t_sdpa / t_hrc:.2f}x (issue: >= 5x at T = 65536)")
             if T == 8192:
                 try:
@@ -297,7 +299,7 @@ def targets_table(args):
                     del fq, fk
                 except Exception as e:  # ImportError, or what the kernels refuse
                     rec("fast linear_attention_chunk fwd", T, B, None, f"{type(e).__name__}: {e}")
-            del q, k, v, qt, kt, vt
+            del q, k, v, qt, kt, vt, sdpa
     # forward + backward, for the record
     T, B = 8192, 4
     q, k, v = (torch.randn(B, T, H, D, device=dev, generator=g).to(bf16).requires_grad_() for _ in range(3))
