@@ -9,6 +9,7 @@ sys.path.insert(0, os.getcwd())
 import torch
 import torch.nn.functional as F
 from benchmarks.first_call import _start_triton
+from benchmarks.measure import time_ms
 import fast.deltanet, fast.gated_deltanet, fast.deltaproduct
 
 method = sys.argv[1]
@@ -48,16 +49,7 @@ with torch.no_grad():
     step(*x)
 sync()
 first = time.perf_counter() - t0
-times = []
-with torch.no_grad():
-    for i in range(int(os.environ.get("RUN67_STEPS", 60))):  # fresh inputs each step; the first 10 are warm-up
-        x = inputs(i + 1)
-        if dev.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record(); step(*x); b.record(); b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t = time.perf_counter(); step(*x); times.append(1e3 * (time.perf_counter() - t))
-times = sorted(times[10:] or times)
-print("DECODE " + json.dumps({"method": method, "first_call_s": round(first, 3),
-                              "step_ms_median": round(times[len(times) // 2], 4)}), flush=True)
+with torch.no_grad():  # 10 warm-ups, then up to 50 timed steps (L2 flushed, CUDA events), within 10 s
+    ms, _ = time_ms(lambda: step(*x), dev, reps=50, warmup=10, max_case_s=10)
+print("DECODE " + json.dumps({"method": method, "first_call_s": round(first, 3), "step_ms_median": round(ms, 4)}),
+      flush=True)
